@@ -1,0 +1,40 @@
+# fetalnode: `make demo` and `make test` install what is missing, then run.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+APT_PKGS := orthanc orthanc-webviewer dcmtk dicom3tools fonts-dejavu-core
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test deps apt lint typecheck clean
+
+deps: apt $(STAMP)
+
+apt:
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+demo: deps
+	$(VENV)/bin/fetalnode demo $(if $(DEMO_EXIT),--exit,)
+
+test: deps
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/pytest -q
+
+lint: deps
+	$(VENV)/bin/ruff check src tests benchmarks
+
+typecheck: deps
+	$(VENV)/bin/mypy src
+
+clean:
+	rm -rf .run .pytest_cache

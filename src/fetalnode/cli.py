@@ -1,0 +1,287 @@
+"""Command line of fetalnode. Research use only, not for diagnosis.
+
+Logging handlers are configured here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from fetalnode import RESEARCH_NOTICE, __version__
+from fetalnode.config import Settings, load_settings
+from fetalnode.errors import NodeError
+
+log = logging.getLogger("fetalnode")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    for flag, key in (
+        ("host", "node.host"),
+        ("port", "node.port"),
+        ("ae_title", "node.ae_title"),
+        ("data_dir", "node.data_dir"),
+        ("models_dir", "models.dir"),
+        ("orthanc_url", "orthanc.url"),
+    ):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides[key] = value
+    return load_settings(args.config, overrides=overrides)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from fetalnode.node import Node
+
+    settings = _settings(args)
+    log.info("fetalnode %s (%s) effective config: %s", __version__, RESEARCH_NOTICE, json.dumps(settings.masked()))
+    node = Node(settings, with_worker=settings.worker.enabled and not args.no_worker)
+    signal.signal(signal.SIGTERM, lambda *_: node.stop())
+    signal.signal(signal.SIGINT, lambda *_: node.stop())
+    node.run()
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import threading
+
+    from fetalnode.node import build_worker, open_audit, open_store
+
+    settings = _settings(args)
+    log.info("fetalnode worker %s effective config: %s", __version__, json.dumps(settings.masked()))
+    jobs = open_store(settings)
+    worker = build_worker(settings, jobs, open_audit(settings))
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: (worker.stop(0), done.set()))
+    signal.signal(signal.SIGINT, lambda *_: (worker.stop(0), done.set()))
+    worker.start()
+    done.wait()
+    worker.stop()
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from PIL import Image
+    from pydicom import dcmread
+
+    from fetalnode.inference import Analyzer
+    from fetalnode.pipeline import analyse_dataset, job_summary
+
+    settings = _settings(args)
+    analyzer = Analyzer.from_dir(
+        settings.models.dir, settings.models.segmentation, settings.models.classifier, settings.output.heatmap_alpha
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ds = dcmread(args.file)
+    outputs = analyse_dataset(ds, analyzer, settings, settings.node.station_name)
+    stem = Path(args.file).stem
+    for name, obj in outputs.datasets.items():
+        obj.save_as(out / f"{stem}.{name}.dcm", enforce_file_format=True)
+    Image.fromarray(outputs.datasets["sc"].pixel_array).save(out / f"{stem}.heatmap.png")
+    summary = job_summary(outputs)
+    summary["notice"] = RESEARCH_NOTICE
+    summary["files"] = sorted(str(p) for p in out.glob(f"{stem}.*"))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from fetalnode.node import open_store
+
+    jobs = open_store(_settings(args))
+    report: dict[str, Any] = {"counts": jobs.counts(), "oldest_pending_s": jobs.oldest_pending_age()}
+    if args.failed:
+        report["failed"] = [
+            {"id": j.id, "sop_uid": j.sop_uid, "stage": j.stage, "error": j.error, "calling_ae": j.calling_ae}
+            for j in jobs.jobs("failed")
+        ]
+        report["rejected"] = [{"id": j.id, "sop_uid": j.sop_uid, "error": j.error} for j in jobs.jobs("rejected")]
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_resend(args: argparse.Namespace) -> int:
+    from fetalnode.node import open_audit, open_store
+
+    settings = _settings(args)
+    n = open_store(settings).resend(args.job or None)
+    open_audit(settings).event("resend", jobs=args.job or "all-failed", count=n)
+    print(json.dumps({"requeued": n}))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.task == "segmentation":
+        from fetalnode.training.segmentation import SegRecipe, train_segmentation
+
+        recipe = SegRecipe(seed=args.seed)
+        for key in ("epochs", "max_minutes", "limit"):
+            if getattr(args, key) is not None:
+                setattr(recipe, key, getattr(args, key))
+        meta = train_segmentation(Path(args.data), Path(args.out), recipe, Path(args.out).name, args.version)
+    else:
+        from fetalnode.training.classifier import ClsRecipe, train_classifier
+
+        crecipe = ClsRecipe(seed=args.seed)
+        for key in ("epochs", "max_minutes", "limit"):
+            if getattr(args, key) is not None:
+                setattr(crecipe, key, getattr(args, key))
+        meta = train_classifier(
+            Path(args.data), Path(args.seg_model), Path(args.out), crecipe, Path(args.out).name, args.version
+        )
+    print(json.dumps(meta["metrics"], indent=2, default=str))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from fetalnode.training.evaluate import evaluate_bundle
+
+    torch.set_num_threads(args.threads)
+    report = evaluate_bundle(
+        Path(args.model), Path(args.data), Path(args.out), Path(args.seg_model) if args.seg_model else None
+    )
+    print(json.dumps(report, indent=2, default=str))
+    return 0
+
+
+def cmd_wrap(args: argparse.Namespace) -> int:
+    from fetalnode.wrap import wrap_png
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for png in args.png:
+        ds = wrap_png(png, pixel_size_mm=args.pixel_size_mm, compress_rle=args.rle)
+        target = out / (Path(png).stem + ".dcm")
+        ds.save_as(target, enforce_file_format=True)
+        print(target)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from fetalnode.demo import run_demo
+
+    return run_demo(Path(args.samples), Path(args.run_dir) if args.run_dir else None, exit_after=args.exit)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fetalnode",
+        description=f"DICOM-native AI node for fetal ultrasound ({RESEARCH_NOTICE.lower()}).",
+    )
+    p.add_argument("--version", action="version", version=f"fetalnode {__version__}")
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def node_opts(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--config",
+            help="TOML settings file (see configs/node.toml); env FETALNODE__SECTION__KEY "
+            "overrides it, these flags override both",
+        )
+        sp.add_argument("--data-dir", help="spool, outbox, job store and audit log folder (node.data_dir)")
+        sp.add_argument("--models-dir", help="folder of model bundles (models.dir)")
+
+    sp = sub.add_parser("serve", help="run the DICOM SCP (C-ECHO, C-STORE) and the analysis worker")
+    node_opts(sp)
+    sp.add_argument("--host", help="listen address (node.host, default 127.0.0.1)")
+    sp.add_argument("--port", type=int, help="listen port (node.port)")
+    sp.add_argument("--ae-title", help="this node's AE title (node.ae_title)")
+    sp.add_argument("--orthanc-url", help="Orthanc REST URL (orthanc.url)")
+    sp.add_argument("--no-worker", action="store_true", help="receive only; run `fetalnode worker` separately")
+    sp.set_defaults(func=cmd_serve)
+
+    sp = sub.add_parser("worker", help="run only the analysis worker on the node's job store")
+    node_opts(sp)
+    sp.add_argument("--orthanc-url", help="Orthanc REST URL (orthanc.url)")
+    sp.set_defaults(func=cmd_worker)
+
+    sp = sub.add_parser("analyze", help="analyse one DICOM file offline: writes SR + SC .dcm, a PNG, prints JSON")
+    node_opts(sp)
+    sp.add_argument("file", help="DICOM file (US, US multi-frame or Secondary Capture)")
+    sp.add_argument("--out", required=True, help="output folder")
+    sp.set_defaults(func=cmd_analyze)
+
+    sp = sub.add_parser("status", help="print job counts by state as JSON")
+    node_opts(sp)
+    sp.add_argument("--failed", action="store_true", help="also list failed and rejected jobs with reasons")
+    sp.set_defaults(func=cmd_status)
+
+    sp = sub.add_parser("resend", help="queue failed jobs again (all, or --job ID ...)")
+    node_opts(sp)
+    sp.add_argument("--job", type=int, action="append", help="job id (repeatable); default: every failed job")
+    sp.set_defaults(func=cmd_resend)
+
+    sp = sub.add_parser("train", help="train a model bundle from a labelled dataset folder")
+    sp.add_argument("task", choices=["segmentation", "classifier"])
+    sp.add_argument("--data", required=True, help="dataset folder (labels.csv + images, as ../shared/datasets/*)")
+    sp.add_argument("--out", required=True, help="bundle folder to write, e.g. models/hc18-headseg")
+    sp.add_argument(
+        "--seg-model",
+        default="models/hc18-headseg",
+        help="classifier only: segmentation bundle used to find the ROI (default models/hc18-headseg)",
+    )
+    sp.add_argument("--version", default="0.1.0", help="bundle version written into metadata and every SR")
+    sp.add_argument("--epochs", type=int)
+    sp.add_argument("--max-minutes", type=float)
+    sp.add_argument("--limit", type=int, help="use only this many training images (smoke runs)")
+    sp.add_argument("--seed", type=int, default=20261124)
+    sp.add_argument("--threads", type=int, default=2)
+    sp.set_defaults(func=cmd_train)
+
+    sp = sub.add_parser("evaluate", help="evaluate a bundle on a dataset folder; writes report.json and figures")
+    sp.add_argument("--model", required=True, help="bundle folder")
+    sp.add_argument("--data", required=True, help="dataset folder in the same format as the training data")
+    sp.add_argument("--out", required=True, help="report JSON path (figures are written beside it)")
+    sp.add_argument("--seg-model", help="classifier only: segmentation bundle (default models/hc18-headseg)")
+    sp.add_argument("--threads", type=int, default=2)
+    sp.set_defaults(func=cmd_evaluate)
+
+    sp = sub.add_parser("wrap", help="wrap PNG images as Ultrasound Image Storage DICOM files")
+    sp.add_argument("png", nargs="+")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--pixel-size-mm", type=float, help="calibration written as an ultrasound region")
+    sp.add_argument("--rle", action="store_true", help="RLE Lossless transfer syntax")
+    sp.set_defaults(func=cmd_wrap)
+
+    sp = sub.add_parser("demo", help="start Orthanc and a node on loopback, send the samples, print findings")
+    sp.add_argument("--samples", default="samples", help="folder of sample DICOM files")
+    sp.add_argument("--run-dir", help="working folder (default: a new folder under .run/)")
+    sp.add_argument("--exit", action="store_true", help="exit after the table instead of serving until Ctrl-C")
+    sp.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    try:
+        return int(args.func(args))
+    except NodeError as exc:
+        log.error("%s: %s", type(exc).__name__, exc)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

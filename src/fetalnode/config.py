@@ -1,0 +1,199 @@
+"""Typed settings: defaults < TOML file < environment ``FETALNODE__SECTION__KEY`` < CLI flags.
+
+Model parameters are not here: they live in each bundle's ``configs/metadata.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from fetalnode.errors import ConfigError
+
+ENV_PREFIX = "FETALNODE__"
+
+
+@dataclass
+class NodeSettings:
+    """Identity and storage of this node."""
+
+    ae_title: str = "FETALNODE"
+    host: str = "127.0.0.1"
+    port: int = 11112
+    data_dir: str = "var"
+    station_name: str = "fetalnode"
+
+
+@dataclass
+class ScpSettings:
+    """The data terminal (DICOM SCP)."""
+
+    allowed_calling_aets: list[str] = field(default_factory=list)
+    check_called_aet: bool = True
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 30.0
+    network_timeout: float = 60.0
+    maximum_associations: int = 10
+    min_free_bytes: int = 200_000_000
+
+
+@dataclass
+class WorkerSettings:
+    """The analysis worker."""
+
+    enabled: bool = True
+    poll_interval: float = 0.5
+    lease_seconds: float = 300.0
+    max_pixels: int = 40_000_000
+    max_frames: int = 2000
+    torch_threads: int = 2
+
+
+@dataclass
+class ModelSettings:
+    """Which bundles the worker loads, by name, from ``dir``."""
+
+    dir: str = "models"
+    segmentation: str = "hc18-headseg"
+    classifier: str = "fba-classifier"
+
+
+@dataclass
+class OrthancSettings:
+    """Delivery target."""
+
+    url: str = "http://127.0.0.1:8042"
+    username: str = ""
+    password: str = ""
+    password_file: str = ""
+    timeout: float = 30.0
+    retry_initial: float = 1.0
+    retry_max: float = 60.0
+    max_attempts: int = 0
+
+    def resolved_password(self) -> str:
+        """The password from ``password`` or ``password_file`` (never logged)."""
+        if self.password_file:
+            try:
+                return Path(self.password_file).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(f"cannot read orthanc.password_file {self.password_file}: {exc}") from exc
+        return self.password
+
+
+@dataclass
+class OutputSettings:
+    """What the node writes besides the SR."""
+
+    heatmap_alpha: float = 0.45
+    manufacturer: str = "fetalnode project"
+    institution_name: str = ""
+
+
+@dataclass
+class Settings:
+    """All settings of a node."""
+
+    node: NodeSettings = field(default_factory=NodeSettings)
+    scp: ScpSettings = field(default_factory=ScpSettings)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    models: ModelSettings = field(default_factory=ModelSettings)
+    orthanc: OrthancSettings = field(default_factory=OrthancSettings)
+    output: OutputSettings = field(default_factory=OutputSettings)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.node.data_dir)
+
+    def masked(self) -> dict[str, Any]:
+        """The settings as a dict with secrets masked, for the start-up log."""
+        data = dataclasses.asdict(self)
+        if data["orthanc"]["password"]:
+            data["orthanc"]["password"] = "***"
+        return data
+
+
+def _coerce(value: Any, typ: Any, where: str) -> Any:
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
+            return value.lower() in {"1", "true", "yes", "on"}
+        raise ConfigError(f"{where}: expected a boolean, got {value!r}")
+    if typ is int:
+        try:
+            return int(value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}: expected an integer, got {value!r}") from exc
+    if typ is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from exc
+    if typ is str:
+        return str(value)
+    if typ == list[str]:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list):
+            return [str(v) for v in value]
+        raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
+    raise ConfigError(f"{where}: unsupported type {typ}")
+
+
+def _apply(settings: Settings, section: str, key: str, value: Any, where: str) -> None:
+    sub = getattr(settings, section, None)
+    if sub is None or not dataclasses.is_dataclass(sub):
+        raise ConfigError(f"{where}: unknown section [{section}]")
+    hints = get_type_hints(type(sub))
+    if key not in {f.name for f in fields(sub)}:
+        raise ConfigError(f"{where}: unknown key {section}.{key}")
+    setattr(sub, key, _coerce(value, hints[key], f"{where} {section}.{key}"))
+
+
+def load_settings(
+    path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build settings from defaults, a TOML file, the environment and CLI overrides.
+
+    Parameters
+    ----------
+    path
+        TOML file with ``[section]`` tables; ``None`` for defaults only.
+    env
+        Environment to read ``FETALNODE__SECTION__KEY`` from (default ``os.environ``).
+    overrides
+        ``{"section.key": value}`` from CLI flags, applied last.
+    """
+    settings = Settings()
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                doc = tomllib.load(fh)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from exc
+        for section, table in doc.items():
+            if not isinstance(table, dict):
+                raise ConfigError(f"{path}: top-level key {section!r} must be a [table]")
+            for key, value in table.items():
+                _apply(settings, section, key, value, str(path))
+    for name, value in (os.environ if env is None else env).items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        parts = name[len(ENV_PREFIX) :].lower().split("__")
+        if len(parts) != 2:
+            raise ConfigError(f"environment {name}: expected FETALNODE__SECTION__KEY")
+        _apply(settings, parts[0], parts[1], value, f"environment {name}")
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        _apply(settings, section, key, value, "command line")
+    if settings.orthanc.password and settings.orthanc.password_file:
+        raise ConfigError("set orthanc.password or orthanc.password_file, not both")
+    return settings

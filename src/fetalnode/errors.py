@@ -1,0 +1,37 @@
+"""Typed errors: every failure outside the SCP handlers is one of these."""
+
+
+class NodeError(Exception):
+    """Base class of all fetalnode errors."""
+
+
+class ConfigError(NodeError):
+    """The configuration is invalid or a required secret is missing."""
+
+
+class IntakeRejected(NodeError):
+    """A received object cannot be analysed (SOP class, pixel data, size...); permanent."""
+
+
+class BundleError(NodeError):
+    """A model bundle is missing, corrupt or inconsistent."""
+
+
+class InferenceError(NodeError):
+    """The models failed on an image."""
+
+
+class EncodingError(NodeError):
+    """An output DICOM object could not be built."""
+
+
+class DeliveryError(NodeError):
+    """Orthanc did not take an object.
+
+    ``transient`` tells whether a later attempt may succeed (connection refused, 502/503)
+    or whether the rejection is permanent (401, 400...).
+    """
+
+    def __init__(self, message: str, *, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient

@@ -1,0 +1,221 @@
+"""Segmentation -> ROI shape -> crop/pad/enhance -> classification -> Grad-CAM -> fused heatmap."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fetalnode.errors import InferenceError
+from fetalnode.inference.bundle import Bundle, load_bundle
+from fetalnode.inference.ellipse import Biometry, Ellipse, biometry, fit_ellipse
+from fetalnode.inference.preprocess import letterbox, roi_crop, to_unit_range
+from fetalnode.inference.saliency import draw_roi, fuse, grad_cam
+
+NOT_A_HEAD = "not analysed: no fetal head found"
+
+
+@dataclass
+class AnalysisResult:
+    """What the models say about one image (source pixel coordinates throughout)."""
+
+    analysed: bool
+    reason: str
+    seg_model: tuple[str, str]
+    cls_model: tuple[str, str]
+    ellipse: Ellipse | None = None
+    head_score: float = 0.0
+    biometry: Biometry | None = None
+    measurement_note: str = ""
+    finding: str = ""
+    malformation_type: str = ""
+    p_abnormal: float = 0.0
+    type_probability: float = 0.0
+    class_probabilities: dict[str, float] = field(default_factory=dict)
+    heatmap: np.ndarray | None = None
+    fused_rgb: np.ndarray | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def confidence(self) -> float:
+        """Probability of the reported finding (normal or abnormal)."""
+        return self.p_abnormal if self.finding == "abnormal" else 1.0 - self.p_abnormal
+
+    def summary(self) -> dict[str, object]:
+        bio = self.biometry
+        return {
+            "analysed": self.analysed,
+            "reason": self.reason,
+            "finding": self.finding,
+            "malformation_type": self.malformation_type,
+            "p_abnormal": round(self.p_abnormal, 4),
+            "confidence": round(self.confidence, 4) if self.analysed else None,
+            "hc_mm": round(bio.hc_mm, 1) if bio else None,
+            "bpd_mm": round(bio.bpd_mm, 1) if bio else None,
+            "ofd_mm": round(bio.ofd_mm, 1) if bio else None,
+            "measurement_note": self.measurement_note,
+            "head_score": round(self.head_score, 3),
+            "models": {"segmentation": "/".join(self.seg_model), "classifier": "/".join(self.cls_model)},
+            "timings_ms": {k: round(v, 1) for k, v in self.timings_ms.items()},
+        }
+
+
+def segment_probability(net: torch.nn.Module, canvas_hw: tuple[int, int], img01: np.ndarray) -> np.ndarray:
+    """Head probability on the source pixel grid (the network sees a letterboxed canvas)."""
+    canvas, box = letterbox(img01, canvas_hw)
+    with torch.no_grad():
+        logits = net(torch.from_numpy(canvas)[None, None])
+    prob = torch.sigmoid(logits)[0, 0].numpy()
+    return np.clip(box.to_source(prob), 0.0, 1.0)
+
+
+def locate_head(
+    net: torch.nn.Module, canvas_hw: tuple[int, int], axis_scale: float, img01: np.ndarray
+) -> tuple[Ellipse | None, float, str]:
+    """Segment, fit the skull ellipse and gate it: (ellipse, plausibility score, reason if rejected).
+
+    ``axis_scale`` is the bias correction of the ellipse axes fitted on training data.
+    """
+    prob = segment_probability(net, canvas_hw, img01)
+    ellipse = fit_ellipse(prob)
+    score, why = head_plausibility(prob, ellipse)
+    if ellipse is not None and axis_scale != 1.0:
+        ellipse = Ellipse(ellipse.cx, ellipse.cy, ellipse.a * axis_scale, ellipse.b * axis_scale, ellipse.angle_deg)
+    return (None if why else ellipse), score, why
+
+
+def seg_settings(seg: Bundle) -> tuple[tuple[int, int], float]:
+    """Canvas size and ellipse axis correction of a segmentation bundle."""
+    hw = seg.metadata["input"]["canvas_hw"]
+    return (int(hw[0]), int(hw[1])), float(seg.metadata.get("postprocess", {}).get("axis_scale", 1.0))
+
+
+def head_plausibility(prob: np.ndarray, ellipse: Ellipse | None) -> tuple[float, str]:
+    """Score in [0, 1] that the segmentation is one plausible fetal skull, and why not if low."""
+    if ellipse is None or ellipse.a < 4:
+        return 0.0, "nothing segmented"
+    h, w = prob.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    t = np.radians(ellipse.angle_deg)
+    dx, dy = xx - ellipse.cx, yy - ellipse.cy
+    u = (dx * np.cos(t) + dy * np.sin(t)) / ellipse.a
+    v = (-dx * np.sin(t) + dy * np.cos(t)) / max(ellipse.b, 1e-6)
+    inside = u * u + v * v <= 1.0
+    mask = prob >= 0.5
+    inter = float((inside & mask).sum())
+    union = float((inside | mask).sum())
+    iou = inter / union if union else 0.0
+    ratio = ellipse.b / ellipse.a
+    area_frac = float(inside.sum()) / (h * w)
+    x0, y0, x1, y1 = ellipse.box()
+    in_frame = (min(x1, w) - max(x0, 0)) * (min(y1, h) - max(y0, 0)) / max((x1 - x0) * (y1 - y0), 1e-6)
+    confidence = float(prob[inside].mean()) if inside.any() else 0.0
+    checks = [
+        (iou >= 0.85, f"segmentation is not elliptical (IoU {iou:.2f})"),
+        (ratio >= 0.5, f"ellipse too elongated (axis ratio {ratio:.2f})"),
+        (0.01 <= area_frac <= 0.9, f"implausible head size ({area_frac:.1%} of the image)"),
+        (in_frame >= 0.8, "head mostly outside the image"),
+        (confidence >= 0.7, f"low segmentation confidence ({confidence:.2f})"),
+    ]
+    score = min(iou, confidence, float(in_frame))
+    for ok, why in checks:
+        if not ok:
+            return min(score, 0.49), why
+    return score, ""
+
+
+class Analyzer:
+    """Runs the segmentation and classifier bundles on one grayscale image."""
+
+    def __init__(self, segmentation: Bundle, classifier: Bundle, heatmap_alpha: float = 0.45) -> None:
+        if segmentation.task != "segmentation" or classifier.task != "classification":
+            raise InferenceError("Analyzer needs a segmentation and a classification bundle")
+        self.seg = segmentation
+        self.cls = classifier
+        self.alpha = heatmap_alpha
+        self.labels: list[str] = list(classifier.metadata["labels"])
+        self.normal_index = self.labels.index(str(classifier.metadata.get("normal_label", "normal")))
+        self.threshold = float(classifier.metadata.get("abnormal_threshold", 0.5))
+
+    @classmethod
+    def from_dir(cls, models_dir: str | Path, seg_name: str, cls_name: str, heatmap_alpha: float = 0.45) -> Analyzer:
+        root = Path(models_dir)
+        return cls(
+            load_bundle(root / seg_name, "segmentation"),
+            load_bundle(root / cls_name, "classification"),
+            heatmap_alpha,
+        )
+
+    def analyze(
+        self,
+        gray: np.ndarray,
+        spacing_mm: tuple[float, float] | None,
+        display_rgb: np.ndarray | None = None,
+        spacing_note: str = "",
+    ) -> AnalysisResult:
+        """Analyse one 2D grayscale frame.
+
+        Parameters
+        ----------
+        gray
+            2D array, any numeric range.
+        spacing_mm
+            (row, column) pixel spacing in mm, or ``None`` when the image is not calibrated.
+        display_rgb
+            The image as shown to a person (H, W, 3 uint8), for the fused heatmap; derived from
+            ``gray`` when not given.
+        spacing_note
+            Why there is no spacing, reported with the result.
+        """
+        if gray.ndim != 2 or min(gray.shape) < 16:
+            raise InferenceError(f"expected a 2D image of at least 16x16 pixels, got shape {gray.shape}")
+        t0 = time.perf_counter()
+        img01 = to_unit_range(gray)
+        if display_rgb is None:
+            display_rgb = np.repeat((img01 * 255).round().astype(np.uint8)[..., None], 3, axis=2)
+        result = AnalysisResult(
+            analysed=False,
+            reason="",
+            seg_model=(self.seg.name, self.seg.version),
+            cls_model=(self.cls.name, self.cls.version),
+        )
+        canvas_hw, axis_scale = seg_settings(self.seg)
+        ellipse, score, why = locate_head(self.seg.net, canvas_hw, axis_scale, img01)
+        result.head_score = score
+        t1 = time.perf_counter()
+        result.timings_ms["segmentation"] = (t1 - t0) * 1000
+        if why:
+            result.reason = f"{NOT_A_HEAD} ({why})"
+            result.fused_rgb = display_rgb.copy()
+            return result
+        assert ellipse is not None
+        result.ellipse = ellipse
+        if spacing_mm is not None:
+            result.biometry = biometry(ellipse, spacing_mm)
+        else:
+            result.measurement_note = spacing_note or "image has no physical calibration"
+        params = self.cls.metadata["input"]
+        crop, crop_box = roi_crop(img01, ellipse.box(), int(params["roi_size"]), float(params["roi_margin"]))
+        x = torch.from_numpy(crop)[None, None]
+        with torch.no_grad():
+            probs = torch.softmax(self.cls.net(x), dim=1)[0].numpy().astype(np.float64)
+        result.class_probabilities = {name: float(p) for name, p in zip(self.labels, probs, strict=True)}
+        result.p_abnormal = float(1.0 - probs[self.normal_index])
+        abnormal = [i for i in range(len(self.labels)) if i != self.normal_index]
+        top = max(abnormal, key=lambda i: probs[i])
+        result.finding = "abnormal" if result.p_abnormal >= self.threshold else "normal"
+        if result.finding == "abnormal":
+            result.malformation_type = self.labels[top]
+            result.type_probability = float(probs[top] / max(result.p_abnormal, 1e-9))
+        t2 = time.perf_counter()
+        result.timings_ms["classification"] = (t2 - t1) * 1000
+        target = top if result.finding == "abnormal" else self.normal_index
+        cam = grad_cam(self.cls.net, self.cls.net.cam_layer, x, target)  # type: ignore[arg-type]
+        result.heatmap = crop_box.to_source(cam, img01.shape)
+        result.fused_rgb = draw_roi(fuse(display_rgb, result.heatmap, self.alpha), ellipse)
+        result.timings_ms["gradcam"] = (time.perf_counter() - t2) * 1000
+        result.analysed = True
+        return result

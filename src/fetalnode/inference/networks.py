@@ -1,0 +1,66 @@
+"""Network definitions; their hyper-parameters come from the bundle metadata."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from monai.networks.blocks import ResidualUnit
+from monai.networks.nets import UNet
+from torch import nn
+
+
+def build_segmentation_net(params: dict[str, Any]) -> nn.Module:
+    """MONAI UNet with one sigmoid output channel (head vs background)."""
+    return UNet(
+        spatial_dims=2,
+        in_channels=1,
+        out_channels=1,
+        channels=tuple(params["channels"]),
+        strides=tuple(params["strides"]),
+        num_res_units=int(params.get("num_res_units", 2)),
+        norm=params.get("norm", "BATCH"),
+    )
+
+
+class HeadClassifier(nn.Module):
+    """A residual CNN base network extended with additional fully-connected layers.
+
+    ``base`` is a stack of MONAI residual units (each halves the resolution); its globally pooled
+    features go through ``len(fc)`` hidden FC layers (ReLU, dropout) before the class logits.
+    Grad-CAM targets the last base stage, ``base.<n-1>``.
+    """
+
+    def __init__(self, channels: list[int], fc: list[int], n_classes: int, dropout: float = 0.3) -> None:
+        super().__init__()
+        stages: list[nn.Module] = []
+        cin = 1
+        for cout in channels:
+            stages.append(
+                ResidualUnit(spatial_dims=2, in_channels=cin, out_channels=cout, strides=2, subunits=2, norm="BATCH")
+            )
+            cin = cout
+        self.base = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        layers: list[nn.Module] = []
+        for width in fc:
+            layers += [nn.Linear(cin, width), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+            cin = width
+        layers.append(nn.Linear(cin, n_classes))
+        self.head = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(self.pool(self.base(x)), 1))
+
+    @property
+    def cam_layer(self) -> str:
+        return f"base.{len(self.base) - 1}"
+
+
+def build_classifier_net(params: dict[str, Any]) -> HeadClassifier:
+    return HeadClassifier(
+        channels=list(params["channels"]),
+        fc=list(params["fc"]),
+        n_classes=int(params["n_classes"]),
+        dropout=float(params.get("dropout", 0.3)),
+    )

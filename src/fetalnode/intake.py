@@ -1,0 +1,149 @@
+"""Intake checks and pixel decoding of a received instance (the DICOM side of the worker).
+
+Turns a dataset into a grayscale analysis frame, a display image and the physical spacing,
+or raises :class:`IntakeRejected` with a reason a person can act on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_color_lut, pixel_array
+from pydicom.uid import UID
+
+from fetalnode.errors import IntakeRejected
+
+US_IMAGE = UID("1.2.840.10008.5.1.4.1.1.6.1")
+US_MULTIFRAME = UID("1.2.840.10008.5.1.4.1.1.3.1")
+SECONDARY_CAPTURE = UID("1.2.840.10008.5.1.4.1.1.7")
+ANALYSABLE_SOP_CLASSES = {US_IMAGE, US_MULTIFRAME, SECONDARY_CAPTURE}
+
+# DICOM PS3.3 C.8.5.5.1: PhysicalUnits 3 = cm; RegionSpatialFormat 1 = 2D; RegionDataType 1 = tissue.
+_CM = 3
+
+
+@dataclass
+class DecodedImage:
+    """One analysis frame and what is known about its geometry."""
+
+    gray: np.ndarray
+    display_rgb: np.ndarray
+    frame_number: int | None
+    n_frames: int
+    spacing_mm: tuple[float, float] | None
+    spacing_source: str
+    spacing_note: str
+    photometric: str
+
+
+def _region_spacing(ds: Dataset) -> tuple[tuple[float, float] | None, str, str]:
+    regions = [
+        r
+        for r in getattr(ds, "SequenceOfUltrasoundRegions", [])
+        if int(getattr(r, "RegionSpatialFormat", 0)) == 1
+        and int(getattr(r, "PhysicalUnitsXDirection", 0)) == _CM
+        and int(getattr(r, "PhysicalUnitsYDirection", 0)) == _CM
+    ]
+    if not regions:
+        if "SequenceOfUltrasoundRegions" in ds:
+            return None, "", "no 2D ultrasound region calibrated in cm"
+        return None, "", ""
+
+    def area(r: Dataset) -> int:
+        return (int(r.RegionLocationMaxX1) - int(r.RegionLocationMinX0)) * (
+            int(r.RegionLocationMaxY1) - int(r.RegionLocationMinY0)
+        )
+
+    best = max(regions, key=area)
+    dx, dy = abs(float(best.PhysicalDeltaX)) * 10.0, abs(float(best.PhysicalDeltaY)) * 10.0
+    if not (0 < dx < 10 and 0 < dy < 10):
+        return None, "", f"ultrasound region calibration out of range ({dx:g} x {dy:g} mm/pixel)"
+    others = {
+        (round(abs(float(r.PhysicalDeltaX)) * 10, 6), round(abs(float(r.PhysicalDeltaY)) * 10, 6)) for r in regions
+    }
+    if len(others) > 1:
+        return None, "", "ultrasound regions disagree on the pixel size; no measurement in mm"
+    return (dy, dx), "SequenceOfUltrasoundRegions", ""
+
+
+def physical_spacing(ds: Dataset) -> tuple[tuple[float, float] | None, str, str]:
+    """(row, column) spacing in mm, where it came from, and why there is none."""
+    if "PixelSpacing" in ds and ds.PixelSpacing:
+        try:
+            row, col = (float(v) for v in ds.PixelSpacing)
+        except (TypeError, ValueError):
+            return None, "", "Pixel Spacing is malformed"
+        if 0 < row < 10 and 0 < col < 10:
+            return (row, col), "PixelSpacing", ""
+        return None, "", f"Pixel Spacing out of range ({row:g}\\{col:g} mm)"
+    spacing, source, note = _region_spacing(ds)
+    if spacing is None and not note:
+        note = "no Pixel Spacing and no Sequence of Ultrasound Regions: measurements in mm not possible"
+    return spacing, source, note
+
+
+def decode_for_analysis(ds: Dataset, max_pixels: int, max_frames: int) -> DecodedImage:
+    """Check the instance and decode its representative frame (the middle one of a cine)."""
+    sop_class = UID(str(getattr(ds, "SOPClassUID", "")))
+    if sop_class not in ANALYSABLE_SOP_CLASSES:
+        raise IntakeRejected(f"SOP class {sop_class} ({sop_class.name}) is not analysed by this node")
+    if "PixelData" not in ds:
+        raise IntakeRejected("instance has no Pixel Data")
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        samples = int(getattr(ds, "SamplesPerPixel", 1))
+        n_frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise IntakeRejected(f"image pixel module is incomplete: {exc}") from exc
+    if rows < 16 or cols < 16:
+        raise IntakeRejected(f"image is {cols}x{rows} pixels; at least 16x16 is needed")
+    if rows * cols > max_pixels:
+        raise IntakeRejected(f"image is {cols}x{rows} pixels, above the limit of {max_pixels} pixels per frame")
+    if n_frames > max_frames:
+        raise IntakeRejected(f"{n_frames} frames, above the limit of {max_frames}")
+    if samples not in (1, 3):
+        raise IntakeRejected(f"Samples per Pixel {samples} is not supported")
+    index = n_frames // 2
+    photometric = str(getattr(ds, "PhotometricInterpretation", ""))
+    try:
+        # raw=False: pydicom returns RGB for YBR_FULL/YBR_FULL_422 and the JPEG 2000 YBR_RCT/YBR_ICT.
+        arr = pixel_array(ds, index=index if n_frames > 1 else None, raw=False)
+    except Exception as exc:
+        raise IntakeRejected(f"pixel data cannot be decoded: {exc}") from exc
+    try:
+        if photometric == "PALETTE COLOR":
+            rgb = np.asarray(apply_color_lut(arr, ds))
+        elif samples == 3:
+            rgb = arr
+        else:
+            rgb = None
+    except Exception as exc:
+        raise IntakeRejected(f"colour conversion from {photometric} failed: {exc}") from exc
+    if rgb is not None:
+        rgbf = rgb.astype(np.float32)
+        if rgb.dtype.itemsize > 1:
+            rgbf = rgbf / float(np.iinfo(rgb.dtype).max) * 255.0
+        gray = rgbf @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        display = np.clip(rgbf, 0, 255).round().astype(np.uint8)
+    else:
+        gray = arr.astype(np.float32)
+        if photometric == "MONOCHROME1":
+            gray = gray.max() - gray
+        lo, hi = float(gray.min()), float(gray.max())
+        scaled = (gray - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(gray)
+        display = np.repeat(scaled.round().astype(np.uint8)[..., None], 3, axis=2)
+    if gray.shape != (rows, cols):
+        raise IntakeRejected(f"decoded frame has shape {gray.shape}, expected {(rows, cols)}")
+    spacing, source, note = physical_spacing(ds)
+    return DecodedImage(
+        gray=gray,
+        display_rgb=display,
+        frame_number=index + 1 if n_frames > 1 else None,
+        n_frames=n_frames,
+        spacing_mm=spacing,
+        spacing_source=source,
+        spacing_note=note,
+        photometric=photometric,
+    )

@@ -1,0 +1,75 @@
+"""Assembles a running node from settings: job store, audit, spool, SCP and worker."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+
+import torch
+
+from fetalnode.audit import AuditLog
+from fetalnode.config import Settings
+from fetalnode.inference import Analyzer
+from fetalnode.jobs import JobStore
+from fetalnode.orthanc import OrthancClient
+from fetalnode.pipeline import Pipeline, Worker
+from fetalnode.scp.server import Terminal, start_scp
+from fetalnode.scp.spool import Spool
+
+log = logging.getLogger(__name__)
+
+
+def open_store(settings: Settings) -> JobStore:
+    return JobStore(settings.data_path / "jobs.sqlite")
+
+
+def open_audit(settings: Settings) -> AuditLog:
+    return AuditLog(settings.data_path / "audit.jsonl")
+
+
+def build_worker(settings: Settings, jobs: JobStore, audit: AuditLog) -> Worker:
+    """Load the model bundles (raising BundleError if any is unusable) and wire the pipeline."""
+    torch.set_num_threads(max(1, settings.worker.torch_threads))
+    analyzer = Analyzer.from_dir(
+        settings.models.dir, settings.models.segmentation, settings.models.classifier, settings.output.heatmap_alpha
+    )
+    log.info(
+        "models loaded: %s %s, %s %s", analyzer.seg.name, analyzer.seg.version, analyzer.cls.name, analyzer.cls.version
+    )
+    pipeline = Pipeline(settings, analyzer, OrthancClient(settings.orthanc), jobs, audit)
+    return Worker(pipeline, jobs, settings.worker.poll_interval, settings.worker.lease_seconds)
+
+
+@dataclass
+class Node:
+    """SCP plus (optionally) an in-process worker."""
+
+    settings: Settings
+    with_worker: bool = True
+    _stopped: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        jobs = open_store(self.settings)
+        audit = open_audit(self.settings)
+        worker = build_worker(self.settings, jobs, audit) if self.with_worker else None
+        spool = Spool(self.settings.data_path / "spool", self.settings.scp.min_free_bytes)
+        recovered = jobs.recover()
+        if recovered:
+            log.info("recovered %d job(s) interrupted by a previous stop", recovered)
+        server = start_scp(self.settings, Terminal(self.settings, spool, jobs, audit))
+        audit.event(
+            "node-started", ae_title=self.settings.node.ae_title, port=self.settings.node.port, worker=self.with_worker
+        )
+        if worker is not None:
+            worker.start()
+        try:
+            self._stopped.wait()
+        finally:
+            server.shutdown()
+            if worker is not None:
+                worker.stop()
+            audit.event("node-stopped")
+
+    def stop(self) -> None:
+        self._stopped.set()

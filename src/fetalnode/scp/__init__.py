@@ -1,0 +1,1 @@
+"""The data terminal: DICOM SCP (C-ECHO, C-STORE), spool and pre-notification."""

@@ -1,0 +1,64 @@
+"""The spool: received objects written atomically and durably before they are acknowledged."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+
+class SpoolFull(OSError):
+    """Less free space than the configured minimum."""
+
+
+_SAFE = re.compile(r"[^0-9A-Za-z.\-]")
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, fsync, rename over ``path``, fsync the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+class Spool:
+    """Files are named ``<day>/<SOPInstanceUID>_<sha256[:16]>.dcm``: two different objects that
+    share a SOP Instance UID never overwrite each other, an identical re-send maps to the same file."""
+
+    def __init__(self, root: Path, min_free_bytes: int) -> None:
+        self.root = root
+        self.min_free_bytes = min_free_bytes
+        root.mkdir(parents=True, exist_ok=True)
+
+    def check_space(self, incoming: int = 0) -> None:
+        free = shutil.disk_usage(self.root).free
+        if free - incoming < self.min_free_bytes:
+            raise SpoolFull(f"spool {self.root} has {free} bytes free, minimum is {self.min_free_bytes}")
+
+    def store(self, data: bytes, sop_instance_uid: str, digest: str | None = None) -> tuple[Path, str, bool]:
+        """Persist ``data``; returns (path, sha256, already_present)."""
+        self.check_space(len(data))
+        digest = digest or hashlib.sha256(data).hexdigest()
+        day = datetime.now(UTC).strftime("%Y%m%d")
+        name = f"{_SAFE.sub('_', sop_instance_uid)[:64]}_{digest[:16]}.dcm"
+        path = self.root / day / name
+        if path.exists():
+            return path, digest, True
+        atomic_write(path, data)
+        return path, digest, False

@@ -1,0 +1,93 @@
+"""Secondary Capture of the fused heatmap, with the finding burned in as a legible banner."""
+
+from __future__ import annotations
+
+import highdicom as hd
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
+
+from fetalnode import RESEARCH_NOTICE
+from fetalnode.errors import EncodingError
+from fetalnode.inference import AnalysisResult
+from fetalnode.sr_writer.report import contributing_equipment
+from fetalnode.sr_writer.uids import OutputUids
+
+
+def banner_lines(result: AnalysisResult) -> list[str]:
+    if not result.analysed:
+        first = result.reason.upper()
+    else:
+        first = f"AI FINDING: {result.finding.upper()} ({100 * result.confidence:.0f}%)"
+        if result.finding == "abnormal":
+            first += f" - {result.malformation_type.replace('_', ' ')}"
+        if result.biometry:
+            first += f"  HC {result.biometry.hc_mm:.1f} mm"
+    return [first, f"{RESEARCH_NOTICE} - fetalnode {result.cls_model[0]} {result.cls_model[1]}"]
+
+
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    for name in ("DejaVuSans-Bold.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"):
+        try:
+            return ImageFont.truetype(name, size)
+        except OSError:
+            continue
+    return ImageFont.load_default(size=size)
+
+
+def burn_banner(rgb: np.ndarray, lines: list[str]) -> np.ndarray:
+    """Add a black banner above the image with the lines in white/yellow (image pixels untouched)."""
+    h, w = rgb.shape[:2]
+    size = max(12, min(28, w // 48))
+    font = _font(size)
+    pad = size // 2
+    banner_h = pad + len(lines) * (size + pad)
+    canvas = Image.new("RGB", (w, h + banner_h), (0, 0, 0))
+    canvas.paste(Image.fromarray(rgb), (0, banner_h))
+    draw = ImageDraw.Draw(canvas)
+    for i, line in enumerate(lines):
+        draw.text((pad, pad + i * (size + pad)), line, fill=(255, 255, 0) if i == 0 else (255, 255, 255), font=font)
+    return np.asarray(canvas)
+
+
+def build_heatmap_capture(
+    source: Dataset, result: AnalysisResult, uids: OutputUids, *, manufacturer: str, station_name: str
+) -> hd.sc.SCImage:
+    """An RGB Secondary Capture in the source study: fused Grad-CAM heatmap, ROI ellipse and banner."""
+    if result.fused_rgb is None:
+        raise EncodingError("analysis produced no image to capture")
+    pixels = burn_banner(result.fused_rgb, banner_lines(result))
+    models = f"{result.seg_model[0]} {result.seg_model[1]},{result.cls_model[0]} {result.cls_model[1]}"
+    try:
+        sc = hd.sc.SCImage.from_ref_dataset(
+            ref_dataset=source,
+            pixel_array=np.ascontiguousarray(pixels),
+            photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+            bits_allocated=8,
+            coordinate_system=None,
+            series_instance_uid=uids.sc_series,
+            series_number=9102,
+            sop_instance_uid=uids.sc_instance,
+            instance_number=int(getattr(source, "InstanceNumber", 1) or 1),
+            manufacturer=manufacturer,
+            transfer_syntax_uid=ExplicitVRLittleEndian,
+            contributing_equipment=[contributing_equipment(manufacturer, models, station_name)],
+        )
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise EncodingError(f"Secondary Capture could not be built: {exc}") from exc
+    sc.SeriesDescription = "fetalnode AI heatmap - research use only"
+    sc.ImageComments = " / ".join(banner_lines(result))[:10240]
+    sc.BurnedInAnnotation = "YES"
+    sc.Laterality = ""
+    sc.ImageType = ["DERIVED", "SECONDARY"]
+    sc.DerivationDescription = "Grad-CAM saliency of the fetalnode classifier fused over the source image"
+    sc.SourceImageSequence = [_reference(source)]
+    return sc
+
+
+def _reference(source: Dataset) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID = source.SOPClassUID
+    item.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    return item

@@ -1,0 +1,54 @@
+"""Coded concepts of fetalnode reports.
+
+Standard codes where they exist (LOINC fetal biometry of CID 12005, SNOMED CT normal/abnormal,
+DCM); otherwise the private coding scheme ``99FETALNODE``, declared in the Coding Scheme
+Identification Sequence of every report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+
+SCHEME = "99FETALNODE"
+SCHEME_VERSION = "1"
+
+HEAD_CIRCUMFERENCE = Code("11779-6", "LN", "Head Circumference")
+BIPARIETAL_DIAMETER = Code("11820-8", "LN", "Biparietal Diameter")
+OCCIPITAL_FRONTAL_DIAMETER = Code("11851-3", "LN", "Occipital-Frontal Diameter")
+MM = Code("mm", "UCUM", "millimeter")
+PERCENT = Code("%", "UCUM", "percent")
+
+FINDING = Code("121071", "DCM", "Finding")
+NORMAL = Code("17621005", "SCT", "Normal")
+ABNORMAL = Code("263654008", "SCT", "Abnormal")
+HEAD_STRUCTURE = Code("69536005", "SCT", "Head")
+COMMENT = Code("121106", "DCM", "Comment")
+QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
+OB_ULTRASOUND = Code("11525-3", "LN", "US Pelvis Fetus for pregnancy")
+
+NOT_ANALYSED = Code("FN0001", SCHEME, "Not analysed: no fetal head found")
+MALFORMATION_TYPE = Code("FN0002", SCHEME, "Malformation type")
+FINDING_CONFIDENCE = Code("FN0003", SCHEME, "Classifier confidence of finding")
+TYPE_CONFIDENCE = Code("FN0004", SCHEME, "Classifier confidence of malformation type")
+HEAD_SCORE = Code("FN0005", SCHEME, "Head segmentation plausibility")
+
+FETUS = codes.DCM.Fetus
+
+
+def malformation_code(label: str) -> Code:
+    """Private code of a classifier label: ``FNM`` + 6 hex digits of its SHA-1 (Code Value is SH, 16 chars)."""
+    digest = hashlib.sha1(label.encode("utf-8")).hexdigest()[:6].upper()
+    return Code(f"FNM{digest}", SCHEME, label.replace("_", " ").capitalize())
+
+
+def coding_scheme_identification() -> Dataset:
+    item = Dataset()
+    item.CodingSchemeDesignator = SCHEME
+    item.CodingSchemeName = "fetalnode private codes"
+    item.CodingSchemeVersion = SCHEME_VERSION
+    item.CodingSchemeResponsibleOrganization = "fetalnode project"
+    return item

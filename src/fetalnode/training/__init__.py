@@ -1,0 +1,1 @@
+"""The model creation end: datasets, training loops and evaluation reports."""

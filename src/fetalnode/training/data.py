@@ -1,0 +1,84 @@
+"""Dataset folders in the ``../shared/datasets/<name>`` layout and group-aware splits."""
+
+from __future__ import annotations
+
+import csv
+import random
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+Row = dict[str, str]
+
+
+def read_labels(folder: str | Path) -> list[Row]:
+    """Rows of ``labels.csv`` in a dataset folder."""
+    path = Path(folder) / "labels.csv"
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def load_gray(path: str | Path) -> np.ndarray:
+    """An image file as a 2D float32 array (0..255)."""
+    with Image.open(path) as im:
+        return np.asarray(im.convert("L"), dtype=np.float32)
+
+
+def group_split(
+    rows: list[Row], group_col: str, fractions: dict[str, float], seed: int, stratify_col: str | None = None
+) -> dict[str, list[Row]]:
+    """Split rows by whole groups (never by image).
+
+    Groups are shuffled with ``seed`` (within each stratum when ``stratify_col`` is given) and
+    dealt into the splits in the order of ``fractions``; the first split takes the remainder.
+    A stratum with fewer groups than splits goes entirely to the first split.
+    """
+    names = list(fractions)
+    strata: dict[str, set[str]] = defaultdict(set)
+    for row in rows:
+        strata[row[stratify_col] if stratify_col else ""].add(row[group_col])
+    assignment: dict[str, str] = {}
+    rng = random.Random(seed)
+    for stratum in sorted(strata):
+        groups = sorted(strata[stratum])
+        rng.shuffle(groups)
+        if len(groups) < len(names):
+            assignment.update({g: names[0] for g in groups})
+            continue
+        start = 0
+        for name in reversed(names[1:]):
+            k = max(1, round(len(groups) * fractions[name]))
+            for g in groups[start : start + k]:
+                assignment[g] = name
+            start += k
+        for g in groups[start:]:
+            assignment[g] = names[0]
+    out: dict[str, list[Row]] = {name: [] for name in names}
+    for row in rows:
+        out[assignment[row[group_col]]].append(row)
+    return out
+
+
+def bootstrap_ci(
+    values: np.ndarray, groups: np.ndarray, stat, n_boot: int = 1000, seed: int = 0
+) -> tuple[float, float]:
+    """95% percentile bootstrap CI of ``stat(values_subset)`` resampling whole groups."""
+    rng = np.random.default_rng(seed)
+    uniq = np.unique(groups)
+    if len(uniq) == 0:
+        return (float("nan"), float("nan"))
+    index = {g: np.nonzero(groups == g)[0] for g in uniq}
+    stats = []
+    for _ in range(n_boot):
+        pick = rng.choice(uniq, size=len(uniq), replace=True)
+        idx = np.concatenate([index[g] for g in pick])
+        try:
+            stats.append(float(stat(idx)))
+        except ValueError:
+            continue
+    if not stats:
+        return (float("nan"), float("nan"))
+    lo, hi = np.percentile(stats, (2.5, 97.5))
+    return (float(lo), float(hi))

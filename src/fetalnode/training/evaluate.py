@@ -1,0 +1,81 @@
+"""``fetalnode evaluate``: metrics of a bundle on any folder in the training data's format."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from fetalnode.inference import Analyzer
+from fetalnode.inference.analyzer import seg_settings
+from fetalnode.inference.bundle import load_bundle, read_metadata
+from fetalnode.training.classifier import classification_metrics, predict, roi_crops, usable_rows
+from fetalnode.training.data import load_gray, read_labels
+from fetalnode.training.segmentation import evaluate_segmentation_net
+
+DEFAULT_SEG = Path("models/hc18-headseg")
+
+
+def confusion_png(cm: np.ndarray, labels: list[str], path: Path) -> None:
+    """A readable confusion matrix: rows = truth, columns = prediction."""
+    k = len(labels)
+    cell, left, top = 34, 230, 40
+    img = Image.new("RGB", (left + k * cell + 10, top + k * cell + 10), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((left, 5), "prediction ->   (rows: truth)", fill="black")
+    peak = max(int(cm.max()), 1)
+    for i in range(k):
+        draw.text((5, top + i * cell + 10), labels[i][:34], fill="black")
+        for j in range(k):
+            v = int(cm[i, j])
+            shade = 255 - int(200 * v / peak)
+            x0, y0 = left + j * cell, top + i * cell
+            draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=(shade, shade, 255), outline="grey")
+            if v:
+                draw.text((x0 + 6, y0 + 10), str(v), fill="black")
+    img.save(path)
+
+
+def evaluate_bundle(model: Path, data: Path, out: Path, seg_model: Path | None = None) -> dict[str, Any]:
+    meta = read_metadata(model)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {
+        "model": f"{meta['name']} {meta['version']}",
+        "data": str(data),
+        "notice": "research use only, not for diagnosis",
+    }
+    if meta["task"] == "segmentation":
+        bundle = load_bundle(model, "segmentation")
+        rows = read_labels(data)
+        canvas_hw, axis_scale = seg_settings(bundle)
+        report["segmentation"] = evaluate_segmentation_net(bundle.net, data, rows, canvas_hw, axis_scale)
+    else:
+        bundle = load_bundle(model, "classification")
+        seg = load_bundle(seg_model or DEFAULT_SEG, "segmentation")
+        rows, dropped = usable_rows(data)
+        labels = list(meta["labels"])
+        unknown = sorted({r["label"] for r in rows} - set(labels))
+        if unknown:
+            raise ValueError(f"{data}: labels unknown to the model: {unknown}")
+        x, found = roi_crops(seg, data, rows, int(meta["input"]["roi_size"]), float(meta["input"]["roi_margin"]))
+        y = np.array([labels.index(r["label"]) for r in rows])
+        groups = np.array([r["case_group"] for r in rows])
+        metrics = classification_metrics(predict(bundle.net, x), y, labels, groups)
+        metrics["head_found_rate"] = float(found.mean())
+        metrics["label_conflict_rows_dropped"] = dropped
+        report["classification"] = metrics
+        cm_path = out.with_name(out.stem + "_confusion.png")
+        confusion_png(np.array(metrics["confusion_matrix"]), labels, cm_path)
+        report["figures"] = [str(cm_path)]
+        analyzer = Analyzer(seg, bundle)
+        for row in rows[:: max(1, len(rows) // 4)][:4]:
+            result = analyzer.analyze(load_gray(data / row["filename"]), None)
+            if result.fused_rgb is not None:
+                fig = out.with_name(f"{out.stem}_heatmap_{Path(row['filename']).stem}.png")
+                Image.fromarray(result.fused_rgb).save(fig)
+                report["figures"].append(str(fig))
+    out.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    return report

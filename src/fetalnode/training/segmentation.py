@@ -1,0 +1,274 @@
+"""Train the head segmentation bundle on an HC18-format folder (images, masks, labels.csv)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.losses import DiceCELoss
+from tqdm import tqdm
+
+from fetalnode.inference.analyzer import locate_head
+from fetalnode.inference.bundle import save_bundle
+from fetalnode.inference.ellipse import ramanujan_perimeter
+from fetalnode.inference.networks import build_segmentation_net
+from fetalnode.inference.preprocess import letterbox, to_unit_range
+from fetalnode.training.data import Row, bootstrap_ci, group_split, load_gray, read_labels
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SegRecipe:
+    canvas_hw: tuple[int, int] = (224, 320)
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    strides: tuple[int, ...] = (2, 2, 2)
+    num_res_units: int = 2
+    epochs: int = 60
+    batch_size: int = 16
+    lr: float = 2e-3
+    patience: int = 10
+    max_minutes: float = 35.0
+    seed: int = 20261124
+    limit: int = 0
+
+
+def load_split(folder: Path, rows: list[Row], canvas_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    imgs, masks = [], []
+    for row in rows:
+        img, _ = letterbox(to_unit_range(load_gray(folder / row["filename"])), canvas_hw)
+        mask, _ = letterbox(load_gray(folder / row["mask_filename"]) / 255.0, canvas_hw)
+        imgs.append(img)
+        masks.append((mask >= 0.5).astype(np.float32))
+    return torch.from_numpy(np.stack(imgs))[:, None], torch.from_numpy(np.stack(masks))[:, None]
+
+
+def augment(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flips and gamma/contrast jitter (the masks follow the flips)."""
+    if torch.rand(1, generator=gen).item() < 0.5:
+        x, y = x.flip(-1), y.flip(-1)
+    if torch.rand(1, generator=gen).item() < 0.5:
+        x, y = x.flip(-2), y.flip(-2)
+    gamma = torch.exp(torch.empty(x.shape[0], 1, 1, 1).uniform_(-0.4, 0.4, generator=gen))
+    gain = torch.empty(x.shape[0], 1, 1, 1).uniform_(0.8, 1.2, generator=gen)
+    return (x.clamp(0, 1) ** gamma * gain).clamp(0, 1), y
+
+
+def hc_errors(
+    net: torch.nn.Module, folder: Path, rows: list[Row], canvas_hw: tuple[int, int], axis_scale: float
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Predicted and reference HC (mm) through the inference path; NaN where no head was found."""
+    net.eval()
+    pred, ref, groups = [], [], []
+    for row in rows:
+        img01 = to_unit_range(load_gray(folder / row["filename"]))
+        ellipse, _, _ = locate_head(net, canvas_hw, axis_scale, img01)
+        px = float(row["pixel_size_mm"])
+        pred.append(ramanujan_perimeter(ellipse.a, ellipse.b) * px if ellipse else math.nan)
+        ref.append(float(row["hc_mm"]))
+        groups.append(row["subject_group"])
+    return np.array(pred), np.array(ref), groups
+
+
+def dice(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    net.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(x), 32):
+            p = (torch.sigmoid(net(x[i : i + 32])) >= 0.5).float()
+            t = y[i : i + 32]
+            inter = (p * t).sum(dim=(1, 2, 3))
+            out.append((2 * inter / (p.sum(dim=(1, 2, 3)) + t.sum(dim=(1, 2, 3))).clamp_min(1e-6)).numpy())
+    return np.concatenate(out)
+
+
+def train_segmentation(data: Path, out: Path, recipe: SegRecipe, name: str, version: str) -> dict[str, Any]:
+    """Train, early-stop on the validation split, calibrate on training data, evaluate on the test split."""
+    torch.manual_seed(recipe.seed)
+    gen = torch.Generator().manual_seed(recipe.seed)
+    rows = read_labels(data)
+    splits = group_split(rows, "subject_group", {"train": 0.7, "val": 0.15, "test": 0.15}, recipe.seed)
+    if recipe.limit:
+        splits = {k: v[: recipe.limit if k == "train" else max(2, recipe.limit // 4)] for k, v in splits.items()}
+    log.info("split by subject_group: %s", {k: len(v) for k, v in splits.items()})
+    xtr, ytr = load_split(data, splits["train"], recipe.canvas_hw)
+    xva, yva = load_split(data, splits["val"], recipe.canvas_hw)
+    params = {
+        "channels": list(recipe.channels),
+        "strides": list(recipe.strides),
+        "num_res_units": recipe.num_res_units,
+        "norm": "BATCH",
+    }
+    net = build_segmentation_net(params)
+    opt = torch.optim.AdamW(net.parameters(), lr=recipe.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=recipe.epochs)
+    loss_fn = DiceCELoss(sigmoid=True)
+    best: tuple[float, dict[str, torch.Tensor]] | None = None
+    stale = 0
+    start = time.monotonic()
+    history = []
+    for epoch in range(1, recipe.epochs + 1):
+        net.train()
+        perm = torch.randperm(len(xtr), generator=gen)
+        losses = []
+        bar = tqdm(range(0, len(perm), recipe.batch_size), desc=f"seg epoch {epoch}", leave=False)
+        for i in bar:
+            idx = perm[i : i + recipe.batch_size]
+            xb, yb = augment(xtr[idx], ytr[idx], gen)
+            opt.zero_grad()
+            loss = loss_fn(net(xb), yb)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        sched.step()
+        val_dice = float(dice(net, xva, yva).mean())
+        pred, ref, _ = hc_errors(net, data, splits["val"], recipe.canvas_hw, 1.0)
+        val_hc = float(np.nanmean(np.abs(pred - ref))) if np.isfinite(pred).any() else math.inf
+        elapsed = time.monotonic() - start
+        history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_dice": val_dice, "val_hc_mae_mm": val_hc})
+        log.info(
+            "epoch %d loss %.4f val dice %.4f val HC MAE %.2f mm (%.0f s)",
+            epoch,
+            np.mean(losses),
+            val_dice,
+            val_hc,
+            elapsed,
+        )
+        score = val_hc - 100 * val_dice
+        if best is None or score < best[0]:
+            best = (score, {k: v.clone() for k, v in net.state_dict().items()})
+            stale = 0
+        else:
+            stale += 1
+        if stale >= recipe.patience:
+            log.info("early stop: no validation improvement for %d epochs", stale)
+            break
+        if elapsed > recipe.max_minutes * 60:
+            log.info("stopping: time budget of %.0f minutes reached", recipe.max_minutes)
+            break
+    assert best is not None
+    net.load_state_dict(best[1])
+    train_minutes = (time.monotonic() - start) / 60
+    # Bias calibration on training data only: the ratio that makes predicted HC match reference HC.
+    cal_rows = splits["train"][:: max(1, len(splits["train"]) // 200)]
+    pred, ref, _ = hc_errors(net, data, cal_rows, recipe.canvas_hw, 1.0)
+    ok = np.isfinite(pred)
+    axis_scale = float(np.median(ref[ok] / pred[ok])) if ok.any() else 1.0
+    log.info("axis scale calibrated on %d training images: %.4f", int(ok.sum()), axis_scale)
+    metrics = evaluate_segmentation_net(net, data, splits["test"], recipe.canvas_hw, axis_scale)
+    metrics["split"] = "test (15% of subject groups, never used for training or early stopping)"
+    metadata = {
+        "name": name,
+        "version": version,
+        "task": "segmentation",
+        "description": "Fetal head (skull ellipse) segmentation on trans-thalamic ultrasound.",
+        "intended_use": "RESEARCH USE ONLY, NOT FOR DIAGNOSIS",
+        "network": {"class": "monai.networks.nets.UNet", "params": params},
+        "input": {
+            "canvas_hw": list(recipe.canvas_hw),
+            "channels": 1,
+            "intensity": "0.5-99.5 percentile to [0,1]",
+            "resize": "letterbox, aspect kept, zero pad bottom/right",
+        },
+        "postprocess": {
+            "threshold": 0.5,
+            "ellipse_fit": "weighted second moments of largest region",
+            "axis_scale": axis_scale,
+        },
+        "training_data": [
+            {
+                "name": "HC18 grand challenge training set (shared part)",
+                "citation": "van den Heuvel et al., PLoS ONE 13(8): e0200412 (2018), doi:10.5281/zenodo.1327317",
+                "licence": "CC BY 4.0",
+                "splits": {
+                    k: {"images": len(v), "groups": len({r["subject_group"] for r in v})} for k, v in splits.items()
+                },
+                "split_by": "subject_group",
+                "seed": recipe.seed,
+            }
+        ],
+        "training": {
+            "epochs_run": len(history),
+            "minutes": round(train_minutes, 1),
+            "device": "cpu",
+            "recipe": {k: (list(v) if isinstance(v, tuple) else v) for k, v in recipe.__dict__.items()},
+            "history": history,
+        },
+        "metrics": metrics,
+    }
+    save_bundle(out, net, metadata, seg_model_card(metadata))
+    return metadata
+
+
+def evaluate_segmentation_net(
+    net: torch.nn.Module, data: Path, rows: list[Row], canvas_hw: tuple[int, int], axis_scale: float
+) -> dict[str, Any]:
+    """Dice (at the network canvas) and HC error in mm through the full inference path."""
+    x, y = load_split(data, rows, canvas_hw)
+    d = dice(net, x, y)
+    pred, ref, groups = hc_errors(net, data, rows, canvas_hw, axis_scale)
+    found = np.isfinite(pred)
+    err = np.abs(pred - ref)
+    g = np.array(groups)
+    fidx = np.nonzero(found)[0]
+    return {
+        "n": len(rows),
+        "n_groups": len(set(groups)),
+        "dice_mean": float(d.mean()),
+        "dice_mean_ci95": bootstrap_ci(d, g, lambda i: d[i].mean()),
+        "head_found_rate": float(found.mean()),
+        "hc_abs_diff_mm_mean": float(err[found].mean()) if found.any() else None,
+        "hc_abs_diff_mm_mean_ci95": bootstrap_ci(err[fidx], g[fidx], lambda i: err[fidx][i].mean()),
+        "hc_abs_diff_mm_median": float(np.median(err[found])) if found.any() else None,
+        "hc_diff_mm_mean_signed": float((pred - ref)[found].mean()) if found.any() else None,
+    }
+
+
+def seg_model_card(meta: dict[str, Any]) -> str:
+    m = meta["metrics"]
+    td = meta["training_data"][0]
+    return f"""# {meta["name"]} {meta["version"]} — fetal head segmentation
+
+**{meta["intended_use"]}.** Trained on a small public dataset; not validated for clinical use.
+
+## What it does
+Segments the fetal skull ellipse on a 2D trans-thalamic ultrasound image ({meta["network"]["class"]},
+{meta["network"]["params"]}). The node fits an ellipse to the mask (weighted second moments),
+corrects its axes by a factor calibrated on training data only ({_f(meta["postprocess"]["axis_scale"], ".4f")}),
+and derives HC (Ramanujan), BPD and OFD in mm from the DICOM pixel calibration. A plausibility gate
+(ellipse fit IoU, axis ratio, size, in-frame, confidence) answers "not analysed: no fetal head found".
+
+## Training data
+{td["name"]} — {td["citation"]}; licence {td["licence"]}. Split by `{td["split_by"]}` (seed {td["seed"]}):
+{td["splits"]}.
+
+## Metrics ({m["split"]})
+| metric | value | 95% CI (bootstrap by group) |
+|---|---|---|
+| n images / groups | {m["n"]} / {m["n_groups"]} | |
+| Dice (at the {meta["input"]["canvas_hw"]} canvas) | {_f(m["dice_mean"], ".4f")} | {_f(m["dice_mean_ci95"][0], ".4f")}–{_f(m["dice_mean_ci95"][1], ".4f")} |
+| head found | {_f(m["head_found_rate"], ".3f")} | |
+| HC absolute error, mean (mm) | {_f(m["hc_abs_diff_mm_mean"], ".2f")} | {_f(m["hc_abs_diff_mm_mean_ci95"][0], ".2f")}–{_f(m["hc_abs_diff_mm_mean_ci95"][1], ".2f")} |
+| HC absolute error, median (mm) | {_f(m["hc_abs_diff_mm_median"], ".2f")} | |
+| HC signed error, mean (mm) | {_f(m["hc_diff_mm_mean_signed"], ".2f")} | |
+
+Training: {meta["training"]["epochs_run"]} epochs, {meta["training"]["minutes"]} minutes on {meta["training"]["device"]} (2 cores).
+
+## Limits
+Only trans-thalamic planes of (presumed) normal fetuses from one centre; BPD/OFD are outer-to-outer axes
+of the fitted ellipse, not sonographer caliper placements.
+"""
+
+
+def _f(value: Any, spec: str) -> str:
+    """Format a metric, or 'n/a' where it could not be measured."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return format(value, spec)

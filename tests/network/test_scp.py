@@ -1,0 +1,133 @@
+"""The data terminal over real associations on 127.0.0.1 (receive only: no worker, no models)."""
+
+import hashlib
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pynetdicom import AE, build_context
+from pynetdicom.sop_class import CTImageStorage, UltrasoundImageStorage, Verification
+
+from tests.conftest import MODALITY, NODE_AET, dicom_testfile, storescu
+
+pytestmark = [pytest.mark.network, pytest.mark.interop]
+
+
+def audit(node) -> list[dict]:
+    path = node.data_dir / "audit.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.fixture
+def terminal(make_node):
+    return make_node().start("--no-worker")
+
+
+@pytest.mark.parametrize(
+    ("name", "flags"),
+    [
+        ("OBXXXX1A.dcm", ()),
+        ("OBXXXX1A_rle.dcm", ("-xr",)),
+        ("OBXXXX1A_rle_2frame.dcm", ("-xr",)),
+        ("US1_J2KR.dcm", ("-xv",)),
+        ("examples_ybr_color.dcm", ("-xy",)),
+        ("JPGLosslessP14SV1_1s_1f_8b.dcm", ("-xs",)),
+        ("gdcm-US-ALOKA-16.dcm", ()),
+    ],
+)
+def test_storescu_stores_and_prenotifies(terminal, name: str, flags: tuple[str, ...]) -> None:
+    src = dicom_testfile(name)
+    result = storescu(terminal.port, src, flags=flags)
+    assert result.returncode == 0, result.stderr
+    [job] = terminal.jobs.jobs()
+    ds = dcmread(src, stop_before_pixels=True)
+    assert job.state == "queued"
+    assert job.calling_ae == MODALITY and job.peer.startswith("127.0.0.1:")
+    assert job.sop_uid == ds.SOPInstanceUID and job.study_uid == ds.StudyInstanceUID
+    spooled = Path(job.spool_path).read_bytes()
+    assert hashlib.sha256(spooled).hexdigest() == job.sha256
+    assert dcmread(job.spool_path).file_meta.TransferSyntaxUID == ds.file_meta.TransferSyntaxUID
+    assert [e["event"] for e in audit(terminal)].count("instance-received") == 1
+
+
+def test_same_uid_different_objects_both_kept_identical_resend_deduplicated(terminal) -> None:
+    # Two different real objects (800x600 and 800x350) that carry the same SOP Instance UID.
+    first, other = dicom_testfile("OBXXXX1A.dcm"), dicom_testfile("examples_palette.dcm")
+    assert dcmread(first).SOPInstanceUID == dcmread(other).SOPInstanceUID
+    assert storescu(terminal.port, first).returncode == 0
+    assert storescu(terminal.port, other).returncode == 0
+    assert storescu(terminal.port, first).returncode == 0
+    jobs = terminal.jobs.jobs()
+    assert len(jobs) == 2
+    assert jobs[0].spool_path != jobs[1].spool_path
+    assert all(Path(j.spool_path).is_file() for j in jobs)
+    assert "uid_conflict" in jobs[1].extra
+    assert any(e["event"] == "instance-duplicate" for e in audit(terminal))
+
+
+def test_echo_and_unknown_calling_ae_rejected(terminal) -> None:
+    ok = subprocess.run(["echoscu", "-aet", MODALITY, "-aec", NODE_AET, "127.0.0.1", str(terminal.port)])
+    assert ok.returncode == 0
+    bad = subprocess.run(
+        ["echoscu", "-aet", "INTRUDER", "-aec", NODE_AET, "127.0.0.1", str(terminal.port)],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode != 0
+    assert "Calling AE Title Not Recognized" in bad.stderr + bad.stdout
+    rejected = [e for e in audit(terminal) if e["event"] == "association-rejected"]
+    assert rejected and rejected[-1]["calling_ae"] == "INTRUDER"
+
+
+def test_private_and_unsupported_contexts_refused_without_failing_association(terminal) -> None:
+    ae = AE(ae_title=MODALITY)
+    philips_private = "1.3.46.670589.2.5.1.1"
+    contexts = [build_context(philips_private), build_context(CTImageStorage), build_context(UltrasoundImageStorage)]
+    assoc = ae.associate("127.0.0.1", terminal.port, contexts=contexts, ae_title=NODE_AET)
+    try:
+        assert assoc.is_established
+        accepted = {str(c.abstract_syntax) for c in assoc.accepted_contexts}
+        rejected = {str(c.abstract_syntax) for c in assoc.rejected_contexts}
+        assert accepted == {str(UltrasoundImageStorage)}
+        assert {philips_private, str(CTImageStorage)} <= rejected
+        status = assoc.send_c_store(dcmread(dicom_testfile("OBXXXX1A.dcm")))
+        assert status.Status == 0x0000
+    finally:
+        assoc.release()
+
+
+def test_dataset_without_study_uid_gets_c210(terminal) -> None:
+    ds = dcmread(dicom_testfile("OBXXXX1A.dcm"))
+    del ds.StudyInstanceUID
+    ae = AE(ae_title=MODALITY)
+    ae.add_requested_context(UltrasoundImageStorage, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", terminal.port, ae_title=NODE_AET)
+    try:
+        status = assoc.send_c_store(ds)
+        assert status.Status == 0xC210
+    finally:
+        assoc.release()
+    assert terminal.jobs.jobs() == []
+    refused = [e for e in audit(terminal) if e["event"] == "store-refused"]
+    assert refused and refused[0]["status"] == "0xC210"
+
+
+def test_spool_below_free_space_answers_a700(make_node) -> None:
+    too_much = shutil.disk_usage("/tmp").free * 10
+    node = make_node(scp__min_free_bytes=str(too_much)).start("--no-worker")
+    ds = dcmread(dicom_testfile("OBXXXX1A.dcm"))
+    ae = AE(ae_title=MODALITY)
+    ae.add_requested_context(UltrasoundImageStorage, ds.file_meta.TransferSyntaxUID)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=NODE_AET)
+    try:
+        assert assoc.send_c_store(ds).Status == 0xA700
+        assert assoc.send_c_echo().Status == 0x0000, "the node keeps answering"
+    finally:
+        assoc.release()
+    assert node.jobs.jobs() == []
+    refused = [e for e in audit(node) if e["event"] == "store-refused"]
+    assert refused and refused[0]["status"] == "0xA700"

@@ -1,0 +1,68 @@
+import math
+
+import numpy as np
+import pytest
+
+from fetalnode.inference.ellipse import Ellipse, biometry, fit_ellipse, ramanujan_perimeter
+from fetalnode.inference.preprocess import letterbox, roi_crop
+
+pytestmark = pytest.mark.unit
+
+
+def raster(e: Ellipse, shape: tuple[int, int], supersample: int = 4) -> np.ndarray:
+    """Area-weighted rasterisation of an ellipse (fraction of each pixel inside)."""
+    h, w = shape
+    s = supersample
+    yy, xx = np.mgrid[0 : h * s, 0 : w * s]
+    xx = (xx + 0.5) / s - 0.5
+    yy = (yy + 0.5) / s - 0.5
+    t = math.radians(e.angle_deg)
+    dx, dy = xx - e.cx, yy - e.cy
+    u = (dx * math.cos(t) + dy * math.sin(t)) / e.a
+    v = (-dx * math.sin(t) + dy * math.cos(t)) / e.b
+    inside = (u * u + v * v <= 1).astype(np.float32)
+    return inside.reshape(h, s, w, s).mean(axis=(1, 3))
+
+
+@pytest.mark.parametrize("angle", [0.0, 30.0, -60.0, 89.0])
+def test_fit_recovers_ellipse_subpixel(angle: float) -> None:
+    truth = Ellipse(cx=150.3, cy=110.7, a=90.0, b=65.0, angle_deg=angle)
+    fit = fit_ellipse(raster(truth, (240, 320)))
+    assert fit is not None
+    assert abs(fit.cx - truth.cx) < 0.2 and abs(fit.cy - truth.cy) < 0.2
+    assert abs(fit.a - truth.a) < 0.5 and abs(fit.b - truth.b) < 0.5
+    assert min(abs(fit.angle_deg - angle), 180 - abs(fit.angle_deg - angle)) < 1.0
+
+
+def test_fit_ignores_small_spurious_blobs_and_empty() -> None:
+    prob = raster(Ellipse(100, 100, 60, 40, 10), (200, 220))
+    prob[5:9, 200:205] = 1.0
+    fit = fit_ellipse(prob)
+    assert fit is not None and abs(fit.cx - 100) < 0.3
+    assert fit_ellipse(np.zeros((50, 50))) is None
+
+
+def test_biometry_isotropic_and_anisotropic() -> None:
+    e = Ellipse(0, 0, 100, 80, 0)
+    b = biometry(e, (0.5, 0.5))
+    assert b.ofd_mm == pytest.approx(100.0)
+    assert b.bpd_mm == pytest.approx(80.0)
+    assert b.hc_mm == pytest.approx(ramanujan_perimeter(50, 40), rel=1e-9)
+    # A circle of radius 100 px with 0.5 mm columns and 0.25 mm rows is a 50 x 25 mm ellipse.
+    c = biometry(Ellipse(0, 0, 100, 100, 0), (0.25, 0.5))
+    assert c.hc_mm == pytest.approx(ramanujan_perimeter(50, 25), rel=1e-4)
+    assert (c.ofd_mm, c.bpd_mm) == pytest.approx((100.0, 50.0))
+
+
+def test_letterbox_round_trip_and_roi_mapping() -> None:
+    img = np.random.default_rng(0).random((432, 640)).astype(np.float32)
+    canvas, box = letterbox(img, (224, 320))
+    assert canvas.shape == (224, 320)
+    assert box.content_hw == (216, 320)
+    assert np.all(canvas[216:] == 0)
+    back = box.to_source(canvas)
+    assert back.shape == img.shape
+    crop, rc = roi_crop(img, (100.0, 50.0, 300.0, 250.0), 64, 0.1)
+    assert crop.shape == (64, 64)
+    full = rc.to_source(np.ones((64, 64), np.float32), img.shape)
+    assert full[150, 200] == pytest.approx(1.0) and full[400, 600] == 0.0

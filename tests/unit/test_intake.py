@@ -1,0 +1,59 @@
+import numpy as np
+import pytest
+from pydicom import dcmread
+
+from fetalnode.errors import IntakeRejected
+from fetalnode.intake import decode_for_analysis, physical_spacing
+from tests.conftest import dicom_testfile
+
+pytestmark = pytest.mark.unit
+LIMITS = (40_000_000, 2000)
+
+
+@pytest.mark.parametrize(
+    ("name", "frame", "spacing"),
+    [
+        ("OBXXXX1A.dcm", None, 0.26229),  # Philips, palette colour, explicit VR
+        ("OBXXXX1A_rle_2frame.dcm", 2, 0.26229),  # US multi-frame, RLE
+        ("US1_J2KR.dcm", None, None),  # GE, JPEG 2000 lossless YBR_RCT, no calibration
+        ("color3d_jpeg_baseline.dcm", 61, 0.5105),  # JPEG baseline YBR_FULL_422, 120 frames
+        ("JPGLosslessP14SV1_1s_1f_8b.dcm", None, 0.25477),  # JPEG lossless SV1
+        ("gdcm-US-ALOKA-16.dcm", None, 0.38265),  # 16-bit palette colour, implicit VR
+    ],
+)
+def test_real_us_files_decode(name: str, frame: int | None, spacing: float | None) -> None:
+    d = decode_for_analysis(dcmread(dicom_testfile(name)), *LIMITS)
+    assert d.gray.ndim == 2 and d.gray.shape == d.display_rgb.shape[:2]
+    assert d.display_rgb.dtype == np.uint8 and d.gray.std() > 1.0
+    assert d.frame_number == frame
+    if spacing is None:
+        assert d.spacing_mm is None and "no Pixel Spacing" in d.spacing_note
+    else:
+        assert d.spacing_mm == pytest.approx((spacing, spacing), abs=1e-4)
+        assert d.spacing_source == "SequenceOfUltrasoundRegions"
+
+
+def test_jpeg2000_equals_uncompressed() -> None:
+    a = decode_for_analysis(dcmread(dicom_testfile("US1_J2KR.dcm")), *LIMITS)
+    b = decode_for_analysis(dcmread(dicom_testfile("US1_UNCR.dcm")), *LIMITS)
+    assert np.array_equal(a.display_rgb, b.display_rgb)
+
+
+def test_rejections_are_explained() -> None:
+    with pytest.raises(IntakeRejected, match="Segmentation Storage"):
+        decode_for_analysis(dcmread(dicom_testfile("liver.dcm")), *LIMITS)
+    ds = dcmread(dicom_testfile("OBXXXX1A.dcm"))
+    with pytest.raises(IntakeRejected, match="above the limit"):
+        decode_for_analysis(ds, 1000, 10)
+    ds.PixelData = ds.PixelData[: len(ds.PixelData) // 3]
+    with pytest.raises(IntakeRejected, match="cannot be decoded"):
+        decode_for_analysis(ds, *LIMITS)
+
+
+def test_contradictory_regions_give_no_spacing() -> None:
+    ds = dcmread(dicom_testfile("gdcm-US-ALOKA-16.dcm"))
+    regions = [r for r in ds.SequenceOfUltrasoundRegions if int(r.RegionSpatialFormat) == 1]
+    assert len(regions) == 2
+    regions[1].PhysicalDeltaX = float(regions[0].PhysicalDeltaX) * 1.5
+    spacing, _, note = physical_spacing(ds)
+    assert spacing is None and "disagree" in note
