@@ -22,13 +22,24 @@ class OrthancClient:
 
     def __init__(self, settings: OrthancSettings) -> None:
         self.url = settings.url.rstrip("/")
-        password = settings.resolved_password()
-        self._api = Orthanc(
-            self.url,
-            username=settings.username or None,
-            password=password or None,
-            timeout=settings.timeout,
-        )
+        self.settings = settings
+        self._password: str | None = None
+        self._client: Orthanc | None = None
+
+    @property
+    def _api(self) -> Orthanc:
+        """The pyorthanc client, rebuilt when the password (file) changes: a rotated secret or a
+        corrected one is used by the next attempt without restarting the node."""
+        password = self.settings.resolved_password()
+        if self._client is None or password != self._password:
+            self._client = Orthanc(
+                self.url,
+                username=self.settings.username or None,
+                password=password or None,
+                timeout=self.settings.timeout,
+            )
+            self._password = password
+        return self._client
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:

@@ -65,7 +65,10 @@ def build_heatmap_capture(
             pixel_array=np.ascontiguousarray(pixels),
             photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
             bits_allocated=8,
-            coordinate_system=None,
+            # highdicom needs an orientation for the patient coordinate system; an ultrasound still has
+            # none, so the placeholder is replaced by an empty (Type 2) Patient Orientation below.
+            coordinate_system="PATIENT",
+            patient_orientation=("A", "F"),
             series_instance_uid=uids.sc_series,
             series_number=9102,
             sop_instance_uid=uids.sc_instance,
@@ -79,6 +82,7 @@ def build_heatmap_capture(
     sc.SeriesDescription = "fetalnode AI heatmap - research use only"
     sc.ImageComments = " / ".join(banner_lines(result))[:10240]
     sc.BurnedInAnnotation = "YES"
+    sc.PatientOrientation = ""
     sc.Laterality = ""
     sc.ImageType = ["DERIVED", "SECONDARY"]
     sc.DerivationDescription = "Grad-CAM saliency of the fetalnode classifier fused over the source image"

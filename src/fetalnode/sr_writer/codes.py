@@ -22,7 +22,6 @@ OCCIPITAL_FRONTAL_DIAMETER = Code("11851-3", "LN", "Occipital-Frontal Diameter")
 MM = Code("mm", "UCUM", "millimeter")
 PERCENT = Code("%", "UCUM", "percent")
 
-FINDING = Code("121071", "DCM", "Finding")
 NORMAL = Code("17621005", "SCT", "Normal")
 ABNORMAL = Code("263654008", "SCT", "Abnormal")
 HEAD_STRUCTURE = Code("69536005", "SCT", "Head")
@@ -35,6 +34,7 @@ MALFORMATION_TYPE = Code("FN0002", SCHEME, "Malformation type")
 FINDING_CONFIDENCE = Code("FN0003", SCHEME, "Classifier confidence of finding")
 TYPE_CONFIDENCE = Code("FN0004", SCHEME, "Classifier confidence of malformation type")
 HEAD_SCORE = Code("FN0005", SCHEME, "Head segmentation plausibility")
+AI_ASSESSMENT = Code("FN0006", SCHEME, "AI assessment of fetal head")
 
 FETUS = codes.DCM.Fetus
 

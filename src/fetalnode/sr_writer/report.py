@@ -67,7 +67,7 @@ def _measurement_group(
             finding_type=fc.HEAD_STRUCTURE,
             algorithm_id=algorithm,
             source_images=[source_image],
-            qualitative_evaluations=[hd.sr.QualitativeEvaluation(fc.FINDING, fc.NOT_ANALYSED)],
+            qualitative_evaluations=[hd.sr.QualitativeEvaluation(fc.AI_ASSESSMENT, fc.NOT_ANALYSED)],
         )
     region = hd.sr.ImageRegion(
         graphic_type=hd.sr.GraphicTypeValues.ELLIPSE,
@@ -91,7 +91,9 @@ def _measurement_group(
             name=fc.FINDING_CONFIDENCE, value=round(100 * result.confidence, 2), unit=fc.PERCENT, algorithm_id=algorithm
         )
     )
-    evaluations = [hd.sr.QualitativeEvaluation(fc.FINDING, fc.ABNORMAL if result.finding == "abnormal" else fc.NORMAL)]
+    evaluations = [
+        hd.sr.QualitativeEvaluation(fc.AI_ASSESSMENT, fc.ABNORMAL if result.finding == "abnormal" else fc.NORMAL)
+    ]
     if result.finding == "abnormal":
         evaluations.append(
             hd.sr.QualitativeEvaluation(fc.MALFORMATION_TYPE, fc.malformation_code(result.malformation_type))

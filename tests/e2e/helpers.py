@@ -1,0 +1,68 @@
+"""Reading back what Orthanc holds (its REST API, with the test Orthanc's credentials)."""
+
+from __future__ import annotations
+
+from io import BytesIO
+
+import highdicom as hd
+import httpx
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+from fetalnode.orthanc.server import OrthancProcess
+
+
+def find(orthanc: OrthancProcess, **query: str) -> list[dict]:
+    r = httpx.post(
+        f"{orthanc.url}/tools/find",
+        auth=(orthanc.username, orthanc.password),
+        timeout=30,
+        json={"Level": "Instance", "Query": query, "Expand": True},
+    )
+    r.raise_for_status()
+    return list(r.json())
+
+
+def download(orthanc: OrthancProcess, orthanc_id: str) -> Dataset:
+    r = httpx.get(f"{orthanc.url}/instances/{orthanc_id}/file", auth=(orthanc.username, orthanc.password), timeout=30)
+    r.raise_for_status()
+    return dcmread(BytesIO(r.content))
+
+
+def outputs_in_study(orthanc: OrthancProcess, study_uid: str) -> tuple[list[Dataset], list[Dataset]]:
+    """(SR datasets, fetalnode SC datasets) stored in Orthanc under ``study_uid``."""
+    objects = [download(orthanc, i["ID"]) for i in find(orthanc, StudyInstanceUID=study_uid)]
+    ours = [d for d in objects if getattr(d, "Manufacturer", "") == "fetalnode project"]
+    srs = [d for d in ours if d.Modality == "SR"]
+    scs = [d for d in ours if d.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"]
+    return srs, scs
+
+
+def sr_content(ds: Dataset) -> dict:
+    """What the report says, read back through highdicom's parser."""
+    sr = hd.sr.Comprehensive3DSR.from_dataset(ds)
+    groups = sr.content.get_planar_roi_measurement_groups() + sr.content.get_image_measurement_groups()
+    out: dict = {"measurements": {}, "evaluations": {}, "refs": set(), "comments": []}
+    for group in groups:
+        for m in group.get_measurements():
+            out["measurements"][m.name.meaning] = (m.value, m.unit.value)
+        for q in group.get_qualitative_evaluations():
+            out["evaluations"][q.name.meaning] = q.value.meaning
+        region = getattr(group, "roi", None)
+        if region is not None:
+            out["refs"].add(
+                region.ReferencedImageSequence[0].ReferencedSOPInstanceUID
+                if "ReferencedImageSequence" in region
+                else ""
+            )
+            out["graphic_type"] = region.GraphicType
+    for item in ds.ContentSequence:
+        if item.ValueType == "CONTAINER" and item.ConceptNameCodeSequence[0].CodeValue == "C0034375":
+            out["comments"] = [c.TextValue for c in item.ContentSequence]
+    out["evidence"] = {
+        r.ReferencedSOPInstanceUID
+        for s in ds.CurrentRequestedProcedureEvidenceSequence
+        for se in s.ReferencedSeriesSequence
+        for r in se.ReferencedSOPSequence
+    }
+    return out

@@ -1,0 +1,79 @@
+"""The model creation end runs: a tiny train -> bundle -> load -> analyse -> evaluate, on shipped data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fetalnode.errors import BundleError
+from fetalnode.inference import Analyzer
+from fetalnode.inference.bundle import load_bundle
+from fetalnode.training.classifier import ClsRecipe, train_classifier
+from fetalnode.training.data import group_split, load_gray, read_labels
+from fetalnode.training.evaluate import evaluate_bundle
+from fetalnode.training.segmentation import SegRecipe, train_segmentation
+from tests.conftest import DATA
+
+pytestmark = pytest.mark.unit
+
+
+def test_group_split_never_splits_a_group() -> None:
+    rows = read_labels(DATA / "fba_mini")
+    splits = group_split(rows, "case_group", {"train": 0.6, "val": 0.2, "test": 0.2}, 1, "label")
+    seen = {name: {r["case_group"] for r in part} for name, part in splits.items()}
+    assert not (seen["train"] & seen["val"]) and not (seen["train"] & seen["test"]) and not (seen["val"] & seen["test"])
+    assert sum(len(p) for p in splits.values()) == len(rows)
+
+
+def test_tiny_training_run_produces_working_bundles(tmp_path: Path) -> None:
+    seg_meta = train_segmentation(
+        DATA / "hc18_mini", tmp_path / "seg", SegRecipe(epochs=1, batch_size=4), "seg", "0.0.1"
+    )
+    assert np.isfinite(seg_meta["training"]["history"][0]["loss"])
+    assert seg_meta["training_data"][0]["splits"]["train"]["images"] >= 4
+    cls_meta = train_classifier(
+        DATA / "fba_mini",
+        tmp_path / "seg",
+        tmp_path / "cls",
+        ClsRecipe(epochs=1, batch_size=4, roi_size=64),
+        "cls",
+        "0.0.1",
+    )
+    assert cls_meta["labels"] == ["arachnoid_cyst", "normal", "ventriculomegaly_moderate"]
+    for bundle in ("seg", "cls"):
+        assert (tmp_path / bundle / "docs" / "README.md").read_text().count("RESEARCH USE ONLY") >= 1
+    analyzer = Analyzer(load_bundle(tmp_path / "seg"), load_bundle(tmp_path / "cls"))
+    result = analyzer.analyze(load_gray(DATA / "hc18_mini" / "images" / "000_HC.png"), (0.1, 0.1))
+    assert result.fused_rgb is not None and result.fused_rgb.shape == (432, 640, 3)
+    report = evaluate_bundle(tmp_path / "cls", DATA / "fba_mini", tmp_path / "eval" / "report.json", tmp_path / "seg")
+    metrics = report["classification"]
+    for key in (
+        "accuracy",
+        "balanced_accuracy",
+        "macro_f1",
+        "abnormal_auroc",
+        "abnormal_sensitivity",
+        "abnormal_specificity",
+        "per_class",
+        "n",
+    ):
+        assert key in metrics
+    assert metrics["n"] == 9
+    assert Path(report["figures"][0]).is_file()
+    seg_report = evaluate_bundle(tmp_path / "seg", DATA / "hc18_mini", tmp_path / "eval" / "seg.json")
+    assert seg_report["segmentation"]["n"] == 8
+    assert json.loads((tmp_path / "eval" / "seg.json").read_text())["segmentation"]["n"] == 8
+
+
+def test_corrupt_bundle_is_refused(tmp_path: Path) -> None:
+    train_segmentation(DATA / "hc18_mini", tmp_path / "seg", SegRecipe(epochs=1, batch_size=4), "seg", "0.0.1")
+    weights = tmp_path / "seg" / "models" / "model.pt"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(BundleError, match="checksum"):
+        load_bundle(tmp_path / "seg")
+    (tmp_path / "seg" / "configs" / "metadata.json").write_text("{not json")
+    with pytest.raises(BundleError, match="unreadable"):
+        load_bundle(tmp_path / "seg")
