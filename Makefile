@@ -27,7 +27,8 @@ demo: deps
 	$(VENV)/bin/fetalnode demo $(if $(DEMO_EXIT),--exit,)
 
 test: deps
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks samples
+	$(VENV)/bin/mypy src
 	$(VENV)/bin/pytest -q
 
 lint: deps

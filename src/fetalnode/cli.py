@@ -68,8 +68,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     jobs = open_store(settings)
     worker = build_worker(settings, jobs, open_audit(settings))
     done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: (worker.stop(0), done.set()))
-    signal.signal(signal.SIGINT, lambda *_: (worker.stop(0), done.set()))
+
+    def request_stop(*_: object) -> None:
+        done.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
     worker.start()
     done.wait()
     worker.stop()

@@ -31,7 +31,7 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from fetalnode.audit import AuditLog
@@ -102,7 +102,7 @@ class Terminal:
         assoc = event.assoc
         calling = str(assoc.requestor.ae_title).strip()
         peer = f"{assoc.requestor.address}:{assoc.requestor.port}"
-        affected = str(event.request.AffectedSOPInstanceUID)
+        affected = str(getattr(event.request, "AffectedSOPInstanceUID", ""))
         try:
             return self._store(event, calling, peer, affected)
         except Exception as exc:  # a handler must answer, whatever happened
@@ -235,12 +235,13 @@ def build_ae(settings: Settings) -> AE:
 def start_scp(settings: Settings, terminal: Terminal) -> ThreadedAssociationServer:
     """Start listening (non-blocking); returns the server to ``shutdown()``."""
     ae = build_ae(settings)
-    handlers = [
+    handlers: list[Any] = [
         (evt.EVT_C_ECHO, terminal.handle_echo),
         (evt.EVT_C_STORE, terminal.handle_store),
         (evt.EVT_ACCEPTED, terminal.handle_accepted),
         (evt.EVT_REJECTED, terminal.handle_rejected),
     ]
     server = ae.start_server((settings.node.host, settings.node.port), block=False, evt_handlers=handlers)
+    assert server is not None  # block=False always returns the server
     log.info("SCP %s listening on %s:%d", settings.node.ae_title, settings.node.host, settings.node.port)
     return server

@@ -82,7 +82,7 @@ def build_heatmap_capture(
     sc.SeriesDescription = "fetalnode AI heatmap - research use only"
     sc.ImageComments = " / ".join(banner_lines(result))[:10240]
     sc.BurnedInAnnotation = "YES"
-    sc.PatientOrientation = ""
+    sc.PatientOrientation = ""  # type: ignore[assignment]
     sc.Laterality = ""
     sc.ImageType = ["DERIVED", "SECONDARY"]
     sc.DerivationDescription = "Grad-CAM saliency of the fetalnode classifier fused over the source image"

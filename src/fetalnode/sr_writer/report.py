@@ -14,6 +14,7 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 
 from fetalnode import RESEARCH_NOTICE, __version__
 from fetalnode.errors import EncodingError
@@ -37,7 +38,7 @@ def contributing_equipment(manufacturer: str, model_names: str, station: str) ->
     return item
 
 
-def _text(name: hd.sr.CodedConcept | object, value: str) -> hd.sr.TextContentItem:
+def _text(name: Code, value: str) -> hd.sr.TextContentItem:
     return hd.sr.TextContentItem(name=name, value=value[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
 
 

@@ -1,0 +1,94 @@
+"""Helpers shared by the benchmark scripts: test images, a loopback Orthanc and a node."""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.uid import generate_uid
+
+from fetalnode.demo import start_node, wait_echo, write_node_config
+from fetalnode.orthanc.server import OrthancProcess, free_port
+from fetalnode.training.data import read_labels
+from fetalnode.wrap import wrap_png
+
+ROOT = Path(__file__).resolve().parents[1]
+HC18 = ROOT.parent / "shared" / "datasets" / "hc18"
+
+
+def make_images(n: int, folder: Path) -> list[Path]:
+    """``n`` distinct US instances: HC18 images wrapped with their calibration (or re-UIDed samples)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    if HC18.is_dir():
+        rows = read_labels(HC18)
+        for i in range(n):
+            row = rows[i % len(rows)]
+            ds = wrap_png(HC18 / row["filename"], pixel_size_mm=float(row["pixel_size_mm"]))
+            if i >= len(rows):
+                ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+            path = folder / f"img{i:04d}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            out.append(path)
+        return out
+    samples = sorted((ROOT / "samples").glob("*.dcm"))
+    for i in range(n):
+        ds = dcmread(samples[i % len(samples)])
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        path = folder / f"img{i:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        out.append(path)
+    return out
+
+
+class Stack:
+    """Orthanc + ``fetalnode serve`` on loopback, in a temp folder."""
+
+    def __init__(self, *serve_args: str) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="fetalnode-bench-"))
+        self.orthanc = OrthancProcess(self.dir / "orthanc", webviewer=False)
+        self.serve_args = serve_args
+
+    def __enter__(self) -> Stack:
+        self.orthanc.start()
+        pw = self.dir / "pw"
+        pw.write_text(self.orthanc.password)
+        self.port = free_port()
+        self.config = self.dir / "node.toml"
+        write_node_config(
+            self.config,
+            port=self.port,
+            data_dir=self.dir / "node",
+            orthanc=self.orthanc,
+            password_file=pw,
+            models_dir=ROOT / "models",
+        )
+        self.node = start_node(self.config, self.dir / "node.log", *self.serve_args)
+        wait_echo(self.port, 120, self.node)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.node.terminate()
+        self.node.wait(30)
+        self.orthanc.stop()
+
+
+def storescu(port: int, files: list[Path], aet: str = "DEMO-US", called: str = "FETALNODE") -> float:
+    """Send files in one association; returns the wall time in seconds."""
+    t0 = time.perf_counter()
+    subprocess.run(
+        ["storescu", "-aet", aet, "-aec", called, "127.0.0.1", str(port), *map(str, files)],
+        check=True,
+        capture_output=True,
+    )
+    return time.perf_counter() - t0
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q / 100
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
