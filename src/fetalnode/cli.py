@@ -107,10 +107,21 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from fetalnode.errors import DeliveryError
     from fetalnode.node import open_store
+    from fetalnode.orthanc import OrthancClient
 
-    jobs = open_store(_settings(args))
+    settings = _settings(args)
+    jobs = open_store(settings)
     report: dict[str, Any] = {"counts": jobs.counts(), "oldest_pending_s": jobs.oldest_pending_age()}
+    try:
+        report["orthanc"] = {
+            "url": settings.orthanc.url,
+            "reachable": True,
+            "version": OrthancClient(settings.orthanc).system().get("Version"),
+        }
+    except DeliveryError as exc:
+        report["orthanc"] = {"url": settings.orthanc.url, "reachable": False, "error": str(exc)}
     if args.failed:
         report["failed"] = [
             {"id": j.id, "sop_uid": j.sop_uid, "stage": j.stage, "error": j.error, "calling_ae": j.calling_ae}

@@ -90,7 +90,7 @@ class OrthancSettings:
 class OutputSettings:
     """What the node writes besides the SR."""
 
-    heatmap_alpha: float = 0.45
+    heatmap_alpha: float = 0.6
     manufacturer: str = "fetalnode project"
     institution_name: str = ""
 

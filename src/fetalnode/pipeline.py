@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,21 @@ def analyse_dataset(
         raise
     except Exception as exc:
         raise InferenceError(f"{type(exc).__name__}: {exc}") from exc
+    with warnings.catch_warnings():
+        # highdicom's person-name warnings quote the patient's name: keep it out of the logs.
+        warnings.filterwarnings("ignore", message=".*intended person name.*")
+        return _encode_outputs(ds, analyzer, settings, station_name, variant, decoded, result)
+
+
+def _encode_outputs(
+    ds: Dataset,
+    analyzer: Analyzer,
+    settings: Settings,
+    station_name: str,
+    variant: str,
+    decoded: DecodedImage,
+    result: AnalysisResult,
+) -> Outputs:
     uids = output_uids(
         str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID), f"{analyzer.seg.version}+{analyzer.cls.version}", variant
     )

@@ -67,10 +67,16 @@ def test_round_trip_and_deterministic_uids(written, analyzer) -> None:
     sr_path, sc_path, (source, outputs) = written
     sr = hd.sr.Comprehensive3DSR.from_dataset(dcmread(sr_path))
     assert sr.StudyInstanceUID == source.StudyInstanceUID
-    assert sr.ContributingEquipmentSequence[0].PurposeOfReferenceCodeSequence[0].CodeMeaning == "Processing Equipment"
+    [ours] = [e for e in sr.ContributingEquipmentSequence if e.get("ManufacturerModelName") == "fetalnode"]
+    assert ours.PurposeOfReferenceCodeSequence[0].CodeMeaning == "Processing Equipment"
+    assert ours.DeviceUID and analyzer.cls.version in ours.SoftwareVersions
     [group] = sr.content.get_planar_roi_measurement_groups() or sr.content.get_image_measurement_groups()
-    algorithm = group.algorithm_id
-    assert algorithm.version == analyzer.cls.version
+    versions = [
+        i.TextValue
+        for i in group[0].ContentSequence
+        if i.ValueType == "TEXT" and i.ConceptNameCodeSequence[0].CodeMeaning == "Algorithm Version"
+    ]
+    assert versions == [analyzer.cls.version]
     sc = dcmread(sc_path)
     assert sc.BurnedInAnnotation == "YES" and "RESEARCH USE ONLY" in sc.ImageComments
     again = analyse_dataset(source, analyzer, load_settings(None, env={}), "TEST")

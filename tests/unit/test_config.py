@@ -41,3 +41,16 @@ def test_shipped_config_loads() -> None:
     s = load_settings(Path(__file__).resolve().parents[2] / "configs" / "node.toml", env={})
     assert s.node.host == "127.0.0.1"
     assert s.orthanc.password == ""
+
+
+def test_output_uids_are_deterministic_and_distinct() -> None:
+    from pydicom.uid import UID
+
+    from fetalnode.sr_writer.uids import output_uids
+
+    a = output_uids("1.2.3", "1.2", "0.1.0+0.1.0")
+    assert a == output_uids("1.2.3", "1.2", "0.1.0+0.1.0")
+    assert a.sr_instance != output_uids("1.2.3", "1.2", "0.2.0+0.1.0").sr_instance
+    assert a.sr_instance != output_uids("1.2.3", "1.2", "0.1.0+0.1.0", variant="abcd").sr_instance
+    assert len({a.sr_series, a.sr_instance, a.sc_series, a.sc_instance}) == 4
+    assert all(UID(u).is_valid and len(u) <= 64 for u in (a.sr_instance, a.sc_series))

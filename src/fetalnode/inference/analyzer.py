@@ -130,7 +130,7 @@ def head_plausibility(prob: np.ndarray, ellipse: Ellipse | None) -> tuple[float,
 class Analyzer:
     """Runs the segmentation and classifier bundles on one grayscale image."""
 
-    def __init__(self, segmentation: Bundle, classifier: Bundle, heatmap_alpha: float = 0.45) -> None:
+    def __init__(self, segmentation: Bundle, classifier: Bundle, heatmap_alpha: float = 0.6) -> None:
         if segmentation.task != "segmentation" or classifier.task != "classification":
             raise InferenceError("Analyzer needs a segmentation and a classification bundle")
         self.seg = segmentation
@@ -141,7 +141,7 @@ class Analyzer:
         self.threshold = float(classifier.metadata.get("abnormal_threshold", 0.5))
 
     @classmethod
-    def from_dir(cls, models_dir: str | Path, seg_name: str, cls_name: str, heatmap_alpha: float = 0.45) -> Analyzer:
+    def from_dir(cls, models_dir: str | Path, seg_name: str, cls_name: str, heatmap_alpha: float = 0.6) -> Analyzer:
         root = Path(models_dir)
         return cls(
             load_bundle(root / seg_name, "segmentation"),

@@ -40,11 +40,12 @@ def pseudo_colour(values: np.ndarray) -> np.ndarray:
 
 
 def fuse(display_rgb: np.ndarray, heatmap: np.ndarray | None, alpha: float) -> np.ndarray:
-    """Blend the pseudo-coloured heatmap over the image; opacity follows the saliency."""
+    """Blend the pseudo-coloured heatmap over the image; opacity follows the saliency (max ``alpha``)."""
     base = display_rgb.astype(np.float32)
     if heatmap is None:
         return display_rgb.copy()
-    weight = (alpha * np.clip(heatmap * 1.5, 0.0, 1.0))[..., None]
+    # Opacity grows with the square of the saliency: the image stays readable where the CAM is low.
+    weight = (alpha * np.clip(heatmap, 0.0, 1.0) ** 2)[..., None]
     out = base * (1 - weight) + pseudo_colour(heatmap).astype(np.float32) * weight
     return np.clip(out, 0, 255).round().astype(np.uint8)
 

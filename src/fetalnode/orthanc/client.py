@@ -36,20 +36,23 @@ class OrthancClient:
                 self.url,
                 username=self.settings.username or None,
                 password=password or None,
+                return_raw_response=True,
                 timeout=self.settings.timeout,
             )
             self._password = password
         return self._client
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Call a pyorthanc method (raw responses) and classify the outcome."""
         try:
-            return fn(*args, **kwargs)
-        except httpx.HTTPStatusError as exc:
-            code = exc.response.status_code
-            detail = exc.response.text[:300].replace("\n", " ")
-            raise DeliveryError(f"Orthanc {what}: HTTP {code} {detail}", transient=code in TRANSIENT_HTTP) from exc
+            response: httpx.Response = fn(*args, **kwargs)
         except httpx.TransportError as exc:
             raise DeliveryError(f"Orthanc {what}: {type(exc).__name__}: {exc}", transient=True) from exc
+        code = response.status_code
+        if 200 <= code < 300:
+            return response.json() if "json" in response.headers.get("content-type", "") else response.content
+        detail = response.text[:300].replace("\n", " ")
+        raise DeliveryError(f"Orthanc {what}: HTTP {code} {detail}".rstrip(), transient=code in TRANSIENT_HTTP)
 
     def store(self, data: bytes) -> dict[str, Any]:
         """POST one DICOM file; returns Orthanc's answer (``ID``, ``Status``, ``ParentStudy``...).
@@ -60,20 +63,6 @@ class OrthancClient:
         if not isinstance(answer, dict) or answer.get("Status") not in {"Success", "AlreadyStored"}:
             raise DeliveryError(f"Orthanc store: unexpected answer {answer!r}"[:300], transient=False)
         return answer
-
-    def instance_exists(self, orthanc_id: str) -> bool:
-        try:
-            self._call("get instance", self._api.get_instances_id, orthanc_id)
-        except DeliveryError as exc:
-            if "HTTP 404" in str(exc):
-                return False
-            raise
-        return True
-
-    def find_instances(self, level_query: dict[str, str]) -> list[str]:
-        """Orthanc IDs of instances matching a DICOM query, e.g. ``{"SOPInstanceUID": uid}``."""
-        answer = self._call("find", self._api.post_tools_find, json={"Level": "Instance", "Query": level_query})
-        return list(answer) if isinstance(answer, list) else []
 
     def system(self) -> dict[str, Any]:
         answer = self._call("system", self._api.get_system)

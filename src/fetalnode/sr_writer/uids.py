@@ -3,17 +3,23 @@ so a retry re-sends the same objects instead of creating duplicates."""
 
 from __future__ import annotations
 
+import hashlib
+import uuid
 from dataclasses import dataclass
-
-from pydicom.uid import generate_uid
-
-# Device UID of this software (stable across versions): derived once from the product name.
-DEVICE_UID = generate_uid(prefix=None, entropy_srcs=["fetalnode", "device"])
 
 
 def derive_uid(*parts: str) -> str:
-    """A ``2.25.`` UID from a SHA-512 of the parts (pydicom's entropy-source scheme)."""
-    return str(generate_uid(prefix=None, entropy_srcs=["fetalnode", *parts]))
+    """A ``2.25.`` UID (PS3.5 B.2) from a name-based UUID: SHA-256 of the parts, version bits set.
+
+    (pydicom's ``generate_uid(prefix=None, entropy_srcs=...)`` ignores the entropy sources and
+    returns a random UUID, so it cannot be used for this.)
+    """
+    digest = hashlib.sha256("\x1f".join(["fetalnode", *parts]).encode("utf-8")).digest()
+    return f"2.25.{uuid.UUID(bytes=digest[:16], version=5).int}"
+
+
+# Device UID of this software (stable across versions).
+DEVICE_UID = derive_uid("device")
 
 
 @dataclass(frozen=True)
