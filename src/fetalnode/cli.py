@@ -157,7 +157,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         from fetalnode.training.classifier import ClsRecipe, train_classifier
 
-        crecipe = ClsRecipe(seed=args.seed)
+        crecipe = ClsRecipe(seed=args.seed, extra_normals=args.extra_normals or "", cv_folds=args.cv_folds)
         for key in ("epochs", "max_minutes", "limit"):
             if getattr(args, key) is not None:
                 setattr(crecipe, key, getattr(args, key))
@@ -178,6 +178,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         Path(args.model), Path(args.data), Path(args.out), Path(args.seg_model) if args.seg_model else None
     )
     print(json.dumps(report, indent=2, default=str))
+    return 0
+
+
+def cmd_models_push(args: argparse.Namespace) -> int:
+    from fetalnode.inference.bundle import install_bundle
+
+    settings = _settings(args)
+    target = install_bundle(Path(args.bundle), Path(settings.models.dir), args.name)
+    print(
+        json.dumps(
+            {"installed": str(target), "as": args.name or target.name.split("@")[0], "models_dir": settings.models.dir}
+        )
+    )
     return 0
 
 
@@ -258,6 +271,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="classifier only: segmentation bundle used to find the ROI (default models/hc18-headseg)",
     )
     sp.add_argument("--version", default="0.1.0", help="bundle version written into metadata and every SR")
+    sp.add_argument(
+        "--extra-normals",
+        help="classifier only: HC18-format folder whose training-split heads are "
+        "added as 'normal' images from another source (its test split measures the source shift)",
+    )
+    sp.add_argument(
+        "--cv-folds",
+        type=int,
+        default=0,
+        help="classifier only: also run K-fold cross-validation by case group and report it (0: off)",
+    )
     sp.add_argument("--epochs", type=int)
     sp.add_argument("--max-minutes", type=float)
     sp.add_argument("--limit", type=int, help="use only this many training images (smoke runs)")
@@ -272,6 +296,21 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seg-model", help="classifier only: segmentation bundle (default models/hc18-headseg)")
     sp.add_argument("--threads", type=int, default=2)
     sp.set_defaults(func=cmd_evaluate)
+
+    sp = sub.add_parser("models", help="manage the model bundles of a node")
+    msub = sp.add_subparsers(dest="models_command", required=True)
+    mp = msub.add_parser(
+        "push",
+        help="install a bundle into a node's models folder; a running node picks it "
+        "up between two jobs (the version goes into every later SR)",
+    )
+    node_opts(mp)
+    mp.add_argument("bundle", help="bundle folder (configs/metadata.json, models/, docs/)")
+    mp.add_argument(
+        "--name",
+        help="install under this name (default: the bundle's own name); the node loads the names given in [models]",
+    )
+    mp.set_defaults(func=cmd_models_push)
 
     sp = sub.add_parser("wrap", help="wrap PNG images as Ultrasound Image Storage DICOM files")
     sp.add_argument("png", nargs="+")

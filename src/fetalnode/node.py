@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from fetalnode.audit import AuditLog
 from fetalnode.config import Settings
+from fetalnode.errors import NodeError
 from fetalnode.inference import Analyzer
+from fetalnode.inference.bundle import bundle_fingerprint
 from fetalnode.jobs import JobStore
 from fetalnode.orthanc import OrthancClient
 from fetalnode.pipeline import Pipeline, Worker
@@ -38,7 +41,62 @@ def build_worker(settings: Settings, jobs: JobStore, audit: AuditLog) -> Worker:
         "models loaded: %s %s, %s %s", analyzer.seg.name, analyzer.seg.version, analyzer.cls.name, analyzer.cls.version
     )
     pipeline = Pipeline(settings, analyzer, OrthancClient(settings.orthanc), jobs, audit)
-    return Worker(pipeline, jobs, settings.worker.poll_interval, settings.worker.lease_seconds)
+    return Worker(
+        pipeline,
+        jobs,
+        settings.worker.poll_interval,
+        settings.worker.lease_seconds,
+        reload=ModelWatcher(settings, pipeline, audit),
+    )
+
+
+class ModelWatcher:
+    """Reloads the bundles between jobs when ``fetalnode models push`` has changed them.
+
+    A bundle that does not load is refused: the node keeps analysing with the models it has.
+    """
+
+    def __init__(self, settings: Settings, pipeline: Pipeline, audit: AuditLog) -> None:
+        self.settings = settings
+        self.pipeline = pipeline
+        self.audit = audit
+        self.seen = self._fingerprints()
+
+    def _fingerprints(self) -> tuple[tuple[str, float], ...]:
+        root = Path(self.settings.models.dir)
+        return tuple(
+            bundle_fingerprint(root / n) for n in (self.settings.models.segmentation, self.settings.models.classifier)
+        )
+
+    def __call__(self) -> None:
+        now = self._fingerprints()
+        if now == self.seen:
+            return
+        self.seen = now
+        try:
+            analyzer = Analyzer.from_dir(
+                self.settings.models.dir,
+                self.settings.models.segmentation,
+                self.settings.models.classifier,
+                self.settings.output.heatmap_alpha,
+            )
+        except NodeError as exc:
+            log.error("new model bundle refused, keeping the loaded ones: %s", exc)
+            self.audit.event("models-reload-failed", reason=str(exc))
+            return
+        self.pipeline.analyzer = analyzer
+        log.info(
+            "models reloaded: %s %s, %s %s",
+            analyzer.seg.name,
+            analyzer.seg.version,
+            analyzer.cls.name,
+            analyzer.cls.version,
+        )
+        self.audit.event(
+            "models-reloaded",
+            segmentation=f"{analyzer.seg.name} {analyzer.seg.version}",
+            classifier=f"{analyzer.cls.name} {analyzer.cls.version}",
+        )
 
 
 @dataclass
@@ -57,7 +115,8 @@ class Node:
         recovered = jobs.recover()
         if recovered:
             log.info("recovered %d job(s) interrupted by a previous stop", recovered)
-        server = start_scp(self.settings, Terminal(self.settings, spool, jobs, audit))
+        terminal = Terminal(self.settings, spool, jobs, audit, on_queued=worker.wake if worker else None)
+        server = start_scp(self.settings, terminal)
         audit.event(
             "node-started", ae_title=self.settings.node.ae_title, port=self.settings.node.port, worker=self.with_worker
         )

@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -196,16 +197,31 @@ def _encode(ds: Dataset) -> bytes:
 class Worker:
     """Claims jobs from the store and runs them until stopped."""
 
-    def __init__(self, pipeline: Pipeline, jobs: JobStore, poll_interval: float, lease_seconds: float) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        jobs: JobStore,
+        poll_interval: float,
+        lease_seconds: float,
+        reload: Callable[[], None] | None = None,
+    ) -> None:
+        self.reload = reload
         self.pipeline = pipeline
         self.jobs = jobs
         self.poll_interval = poll_interval
         self.lease_seconds = lease_seconds
         self.owner = worker_identity()
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def wake(self) -> None:
+        """A job was queued: stop waiting for the next poll (in-process SCP)."""
+        self._wake.set()
+
     def run_once(self) -> bool:
+        if self.reload is not None:
+            self.reload()
         job = self.jobs.claim(self.owner, self.lease_seconds)
         if job is None:
             return False
@@ -224,7 +240,8 @@ class Worker:
             log.info("recovered %d interrupted job(s)", recovered)
         while not self._stop.is_set():
             if not self.run_once():
-                self._stop.wait(self.poll_interval)
+                self._wake.wait(self.poll_interval)
+                self._wake.clear()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.run_forever, name="fetalnode-worker", daemon=True)
@@ -232,5 +249,6 @@ class Worker:
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)

@@ -38,11 +38,16 @@ def test_tiny_training_run_produces_working_bundles(tmp_path: Path) -> None:
         DATA / "fba_mini",
         tmp_path / "seg",
         tmp_path / "cls",
-        ClsRecipe(epochs=1, batch_size=4, roi_size=64),
+        ClsRecipe(
+            epochs=1, batch_size=4, roi_size=64, extra_normals=str(DATA / "hc18_mini"), extra_normals_n=3, cv_folds=2
+        ),
         "cls",
         "0.0.1",
     )
     assert cls_meta["labels"] == ["arachnoid_cyst", "normal", "ventriculomegaly_moderate"]
+    assert cls_meta["training_data"][1]["train"] == 3
+    assert cls_meta["metrics"]["source_shift_hc18_test_heads"]["n"] >= 1
+    assert cls_meta["metrics"]["grouped_cv"]["n"] > 9, "CV pools the dataset and the extra normals"
     for bundle in ("seg", "cls"):
         assert (tmp_path / bundle / "docs" / "README.md").read_text().count("RESEARCH USE ONLY") >= 1
     analyzer = Analyzer(load_bundle(tmp_path / "seg"), load_bundle(tmp_path / "cls"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,7 +64,9 @@ class AnalysisResult:
         }
 
 
-def segment_probability(net: torch.nn.Module, canvas_hw: tuple[int, int], img01: np.ndarray) -> np.ndarray:
+def segment_probability(
+    net: Callable[[torch.Tensor], torch.Tensor], canvas_hw: tuple[int, int], img01: np.ndarray
+) -> np.ndarray:
     """Head probability on the source pixel grid (the network sees a letterboxed canvas)."""
     canvas, box = letterbox(img01, canvas_hw)
     with torch.no_grad():
@@ -73,7 +76,7 @@ def segment_probability(net: torch.nn.Module, canvas_hw: tuple[int, int], img01:
 
 
 def locate_head(
-    net: torch.nn.Module, canvas_hw: tuple[int, int], axis_scale: float, img01: np.ndarray
+    net: Callable[[torch.Tensor], torch.Tensor], canvas_hw: tuple[int, int], axis_scale: float, img01: np.ndarray
 ) -> tuple[Ellipse | None, float, str]:
     """Segment, fit the skull ellipse and gate it: (ellipse, plausibility score, reason if rejected).
 
@@ -183,7 +186,7 @@ class Analyzer:
             cls_model=(self.cls.name, self.cls.version),
         )
         canvas_hw, axis_scale = seg_settings(self.seg)
-        ellipse, score, why = locate_head(self.seg.net, canvas_hw, axis_scale, img01)
+        ellipse, score, why = locate_head(self.seg.infer, canvas_hw, axis_scale, img01)
         result.head_score = score
         t1 = time.perf_counter()
         result.timings_ms["segmentation"] = (t1 - t0) * 1000

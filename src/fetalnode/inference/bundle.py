@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -20,6 +23,7 @@ from fetalnode.errors import BundleError
 from fetalnode.inference.networks import build_classifier_net, build_segmentation_net
 
 WEIGHTS = Path("models") / "model.pt"
+ONNX = Path("models") / "model.onnx"
 METADATA = Path("configs") / "metadata.json"
 TASKS = {"segmentation": build_segmentation_net, "classification": build_classifier_net}
 
@@ -40,6 +44,7 @@ class Bundle:
     path: Path
     metadata: dict[str, Any]
     net: nn.Module
+    infer: Callable[[torch.Tensor], torch.Tensor]
 
     @property
     def version(self) -> str:
@@ -89,15 +94,145 @@ def load_bundle(path: str | Path, expected_task: str | None = None) -> Bundle:
     except Exception as exc:
         raise BundleError(f"bundle {path}: weights do not load into the network: {exc}") from exc
     net.eval()
-    return Bundle(name=str(meta["name"]), path=path, metadata=meta, net=net)
+    infer: Callable[[torch.Tensor], torch.Tensor] = net
+    if meta.get("runtime") == "onnxruntime":
+        infer = _onnx_runner(path, meta)
+    return Bundle(name=str(meta["name"]), path=path, metadata=meta, net=net, infer=infer)
 
 
-def save_bundle(path: Path, net: nn.Module, metadata: dict[str, Any], model_card: str) -> None:
-    """Write weights, metadata (with the weights' checksum) and the model card."""
+def _onnx_runner(path: Path, meta: dict[str, Any]) -> Callable[[torch.Tensor], torch.Tensor]:
+    import onnxruntime as ort
+
+    model = path / ONNX
+    if not model.is_file():
+        raise BundleError(f"bundle {path}: runtime is onnxruntime but {ONNX} is missing")
+    if sha256_file(model) != meta.get("onnx_sha256"):
+        raise BundleError(f"bundle {path}: {ONNX} checksum does not match metadata")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise BundleError(f"bundle {path}: {ONNX} does not load: {exc}") from exc
+    name = session.get_inputs()[0].name
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {name: x.detach().cpu().numpy().astype(np.float32)})[0])
+
+    return run
+
+
+def export_onnx(net: nn.Module, input_shape: tuple[int, ...], target: Path, repeats: int = 20) -> dict[str, Any]:
+    """Export ``net`` to ONNX and measure it against torch eager on the same input (2 threads).
+
+    Returns the largest absolute output difference and the median latencies of both runtimes;
+    ``runtime`` is onnxruntime only when it is faster *and* equal within 1e-4.
+    """
+    import onnxruntime as ort
+
+    net.eval()
+    x = torch.rand(*input_shape, generator=torch.Generator().manual_seed(0))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(
+        net, (x,), str(target), input_names=["image"], output_names=["logits"], dynamo=False, opset_version=17
+    )
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(str(target), options, providers=["CPUExecutionProvider"])
+
+    def timed(fn: Callable[[], object]) -> float:
+        for _ in range(3):
+            fn()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1000)
+        return float(np.median(times))
+
+    with torch.no_grad():
+        reference = net(x).numpy()
+        torch_ms = timed(lambda: net(x))
+    feed = {"image": x.numpy()}
+    diff = float(np.abs(session.run(None, feed)[0] - reference).max())
+    ort_ms = timed(lambda: session.run(None, feed))
+    runtime = "onnxruntime" if ort_ms < torch_ms and diff <= 1e-4 else "torch"
+    return {
+        "runtime": runtime,
+        "max_abs_diff": diff,
+        "torch_ms_p50": round(torch_ms, 2),
+        "onnxruntime_ms_p50": round(ort_ms, 2),
+        "threads": torch.get_num_threads(),
+        "input_shape": list(input_shape),
+    }
+
+
+def write_metadata(path: Path, metadata: dict[str, Any]) -> None:
+    (path / METADATA).write_text(json.dumps(metadata, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def save_bundle(
+    path: Path,
+    net: nn.Module,
+    metadata: dict[str, Any],
+    model_card: Callable[[dict[str, Any]], str],
+    onnx_input: tuple[int, ...] | None = None,
+) -> dict[str, Any]:
+    """Write weights (and, with ``onnx_input``, an ONNX export with its measured speed), metadata with
+    checksums, and the model card; returns the metadata as written."""
     (path / "models").mkdir(parents=True, exist_ok=True)
     (path / "configs").mkdir(parents=True, exist_ok=True)
     (path / "docs").mkdir(parents=True, exist_ok=True)
     torch.save(net.state_dict(), path / WEIGHTS)
     metadata = dict(metadata, weights_sha256=sha256_file(path / WEIGHTS))
-    (path / METADATA).write_text(json.dumps(metadata, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    (path / "docs" / "README.md").write_text(model_card, encoding="utf-8")
+    if onnx_input is not None:
+        comparison = export_onnx(net, onnx_input, path / ONNX)
+        metadata.update(
+            runtime=comparison["runtime"], runtime_comparison=comparison, onnx_sha256=sha256_file(path / ONNX)
+        )
+    write_metadata(path, metadata)
+    (path / "docs" / "README.md").write_text(model_card(metadata), encoding="utf-8")
+    return metadata
+
+
+def bundle_fingerprint(path: Path) -> tuple[str, float]:
+    """Where a bundle name points and when its metadata changed: cheap to poll between jobs."""
+    real = path.resolve()
+    try:
+        return str(real), (real / METADATA).stat().st_mtime
+    except OSError:
+        return str(real), -1.0
+
+
+def install_bundle(source: Path, models_dir: Path, name: str | None = None) -> Path:
+    """Install a bundle into a node's models folder without a moment where the name is missing.
+
+    The bundle is verified (it must load), copied to ``<name>@<version>``, and ``<name>`` becomes a
+    symbolic link to it, replaced atomically. A plain folder already at ``<name>`` is first moved to
+    ``<name>@<its version>``. A running node picks the change up between two jobs.
+    """
+    import os
+    import shutil
+
+    bundle = load_bundle(source)
+    name = name or bundle.name
+    target = models_dir / f"{name}@{bundle.version}"
+    if target.exists():
+        raise BundleError(f"{target} already exists: bump the bundle version")
+    staging = models_dir / f".{name}@{bundle.version}.incoming"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging, symlinks=False)
+    load_bundle(staging)
+    os.replace(staging, target)
+    link = models_dir / name
+    if link.exists() and not link.is_symlink():
+        old = read_metadata(link)
+        os.replace(link, models_dir / f"{name}@{old['version']}")
+        os.symlink(f"{name}@{old['version']}", link)
+    tmp_link = models_dir / f".{name}.link"
+    if tmp_link.is_symlink() or tmp_link.exists():
+        tmp_link.unlink()
+    os.symlink(target.name, tmp_link)
+    os.replace(tmp_link, link)
+    return target

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
@@ -72,6 +73,7 @@ class Terminal:
     spool: Spool
     jobs: JobStore
     audit: AuditLog
+    on_queued: Callable[[], None] | None = None
 
     def station_for(self, calling_ae: str) -> str:
         return calling_ae.strip()
@@ -200,6 +202,8 @@ class Terminal:
             )
         )
         self.jobs.mark_queued(job_id)
+        if self.on_queued is not None:
+            self.on_queued()
         self.audit.event(
             "instance-received",
             job=job_id,

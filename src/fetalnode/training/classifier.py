@@ -23,6 +23,7 @@ from fetalnode.inference.networks import build_classifier_net
 from fetalnode.inference.preprocess import roi_crop, to_unit_range
 from fetalnode.training.data import Row, bootstrap_ci, group_split, load_gray, read_labels
 from fetalnode.training.metrics import auroc, balanced_accuracy, confusion, macro_f1, per_class
+from fetalnode.training.reference import classifier_reference
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,9 @@ class ClsRecipe:
     max_minutes: float = 25.0
     seed: int = 20261124
     limit: int = 0
+    extra_normals: str = ""
+    extra_normals_n: int = 150
+    cv_folds: int = 0
 
 
 def usable_rows(folder: Path) -> tuple[list[Row], int]:
@@ -60,7 +64,7 @@ def roi_crops(
     crops, found = [], []
     for row in tqdm(rows, desc="ROI crops", leave=False):
         img01 = to_unit_range(load_gray(folder / row["filename"]))
-        ellipse, _, _ = locate_head(seg.net, canvas_hw, axis_scale, img01)
+        ellipse, _, _ = locate_head(seg.infer, canvas_hw, axis_scale, img01)
         crop, _ = roi_crop(img01, ellipse.box() if ellipse else None, roi_size, margin)
         crops.append(crop)
         found.append(ellipse is not None)
@@ -163,44 +167,63 @@ def _num(v: float) -> float | None:
     return None if math.isnan(v) else float(v)
 
 
-def train_classifier(
-    data: Path, seg_path: Path, out: Path, recipe: ClsRecipe, name: str, version: str
-) -> dict[str, Any]:
+@dataclass
+class CropSet:
+    """ROI crops of some rows, their label indices and groups."""
+
+    x: np.ndarray
+    y: np.ndarray
+    groups: np.ndarray
+    found: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def take(self, idx: np.ndarray) -> CropSet:
+        return CropSet(self.x[idx], self.y[idx], self.groups[idx], self.found[idx])
+
+    @staticmethod
+    def concat(parts: list[CropSet]) -> CropSet:
+        return CropSet(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("x", "y", "groups", "found")))
+
+
+def crop_rows(
+    seg: Bundle,
+    folder: Path,
+    rows: list[Row],
+    labels: list[str],
+    recipe: ClsRecipe,
+    label_col: str = "label",
+    group_col: str = "case_group",
+) -> CropSet:
+    x, found = roi_crops(seg, folder, rows, recipe.roi_size, recipe.roi_margin)
+    return CropSet(
+        x,
+        np.array([labels.index(r.get(label_col, NORMAL)) for r in rows]),
+        np.array([r[group_col] for r in rows]),
+        found,
+    )
+
+
+def fit(train: CropSet, val: CropSet | None, n_classes: int, recipe: ClsRecipe) -> tuple[torch.nn.Module, list[dict]]:
+    """Train from scratch; early stopping on ``val`` loss when given, else ``recipe.epochs`` epochs."""
     torch.manual_seed(recipe.seed)
     gen = torch.Generator().manual_seed(recipe.seed)
-    rows, dropped = usable_rows(data)
-    labels = sorted({r["label"] for r in rows})
-    if NORMAL not in labels:
-        raise ValueError(f"{data}: no '{NORMAL}' class")
-    splits = group_split(rows, "case_group", {"train": 0.7, "val": 0.15, "test": 0.15}, recipe.seed, "label")
-    if recipe.limit:
-        splits = {k: v[: recipe.limit if k == "train" else max(4, recipe.limit // 2)] for k, v in splits.items()}
-    log.info(
-        "split by case_group (stratified by label): %s; %d label-conflict rows dropped",
-        {k: len(v) for k, v in splits.items()},
-        dropped,
-    )
-    seg = load_bundle(seg_path, "segmentation")
-    data_x, data_y, found, grp = {}, {}, {}, {}
-    for split, srows in splits.items():
-        data_x[split], found[split] = roi_crops(seg, data, srows, recipe.roi_size, recipe.roi_margin)
-        data_y[split] = np.array([labels.index(r["label"]) for r in srows])
-        grp[split] = np.array([r["case_group"] for r in srows])
     params = {
         "channels": list(recipe.channels),
         "fc": list(recipe.fc),
-        "n_classes": len(labels),
+        "n_classes": n_classes,
         "dropout": recipe.dropout,
     }
     net = build_classifier_net(params)
-    counts = np.bincount(data_y["train"], minlength=len(labels)).astype(np.float32)
+    counts = np.bincount(train.y, minlength=n_classes).astype(np.float32)
     weights = torch.from_numpy(np.where(counts > 0, 1.0 / np.sqrt(np.maximum(counts, 1)), 0.0)).float()
     weights = weights / weights[counts > 0].mean()
     loss_fn = torch.nn.CrossEntropyLoss(weight=weights)
     opt = torch.optim.AdamW(net.parameters(), lr=recipe.lr, weight_decay=1e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=recipe.epochs)
-    xtr = torch.from_numpy(data_x["train"])[:, None]
-    ytr = torch.from_numpy(data_y["train"])
+    xtr = torch.from_numpy(train.x)[:, None]
+    ytr = torch.from_numpy(train.y)
     best: tuple[float, dict[str, torch.Tensor]] | None = None
     stale, history = 0, []
     start = time.monotonic()
@@ -218,40 +241,141 @@ def train_classifier(
             opt.step()
             losses.append(loss.item())
         sched.step()
-        pv = predict(net, data_x["val"])
-        val_loss = float(-np.log(np.clip(pv[np.arange(len(pv)), data_y["val"]], 1e-7, 1)).mean())
-        val_bacc = balanced_accuracy(data_y["val"], pv.argmax(1), len(labels))
-        history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_loss": val_loss, "val_bacc": val_bacc})
-        log.info("epoch %d loss %.4f val loss %.4f val balanced acc %.3f", epoch, np.mean(losses), val_loss, val_bacc)
-        if best is None or val_loss < best[0]:
-            best = (val_loss, {k: v.clone() for k, v in net.state_dict().items()})
-            stale = 0
-        else:
-            stale += 1
+        record: dict[str, float] = {"epoch": epoch, "loss": float(np.mean(losses))}
+        if val is not None and len(val):
+            pv = predict(net, val.x)
+            record["val_loss"] = float(-np.log(np.clip(pv[np.arange(len(pv)), val.y], 1e-7, 1)).mean())
+            record["val_bacc"] = balanced_accuracy(val.y, pv.argmax(1), n_classes)
+            if best is None or record["val_loss"] < best[0]:
+                best = (record["val_loss"], {k: v.clone() for k, v in net.state_dict().items()})
+                stale = 0
+            else:
+                stale += 1
+        history.append(record)
+        log.info("epoch %s", {k: round(v, 4) for k, v in record.items()})
         if stale >= recipe.patience or time.monotonic() - start > recipe.max_minutes * 60:
             break
-    assert best is not None
-    net.load_state_dict(best[1])
+    if best is not None:
+        net.load_state_dict(best[1])
+    net.eval()
+    return net, history
+
+
+def grouped_cv(data: CropSet, n_classes: int, recipe: ClsRecipe, folds: int) -> dict[str, Any]:
+    """Out-of-fold predictions by case group (each group in exactly one fold), fixed epochs."""
+    uniq = np.array(sorted(set(data.groups.tolist())))
+    rng = np.random.default_rng(recipe.seed)
+    rng.shuffle(uniq)
+    fold_of = {g: i % folds for i, g in enumerate(uniq)}
+    fold = np.array([fold_of[g] for g in data.groups])
+    probs = np.zeros((len(data), n_classes))
+    for k in range(folds):
+        net, _ = fit(data.take(np.nonzero(fold != k)[0]), None, n_classes, recipe)
+        probs[fold == k] = predict(net, data.x[fold == k])
+    return {"folds": folds, "probs": probs}
+
+
+def train_classifier(
+    data: Path, seg_path: Path, out: Path, recipe: ClsRecipe, name: str, version: str
+) -> dict[str, Any]:
+    rows, dropped = usable_rows(data)
+    labels = sorted({r["label"] for r in rows})
+    if NORMAL not in labels:
+        raise ValueError(f"{data}: no '{NORMAL}' class")
+    splits = group_split(rows, "case_group", {"train": 0.7, "val": 0.15, "test": 0.15}, recipe.seed, "label")
+    if recipe.limit:
+        splits = {k: v[: recipe.limit if k == "train" else max(4, recipe.limit // 2)] for k, v in splits.items()}
+    log.info(
+        "split by case_group (stratified by label): %s; %d label-conflict rows dropped",
+        {k: len(v) for k, v in splits.items()},
+        dropped,
+    )
+    seg = load_bundle(seg_path, "segmentation")
+    sets = {k: crop_rows(seg, data, v, labels, recipe) for k, v in splits.items()}
+    extra_info: dict[str, Any] = {}
+    shift_test: CropSet | None = None
+    if recipe.extra_normals:
+        # Heads of another source (HC18) as extra normals: train/val parts of the segmentation's own
+        # split only, so the HC18 test heads stay unseen and measure the source shift.
+        hc_rows = read_labels(recipe.extra_normals)
+        hc_split = group_split(hc_rows, "subject_group", {"train": 0.7, "val": 0.15, "test": 0.15}, recipe.seed)
+        take = {"train": recipe.extra_normals_n, "val": max(1, recipe.extra_normals_n // 5)}
+        for part, n in take.items():
+            extra = crop_rows(
+                seg, Path(recipe.extra_normals), hc_split[part][:n], labels, recipe, group_col="subject_group"
+            )
+            sets[part] = CropSet.concat([sets[part], extra])
+        shift_test = crop_rows(
+            seg, Path(recipe.extra_normals), hc_split["test"], labels, recipe, group_col="subject_group"
+        )
+        extra_info = {"extra_normals": str(recipe.extra_normals), "train": take["train"], "val": take["val"]}
+    start = time.monotonic()
+    net, history = fit(sets["train"], sets["val"], len(labels), recipe)
     minutes = (time.monotonic() - start) / 60
-    test_probs = predict(net, data_x["test"])
-    metrics = classification_metrics(test_probs, data_y["test"], labels, grp["test"])
+    test = sets["test"]
+    metrics = classification_metrics(predict(net, test.x), test.y, labels, test.groups)
     metrics["split"] = "test (15% of case groups per class with >=3 groups; never used for training or early stopping)"
-    metrics["head_found_rate"] = float(found["test"].mean())
+    metrics["head_found_rate"] = float(test.found.mean())
     normal = labels.index(NORMAL)
     feats = {s: intensity_features(data, splits[s]) for s in ("train", "test")}
-    base = logistic_baseline(feats["train"], (data_y["train"] != normal).astype(int), feats["test"], recipe.seed)
-    try:
-        metrics["baseline_intensity_logreg_abnormal_auroc"] = auroc(base, (data_y["test"] != normal).astype(int))
-    except ValueError:
-        metrics["baseline_intensity_logreg_abnormal_auroc"] = None
-    test_classes = sorted({labels[i] for i in data_y["test"]})
-    metadata = {
+    ytr_abn = (np.array([labels.index(r["label"]) for r in splits["train"]]) != normal).astype(int)
+    yte_abn = (np.array([labels.index(r["label"]) for r in splits["test"]]) != normal).astype(int)
+    metrics["baseline_intensity_logreg_abnormal_auroc"] = _auroc_or_none(
+        logistic_baseline(feats["train"], ytr_abn, feats["test"], recipe.seed), yte_abn
+    )
+    crop_feats = {s: crop_features(sets[s].x) for s in ("train", "test")}
+    metrics["baseline_equalised_crop_logreg_abnormal_auroc"] = _auroc_or_none(
+        logistic_baseline(
+            crop_feats["train"], (sets["train"].y != normal).astype(int), crop_feats["test"], recipe.seed
+        ),
+        (test.y != normal).astype(int),
+    )
+    if shift_test is not None and len(shift_test):
+        p_abn = 1 - predict(net, shift_test.x)[:, normal]
+        metrics["source_shift_hc18_test_heads"] = {
+            "n": len(shift_test),
+            "groups": len(np.unique(shift_test.groups)),
+            "specificity": float((p_abn < 0.5).mean()),
+            "specificity_ci95": bootstrap_ci(p_abn, shift_test.groups, lambda i: (p_abn[i] < 0.5).mean()),
+            "note": "HC18 test-split heads (presumed normal, another source) never seen in training",
+        }
+    if recipe.cv_folds > 1:
+        pooled = CropSet.concat([sets["train"], sets["val"], sets["test"]])
+        cv = grouped_cv(pooled, len(labels), recipe, recipe.cv_folds)
+        cvm = classification_metrics(cv["probs"], pooled.y, labels, pooled.groups)
+        metrics["grouped_cv"] = {
+            k: cvm[k]
+            for k in (
+                "n",
+                "n_groups",
+                "accuracy",
+                "balanced_accuracy",
+                "balanced_accuracy_ci95",
+                "macro_f1",
+                "macro_f1_ci95",
+                "abnormal_auroc",
+                "abnormal_auroc_ci95",
+                "per_class",
+            )
+        }
+        metrics["grouped_cv"]["folds"] = recipe.cv_folds
+        metrics["grouped_cv"]["epochs_per_fold"] = recipe.epochs
+    test_classes = sorted({labels[i] for i in test.y})
+    metadata: dict[str, Any] = {
         "name": name,
         "version": version,
         "task": "classification",
         "description": "Normal vs malformation and malformation type on the fetal head ROI.",
         "intended_use": "RESEARCH USE ONLY, NOT FOR DIAGNOSIS",
-        "network": {"class": "fetalnode.inference.networks.HeadClassifier", "params": params},
+        "network": {
+            "class": "fetalnode.inference.networks.HeadClassifier",
+            "params": {
+                "channels": list(recipe.channels),
+                "fc": list(recipe.fc),
+                "n_classes": len(labels),
+                "dropout": recipe.dropout,
+            },
+        },
         "input": {
             "roi_size": recipe.roi_size,
             "roi_margin": recipe.roi_margin,
@@ -285,8 +409,58 @@ def train_classifier(
         },
         "metrics": metrics,
     }
-    save_bundle(out, net, metadata, cls_model_card(metadata))
-    return metadata
+    if extra_info:
+        metadata["training_data"].append(
+            {
+                "name": "HC18 heads as extra 'normal' images (another source)",
+                "citation": "van den Heuvel et al., PLoS ONE 13(8): e0200412 (2018), doi:10.5281/zenodo.1327317",
+                "licence": "CC BY 4.0",
+                **extra_info,
+            }
+        )
+    metadata["reference_outputs"] = {
+        "segmentation_bundle": f"{seg.name} {seg.version}",
+        "images": classifier_reference(net, seg, recipe.roi_size, recipe.roi_margin),
+    }
+    return save_bundle(out, net, metadata, cls_model_card)
+
+
+def extra_sections(m: dict[str, Any]) -> str:
+    """Model-card sections for the source-shift check and grouped cross-validation, when measured."""
+    out = []
+    shift = m.get("source_shift_hc18_test_heads")
+    if shift:
+        lo, hi = shift["specificity_ci95"]
+        out.append(f"""## Normal vs abnormal when the source changes
+On {shift["n"]} HC18 test-split heads ({shift["groups"]} subjects; presumed normal, another centre and scanner,
+never seen in training) the model calls {shift["specificity"]:.3f} of them normal (95% CI {lo:.3f}–{hi:.3f}).
+""")
+    cv = m.get("grouped_cv")
+    if cv:
+        b, f1 = cv["balanced_accuracy_ci95"], cv["macro_f1_ci95"]
+        out.append(f"""## Malformation type by grouped cross-validation
+{cv["folds"]}-fold cross-validation by case group over all shared images ({cv["n"]} images, {cv["n_groups"]} groups;
+{cv["epochs_per_fold"]} epochs per fold, no early stopping): balanced accuracy {cv["balanced_accuracy"]:.3f}
+(95% CI {b[0]:.3f}–{b[1]:.3f}), macro F1 {cv["macro_f1"]:.3f} ({f1[0]:.3f}–{f1[1]:.3f}), normal-vs-abnormal AUROC
+{cv["abnormal_auroc"] if cv["abnormal_auroc"] is None else round(cv["abnormal_auroc"], 3)}. Per class recall:
+{", ".join(f"{k} {v['recall']:.2f} (n={v['support']})" for k, v in cv["per_class"].items() if v["support"])}.
+""")
+    return "\n".join(out)
+
+
+def crop_features(x: np.ndarray) -> np.ndarray:
+    """Global intensity statistics of the equalised ROI crops (the baseline after normalisation)."""
+    flat = x.reshape(len(x), -1)
+    hist = np.stack([np.histogram(v, bins=16, range=(0, 1))[0] for v in flat]) / flat.shape[1]
+    pct = np.percentile(flat, (5, 25, 50, 75, 95), axis=1).T
+    return np.concatenate([flat.mean(1, keepdims=True), flat.std(1, keepdims=True), pct, hist], 1).astype(np.float32)
+
+
+def _auroc_or_none(scores: np.ndarray, positives: np.ndarray) -> float | None:
+    try:
+        return auroc(scores, positives)
+    except ValueError:
+        return None
 
 
 def cls_model_card(meta: dict[str, Any]) -> str:
@@ -324,12 +498,14 @@ Classes in the test split: {", ".join(td["test_classes"])}.
 | balanced accuracy | {f(m["balanced_accuracy"])} | {ci(m.get("balanced_accuracy_ci95"))} |
 | macro F1 | {f(m["macro_f1"])} | {ci(m.get("macro_f1_ci95"))} |
 | normal vs abnormal AUROC | {f(m.get("abnormal_auroc"))} | {ci(m.get("abnormal_auroc_ci95"))} |
-| trivial baseline AUROC (logistic regression on global intensity statistics) | {f(m.get("baseline_intensity_logreg_abnormal_auroc"))} | |
+| trivial baseline AUROC (logistic regression on global intensity statistics of the whole image) | {f(m.get("baseline_intensity_logreg_abnormal_auroc"))} | |
+| same baseline on the histogram-equalised ROI crops the model sees | {f(m.get("baseline_equalised_crop_logreg_abnormal_auroc"))} | |
 | abnormal sensitivity / specificity | {f(m["abnormal_sensitivity"])} / {f(m["abnormal_specificity"])} | |
 | head found by the segmentation on these images | {f(m["head_found_rate"])} | |
 
 Training: {meta["training"]["epochs_run"]} epochs, {meta["training"]["minutes"]} minutes on {meta["training"]["device"]} (2 cores).
 
+{extra_sections(m)}
 ## What it can and cannot claim
 - All `normal` images come from FETAL_PLANES_DB, the abnormal ones from another, undocumented source: normal-vs-abnormal
   separation is partly a *source* shortcut. Compare the AUROC with the trivial intensity baseline above.
