@@ -34,12 +34,22 @@ class ScpSettings:
     """The data terminal (DICOM SCP)."""
 
     allowed_calling_aets: list[str] = field(default_factory=list)
+    station_names: list[str] = field(default_factory=list)
     check_called_aet: bool = True
     acse_timeout: float = 30.0
     dimse_timeout: float = 30.0
     network_timeout: float = 60.0
     maximum_associations: int = 10
     min_free_bytes: int = 200_000_000
+
+
+@dataclass
+class PrintSettings:
+    """The virtual DICOM printer (Basic Grayscale/Color Print Management SCP) on the same AE."""
+
+    enabled: bool = True
+    printer_name: str = "fetalnode virtual printer"
+    max_image_pixels: int = 16_000_000
 
 
 @dataclass
@@ -101,6 +111,7 @@ class Settings:
 
     node: NodeSettings = field(default_factory=NodeSettings)
     scp: ScpSettings = field(default_factory=ScpSettings)
+    print: PrintSettings = field(default_factory=PrintSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     models: ModelSettings = field(default_factory=ModelSettings)
     orthanc: OrthancSettings = field(default_factory=OrthancSettings)

@@ -76,6 +76,11 @@ class Terminal:
     on_queued: Callable[[], None] | None = None
 
     def station_for(self, calling_ae: str) -> str:
+        """Station name of a calling AE from ``scp.station_names`` ("AE=Name" items), else the AE title."""
+        for item in self.settings.scp.station_names:
+            ae, _, name = item.partition("=")
+            if ae.strip() == calling_ae.strip() and name.strip():
+                return name.strip()
         return calling_ae.strip()
 
     # -- handlers ---------------------------------------------------------------------------
@@ -165,13 +170,47 @@ class Terminal:
                 reason="invalid Study/SOP Instance UID",
             )
             return CANNOT_UNDERSTAND
+        status, _ = self.accept_instance(
+            data,
+            calling=calling,
+            peer=peer,
+            called=str(event.assoc.acceptor.ae_title).strip(),
+            sop_uid=sop_uid,
+            sop_class=sop_class,
+            study_uid=study_uid,
+            series_uid=series_uid,
+            transfer_syntax=str(event.context.transfer_syntax),
+            source="c-store",
+            extra={},
+        )
+        return status
+
+    def accept_instance(
+        self,
+        data: bytes,
+        *,
+        calling: str,
+        peer: str,
+        called: str,
+        sop_uid: str,
+        sop_class: str,
+        study_uid: str,
+        series_uid: str,
+        transfer_syntax: str,
+        source: str,
+        extra: dict[str, Any],
+    ) -> tuple[int, int | None]:
+        """Spool an encoded object and record its pre-notification: the one way in for C-STORE and print.
+
+        Returns the DICOM status and the job id (``None`` for a duplicate or a refusal).
+        """
         digest = hashlib.sha256(data).hexdigest()
         same = self.jobs.find_same(sop_uid, digest)
         if same is not None:
             self.audit.event(
                 "instance-duplicate", calling_ae=calling, address=peer, sop_uid=sop_uid, job=same.id, state=same.state
             )
-            return SUCCESS
+            return SUCCESS, None
         conflicts = self.jobs.conflicting(sop_uid, digest)
         try:
             path, digest, _ = self.spool.store(data, sop_uid, digest)
@@ -179,25 +218,25 @@ class Terminal:
             self.audit.event(
                 "store-refused", calling_ae=calling, address=peer, sop_uid=sop_uid, status="0xA700", reason=str(exc)
             )
-            return OUT_OF_RESOURCES
-        extra: dict[str, Any] = {}
+            return OUT_OF_RESOURCES, None
+        extra = dict(extra)
         if conflicts:
             extra["uid_conflict"] = f"{conflicts} different object(s) already received with this SOP Instance UID"
         job_id = self.jobs.prenotify(
             PreNotification(
-                source="c-store",
+                source=source,
                 spool_path=str(path),
                 sha256=digest,
                 size=len(data),
                 calling_ae=calling,
-                called_ae=str(event.assoc.acceptor.ae_title).strip(),
+                called_ae=called,
                 peer=peer,
                 station_name=self.station_for(calling),
                 study_uid=study_uid,
                 series_uid=series_uid,
                 sop_uid=sop_uid,
                 sop_class_uid=sop_class,
-                transfer_syntax=str(event.context.transfer_syntax),
+                transfer_syntax=transfer_syntax,
                 extra=extra,
             )
         )
@@ -207,16 +246,17 @@ class Terminal:
         self.audit.event(
             "instance-received",
             job=job_id,
+            source=source,
             calling_ae=calling,
             address=peer,
             sop_uid=sop_uid,
             sop_class=sop_class,
-            transfer_syntax=str(event.context.transfer_syntax),
+            transfer_syntax=transfer_syntax,
             bytes=len(data),
             sha256=digest,
-            **({"flag": extra["uid_conflict"]} if extra else {}),
+            **({"flag": extra["uid_conflict"]} if "uid_conflict" in extra else {}),
         )
-        return SUCCESS
+        return SUCCESS, job_id
 
 
 def build_ae(settings: Settings) -> AE:
@@ -233,6 +273,11 @@ def build_ae(settings: Settings) -> AE:
     ae.add_supported_context(Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     for sop_class in sorted(ANALYSABLE_SOP_CLASSES):
         ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
+    if settings.print.enabled:
+        from fetalnode.scp.printer import ANNOTATION_BOX, META_COLOR, META_GRAYSCALE, PRESENTATION_LUT
+
+        for sop_class in (META_GRAYSCALE, META_COLOR, PRESENTATION_LUT, ANNOTATION_BOX):
+            ae.add_supported_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     return ae
 
 
@@ -245,6 +290,10 @@ def start_scp(settings: Settings, terminal: Terminal) -> ThreadedAssociationServ
         (evt.EVT_ACCEPTED, terminal.handle_accepted),
         (evt.EVT_REJECTED, terminal.handle_rejected),
     ]
+    if settings.print.enabled:
+        from fetalnode.scp.printer import PrintScp
+
+        handlers += PrintScp(terminal).handlers()
     server = ae.start_server((settings.node.host, settings.node.port), block=False, evt_handlers=handlers)
     assert server is not None  # block=False always returns the server
     log.info("SCP %s listening on %s:%d", settings.node.ae_title, settings.node.host, settings.node.port)

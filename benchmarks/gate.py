@@ -1,0 +1,63 @@
+"""How the applicability gate ("not analysed: no fetal head found") behaves on the images we have.
+
+Heads that should pass: HC18 test split (never trained on) and FETAL_PLANES brain planes.
+Non-heads that should be refused: FETAL_PLANES non-brain planes and the real US DICOM files.
+
+    .venv/bin/python -m benchmarks.gate
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from pydicom import dcmread
+
+from fetalnode.inference.analyzer import locate_head, seg_settings
+from fetalnode.inference.bundle import load_bundle
+from fetalnode.inference.preprocess import to_unit_range
+from fetalnode.intake import decode_for_analysis
+from fetalnode.training.data import group_split, load_gray, read_labels
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "datasets"
+
+
+def main() -> int:
+    torch.set_num_threads(2)
+    seg = load_bundle(ROOT / "models" / "hc18-headseg")
+    hw, scale = seg_settings(seg)
+    seed = int(seg.metadata["training_data"][0]["seed"])
+
+    def passes(img) -> bool:
+        return locate_head(seg.infer, hw, scale, to_unit_range(img))[0] is not None
+
+    report: dict[str, object] = {"model": f"{seg.name} {seg.version}"}
+    hc = read_labels(SHARED / "hc18")
+    test = group_split(hc, "subject_group", {"train": 0.7, "val": 0.15, "test": 0.15}, seed)["test"]
+    ok = sum(passes(load_gray(SHARED / "hc18" / r["filename"])) for r in test)
+    report["hc18_test_heads_accepted"] = f"{ok}/{len(test)}"
+    fp = read_labels(SHARED / "fetal_planes_db_sample")
+    brain = [r for r in fp if r["plane"] == "Fetal brain"]
+    other = [r for r in fp if r["plane"] != "Fetal brain"]
+    tt = [r for r in brain if r["brain_plane"] == "Trans-thalamic"]
+    root = SHARED / "fetal_planes_db_sample"
+    report["fetal_planes_brain_accepted"] = (
+        f"{sum(passes(load_gray(root / r['filename'])) for r in brain)}/{len(brain)}"
+    )
+    report["fetal_planes_transthalamic_accepted"] = (
+        f"{sum(passes(load_gray(root / r['filename'])) for r in tt)}/{len(tt)}"
+    )
+    report["fetal_planes_non_brain_refused"] = (
+        f"{sum(not passes(load_gray(root / r['filename'])) for r in other)}/{len(other)}"
+    )
+    dicoms = sorted((SHARED / "dicom_samples").glob("*.dcm"))
+    refused = [d.name for d in dicoms if not passes(decode_for_analysis(dcmread(d), 10**8, 10**4).gray)]
+    report["dicom_samples_refused"] = f"{len(refused)}/{len(dicoms)}"
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
