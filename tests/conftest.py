@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -14,10 +13,12 @@ from pathlib import Path
 
 import pydicom.data
 import pytest
+from pydicom import dcmread
 
 from fetalnode.demo import write_node_config
 from fetalnode.jobs import JobStore
 from fetalnode.orthanc.server import OrthancProcess, free_port
+from fetalnode.process import stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
@@ -107,14 +108,8 @@ class NodeProcess:
             raise AssertionError(f"jobs: {[(j.id, j.state, j.error) for j in self.jobs.jobs()]}") from None
 
     def stop(self) -> None:
-        for p in (self.worker, self.proc):
-            if p is not None and p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+        stop_process(self.worker)
+        stop_process(self.proc)
 
 
 def _spawn(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -162,6 +157,22 @@ def make_node(tmp_path: Path, orthanc: OrthancProcess) -> Iterator[Callable[...,
     yield factory
     for node in nodes:
         node.stop()
+
+
+# storescu's option that proposes a file's own (compressed) transfer syntax.
+STORESCU_FLAG = {
+    "1.2.840.10008.1.2.5": "-xr",
+    "1.2.840.10008.1.2.4.50": "-xy",
+    "1.2.840.10008.1.2.4.70": "-xs",
+    "1.2.840.10008.1.2.4.90": "-xv",
+    "1.2.840.10008.1.2.4.91": "-xw",
+}
+
+
+def send(port: int, path: Path) -> subprocess.CompletedProcess[str]:
+    """storescu proposing the file's own transfer syntax, as a modality would."""
+    ts = str(dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+    return storescu(port, path, flags=(STORESCU_FLAG[ts],) if ts in STORESCU_FLAG else ())
 
 
 def storescu(

@@ -19,6 +19,7 @@ from fetalnode.config import load_settings
 from fetalnode.errors import NodeError
 from fetalnode.jobs import JobStore
 from fetalnode.orthanc.server import OrthancProcess, free_port
+from fetalnode.process import stop_process
 
 MODALITY_AET = "DEMO-US"
 NODE_AET = "FETALNODE"
@@ -136,11 +137,7 @@ def run_demo(samples: Path, run_dir: Path | None, exit_after: bool) -> int:
             signal.pause()
         return 0 if ok else 1
     finally:
-        node.send_signal(signal.SIGTERM)
-        try:
-            node.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            node.kill()
+        stop_process(node)
         orthanc.stop()
 
 

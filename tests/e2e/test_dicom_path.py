@@ -11,7 +11,7 @@ import pytest
 from pydicom import dcmread
 
 from fetalnode.orthanc.server import OrthancProcess
-from tests.conftest import ROOT, SAMPLES, dicom_testfile, storescu, wait_for
+from tests.conftest import ROOT, SAMPLES, dicom_testfile, send, storescu, wait_for
 from tests.e2e.helpers import find, outputs_in_study, sr_content
 
 pytestmark = pytest.mark.e2e
@@ -23,18 +23,17 @@ def test_samples_and_real_us_files_reach_orthanc_as_reports(make_node, orthanc) 
     sent = []
     for name in SAMPLE_INFO:
         sent.append(SAMPLES / name)
-        flags = ("-xr",) if dcmread(SAMPLES / name).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.5" else ()
-        assert storescu(node.port, SAMPLES / name, flags=flags).returncode == 0
+        assert send(node.port, SAMPLES / name).returncode == 0
     real = [
-        ("OBXXXX1A_rle.dcm", ("-xr",)),
-        ("US1_J2KR.dcm", ("-xv",)),
-        ("examples_ybr_color.dcm", ("-xy",)),
-        ("gdcm-US-ALOKA-16.dcm", ()),
-        ("JPGLosslessP14SV1_1s_1f_8b.dcm", ("-xs",)),
+        "OBXXXX1A_rle.dcm",
+        "US1_J2KR.dcm",
+        "examples_ybr_color.dcm",
+        "gdcm-US-ALOKA-16.dcm",
+        "JPGLosslessP14SV1_1s_1f_8b.dcm",
     ]
-    for name, flags in real:
+    for name in real:
         sent.append(dicom_testfile(name))
-        assert storescu(node.port, dicom_testfile(name), flags=flags).returncode == 0
+        assert send(node.port, dicom_testfile(name)).returncode == 0
     node.wait_all(len(sent), {"delivered"})
     jobs = {j.sop_uid: j for j in node.jobs.jobs()}
     for path in sent:
@@ -77,8 +76,7 @@ def test_worker_killed_mid_job_every_instance_delivered_exactly_once(make_node, 
     node = make_node().start("--no-worker")
     files = [SAMPLES / n for n in SAMPLE_INFO] + [dicom_testfile("OBXXXX1A.dcm"), dicom_testfile("US1_UNCR.dcm")]
     for f in files:
-        flags = ("-xr",) if dcmread(f).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.5" else ()
-        assert storescu(node.port, f, flags=flags).returncode == 0
+        assert send(node.port, f).returncode == 0
     assert node.jobs.counts()["queued"] == len(files)
     worker = node.start_worker()
     wait_for(
@@ -106,8 +104,7 @@ def test_orthanc_down_then_up_everything_delivered_once(make_node, tmp_path) -> 
     node = make_node(target).start()
     files = [SAMPLES / n for n in list(SAMPLE_INFO)[:3]]
     for f in files:
-        flags = ("-xr",) if dcmread(f).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.5" else ()
-        assert storescu(node.port, f, flags=flags).returncode == 0
+        assert send(node.port, f).returncode == 0
     wait_for(
         lambda: (
             all(j.state == "delivering" and j.attempts >= 2 for j in node.jobs.jobs())

@@ -8,9 +8,8 @@ import subprocess
 import sys
 
 import pytest
-from pydicom import dcmread
 
-from tests.conftest import MODELS, ROOT, SAMPLES, storescu
+from tests.conftest import MODELS, ROOT, SAMPLES, send
 from tests.e2e.helpers import download, find
 
 pytestmark = pytest.mark.e2e
@@ -43,8 +42,7 @@ def test_push_new_classifier_to_running_node(make_node, orthanc, tmp_path) -> No
         shutil.copytree(MODELS / name, models / name)
     node = make_node(models__dir=str(models)).start()
     files = [SAMPLES / n for n in SAMPLE_INFO if SAMPLE_INFO[n]["dataset"] == "hc18"]
-    flags = lambda f: ("-xr",) if dcmread(f).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.5" else ()  # noqa: E731
-    assert storescu(node.port, files[0], flags=flags(files[0])).returncode == 0
+    assert send(node.port, files[0]).returncode == 0
     node.wait_all(1, {"delivered"})
     old_version = json.loads((models / "fba-classifier" / "configs" / "metadata.json").read_text())["version"]
 
@@ -64,7 +62,7 @@ def test_push_new_classifier_to_running_node(make_node, orthanc, tmp_path) -> No
     assert (models / "fba-classifier").is_symlink()
 
     for f in files[1:]:
-        assert storescu(node.port, f, flags=flags(f)).returncode == 0
+        assert send(node.port, f).returncode == 0
     node.wait_all(len(files), {"delivered"})
     versions = [j.result["models"]["classifier"] for j in node.jobs.jobs()]
     assert versions[0] == f"fba-classifier/{old_version}"

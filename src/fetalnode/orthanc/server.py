@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 
 from fetalnode.errors import NodeError
+from fetalnode.process import stop_process
 
 PLUGIN_DIR = Path("/usr/share/orthanc/plugins")
 
@@ -114,14 +115,7 @@ class OrthancProcess:
         raise NodeError(f"Orthanc did not answer within {timeout:.0f} s ({last})")
 
     def stop(self) -> None:
-        if self._proc is None:
-            return
-        self._proc.terminate()
-        try:
-            self._proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait(timeout=5)
+        stop_process(self._proc, timeout=15)
         self._proc = None
 
     @property

@@ -6,6 +6,7 @@ The ROI comes from the shipped segmentation bundle through the same code the wor
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -341,7 +342,10 @@ def train_classifier(
         }
     if recipe.cv_folds > 1:
         pooled = CropSet.concat([sets["train"], sets["val"], sets["test"]])
-        cv = grouped_cv(pooled, len(labels), recipe, recipe.cv_folds)
+        # Each fold trains as long as the final model did until its best validation epoch.
+        best_epoch = 1 + int(np.argmin([h.get("val_loss", np.inf) for h in history]))
+        cv_recipe = dataclasses.replace(recipe, epochs=best_epoch)
+        cv = grouped_cv(pooled, len(labels), cv_recipe, recipe.cv_folds)
         cvm = classification_metrics(cv["probs"], pooled.y, labels, pooled.groups)
         metrics["grouped_cv"] = {
             k: cvm[k]
@@ -359,7 +363,7 @@ def train_classifier(
             )
         }
         metrics["grouped_cv"]["folds"] = recipe.cv_folds
-        metrics["grouped_cv"]["epochs_per_fold"] = recipe.epochs
+        metrics["grouped_cv"]["epochs_per_fold"] = cv_recipe.epochs
     test_classes = sorted({labels[i] for i in test.y})
     metadata: dict[str, Any] = {
         "name": name,
