@@ -2,8 +2,10 @@
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ from pydicom import dcmread
 from pynetdicom import AE, build_context
 from pynetdicom.sop_class import CTImageStorage, UltrasoundImageStorage, Verification
 
-from tests.conftest import MODALITY, NODE_AET, dicom_testfile, storescu
+from tests.conftest import MODALITY, MODELS, NODE_AET, dicom_testfile, storescu
 
 pytestmark = [pytest.mark.network, pytest.mark.interop]
 
@@ -131,3 +133,21 @@ def test_spool_below_free_space_answers_a700(make_node) -> None:
     assert node.jobs.jobs() == []
     refused = [e for e in audit(node) if e["event"] == "store-refused"]
     assert refused and refused[0]["status"] == "0xA700"
+
+
+def test_node_refuses_to_start_with_a_corrupt_bundle(make_node, tmp_path) -> None:
+    models = tmp_path / "models"
+    for name in ("hc18-headseg", "fba-classifier"):
+        shutil.copytree(MODELS / name, models / name)
+    weights = models / "fba-classifier" / "models" / "model.pt"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    node = make_node(models__dir=str(models))
+    result = subprocess.run(
+        [sys.executable, "-m", "fetalnode.cli", "serve", "--config", str(node.config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "FETALNODE__MODELS__DIR": str(models)},
+    )
+    assert result.returncode == 2
+    assert "BundleError" in result.stderr and "checksum" in result.stderr
