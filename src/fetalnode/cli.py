@@ -194,6 +194,17 @@ def cmd_models_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models_finalize(args: argparse.Namespace) -> int:
+    import torch
+
+    from fetalnode.training.segmentation import finalize_segmentation_bundle
+
+    torch.set_num_threads(args.threads)
+    meta = finalize_segmentation_bundle(Path(args.bundle))
+    print(json.dumps({"runtime": meta["runtime"], "runtime_comparison": meta["runtime_comparison"]}, indent=2))
+    return 0
+
+
 def cmd_wrap(args: argparse.Namespace) -> int:
     from fetalnode.wrap import wrap_png
 
@@ -311,6 +322,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="install under this name (default: the bundle's own name); the node loads the names given in [models]",
     )
     mp.set_defaults(func=cmd_models_push)
+    mf = msub.add_parser(
+        "finalize",
+        help="segmentation bundle: export ONNX, measure torch vs onnxruntime and "
+        "record the faster, store reference outputs (the last step of `train`; weights untouched)",
+    )
+    mf.add_argument("bundle")
+    mf.add_argument("--threads", type=int, default=2)
+    mf.set_defaults(func=cmd_models_finalize)
 
     sp = sub.add_parser("wrap", help="wrap PNG images as Ultrasound Image Storage DICOM files")
     sp.add_argument("png", nargs="+")

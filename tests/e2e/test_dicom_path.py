@@ -70,6 +70,11 @@ def test_samples_and_real_us_files_reach_orthanc_as_reports(make_node, orthanc) 
         check=True,
     )
     assert json.loads(status.stdout)["counts"]["delivered"] == len(sent)
+    logs = node.log.read_text() + (node.data_dir / "audit.jsonl").read_text()
+    names = {str(dcmread(p, stop_before_pixels=True).PatientName) for p in sent}
+    for name in filter(None, names):
+        for part in filter(lambda x: len(x) > 2, name.replace("^", " ").split()):
+            assert part not in logs, f"patient name part {part!r} found in the logs"
 
 
 def test_worker_killed_mid_job_every_instance_delivered_exactly_once(make_node, orthanc) -> None:

@@ -15,7 +15,7 @@ from monai.losses import DiceCELoss
 from tqdm import tqdm
 
 from fetalnode.inference.analyzer import locate_head
-from fetalnode.inference.bundle import load_bundle, save_bundle, write_metadata
+from fetalnode.inference.bundle import ONNX, export_onnx, load_bundle, save_bundle, sha256_file, write_metadata
 from fetalnode.inference.ellipse import ramanujan_perimeter
 from fetalnode.inference.networks import build_segmentation_net
 from fetalnode.inference.preprocess import letterbox, to_unit_range
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SegRecipe:
-    canvas_hw: tuple[int, int] = (304, 448)
+    canvas_hw: tuple[int, int] = (224, 320)
     channels: tuple[int, ...] = (16, 32, 64, 128)
     strides: tuple[int, ...] = (2, 2, 2)
     num_res_units: int = 2
@@ -204,10 +204,30 @@ def train_segmentation(data: Path, out: Path, recipe: SegRecipe, name: str, vers
         },
         "metrics": metrics,
     }
-    metadata = save_bundle(out, net, metadata, seg_model_card, onnx_input=(1, 1, *recipe.canvas_hw))
+    save_bundle(out, net, metadata, seg_model_card)
+    return finalize_segmentation_bundle(out)
+
+
+def finalize_segmentation_bundle(path: Path) -> dict[str, Any]:
+    """Export ONNX (choosing the faster runtime by measurement), store reference outputs, rewrite the card.
+
+    The last step of training; also runs on a bundle trained before these artefacts existed
+    (``fetalnode models finalize``). Weights are not touched.
+    """
+    bundle = load_bundle(path, "segmentation")
+    canvas_hw = tuple(bundle.metadata["input"]["canvas_hw"])
+    comparison = export_onnx(bundle.net, (1, 1, *canvas_hw), path / ONNX)
+    metadata = dict(
+        bundle.metadata,
+        runtime=comparison["runtime"],
+        runtime_comparison=comparison,
+        onnx_sha256=sha256_file(path / ONNX),
+    )
+    write_metadata(path, metadata)
     # Reference outputs through the runtime the node will use (onnxruntime or torch).
-    metadata["reference_outputs"] = segmentation_reference(load_bundle(out, "segmentation"))
-    write_metadata(out, metadata)
+    metadata["reference_outputs"] = segmentation_reference(load_bundle(path, "segmentation"))
+    write_metadata(path, metadata)
+    (path / "docs" / "README.md").write_text(seg_model_card(metadata), encoding="utf-8")
     return metadata
 
 
@@ -259,9 +279,9 @@ and derives HC (Ramanujan), BPD and OFD in mm from the DICOM pixel calibration. 
 | n images / groups | {m["n"]} / {m["n_groups"]} | |
 | Dice (at the {meta["input"]["canvas_hw"]} canvas) | {_f(m["dice_mean"], ".4f")} | {_f(m["dice_mean_ci95"][0], ".4f")}–{_f(m["dice_mean_ci95"][1], ".4f")} |
 | head found | {_f(m["head_found_rate"], ".3f")} | |
-| HC absolute error, mean (mm) | {_f(m["hc_abs_diff_mm_mean"], ".2f")} | {_f(m["hc_abs_diff_mm_mean_ci95"][0], ".2f")}–{_f(m["hc_abs_diff_mm_mean_ci95"][1], ".2f")} |
-| HC absolute error, median (mm) | {_f(m["hc_abs_diff_mm_median"], ".2f")} | |
-| HC signed error, mean (mm) | {_f(m["hc_diff_mm_mean_signed"], ".2f")} | |
+| HC absolute error, mean (mm), heads found | {_f(m["hc_abs_diff_mm_mean"], ".2f")} | {_f(m["hc_abs_diff_mm_mean_ci95"][0], ".2f")}–{_f(m["hc_abs_diff_mm_mean_ci95"][1], ".2f")} |
+| HC absolute error, median (mm), heads found | {_f(m["hc_abs_diff_mm_median"], ".2f")} | |
+| HC signed error, mean (mm), heads found | {_f(m["hc_diff_mm_mean_signed"], ".2f")} | |
 
 {runtime_line(meta)}
 
