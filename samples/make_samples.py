@@ -29,8 +29,8 @@ def main() -> int:
         ds = wrap_png(
             SHARED / "hc18" / row["filename"],
             pixel_size_mm=float(row["pixel_size_mm"]),
-            patient_name=f"Demo^HC18 {Path(row['filename']).stem}",
-            patient_id=f"DEMO-HC18-{i + 1}",
+            patient_name=f"Demo^Sample{i + 1}",
+            patient_id=f"DEMO-{i + 1}",
             compress_rle=(i == 1),
         )
         name = f"hc18_{Path(row['filename']).stem}.dcm"
@@ -45,13 +45,13 @@ def main() -> int:
         }
     fba = [r for r in read_labels(SHARED / "fetal_brain_abnormalities") if r["label_conflict"] != "1"]
     ftest = group_split(fba, "case_group", {"train": 0.7, "val": 0.15, "test": 0.15}, SEED, "label")["test"]
-    for label in ("normal", "ventriculomegaly_moderate"):
+    for k, label in enumerate(("normal", "ventriculomegaly_moderate"), start=len(picks) + 1):
         row = next(r for r in ftest if r["label"] == label and not r["augmentation_index"])
         ds = wrap_png(
             SHARED / "fetal_brain_abnormalities" / row["filename"],
             pixel_size_mm=None,
-            patient_name=f"Demo^FBA {label}",
-            patient_id=f"DEMO-FBA-{label[:8].upper()}",
+            patient_name=f"Demo^Sample{k}",
+            patient_id=f"DEMO-{k}",
         )
         name = f"fba_{label}_{Path(row['filename']).stem}.dcm"
         ds.save_as(OUT / name, enforce_file_format=True)

@@ -69,7 +69,7 @@ def test_round_trip_and_deterministic_uids(written, analyzer) -> None:
     assert sr.StudyInstanceUID == source.StudyInstanceUID
     [ours] = [e for e in sr.ContributingEquipmentSequence if e.get("ManufacturerModelName") == "fetalnode"]
     assert ours.PurposeOfReferenceCodeSequence[0].CodeMeaning == "Processing Equipment"
-    assert ours.DeviceUID and analyzer.cls.version in ours.SoftwareVersions
+    assert ours.DeviceUID and f"{analyzer.cls.name} {analyzer.cls.version}" in ours.SoftwareVersions
     [group] = sr.content.get_planar_roi_measurement_groups() or sr.content.get_image_measurement_groups()
     versions = [
         i.TextValue

@@ -1,0 +1,80 @@
+"""The shipped bundles load, reproduce the outputs stored at training time, and explain sensibly."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from pydicom import dcmread
+
+from fetalnode.inference import Analyzer
+from fetalnode.inference.bundle import load_bundle
+from fetalnode.intake import decode_for_analysis
+from fetalnode.training.reference import classifier_reference, segmentation_reference
+from tests.conftest import MODELS, SAMPLES
+
+pytestmark = pytest.mark.unit
+SEG, CLS = MODELS / "hc18-headseg", MODELS / "fba-classifier"
+
+
+def test_weights_are_small_and_metadata_complete() -> None:
+    total = sum(p.stat().st_size for p in MODELS.rglob("models/*") if p.is_file())
+    assert total < 30 * 2**20
+    for path in (SEG, CLS):
+        meta = load_bundle(path).metadata
+        assert meta["intended_use"].startswith("RESEARCH USE ONLY")
+        assert meta["training_data"] and meta["training_data"][0]["licence"]
+        assert "split" in meta["metrics"] and meta["metrics"]["n"] > 0
+        assert (path / "docs" / "README.md").is_file()
+
+
+def test_segmentation_reproduces_stored_reference() -> None:
+    seg = load_bundle(SEG)
+    stored = seg.metadata["reference_outputs"]
+    assert len(stored) >= 3
+    for now, then in zip(segmentation_reference(seg, len(stored)), stored, strict=True):
+        assert now["image"] == then["image"]
+        assert (now["ellipse"] is None) == (then["ellipse"] is None)
+        if then["ellipse"] is not None:
+            assert np.allclose(now["ellipse"], then["ellipse"], atol=0.05), (now, then)
+
+
+def test_classifier_reproduces_stored_reference() -> None:
+    seg, cls = load_bundle(SEG), load_bundle(CLS)
+    ref = cls.metadata["reference_outputs"]
+    assert ref["segmentation_bundle"] == f"{seg.name} {seg.version}", "classifier was trained on another seg bundle"
+    params = cls.metadata["input"]
+    now = classifier_reference(cls.net, seg, int(params["roi_size"]), float(params["roi_margin"]), len(ref["images"]))
+    for a, b in zip(now, ref["images"], strict=True):
+        assert np.allclose(a["probabilities"], b["probabilities"], atol=1e-4), (a, b)
+
+
+def test_onnx_runtime_matches_torch() -> None:
+    seg = load_bundle(SEG)
+    if seg.metadata.get("runtime") != "onnxruntime":
+        pytest.skip("this bundle runs in torch")
+    x = torch.rand(1, 1, *seg.metadata["input"]["canvas_hw"], generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert float((seg.infer(x) - seg.net(x)).abs().max()) < 1e-4
+
+
+def test_gradcam_changes_when_classifier_weights_are_randomised() -> None:
+    """Adebayo et al.'s model-randomisation check: a saliency map that survives it explains nothing."""
+    seg, cls = load_bundle(SEG), load_bundle(CLS)
+    decoded = decode_for_analysis(dcmread(SAMPLES / "hc18_669_HC.dcm"), 10**8, 10)
+    image = decoded.gray
+    trained = Analyzer(seg, cls).analyze(image, decoded.spacing_mm)
+    assert trained.analysed and trained.heatmap is not None
+    random_cls = copy.deepcopy(cls)
+    torch.manual_seed(0)
+    for module in random_cls.net.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    randomised = Analyzer(seg, random_cls).analyze(image, decoded.spacing_mm)
+    assert randomised.heatmap is not None
+    inside = trained.heatmap > 0
+    a, b = trained.heatmap[inside], randomised.heatmap[inside]
+    correlation = float(np.corrcoef(a, b)[0, 1])
+    assert correlation < 0.5, f"heatmap barely changed (r={correlation:.2f})"
