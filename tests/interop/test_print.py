@@ -306,3 +306,30 @@ def test_bad_print_requests_get_dimse_failures_and_nothing_printed_is_lost(print
         json.loads(x) for x in (printer.data_dir / "audit.jsonl").read_text().splitlines() if '"print-refused"' in x
     ]
     assert {e["status"] for e in refused} >= {"0x0106", "0xB603", "0x0112"}
+
+
+def test_3x2_film_printed_at_session_level_gives_six_instances_in_box_order(printer) -> None:
+    base = dcmread(SOURCES[0]).pixel_array.astype(np.uint8)
+    images = [np.roll(base, 37 * k, axis=1) for k in range(6)]
+    assoc = _associate(printer, META_GRAYSCALE, "PRINTSCU")
+    try:
+        session = _session(assoc, META_GRAYSCALE)
+        code, reply, _ = _film_box(assoc, session, "STANDARD\\3,2", META_GRAYSCALE)
+        assert code == 0x0000
+        boxes = [r.ReferencedSOPInstanceUID for r in reply.ReferencedImageBoxSequence]
+        assert len(boxes) == 6
+        for box, img in zip(boxes, images, strict=True):
+            status, _ = _set_box(
+                assoc, GRAYSCALE_IMAGE_BOX, box, _image(gray=img), "BasicGrayscaleImageSequence", META_GRAYSCALE
+            )
+            assert status.Status == 0x0000
+        assert assoc.send_n_action(None, 1, FILM_SESSION, session, meta_uid=META_GRAYSCALE)[0].Status == 0x0000
+    finally:
+        assoc.release()
+    jobs = captured(printer, 6)
+    assert [j.extra["image_box_position"] for j in jobs] == [1, 2, 3, 4, 5, 6]
+    for job, img in zip(jobs, images, strict=True):
+        ds = dcmread(job.spool_path)
+        assert ds.InstanceNumber == job.extra["image_box_position"]
+        assert np.array_equal(ds.pixel_array, img)
+    assert len({dcmread(j.spool_path).SeriesInstanceUID for j in jobs}) == 1, "one film box, one series"

@@ -279,6 +279,7 @@ def grouped_cv(data: CropSet, n_classes: int, recipe: ClsRecipe, folds: int) -> 
 def train_classifier(
     data: Path, seg_path: Path, out: Path, recipe: ClsRecipe, name: str, version: str
 ) -> dict[str, Any]:
+    recipe_start = time.monotonic()
     rows, dropped = usable_rows(data)
     labels = sorted({r["label"] for r in rows})
     if NORMAL not in labels:
@@ -426,7 +427,24 @@ def train_classifier(
         "segmentation_bundle": f"{seg.name} {seg.version}",
         "images": classifier_reference(net, seg, recipe.roi_size, recipe.roi_margin),
     }
+    metadata["training"]["recipe_minutes"] = round((time.monotonic() - recipe_start) / 60, 1)
     return save_bundle(out, net, metadata, cls_model_card)
+
+
+def recipe_time(meta: dict[str, Any]) -> str:
+    total = meta["training"].get("recipe_minutes")
+    return f"; the whole recipe (ROI crops, fitting, baselines, cross-validation) took {total} minutes" if total else ""
+
+
+def extra_data_line(meta: dict[str, Any]) -> str:
+    """The extra 'normal' heads from another source, when used."""
+    extra = meta["training_data"][1:] if len(meta["training_data"]) > 1 else []
+    return "".join(
+        f"Extra normals: {e['train']} training and {e['val']} validation images from the training/validation split of "
+        f"{e['name']} ({e['citation']}; {e['licence']}); its test split is kept for the source-shift check below; "
+        "the grouped cross-validation pools them with the shared images.\n"
+        for e in extra
+    )
 
 
 def extra_sections(m: dict[str, Any]) -> str:
@@ -493,6 +511,7 @@ probable malformation type. Grad-CAM (MONAI) on the last base stage gives the he
 {td["name"]} — {td["citation"]}; licence {td["licence"]}. Split by {td["split_by"]} (seed {td["seed"]}):
 {td["splits"]}. {td["label_conflict_rows_dropped"]} rows with conflicting labels were dropped.
 Classes in the test split: {", ".join(td["test_classes"])}.
+{extra_data_line(meta)}
 
 ## Metrics ({m["split"]})
 | metric | value | 95% CI (bootstrap by case group) |
@@ -507,7 +526,7 @@ Classes in the test split: {", ".join(td["test_classes"])}.
 | abnormal sensitivity / specificity | {f(m["abnormal_sensitivity"])} / {f(m["abnormal_specificity"])} | |
 | head found by the segmentation on these images | {f(m["head_found_rate"])} | |
 
-Training: {meta["training"]["epochs_run"]} epochs, {meta["training"]["minutes"]} minutes on {meta["training"]["device"]} (2 cores).
+Training: {meta["training"]["epochs_run"]} epochs, {meta["training"]["minutes"]} minutes of fitting on {meta["training"]["device"]} (2 cores){recipe_time(meta)}.
 
 {extra_sections(m)}
 ## What it can and cannot claim
