@@ -158,7 +158,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         from fetalnode.training.classifier import ClsRecipe, train_classifier
 
         crecipe = ClsRecipe(seed=args.seed, extra_normals=args.extra_normals or "", cv_folds=args.cv_folds)
-        for key in ("epochs", "max_minutes", "limit"):
+        for key in ("epochs", "max_minutes", "limit", "lr", "patience"):
             if getattr(args, key) is not None:
                 setattr(crecipe, key, getattr(args, key))
         meta = train_classifier(
@@ -296,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--epochs", type=int)
     sp.add_argument("--max-minutes", type=float)
     sp.add_argument("--limit", type=int, help="use only this many training images (smoke runs)")
+    sp.add_argument("--lr", type=float, help="classifier only: learning rate (default 1e-3)")
+    sp.add_argument("--patience", type=int, help="classifier only: early-stopping patience in epochs (default 8)")
     sp.add_argument("--seed", type=int, default=20261124)
     sp.add_argument("--threads", type=int, default=2)
     sp.set_defaults(func=cmd_train)
