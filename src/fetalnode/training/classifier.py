@@ -38,10 +38,10 @@ class ClsRecipe:
     channels: tuple[int, ...] = (16, 32, 64, 128)
     fc: tuple[int, ...] = (128, 64)
     dropout: float = 0.3
-    epochs: int = 40
+    epochs: int = 60
     batch_size: int = 32
-    lr: float = 1e-3
-    patience: int = 8
+    lr: float = 3e-4
+    patience: int = 12
     max_minutes: float = 25.0
     seed: int = 20261124
     limit: int = 0
