@@ -13,6 +13,7 @@ from pydicom.uid import generate_uid
 
 from fetalnode.demo import start_node, wait_echo, write_node_config
 from fetalnode.orthanc.server import OrthancProcess, free_port
+from fetalnode.process import stop_process
 from fetalnode.training.data import read_labels
 from fetalnode.wrap import wrap_png
 
@@ -72,8 +73,7 @@ class Stack:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.node.terminate()
-        self.node.wait(30)
+        stop_process(self.node)
         self.orthanc.stop()
 
 

@@ -112,6 +112,19 @@ class NodeProcess:
         stop_process(self.proc)
 
 
+def cli(*args: str, env: dict[str, str] | None = None, check: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run ``fetalnode ARGS`` as a user would, from the repository root."""
+    return subprocess.run(
+        [sys.executable, "-m", "fetalnode.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        check=check,
+        timeout=120,
+    )
+
+
 def _spawn(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     out = open(log, "ab")
     try:

@@ -142,6 +142,14 @@ def cmd_resend(args: argparse.Namespace) -> int:
     return 0
 
 
+def _override(recipe: Any, args: argparse.Namespace, keys: tuple[str, ...]) -> Any:
+    """Recipe fields given on the command line replace the recipe's defaults."""
+    for key in keys:
+        if getattr(args, key) is not None:
+            setattr(recipe, key, getattr(args, key))
+    return recipe
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
@@ -149,18 +157,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.task == "segmentation":
         from fetalnode.training.segmentation import SegRecipe, train_segmentation
 
-        recipe = SegRecipe(seed=args.seed)
-        for key in ("epochs", "max_minutes", "limit"):
-            if getattr(args, key) is not None:
-                setattr(recipe, key, getattr(args, key))
+        recipe = _override(SegRecipe(seed=args.seed), args, ("epochs", "max_minutes", "limit"))
         meta = train_segmentation(Path(args.data), Path(args.out), recipe, Path(args.out).name, args.version)
     else:
         from fetalnode.training.classifier import ClsRecipe, train_classifier
 
-        crecipe = ClsRecipe(seed=args.seed, extra_normals=args.extra_normals or "", cv_folds=args.cv_folds)
-        for key in ("epochs", "max_minutes", "limit", "lr", "patience"):
-            if getattr(args, key) is not None:
-                setattr(crecipe, key, getattr(args, key))
+        crecipe = _override(
+            ClsRecipe(seed=args.seed, extra_normals=args.extra_normals or "", cv_folds=args.cv_folds),
+            args,
+            ("epochs", "max_minutes", "limit", "lr", "patience"),
+        )
         meta = train_classifier(
             Path(args.data), Path(args.seg_model), Path(args.out), crecipe, Path(args.out).name, args.version
         )

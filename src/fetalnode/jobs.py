@@ -169,8 +169,7 @@ class JobStore:
         db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
         db.row_factory = sqlite3.Row
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA synchronous=FULL")  # per connection; WAL mode is persistent (set in __init__)
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 
 import pytest
 from pydicom import dcmread
 
 from fetalnode.orthanc.server import OrthancProcess
-from tests.conftest import ROOT, SAMPLES, dicom_testfile, send, storescu, wait_for
+from tests.conftest import SAMPLES, cli, dicom_testfile, send, storescu, wait_for
 from tests.e2e.helpers import find, outputs_in_study, sr_content
 
 pytestmark = pytest.mark.e2e
@@ -62,13 +60,7 @@ def test_samples_and_real_us_files_reach_orthanc_as_reports(make_node, orthanc) 
             assert "Head Circumference" not in content["measurements"]
         if assessment == "Not analysed: no fetal head found":
             assert any("no fetal head found" in c for c in content["comments"])
-    status = subprocess.run(
-        [sys.executable, "-m", "fetalnode.cli", "status", "--config", str(node.config)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=True,
-    )
+    status = cli("status", "--config", str(node.config), check=True)
     assert json.loads(status.stdout)["counts"]["delivered"] == len(sent)
     logs = node.log.read_text() + (node.data_dir / "audit.jsonl").read_text()
     names = {str(dcmread(p, stop_before_pixels=True).PatientName) for p in sent}
@@ -141,12 +133,6 @@ def test_permanent_rejection_fails_fast_and_resend_replays(make_node, orthanc) -
     [job] = node.jobs.jobs()
     assert "HTTP 401" in job.error and job.attempts == 0 and job.stage == "deliver"
     pw.write_text(orthanc.password)
-    out = subprocess.run(
-        [sys.executable, "-m", "fetalnode.cli", "resend", "--config", str(node.config)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=True,
-    )
+    out = cli("resend", "--config", str(node.config), check=True)
     assert json.loads(out.stdout) == {"requeued": 1}
     node.wait_all(1, {"delivered"})

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import MODELS, ROOT, SAMPLES, send
+from tests.conftest import MODELS, SAMPLES, cli, send
 from tests.e2e.helpers import download, find
 
 pytestmark = pytest.mark.e2e
@@ -17,23 +16,7 @@ SAMPLE_INFO = json.loads((SAMPLES / "samples.json").read_text())
 
 
 def push(node, bundle, models) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fetalnode.cli",
-            "models",
-            "push",
-            str(bundle),
-            "--config",
-            str(node.config),
-            "--models-dir",
-            str(models),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
+    return cli("models", "push", str(bundle), "--config", str(node.config), "--models-dir", str(models))
 
 
 def test_push_new_classifier_to_running_node(make_node, orthanc, tmp_path) -> None:

@@ -2,10 +2,8 @@
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +11,7 @@ from pydicom import dcmread
 from pynetdicom import AE, build_context
 from pynetdicom.sop_class import CTImageStorage, UltrasoundImageStorage, Verification
 
-from tests.conftest import MODALITY, MODELS, NODE_AET, dicom_testfile, storescu
+from tests.conftest import MODALITY, MODELS, NODE_AET, cli, dicom_testfile, storescu
 
 pytestmark = [pytest.mark.network, pytest.mark.interop]
 
@@ -142,12 +140,6 @@ def test_node_refuses_to_start_with_a_corrupt_bundle(make_node, tmp_path) -> Non
     weights = models / "fba-classifier" / "models" / "model.pt"
     weights.write_bytes(weights.read_bytes()[:1000])
     node = make_node(models__dir=str(models))
-    result = subprocess.run(
-        [sys.executable, "-m", "fetalnode.cli", "serve", "--config", str(node.config)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "FETALNODE__MODELS__DIR": str(models)},
-    )
+    result = cli("serve", "--config", str(node.config), env={"FETALNODE__MODELS__DIR": str(models)})
     assert result.returncode == 2
     assert "BundleError" in result.stderr and "checksum" in result.stderr

@@ -12,7 +12,8 @@ from pydicom import dcmread
 from fetalnode.inference import Analyzer
 from fetalnode.inference.bundle import load_bundle
 from fetalnode.intake import decode_for_analysis
-from fetalnode.training.reference import classifier_reference, segmentation_reference
+from fetalnode.training.classifier import classifier_reference
+from fetalnode.training.reference import segmentation_reference
 from tests.conftest import MODELS, SAMPLES
 
 pytestmark = pytest.mark.unit

@@ -148,6 +148,11 @@ class PrintScp:
         with self._lock:
             self._states.pop(id(event.assoc), None)
 
+    def target(self, event: evt.Event) -> tuple[str, str, AssociationState]:
+        """The request's Requested SOP Class and Instance UIDs, and the association's print state."""
+        req: Any = event.request
+        return str(req.RequestedSOPClassUID), str(req.RequestedSOPInstanceUID), self.state(event)
+
     def _refuse(self, event: evt.Event, status: int, reason: str) -> tuple[int, None]:
         self.terminal.audit.event(
             "print-refused",
@@ -243,9 +248,7 @@ class PrintScp:
 
     # -- N-SET -----------------------------------------------------------------------------
     def handle_n_set(self, event: evt.Event) -> tuple[int, Dataset | None]:
-        req: Any = event.request
-        sop_class, uid = str(req.RequestedSOPClassUID), str(req.RequestedSOPInstanceUID)
-        state = self.state(event)
+        sop_class, uid, state = self.target(event)
         mods = event.modification_list
         session = state.session
         if sop_class in {GRAYSCALE_IMAGE_BOX, COLOR_IMAGE_BOX}:
@@ -285,8 +288,7 @@ class PrintScp:
     # -- N-ACTION (print) ------------------------------------------------------------------
     def handle_n_action(self, event: evt.Event) -> tuple[int, Dataset | None]:
         req: Any = event.request
-        sop_class, uid = str(req.RequestedSOPClassUID), str(req.RequestedSOPInstanceUID)
-        state = self.state(event)
+        sop_class, uid, state = self.target(event)
         session = state.session
         if int(req.ActionTypeID or 0) != 1:
             return self._refuse(event, NO_SUCH_ACTION, f"action type {req.ActionTypeID}")
@@ -304,9 +306,7 @@ class PrintScp:
 
     # -- N-DELETE --------------------------------------------------------------------------
     def handle_n_delete(self, event: evt.Event) -> tuple[int, Dataset | None]:
-        req: Any = event.request
-        sop_class, uid = str(req.RequestedSOPClassUID), str(req.RequestedSOPInstanceUID)
-        state = self.state(event)
+        sop_class, uid, state = self.target(event)
         session = state.session
         if session is not None and sop_class == FILM_SESSION and uid == session.uid:
             # Printed images are already spooled and queued: deleting the session loses nothing.

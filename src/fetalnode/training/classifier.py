@@ -24,7 +24,7 @@ from fetalnode.inference.networks import build_classifier_net
 from fetalnode.inference.preprocess import roi_crop, to_unit_range
 from fetalnode.training.data import Row, bootstrap_ci, group_split, load_gray, read_labels
 from fetalnode.training.metrics import auroc, balanced_accuracy, confusion, macro_f1, per_class
-from fetalnode.training.reference import classifier_reference
+from fetalnode.training.reference import CLS_IMAGES, REPO
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,19 @@ def logistic_baseline(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, seed: i
     opt.step(closure)
     with torch.no_grad():
         return torch.sigmoid(lin(torch.from_numpy((xte - mu) / sd))[:, 0]).numpy()
+
+
+def classifier_reference(
+    cls_net: torch.nn.Module, seg: Bundle, roi_size: int, margin: float, n: int = 4
+) -> list[dict[str, Any]]:
+    """Class probabilities on the first ``n`` images of ``tests/data/fba_mini``, through the training crops."""
+    rows = read_labels(CLS_IMAGES)[:n]
+    crops, _ = roi_crops(seg, CLS_IMAGES, rows, roi_size, margin)
+    probs = predict(cls_net, crops)
+    return [
+        {"image": str((CLS_IMAGES / r["filename"]).relative_to(REPO)), "probabilities": [round(float(x), 6) for x in p]}
+        for r, p in zip(rows, probs, strict=True)
+    ]
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
