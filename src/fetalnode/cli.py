@@ -157,7 +157,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.task == "segmentation":
         from fetalnode.training.segmentation import SegRecipe, train_segmentation
 
-        recipe = _override(SegRecipe(seed=args.seed), args, ("epochs", "max_minutes", "limit"))
+        recipe = _override(SegRecipe(seed=args.seed), args, ("epochs", "max_minutes", "limit", "lr", "patience"))
         meta = train_segmentation(Path(args.data), Path(args.out), recipe, Path(args.out).name, args.version)
     else:
         from fetalnode.training.classifier import ClsRecipe, train_classifier
@@ -302,8 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--epochs", type=int)
     sp.add_argument("--max-minutes", type=float)
     sp.add_argument("--limit", type=int, help="use only this many training images (smoke runs)")
-    sp.add_argument("--lr", type=float, help="classifier only: learning rate (default 3e-4)")
-    sp.add_argument("--patience", type=int, help="classifier only: early-stopping patience in epochs (default 12)")
+    sp.add_argument("--lr", type=float, help="learning rate (default: segmentation 1e-3, classifier 3e-4)")
+    sp.add_argument("--patience", type=int, help="early-stopping patience in epochs (default 12)")
     sp.add_argument("--seed", type=int, default=20261124)
     sp.add_argument("--threads", type=int, default=2)
     sp.set_defaults(func=cmd_train)

@@ -34,6 +34,7 @@ class ScpSettings:
     """The data terminal (DICOM SCP)."""
 
     allowed_calling_aets: list[str] = field(default_factory=list)
+    allowed_sources: list[str] = field(default_factory=list)
     station_names: list[str] = field(default_factory=list)
     check_called_aet: bool = True
     acse_timeout: float = 30.0
@@ -41,6 +42,10 @@ class ScpSettings:
     network_timeout: float = 60.0
     maximum_associations: int = 10
     min_free_bytes: int = 200_000_000
+    tls_port: int = 0
+    tls_certificate: str = ""
+    tls_private_key: str = ""
+    tls_ca_certificates: str = ""
 
 
 @dataclass

@@ -10,7 +10,14 @@ class ConfigError(NodeError):
 
 
 class IntakeRejected(NodeError):
-    """A received object cannot be analysed (SOP class, pixel data, size...); permanent."""
+    """A received object cannot be analysed (SOP class, pixel data, size...); permanent.
+
+    ``status`` is the C-STORE failure status the SCP answers when it finds this on receipt.
+    """
+
+    def __init__(self, message: str, status: int = 0xC211) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class BundleError(NodeError):

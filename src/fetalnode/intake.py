@@ -20,6 +20,15 @@ US_MULTIFRAME = UID("1.2.840.10008.5.1.4.1.1.3.1")
 SECONDARY_CAPTURE = UID("1.2.840.10008.5.1.4.1.1.7")
 ANALYSABLE_SOP_CLASSES = {US_IMAGE, US_MULTIFRAME, SECONDARY_CAPTURE}
 
+# C-STORE failure statuses answered on receipt (PS3.4 B.2.3; the 0xC2xx sub-codes are this node's).
+SOP_CLASS_NOT_SUPPORTED = 0x0122
+BAD_IMAGE_MODULE = 0xC211
+ABOVE_LIMITS = 0xC212
+NOT_ULTRASOUND = 0xC213
+PIXEL_DATA_TOO_SHORT = 0xC214
+# Modalities an ultrasound screen capture may carry ("OT": other, as many capture devices write).
+SC_MODALITIES = {"US", "OT", ""}
+
 # DICOM PS3.3 C.8.5.5.1: PhysicalUnits 3 = cm; RegionSpatialFormat 1 = 2D; RegionDataType 1 = tissue.
 _CM = 3
 
@@ -84,27 +93,64 @@ def physical_spacing(ds: Dataset) -> tuple[tuple[float, float] | None, str, str]
     return spacing, source, note
 
 
-def decode_for_analysis(ds: Dataset, max_pixels: int, max_frames: int) -> DecodedImage:
-    """Check the instance and decode its representative frame (the middle one of a cine)."""
+@dataclass(frozen=True)
+class ImageHeader:
+    rows: int
+    cols: int
+    samples: int
+    n_frames: int
+
+
+def check_header(ds: Dataset, max_pixels: int, max_frames: int) -> ImageHeader:
+    """The checks that need no pixel decoding: run on receipt (SCP) and again before analysis.
+
+    Raises :class:`IntakeRejected` carrying the C-STORE status to answer.
+    """
     sop_class = UID(str(getattr(ds, "SOPClassUID", "")))
     if sop_class not in ANALYSABLE_SOP_CLASSES:
-        raise IntakeRejected(f"SOP class {sop_class} ({sop_class.name}) is not analysed by this node")
+        raise IntakeRejected(
+            f"{sop_class.name or sop_class} is not analysed by this node", SOP_CLASS_NOT_SUPPORTED
+        )
+    modality = str(getattr(ds, "Modality", "") or "").strip().upper()
+    if sop_class == SECONDARY_CAPTURE and modality not in SC_MODALITIES:
+        raise IntakeRejected(f"Secondary Capture of modality {modality} is not an ultrasound image", NOT_ULTRASOUND)
     if "PixelData" not in ds:
-        raise IntakeRejected("instance has no Pixel Data")
+        raise IntakeRejected("instance has no Pixel Data", BAD_IMAGE_MODULE)
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)
         samples = int(getattr(ds, "SamplesPerPixel", 1))
         n_frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+        bits = int(getattr(ds, "BitsAllocated", 8))
     except (AttributeError, TypeError, ValueError) as exc:
-        raise IntakeRejected(f"image pixel module is incomplete: {exc}") from exc
+        raise IntakeRejected(f"image pixel module is incomplete or malformed: {exc}", BAD_IMAGE_MODULE) from exc
     if rows < 16 or cols < 16:
-        raise IntakeRejected(f"image is {cols}x{rows} pixels; at least 16x16 is needed")
+        raise IntakeRejected(f"image is {cols}x{rows} pixels; at least 16x16 is needed", BAD_IMAGE_MODULE)
     if rows * cols > max_pixels:
-        raise IntakeRejected(f"image is {cols}x{rows} pixels, above the limit of {max_pixels} pixels per frame")
-    if n_frames > max_frames:
-        raise IntakeRejected(f"{n_frames} frames, above the limit of {max_frames}")
+        raise IntakeRejected(
+            f"image is {cols}x{rows} pixels, above the limit of {max_pixels} pixels per frame", ABOVE_LIMITS
+        )
+    if not 1 <= n_frames <= max_frames:
+        raise IntakeRejected(f"{n_frames} frames, outside 1..{max_frames}", ABOVE_LIMITS)
     if samples not in (1, 3):
-        raise IntakeRejected(f"Samples per Pixel {samples} is not supported")
+        raise IntakeRejected(f"Samples per Pixel {samples} is not supported", BAD_IMAGE_MODULE)
+    if bits not in (1, 8, 16, 32):
+        raise IntakeRejected(f"Bits Allocated {bits} is not valid", BAD_IMAGE_MODULE)
+    meta = getattr(ds, "file_meta", None)
+    syntax = UID(str(getattr(meta, "TransferSyntaxUID", "1.2.840.10008.1.2.1")))
+    if not syntax.is_compressed:
+        expected = (rows * cols * samples * n_frames * bits + 7) // 8
+        have = len(ds.PixelData) if ds.PixelData is not None else 0
+        if have < expected:
+            raise IntakeRejected(
+                f"Pixel Data has {have} bytes; Rows x Columns x Samples x Frames needs {expected}", PIXEL_DATA_TOO_SHORT
+            )
+    return ImageHeader(rows, cols, samples, n_frames)
+
+
+def decode_for_analysis(ds: Dataset, max_pixels: int, max_frames: int) -> DecodedImage:
+    """Check the instance and decode its representative frame (the middle one of a cine)."""
+    head = check_header(ds, max_pixels, max_frames)
+    rows, cols, samples, n_frames = head.rows, head.cols, head.samples, head.n_frames
     index = n_frames // 2
     photometric = str(getattr(ds, "PhotometricInterpretation", ""))
     try:

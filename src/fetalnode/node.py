@@ -116,7 +116,7 @@ class Node:
         if recovered:
             log.info("recovered %d job(s) interrupted by a previous stop", recovered)
         terminal = Terminal(self.settings, spool, jobs, audit, on_queued=worker.wake if worker else None)
-        server = start_scp(self.settings, terminal)
+        servers = start_scp(self.settings, terminal)
         audit.event(
             "node-started", ae_title=self.settings.node.ae_title, port=self.settings.node.port, worker=self.with_worker
         )
@@ -125,7 +125,8 @@ class Node:
         try:
             self._stopped.wait()
         finally:
-            server.shutdown()
+            for server in servers:
+                server.shutdown()
             if worker is not None:
                 worker.stop()
             audit.event("node-stopped")

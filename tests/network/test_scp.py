@@ -82,7 +82,7 @@ def test_echo_and_unknown_calling_ae_rejected(terminal) -> None:
     assert rejected and rejected[-1]["calling_ae"] == "INTRUDER"
 
 
-def test_private_and_unsupported_contexts_refused_without_failing_association(terminal) -> None:
+def test_unsupported_sop_class_gets_0122_and_private_context_is_refused(terminal) -> None:
     ae = AE(ae_title=MODALITY)
     philips_private = "1.3.46.670589.2.5.1.1"
     contexts = [build_context(philips_private), build_context(CTImageStorage), build_context(UltrasoundImageStorage)]
@@ -91,12 +91,19 @@ def test_private_and_unsupported_contexts_refused_without_failing_association(te
         assert assoc.is_established
         accepted = {str(c.abstract_syntax) for c in assoc.accepted_contexts}
         rejected = {str(c.abstract_syntax) for c in assoc.rejected_contexts}
-        assert accepted == {str(UltrasoundImageStorage)}
-        assert {philips_private, str(CTImageStorage)} <= rejected
+        # Storage classes are negotiated so that the modality gets a per-image status, not a silent refusal.
+        assert accepted == {str(UltrasoundImageStorage), str(CTImageStorage)}
+        assert rejected == {philips_private}
+        ct = assoc.send_c_store(dcmread(dicom_testfile("CT_small.dcm")))
+        assert ct.Status == 0x0122
+        assert "is not analysed by this node" in ct.ErrorComment
         status = assoc.send_c_store(dcmread(dicom_testfile("OBXXXX1A.dcm")))
         assert status.Status == 0x0000
     finally:
         assoc.release()
+    assert len(terminal.jobs.jobs()) == 1
+    refused = [e for e in audit(terminal) if e["event"] == "store-refused"]
+    assert [e["status"] for e in refused] == ["0x0122"]
 
 
 def test_dataset_without_study_uid_gets_c210(terminal) -> None:

@@ -46,8 +46,13 @@ def test_rejections_are_explained() -> None:
     with pytest.raises(IntakeRejected, match="above the limit"):
         decode_for_analysis(ds, 1000, 10)
     ds.PixelData = ds.PixelData[: len(ds.PixelData) // 3]
-    with pytest.raises(IntakeRejected, match="cannot be decoded"):
+    with pytest.raises(IntakeRejected, match="Pixel Data has 160000 bytes") as short:
         decode_for_analysis(ds, *LIMITS)
+    assert short.value.status == 0xC214
+    j2k = dcmread(dicom_testfile("US1_J2KR.dcm"))
+    j2k.PixelData = j2k.PixelData[: len(j2k.PixelData) // 2]
+    with pytest.raises(IntakeRejected, match="cannot be decoded"):
+        decode_for_analysis(j2k, *LIMITS)
 
 
 def test_contradictory_regions_give_no_spacing() -> None:

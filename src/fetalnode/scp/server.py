@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from io import BytesIO
@@ -31,14 +32,22 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
-from pynetdicom import AE, evt
+from pynetdicom import AE, StoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from fetalnode.audit import AuditLog
 from fetalnode.config import Settings
-from fetalnode.intake import ANALYSABLE_SOP_CLASSES
+from fetalnode.errors import IntakeRejected
+from fetalnode.intake import check_header
 from fetalnode.jobs import JobStore, PreNotification
+from fetalnode.scp.access import (
+    CALLING_AE_NOT_RECOGNISED,
+    REJECT_PERMANENT,
+    SOURCE_SERVICE_USER,
+    AccessPolicy,
+    server_tls_context,
+)
 from fetalnode.scp.spool import Spool, SpoolFull
 
 log = logging.getLogger(__name__)
@@ -58,11 +67,18 @@ TRANSFER_SYNTAXES = [
     JPEG2000,
 ]
 
-# C-STORE statuses (PS3.4 B.2.3 and pynetdicom's storage service class).
+# C-STORE statuses (PS3.4 B.2.3 and pynetdicom's storage service class); the intake ones are in intake.py.
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 DATASET_DOES_NOT_MATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC210
+
+# A-ASSOCIATE-RJ diagnostics pynetdicom itself may send (source, diagnostic) -> reason for the audit.
+_REJECT_REASONS = {
+    (0x01, 0x03): "calling AE title not recognised",
+    (0x01, 0x07): "called AE title not recognised",
+    (0x03, 0x02): "too many associations (scp.maximum_associations)",
+}
 
 
 @dataclass
@@ -74,6 +90,9 @@ class Terminal:
     jobs: JobStore
     audit: AuditLog
     on_queued: Callable[[], None] | None = None
+
+    def __post_init__(self) -> None:
+        self.access = AccessPolicy.from_settings(self.settings.scp)
 
     def station_for(self, calling_ae: str) -> str:
         """Station name of a calling AE from ``scp.station_names`` ("AE=Name" items), else the AE title."""
@@ -87,6 +106,27 @@ class Terminal:
     def handle_echo(self, event: evt.Event) -> int:
         return SUCCESS
 
+    def handle_requested(self, event: evt.Event) -> None:
+        """Access control on the A-ASSOCIATE-RQ: refused peers get A-ASSOCIATE-RJ before any negotiation."""
+        assoc = event.assoc
+        rq = assoc.requestor.primitive
+        assert rq is not None  # EVT_REQUESTED fires once the A-ASSOCIATE-RQ is in
+        calling = str(rq.calling_ae_title).strip()
+        address = str(assoc.requestor.address)
+        why = self.access.refusal(calling, address)
+        if not why:
+            return
+        log.warning("association from %s at %s refused: %s", calling, address, why)
+        self.audit.event(
+            "association-rejected",
+            calling_ae=calling,
+            address=address,
+            called_ae=str(rq.called_ae_title).strip(),
+            reason=why,
+        )
+        assoc.acse.send_reject(REJECT_PERMANENT, SOURCE_SERVICE_USER, CALLING_AE_NOT_RECOGNISED)
+        assoc.kill()  # as pynetdicom does after its own rejections: lets the DUL send the A-ASSOCIATE-RJ first
+
     def handle_accepted(self, event: evt.Event) -> None:
         assoc = event.assoc
         self.audit.event(
@@ -94,15 +134,19 @@ class Terminal:
             calling_ae=assoc.requestor.ae_title,
             address=assoc.requestor.address,
             port=assoc.requestor.port,
+            tls=isinstance(getattr(assoc.dul.socket, "socket", None), ssl.SSLSocket),
         )
 
     def handle_rejected(self, event: evt.Event) -> None:
         assoc = event.assoc
+        rj, rq = assoc.acceptor.primitive, assoc.requestor.primitive
+        key = (int(getattr(rj, "result_source", 0) or 0), int(getattr(rj, "diagnostic", 0) or 0))
         self.audit.event(
             "association-rejected",
             calling_ae=assoc.requestor.ae_title,
             address=assoc.requestor.address,
-            called_ae=assoc.acceptor.ae_title,
+            called_ae=str(getattr(rq, "called_ae_title", "")).strip(),
+            reason=_REJECT_REASONS.get(key, f"A-ASSOCIATE-RJ source {key[0]} diagnostic {key[1]}"),
         )
 
     def handle_store(self, event: evt.Event) -> int | Dataset:
@@ -114,62 +158,51 @@ class Terminal:
             return self._store(event, calling, peer, affected)
         except Exception as exc:  # a handler must answer, whatever happened
             log.exception("C-STORE of %s from %s failed", affected, calling)
-            self.audit.event(
-                "store-failed",
-                calling_ae=calling,
-                address=peer,
-                sop_uid=affected,
-                status="0xA700",
-                reason=f"{type(exc).__name__}: {exc}",
-            )
-            return OUT_OF_RESOURCES
+            return self.refuse(calling, peer, affected, OUT_OF_RESOURCES, f"{type(exc).__name__}: {exc}")
 
-    def _store(self, event: evt.Event, calling: str, peer: str, affected: str) -> int:
+    def refuse(self, calling: str, peer: str, sop_uid: str, status: int, reason: str) -> Dataset:
+        """Audit a refused C-STORE and build its response: the status plus an Error Comment a person can read."""
+        log.warning("C-STORE of %s from %s refused with 0x%04X: %s", sop_uid, calling, status, reason)
+        self.audit.event(
+            "store-refused", calling_ae=calling, address=peer, sop_uid=sop_uid, status=f"0x{status:04X}", reason=reason
+        )
+        rsp = Dataset()
+        rsp.Status = status
+        rsp.ErrorComment = reason[:64]  # LO: 64 characters at most
+        return rsp
+
+    def _store(self, event: evt.Event, calling: str, peer: str, affected: str) -> int | Dataset:
         try:
             self.spool.check_space()
         except SpoolFull as exc:
-            self.audit.event(
-                "store-refused", calling_ae=calling, address=peer, sop_uid=affected, status="0xA700", reason=str(exc)
-            )
-            return OUT_OF_RESOURCES
+            return self.refuse(calling, peer, affected, OUT_OF_RESOURCES, str(exc))
         data = event.encoded_dataset(include_meta=True)
         try:
-            ds = dcmread(BytesIO(data), stop_before_pixels=True)
+            ds = dcmread(BytesIO(data))
             sop_uid = str(ds.SOPInstanceUID)
             sop_class = str(ds.SOPClassUID)
             study_uid = str(ds.StudyInstanceUID)
             series_uid = str(ds.SeriesInstanceUID)
         except Exception as exc:
-            self.audit.event(
-                "store-refused",
-                calling_ae=calling,
-                address=peer,
-                sop_uid=affected,
-                status="0xC210",
-                reason=f"cannot parse dataset: {exc}",
-            )
-            return CANNOT_UNDERSTAND
+            return self.refuse(calling, peer, affected, CANNOT_UNDERSTAND, f"cannot parse dataset: {exc}")
         context_class = str(event.context.abstract_syntax)
         if sop_uid != affected or sop_class != context_class:
-            self.audit.event(
-                "store-refused",
-                calling_ae=calling,
-                address=peer,
-                sop_uid=affected,
-                status="0xA900",
-                reason=f"dataset UIDs ({sop_class}, {sop_uid}) do not match the request",
+            return self.refuse(
+                calling,
+                peer,
+                affected,
+                DATASET_DOES_NOT_MATCH,
+                f"dataset UIDs ({sop_class}, {sop_uid}) do not match the request",
             )
-            return DATASET_DOES_NOT_MATCH
         if not (UID(study_uid).is_valid and UID(sop_uid).is_valid):
-            self.audit.event(
-                "store-refused",
-                calling_ae=calling,
-                address=peer,
-                sop_uid=affected,
-                status="0xC210",
-                reason="invalid Study/SOP Instance UID",
-            )
-            return CANNOT_UNDERSTAND
+            return self.refuse(calling, peer, affected, CANNOT_UNDERSTAND, "invalid Study/SOP Instance UID")
+        worker = self.settings.worker
+        try:
+            check_header(ds, worker.max_pixels, worker.max_frames)
+        except IntakeRejected as exc:
+            return self.refuse(calling, peer, affected, exc.status, str(exc))
+        except Exception as exc:  # a malformed element pydicom only notices on access
+            return self.refuse(calling, peer, affected, CANNOT_UNDERSTAND, f"malformed image module: {exc}")
         status, _ = self.accept_instance(
             data,
             calling=calling,
@@ -260,7 +293,11 @@ class Terminal:
 
 
 def build_ae(settings: Settings) -> AE:
-    """The AE with its presentation contexts, timeouts and access rules."""
+    """The AE with its presentation contexts, timeouts and access rules.
+
+    Every Storage SOP class is accepted at negotiation so that an unsupported one gets a clear
+    C-STORE status (0x0122) rather than a silent "no presentation context" at the modality.
+    """
     scp = settings.scp
     ae = AE(ae_title=settings.node.ae_title)
     ae.acse_timeout = scp.acse_timeout
@@ -268,11 +305,10 @@ def build_ae(settings: Settings) -> AE:
     ae.network_timeout = scp.network_timeout
     ae.maximum_associations = scp.maximum_associations
     ae.require_called_aet = scp.check_called_aet
-    if scp.allowed_calling_aets:
-        ae.require_calling_aet = list(scp.allowed_calling_aets)
     ae.add_supported_context(Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-    for sop_class in sorted(ANALYSABLE_SOP_CLASSES):
-        ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
+    for context in StoragePresentationContexts:
+        assert context.abstract_syntax is not None
+        ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
     if settings.print.enabled:
         from fetalnode.scp.printer import ANNOTATION_BOX, META_COLOR, META_GRAYSCALE, PRESENTATION_LUT
 
@@ -281,10 +317,14 @@ def build_ae(settings: Settings) -> AE:
     return ae
 
 
-def start_scp(settings: Settings, terminal: Terminal) -> ThreadedAssociationServer:
-    """Start listening (non-blocking); returns the server to ``shutdown()``."""
+def start_scp(settings: Settings, terminal: Terminal) -> list[ThreadedAssociationServer]:
+    """Start listening (non-blocking) on the DICOM port, and the TLS port if configured.
+
+    Returns the servers to ``shutdown()``.
+    """
     ae = build_ae(settings)
     handlers: list[Any] = [
+        (evt.EVT_REQUESTED, terminal.handle_requested),
         (evt.EVT_C_ECHO, terminal.handle_echo),
         (evt.EVT_C_STORE, terminal.handle_store),
         (evt.EVT_ACCEPTED, terminal.handle_accepted),
@@ -294,7 +334,22 @@ def start_scp(settings: Settings, terminal: Terminal) -> ThreadedAssociationServ
         from fetalnode.scp.printer import PrintScp
 
         handlers += PrintScp(terminal).handlers()
-    server = ae.start_server((settings.node.host, settings.node.port), block=False, evt_handlers=handlers)
+    host, scp = settings.node.host, settings.scp
+    tls = server_tls_context(scp) if scp.tls_port else None
+    servers = []
+    server = ae.start_server((host, settings.node.port), block=False, evt_handlers=handlers)
     assert server is not None  # block=False always returns the server
-    log.info("SCP %s listening on %s:%d", settings.node.ae_title, settings.node.host, settings.node.port)
-    return server
+    servers.append(server)
+    log.info("SCP %s listening on %s:%d", settings.node.ae_title, host, settings.node.port)
+    if tls is not None:
+        tls_server = ae.start_server((host, scp.tls_port), block=False, evt_handlers=handlers, ssl_context=tls)
+        assert tls_server is not None
+        servers.append(tls_server)
+        log.info(
+            "SCP %s listening with DICOM TLS on %s:%d (client certificates %s)",
+            settings.node.ae_title,
+            host,
+            scp.tls_port,
+            "required" if scp.tls_ca_certificates else "not required",
+        )
+    return servers

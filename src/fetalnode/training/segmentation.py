@@ -27,15 +27,17 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SegRecipe:
-    canvas_hw: tuple[int, int] = (224, 320)
+    canvas_hw: tuple[int, int] = (256, 384)
     channels: tuple[int, ...] = (16, 32, 64, 128)
     strides: tuple[int, ...] = (2, 2, 2)
     num_res_units: int = 2
     epochs: int = 60
     batch_size: int = 16
-    lr: float = 2e-3
-    patience: int = 10
-    max_minutes: float = 45.0
+    lr: float = 1e-3
+    patience: int = 12
+    max_minutes: float = 50.0
+    rotate_deg: float = 15.0
+    scale_jitter: float = 0.1
     seed: int = 20261124
     limit: int = 0
 
@@ -50,12 +52,27 @@ def load_split(folder: Path, rows: list[Row], canvas_hw: tuple[int, int]) -> tup
     return torch.from_numpy(np.stack(imgs))[:, None], torch.from_numpy(np.stack(masks))[:, None]
 
 
-def augment(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flips and gamma/contrast jitter (the masks follow the flips)."""
+def augment(
+    x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, rotate_deg: float = 0.0, scale_jitter: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flips, small rotation/scale and gamma/contrast jitter (the masks follow the geometry)."""
     if torch.rand(1, generator=gen).item() < 0.5:
         x, y = x.flip(-1), y.flip(-1)
     if torch.rand(1, generator=gen).item() < 0.5:
         x, y = x.flip(-2), y.flip(-2)
+    if rotate_deg or scale_jitter:
+        n, _, h, w = x.shape
+        t = torch.deg2rad(torch.empty(n).uniform_(-rotate_deg, rotate_deg, generator=gen))
+        s = torch.empty(n).uniform_(1 - scale_jitter, 1 + scale_jitter, generator=gen)
+        theta = torch.zeros(n, 2, 3)
+        # Rotation in pixel space expressed in normalised coordinates (non-square canvas).
+        theta[:, 0, 0] = torch.cos(t) / s
+        theta[:, 0, 1] = -torch.sin(t) * h / w / s
+        theta[:, 1, 0] = torch.sin(t) * w / h / s
+        theta[:, 1, 1] = torch.cos(t) / s
+        grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+        x = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        y = (torch.nn.functional.grid_sample(y, grid, mode="bilinear", align_corners=False) >= 0.5).float()
     gamma = torch.exp(torch.empty(x.shape[0], 1, 1, 1).uniform_(-0.4, 0.4, generator=gen))
     gain = torch.empty(x.shape[0], 1, 1, 1).uniform_(0.8, 1.2, generator=gen)
     return (x.clamp(0, 1) ** gamma * gain).clamp(0, 1), y
@@ -121,7 +138,7 @@ def train_segmentation(data: Path, out: Path, recipe: SegRecipe, name: str, vers
         bar = tqdm(range(0, len(perm), recipe.batch_size), desc=f"seg epoch {epoch}", leave=False)
         for i in bar:
             idx = perm[i : i + recipe.batch_size]
-            xb, yb = augment(xtr[idx], ytr[idx], gen)
+            xb, yb = augment(xtr[idx], ytr[idx], gen, recipe.rotate_deg, recipe.scale_jitter)
             opt.zero_grad()
             loss = loss_fn(net(xb), yb)
             loss.backward()

@@ -1,0 +1,215 @@
+"""A corpus of malformed and awkward inputs, built from real files, and what the node must answer.
+
+Used by ``tests/network/test_bad_input.py`` and ``tests/e2e/test_awkward_input.py`` and by
+``benchmarks/reliability.py`` (which prints the table). Nothing here is a mock: every case is a
+DICOM object or file that travels over a real association.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from copy import deepcopy
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import RLELossless, generate_uid
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "samples" / "hc18_104_HC.dcm"  # calibrated 8-bit grayscale US, 640x432
+SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
+US_MULTIFRAME = "1.2.840.10008.5.1.4.1.1.3.1"
+PHI_TEXT = "DOE^JANE 19790101 ID 4711"
+
+
+def base() -> Dataset:
+    """A fresh copy of a bundled sample with new UIDs (so cases never collide)."""
+    ds = dcmread(SAMPLE)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    return ds
+
+
+def _save(ds: Dataset, path: Path) -> Path:
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _raw_file(ds: Dataset, path: Path, mutate: Callable[[bytes], bytes]) -> Path:
+    """Write ``ds`` then edit its bytes after the file meta (pynetdicom sends such a file as it is)."""
+    _save(ds, path)
+    data = path.read_bytes()
+    meta_end = 132 + 12 + struct.unpack("<I", data[140:144])[0]  # preamble, DICM, group length element
+    path.write_bytes(data[:meta_end] + mutate(data[meta_end:]))
+    return path
+
+
+def truncated_in_pixels(folder: Path) -> Path:
+    return _raw_file(base(), folder / "truncated_pixels.dcm", lambda b: b[: len(b) - 200_000])
+
+
+def truncated_in_header(folder: Path) -> Path:
+    def cut(body: bytes) -> bytes:
+        at = body.index(b"\x28\x00\x10\x00")  # (0028,0010) Rows: cut inside its element
+        return body[: at + 5]
+
+    return _raw_file(base(), folder / "truncated_header.dcm", cut)
+
+
+def wrong_vr(folder: Path) -> Path:
+    """Rows written with VR DA (a date) instead of US."""
+
+    def patch(body: bytes) -> bytes:
+        at = body.index(b"\x28\x00\x10\x00US\x02\x00")
+        return body[:at] + b"\x28\x00\x10\x00DA\x02\x00" + body[at + 8 :]
+
+    return _raw_file(base(), folder / "wrong_vr.dcm", patch)
+
+
+def short_pixel_data(folder: Path) -> Path:
+    ds = base()
+    ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
+    return _save(ds, folder / "short_pixels.dcm")
+
+
+def zero_by_zero(folder: Path) -> Path:
+    ds = base()
+    ds.Rows = ds.Columns = 0
+    ds.PixelData = b""
+    return _save(ds, folder / "zero.dcm")
+
+
+def huge_20000(folder: Path) -> Path:
+    """20000 x 20000 8-bit (400 MB of pixels) sent as 6 MB of RLE: runs of 128 zero bytes."""
+    ds = base()
+    n = 20000 * 20000
+    runs, rest = divmod(n, 128)
+    segment = b"\x81\x00" * runs + (bytes([257 - rest, 0]) if rest else b"")
+    header = struct.pack("<16I", 1, 64, *([0] * 14))
+    ds.Rows = ds.Columns = 20000
+    ds.PixelData = encapsulate([header + segment])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = RLELossless
+    return _save(ds, folder / "huge.dcm")
+
+
+def ct_image(folder: Path) -> Path:
+    from pydicom.data import get_testdata_file
+
+    ds = dcmread(get_testdata_file("CT_small.dcm"))
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    return _save(ds, folder / "ct.dcm")
+
+
+def ct_as_secondary_capture(folder: Path) -> Path:
+    ds = base()
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = SC_CLASS
+    ds.Modality = "CT"
+    return _save(ds, folder / "ct_as_sc.dcm")
+
+
+# -- accepted, analysed, with something awkward about them -------------------------------------
+
+
+def palette_16bit(folder: Path) -> Path:
+    """16-bit PALETTE COLOR: indices into 16-bit LUTs of 4096 entries (a grey ramp tinted blue)."""
+    ds = base()
+    gray = ds.pixel_array.astype(np.uint16) * 16  # 0..4080
+    ds.PhotometricInterpretation = "PALETTE COLOR"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelData = gray.tobytes()
+    ramp = (np.arange(4096, dtype=np.uint32) * 65535 // 4095).astype(np.uint16)
+    for colour, lut in (("Red", ramp * 0.8), ("Green", ramp * 0.9), ("Blue", ramp)):
+        setattr(ds, f"{colour}PaletteColorLookupTableDescriptor", [4096, 0, 16])
+        ds[f"{colour}PaletteColorLookupTableDescriptor"].VR = "US"
+        setattr(ds, f"{colour}PaletteColorLookupTableData", np.asarray(lut, dtype=np.uint16).tobytes())
+    return _save(ds, folder / "palette16.dcm")
+
+
+def cine_500_frames(folder: Path) -> Path:
+    """US Multi-frame of 500 frames: the sample at a quarter of its size, RLE, one encoded frame repeated."""
+    ds = base()
+    frame = np.ascontiguousarray(ds.pixel_array[::4, ::4])
+    ds.Rows, ds.Columns = frame.shape
+    region = ds.SequenceOfUltrasoundRegions[0]
+    for key in ("RegionLocationMinX0", "RegionLocationMinY0", "RegionLocationMaxX1", "RegionLocationMaxY1"):
+        setattr(region, key, int(getattr(region, key)) // 4)
+    region.PhysicalDeltaX = float(region.PhysicalDeltaX) * 4
+    region.PhysicalDeltaY = float(region.PhysicalDeltaY) * 4
+    one = deepcopy(ds)
+    one.compress(RLELossless, frame)
+    fragment = next(iter(_fragments(one)))
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = US_MULTIFRAME
+    ds.NumberOfFrames = 500
+    ds.FrameIncrementPointer = (0x0018, 0x1063)
+    ds.FrameTime = 33.3
+    ds.PixelData = encapsulate([fragment] * 500)
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = RLELossless
+    return _save(ds, folder / "cine500.dcm")
+
+
+def _fragments(ds: Dataset) -> list[bytes]:
+    from pydicom.encaps import generate_fragmented_frames
+
+    return [b"".join(f) for f in generate_fragmented_frames(ds.PixelData, number_of_frames=1)]
+
+
+def no_calibration(folder: Path) -> Path:
+    ds = base()
+    del ds.SequenceOfUltrasoundRegions
+    return _save(ds, folder / "no_calibration.dcm")
+
+
+def contradictory_calibration(folder: Path) -> Path:
+    ds = base()
+    other = deepcopy(ds.SequenceOfUltrasoundRegions[0])
+    other.PhysicalDeltaX = float(other.PhysicalDeltaX) * 1.5
+    ds.SequenceOfUltrasoundRegions.append(other)
+    return _save(ds, folder / "contradictory_calibration.dcm")
+
+
+def burned_in_phi(folder: Path) -> Path:
+    """Patient name, birth date and ID burned into the pixels, as old modalities do."""
+    ds = base()
+    img = Image.fromarray(ds.pixel_array)
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    draw.text((10, 10), PHI_TEXT, fill=255, font=font)
+    ds.PixelData = np.asarray(img).tobytes()
+    ds.BurnedInAnnotation = "YES"
+    return _save(ds, folder / "burned_in_phi.dcm")
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    make: Callable[[Path], Path]
+    expected: str  # C-STORE status "0x...." for refusals, or the worker outcome for accepted ones
+    why: str
+
+
+REFUSED = [
+    Case("truncated file (inside Pixel Data)", truncated_in_pixels, "0xC214", "Pixel Data has"),
+    Case("truncated file (inside the header)", truncated_in_header, "0xC211", "no Pixel Data"),
+    Case("wrong VR (Rows as DA)", wrong_vr, "0xC211", "malformed"),
+    Case("Pixel Data shorter than Rows x Columns", short_pixel_data, "0xC214", "Pixel Data has"),
+    Case("0 x 0 image", zero_by_zero, "0xC211", "at least 16x16"),
+    Case("20000 x 20000 image", huge_20000, "0xC212", "above the limit"),
+    Case("unsupported SOP class (CT Image)", ct_image, "0x0122", "is not analysed"),
+    Case("CT modality sent as Secondary Capture", ct_as_secondary_capture, "0xC213", "not an ultrasound image"),
+]
+
+ACCEPTED = [
+    Case("16-bit palette colour", palette_16bit, "delivered", "analysed in colour"),
+    Case("multi-frame, 500 frames", cine_500_frames, "delivered", "Analysed frame 251 of 500."),
+    Case("no ultrasound region calibration", no_calibration, "delivered", "measurements in mm not possible"),
+    Case("contradictory region calibration", contradictory_calibration, "delivered", "disagree on the pixel size"),
+    Case("burned-in patient name (pixels untouched)", burned_in_phi, "delivered", "BurnedInAnnotation YES kept"),
+]
