@@ -28,9 +28,10 @@ PHI_TEXT = "DOE^JANE 19790101 ID 4711"
 
 
 def base() -> Dataset:
-    """A fresh copy of a bundled sample with new UIDs (so cases never collide)."""
+    """A fresh copy of a bundled sample with new study, series and instance UIDs (cases never collide)."""
     ds = dcmread(SAMPLE)
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = generate_uid()
     ds.SeriesInstanceUID = generate_uid()
     return ds
 
@@ -191,8 +192,8 @@ def burned_in_phi(folder: Path) -> Path:
 class Case:
     name: str
     make: Callable[[Path], Path]
-    expected: str  # C-STORE status "0x...." for refusals, or the worker outcome for accepted ones
-    why: str
+    expected: str  # C-STORE status "0x...." for refusals, or the job's final state for accepted ones
+    why: str  # in the audit reason of a refusal, or in a comment of the report of an accepted one
 
 
 REFUSED = [
@@ -207,9 +208,9 @@ REFUSED = [
 ]
 
 ACCEPTED = [
-    Case("16-bit palette colour", palette_16bit, "delivered", "analysed in colour"),
+    Case("16-bit palette colour", palette_16bit, "delivered", "Finding: "),
     Case("multi-frame, 500 frames", cine_500_frames, "delivered", "Analysed frame 251 of 500."),
     Case("no ultrasound region calibration", no_calibration, "delivered", "measurements in mm not possible"),
     Case("contradictory region calibration", contradictory_calibration, "delivered", "disagree on the pixel size"),
-    Case("burned-in patient name (pixels untouched)", burned_in_phi, "delivered", "BurnedInAnnotation YES kept"),
+    Case("burned-in patient name (pixels untouched)", burned_in_phi, "delivered", "Finding: "),
 ]

@@ -7,8 +7,10 @@ or raises :class:`IntakeRejected` with a reason a person can act on.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from io import BytesIO
 
 import numpy as np
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, pixel_array
 from pydicom.uid import UID
@@ -22,6 +24,7 @@ ANALYSABLE_SOP_CLASSES = {US_IMAGE, US_MULTIFRAME, SECONDARY_CAPTURE}
 
 # C-STORE failure statuses answered on receipt (PS3.4 B.2.3; the 0xC2xx sub-codes are this node's).
 SOP_CLASS_NOT_SUPPORTED = 0x0122
+CANNOT_UNDERSTAND = 0xC210
 BAD_IMAGE_MODULE = 0xC211
 ABOVE_LIMITS = 0xC212
 NOT_ULTRASOUND = 0xC213
@@ -48,6 +51,13 @@ class DecodedImage:
 
 
 def _region_spacing(ds: Dataset) -> tuple[tuple[float, float] | None, str, str]:
+    try:
+        return _region_spacing_of(ds)
+    except (AttributeError, TypeError, ValueError, KeyError, IndexError) as exc:
+        return None, "", f"ultrasound region calibration is malformed ({type(exc).__name__}); no measurement in mm"
+
+
+def _region_spacing_of(ds: Dataset) -> tuple[tuple[float, float] | None, str, str]:
     regions = [
         r
         for r in getattr(ds, "SequenceOfUltrasoundRegions", [])
@@ -101,16 +111,36 @@ class ImageHeader:
     n_frames: int
 
 
+def read_received(data: bytes) -> Dataset:
+    """Parse a received object (file meta + dataset) and its identifying UIDs, or refuse it (0xC210)."""
+    try:
+        ds = dcmread(BytesIO(data))
+        for keyword in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
+            str(ds[keyword].value)
+    except Exception as exc:  # untrusted bytes: pydicom may raise anything
+        raise IntakeRejected(f"cannot parse dataset: {exc}", CANNOT_UNDERSTAND) from exc
+    if not (UID(str(ds.StudyInstanceUID)).is_valid and UID(str(ds.SOPInstanceUID)).is_valid):
+        raise IntakeRejected("invalid Study/SOP Instance UID", CANNOT_UNDERSTAND)
+    return ds
+
+
 def check_header(ds: Dataset, max_pixels: int, max_frames: int) -> ImageHeader:
     """The checks that need no pixel decoding: run on receipt (SCP) and again before analysis.
 
     Raises :class:`IntakeRejected` carrying the C-STORE status to answer.
     """
+    try:
+        return _check_header(ds, max_pixels, max_frames)
+    except IntakeRejected:
+        raise
+    except Exception as exc:  # a malformed element pydicom only notices on access
+        raise IntakeRejected(f"malformed image module: {type(exc).__name__}: {exc}", BAD_IMAGE_MODULE) from exc
+
+
+def _check_header(ds: Dataset, max_pixels: int, max_frames: int) -> ImageHeader:
     sop_class = UID(str(getattr(ds, "SOPClassUID", "")))
     if sop_class not in ANALYSABLE_SOP_CLASSES:
-        raise IntakeRejected(
-            f"{sop_class.name or sop_class} is not analysed by this node", SOP_CLASS_NOT_SUPPORTED
-        )
+        raise IntakeRejected(f"{sop_class.name or sop_class} is not analysed by this node", SOP_CLASS_NOT_SUPPORTED)
     modality = str(getattr(ds, "Modality", "") or "").strip().upper()
     if sop_class == SECONDARY_CAPTURE and modality not in SC_MODALITIES:
         raise IntakeRejected(f"Secondary Capture of modality {modality} is not an ultrasound image", NOT_ULTRASOUND)

@@ -12,14 +12,11 @@ import logging
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
-from io import BytesIO
 from typing import Any
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     JPEG2000,
-    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -39,7 +36,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from fetalnode.audit import AuditLog
 from fetalnode.config import Settings
 from fetalnode.errors import IntakeRejected
-from fetalnode.intake import check_header
+from fetalnode.intake import check_header, read_received
 from fetalnode.jobs import JobStore, PreNotification
 from fetalnode.scp.access import (
     CALLING_AE_NOT_RECOGNISED,
@@ -71,7 +68,6 @@ TRANSFER_SYNTAXES = [
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 DATASET_DOES_NOT_MATCH = 0xA900
-CANNOT_UNDERSTAND = 0xC210
 
 # A-ASSOCIATE-RJ diagnostics pynetdicom itself may send (source, diagnostic) -> reason for the audit.
 _REJECT_REASONS = {
@@ -177,32 +173,22 @@ class Terminal:
         except SpoolFull as exc:
             return self.refuse(calling, peer, affected, OUT_OF_RESOURCES, str(exc))
         data = event.encoded_dataset(include_meta=True)
-        try:
-            ds = dcmread(BytesIO(data))
-            sop_uid = str(ds.SOPInstanceUID)
-            sop_class = str(ds.SOPClassUID)
-            study_uid = str(ds.StudyInstanceUID)
-            series_uid = str(ds.SeriesInstanceUID)
-        except Exception as exc:
-            return self.refuse(calling, peer, affected, CANNOT_UNDERSTAND, f"cannot parse dataset: {exc}")
-        context_class = str(event.context.abstract_syntax)
-        if sop_uid != affected or sop_class != context_class:
-            return self.refuse(
-                calling,
-                peer,
-                affected,
-                DATASET_DOES_NOT_MATCH,
-                f"dataset UIDs ({sop_class}, {sop_uid}) do not match the request",
-            )
-        if not (UID(study_uid).is_valid and UID(sop_uid).is_valid):
-            return self.refuse(calling, peer, affected, CANNOT_UNDERSTAND, "invalid Study/SOP Instance UID")
         worker = self.settings.worker
         try:
+            ds = read_received(data)
+            sop_uid, sop_class = str(ds.SOPInstanceUID), str(ds.SOPClassUID)
+            if sop_uid != affected or sop_class != str(event.context.abstract_syntax):
+                return self.refuse(
+                    calling,
+                    peer,
+                    affected,
+                    DATASET_DOES_NOT_MATCH,
+                    f"dataset UIDs ({sop_class}, {sop_uid}) do not match the request",
+                )
             check_header(ds, worker.max_pixels, worker.max_frames)
         except IntakeRejected as exc:
             return self.refuse(calling, peer, affected, exc.status, str(exc))
-        except Exception as exc:  # a malformed element pydicom only notices on access
-            return self.refuse(calling, peer, affected, CANNOT_UNDERSTAND, f"malformed image module: {exc}")
+        study_uid, series_uid = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
         status, _ = self.accept_instance(
             data,
             calling=calling,
