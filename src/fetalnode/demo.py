@@ -65,15 +65,13 @@ def start_node(config: Path, log_path: Path, *extra: str) -> subprocess.Popen[by
         log.close()
 
 
-def wait_echo(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_echo(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None, aet: str = MODALITY_AET) -> None:
     """Poll with DCMTK ``echoscu`` until the node answers C-ECHO."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise NodeError(f"fetalnode exited with {proc.returncode} before answering C-ECHO")
-        r = subprocess.run(
-            ["echoscu", "-aet", MODALITY_AET, "-aec", NODE_AET, "127.0.0.1", str(port)], capture_output=True
-        )
+        r = subprocess.run(["echoscu", "-aet", aet, "-aec", NODE_AET, "127.0.0.1", str(port)], capture_output=True)
         if r.returncode == 0:
             return
         time.sleep(0.2)

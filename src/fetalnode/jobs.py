@@ -124,6 +124,14 @@ class Job:
     result: dict[str, Any]
     outputs: list[str]
     delivered: list[str]
+    updated_at: str = ""
+
+    @property
+    def latency_s(self) -> float | None:
+        """Receipt to delivery in seconds (for a delivered job: its last update is the delivery)."""
+        if self.state != "delivered" or not self.updated_at:
+            return None
+        return (datetime.fromisoformat(self.updated_at) - datetime.fromisoformat(self.received_at)).total_seconds()
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
@@ -148,6 +156,7 @@ class Job:
             result=json.loads(row["result_json"]),
             outputs=json.loads(row["outputs_json"]),
             delivered=json.loads(row["delivered_json"]),
+            updated_at=row["updated_at"],
         )
 
 

@@ -1,0 +1,249 @@
+"""Fault and load scenarios against a real node, real DCMTK senders and a real Orthanc.
+
+Shared by the tests (which assert on the outcome) and ``benchmarks/reliability.py`` (which prints
+the figures). Each scenario starts ``fetalnode serve`` itself so that it can SIGKILL it.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from pydicom import dcmread
+
+from fetalnode.demo import start_node, wait_echo
+from fetalnode.jobs import JobStore
+from fetalnode.orthanc.server import OrthancProcess
+
+TERMINAL = {"delivered", "failed", "rejected"}
+
+
+def start_senders(
+    port: int, files: list[Path], senders: int, folder: Path, aet: str, called: str = "FETALNODE"
+) -> list[tuple[subprocess.Popen[bytes], Path]]:
+    """``senders`` concurrent storescu processes, each sending its share of ``files`` in one association."""
+    folder.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for i in range(senders):
+        log = folder / f"storescu{i}-{time.monotonic_ns()}.log"
+        with open(log, "wb") as out:
+            procs.append(
+                (
+                    subprocess.Popen(
+                        ["storescu", "-v", "-aet", aet, "-aec", called, "127.0.0.1", str(port)]
+                        + [str(f) for f in files[i::senders]],
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        env={**os.environ, "TCP_NODELAY": "1"},
+                    ),
+                    log,
+                )
+            )
+    return procs
+
+
+def acknowledged(log: Path) -> list[str]:
+    """Files storescu -v reports as stored with status Success."""
+    done, current = [], None
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith("I: Sending file: "):
+            current = line.removeprefix("I: Sending file: ").strip()
+        elif line.startswith("I: Received Store Response (Success)") and current:
+            done.append(current)
+            current = None
+    return done
+
+
+def wait_jobs_terminal(jobs: JobStore, n: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        all_jobs = jobs.jobs()
+        if len(all_jobs) >= n and all(j.state in TERMINAL for j in all_jobs):
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"jobs not finished after {timeout:.0f} s: {jobs.counts()}")
+
+
+def orthanc_sr_uids(orthanc: OrthancProcess) -> list[str]:
+    """SOP Instance UIDs of every SR Orthanc holds."""
+    r = httpx.post(
+        f"{orthanc.url}/tools/find",
+        auth=(orthanc.username, orthanc.password),
+        json={"Level": "Instance", "Query": {"Modality": "SR"}, "Expand": True},
+        timeout=60,
+    )
+    r.raise_for_status()
+    return [i["MainDicomTags"]["SOPInstanceUID"] for i in r.json()]
+
+
+@dataclass
+class KillReport:
+    sent: int
+    kill_at_s: float
+    acked_before_kill: int
+    jobs_before_kill: int
+    resent_acked: int
+    jobs: int
+    delivered: int
+    not_delivered: list[str]
+    acked_without_job: int
+    sr_in_orthanc: int
+    sr_duplicates: int
+    recovery_s: float
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return (
+            not self.not_delivered
+            and self.acked_without_job == 0
+            and self.sr_duplicates == 0
+            and self.delivered == self.jobs == self.sent
+            and self.sr_in_orthanc == self.sent
+        )
+
+
+def kill_during_burst(
+    config: Path,
+    port: int,
+    data_dir: Path,
+    orthanc: OrthancProcess,
+    files: list[Path],
+    folder: Path,
+    aet: str,
+    senders: int = 4,
+    seed: int = 20261124,
+) -> KillReport:
+    """SIGKILL the whole node (SCP + worker) at a random moment of a burst, restart it, then let the
+    modalities re-send everything (as they do after a failed association). Every instance must end
+    delivered exactly once: one job and one SR per SOP Instance UID.
+    """
+    log = folder / "node.log"
+    node = start_node(config, log)
+    wait_echo(port, 120, node, aet)
+    kill_at = random.Random(seed).uniform(1.0, 3.0)
+    t0 = time.monotonic()
+    procs = start_senders(port, files, senders, folder / "burst", aet)
+    time.sleep(max(0.0, kill_at - (time.monotonic() - t0)))
+    node.send_signal(signal.SIGKILL)
+    node.wait()
+    for p, _ in procs:
+        p.wait(timeout=120)
+    acked = {a for _, lg in procs for a in acknowledged(lg)}
+    jobs = JobStore(data_dir / "jobs.sqlite")
+    jobs_before = len(jobs.jobs())
+    # Restart and re-send the whole batch (duplicates must be recognised, not analysed twice).
+    t1 = time.monotonic()
+    node = start_node(config, log)
+    try:
+        wait_echo(port, 120, node, aet)
+        procs = start_senders(port, files, senders, folder / "resend", aet)
+        for p, _ in procs:
+            p.wait(timeout=300)
+        resent = {a for _, lg in procs for a in acknowledged(lg)}
+        wait_jobs_terminal(jobs, len(files), 300)
+        recovery = time.monotonic() - t1
+    finally:
+        node.send_signal(signal.SIGTERM)
+        node.wait(timeout=60)
+    all_jobs = jobs.jobs()
+    uid_of = {str(f): str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
+    job_uids = Counter(j.sop_uid for j in all_jobs)
+    srs = Counter(orthanc_sr_uids(orthanc))
+    expected_srs = {j.result.get("sr_sop_uid") for j in all_jobs if j.state == "delivered"}
+    return KillReport(
+        sent=len(files),
+        kill_at_s=round(kill_at, 2),
+        acked_before_kill=len(acked),
+        jobs_before_kill=jobs_before,
+        resent_acked=len(resent),
+        jobs=len(all_jobs),
+        delivered=sum(j.state == "delivered" for j in all_jobs),
+        not_delivered=[f"{j.id} {j.state} {j.error}" for j in all_jobs if j.state != "delivered"],
+        acked_without_job=sum(1 for a in acked if job_uids[uid_of[a]] == 0),
+        sr_in_orthanc=sum(1 for uid in srs if uid in expected_srs),
+        sr_duplicates=sum(n - 1 for n in srs.values()) + sum(n - 1 for n in job_uids.values()),
+        recovery_s=round(recovery, 1),
+    )
+
+
+@dataclass
+class LoadReport:
+    images: int
+    senders: int
+    receive_s: float
+    received_per_s: float
+    delivered_per_s: float
+    latency_p50_s: float
+    latency_p95_s: float
+    echo_max_s: float
+    echo_p95_s: float
+    echo_over_1s: int
+    peak_rss_mb: float
+
+
+def load(
+    port: int, node_pid: int, jobs: JobStore, files: list[Path], folder: Path, aet: str, senders: int = 4
+) -> LoadReport:
+    """``senders`` concurrent storescu over ``files``; C-ECHO every 0.25 s meanwhile; latency from the job store."""
+    echoes: list[float] = []
+    stop = threading.Event()
+
+    def prober() -> None:
+        while not stop.is_set():
+            t = time.perf_counter()
+            subprocess.run(
+                ["echoscu", "-aet", aet, "-aec", "FETALNODE", "-to", "10", "127.0.0.1", str(port)],
+                capture_output=True,
+            )
+            echoes.append(time.perf_counter() - t)
+            stop.wait(0.25)
+
+    rss_peak = [0.0]
+
+    def rss() -> None:
+        while not stop.is_set():
+            try:
+                for line in Path(f"/proc/{node_pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        rss_peak[0] = max(rss_peak[0], int(line.split()[1]) / 1024)
+            except OSError:
+                pass
+            stop.wait(0.5)
+
+    threads = [threading.Thread(target=prober, daemon=True), threading.Thread(target=rss, daemon=True)]
+    for t in threads:
+        t.start()
+    t0 = time.monotonic()
+    procs = start_senders(port, files, senders, folder / "load", aet)
+    for p, _ in procs:
+        p.wait(timeout=1800)
+    receive_s = time.monotonic() - t0
+    wait_jobs_terminal(jobs, len(files), 3600)
+    total_s = time.monotonic() - t0
+    stop.set()
+    for t in threads:
+        t.join()
+    latencies = sorted(j.latency_s for j in jobs.jobs() if j.latency_s is not None)
+    ordered = sorted(echoes)
+    return LoadReport(
+        images=len(files),
+        senders=senders,
+        receive_s=round(receive_s, 1),
+        received_per_s=round(len(files) / receive_s, 2),
+        delivered_per_s=round(len(files) / total_s, 2),
+        latency_p50_s=round(latencies[len(latencies) // 2], 2),
+        latency_p95_s=round(latencies[int(0.95 * (len(latencies) - 1))], 2),
+        echo_max_s=round(ordered[-1], 3),
+        echo_p95_s=round(ordered[int(0.95 * (len(ordered) - 1))], 3),
+        echo_over_1s=sum(e > 1.0 for e in echoes),
+        peak_rss_mb=round(rss_peak[0], 1),
+    )
