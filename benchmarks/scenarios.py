@@ -247,3 +247,57 @@ def load(
         echo_over_1s=sum(e > 1.0 for e in echoes),
         peak_rss_mb=round(rss_peak[0], 1),
     )
+
+
+@dataclass
+class OrthancRestartReport:
+    sent: int
+    acked: int
+    down_s: float
+    delivered: int
+    retries: int
+    sr_in_orthanc: int
+    sr_duplicates: int
+    total_s: float
+
+    @property
+    def ok(self) -> bool:
+        return self.acked == self.sent == self.delivered == self.sr_in_orthanc and self.sr_duplicates == 0
+
+
+def orthanc_restart_during_burst(
+    port: int,
+    data_dir: Path,
+    orthanc: OrthancProcess,
+    files: list[Path],
+    folder: Path,
+    aet: str,
+    senders: int = 4,
+    down_s: float = 5.0,
+) -> OrthancRestartReport:
+    """Stop Orthanc one second into a burst, start it again ``down_s`` later; all must arrive once."""
+    jobs = JobStore(data_dir / "jobs.sqlite")
+    t0 = time.monotonic()
+    procs = start_senders(port, files, senders, folder / "orthanc-restart", aet)
+    time.sleep(1.0)
+    orthanc.stop()
+    time.sleep(down_s)
+    orthanc.start()
+    for p, _ in procs:
+        p.wait(timeout=300)
+    acked = {a for _, lg in procs for a in acknowledged(lg)}
+    wait_jobs_terminal(jobs, len(files), 300)
+    all_jobs = jobs.jobs()
+    srs = Counter(orthanc_sr_uids(orthanc))
+    expected = {j.result.get("sr_sop_uid") for j in all_jobs if j.state == "delivered"}
+    audit = (data_dir / "audit.jsonl").read_text()
+    return OrthancRestartReport(
+        sent=len(files),
+        acked=len(acked),
+        down_s=down_s,
+        delivered=sum(j.state == "delivered" for j in all_jobs),
+        retries=audit.count('"event": "delivery-retry"'),
+        sr_in_orthanc=sum(1 for uid in srs if uid in expected),
+        sr_duplicates=sum(n - 1 for n in srs.values()),
+        total_s=round(time.monotonic() - t0, 1),
+    )

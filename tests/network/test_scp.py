@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -122,22 +123,31 @@ def test_dataset_without_study_uid_gets_c210(terminal) -> None:
     assert refused and refused[0]["status"] == "0xC210"
 
 
-def test_spool_below_free_space_answers_a700(make_node) -> None:
-    too_much = shutil.disk_usage("/tmp").free * 10
-    node = make_node(scp__min_free_bytes=str(too_much)).start("--no-worker")
+def test_spool_full_answers_a700_and_recovers_when_space_returns(make_node, tmp_path) -> None:
+    # The node's real free-space check on the real file system: the minimum is set just below what
+    # is free now, then a 400 MB file takes the space away and gives it back.
+    margin = 200_000_000
+    node = make_node(scp__min_free_bytes=str(shutil.disk_usage(tmp_path).free - margin)).start("--no-worker")
+    filler = tmp_path / "filler"
     ds = dcmread(dicom_testfile("OBXXXX1A.dcm"))
     ae = AE(ae_title=MODALITY)
     ae.add_requested_context(UltrasoundImageStorage, ds.file_meta.TransferSyntaxUID)
     ae.add_requested_context(Verification)
     assoc = ae.associate("127.0.0.1", node.port, ae_title=NODE_AET)
     try:
-        assert assoc.send_c_store(ds).Status == 0xA700
+        with open(filler, "wb") as f:
+            os.posix_fallocate(f.fileno(), 0, 2 * margin)
+        full = assoc.send_c_store(ds)
+        assert full.Status == 0xA700 and full.ErrorComment.startswith("spool full")
         assert assoc.send_c_echo().Status == 0x0000, "the node keeps answering"
+        filler.unlink()
+        assert assoc.send_c_store(ds).Status == 0x0000, "space is back: the same instance is taken"
     finally:
+        filler.unlink(missing_ok=True)
         assoc.release()
-    assert node.jobs.jobs() == []
+    assert [j.state for j in node.jobs.jobs()] == ["queued"]
     refused = [e for e in audit(node) if e["event"] == "store-refused"]
-    assert refused and refused[0]["status"] == "0xA700"
+    assert [e["status"] for e in refused] == ["0xA700"]
 
 
 def test_node_refuses_to_start_with_a_corrupt_bundle(make_node, tmp_path) -> None:

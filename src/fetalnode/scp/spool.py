@@ -49,7 +49,7 @@ class Spool:
     def check_space(self, incoming: int = 0) -> None:
         free = shutil.disk_usage(self.root).free
         if free - incoming < self.min_free_bytes:
-            raise SpoolFull(f"spool {self.root} has {free} bytes free, minimum is {self.min_free_bytes}")
+            raise SpoolFull(f"spool full: {free} bytes free, minimum {self.min_free_bytes} ({self.root})")
 
     def store(self, data: bytes, sop_instance_uid: str, digest: str | None = None) -> tuple[Path, str, bool]:
         """Persist ``data``; returns (path, sha256, already_present)."""

@@ -1,4 +1,4 @@
-"""SIGKILL of the whole node (SCP and worker) in the middle of a 4-sender burst of 200 images."""
+"""Faults during a burst from 4 concurrent senders: SIGKILL of the whole node, Orthanc restarted."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
-from benchmarks.scenarios import kill_during_burst
+from benchmarks.scenarios import kill_during_burst, orthanc_restart_during_burst
+from fetalnode.orthanc.server import OrthancProcess
 from tests.conftest import MODALITY, SAMPLES, need
 
 pytestmark = pytest.mark.e2e
@@ -41,3 +42,17 @@ def test_every_acknowledged_instance_delivered_exactly_once_after_sigkill(make_n
     assert report.jobs == report.delivered == report.sent, "one job per instance, re-sends recognised"
     assert report.sr_duplicates == 0
     assert report.sr_in_orthanc == report.sent
+
+
+def test_orthanc_restarted_mid_burst_everything_delivered_once(make_node, tmp_path) -> None:
+    target = OrthancProcess(tmp_path / "orthanc-restarted", webviewer=False)
+    target.start()
+    try:
+        node = make_node(target).start()
+        files = copies(60, tmp_path / "images")
+        report = orthanc_restart_during_burst(node.port, node.data_dir, target, files, tmp_path, MODALITY)
+        print(report)
+        assert report.retries > 0, "Orthanc must have been down while the node delivered"
+        assert report.ok, report
+    finally:
+        target.stop()
