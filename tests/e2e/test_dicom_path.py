@@ -63,6 +63,7 @@ def test_samples_and_real_us_files_reach_orthanc_as_reports(make_node, orthanc) 
     status = cli("status", "--config", str(node.config), check=True)
     assert json.loads(status.stdout)["counts"]["delivered"] == len(sent)
     logs = node.log.read_text() + (node.data_dir / "audit.jsonl").read_text()
+    assert orthanc.password not in logs, "the Orthanc password must never be logged"
     names = {str(dcmread(p, stop_before_pixels=True).PatientName) for p in sent}
     for name in filter(None, names):
         for part in filter(lambda x: len(x) > 2, name.replace("^", " ").split()):
