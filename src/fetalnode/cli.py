@@ -109,7 +109,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from fetalnode.errors import DeliveryError
     from fetalnode.node import open_store
-    from fetalnode.orthanc import OrthancClient
+    from fetalnode.orthanc.client import OrthancClient
 
     settings = _settings(args)
     jobs = open_store(settings)
@@ -303,7 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--max-minutes", type=float)
     sp.add_argument("--limit", type=int, help="use only this many training images (smoke runs)")
     sp.add_argument("--lr", type=float, help="learning rate (default: segmentation 2e-3, classifier 3e-4)")
-    sp.add_argument("--patience", type=int, help="early-stopping patience in epochs (default: segmentation 10, classifier 12)")
+    sp.add_argument(
+        "--patience", type=int, help="early-stopping patience in epochs (default: segmentation 10, classifier 12)"
+    )
     sp.add_argument("--seed", type=int, default=20261124)
     sp.add_argument("--threads", type=int, default=2)
     sp.set_defaults(func=cmd_train)

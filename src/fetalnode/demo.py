@@ -87,7 +87,7 @@ def run_demo(samples: Path, run_dir: Path | None, exit_after: bool) -> int:
         raise NodeError(f"no sample DICOM files in {samples}")
     run_dir = (run_dir or Path(".run") / datetime.now().strftime("demo-%Y%m%d-%H%M%S")).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    orthanc = OrthancProcess(run_dir / "orthanc")
+    orthanc = OrthancProcess(run_dir / "orthanc", fetalnode_plugin=True)
     orthanc.start()
     password_file = run_dir / "orthanc-password"
     password_file.write_text(orthanc.password + "\n", encoding="utf-8")
@@ -125,7 +125,8 @@ def run_demo(samples: Path, run_dir: Path | None, exit_after: bool) -> int:
         ok = all(j.state == "delivered" for j in jobs.jobs())
         print(
             f"\nOrthanc Explorer: {orthanc.url}/app/explorer.html  (user {orthanc.username}, password in "
-            f"{password_file})\nNode log: {run_dir / 'node.log'}   audit: {settings.data_path / 'audit.jsonl'}"
+            f"{password_file})\nTriage list: {orthanc.url}/fetalnode/triage   findings JSON: "
+            f"{orthanc.url}/fetalnode/findings\nNode log: {run_dir / 'node.log'}   audit: {settings.data_path / 'audit.jsonl'}"
         )
         print(f"{RESEARCH_NOTICE}.")
         if exit_after:

@@ -15,7 +15,7 @@ from fetalnode.errors import NodeError
 from fetalnode.inference import Analyzer
 from fetalnode.inference.bundle import bundle_fingerprint
 from fetalnode.jobs import JobStore
-from fetalnode.orthanc import OrthancClient
+from fetalnode.orthanc.client import OrthancClient
 from fetalnode.pipeline import Pipeline, Worker
 from fetalnode.scp.server import Terminal, start_scp
 from fetalnode.scp.spool import Spool

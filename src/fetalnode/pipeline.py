@@ -26,7 +26,7 @@ from fetalnode.errors import DeliveryError, EncodingError, InferenceError, Intak
 from fetalnode.inference import AnalysisResult, Analyzer
 from fetalnode.intake import DecodedImage, decode_for_analysis
 from fetalnode.jobs import Job, JobStore, worker_identity
-from fetalnode.orthanc import OrthancClient
+from fetalnode.orthanc.client import OrthancClient
 from fetalnode.scp.spool import atomic_write
 from fetalnode.sr_writer import build_heatmap_capture, build_report, output_uids
 

@@ -32,6 +32,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def plugin_sys_path() -> list[str]:
+    """Folders holding ``fetalnode`` (its ``src``) and pydicom (this interpreter's site-packages)."""
+    import pydicom
+
+    return [str(Path(__file__).resolve().parents[2]), str(Path(pydicom.__file__).resolve().parents[1])]
+
+
 def orthanc_binary() -> str:
     for candidate in ("Orthanc", "/usr/sbin/Orthanc"):
         found = shutil.which(candidate)
@@ -52,6 +59,7 @@ class OrthancProcess:
     password: str = field(default_factory=lambda: secrets.token_urlsafe(18))
     modalities: dict[str, tuple[str, str, int]] = field(default_factory=dict)
     webviewer: bool = True
+    fetalnode_plugin: bool = False
     _proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -62,7 +70,22 @@ class OrthancProcess:
         plugins = []
         if self.webviewer and (PLUGIN_DIR / "libOrthancWebViewer.so").exists():
             plugins.append(str(PLUGIN_DIR / "libOrthancWebViewer.so"))
+        extra: dict[str, object] = {}
+        if self.fetalnode_plugin:
+            python = PLUGIN_DIR / "libOrthancPython.so"
+            if not python.exists():
+                raise NodeError(
+                    "Orthanc's Python plugin is not installed (Debian package 'orthanc-python'); run `make deps`"
+                )
+            plugins.append(str(python))
+            extra = {
+                "PythonScript": str(Path(__file__).resolve().parent / "plugin.py"),
+                "PythonVerbose": False,
+                # The plugin runs in Debian's embedded Python: where to find fetalnode and pydicom.
+                "Fetalnode": {"SysPath": plugin_sys_path()},
+            }
         return {
+            **extra,
             "Name": "fetalnode-orthanc",
             "StorageDirectory": str(self.workdir / "storage"),
             "IndexDirectory": str(self.workdir / "storage"),

@@ -1,0 +1,72 @@
+// fetalnode: "Fetal AI" panel on the study, series and instance pages of Orthanc Explorer.
+// Research use only, not for diagnosis. Served by fetalnode's Orthanc plugin (plugin.py).
+(function () {
+  var NOTICE = 'Research use only, not for diagnosis';
+
+  function esc(s) {
+    return String(s === undefined || s === null ? '' : s).replace(/[&<>"']/g, function (c) {
+      return {'&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;'}[c];
+    });
+  }
+
+  function mm(v) { return v === null || v === undefined ? 'n/a' : Number(v).toFixed(1) + ' mm'; }
+
+  function renderFinding(f) {
+    if (!f.readable) {
+      return '<div class="fetalnode-finding fetalnode-unreadable"><b>unreadable report</b> ' +
+        '<span style="color:#666">(' + esc(f.error) + ')</span></div>';
+    }
+    var finding = esc(f.assessment) + (f.malformation_type ? ': ' + esc(f.malformation_type) : '');
+    var html = '<div class="fetalnode-finding" style="' + (f.abnormal ? 'border-left:6px solid #c00;' : 'border-left:6px solid #2a7;') +
+      'padding:6px 10px;margin:6px 0;background:#fafafa">';
+    html += '<div class="fetalnode-assessment" style="font-size:1.2em"><b>' + finding + '</b>';
+    if (f.confidence_pct !== null && f.confidence_pct !== undefined) {
+      html += ' <span class="fetalnode-confidence">(confidence ' + Number(f.confidence_pct).toFixed(0) + '%)</span>';
+    }
+    html += '</div><table style="margin:4px 0">';
+    html += '<tr><td>Head circumference (HC)</td><td class="fetalnode-hc">' + mm(f.hc_mm) + '</td></tr>';
+    html += '<tr><td>Biparietal diameter (BPD)</td><td>' + mm(f.bpd_mm) + '</td></tr>';
+    html += '<tr><td>Occipito-frontal diameter (OFD)</td><td>' + mm(f.ofd_mm) + '</td></tr>';
+    html += '<tr><td>Gestational age from HC</td><td>' + (f.ga_weeks_hadlock ? esc(f.ga_weeks_hadlock) +
+      ' weeks (estimate, Hadlock 1984)' : 'n/a') + '</td></tr>';
+    html += '<tr><td>Models</td><td>' + esc((f.models || []).join(', ') || f.model) + '</td></tr>';
+    html += '<tr><td>Analysed</td><td>' + esc(f.analysed_at) + '</td></tr></table>';
+    if (f.heatmap_instance) {
+      html += '<img class="fetalnode-heatmap" alt="fetalnode heatmap" style="max-width:480px;display:block" src="../instances/' +
+        esc(f.heatmap_instance) + '/preview">';
+      html += '<a data-ajax="false" target="_blank" href="../web-viewer/app/viewer.html?series=' + esc(f.heatmap_series) +
+        '">Open the heatmap in the web viewer</a>';
+    }
+    if (f.source_series) {
+      html += ' | <a data-ajax="false" target="_blank" href="../web-viewer/app/viewer.html?series=' + esc(f.source_series) +
+        '">Open the source image in the web viewer</a>';
+    }
+    html += '<div style="color:#666;font-size:0.85em">' + esc((f.comments || []).slice(1).join(' ')) + '</div>';
+    return html + '</div>';
+  }
+
+  function show(pageId) {
+    var match = /uuid=([^&]+)/.exec(window.location.hash || '');
+    var page = $('#' + pageId);
+    page.find('.fetalnode-panel').remove();
+    if (!match) { return; }
+    var panel = $('<div class="fetalnode-panel" style="border:1px solid #bbb;padding:8px;margin:8px 0">' +
+      '<h3 style="margin:0">Fetal AI <small style="color:#c00">' + NOTICE + '</small></h3>' +
+      '<div class="fetalnode-body">loading...</div>' +
+      '<a data-ajax="false" href="../fetalnode/triage">Triage list of all analysed images</a></div>');
+    page.find('[data-role="content"]').first().prepend(panel);
+    $.ajax({url: '../fetalnode/findings', data: {resource: match[1]}, dataType: 'json', cache: false,
+      success: function (data) {
+        var body = panel.find('.fetalnode-body');
+        if (!data.findings.length) { body.text('No fetalnode report in this study.'); return; }
+        body.html($.map(data.findings, renderFinding).join(''));
+      },
+      error: function (xhr) {
+        panel.find('.fetalnode-body').text('fetalnode findings unavailable (HTTP ' + xhr.status + ')');
+      }});
+  }
+
+  $.each(['study', 'series', 'instance'], function (_, id) {
+    $(document).on('pageshow', '#' + id, function () { show(id); });
+  });
+})();

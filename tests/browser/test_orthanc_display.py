@@ -1,0 +1,178 @@
+"""What a clinician sees in Orthanc: the fetalnode plugin's panel and triage list, in headless Chromium.
+
+Chromium and chromedriver are Debian's; the Basic auth header goes through the DevTools protocol
+(credentials in the URL break Orthanc Explorer's page script). Screenshots are saved under
+``.run/test-artifacts/`` as test artefacts.
+"""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from pydicom import dcmread
+from pydicom.uid import generate_uid
+
+from fetalnode.orthanc.server import OrthancProcess
+from tests.conftest import ROOT, SAMPLES, need, send, wait_for
+
+pytestmark = pytest.mark.e2e
+ARTIFACTS = ROOT / ".run" / "test-artifacts"
+NORMAL = SAMPLES / "hc18_104_HC.dcm"  # the shipped models: normal, HC 86.0 mm
+ABNORMAL = SAMPLES / "hc18_316_HC.dcm"  # the shipped models: abnormal (a false positive: HC18 heads are normal)
+
+
+@pytest.fixture(scope="module")
+def display_orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancProcess]:
+    need("Orthanc")
+    server = OrthancProcess(tmp_path_factory.mktemp("orthanc-plugin"), webviewer=True, fetalnode_plugin=True)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def browser(display_orthanc: OrthancProcess, tmp_path: Path) -> Iterator[object]:
+    need("chromium")
+    need("chromedriver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium") or "chromium"
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1280,1600",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver") or "chromedriver"))
+    token = base64.b64encode(f"{display_orthanc.username}:{display_orthanc.password}".encode()).decode()
+    driver.execute_cdp_cmd("Network.enable", {})
+    driver.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {"Authorization": f"Basic {token}"}})
+    yield driver
+    driver.quit()
+
+
+def rest(orthanc: OrthancProcess, method: str, uri: str, **kw: object) -> object:
+    r = httpx.request(method, f"{orthanc.url}{uri}", auth=(orthanc.username, orthanc.password), timeout=30, **kw)
+    r.raise_for_status()
+    return r.json()
+
+
+def study_id(orthanc: OrthancProcess, path: Path) -> str:
+    uid = str(dcmread(path, stop_before_pixels=True).StudyInstanceUID)
+    [hit] = [h for h in rest(orthanc, "POST", "/tools/lookup", content=uid) if h["Type"] == "Study"]  # type: ignore[union-attr]
+    return str(hit["ID"])
+
+
+def shot(driver: object, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))  # type: ignore[attr-defined]
+
+
+def text_of(driver: object, css: str) -> str:
+    return " ".join(e.text for e in driver.find_elements("css selector", css))  # type: ignore[attr-defined]
+
+
+def test_panel_and_triage_in_a_real_browser(make_node, display_orthanc, browser, tmp_path) -> None:
+    node = make_node(display_orthanc).start()
+    # The abnormal image is sent first: the triage list must still put it above the newer normal one.
+    for path in (ABNORMAL, NORMAL):
+        assert send(node.port, path).returncode == 0
+    node.wait_all(2, {"delivered"})
+    wait_for(
+        lambda: len(rest(display_orthanc, "GET", "/fetalnode/findings")["findings"]) >= 2,  # type: ignore[index]
+        30,
+        "the plugin to index both reports",
+    )
+
+    browser.get(f"{display_orthanc.url}/app/explorer.html#study?uuid={study_id(display_orthanc, NORMAL)}")  # type: ignore[attr-defined]
+    wait_for(lambda: "Normal" in text_of(browser, ".fetalnode-panel .fetalnode-assessment"), 30, "the Fetal AI panel")
+    assert "86.0 mm" in text_of(browser, ".fetalnode-panel .fetalnode-hc")
+    assert "Research use only" in text_of(browser, ".fetalnode-panel h3")
+    assert "weeks (estimate, Hadlock 1984)" in text_of(browser, ".fetalnode-panel")
+    assert "hc18-headseg" in text_of(browser, ".fetalnode-panel")
+    wait_for(
+        lambda: browser.execute_script(  # type: ignore[attr-defined]
+            "var i = document.querySelector('.fetalnode-panel img.fetalnode-heatmap');"
+            "return i && i.complete && i.naturalWidth;"
+        ),
+        30,
+        "the heatmap image to load",
+    )
+    links = [a.get_attribute("href") for a in browser.find_elements("css selector", ".fetalnode-panel a")]  # type: ignore[attr-defined]
+    assert any("web-viewer/app/viewer.html?series=" in (h or "") for h in links)
+    shot(browser, "study-panel-normal")
+
+    # The same panel on the SR's series and instance pages.
+    finding = next(
+        f
+        for f in rest(display_orthanc, "GET", "/fetalnode/findings")["findings"]  # type: ignore[index]
+        if f["study"] == study_id(display_orthanc, NORMAL)
+    )
+    for page, uuid in (("series", finding["sr_series"]), ("instance", finding["sr_instance"])):
+        browser.get(f"{display_orthanc.url}/app/explorer.html#{page}?uuid={uuid}")  # type: ignore[attr-defined]
+        wait_for(lambda p=page: "86.0 mm" in text_of(browser, f"#{p} .fetalnode-hc"), 30, f"the panel on the {page} page")
+    shot(browser, "instance-panel-normal")
+
+    browser.get(f"{display_orthanc.url}/fetalnode/triage")  # type: ignore[attr-defined]
+    wait_for(lambda: len(browser.find_elements("css selector", "tr.finding")) >= 2, 30, "the triage rows")  # type: ignore[attr-defined]
+    rows = browser.find_elements("css selector", "tr.finding")  # type: ignore[attr-defined]
+    assert "abnormal" in rows[0].get_attribute("class") and "Abnormal" in rows[0].text
+    assert "normal" in rows[1].get_attribute("class") and "Normal" in rows[1].text
+    shot(browser, "triage")
+    # A new result appears without a reload (the page keeps its JavaScript state).
+    browser.execute_script("window.__notReloaded = true;")  # type: ignore[attr-defined]
+    third = tmp_path / "third.dcm"
+    ds = dcmread(SAMPLES / "hc18_669_HC.dcm")
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.save_as(third, enforce_file_format=True)
+    assert send(node.port, third).returncode == 0
+    wait_for(lambda: len(browser.find_elements("css selector", "tr.finding")) >= 3, 60, "the new row")  # type: ignore[attr-defined]
+    assert browser.execute_script("return window.__notReloaded === true;")  # type: ignore[attr-defined]
+    browser.find_element("id", "by-confidence").click()  # type: ignore[attr-defined]
+    shown = [
+        float(c.text.rstrip("%"))
+        for c in browser.find_elements("css selector", "tr.finding td.confidence")  # type: ignore[attr-defined]
+        if c.text
+    ]
+    assert shown == sorted(shown, reverse=True) and len(shown) >= 3
+
+
+def test_malformed_report_says_unreadable_and_orthanc_stays_healthy(display_orthanc, browser) -> None:
+    # An SR that claims to be fetalnode's but has no assessment in it.
+    ds = dcmread(SAMPLES / "hc18_104_HC.dcm")
+    broken = ds.copy()
+    broken.SOPClassUID = broken.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.34"
+    broken.SOPInstanceUID = broken.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    broken.StudyInstanceUID = generate_uid()
+    broken.SeriesInstanceUID = generate_uid()
+    broken.Modality = "SR"
+    broken.Manufacturer = "fetalnode project"
+    del broken.PixelData
+    from io import BytesIO
+
+    buf = BytesIO()
+    broken.save_as(buf, enforce_file_format=True)
+    stored = rest(display_orthanc, "POST", "/instances", content=buf.getvalue())
+    study = stored["ParentStudy"]  # type: ignore[index]
+    assert rest(display_orthanc, "GET", "/system")["Name"]  # type: ignore[index]
+    browser.get(f"{display_orthanc.url}/app/explorer.html#study?uuid={study}")  # type: ignore[attr-defined]
+    wait_for(lambda: "unreadable report" in text_of(browser, ".fetalnode-panel"), 30, "'unreadable report'")
+    shot(browser, "study-panel-unreadable")
+    # The rest of the page still works: Orthanc Explorer's own study information is there.
+    assert browser.find_elements("css selector", "#study-info li")  # type: ignore[attr-defined]
+    time.sleep(0.5)
+    assert rest(display_orthanc, "GET", "/system")["Name"]  # type: ignore[index]
