@@ -45,6 +45,24 @@ def dicom_testfile(name: str) -> Path:
     return Path(pydicom.data.get_testdata_file(name))
 
 
+def sample_copies(n: int, folder: Path) -> list[Path]:
+    """``n`` distinct instances (new SOP Instance UIDs, uncompressed) of the bundled samples."""
+    from pydicom.uid import generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    samples = sorted(SAMPLES.glob("*.dcm"))
+    out = []
+    for i in range(n):
+        ds = dcmread(samples[i % len(samples)])
+        if ds.file_meta.TransferSyntaxUID.is_compressed:
+            ds.decompress()  # storescu sends as it is proposed: plain Explicit VR here
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        path = folder / f"img{i:03d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        out.append(path)
+    return out
+
+
 def need(tool: str) -> None:
     if shutil.which(tool) is None:
         pytest.fail(f"{tool} is not installed: `make test` installs it (Debian package)")
@@ -71,6 +89,7 @@ class NodeProcess:
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     worker: subprocess.Popen[bytes] | None = None
+    broker_workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
     def jobs(self) -> JobStore:
@@ -84,6 +103,12 @@ class NodeProcess:
     def start_worker(self) -> subprocess.Popen[bytes]:
         self.worker = _spawn(["worker", "--config", str(self.config)], self.log, self.env)
         return self.worker
+
+    def start_broker_worker(self) -> subprocess.Popen[bytes]:
+        """A ``serve --role worker`` process (Celery worker on the broker) with this node's config."""
+        proc = _spawn(["serve", "--config", str(self.config), "--role", "worker"], self.log, self.env)
+        self.broker_workers.append(proc)
+        return proc
 
     def _echo(self) -> bool:
         assert self.proc is not None
@@ -108,6 +133,8 @@ class NodeProcess:
             raise AssertionError(f"jobs: {[(j.id, j.state, j.error) for j in self.jobs.jobs()]}") from None
 
     def stop(self) -> None:
+        for proc in self.broker_workers:
+            stop_process(proc)
         stop_process(self.worker)
         stop_process(self.proc)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from fetalnode import RESEARCH_NOTICE, __version__
 from fetalnode.config import Settings, load_settings
-from fetalnode.errors import NodeError
+from fetalnode.errors import ConfigError, NodeError
 
 log = logging.getLogger("fetalnode")
 
@@ -39,6 +39,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         ("data_dir", "node.data_dir"),
         ("models_dir", "models.dir"),
         ("orthanc_url", "orthanc.url"),
+        ("role", "node.role"),
+        ("broker_url", "broker.url"),
     ):
         value = getattr(args, flag, None)
         if value is not None:
@@ -51,6 +53,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     log.info("fetalnode %s (%s) effective config: %s", __version__, RESEARCH_NOTICE, json.dumps(settings.masked()))
+    if settings.node.role not in ("all", "terminal", "worker"):
+        raise ConfigError(f"node.role must be all, terminal or worker, not {settings.node.role!r}")
+    if settings.node.role == "worker":
+        from fetalnode.distributed import run_worker
+
+        return run_worker(settings)
     node = Node(settings, with_worker=settings.worker.enabled and not args.no_worker)
     signal.signal(signal.SIGTERM, lambda *_: node.stop())
     signal.signal(signal.SIGINT, lambda *_: node.stop())
@@ -122,6 +130,17 @@ def cmd_status(args: argparse.Namespace) -> int:
         }
     except DeliveryError as exc:
         report["orthanc"] = {"url": settings.orthanc.url, "reachable": False, "error": str(exc)}
+    if settings.broker.url:
+        from fetalnode.distributed import queue_depth
+
+        published = jobs.jobs("published")
+        report["broker"] = {
+            "queue": settings.broker.queue,
+            "queue_depth": queue_depth(settings),  # None: broker unreachable
+            # sent to the broker, no worker's answer yet (the oldest first)
+            "published_unanswered": len(published),
+            "published_unanswered_oldest": published[0].received_at if published else None,
+        }
     if args.failed:
         report["failed"] = [
             {"id": j.id, "sop_uid": j.sop_uid, "stage": j.stage, "error": j.error, "calling_ae": j.calling_ae}
@@ -255,6 +274,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--ae-title", help="this node's AE title (node.ae_title)")
     sp.add_argument("--orthanc-url", help="Orthanc REST URL (orthanc.url)")
     sp.add_argument("--no-worker", action="store_true", help="receive only; run `fetalnode worker` separately")
+    sp.add_argument(
+        "--role",
+        choices=["all", "terminal", "worker"],
+        help="node.role: all (SCP + worker, SQLite queue; default), terminal (SCP + spool + publish to the "
+        "broker), worker (consume from the broker, analyse, deliver to Orthanc)",
+    )
+    sp.add_argument("--broker-url", help="broker.url, e.g. amqp://user:pass@host:5672// (roles terminal, worker)")
     sp.set_defaults(func=cmd_serve)
 
     sp = sub.add_parser("worker", help="run only the analysis worker on the node's job store")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -27,6 +28,8 @@ class NodeSettings:
     port: int = 11112
     data_dir: str = "var"
     station_name: str = "fetalnode"
+    role: str = "all"
+    metrics_port: int = 0
 
 
 @dataclass
@@ -102,6 +105,17 @@ class OrthancSettings:
 
 
 @dataclass
+class BrokerSettings:
+    """Scale-out (roles terminal/worker): Celery over RabbitMQ. Empty ``url``: embedded SQLite queue."""
+
+    url: str = ""
+    queue: str = "fetalnode.jobs"
+    results_queue: str = "fetalnode.results"
+    publish_batch: int = 50
+    retry_seconds: float = 2.0
+
+
+@dataclass
 class OutputSettings:
     """What the node writes besides the SR."""
 
@@ -120,6 +134,7 @@ class Settings:
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     models: ModelSettings = field(default_factory=ModelSettings)
     orthanc: OrthancSettings = field(default_factory=OrthancSettings)
+    broker: BrokerSettings = field(default_factory=BrokerSettings)
     output: OutputSettings = field(default_factory=OutputSettings)
 
     @property
@@ -131,6 +146,7 @@ class Settings:
         data = dataclasses.asdict(self)
         if data["orthanc"]["password"]:
             data["orthanc"]["password"] = "***"
+        data["broker"]["url"] = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", data["broker"]["url"])
         return data
 
 

@@ -5,6 +5,10 @@ SQLite in WAL mode with ``synchronous=FULL``: a committed row survives a crash. 
     received -> queued -> analysing -> delivering -> delivered
                               |             |
                               +-> rejected  +-> failed   (resend: failed -> queued)
+
+With a broker (role terminal), a worker elsewhere does analysing and delivering::
+
+    received -> queued -> published -> delivered | failed | rejected
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-STATES = ("received", "queued", "analysing", "delivering", "delivered", "failed", "rejected")
+STATES = ("received", "queued", "published", "analysing", "delivering", "delivered", "failed", "rejected")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -329,6 +333,26 @@ class JobStore:
                 )
             return int(cur.rowcount)
 
+    def jobs_in_state(self, state: str, limit: int) -> list[Job]:
+        with self._tx() as db:
+            rows = db.execute("SELECT * FROM jobs WHERE state=? ORDER BY id LIMIT ?", (state, limit)).fetchall()
+        return [Job.from_row(r) for r in rows]
+
+    def mark_published(self, job_id: int) -> None:
+        """Handed to the broker (role terminal); a worker's result will finish it."""
+        self._set(job_id, "published", "queued")
+
+    def record_remote_result(self, job_id: int, state: str, result: dict[str, Any], orthanc_ids: list[str]) -> None:
+        self._set(
+            job_id,
+            state,
+            None,
+            result_json=json.dumps(result),
+            delivered_json=json.dumps(orthanc_ids),
+            stage="deliver",
+            error="",
+        )
+
     def get(self, job_id: int) -> Job | None:
         with self._tx() as db:
             row = db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
@@ -353,7 +377,7 @@ class JobStore:
         """Seconds since the oldest job not yet delivered/failed/rejected was received."""
         with self._tx() as db:
             row = db.execute(
-                "SELECT MIN(received_at) FROM jobs WHERE state IN ('received','queued','analysing','delivering')"
+                "SELECT MIN(received_at) FROM jobs WHERE state IN ('received','queued','published','analysing','delivering')"
             ).fetchone()
         if not row or not row[0]:
             return None

@@ -6,6 +6,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -108,17 +109,40 @@ class Node:
     _stopped: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
+        """Role ``all``: SCP + in-process worker on the SQLite queue. Role ``terminal``: SCP + publisher
+        to the broker + collector of the workers' results (``fetalnode.distributed``)."""
         jobs = open_store(self.settings)
         audit = open_audit(self.settings)
-        worker = build_worker(self.settings, jobs, audit) if self.with_worker else None
+        terminal_role = self.settings.node.role == "terminal"
+        worker = build_worker(self.settings, jobs, audit) if self.with_worker and not terminal_role else None
         spool = Spool(self.settings.data_path / "spool", self.settings.scp.min_free_bytes)
         recovered = jobs.recover()
         if recovered:
             log.info("recovered %d job(s) interrupted by a previous stop", recovered)
-        terminal = Terminal(self.settings, spool, jobs, audit, on_queued=worker.wake if worker else None)
+        threads: list[Any] = []
+        on_queued = worker.wake if worker else None
+        if terminal_role:
+            from fetalnode.distributed import Collector, Publisher, make_app
+
+            publisher = Publisher(self.settings, jobs, audit, make_app(self.settings))
+            collector = Collector(self.settings, jobs, audit)
+            for name, part in (("publisher", publisher), ("collector", collector)):
+                threading.Thread(target=part.run, name=f"fetalnode-{name}", daemon=True).start()  # type: ignore[attr-defined]
+                threads.append(part)
+            on_queued = publisher.wake
+        metrics = None
+        if self.settings.node.metrics_port:
+            from fetalnode.distributed import start_metrics_server
+
+            metrics = start_metrics_server(self.settings, jobs)
+        terminal = Terminal(self.settings, spool, jobs, audit, on_queued=on_queued)
         servers = start_scp(self.settings, terminal)
         audit.event(
-            "node-started", ae_title=self.settings.node.ae_title, port=self.settings.node.port, worker=self.with_worker
+            "node-started",
+            ae_title=self.settings.node.ae_title,
+            port=self.settings.node.port,
+            role=self.settings.node.role,
+            worker=worker is not None,
         )
         if worker is not None:
             worker.start()
@@ -127,6 +151,10 @@ class Node:
         finally:
             for server in servers:
                 server.shutdown()
+            for part in threads:
+                part.stop()
+            if metrics is not None:
+                metrics.shutdown()
             if worker is not None:
                 worker.stop()
             audit.event("node-stopped")

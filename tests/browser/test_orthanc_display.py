@@ -124,7 +124,9 @@ def test_panel_and_triage_in_a_real_browser(make_node, display_orthanc, browser,
     )
     for page, uuid in (("series", finding["sr_series"]), ("instance", finding["sr_instance"])):
         browser.get(f"{display_orthanc.url}/app/explorer.html#{page}?uuid={uuid}")  # type: ignore[attr-defined]
-        wait_for(lambda p=page: "86.0 mm" in text_of(browser, f"#{p} .fetalnode-hc"), 30, f"the panel on the {page} page")
+        wait_for(
+            lambda p=page: "86.0 mm" in text_of(browser, f"#{p} .fetalnode-hc"), 30, f"the panel on the {page} page"
+        )
     shot(browser, "instance-panel-normal")
 
     browser.get(f"{display_orthanc.url}/fetalnode/triage")  # type: ignore[attr-defined]

@@ -3,36 +3,18 @@
 from __future__ import annotations
 
 import pytest
-from pydicom import dcmread
-from pydicom.uid import generate_uid
 
 from benchmarks.scenarios import kill_during_burst, orthanc_restart_during_burst
 from fetalnode.orthanc.server import OrthancProcess
-from tests.conftest import MODALITY, SAMPLES, need
+from tests.conftest import MODALITY, need, sample_copies
 
 pytestmark = pytest.mark.e2e
-
-
-def copies(n: int, folder) -> list:
-    """``n`` distinct instances (new SOP Instance UIDs) of the bundled samples."""
-    folder.mkdir()
-    samples = sorted(SAMPLES.glob("*.dcm"))
-    out = []
-    for i in range(n):
-        ds = dcmread(samples[i % len(samples)])
-        if ds.file_meta.TransferSyntaxUID.is_compressed:
-            ds.decompress()  # storescu sends as it is proposed: plain Explicit VR here
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        path = folder / f"img{i:03d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        out.append(path)
-    return out
 
 
 def test_every_acknowledged_instance_delivered_exactly_once_after_sigkill(make_node, orthanc, tmp_path) -> None:
     need("storescu")
     node = make_node()
-    files = copies(200, tmp_path / "images")
+    files = sample_copies(200, tmp_path / "images")
     report = kill_during_burst(node.config, node.port, node.data_dir, orthanc, files, tmp_path, MODALITY)
     print(report)
     assert 0 < report.acked_before_kill < report.sent, "the kill must land mid-burst"
@@ -49,7 +31,7 @@ def test_orthanc_restarted_mid_burst_everything_delivered_once(make_node, tmp_pa
     target.start()
     try:
         node = make_node(target).start()
-        files = copies(60, tmp_path / "images")
+        files = sample_copies(60, tmp_path / "images")
         report = orthanc_restart_during_burst(node.port, node.data_dir, target, files, tmp_path, MODALITY)
         print(report)
         assert report.retries > 0, "Orthanc must have been down while the node delivered"

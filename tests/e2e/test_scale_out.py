@@ -1,0 +1,94 @@
+"""Scale-out on a real RabbitMQ (Debian package) with Celery workers: at-least-once, idempotent outputs."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from benchmarks.scenarios import acknowledged, orthanc_sr_uids, start_senders
+from fetalnode.orthanc.server import OrthancProcess, free_port
+from fetalnode.rabbitmq import RabbitMQProcess
+from tests.conftest import MODALITY, need, sample_copies, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def broker(tmp_path) -> Iterator[RabbitMQProcess]:
+    need("rabbitmq-server")
+    server = RabbitMQProcess(tmp_path / "rabbitmq")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_orthanc(tmp_path) -> Iterator[OrthancProcess]:
+    server = OrthancProcess(tmp_path / "orthanc-scale", webviewer=False)
+    server.start()
+    yield server
+    server.stop()
+
+
+def terminal_and_workers(make_node, orthanc, broker, n_workers: int, **env: str):
+    metrics = free_port()
+    node = make_node(
+        orthanc, node__role="terminal", broker__url=broker.url, node__metrics_port=str(metrics), **env
+    ).start()
+    workers = [node.start_broker_worker() for _ in range(n_workers)]
+    return node, workers, metrics
+
+
+def assert_exactly_once(node, orthanc: OrthancProcess, n: int) -> None:
+    jobs = node.jobs.jobs()
+    assert len(jobs) == n
+    assert [j for j in jobs if j.state != "delivered"] == []
+    expected = {j.result["sr_sop_uid"] for j in jobs}
+    in_orthanc = orthanc_sr_uids(orthanc)
+    assert len(in_orthanc) == len(set(in_orthanc)) == n, "one SR per instance, no duplicate"
+    assert set(in_orthanc) == expected
+
+
+def test_three_workers_one_killed_all_300_delivered_exactly_once(make_node, own_orthanc, broker, tmp_path) -> None:
+    need("storescu")
+    node, workers, metrics = terminal_and_workers(make_node, own_orthanc, broker, 3)
+    files = sample_copies(300, tmp_path / "images")
+    senders = start_senders(node.port, files, 3, tmp_path / "senders", MODALITY)
+    wait_for(lambda: node.jobs.counts()["delivered"] >= 30, 240, "30 deliveries")
+    workers[0].send_signal(signal.SIGKILL)
+    workers[0].wait()
+    text = httpx.get(f"http://127.0.0.1:{metrics}/metrics", timeout=10).text
+    assert 'fetalnode_jobs{state="delivered"}' in text and "fetalnode_queue_depth" in text
+    for proc, _ in senders:
+        assert proc.wait(timeout=300) == 0
+    assert sum(len(acknowledged(log)) for _, log in senders) == 300
+    node.wait_all(300, {"delivered", "failed", "rejected"}, timeout=600)
+    assert_exactly_once(node, own_orthanc, 300)
+
+
+def test_broker_down_20s_terminal_keeps_accepting_nothing_lost(make_node, own_orthanc, broker, tmp_path) -> None:
+    need("storescu")
+    node, _, _ = terminal_and_workers(make_node, own_orthanc, broker, 2)
+    files = sample_copies(80, tmp_path / "images")
+    first, during = files[:40], files[40:]
+    for proc, _ in start_senders(node.port, first, 2, tmp_path / "s1", MODALITY):
+        assert proc.wait(timeout=120) == 0
+    wait_for(lambda: node.jobs.counts()["delivered"] >= 10, 240, "10 deliveries")
+    broker.stop()
+    down = time.monotonic()
+    # The terminal keeps receiving while the broker is down: stored, acknowledged, queued in the spool.
+    senders = start_senders(node.port, during, 2, tmp_path / "s2", MODALITY)
+    for proc, _ in senders:
+        assert proc.wait(timeout=120) == 0
+    assert sum(len(acknowledged(log)) for _, log in senders) == len(during)
+    assert node.jobs.counts()["queued"] > 0
+    time.sleep(max(0.0, 20 - (time.monotonic() - down)))
+    broker.start()
+    node.wait_all(80, {"delivered", "failed", "rejected"}, timeout=600)
+    assert_exactly_once(node, own_orthanc, 80)
+    events = (node.data_dir / "audit.jsonl").read_text()
+    assert '"broker-down"' in events and '"broker-up"' in events
