@@ -88,6 +88,7 @@ def orthanc_sr_uids(orthanc: OrthancProcess) -> list[str]:
 class KillReport:
     sent: int
     kill_at_s: float
+    kill_after_jobs: int
     acked_before_kill: int
     jobs_before_kill: int
     resent_acked: int
@@ -122,23 +123,27 @@ def kill_during_burst(
     senders: int = 4,
     seed: int = 20261124,
 ) -> KillReport:
-    """SIGKILL the whole node (SCP + worker) at a random moment of a burst, restart it, then let the
+    """SIGKILL the whole node (SCP + worker) at a random point of a burst, restart it, then let the
     modalities re-send everything (as they do after a failed association). Every instance must end
     delivered exactly once: one job and one SR per SOP Instance UID.
     """
     log = folder / "node.log"
     node = start_node(config, log)
     wait_echo(port, 120, node, aet)
-    kill_at = random.Random(seed).uniform(1.0, 3.0)
+    jobs = JobStore(data_dir / "jobs.sqlite")
+    # A random point of the burst, by progress (not by time, which depends on the machine).
+    kill_after = random.Random(seed).randint(len(files) // 4, 3 * len(files) // 4)
     t0 = time.monotonic()
     procs = start_senders(port, files, senders, folder / "burst", aet)
-    time.sleep(max(0.0, kill_at - (time.monotonic() - t0)))
+    deadline = t0 + 120
+    while len(jobs.jobs()) < kill_after and time.monotonic() < deadline:
+        time.sleep(0.01)
+    kill_at = time.monotonic() - t0
     node.send_signal(signal.SIGKILL)
     node.wait()
     for p, _ in procs:
         p.wait(timeout=120)
     acked = {a for _, lg in procs for a in acknowledged(lg)}
-    jobs = JobStore(data_dir / "jobs.sqlite")
     jobs_before = len(jobs.jobs())
     # Restart and re-send the whole batch (duplicates must be recognised, not analysed twice).
     t1 = time.monotonic()
@@ -162,6 +167,7 @@ def kill_during_burst(
     return KillReport(
         sent=len(files),
         kill_at_s=round(kill_at, 2),
+        kill_after_jobs=kill_after,
         acked_before_kill=len(acked),
         jobs_before_kill=jobs_before,
         resent_acked=len(resent),
