@@ -37,7 +37,9 @@ ROOT = Path(__file__).resolve().parents[1]
 class Setup:
     """A node configuration (fresh data folder) and its processes."""
 
-    def __init__(self, work: Path, name: str, orthanc: OrthancProcess, broker: RabbitMQProcess | None) -> None:
+    def __init__(
+        self, work: Path, name: str, orthanc: OrthancProcess, broker: RabbitMQProcess | None, torch_threads: int = 2
+    ) -> None:
         self.dir = work / name
         self.dir.mkdir(parents=True)
         (self.dir / "pw").write_text(orthanc.password)
@@ -51,7 +53,7 @@ class Setup:
             password_file=self.dir / "pw",
             models_dir=ROOT / "models",
         )
-        self.env = {**os.environ}
+        self.env = {**os.environ, "FETALNODE__WORKER__TORCH_THREADS": str(torch_threads)}
         if broker is not None:
             self.env["FETALNODE__BROKER__URL"] = broker.url
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -105,6 +107,12 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--latency-n", type=int, default=30)
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="torch threads per process (worker.torch_threads; 2 = this machine's cores)",
+    )
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="fetalnode-scale-"))
     runs = 1 + len(args.workers)
@@ -116,9 +124,14 @@ def main() -> int:
     broker = RabbitMQProcess(work / "rabbitmq")
     orthanc.start()
     broker.start()
-    out: dict[str, object] = {"cpu_cores": os.cpu_count(), "images": args.n, "senders": 4}
+    out: dict[str, object] = {
+        "cpu_cores": os.cpu_count(),
+        "images": args.n,
+        "senders": 4,
+        "torch_threads": args.threads,
+    }
     try:
-        setup = Setup(work, "embedded", orthanc, None)
+        setup = Setup(work, "embedded", orthanc, None, args.threads)
         setup.start(0)
         try:
             out["embedded_images_per_s"] = round(throughput(setup, chunks[0]), 2)
@@ -127,7 +140,7 @@ def main() -> int:
             setup.stop()
         per = {}
         for k, n_workers in enumerate(args.workers, 1):
-            setup = Setup(work, f"broker{n_workers}", orthanc, broker)
+            setup = Setup(work, f"broker{n_workers}", orthanc, broker, args.threads)
             setup.start(n_workers)
             try:
                 rate = throughput(setup, chunks[k])

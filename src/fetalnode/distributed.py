@@ -6,8 +6,10 @@
   with the job so that a worker needs nothing but the broker URL, the models and Orthanc's address:
   no shared file system between hospitals' terminals and the regional workers. When the broker is
   down, jobs stay ``queued`` in the spool and are published when it returns (store and forward).
-- Workers are Celery workers (one task at a time, prefetch 1, late acknowledgement,
+- Workers are Celery workers (threads pool of one, prefetch 1, late acknowledgement,
   ``task_reject_on_worker_lost``): a killed worker's unacknowledged task is redelivered to another.
+  The solo pool was measured to stall 3-10 s between tasks here (the next message sat in py-amqp's
+  buffer until a timer tick): 2.1 images/s against 8.5 with the threads pool.
   They check the image against the announced SHA-256 (the pre-notification), analyse, deliver SR +
   SC to Orthanc (deterministic UIDs: a redelivered job overwrites nothing and adds nothing), then
   publish the outcome on a durable results queue before acknowledging the task.
@@ -295,7 +297,7 @@ def run_worker(settings: Settings) -> int:
     app.worker_main(
         [
             "worker",
-            "--pool=solo",
+            "--pool=threads",
             "--concurrency=1",
             "--without-gossip",
             "--without-mingle",

@@ -48,7 +48,9 @@ class RabbitMQProcess:
             "RABBITMQ_MNESIA_BASE": str(self.workdir / "mnesia"),
             "RABBITMQ_LOG_BASE": str(self.workdir / "log"),
             "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.workdir / "enabled_plugins"),
-            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+            # Loopback distribution; no scheduler busy-waiting (it would take CPU from the workers).
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1} "
+            "+sbwt none +sbwtdcpu none +sbwtdio none",
         }
 
     def start(self, timeout: float = 60.0) -> None:
