@@ -122,6 +122,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     settings = _settings(args)
     jobs = open_store(settings)
     report: dict[str, Any] = {"counts": jobs.counts(), "oldest_pending_s": jobs.oldest_pending_age()}
+    # Pre-notified (announced) but the image is not in the spool: lost before a worker could get it.
+    report["announced_not_received"] = [
+        {"id": j.id, "sop_uid": j.sop_uid, "state": j.state}
+        for state in ("received", "queued", "published", "analysing", "delivering")
+        for j in jobs.jobs(state)
+        if not Path(j.spool_path).is_file()
+    ]
     try:
         report["orthanc"] = {
             "url": settings.orthanc.url,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ import pytest
 from benchmarks.scenarios import acknowledged, orthanc_sr_uids, start_senders
 from fetalnode.orthanc.server import OrthancProcess, free_port
 from fetalnode.rabbitmq import RabbitMQProcess
-from tests.conftest import MODALITY, need, sample_copies, wait_for
+from tests.conftest import MODALITY, cli, need, sample_copies, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -86,9 +87,14 @@ def test_broker_down_20s_terminal_keeps_accepting_nothing_lost(make_node, own_or
         assert proc.wait(timeout=120) == 0
     assert sum(len(acknowledged(log)) for _, log in senders) == len(during)
     assert node.jobs.counts()["queued"] > 0
+    status = json.loads(cli("status", "--config", str(node.config), env=node.env, check=True).stdout)
+    assert status["broker"]["queue_depth"] is None, "the broker is down"
+    assert status["counts"]["queued"] > 0 and status["oldest_pending_s"] > 0
     time.sleep(max(0.0, 20 - (time.monotonic() - down)))
     broker.start()
     node.wait_all(80, {"delivered", "failed", "rejected"}, timeout=600)
     assert_exactly_once(node, own_orthanc, 80)
+    status = json.loads(cli("status", "--config", str(node.config), env=node.env, check=True).stdout)
+    assert status["broker"]["queue_depth"] == 0 and status["broker"]["published_unanswered"] == 0
     events = (node.data_dir / "audit.jsonl").read_text()
     assert '"broker-down"' in events and '"broker-up"' in events

@@ -160,3 +160,11 @@ def test_node_refuses_to_start_with_a_corrupt_bundle(make_node, tmp_path) -> Non
     result = cli("serve", "--config", str(node.config), env={"FETALNODE__MODELS__DIR": str(models)})
     assert result.returncode == 2
     assert "BundleError" in result.stderr and "checksum" in result.stderr
+
+
+def test_status_lists_announced_images_missing_from_the_spool(terminal) -> None:
+    assert storescu(terminal.port, dicom_testfile("OBXXXX1A.dcm")).returncode == 0
+    [job] = terminal.jobs.jobs()
+    Path(job.spool_path).unlink()  # e.g. a disk fault after the pre-notification
+    out = json.loads(cli("status", "--config", str(terminal.config), check=True).stdout)
+    assert out["announced_not_received"] == [{"id": job.id, "sop_uid": job.sop_uid, "state": "queued"}]
