@@ -26,15 +26,7 @@ import tempfile
 from pathlib import Path
 
 from pydicom import dcmread
-from pydicom.uid import ExplicitVRLittleEndian, RLELossless
-from pynetdicom import AE, build_context
-from pynetdicom.sop_class import (
-    CTImageStorage,
-    SecondaryCaptureImageStorage,
-    UltrasoundImageStorage,
-    UltrasoundMultiFrameImageStorage,
-    Verification,
-)
+from pynetdicom import AE
 
 from benchmarks.common import make_images
 from benchmarks.scenarios import (
@@ -46,7 +38,7 @@ from benchmarks.scenarios import (
 from fetalnode.demo import MODALITY_AET, NODE_AET, start_node, wait_echo, write_node_config
 from fetalnode.jobs import JobStore
 from fetalnode.orthanc.server import OrthancProcess, free_port
-from tests.corpus import ACCEPTED, REFUSED
+from tests.corpus import ACCEPTED, REFUSED, corpus_contexts
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,16 +84,7 @@ class Node:
 
 
 def associate(port: int) -> object:
-    contexts = [
-        build_context(c, ts)
-        for ts in (ExplicitVRLittleEndian, RLELossless)
-        for c in (
-            UltrasoundImageStorage,
-            UltrasoundMultiFrameImageStorage,
-            SecondaryCaptureImageStorage,
-            CTImageStorage,
-        )
-    ] + [build_context(Verification)]
+    contexts = corpus_contexts()
     ae = AE(ae_title=MODALITY_AET)
     ae.dimse_timeout = 120
     return ae.associate("127.0.0.1", port, contexts=contexts, ae_title=NODE_AET)

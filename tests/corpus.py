@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import RLELossless, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "samples" / "hc18_104_HC.dcm"  # calibrated 8-bit grayscale US, 640x432
@@ -186,6 +186,23 @@ def burned_in_phi(folder: Path) -> Path:
     ds.PixelData = np.asarray(img).tobytes()
     ds.BurnedInAnnotation = "YES"
     return _save(ds, folder / "burned_in_phi.dcm")
+
+
+def corpus_contexts() -> list:
+    """Presentation contexts a modality would propose to send this corpus (each class in two syntaxes)."""
+    from pynetdicom import build_context
+    from pynetdicom.sop_class import (
+        CTImageStorage,
+        SecondaryCaptureImageStorage,
+        UltrasoundImageStorage,
+        UltrasoundMultiFrameImageStorage,
+        Verification,
+    )
+
+    classes = (UltrasoundImageStorage, UltrasoundMultiFrameImageStorage, SecondaryCaptureImageStorage, CTImageStorage)
+    return [build_context(c, ts) for ts in (ExplicitVRLittleEndian, RLELossless) for c in classes] + [
+        build_context(Verification)
+    ]
 
 
 @dataclass(frozen=True)

@@ -6,18 +6,14 @@ import json
 
 import pytest
 from pydicom import dcmread
-from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 from pynetdicom import AE, build_context
 from pynetdicom.sop_class import (
-    CTImageStorage,
-    SecondaryCaptureImageStorage,
     UltrasoundImageStorage,
-    UltrasoundMultiFrameImageStorage,
     Verification,
 )
 
 from tests.conftest import MODALITY, NODE_AET, storescu
-from tests.corpus import REFUSED, SAMPLE
+from tests.corpus import REFUSED, SAMPLE, corpus_contexts
 
 pytestmark = [pytest.mark.network, pytest.mark.interop]
 
@@ -34,16 +30,7 @@ def associate(port: int, contexts: list) -> object:
 
 def test_each_malformed_input_gets_its_status_and_an_audit_line(make_node, tmp_path) -> None:
     node = make_node().start("--no-worker")
-    contexts = [
-        build_context(c, ts)
-        for ts in (ExplicitVRLittleEndian, RLELossless)
-        for c in (
-            UltrasoundImageStorage,
-            UltrasoundMultiFrameImageStorage,
-            SecondaryCaptureImageStorage,
-            CTImageStorage,
-        )
-    ] + [build_context(Verification)]
+    contexts = corpus_contexts()
     assoc = associate(node.port, contexts)
     answers = {}
     try:
