@@ -46,6 +46,22 @@ def make_images(n: int, folder: Path) -> list[Path]:
     return out
 
 
+def node_config(folder: Path, orthanc: OrthancProcess, **scp: str) -> tuple[int, Path, Path]:
+    """A node configuration in ``folder`` delivering to ``orthanc``: (port, config file, data folder).
+
+    ``scp``: extra ``[scp]`` keys, written as given (TOML values).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    pw = folder / "pw"
+    pw.write_text(orthanc.password)
+    port, config, data = free_port(), folder / "node.toml", folder / "data"
+    write_node_config(config, port=port, data_dir=data, orthanc=orthanc, password_file=pw, models_dir=ROOT / "models")
+    if scp:
+        extra = "".join(f"{k} = {v}\n" for k, v in scp.items())
+        config.write_text(config.read_text().replace("[scp]\n", "[scp]\n" + extra))
+    return port, config, data
+
+
 class Stack:
     """Orthanc + ``fetalnode serve`` on loopback, in a temp folder."""
 
@@ -56,18 +72,7 @@ class Stack:
 
     def __enter__(self) -> Stack:
         self.orthanc.start()
-        pw = self.dir / "pw"
-        pw.write_text(self.orthanc.password)
-        self.port = free_port()
-        self.config = self.dir / "node.toml"
-        write_node_config(
-            self.config,
-            port=self.port,
-            data_dir=self.dir / "node",
-            orthanc=self.orthanc,
-            password_file=pw,
-            models_dir=ROOT / "models",
-        )
+        self.port, self.config, _ = node_config(self.dir, self.orthanc)
         self.node = start_node(self.config, self.dir / "node.log", *self.serve_args)
         wait_echo(self.port, 120, self.node)
         return self

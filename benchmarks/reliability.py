@@ -27,17 +27,18 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pynetdicom import AE
+from pynetdicom.association import Association
 
-from benchmarks.common import make_images
+from benchmarks.common import make_images, node_config
 from benchmarks.scenarios import (
     kill_during_burst,
     load,
     orthanc_restart_during_burst,
     wait_jobs_terminal,
 )
-from fetalnode.demo import MODALITY_AET, NODE_AET, start_node, wait_echo, write_node_config
+from fetalnode.demo import MODALITY_AET, NODE_AET, start_node, wait_echo
 from fetalnode.jobs import JobStore
-from fetalnode.orthanc.server import OrthancProcess, free_port
+from fetalnode.orthanc.server import OrthancProcess
 from tests.corpus import ACCEPTED, REFUSED, corpus_contexts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,24 +49,7 @@ class Node:
 
     def __init__(self, work: Path, name: str, orthanc: OrthancProcess, **scp: str) -> None:
         self.dir = work / name
-        self.dir.mkdir(parents=True)
-        pw = self.dir / "pw"
-        pw.write_text(orthanc.password)
-        self.port = free_port()
-        self.config = self.dir / "node.toml"
-        self.data = self.dir / "data"
-        write_node_config(
-            self.config,
-            port=self.port,
-            data_dir=self.data,
-            orthanc=orthanc,
-            password_file=pw,
-            models_dir=ROOT / "models",
-        )
-        if scp:
-            text = self.config.read_text()
-            extra = "".join(f"{k} = {v}\n" for k, v in scp.items())
-            self.config.write_text(text.replace("[scp]\n", "[scp]\n" + extra))
+        self.port, self.config, self.data = node_config(self.dir, orthanc, **scp)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Node:
@@ -83,7 +67,7 @@ class Node:
         return JobStore(self.data / "jobs.sqlite")
 
 
-def associate(port: int) -> object:
+def associate(port: int) -> Association:
     contexts = corpus_contexts()
     ae = AE(ae_title=MODALITY_AET)
     ae.dimse_timeout = 120
@@ -99,11 +83,11 @@ def disk_full(work: Path, orthanc: OrthancProcess) -> dict[str, object]:
         assoc = associate(node.port)
         with open(filler, "wb") as f:
             os.posix_fallocate(f.fileno(), 0, 2 * margin)
-        full = assoc.send_c_store(dcmread(sample))  # type: ignore[attr-defined]
-        echo = assoc.send_c_echo()  # type: ignore[attr-defined]
+        full = assoc.send_c_store(dcmread(sample))
+        echo = assoc.send_c_echo()
         filler.unlink()
-        after = assoc.send_c_store(dcmread(sample))  # type: ignore[attr-defined]
-        assoc.release()  # type: ignore[attr-defined]
+        after = assoc.send_c_store(dcmread(sample))
+        assoc.release()
         wait_jobs_terminal(node.jobs, 1, 120)
         return {
             "status_while_full": f"0x{full.Status:04X}",
@@ -142,7 +126,7 @@ def bad_input(work: Path, orthanc: OrthancProcess) -> dict[str, object]:
     try:
         assoc = associate(node.port)
         for case in REFUSED:
-            rsp = assoc.send_c_store(case.make(cases))  # type: ignore[attr-defined]
+            rsp = assoc.send_c_store(case.make(cases))
             table[case.name] = {
                 "expected": case.expected,
                 "status": f"0x{rsp.Status:04X}",
@@ -152,8 +136,8 @@ def bad_input(work: Path, orthanc: OrthancProcess) -> dict[str, object]:
         for case in ACCEPTED:
             path = case.make(cases)
             sent[str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)] = case
-            rsp = assoc.send_c_store(path)  # type: ignore[attr-defined]
-        assoc.release()  # type: ignore[attr-defined]
+            rsp = assoc.send_c_store(path)
+        assoc.release()
         wait_jobs_terminal(node.jobs, len(ACCEPTED), 300)
         for job in node.jobs.jobs():
             case = sent[job.sop_uid]

@@ -24,11 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import make_images
+from benchmarks.common import make_images, node_config
 from benchmarks.scenarios import start_senders, wait_jobs_terminal
-from fetalnode.demo import MODALITY_AET, wait_echo, write_node_config
+from fetalnode.demo import MODALITY_AET, wait_echo
 from fetalnode.jobs import JobStore
-from fetalnode.orthanc.server import OrthancProcess, free_port
+from fetalnode.orthanc.server import OrthancProcess
 from fetalnode.rabbitmq import RabbitMQProcess
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,18 +41,7 @@ class Setup:
         self, work: Path, name: str, orthanc: OrthancProcess, broker: RabbitMQProcess | None, torch_threads: int = 2
     ) -> None:
         self.dir = work / name
-        self.dir.mkdir(parents=True)
-        (self.dir / "pw").write_text(orthanc.password)
-        self.port = free_port()
-        self.config = self.dir / "node.toml"
-        write_node_config(
-            self.config,
-            port=self.port,
-            data_dir=self.dir / "data",
-            orthanc=orthanc,
-            password_file=self.dir / "pw",
-            models_dir=ROOT / "models",
-        )
+        self.port, self.config, self.data = node_config(self.dir, orthanc)
         self.env = {**os.environ, "FETALNODE__WORKER__TORCH_THREADS": str(torch_threads)}
         if broker is not None:
             self.env["FETALNODE__BROKER__URL"] = broker.url
@@ -74,7 +63,7 @@ class Setup:
 
     @property
     def jobs(self) -> JobStore:
-        return JobStore(self.dir / "data" / "jobs.sqlite")
+        return JobStore(self.data / "jobs.sqlite")
 
     def stop(self) -> None:
         for p in self.procs:
@@ -135,7 +124,8 @@ def main() -> int:
         setup.start(0)
         try:
             out["embedded_images_per_s"] = round(throughput(setup, chunks[0]), 2)
-            out["embedded_latency_median_s"] = round(latency(setup, lat_embedded), 3)
+            lat_emb = latency(setup, lat_embedded)
+            out["embedded_latency_median_s"] = round(lat_emb, 3)
         finally:
             setup.stop()
         per = {}
@@ -146,14 +136,12 @@ def main() -> int:
                 rate = throughput(setup, chunks[k])
                 per[n_workers] = {"images_per_s": round(rate, 2), "per_worker": round(rate / n_workers, 2)}
                 if n_workers == 1:
-                    out["broker_1_worker_latency_median_s"] = round(latency(setup, lat_broker), 3)
+                    lat_brk = latency(setup, lat_broker)
+                    out["broker_1_worker_latency_median_s"] = round(lat_brk, 3)
+                    out["broker_overhead_per_job_s"] = round(lat_brk - lat_emb, 3)
             finally:
                 setup.stop()
         out["broker"] = per
-        out["broker_overhead_per_job_s"] = round(
-            float(out["broker_1_worker_latency_median_s"]) - float(out["embedded_latency_median_s"]),
-            3,  # type: ignore[arg-type]
-        )
     finally:
         broker.stop()
         orthanc.stop()

@@ -20,7 +20,7 @@ import httpx
 from pydicom import dcmread
 
 from fetalnode.demo import start_node, wait_echo
-from fetalnode.jobs import JobStore
+from fetalnode.jobs import Job, JobStore
 from fetalnode.orthanc.server import OrthancProcess
 
 TERMINAL = {"delivered", "failed", "rejected"}
@@ -82,6 +82,13 @@ def orthanc_sr_uids(orthanc: OrthancProcess) -> list[str]:
     )
     r.raise_for_status()
     return [i["MainDicomTags"]["SOPInstanceUID"] for i in r.json()]
+
+
+def sr_tally(orthanc: OrthancProcess, jobs: list[Job]) -> tuple[int, int]:
+    """(SRs in Orthanc that are the reports of these delivered jobs, extra copies of any SR UID in Orthanc)."""
+    srs = Counter(orthanc_sr_uids(orthanc))
+    expected = {j.result.get("sr_sop_uid") for j in jobs if j.state == "delivered"}
+    return sum(1 for uid in srs if uid in expected), sum(n - 1 for n in srs.values())
 
 
 @dataclass
@@ -162,8 +169,7 @@ def kill_during_burst(
     all_jobs = jobs.jobs()
     uid_of = {str(f): str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
     job_uids = Counter(j.sop_uid for j in all_jobs)
-    srs = Counter(orthanc_sr_uids(orthanc))
-    expected_srs = {j.result.get("sr_sop_uid") for j in all_jobs if j.state == "delivered"}
+    sr_in_orthanc, sr_copies = sr_tally(orthanc, all_jobs)
     return KillReport(
         sent=len(files),
         kill_at_s=round(kill_at, 2),
@@ -175,8 +181,8 @@ def kill_during_burst(
         delivered=sum(j.state == "delivered" for j in all_jobs),
         not_delivered=[f"{j.id} {j.state} {j.error}" for j in all_jobs if j.state != "delivered"],
         acked_without_job=sum(1 for a in acked if job_uids[uid_of[a]] == 0),
-        sr_in_orthanc=sum(1 for uid in srs if uid in expected_srs),
-        sr_duplicates=sum(n - 1 for n in srs.values()) + sum(n - 1 for n in job_uids.values()),
+        sr_in_orthanc=sr_in_orthanc,
+        sr_duplicates=sr_copies + sum(n - 1 for n in job_uids.values()),
         recovery_s=round(recovery, 1),
     )
 
@@ -294,8 +300,7 @@ def orthanc_restart_during_burst(
     acked = {a for _, lg in procs for a in acknowledged(lg)}
     wait_jobs_terminal(jobs, len(files), 300)
     all_jobs = jobs.jobs()
-    srs = Counter(orthanc_sr_uids(orthanc))
-    expected = {j.result.get("sr_sop_uid") for j in all_jobs if j.state == "delivered"}
+    sr_in_orthanc, sr_copies = sr_tally(orthanc, all_jobs)
     audit = (data_dir / "audit.jsonl").read_text()
     return OrthancRestartReport(
         sent=len(files),
@@ -303,7 +308,7 @@ def orthanc_restart_during_burst(
         down_s=down_s,
         delivered=sum(j.state == "delivered" for j in all_jobs),
         retries=audit.count('"event": "delivery-retry"'),
-        sr_in_orthanc=sum(1 for uid in srs if uid in expected),
-        sr_duplicates=sum(n - 1 for n in srs.values()),
+        sr_in_orthanc=sr_in_orthanc,
+        sr_duplicates=sr_copies,
         total_s=round(time.monotonic() - t0, 1),
     )

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import logging
 import threading
 import time
@@ -162,7 +161,7 @@ class Collector:
             return
         state = body["state"]
         if state == "delivered":
-            self.jobs.record_remote_result(job.id, "delivered", body.get("result", {}), body.get("orthanc_ids", []))
+            self.jobs.mark_remote_delivered(job.id, body.get("result", {}), body.get("orthanc_ids", []))
             ids, worker = body.get("orthanc_ids"), body.get("worker")
             self.audit.event("delivered", job=job.id, sop_uid=job.sop_uid, orthanc_ids=ids, worker=worker)
         elif state == "rejected":
@@ -185,7 +184,7 @@ class Collector:
                             message = queue.get(block=True, timeout=1)
                         except queue.Empty:
                             continue
-                        self.handle(json.loads(message.body) if isinstance(message.body, str) else message.payload)
+                        self.handle(message.payload)
                         message.ack()
             except Exception as exc:
                 log.warning("results queue unreachable (%s); retrying", exc)
@@ -217,7 +216,7 @@ def analyse_payload(payload: dict[str, Any]) -> dict[str, Any]:
     """
     from pydicom import dcmread
 
-    from fetalnode.pipeline import _encode, analyse_dataset, job_summary
+    from fetalnode.pipeline import analyse_dataset, encode_dataset, job_summary
 
     assert _context is not None, "worker context not initialised"
     ctx = _context
@@ -239,7 +238,7 @@ def analyse_payload(payload: dict[str, Any]) -> dict[str, Any]:
         return {**base, "state": "failed", "stage": "infer", "error": str(exc)}
     ids = []
     for name in ("sr", "sc"):
-        answer = ctx.orthanc.store(_encode(outputs.datasets[name]))  # DeliveryError propagates
+        answer = ctx.orthanc.store(encode_dataset(outputs.datasets[name]))  # DeliveryError propagates
         ids.append(str(answer["ID"]))
     return {**base, "state": "delivered", "result": job_summary(outputs), "orthanc_ids": ids}
 
@@ -262,12 +261,12 @@ def register_tasks(app: Celery, settings: Settings) -> None:
             outcome.update(stage="deliver", error=str(exc))
         with app.producer_or_acquire() as producer:
             producer.publish(
-                json.dumps(outcome),
+                outcome,
+                serializer="json",
                 routing_key=b.results_queue,
                 exchange="",
                 declare=[Queue(b.results_queue, durable=True)],
                 delivery_mode=2,
-                content_type="application/json",
                 retry=True,
             )
         log.info("job %s -> %s", payload["job"], outcome["state"])

@@ -342,10 +342,11 @@ class JobStore:
         """Handed to the broker (role terminal); a worker's result will finish it."""
         self._set(job_id, "published", "queued")
 
-    def record_remote_result(self, job_id: int, state: str, result: dict[str, Any], orthanc_ids: list[str]) -> None:
+    def mark_remote_delivered(self, job_id: int, result: dict[str, Any], orthanc_ids: list[str]) -> None:
+        """A worker elsewhere analysed and delivered a published job (role terminal)."""
         self._set(
             job_id,
-            state,
+            "delivered",
             None,
             result_json=json.dumps(result),
             delivered_json=json.dumps(orthanc_ids),

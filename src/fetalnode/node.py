@@ -127,7 +127,7 @@ class Node:
             publisher = Publisher(self.settings, jobs, audit, make_app(self.settings))
             collector = Collector(self.settings, jobs, audit)
             for name, part in (("publisher", publisher), ("collector", collector)):
-                threading.Thread(target=part.run, name=f"fetalnode-{name}", daemon=True).start()  # type: ignore[attr-defined]
+                threading.Thread(target=part.run, name=f"fetalnode-{name}", daemon=True).start()
                 threads.append(part)
             on_queued = publisher.wake
         metrics = None

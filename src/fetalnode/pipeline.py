@@ -143,7 +143,7 @@ class Pipeline:
         paths = []
         for name, out in outputs.datasets.items():
             path = folder / f"{name}.dcm"
-            buffer = _encode(out)
+            buffer = encode_dataset(out)
             atomic_write(path, buffer)
             paths.append(str(path))
         summary = job_summary(outputs)
@@ -186,7 +186,8 @@ class Pipeline:
         return "delivered"
 
 
-def _encode(ds: Dataset) -> bytes:
+def encode_dataset(ds: Dataset) -> bytes:
+    """A dataset as DICOM Part 10 bytes (what the outbox holds and Orthanc receives)."""
     from io import BytesIO
 
     buffer = BytesIO()

@@ -120,16 +120,17 @@ def _index_all() -> None:
 
 
 def _study_of(resource: str) -> str:
-    for level, parent in (("studies", None), ("series", "ParentStudy"), ("instances", "ParentSeries")):
+    """The Orthanc study ID of a study, series or instance ID ("" if Orthanc has none of them)."""
+    for level in ("studies", "series", "instances"):
         try:
             info = _get_json(f"/{level}/{resource}")
         except Exception:
             continue
-        if parent is None:
+        if level == "studies":
             return resource
         if level == "series":
-            return str(info[parent])
-        return str(_get_json(f"/series/{info[parent]}")["ParentStudy"])
+            return str(info["ParentStudy"])
+        return str(_get_json(f"/series/{info['ParentSeries']}")["ParentStudy"])
     return ""
 
 
