@@ -72,7 +72,7 @@ class Stack:
 
     def __enter__(self) -> Stack:
         self.orthanc.start()
-        self.port, self.config, _ = node_config(self.dir, self.orthanc)
+        self.port, self.config, self.data = node_config(self.dir, self.orthanc)
         self.node = start_node(self.config, self.dir / "node.log", *self.serve_args)
         wait_echo(self.port, 120, self.node)
         return self

@@ -78,7 +78,7 @@ def main() -> int:
     # Each run prints different pixels (a shifted copy) so no capture is a duplicate of an earlier one.
     results: dict[str, list[float]] = {}
     with Stack() as stack:
-        jobs = JobStore(stack.dir / "node" / "jobs.sqlite")
+        jobs = JobStore(stack.data / "jobs.sqlite")
         auth = (stack.orthanc.username, stack.orthanc.password)
         for columns, rows in ((1, 1), (3, 2)):
             key = f"{columns}x{rows}"
