@@ -27,11 +27,11 @@ SHARED = ROOT.parent / "shared" / "datasets"
 def main() -> int:
     torch.set_num_threads(2)
     seg = load_bundle(ROOT / "models" / "hc18-headseg")
-    hw, scale = seg_settings(seg)
+    settings = seg_settings(seg)
     seed = int(seg.metadata["training_data"][0]["seed"])
 
     def passes(img) -> bool:
-        return locate_head(seg.infer, hw, scale, to_unit_range(img))[0] is not None
+        return locate_head(seg.infer, settings, to_unit_range(img))[0] is not None
 
     report: dict[str, object] = {"model": f"{seg.name} {seg.version}"}
     hc = read_labels(SHARED / "hc18")

@@ -191,7 +191,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         crecipe = _override(
             ClsRecipe(seed=args.seed, extra_normals=args.extra_normals or "", cv_folds=args.cv_folds),
             args,
-            ("epochs", "max_minutes", "limit", "lr", "patience"),
+            ("epochs", "max_minutes", "limit", "lr", "patience", "base_init"),
         )
         meta = train_classifier(
             Path(args.data), Path(args.seg_model), Path(args.out), crecipe, Path(args.out).name, args.version
@@ -332,12 +332,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="classifier only: also run K-fold cross-validation by case group and report it (0: off)",
     )
+    sp.add_argument(
+        "--base-init",
+        choices=["segmentation", "random"],
+        help="classifier only: start the base network from the segmentation bundle's encoder (default) or at random",
+    )
     sp.add_argument("--epochs", type=int)
     sp.add_argument("--max-minutes", type=float)
     sp.add_argument("--limit", type=int, help="use only this many training images (smoke runs)")
     sp.add_argument("--lr", type=float, help="learning rate (default: segmentation 2e-3, classifier 3e-4)")
     sp.add_argument(
-        "--patience", type=int, help="early-stopping patience in epochs (default: segmentation 10, classifier 12)"
+        "--patience", type=int, help="early-stopping patience in epochs (default: segmentation 15, classifier 12)"
     )
     sp.add_argument("--seed", type=int, default=20261124)
     sp.add_argument("--threads", type=int, default=2)

@@ -22,8 +22,10 @@ from tests.conftest import ROOT, SAMPLES, need, send, wait_for
 
 pytestmark = pytest.mark.e2e
 ARTIFACTS = ROOT / ".run" / "test-artifacts"
-NORMAL = SAMPLES / "hc18_104_HC.dcm"  # the shipped models: normal, HC 86.0 mm
-ABNORMAL = SAMPLES / "hc18_316_HC.dcm"  # the shipped models: abnormal (a false positive: HC18 heads are normal)
+# What the shipped models (hc18-headseg 0.2.0, fba-classifier 0.4.0) say about two bundled samples:
+NORMAL = SAMPLES / "hc18_104_HC.dcm"  # normal, HC 85.4 mm (reference 84.4 mm)
+ABNORMAL = SAMPLES / "fba_ventriculomegaly_moderate_fba_01465.dcm"  # abnormal (type: see the model card)
+NORMAL_HC = "85.4 mm"
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +101,7 @@ def test_panel_and_triage_in_a_real_browser(make_node, display_orthanc, browser,
 
     browser.get(f"{display_orthanc.url}/app/explorer.html#study?uuid={study_id(display_orthanc, NORMAL)}")  # type: ignore[attr-defined]
     wait_for(lambda: "Normal" in text_of(browser, ".fetalnode-panel .fetalnode-assessment"), 30, "the Fetal AI panel")
-    assert "86.0 mm" in text_of(browser, ".fetalnode-panel .fetalnode-hc")
+    assert NORMAL_HC in text_of(browser, ".fetalnode-panel .fetalnode-hc")
     assert "Research use only" in text_of(browser, ".fetalnode-panel h3")
     assert "weeks (estimate, Hadlock 1984)" in text_of(browser, ".fetalnode-panel")
     assert "hc18-headseg" in text_of(browser, ".fetalnode-panel")
@@ -124,7 +126,7 @@ def test_panel_and_triage_in_a_real_browser(make_node, display_orthanc, browser,
     for page, uuid in (("series", finding["sr_series"]), ("instance", finding["sr_instance"])):
         browser.get(f"{display_orthanc.url}/app/explorer.html#{page}?uuid={uuid}")  # type: ignore[attr-defined]
         wait_for(
-            lambda p=page: "86.0 mm" in text_of(browser, f"#{p} .fetalnode-hc"), 30, f"the panel on the {page} page"
+            lambda p=page: NORMAL_HC in text_of(browser, f"#{p} .fetalnode-hc"), 30, f"the panel on the {page} page"
         )
     shot(browser, "instance-panel-normal")
 

@@ -7,10 +7,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from fetalnode.errors import BundleError
 from fetalnode.inference import Analyzer
 from fetalnode.inference.bundle import load_bundle
+from fetalnode.inference.networks import (
+    build_classifier_net,
+    build_segmentation_net,
+    transfer_unet_encoder,
+    unet_encoder_prefix,
+)
 from fetalnode.training.classifier import ClsRecipe, train_classifier
 from fetalnode.training.data import group_split, load_gray, read_labels
 from fetalnode.training.evaluate import evaluate_bundle
@@ -26,6 +33,23 @@ def test_group_split_never_splits_a_group() -> None:
     seen = {name: {r["case_group"] for r in part} for name, part in splits.items()}
     assert not (seen["train"] & seen["val"]) and not (seen["train"] & seen["test"]) and not (seen["val"] & seen["test"])
     assert sum(len(p) for p in splits.values()) == len(rows)
+
+
+@pytest.mark.parametrize("seg_channels", [[16, 32, 64, 128], [16, 32, 64, 128, 256]])
+def test_classifier_base_takes_the_segmentation_encoder(seg_channels: list[int]) -> None:
+    unet = build_segmentation_net({"channels": seg_channels, "strides": [2] * (len(seg_channels) - 1)})
+    cls = build_classifier_net({"channels": [16, 32, 64, 128], "fc": [32, 16], "n_classes": 3})
+    before = {k: v.clone() for k, v in cls.state_dict().items()}
+    copied = transfer_unet_encoder(cls, unet.state_dict(), len(seg_channels))
+    after = cls.state_dict()
+    unet_state = unet.state_dict()
+    # Every stage's first convolution now holds the UNet encoder level's weights.
+    for i in range(4):
+        src = unet_state[unet_encoder_prefix(i, len(seg_channels)) + "conv.unit0.conv.weight"]
+        assert torch.equal(after[f"base.{i}.conv.unit0.conv.weight"], src)
+    assert copied >= 60
+    # The FC head is untouched (it is trained for the classes).
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("head."))
 
 
 def test_tiny_training_run_produces_working_bundles(tmp_path: Path) -> None:

@@ -75,31 +75,50 @@ def segment_probability(
     return np.clip(box.to_source(prob), 0.0, 1.0)
 
 
-def locate_head(
-    net: Callable[[torch.Tensor], torch.Tensor], canvas_hw: tuple[int, int], axis_scale: float, img01: np.ndarray
-) -> tuple[Ellipse | None, float, str]:
-    """Segment, fit the skull ellipse and gate it: (ellipse, plausibility score, reason if rejected).
+@dataclass(frozen=True)
+class SegSettings:
+    """How a segmentation bundle is run and read: canvas, axis correction and plausibility gate.
 
-    ``axis_scale`` is the bias correction of the ellipse axes fitted on training data.
+    ``axis_scale`` is the bias correction of the ellipse axes fitted on training data; the gate's
+    ``min_iou`` / ``min_confidence`` are set at training time from the validation heads (never lower
+    than the defaults here).
     """
-    prob = segment_probability(net, canvas_hw, img01)
+
+    canvas_hw: tuple[int, int]
+    axis_scale: float = 1.0
+    min_iou: float = 0.85
+    min_confidence: float = 0.7
+
+
+def locate_head(
+    net: Callable[[torch.Tensor], torch.Tensor], settings: SegSettings, img01: np.ndarray
+) -> tuple[Ellipse | None, float, str]:
+    """Segment, fit the skull ellipse and gate it: (ellipse, plausibility score, reason if rejected)."""
+    prob = segment_probability(net, settings.canvas_hw, img01)
     ellipse = fit_ellipse(prob)
-    score, why = head_plausibility(prob, ellipse)
-    if ellipse is not None and axis_scale != 1.0:
-        ellipse = Ellipse(ellipse.cx, ellipse.cy, ellipse.a * axis_scale, ellipse.b * axis_scale, ellipse.angle_deg)
+    score, why = head_plausibility(prob, ellipse, settings.min_iou, settings.min_confidence)
+    scale = settings.axis_scale
+    if ellipse is not None and scale != 1.0:
+        ellipse = Ellipse(ellipse.cx, ellipse.cy, ellipse.a * scale, ellipse.b * scale, ellipse.angle_deg)
     return (None if why else ellipse), score, why
 
 
-def seg_settings(seg: Bundle) -> tuple[tuple[int, int], float]:
-    """Canvas size and ellipse axis correction of a segmentation bundle."""
+def seg_settings(seg: Bundle) -> SegSettings:
+    """Canvas size, ellipse axis correction and gate thresholds of a segmentation bundle."""
     hw = seg.metadata["input"]["canvas_hw"]
-    return (int(hw[0]), int(hw[1])), float(seg.metadata.get("postprocess", {}).get("axis_scale", 1.0))
+    post = seg.metadata.get("postprocess", {})
+    gate = post.get("gate", {})
+    return SegSettings(
+        canvas_hw=(int(hw[0]), int(hw[1])),
+        axis_scale=float(post.get("axis_scale", 1.0)),
+        min_iou=float(gate.get("min_iou", SegSettings.min_iou)),
+        min_confidence=float(gate.get("min_confidence", SegSettings.min_confidence)),
+    )
 
 
-def head_plausibility(prob: np.ndarray, ellipse: Ellipse | None) -> tuple[float, str]:
-    """Score in [0, 1] that the segmentation is one plausible fetal skull, and why not if low."""
-    if ellipse is None or ellipse.a < 4:
-        return 0.0, "nothing segmented"
+def ellipse_agreement(prob: np.ndarray, ellipse: Ellipse) -> tuple[float, float, float]:
+    """IoU of the ellipse with the thresholded mask, mean probability inside the ellipse, and the
+    fraction of the image inside the ellipse."""
     h, w = prob.shape
     yy, xx = np.mgrid[0:h, 0:w]
     t = np.radians(ellipse.angle_deg)
@@ -108,20 +127,29 @@ def head_plausibility(prob: np.ndarray, ellipse: Ellipse | None) -> tuple[float,
     v = (-dx * np.sin(t) + dy * np.cos(t)) / max(ellipse.b, 1e-6)
     inside = u * u + v * v <= 1.0
     mask = prob >= 0.5
-    inter = float((inside & mask).sum())
     union = float((inside | mask).sum())
-    iou = inter / union if union else 0.0
+    iou = float((inside & mask).sum()) / union if union else 0.0
+    confidence = float(prob[inside].mean()) if inside.any() else 0.0
+    return iou, confidence, float(inside.sum()) / (h * w)
+
+
+def head_plausibility(
+    prob: np.ndarray, ellipse: Ellipse | None, min_iou: float = 0.85, min_confidence: float = 0.7
+) -> tuple[float, str]:
+    """Score in [0, 1] that the segmentation is one plausible fetal skull, and why not if low."""
+    if ellipse is None or ellipse.a < 4:
+        return 0.0, "nothing segmented"
+    h, w = prob.shape
+    iou, confidence, area_frac = ellipse_agreement(prob, ellipse)
     ratio = ellipse.b / ellipse.a
-    area_frac = float(inside.sum()) / (h * w)
     x0, y0, x1, y1 = ellipse.box()
     in_frame = (min(x1, w) - max(x0, 0)) * (min(y1, h) - max(y0, 0)) / max((x1 - x0) * (y1 - y0), 1e-6)
-    confidence = float(prob[inside].mean()) if inside.any() else 0.0
     checks = [
-        (iou >= 0.85, f"segmentation is not elliptical (IoU {iou:.2f})"),
+        (iou >= min_iou, f"segmentation is not elliptical (IoU {iou:.2f})"),
         (ratio >= 0.5, f"ellipse too elongated (axis ratio {ratio:.2f})"),
         (0.01 <= area_frac <= 0.9, f"implausible head size ({area_frac:.1%} of the image)"),
         (in_frame >= 0.8, "head mostly outside the image"),
-        (confidence >= 0.7, f"low segmentation confidence ({confidence:.2f})"),
+        (confidence >= min_confidence, f"low segmentation confidence ({confidence:.2f})"),
     ]
     score = min(iou, confidence, float(in_frame))
     for ok, why in checks:
@@ -185,8 +213,7 @@ class Analyzer:
             seg_model=(self.seg.name, self.seg.version),
             cls_model=(self.cls.name, self.cls.version),
         )
-        canvas_hw, axis_scale = seg_settings(self.seg)
-        ellipse, score, why = locate_head(self.seg.infer, canvas_hw, axis_scale, img01)
+        ellipse, score, why = locate_head(self.seg.infer, seg_settings(self.seg), img01)
         result.head_score = score
         t1 = time.perf_counter()
         result.timings_ms["segmentation"] = (t1 - t0) * 1000

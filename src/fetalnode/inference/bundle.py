@@ -96,11 +96,11 @@ def load_bundle(path: str | Path, expected_task: str | None = None) -> Bundle:
     net.eval()
     infer: Callable[[torch.Tensor], torch.Tensor] = net
     if meta.get("runtime") == "onnxruntime":
-        infer = _onnx_runner(path, meta)
+        infer = onnx_runner(path, meta)
     return Bundle(name=str(meta["name"]), path=path, metadata=meta, net=net, infer=infer)
 
 
-def _onnx_runner(path: Path, meta: dict[str, Any]) -> Callable[[torch.Tensor], torch.Tensor]:
+def onnx_runner(path: Path, meta: dict[str, Any]) -> Callable[[torch.Tensor], torch.Tensor]:
     import onnxruntime as ort
 
     model = path / ONNX

@@ -64,3 +64,35 @@ def build_classifier_net(params: dict[str, Any]) -> HeadClassifier:
         n_classes=int(params["n_classes"]),
         dropout=float(params.get("dropout", 0.3)),
     )
+
+
+def unet_encoder_prefix(level: int, n_levels: int) -> str:
+    """State-dict prefix of encoder ``level`` in a MONAI UNet with ``n_levels`` channel levels.
+
+    Levels ``0 .. n_levels - 2`` are the strided down blocks, the last one is the bottom block.
+    """
+    nested = "model." + "1.submodule." * level
+    return nested if level == n_levels - 1 else nested + "0."
+
+
+def transfer_unet_encoder(classifier: HeadClassifier, unet_state: dict[str, torch.Tensor], n_levels: int) -> int:
+    """Initialise the classifier's base stages from a trained segmentation UNet's encoder.
+
+    Both are stacks of MONAI residual units with the same layout, so stage ``i`` takes the UNet's
+    encoder level ``i`` tensor by tensor where the shapes agree (a stride-1 bottom block has a 1x1
+    residual convolution where a stride-2 stage has 3x3; such tensors keep their random init).
+    Returns the number of tensors copied.
+    """
+    state = classifier.state_dict()
+    copied = 0
+    for i in range(min(len(classifier.base), n_levels)):
+        src_prefix, dst_prefix = unet_encoder_prefix(i, n_levels), f"base.{i}."
+        for key, value in state.items():
+            if not key.startswith(dst_prefix):
+                continue
+            src = unet_state.get(src_prefix + key[len(dst_prefix) :])
+            if src is not None and src.shape == value.shape:
+                state[key] = src.clone()
+                copied += 1
+    classifier.load_state_dict(state)
+    return copied

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from fetalnode.inference.analyzer import locate_head, seg_settings
 from fetalnode.inference.bundle import Bundle, load_bundle, save_bundle
-from fetalnode.inference.networks import build_classifier_net
+from fetalnode.inference.networks import build_classifier_net, transfer_unet_encoder
 from fetalnode.inference.preprocess import roi_crop, to_unit_range
 from fetalnode.training.data import Row, bootstrap_ci, group_split, load_gray, read_labels
 from fetalnode.training.metrics import auroc, balanced_accuracy, confusion, macro_f1, per_class
@@ -48,6 +48,9 @@ class ClsRecipe:
     extra_normals: str = ""
     extra_normals_n: int = 150
     cv_folds: int = 0
+    # "segmentation": base stages start from the segmentation bundle's trained encoder (transfer
+    # from our own model); "random": from scratch. Measured side by side in docs/models.md.
+    base_init: str = "segmentation"
 
 
 def usable_rows(folder: Path) -> tuple[list[Row], int]:
@@ -61,11 +64,11 @@ def roi_crops(
     seg: Bundle, folder: Path, rows: list[Row], roi_size: int, margin: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """Crops (N, size, size) and whether a head was found, through the inference code path."""
-    canvas_hw, axis_scale = seg_settings(seg)
+    settings = seg_settings(seg)
     crops, found = [], []
     for row in tqdm(rows, desc="ROI crops", leave=False):
         img01 = to_unit_range(load_gray(folder / row["filename"]))
-        ellipse, _, _ = locate_head(seg.infer, canvas_hw, axis_scale, img01)
+        ellipse, _, _ = locate_head(seg.infer, settings, img01)
         crop, _ = roi_crop(img01, ellipse.box() if ellipse else None, roi_size, margin)
         crops.append(crop)
         found.append(ellipse is not None)
@@ -219,8 +222,13 @@ def crop_rows(
     )
 
 
-def fit(train: CropSet, val: CropSet | None, n_classes: int, recipe: ClsRecipe) -> tuple[torch.nn.Module, list[dict]]:
-    """Train from scratch; early stopping on ``val`` loss when given, else ``recipe.epochs`` epochs."""
+def fit(
+    train: CropSet, val: CropSet | None, n_classes: int, recipe: ClsRecipe, seg: Bundle | None = None
+) -> tuple[torch.nn.Module, list[dict]]:
+    """Train; early stopping on ``val`` loss when given, else ``recipe.epochs`` epochs.
+
+    With ``recipe.base_init == "segmentation"`` the base starts from ``seg``'s encoder.
+    """
     torch.manual_seed(recipe.seed)
     gen = torch.Generator().manual_seed(recipe.seed)
     params = {
@@ -230,6 +238,14 @@ def fit(train: CropSet, val: CropSet | None, n_classes: int, recipe: ClsRecipe) 
         "dropout": recipe.dropout,
     }
     net = build_classifier_net(params)
+    if recipe.base_init == "segmentation":
+        if seg is None:
+            raise ValueError("base_init 'segmentation' needs the segmentation bundle")
+        levels = len(seg.metadata["network"]["params"]["channels"])
+        copied = transfer_unet_encoder(net, seg.net.state_dict(), levels)
+        log.info("base initialised from %s %s encoder: %d tensors", seg.name, seg.version, copied)
+    elif recipe.base_init != "random":
+        raise ValueError(f"unknown base_init {recipe.base_init!r} (segmentation or random)")
     counts = np.bincount(train.y, minlength=n_classes).astype(np.float32)
     weights = torch.from_numpy(np.where(counts > 0, 1.0 / np.sqrt(np.maximum(counts, 1)), 0.0)).float()
     weights = weights / weights[counts > 0].mean()
@@ -275,7 +291,9 @@ def fit(train: CropSet, val: CropSet | None, n_classes: int, recipe: ClsRecipe) 
     return net, history
 
 
-def grouped_cv(data: CropSet, n_classes: int, recipe: ClsRecipe, folds: int) -> dict[str, Any]:
+def grouped_cv(
+    data: CropSet, n_classes: int, recipe: ClsRecipe, folds: int, seg: Bundle | None = None
+) -> dict[str, Any]:
     """Out-of-fold predictions by case group (each group in exactly one fold), fixed epochs."""
     uniq = np.array(sorted(set(data.groups.tolist())))
     rng = np.random.default_rng(recipe.seed)
@@ -284,7 +302,7 @@ def grouped_cv(data: CropSet, n_classes: int, recipe: ClsRecipe, folds: int) -> 
     fold = np.array([fold_of[g] for g in data.groups])
     probs = np.zeros((len(data), n_classes))
     for k in range(folds):
-        net, _ = fit(data.take(np.nonzero(fold != k)[0]), None, n_classes, recipe)
+        net, _ = fit(data.take(np.nonzero(fold != k)[0]), None, n_classes, recipe, seg)
         probs[fold == k] = predict(net, data.x[fold == k])
     return {"folds": folds, "probs": probs}
 
@@ -325,7 +343,7 @@ def train_classifier(
         )
         extra_info = {"extra_normals": str(recipe.extra_normals), "train": take["train"], "val": take["val"]}
     start = time.monotonic()
-    net, history = fit(sets["train"], sets["val"], len(labels), recipe)
+    net, history = fit(sets["train"], sets["val"], len(labels), recipe, seg)
     minutes = (time.monotonic() - start) / 60
     test = sets["test"]
     metrics = classification_metrics(predict(net, test.x), test.y, labels, test.groups)
@@ -359,7 +377,7 @@ def train_classifier(
         # Each fold trains as long as the final model did until its best validation epoch.
         best_epoch = 1 + int(np.argmin([h.get("val_loss", np.inf) for h in history]))
         cv_recipe = dataclasses.replace(recipe, epochs=best_epoch)
-        cv = grouped_cv(pooled, len(labels), cv_recipe, recipe.cv_folds)
+        cv = grouped_cv(pooled, len(labels), cv_recipe, recipe.cv_folds, seg)
         cvm = classification_metrics(cv["probs"], pooled.y, labels, pooled.groups)
         metrics["grouped_cv"] = {
             k: cvm[k]
@@ -444,6 +462,16 @@ def train_classifier(
     return save_bundle(out, net, metadata, cls_model_card)
 
 
+def base_init_line(meta: dict[str, Any]) -> str:
+    """Where the base network's weights started: the segmentation encoder (transfer) or random."""
+    if meta["training"]["recipe"].get("base_init") == "segmentation":
+        return (
+            f"The base stages were initialised from the encoder of `{meta['input']['segmentation_bundle']}` "
+            "(transfer from our own segmentation model, tensor by tensor where shapes agree), then fine-tuned."
+        )
+    return "The base network was trained from random initialisation."
+
+
 def recipe_time(meta: dict[str, Any]) -> str:
     total = meta["training"].get("recipe_minutes")
     return f"; the whole recipe (ROI crops, fitting, baselines, cross-validation) took {total} minutes" if total else ""
@@ -519,6 +547,7 @@ a residual CNN base ({meta["network"]["params"]["channels"]}) extended with {len
 extra fully-connected layers ({meta["network"]["params"]["fc"]}) outputs {len(meta["labels"])} classes:
 {", ".join(meta["labels"])}. The node reports abnormal when P(not normal) >= {meta["abnormal_threshold"]} and then the most
 probable malformation type. Grad-CAM (MONAI) on the last base stage gives the heatmap.
+{base_init_line(meta)}
 
 ## Training data
 {td["name"]} — {td["citation"]}; licence {td["licence"]}. Split by {td["split_by"]} (seed {td["seed"]}):

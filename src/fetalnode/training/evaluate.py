@@ -50,8 +50,7 @@ def evaluate_bundle(model: Path, data: Path, out: Path, seg_model: Path | None =
     if meta["task"] == "segmentation":
         bundle = load_bundle(model, "segmentation")
         rows = read_labels(data)
-        canvas_hw, axis_scale = seg_settings(bundle)
-        report["segmentation"] = evaluate_segmentation_net(bundle.net, data, rows, canvas_hw, axis_scale)
+        report["segmentation"] = evaluate_segmentation_net(bundle.net, data, rows, seg_settings(bundle))
     else:
         bundle = load_bundle(model, "classification")
         seg = load_bundle(seg_model or DEFAULT_SEG, "segmentation")

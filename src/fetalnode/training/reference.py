@@ -20,11 +20,10 @@ CLS_IMAGES = REPO / "tests" / "data" / "fba_mini"
 
 
 def segmentation_reference(seg: Bundle, n: int = 3) -> list[dict[str, Any]]:
-    canvas_hw, axis_scale = seg_settings(seg)
     out = []
     for row in read_labels(SEG_IMAGES)[:n]:
         img01 = to_unit_range(load_gray(SEG_IMAGES / row["filename"]))
-        ellipse, score, _ = locate_head(seg.infer, canvas_hw, axis_scale, img01)
+        ellipse, score, _ = locate_head(seg.infer, seg_settings(seg), img01)
         out.append(
             {
                 "image": str((SEG_IMAGES / row["filename"]).relative_to(REPO)),
