@@ -180,11 +180,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
+    bundle_name = args.name or Path(args.out).name
     if args.task == "segmentation":
         from fetalnode.training.segmentation import SegRecipe, train_segmentation
 
         recipe = _override(SegRecipe(seed=args.seed), args, ("epochs", "max_minutes", "limit", "lr", "patience"))
-        meta = train_segmentation(Path(args.data), Path(args.out), recipe, Path(args.out).name, args.version)
+        meta = train_segmentation(Path(args.data), Path(args.out), recipe, bundle_name, args.version)
     else:
         from fetalnode.training.classifier import ClsRecipe, train_classifier
 
@@ -194,7 +195,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             ("epochs", "max_minutes", "limit", "lr", "patience", "base_init"),
         )
         meta = train_classifier(
-            Path(args.data), Path(args.seg_model), Path(args.out), crecipe, Path(args.out).name, args.version
+            Path(args.data), Path(args.seg_model), Path(args.out), crecipe, bundle_name, args.version
         )
     print(json.dumps(meta["metrics"], indent=2, default=str))
     return 0
@@ -319,6 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--seg-model",
         default="models/hc18-headseg",
         help="classifier only: segmentation bundle used to find the ROI (default models/hc18-headseg)",
+    )
+    sp.add_argument(
+        "--name",
+        help="bundle name written into metadata and every SR (default: the --out folder's name; "
+        "set it when training a candidate into a scratch folder)",
     )
     sp.add_argument("--version", default="0.1.0", help="bundle version written into metadata and every SR")
     sp.add_argument(

@@ -22,7 +22,7 @@ from fetalnode.training.classifier import ClsRecipe, train_classifier
 from fetalnode.training.data import group_split, load_gray, read_labels
 from fetalnode.training.evaluate import evaluate_bundle
 from fetalnode.training.segmentation import SegRecipe, train_segmentation
-from tests.conftest import DATA
+from tests.conftest import DATA, cli
 
 pytestmark = pytest.mark.unit
 
@@ -106,3 +106,16 @@ def test_corrupt_bundle_is_refused(tmp_path: Path) -> None:
     (tmp_path / "seg" / "configs" / "metadata.json").write_text("{not json")
     with pytest.raises(BundleError, match="unreadable"):
         load_bundle(tmp_path / "seg")
+
+
+def test_train_command_names_the_bundle(tmp_path: Path) -> None:
+    """A candidate trained into a scratch folder still carries the name it will be installed under."""
+    out = tmp_path / "scratch-candidate"
+    done = cli(
+        "train", "segmentation", "--data", str(DATA / "hc18_mini"), "--out", str(out),
+        "--name", "hc18-headseg", "--version", "9.9.9", "--epochs", "1", "--threads", "1",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    meta = json.loads((out / "configs" / "metadata.json").read_text())
+    assert (meta["name"], meta["version"]) == ("hc18-headseg", "9.9.9")
+    assert "# hc18-headseg 9.9.9" in (out / "docs" / "README.md").read_text()
