@@ -17,6 +17,8 @@ from fetalnode.inference.preprocess import letterbox, roi_crop, to_unit_range
 from fetalnode.inference.saliency import draw_roi, fuse, grad_cam
 
 NOT_A_HEAD = "not analysed: no fetal head found"
+# An ellipse with a shorter semi-major axis (source pixels) is "nothing segmented".
+MIN_SEMI_AXIS_PX = 4.0
 
 
 @dataclass
@@ -96,7 +98,7 @@ def locate_head(
     """Segment, fit the skull ellipse and gate it: (ellipse, plausibility score, reason if rejected)."""
     prob = segment_probability(net, settings.canvas_hw, img01)
     ellipse = fit_ellipse(prob)
-    score, why = head_plausibility(prob, ellipse, settings.min_iou, settings.min_confidence)
+    score, why = head_plausibility(prob, ellipse, settings)
     scale = settings.axis_scale
     if ellipse is not None and scale != 1.0:
         ellipse = Ellipse(ellipse.cx, ellipse.cy, ellipse.a * scale, ellipse.b * scale, ellipse.angle_deg)
@@ -133,11 +135,9 @@ def ellipse_agreement(prob: np.ndarray, ellipse: Ellipse) -> tuple[float, float,
     return iou, confidence, float(inside.sum()) / (h * w)
 
 
-def head_plausibility(
-    prob: np.ndarray, ellipse: Ellipse | None, min_iou: float = 0.85, min_confidence: float = 0.7
-) -> tuple[float, str]:
+def head_plausibility(prob: np.ndarray, ellipse: Ellipse | None, settings: SegSettings) -> tuple[float, str]:
     """Score in [0, 1] that the segmentation is one plausible fetal skull, and why not if low."""
-    if ellipse is None or ellipse.a < 4:
+    if ellipse is None or ellipse.a < MIN_SEMI_AXIS_PX:
         return 0.0, "nothing segmented"
     h, w = prob.shape
     iou, confidence, area_frac = ellipse_agreement(prob, ellipse)
@@ -145,11 +145,11 @@ def head_plausibility(
     x0, y0, x1, y1 = ellipse.box()
     in_frame = (min(x1, w) - max(x0, 0)) * (min(y1, h) - max(y0, 0)) / max((x1 - x0) * (y1 - y0), 1e-6)
     checks = [
-        (iou >= min_iou, f"segmentation is not elliptical (IoU {iou:.2f})"),
+        (iou >= settings.min_iou, f"segmentation is not elliptical (IoU {iou:.2f})"),
         (ratio >= 0.5, f"ellipse too elongated (axis ratio {ratio:.2f})"),
         (0.01 <= area_frac <= 0.9, f"implausible head size ({area_frac:.1%} of the image)"),
         (in_frame >= 0.8, "head mostly outside the image"),
-        (confidence >= min_confidence, f"low segmentation confidence ({confidence:.2f})"),
+        (confidence >= settings.min_confidence, f"low segmentation confidence ({confidence:.2f})"),
     ]
     score = min(iou, confidence, float(in_frame))
     for ok, why in checks:

@@ -223,7 +223,7 @@ def crop_rows(
 
 
 def fit(
-    train: CropSet, val: CropSet | None, n_classes: int, recipe: ClsRecipe, seg: Bundle | None = None
+    train: CropSet, val: CropSet | None, n_classes: int, recipe: ClsRecipe, seg: Bundle
 ) -> tuple[torch.nn.Module, list[dict]]:
     """Train; early stopping on ``val`` loss when given, else ``recipe.epochs`` epochs.
 
@@ -239,8 +239,6 @@ def fit(
     }
     net = build_classifier_net(params)
     if recipe.base_init == "segmentation":
-        if seg is None:
-            raise ValueError("base_init 'segmentation' needs the segmentation bundle")
         levels = len(seg.metadata["network"]["params"]["channels"])
         copied = transfer_unet_encoder(net, seg.net.state_dict(), levels)
         log.info("base initialised from %s %s encoder: %d tensors", seg.name, seg.version, copied)
@@ -291,9 +289,7 @@ def fit(
     return net, history
 
 
-def grouped_cv(
-    data: CropSet, n_classes: int, recipe: ClsRecipe, folds: int, seg: Bundle | None = None
-) -> dict[str, Any]:
+def grouped_cv(data: CropSet, n_classes: int, recipe: ClsRecipe, folds: int, seg: Bundle) -> dict[str, Any]:
     """Out-of-fold predictions by case group (each group in exactly one fold), fixed epochs."""
     uniq = np.array(sorted(set(data.groups.tolist())))
     rng = np.random.default_rng(recipe.seed)

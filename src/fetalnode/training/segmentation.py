@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -14,7 +15,13 @@ import torch
 from monai.losses import DiceCELoss
 from tqdm import tqdm
 
-from fetalnode.inference.analyzer import SegSettings, ellipse_agreement, locate_head, segment_probability
+from fetalnode.inference.analyzer import (
+    MIN_SEMI_AXIS_PX,
+    SegSettings,
+    ellipse_agreement,
+    locate_head,
+    segment_probability,
+)
 from fetalnode.inference.bundle import ONNX, export_onnx, load_bundle, save_bundle, sha256_file, write_metadata
 from fetalnode.inference.ellipse import fit_ellipse, ramanujan_perimeter
 from fetalnode.inference.networks import build_segmentation_net
@@ -240,8 +247,7 @@ def calibrate_and_test(
     ok = np.isfinite(pred)
     axis_scale = float(np.median(ref[ok] / pred[ok])) if ok.any() else 1.0
     log.info("axis scale calibrated on %d training images: %.4f", int(ok.sum()), axis_scale)
-    settings = SegSettings(canvas_hw, axis_scale, gate["min_iou"], gate["min_confidence"])
-    metrics = evaluate_segmentation_net(net, data, splits["test"], settings)
+    metrics = evaluate_segmentation_net(net, data, splits["test"], dataclasses.replace(gated, axis_scale=axis_scale))
     metrics["split"] = "test (15% of subject groups, never used for training or early stopping)"
     return gate, axis_scale, metrics
 
@@ -279,7 +285,7 @@ def gate_thresholds(
     for row in rows:
         prob = segment_probability(net, canvas_hw, to_unit_range(load_gray(data / row["filename"])))
         ellipse = fit_ellipse(prob)
-        if ellipse is not None and ellipse.a >= 4:
+        if ellipse is not None and ellipse.a >= MIN_SEMI_AXIS_PX:
             iou, confidence, _ = ellipse_agreement(prob, ellipse)
             ious.append(iou)
             confs.append(confidence)
