@@ -176,6 +176,17 @@ def _override(recipe: Any, args: argparse.Namespace, keys: tuple[str, ...]) -> A
     return recipe
 
 
+def _canvas(text: str) -> tuple[int, int]:
+    """'352x512' -> (352, 512); both sides multiples of 16 (the UNet halves the canvas four times)."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise SystemExit(f"--canvas: expected HxW such as 352x512, got {text!r}") from None
+    if h % 16 or w % 16 or h <= 0 or w <= 0:
+        raise SystemExit(f"--canvas: both sides must be positive multiples of 16, got {text!r}")
+    return h, w
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
@@ -184,13 +195,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.task == "segmentation":
         from fetalnode.training.segmentation import SegRecipe, train_segmentation
 
-        recipe = _override(SegRecipe(seed=args.seed), args, ("epochs", "max_minutes", "limit", "lr", "patience"))
+        recipe = _override(
+            SegRecipe(seed=args.seed), args, ("epochs", "max_minutes", "limit", "lr", "patience", "init_from")
+        )
+        if args.canvas:
+            recipe.canvas_hw = _canvas(args.canvas)
         meta = train_segmentation(Path(args.data), Path(args.out), recipe, bundle_name, args.version)
     else:
         from fetalnode.training.classifier import ClsRecipe, train_classifier
 
         crecipe = _override(
-            ClsRecipe(seed=args.seed, extra_normals=args.extra_normals or "", cv_folds=args.cv_folds),
+            ClsRecipe(
+                seed=args.seed,
+                extra_normals=args.extra_normals or "",
+                cv_folds=args.cv_folds,
+                pretrain_data=tuple(args.pretrain_data or ()),
+            ),
             args,
             ("epochs", "max_minutes", "limit", "lr", "patience", "base_init"),
         )
@@ -340,9 +360,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument(
         "--base-init",
-        choices=["segmentation", "random"],
-        help="classifier only: start the base network from the segmentation bundle's encoder (default) or at random",
+        choices=["segmentation", "contrastive", "random"],
+        help="classifier only: start the base network from the segmentation bundle's encoder (default), from "
+        "self-supervised contrastive pretraining on --pretrain-data, or at random",
     )
+    sp.add_argument(
+        "--pretrain-data",
+        action="append",
+        help="classifier only, --base-init contrastive: folder of unlabelled images (labels.csv + images; "
+        "repeatable). An HC18-format folder gives only its train/validation split",
+    )
+    sp.add_argument(
+        "--init-from",
+        help="segmentation only: bundle whose network and weights start the training (a fine-tuning stage); "
+        "its training minutes are counted into the new bundle's",
+    )
+    sp.add_argument("--canvas", help="segmentation only: network input HxW, multiples of 16 (default 256x384)")
     sp.add_argument("--epochs", type=int)
     sp.add_argument("--max-minutes", type=float)
     sp.add_argument("--limit", type=int, help="use only this many training images (smoke runs)")

@@ -18,9 +18,10 @@ from fetalnode.inference.networks import (
     transfer_unet_encoder,
     unet_encoder_prefix,
 )
-from fetalnode.training.classifier import ClsRecipe, train_classifier
+from fetalnode.training.classifier import ClsRecipe, classifier_params, initial_base, train_classifier
 from fetalnode.training.data import group_split, load_gray, read_labels
 from fetalnode.training.evaluate import evaluate_bundle
+from fetalnode.training.pretrain import nt_xent
 from fetalnode.training.segmentation import SegRecipe, train_segmentation
 from tests.conftest import DATA, cli
 
@@ -71,7 +72,17 @@ def test_tiny_training_run_produces_working_bundles(tmp_path: Path) -> None:
     assert cls_meta["labels"] == ["arachnoid_cyst", "normal", "ventriculomegaly_moderate"]
     assert cls_meta["training_data"][1]["train"] == 3
     assert cls_meta["metrics"]["source_shift_hc18_test_heads"]["n"] >= 1
-    assert cls_meta["metrics"]["grouped_cv"]["n"] > 9, "CV pools the dataset and the extra normals"
+    cv = cls_meta["metrics"]["grouped_cv"]
+    assert cv["n"] > 9, "CV pools the dataset and the extra normals"
+    assert set(cv["baseline_abnormal_auroc"]) == {"intensity", "equalised_crop"}
+    assert set(cv["tta_hflip"]) == {"balanced_accuracy", "macro_f1", "abnormal_auroc"}
+    rows = read_labels(DATA / "fba_mini")
+    groups = cv["type_limits"]["case_groups_per_class"]
+    for label in ("arachnoid_cyst", "ventriculomegaly_moderate"):
+        assert groups[label] == len(
+            {r["case_group"] for r in rows if r["label"] == label and r["label_conflict"] == "0"}
+        )
+    assert cv["type_limits"]["balanced_accuracy_ceiling"] == sum(n >= 2 for n in groups.values()) / len(groups)
     for bundle in ("seg", "cls"):
         assert (tmp_path / bundle / "docs" / "README.md").read_text().count("RESEARCH USE ONLY") >= 1
     analyzer = Analyzer(load_bundle(tmp_path / "seg"), load_bundle(tmp_path / "cls"))
@@ -119,3 +130,50 @@ def test_train_command_names_the_bundle(tmp_path: Path) -> None:
     meta = json.loads((out / "configs" / "metadata.json").read_text())
     assert (meta["name"], meta["version"]) == ("hc18-headseg", "9.9.9")
     assert "# hc18-headseg 9.9.9" in (out / "docs" / "README.md").read_text()
+
+
+def test_fine_tuning_stage_starts_from_a_bundle(tmp_path: Path) -> None:
+    """`train segmentation --init-from B --canvas HxW`: B's network and weights, a new canvas, both stages' time."""
+    first = tmp_path / "first"
+    train_segmentation(DATA / "hc18_mini", first, SegRecipe(epochs=1, batch_size=4, channels=(8, 16, 32, 64, 128)),
+                       "seg", "0.0.1")  # fmt: skip
+    out = tmp_path / "second"
+    done = cli(
+        "train", "segmentation", "--data", str(DATA / "hc18_mini"), "--out", str(out), "--init-from", str(first),
+        "--canvas", "288x448", "--epochs", "1", "--threads", "1",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    meta = json.loads((out / "configs" / "metadata.json").read_text())
+    assert meta["input"]["canvas_hw"] == [288, 448]
+    assert meta["network"]["params"]["channels"] == [8, 16, 32, 64, 128], "the starting bundle's architecture"
+    stages = meta["training"]["stages"]
+    assert [s["init_from"] for s in stages] == ["random", str(first)]
+    assert meta["training"]["minutes"] == pytest.approx(sum(s["minutes"] for s in stages), abs=0.11)
+    bad = cli("train", "segmentation", "--data", str(DATA / "hc18_mini"), "--out", str(tmp_path / "x"),
+              "--canvas", "300x400")  # fmt: skip
+    assert bad.returncode != 0 and "multiples of 16" in bad.stderr
+
+
+def test_contrastive_loss_prefers_matching_views() -> None:
+    z = torch.randn(16, 8)
+    assert nt_xent(z, z + 0.01 * torch.randn(16, 8), 0.2) < nt_xent(z, torch.randn(16, 8), 0.2)
+
+
+def test_contrastive_pretraining_trains_the_base_only(tmp_path: Path) -> None:
+    seg = tmp_path / "seg"
+    train_segmentation(DATA / "hc18_mini", seg, SegRecipe(epochs=1, batch_size=4), "seg", "0.0.1")
+    recipe = ClsRecipe(epochs=1, batch_size=4, roi_size=64, base_init="contrastive", pretrain_epochs=2,
+                       pretrain_data=(str(DATA / "hc18_mini"), str(DATA / "fba_mini")))  # fmt: skip
+    untouched = build_classifier_net(classifier_params(recipe, 3))
+    torch.manual_seed(0)
+    base, info = initial_base(recipe, load_bundle(seg), 3)
+    assert base is not None and all(k.startswith("base.") for k in base)
+    assert any(not torch.equal(base[k], v) for k, v in untouched.state_dict().items() if k in base)
+    hc18_rows = read_labels(DATA / "hc18_mini")
+    split = group_split(hc18_rows, "subject_group", {"train": 0.7, "val": 0.15, "test": 0.15}, recipe.seed)
+    # HC18-format folders give only their train/validation split; other folders every image.
+    assert info["images"] == len(split["train"]) + len(split["val"]) + len(read_labels(DATA / "fba_mini"))
+    assert info["epochs_run"] == 2
+    meta = train_classifier(DATA / "fba_mini", seg, tmp_path / "cls", recipe, "cls", "0.0.1")
+    assert meta["training"]["base_init"]["folders"] == list(recipe.pretrain_data)
+    assert "pretrained self-supervised" in (tmp_path / "cls" / "docs" / "README.md").read_text()

@@ -24,6 +24,7 @@ from fetalnode.inference.networks import build_classifier_net, transfer_unet_enc
 from fetalnode.inference.preprocess import roi_crop, to_unit_range
 from fetalnode.training.data import Row, bootstrap_ci, group_split, load_gray, read_labels
 from fetalnode.training.metrics import auroc, balanced_accuracy, confusion, macro_f1, per_class
+from fetalnode.training.pretrain import PretrainRecipe, pretrain_base
 from fetalnode.training.reference import CLS_IMAGES, REPO
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,9 @@ class ClsRecipe:
     # "segmentation": base stages start from the segmentation bundle's trained encoder (transfer
     # from our own model); "random": from scratch. Measured side by side in docs/models.md.
     base_init: str = "segmentation"
+    # "contrastive" only: folders of unlabelled images for self-supervised pretraining of the base.
+    pretrain_data: tuple[str, ...] = ()
+    pretrain_epochs: int = 60
 
 
 def usable_rows(folder: Path) -> tuple[list[Row], int]:
@@ -192,16 +196,18 @@ class CropSet:
     y: np.ndarray
     groups: np.ndarray
     found: np.ndarray
+    # Global intensity statistics of each whole image (the trivial baseline's input).
+    intensity: np.ndarray
 
     def __len__(self) -> int:
         return len(self.y)
 
     def take(self, idx: np.ndarray) -> CropSet:
-        return CropSet(self.x[idx], self.y[idx], self.groups[idx], self.found[idx])
+        return CropSet(*(getattr(self, f.name)[idx] for f in dataclasses.fields(self)))
 
     @staticmethod
     def concat(parts: list[CropSet]) -> CropSet:
-        return CropSet(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("x", "y", "groups", "found")))
+        return CropSet(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(CropSet)))
 
 
 def crop_rows(
@@ -219,31 +225,23 @@ def crop_rows(
         np.array([labels.index(r.get(label_col, NORMAL)) for r in rows]),
         np.array([r[group_col] for r in rows]),
         found,
+        intensity_features(folder, rows),
     )
 
 
 def fit(
-    train: CropSet, val: CropSet | None, n_classes: int, recipe: ClsRecipe, seg: Bundle
+    train: CropSet, val: CropSet | None, n_classes: int, recipe: ClsRecipe, base: dict[str, torch.Tensor] | None
 ) -> tuple[torch.nn.Module, list[dict]]:
     """Train; early stopping on ``val`` loss when given, else ``recipe.epochs`` epochs.
 
-    With ``recipe.base_init == "segmentation"`` the base starts from ``seg``'s encoder.
+    ``base``: starting weights of the base stages (``base.*`` tensors, see :func:`initial_base`);
+    ``None`` starts them at random.
     """
     torch.manual_seed(recipe.seed)
     gen = torch.Generator().manual_seed(recipe.seed)
-    params = {
-        "channels": list(recipe.channels),
-        "fc": list(recipe.fc),
-        "n_classes": n_classes,
-        "dropout": recipe.dropout,
-    }
-    net = build_classifier_net(params)
-    if recipe.base_init == "segmentation":
-        levels = len(seg.metadata["network"]["params"]["channels"])
-        copied = transfer_unet_encoder(net, seg.net.state_dict(), levels)
-        log.info("base initialised from %s %s encoder: %d tensors", seg.name, seg.version, copied)
-    elif recipe.base_init != "random":
-        raise ValueError(f"unknown base_init {recipe.base_init!r} (segmentation or random)")
+    net = build_classifier_net(classifier_params(recipe, n_classes))
+    if base is not None:
+        net.load_state_dict(base, strict=False)
     counts = np.bincount(train.y, minlength=n_classes).astype(np.float32)
     weights = torch.from_numpy(np.where(counts > 0, 1.0 / np.sqrt(np.maximum(counts, 1)), 0.0)).float()
     weights = weights / weights[counts > 0].mean()
@@ -289,18 +287,78 @@ def fit(
     return net, history
 
 
-def grouped_cv(data: CropSet, n_classes: int, recipe: ClsRecipe, folds: int, seg: Bundle) -> dict[str, Any]:
-    """Out-of-fold predictions by case group (each group in exactly one fold), fixed epochs."""
+def classifier_params(recipe: ClsRecipe, n_classes: int) -> dict[str, Any]:
+    return {"channels": list(recipe.channels), "fc": list(recipe.fc), "n_classes": n_classes, "dropout": recipe.dropout}
+
+
+def initial_base(
+    recipe: ClsRecipe, seg: Bundle, n_classes: int
+) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any]]:
+    """The base stages' starting weights for ``recipe.base_init``, computed once for the model and every CV fold.
+
+    ``segmentation``: the segmentation bundle's encoder (transfer from our own model); ``contrastive``:
+    self-supervised pretraining on the unlabelled ROI crops of ``recipe.pretrain_data``; ``random``: none.
+    """
+    if recipe.base_init == "random":
+        return None, {}
+    net = build_classifier_net(classifier_params(recipe, n_classes))
+    if recipe.base_init == "segmentation":
+        levels = len(seg.metadata["network"]["params"]["channels"])
+        copied = transfer_unet_encoder(net, seg.net.state_dict(), levels)
+        log.info("base initialised from %s %s encoder: %d tensors", seg.name, seg.version, copied)
+        info: dict[str, Any] = {"tensors_copied": copied}
+    elif recipe.base_init == "contrastive":
+        if not recipe.pretrain_data:
+            raise ValueError("base_init 'contrastive' needs pretrain_data (folders of unlabelled images)")
+        crops = np.concatenate([unlabelled_crops(seg, Path(f), recipe) for f in recipe.pretrain_data])
+        info = pretrain_base(net, crops, PretrainRecipe(epochs=recipe.pretrain_epochs, seed=recipe.seed))
+        info["folders"] = list(recipe.pretrain_data)
+    else:
+        raise ValueError(f"unknown base_init {recipe.base_init!r} (segmentation, contrastive or random)")
+    return {k: v.clone() for k, v in net.state_dict().items() if k.startswith("base.")}, info
+
+
+def unlabelled_crops(seg: Bundle, folder: Path, recipe: ClsRecipe) -> np.ndarray:
+    """ROI crops of a folder's images for pretraining (labels are not read).
+
+    An HC18-format folder (``subject_group`` column) gives only the train and validation parts of
+    its split: its test heads measure the source shift and stay unseen.
+    """
+    rows = read_labels(folder)
+    if rows and "subject_group" in rows[0]:
+        split = group_split(rows, "subject_group", {"train": 0.7, "val": 0.15, "test": 0.15}, recipe.seed)
+        rows = split["train"] + split["val"]
+    crops, _ = roi_crops(seg, folder, rows, recipe.roi_size, recipe.roi_margin)
+    log.info("pretraining images from %s: %d", folder, len(rows))
+    return crops
+
+
+def grouped_cv(
+    data: CropSet, n_classes: int, normal: int, recipe: ClsRecipe, folds: int, base: dict[str, torch.Tensor] | None
+) -> dict[str, Any]:
+    """Out-of-fold predictions by case group (each group in exactly one fold), fixed epochs.
+
+    The same folds also give the trivial baselines' out-of-fold normal-vs-abnormal scores (logistic
+    regression on whole-image and on equalised-crop intensity statistics) and the classifier's
+    predictions with horizontal-flip test-time augmentation, so they compare side by side.
+    """
     uniq = np.array(sorted(set(data.groups.tolist())))
     rng = np.random.default_rng(recipe.seed)
     rng.shuffle(uniq)
     fold_of = {g: i % folds for i, g in enumerate(uniq)}
     fold = np.array([fold_of[g] for g in data.groups])
     probs = np.zeros((len(data), n_classes))
+    probs_flip = np.zeros((len(data), n_classes))
+    baselines = {"intensity": np.zeros(len(data)), "equalised_crop": np.zeros(len(data))}
     for k in range(folds):
-        net, _ = fit(data.take(np.nonzero(fold != k)[0]), None, n_classes, recipe, seg)
-        probs[fold == k] = predict(net, data.x[fold == k])
-    return {"folds": folds, "probs": probs}
+        tr, te = np.nonzero(fold != k)[0], np.nonzero(fold == k)[0]
+        net, _ = fit(data.take(tr), None, n_classes, recipe, base)
+        probs[te] = predict(net, data.x[te])
+        probs_flip[te] = predict(net, data.x[te][:, :, ::-1].copy())
+        y_abn = (data.y[tr] != normal).astype(int)
+        for name, feats in (("intensity", data.intensity), ("equalised_crop", crop_features(data.x))):
+            baselines[name][te] = logistic_baseline(feats[tr], y_abn, feats[te], recipe.seed)
+    return {"folds": folds, "fold": fold, "probs": probs, "probs_tta": (probs + probs_flip) / 2, "baselines": baselines}
 
 
 def train_classifier(
@@ -338,8 +396,9 @@ def train_classifier(
             seg, Path(recipe.extra_normals), hc_split["test"], labels, recipe, group_col="subject_group"
         )
         extra_info = {"extra_normals": str(recipe.extra_normals), "train": take["train"], "val": take["val"]}
+    base, base_info = initial_base(recipe, seg, len(labels))
     start = time.monotonic()
-    net, history = fit(sets["train"], sets["val"], len(labels), recipe, seg)
+    net, history = fit(sets["train"], sets["val"], len(labels), recipe, base)
     minutes = (time.monotonic() - start) / 60
     test = sets["test"]
     metrics = classification_metrics(predict(net, test.x), test.y, labels, test.groups)
@@ -373,8 +432,9 @@ def train_classifier(
         # Each fold trains as long as the final model did until its best validation epoch.
         best_epoch = 1 + int(np.argmin([h.get("val_loss", np.inf) for h in history]))
         cv_recipe = dataclasses.replace(recipe, epochs=best_epoch)
-        cv = grouped_cv(pooled, len(labels), cv_recipe, recipe.cv_folds, seg)
+        cv = grouped_cv(pooled, len(labels), normal, cv_recipe, recipe.cv_folds, base)
         cvm = classification_metrics(cv["probs"], pooled.y, labels, pooled.groups)
+        tta = classification_metrics(cv["probs_tta"], pooled.y, labels, pooled.groups)
         metrics["grouped_cv"] = {
             k: cvm[k]
             for k in (
@@ -392,6 +452,12 @@ def train_classifier(
         }
         metrics["grouped_cv"]["folds"] = recipe.cv_folds
         metrics["grouped_cv"]["epochs_per_fold"] = cv_recipe.epochs
+        metrics["grouped_cv"]["tta_hflip"] = {k: tta[k] for k in ("balanced_accuracy", "macro_f1", "abnormal_auroc")}
+        y_abn = (pooled.y != normal).astype(int)
+        metrics["grouped_cv"]["baseline_abnormal_auroc"] = {
+            name: _auroc_or_none(scores, y_abn) for name, scores in cv["baselines"].items()
+        }
+        metrics["grouped_cv"]["type_limits"] = type_limits(cv["probs"], pooled, labels)
     test_classes = sorted({labels[i] for i in test.y})
     metadata: dict[str, Any] = {
         "name": name,
@@ -438,6 +504,7 @@ def train_classifier(
             "device": "cpu",
             "recipe": {k: (list(v) if isinstance(v, tuple) else v) for k, v in recipe.__dict__.items()},
             "history": history,
+            "base_init": base_info,
         },
         "metrics": metrics,
     }
@@ -465,6 +532,12 @@ def base_init_line(meta: dict[str, Any]) -> str:
             f"The base stages were initialised from the encoder of `{meta['input']['segmentation_bundle']}` "
             "(transfer from our own segmentation model, tensor by tensor where shapes agree), then fine-tuned."
         )
+    if meta["training"]["recipe"].get("base_init") == "contrastive":
+        info = meta["training"].get("base_init", {})
+        return (
+            f"The base stages were pretrained self-supervised (contrastive, SimCLR-style) on {info.get('images')} "
+            f"unlabelled ROI crops of {info.get('folders')} ({info.get('minutes')} min), then fine-tuned."
+        )
     return "The base network was trained from random initialisation."
 
 
@@ -482,6 +555,46 @@ def extra_data_line(meta: dict[str, Any]) -> str:
         "the grouped cross-validation pools them with the shared images.\n"
         for e in extra
     )
+
+
+def cv_side_by_side(cv: dict[str, Any]) -> str:
+    """Model-card lines for the baselines, TTA and type limits measured on the same folds (when present)."""
+    if "baseline_abnormal_auroc" not in cv:
+        return ""
+    base, tta, lim = cv["baseline_abnormal_auroc"], cv["tta_hflip"], cv["type_limits"]
+    per_class = ", ".join(f"{k} {n}" for k, n in lim["case_groups_per_class"].items())
+    return f"""
+On the same folds: trivial baselines (logistic regression on intensity statistics) reach normal-vs-abnormal
+AUROC {_r(base["intensity"])} (whole images) and {_r(base["equalised_crop"])} (equalised ROI crops); the
+classifier with horizontal-flip test-time augmentation: balanced accuracy {_r(tta["balanced_accuracy"])},
+AUROC {_r(tta["abnormal_auroc"])}. What limits the type figure: case groups per class:
+{per_class}; a class with one group is never in training when it is tested, so the
+reachable balanced accuracy is at most {_r(lim["balanced_accuracy_ceiling"])}; over the
+{lim["classes_with_3plus_groups"]} classes with at least three groups it is
+{_r(lim["balanced_accuracy_classes_with_3plus_groups"])}."""
+
+
+def _r(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def type_limits(probs: np.ndarray, data: CropSet, labels: list[str]) -> dict[str, Any]:
+    """What bounds the malformation-type figure under grouped cross-validation.
+
+    A class whose images all come from one case group has no training example whenever that group
+    is held out, so its recall is 0 by construction: the best reachable balanced accuracy is the
+    share of classes with at least two groups. Also the balanced accuracy over the classes with at
+    least three groups (where a held-out group still leaves two to learn from).
+    """
+    groups_per_class = {labels[c]: len(np.unique(data.groups[data.y == c])) for c in np.unique(data.y)}
+    _, recall, _ = per_class(confusion(data.y, probs.argmax(1), len(labels)))
+    multi = [labels.index(k) for k, n in groups_per_class.items() if n >= 3]
+    return {
+        "case_groups_per_class": groups_per_class,
+        "balanced_accuracy_ceiling": sum(n >= 2 for n in groups_per_class.values()) / len(groups_per_class),
+        "balanced_accuracy_classes_with_3plus_groups": float(np.nanmean(recall[multi])) if multi else None,
+        "classes_with_3plus_groups": len(multi),
+    }
 
 
 def extra_sections(m: dict[str, Any]) -> str:
@@ -503,6 +616,7 @@ never seen in training) the model calls {shift["specificity"]:.3f} of them norma
 (95% CI {b[0]:.3f}–{b[1]:.3f}), macro F1 {cv["macro_f1"]:.3f} ({f1[0]:.3f}–{f1[1]:.3f}), normal-vs-abnormal AUROC
 {cv["abnormal_auroc"] if cv["abnormal_auroc"] is None else round(cv["abnormal_auroc"], 3)}. Per class recall:
 {", ".join(f"{k} {v['recall']:.2f} (n={v['support']})" for k, v in cv["per_class"].items() if v["support"])}.
+{cv_side_by_side(cv)}
 """)
     return "\n".join(out)
 
