@@ -196,7 +196,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         from fetalnode.training.segmentation import SegRecipe, train_segmentation
 
         recipe = _override(
-            SegRecipe(seed=args.seed), args, ("epochs", "max_minutes", "limit", "lr", "patience", "init_from")
+            SegRecipe(seed=args.seed),
+            args,
+            ("epochs", "max_minutes", "limit", "lr", "patience", "init_from", "swa_from"),
         )
         if args.canvas:
             recipe.canvas_hw = _canvas(args.canvas)
@@ -374,6 +376,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--init-from",
         help="segmentation only: bundle whose network and weights start the training (a fine-tuning stage); "
         "its training minutes are counted into the new bundle's",
+    )
+    sp.add_argument(
+        "--swa-from",
+        type=int,
+        help="segmentation only: also average the weights of every epoch from this one on; the average "
+        "replaces the best epoch if it scores better on validation (default: off)",
     )
     sp.add_argument("--canvas", help="segmentation only: network input HxW, multiples of 16 (default 256x384)")
     sp.add_argument("--epochs", type=int)

@@ -22,7 +22,7 @@ from fetalnode.training.classifier import ClsRecipe, classifier_params, initial_
 from fetalnode.training.data import group_split, load_gray, read_labels
 from fetalnode.training.evaluate import evaluate_bundle
 from fetalnode.training.pretrain import nt_xent
-from fetalnode.training.segmentation import SegRecipe, train_segmentation
+from fetalnode.training.segmentation import SegRecipe, WeightAverage, train_segmentation
 from tests.conftest import DATA, cli
 
 pytestmark = pytest.mark.unit
@@ -177,3 +177,26 @@ def test_contrastive_pretraining_trains_the_base_only(tmp_path: Path) -> None:
     meta = train_classifier(DATA / "fba_mini", seg, tmp_path / "cls", recipe, "cls", "0.0.1")
     assert meta["training"]["base_init"]["folders"] == list(recipe.pretrain_data)
     assert "pretrained self-supervised" in (tmp_path / "cls" / "docs" / "README.md").read_text()
+
+
+def test_weight_average_is_the_mean_of_the_epochs_weights() -> None:
+    nets = [build_segmentation_net({"channels": [4, 8], "strides": [2]}) for _ in range(3)]
+    avg = WeightAverage()
+    for net in nets:
+        avg.add(net)
+    target = build_segmentation_net({"channels": [4, 8], "strides": [2]})
+    avg.apply(target, torch.rand(4, 1, 32, 32), batch_size=2)
+    for name, p in target.named_parameters():
+        expected = torch.stack([dict(n.named_parameters())[name] for n in nets]).mean(0)
+        assert torch.allclose(p, expected, atol=1e-6), name
+    bn = next(m for m in target.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert not torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean)), "BN statistics recomputed"
+
+
+def test_training_with_weight_averaging_records_both_candidates(tmp_path: Path) -> None:
+    meta = train_segmentation(
+        DATA / "hc18_mini", tmp_path / "seg", SegRecipe(epochs=2, batch_size=4, swa_from=1), "seg", "0.0.1"
+    )
+    swa = meta["training"]["weight_average"]
+    assert swa["epochs_averaged"] == 2 and swa["chosen"] in ("weight average", "best epoch")
+    assert {"val_dice", "val_hc_mae_mm"} <= set(swa["best_epoch"])
