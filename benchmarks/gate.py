@@ -18,7 +18,7 @@ from fetalnode.inference.analyzer import locate_head, seg_settings
 from fetalnode.inference.bundle import load_bundle
 from fetalnode.inference.preprocess import to_unit_range
 from fetalnode.intake import decode_for_analysis
-from fetalnode.training.data import group_split, load_gray, read_labels
+from fetalnode.training.data import load_gray, read_labels, subject_split
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"
@@ -35,7 +35,7 @@ def main() -> int:
 
     report: dict[str, object] = {"model": f"{seg.name} {seg.version}"}
     hc = read_labels(SHARED / "hc18")
-    test = group_split(hc, "subject_group", {"train": 0.7, "val": 0.15, "test": 0.15}, seed)["test"]
+    test = subject_split(hc, seed)["test"]
     ok = sum(passes(load_gray(SHARED / "hc18" / r["filename"])) for r in test)
     report["hc18_test_heads_accepted"] = f"{ok}/{len(test)}"
     fp = read_labels(SHARED / "fetal_planes_db_sample")

@@ -19,7 +19,7 @@ from fetalnode.inference.networks import (
     unet_encoder_prefix,
 )
 from fetalnode.training.classifier import ClsRecipe, classifier_params, initial_base, train_classifier
-from fetalnode.training.data import group_split, load_gray, read_labels
+from fetalnode.training.data import group_split, load_gray, read_labels, subject_split
 from fetalnode.training.evaluate import evaluate_bundle
 from fetalnode.training.pretrain import nt_xent
 from fetalnode.training.segmentation import SegRecipe, WeightAverage, train_segmentation
@@ -170,7 +170,7 @@ def test_contrastive_pretraining_trains_the_base_only(tmp_path: Path) -> None:
     assert base is not None and all(k.startswith("base.") for k in base)
     assert any(not torch.equal(base[k], v) for k, v in untouched.state_dict().items() if k in base)
     hc18_rows = read_labels(DATA / "hc18_mini")
-    split = group_split(hc18_rows, "subject_group", {"train": 0.7, "val": 0.15, "test": 0.15}, recipe.seed)
+    split = subject_split(hc18_rows, recipe.seed)
     # HC18-format folders give only their train/validation split; other folders every image.
     assert info["images"] == len(split["train"]) + len(split["val"]) + len(read_labels(DATA / "fba_mini"))
     assert info["epochs_run"] == 2

@@ -22,7 +22,7 @@ from fetalnode.inference.analyzer import locate_head, seg_settings
 from fetalnode.inference.bundle import Bundle, load_bundle, save_bundle
 from fetalnode.inference.networks import build_classifier_net, transfer_unet_encoder
 from fetalnode.inference.preprocess import roi_crop, to_unit_range
-from fetalnode.training.data import Row, bootstrap_ci, group_split, load_gray, read_labels
+from fetalnode.training.data import Row, bootstrap_ci, group_split, load_gray, read_labels, subject_split
 from fetalnode.training.metrics import auroc, balanced_accuracy, confusion, macro_f1, per_class
 from fetalnode.training.pretrain import PretrainRecipe, pretrain_base
 from fetalnode.training.reference import CLS_IMAGES, REPO
@@ -326,7 +326,7 @@ def unlabelled_crops(seg: Bundle, folder: Path, recipe: ClsRecipe) -> np.ndarray
     """
     rows = read_labels(folder)
     if rows and "subject_group" in rows[0]:
-        split = group_split(rows, "subject_group", {"train": 0.7, "val": 0.15, "test": 0.15}, recipe.seed)
+        split = subject_split(rows, recipe.seed)
         rows = split["train"] + split["val"]
     crops, _ = roi_crops(seg, folder, rows, recipe.roi_size, recipe.roi_margin)
     log.info("pretraining images from %s: %d", folder, len(rows))
@@ -385,7 +385,7 @@ def train_classifier(
         # Heads of another source (HC18) as extra normals: train/val parts of the segmentation's own
         # split only, so the HC18 test heads stay unseen and measure the source shift.
         hc_rows = read_labels(recipe.extra_normals)
-        hc_split = group_split(hc_rows, "subject_group", {"train": 0.7, "val": 0.15, "test": 0.15}, recipe.seed)
+        hc_split = subject_split(hc_rows, recipe.seed)
         take = {"train": recipe.extra_normals_n, "val": max(1, recipe.extra_normals_n // 5)}
         for part, n in take.items():
             extra = crop_rows(

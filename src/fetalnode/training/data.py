@@ -61,6 +61,15 @@ def group_split(
     return out
 
 
+def subject_split(rows: list[Row], seed: int) -> dict[str, list[Row]]:
+    """The segmentation's train/val/test split of an HC18-format folder (70/15/15 by ``subject_group``).
+
+    Everything that reuses HC18 heads (extra normals, pretraining, the gate benchmark) calls this,
+    so the segmentation's test heads stay unseen everywhere.
+    """
+    return group_split(rows, "subject_group", {"train": 0.7, "val": 0.15, "test": 0.15}, seed)
+
+
 def bootstrap_ci(
     values: np.ndarray, groups: np.ndarray, stat, n_boot: int = 1000, seed: int = 0
 ) -> tuple[float, float]:

@@ -26,7 +26,7 @@ from fetalnode.inference.bundle import ONNX, export_onnx, load_bundle, save_bund
 from fetalnode.inference.ellipse import fit_ellipse, ramanujan_perimeter
 from fetalnode.inference.networks import build_segmentation_net
 from fetalnode.inference.preprocess import letterbox, to_unit_range
-from fetalnode.training.data import Row, bootstrap_ci, group_split, load_gray, read_labels
+from fetalnode.training.data import Row, bootstrap_ci, load_gray, read_labels, subject_split
 from fetalnode.training.reference import segmentation_reference
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ def train_segmentation(data: Path, out: Path, recipe: SegRecipe, name: str, vers
     torch.manual_seed(recipe.seed)
     gen = torch.Generator().manual_seed(recipe.seed)
     rows = read_labels(data)
-    splits = group_split(rows, "subject_group", {"train": 0.7, "val": 0.15, "test": 0.15}, recipe.seed)
+    splits = subject_split(rows, recipe.seed)
     if recipe.limit:
         splits = {k: v[: recipe.limit if k == "train" else max(2, recipe.limit // 4)] for k, v in splits.items()}
     log.info("split by subject_group: %s", {k: len(v) for k, v in splits.items()})
