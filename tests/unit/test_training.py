@@ -149,6 +149,7 @@ def test_fine_tuning_stage_starts_from_a_bundle(tmp_path: Path) -> None:
     stages = meta["training"]["stages"]
     assert [s["init_from"] for s in stages] == ["random", str(first)]
     assert meta["training"]["minutes"] == pytest.approx(sum(s["minutes"] for s in stages), abs=0.11)
+    assert "then 288x448, 1 epochs" in (out / "docs" / "README.md").read_text()
     bad = cli("train", "segmentation", "--data", str(DATA / "hc18_mini"), "--out", str(tmp_path / "x"),
               "--canvas", "300x400")  # fmt: skip
     assert bad.returncode != 0 and "multiples of 16" in bad.stderr

@@ -444,12 +444,23 @@ set from the validation heads) answers "not analysed: no fetal head found".
 
 {runtime_line(meta)}
 
-Training: {meta["training"]["epochs_run"]} epochs, {meta["training"]["minutes"]} minutes on {meta["training"]["device"]} (2 cores).
+Training: {meta["training"]["epochs_run"]} epochs, {meta["training"]["minutes"]} minutes on {meta["training"]["device"]} (2 cores).{stages_line(meta)}
 
 ## Limits
 Only trans-thalamic planes of (presumed) normal fetuses from one centre; BPD/OFD are outer-to-outer axes
 of the fitted ellipse, not sonographer caliper placements.
 """
+
+
+def stages_line(meta: dict[str, Any]) -> str:
+    """The stages of a multi-stage recipe (a fine-tuning stage from another bundle), when there are several."""
+    stages = meta["training"].get("stages", [])
+    if len(stages) < 2:
+        return ""
+    parts = [
+        f"{st['canvas_hw'][0]}x{st['canvas_hw'][1]}, {st['epochs_run']} epochs, {st['minutes']} min" for st in stages
+    ]
+    return " Stages (the minutes above are their sum): " + "; then ".join(parts) + "."
 
 
 def runtime_line(meta: dict[str, Any]) -> str:
