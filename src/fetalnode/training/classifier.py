@@ -349,14 +349,15 @@ def grouped_cv(
     fold = np.array([fold_of[g] for g in data.groups])
     probs = np.zeros((len(data), n_classes))
     probs_flip = np.zeros((len(data), n_classes))
-    baselines = {"intensity": np.zeros(len(data)), "equalised_crop": np.zeros(len(data))}
+    features = {"intensity": data.intensity, "equalised_crop": crop_features(data.x)}
+    baselines = {name: np.zeros(len(data)) for name in features}
     for k in range(folds):
         tr, te = np.nonzero(fold != k)[0], np.nonzero(fold == k)[0]
         net, _ = fit(data.take(tr), None, n_classes, recipe, base)
         probs[te] = predict(net, data.x[te])
         probs_flip[te] = predict(net, data.x[te][:, :, ::-1].copy())
         y_abn = (data.y[tr] != normal).astype(int)
-        for name, feats in (("intensity", data.intensity), ("equalised_crop", crop_features(data.x))):
+        for name, feats in features.items():
             baselines[name][te] = logistic_baseline(feats[tr], y_abn, feats[te], recipe.seed)
     return {"folds": folds, "fold": fold, "probs": probs, "probs_tta": (probs + probs_flip) / 2, "baselines": baselines}
 

@@ -186,6 +186,13 @@ def train_segmentation(data: Path, out: Path, recipe: SegRecipe, name: str, vers
     start = time.monotonic()
     history = []
     swa = WeightAverage()
+
+    def validate() -> tuple[float, float]:
+        """Validation Dice and HC MAE (default gate, no calibration): the early-stopping score's parts."""
+        pred, ref, _ = hc_errors(net, data, splits["val"], SegSettings(recipe.canvas_hw))
+        hc = float(np.nanmean(np.abs(pred - ref))) if np.isfinite(pred).any() else math.inf
+        return float(dice(net, xva, yva).mean()), hc
+
     for epoch in range(1, recipe.epochs + 1):
         net.train()
         perm = torch.randperm(len(xtr), generator=gen)
@@ -201,9 +208,7 @@ def train_segmentation(data: Path, out: Path, recipe: SegRecipe, name: str, vers
             losses.append(loss.item())
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
         sched.step()
-        val_dice = float(dice(net, xva, yva).mean())
-        pred, ref, _ = hc_errors(net, data, splits["val"], SegSettings(recipe.canvas_hw))
-        val_hc = float(np.nanmean(np.abs(pred - ref))) if np.isfinite(pred).any() else math.inf
+        val_dice, val_hc = validate()
         elapsed = time.monotonic() - start
         history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_dice": val_dice, "val_hc_mae_mm": val_hc})
         log.info(
@@ -235,9 +240,7 @@ def train_segmentation(data: Path, out: Path, recipe: SegRecipe, name: str, vers
         # recomputed on the training images; kept only if it scores better on validation than the
         # best single epoch (the same score as early stopping).
         swa.apply(net, xtr, recipe.batch_size)
-        swa_dice = float(dice(net, xva, yva).mean())
-        pred, ref, _ = hc_errors(net, data, splits["val"], SegSettings(recipe.canvas_hw))
-        swa_hc = float(np.nanmean(np.abs(pred - ref))) if np.isfinite(pred).any() else math.inf
+        swa_dice, swa_hc = validate()
         chosen = "weight average" if swa_hc - 100 * swa_dice < best[0] else "best epoch"
         best_epoch = min(history, key=lambda h: h["val_hc_mae_mm"] - 100 * h["val_dice"])
         swa_info = {
