@@ -198,7 +198,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         recipe = _override(
             SegRecipe(seed=args.seed),
             args,
-            ("epochs", "max_minutes", "limit", "lr", "patience", "init_from", "swa_from"),
+            ("epochs", "max_minutes", "limit", "lr", "patience", "init_from", "swa_from", "rotate_deg", "scale_jitter"),
         )
         if args.canvas:
             recipe.canvas_hw = _canvas(args.canvas)
@@ -230,7 +230,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     report = evaluate_bundle(
-        Path(args.model), Path(args.data), Path(args.out), Path(args.seg_model) if args.seg_model else None
+        Path(args.model), Path(args.data), Path(args.out), Path(args.seg_model) if args.seg_model else None, args.split
     )
     print(json.dumps(report, indent=2, default=str))
     return 0
@@ -384,6 +384,18 @@ def build_parser() -> argparse.ArgumentParser:
         "replaces the best epoch if it scores better on validation (default: off)",
     )
     sp.add_argument("--canvas", help="segmentation only: network input HxW, multiples of 16 (default 256x384)")
+    sp.add_argument(
+        "--rotate-deg",
+        type=float,
+        help="segmentation only: random rotation of each training image and mask by up to this many degrees "
+        "(default 10)",
+    )
+    sp.add_argument(
+        "--scale-jitter",
+        type=float,
+        help="segmentation only: random isotropic zoom of each training image and mask by up to this "
+        "fraction (default 0.15)",
+    )
     sp.add_argument("--epochs", type=int)
     sp.add_argument("--max-minutes", type=float)
     sp.add_argument("--limit", type=int, help="use only this many training images (smoke runs)")
@@ -400,6 +412,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data", required=True, help="dataset folder in the same format as the training data")
     sp.add_argument("--out", required=True, help="report JSON path (figures are written beside it)")
     sp.add_argument("--seg-model", help="classifier only: segmentation bundle (default models/hc18-headseg)")
+    sp.add_argument(
+        "--split",
+        choices=["all", "train", "val", "test"],
+        default="all",
+        help="evaluate one part of the bundle's own seeded training split (only meaningful on the folder it "
+        "was trained on; default: every image)",
+    )
     sp.add_argument("--threads", type=int, default=2)
     sp.set_defaults(func=cmd_evaluate)
 

@@ -106,6 +106,16 @@ def test_tiny_training_run_produces_working_bundles(tmp_path: Path) -> None:
     seg_report = evaluate_bundle(tmp_path / "seg", DATA / "hc18_mini", tmp_path / "eval" / "seg.json")
     assert seg_report["segmentation"]["n"] == 8
     assert json.loads((tmp_path / "eval" / "seg.json").read_text())["segmentation"]["n"] == 8
+    # --split test re-derives the bundle's own split: the same images and figures as its training-time test metrics.
+    seg_meta = json.loads((tmp_path / "seg" / "configs" / "metadata.json").read_text())
+    test_report = evaluate_bundle(tmp_path / "seg", DATA / "hc18_mini", tmp_path / "eval" / "t.json", split="test")
+    assert test_report["segmentation"]["n"] == seg_meta["training_data"][0]["splits"]["test"]["images"] < 8
+    assert test_report["segmentation"]["dice_mean"] == pytest.approx(seg_meta["metrics"]["dice_mean"], abs=1e-6)
+    val_report = evaluate_bundle(
+        tmp_path / "cls", DATA / "fba_mini", tmp_path / "eval" / "v.json", tmp_path / "seg", "val"
+    )
+    cls_meta = json.loads((tmp_path / "cls" / "configs" / "metadata.json").read_text())
+    assert val_report["classification"]["n"] == cls_meta["training_data"][0]["splits"]["val"]["images"]
 
 
 def test_corrupt_bundle_is_refused(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from fetalnode.inference import Analyzer
 from fetalnode.inference.analyzer import seg_settings
 from fetalnode.inference.bundle import load_bundle, read_metadata
 from fetalnode.training.classifier import classification_metrics, predict, roi_crops, usable_rows
-from fetalnode.training.data import load_gray, read_labels
+from fetalnode.training.data import Row, group_split, load_gray, read_labels, subject_split
 from fetalnode.training.segmentation import evaluate_segmentation_net
 
 DEFAULT_SEG = Path("models/hc18-headseg")
@@ -39,22 +39,46 @@ def confusion_png(cm: np.ndarray, labels: list[str], path: Path) -> None:
     img.save(path)
 
 
-def evaluate_bundle(model: Path, data: Path, out: Path, seg_model: Path | None = None) -> dict[str, Any]:
+SPLITS = ("all", "train", "val", "test")
+
+
+def training_split(meta: dict[str, Any], rows: list[Row], split: str) -> list[Row]:
+    """The rows of one part of the split the bundle was trained with (its seed, its group column).
+
+    Only meaningful on the folder the bundle was trained on; "all" returns every row.
+    """
+    if split == "all":
+        return rows
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    seed = int(meta["training_data"][0]["seed"])
+    if meta["task"] == "segmentation":
+        parts = subject_split(rows, seed)
+    else:
+        parts = group_split(rows, "case_group", {"train": 0.7, "val": 0.15, "test": 0.15}, seed, "label")
+    return parts[split]
+
+
+def evaluate_bundle(
+    model: Path, data: Path, out: Path, seg_model: Path | None = None, split: str = "all"
+) -> dict[str, Any]:
     meta = read_metadata(model)
     out.parent.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
         "model": f"{meta['name']} {meta['version']}",
         "data": str(data),
+        "split": split if split == "all" else f"{split} (the bundle's own seeded split of this folder)",
         "notice": "research use only, not for diagnosis",
     }
     if meta["task"] == "segmentation":
         bundle = load_bundle(model, "segmentation")
-        rows = read_labels(data)
+        rows = training_split(meta, read_labels(data), split)
         report["segmentation"] = evaluate_segmentation_net(bundle.net, data, rows, seg_settings(bundle))
     else:
         bundle = load_bundle(model, "classification")
         seg = load_bundle(seg_model or DEFAULT_SEG, "segmentation")
         rows, dropped = usable_rows(data)
+        rows = training_split(meta, rows, split)
         labels = list(meta["labels"])
         unknown = sorted({r["label"] for r in rows} - set(labels))
         if unknown:
