@@ -3,13 +3,18 @@
 Heads that should pass: HC18 test split (never trained on) and FETAL_PLANES brain planes.
 Non-heads that should be refused: FETAL_PLANES non-brain planes and the real US DICOM files.
 
-    .venv/bin/python -m benchmarks.gate
+    .venv/bin/python -m benchmarks.gate [--model BUNDLE ...]
+
+Several --model bundles are measured one after the other in the same run (default: the shipped
+models/hc18-headseg).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from pydicom import dcmread
@@ -25,15 +30,24 @@ SHARED = ROOT.parent / "shared" / "datasets"
 
 
 def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", action="append", help="segmentation bundle (repeatable)")
+    args = ap.parse_args()
     torch.set_num_threads(2)
-    seg = load_bundle(ROOT / "models" / "hc18-headseg")
+    reports = [measure(Path(m)) for m in (args.model or [ROOT / "models" / "hc18-headseg"])]
+    print(json.dumps(reports if len(reports) > 1 else reports[0], indent=2))
+    return 0
+
+
+def measure(bundle: Path) -> dict[str, Any]:
+    seg = load_bundle(bundle)
     settings = seg_settings(seg)
     seed = int(seg.metadata["training_data"][0]["seed"])
 
     def passes(img) -> bool:
         return locate_head(seg.infer, settings, to_unit_range(img))[0] is not None
 
-    report: dict[str, object] = {"model": f"{seg.name} {seg.version}"}
+    report: dict[str, Any] = {"model": f"{seg.name} {seg.version}", "gate": seg.metadata["postprocess"]["gate"]}
     hc = read_labels(SHARED / "hc18")
     test = subject_split(hc, seed)["test"]
     ok = sum(passes(load_gray(SHARED / "hc18" / r["filename"])) for r in test)
@@ -55,8 +69,7 @@ def main() -> int:
     dicoms = sorted((SHARED / "dicom_samples").glob("*.dcm"))
     refused = [d.name for d in dicoms if not passes(decode_for_analysis(dcmread(d), 10**8, 10**4).gray)]
     report["dicom_samples_refused"] = f"{len(refused)}/{len(dicoms)}"
-    print(json.dumps(report, indent=2))
-    return 0
+    return report
 
 
 if __name__ == "__main__":

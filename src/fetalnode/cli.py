@@ -388,13 +388,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--rotate-deg",
         type=float,
         help="segmentation only: random rotation of each training image and mask by up to this many degrees "
-        "(default 10)",
+        "(default 0: off)",
     )
     sp.add_argument(
         "--scale-jitter",
         type=float,
         help="segmentation only: random isotropic zoom of each training image and mask by up to this "
-        "fraction (default 0.15)",
+        "fraction (default 0: off)",
     )
     sp.add_argument("--epochs", type=int)
     sp.add_argument("--max-minutes", type=float)

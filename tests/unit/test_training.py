@@ -135,11 +135,15 @@ def test_train_command_names_the_bundle(tmp_path: Path) -> None:
     done = cli(
         "train", "segmentation", "--data", str(DATA / "hc18_mini"), "--out", str(out),
         "--name", "hc18-headseg", "--version", "9.9.9", "--epochs", "1", "--threads", "1",
+        "--rotate-deg", "10", "--scale-jitter", "0.15",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     meta = json.loads((out / "configs" / "metadata.json").read_text())
     assert (meta["name"], meta["version"]) == ("hc18-headseg", "9.9.9")
-    assert "# hc18-headseg 9.9.9" in (out / "docs" / "README.md").read_text()
+    card = (out / "docs" / "README.md").read_text()
+    assert "# hc18-headseg 9.9.9" in card
+    assert "rotation ±10°, scale ±15%" in card and "kept epoch 1" in card
+    assert (meta["training"]["recipe"]["rotate_deg"], meta["training"]["recipe"]["scale_jitter"]) == (10.0, 0.15)
 
 
 def test_fine_tuning_stage_starts_from_a_bundle(tmp_path: Path) -> None:
