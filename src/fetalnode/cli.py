@@ -255,6 +255,18 @@ def cmd_models_finalize(args: argparse.Namespace) -> int:
     from fetalnode.training.segmentation import finalize_segmentation_bundle
 
     torch.set_num_threads(args.threads)
+    if args.gate:
+        from fetalnode.training.segmentation import set_gate
+
+        if not args.data:
+            raise SystemExit(
+                "--gate needs --data: the folder the bundle was trained on (its test metrics are re-measured)"
+            )
+        try:
+            iou, conf = (float(v) for v in args.gate.split(","))
+        except ValueError:
+            raise SystemExit(f"--gate: expected IOU,CONFIDENCE such as 0.896,0.943, got {args.gate!r}") from None
+        set_gate(Path(args.bundle), iou, conf, Path(args.data))
     meta = finalize_segmentation_bundle(Path(args.bundle))
     print(json.dumps({"runtime": meta["runtime"], "runtime_comparison": meta["runtime_comparison"]}, indent=2))
     return 0
@@ -388,13 +400,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--rotate-deg",
         type=float,
         help="segmentation only: random rotation of each training image and mask by up to this many degrees "
-        "(default 0: off)",
+        "(default 10; 0: off)",
     )
     sp.add_argument(
         "--scale-jitter",
         type=float,
         help="segmentation only: random isotropic zoom of each training image and mask by up to this "
-        "fraction (default 0: off)",
+        "fraction (default 0.15; 0: off)",
     )
     sp.add_argument("--epochs", type=int)
     sp.add_argument("--max-minutes", type=float)
@@ -442,6 +454,12 @@ def build_parser() -> argparse.ArgumentParser:
         "record the faster, store reference outputs (the last step of `train`; weights untouched)",
     )
     mf.add_argument("bundle")
+    mf.add_argument(
+        "--gate",
+        help="IOU,CONFIDENCE: replace the bundle's learnt gate thresholds (the old ones are kept in the metadata) "
+        "and re-measure its test metrics through them; needs --data",
+    )
+    mf.add_argument("--data", help="with --gate: the dataset folder the bundle was trained on")
     mf.add_argument("--threads", type=int, default=2)
     mf.set_defaults(func=cmd_models_finalize)
 

@@ -11,6 +11,7 @@ import torch
 
 from fetalnode.errors import BundleError
 from fetalnode.inference import Analyzer
+from fetalnode.inference.analyzer import seg_settings
 from fetalnode.inference.bundle import load_bundle
 from fetalnode.inference.networks import (
     build_classifier_net,
@@ -22,6 +23,7 @@ from fetalnode.training.classifier import ClsRecipe, classifier_params, initial_
 from fetalnode.training.data import group_split, load_gray, read_labels, subject_split
 from fetalnode.training.evaluate import evaluate_bundle
 from fetalnode.training.pretrain import nt_xent
+from fetalnode.training.reference import segmentation_reference
 from fetalnode.training.segmentation import SegRecipe, WeightAverage, train_segmentation
 from tests.conftest import DATA, cli
 
@@ -215,3 +217,26 @@ def test_training_with_weight_averaging_records_both_candidates(tmp_path: Path) 
     swa = meta["training"]["weight_average"]
     assert swa["epochs_averaged"] == 2 and swa["chosen"] in ("weight average", "best epoch")
     assert {"val_dice", "val_hc_mae_mm"} <= set(swa["best_epoch"])
+
+
+def test_gate_set_after_training_remeasures_the_test_split(tmp_path: Path) -> None:
+    seg = tmp_path / "seg"
+    train_segmentation(DATA / "hc18_mini", seg, SegRecipe(epochs=1, batch_size=4), "seg", "0.0.1")
+    learnt = json.loads((seg / "configs" / "metadata.json").read_text())["postprocess"]["gate"]
+    done = cli("models", "finalize", str(seg), "--gate", "0.86,0.72", "--threads", "1")
+    assert done.returncode != 0 and "--data" in done.stderr
+    done = cli(
+        "models", "finalize", str(seg), "--gate", "0.86,0.72", "--data", str(DATA / "hc18_mini"), "--threads", "1"
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    meta = json.loads((seg / "configs" / "metadata.json").read_text())
+    gate = meta["postprocess"]["gate"]
+    assert (gate["min_iou"], gate["min_confidence"]) == (0.86, 0.72)
+    assert gate["replaces"] == learnt
+    assert meta["metrics"]["n"] == meta["training_data"][0]["splits"]["test"]["images"]
+    assert "gate set after training" in meta["metrics"]["split"]
+    # The node uses the new thresholds, the reference outputs were re-stored with them, and the card says so.
+    bundle = load_bundle(seg)
+    assert (seg_settings(bundle).min_iou, seg_settings(bundle).min_confidence) == (0.86, 0.72)
+    assert meta["reference_outputs"] == segmentation_reference(bundle)
+    assert "set after training by `fetalnode models finalize --gate`" in (seg / "docs" / "README.md").read_text()
