@@ -426,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seg-model", help="classifier only: segmentation bundle (default models/hc18-headseg)")
     sp.add_argument(
         "--split",
-        choices=["all", "train", "val", "test"],
+        choices=["all", "train", "val", "test"],  # fetalnode.training.evaluate.SPLITS (imported lazily)
         default="all",
         help="evaluate one part of the bundle's own seeded training split (only meaningful on the folder it "
         "was trained on; default: every image)",

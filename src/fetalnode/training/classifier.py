@@ -22,7 +22,7 @@ from fetalnode.inference.analyzer import locate_head, seg_settings
 from fetalnode.inference.bundle import Bundle, load_bundle, save_bundle
 from fetalnode.inference.networks import build_classifier_net, transfer_unet_encoder
 from fetalnode.inference.preprocess import roi_crop, to_unit_range
-from fetalnode.training.data import Row, bootstrap_ci, group_split, load_gray, read_labels, subject_split
+from fetalnode.training.data import Row, bootstrap_ci, case_split, load_gray, read_labels, subject_split
 from fetalnode.training.metrics import auroc, balanced_accuracy, confusion, macro_f1, per_class
 from fetalnode.training.pretrain import PretrainRecipe, pretrain_base
 from fetalnode.training.reference import CLS_IMAGES, REPO
@@ -370,7 +370,7 @@ def train_classifier(
     labels = sorted({r["label"] for r in rows})
     if NORMAL not in labels:
         raise ValueError(f"{data}: no '{NORMAL}' class")
-    splits = group_split(rows, "case_group", {"train": 0.7, "val": 0.15, "test": 0.15}, recipe.seed, "label")
+    splits = case_split(rows, recipe.seed)
     if recipe.limit:
         splits = {k: v[: recipe.limit if k == "train" else max(4, recipe.limit // 2)] for k, v in splits.items()}
     log.info(

@@ -70,6 +70,12 @@ def subject_split(rows: list[Row], seed: int) -> dict[str, list[Row]]:
     return group_split(rows, "subject_group", {"train": 0.7, "val": 0.15, "test": 0.15}, seed)
 
 
+def case_split(rows: list[Row], seed: int) -> dict[str, list[Row]]:
+    """The classifier's train/val/test split of a fetal_brain_abnormalities-format folder
+    (70/15/15 by ``case_group``, stratified by label)."""
+    return group_split(rows, "case_group", {"train": 0.7, "val": 0.15, "test": 0.15}, seed, "label")
+
+
 def bootstrap_ci(
     values: np.ndarray, groups: np.ndarray, stat, n_boot: int = 1000, seed: int = 0
 ) -> tuple[float, float]:

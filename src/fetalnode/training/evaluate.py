@@ -13,7 +13,7 @@ from fetalnode.inference import Analyzer
 from fetalnode.inference.analyzer import seg_settings
 from fetalnode.inference.bundle import load_bundle, read_metadata
 from fetalnode.training.classifier import classification_metrics, predict, roi_crops, usable_rows
-from fetalnode.training.data import Row, group_split, load_gray, read_labels, subject_split
+from fetalnode.training.data import Row, case_split, load_gray, read_labels, subject_split
 from fetalnode.training.segmentation import evaluate_segmentation_net
 
 DEFAULT_SEG = Path("models/hc18-headseg")
@@ -52,10 +52,7 @@ def training_split(meta: dict[str, Any], rows: list[Row], split: str) -> list[Ro
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     seed = int(meta["training_data"][0]["seed"])
-    if meta["task"] == "segmentation":
-        parts = subject_split(rows, seed)
-    else:
-        parts = group_split(rows, "case_group", {"train": 0.7, "val": 0.15, "test": 0.15}, seed, "label")
+    parts = subject_split(rows, seed) if meta["task"] == "segmentation" else case_split(rows, seed)
     return parts[split]
 
 
