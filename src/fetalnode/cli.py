@@ -198,7 +198,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         recipe = _override(
             SegRecipe(seed=args.seed),
             args,
-            ("epochs", "max_minutes", "limit", "lr", "patience", "init_from", "swa_from", "rotate_deg", "scale_jitter"),
+            (
+                "epochs",
+                "max_minutes",
+                "limit",
+                "lr",
+                "patience",
+                "init_from",
+                "swa_from",
+                "rotate_deg",
+                "scale_jitter",
+                "large_head_weight",
+            ),
         )
         if args.canvas:
             recipe.canvas_hw = _canvas(args.canvas)
@@ -214,7 +225,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 pretrain_data=tuple(args.pretrain_data or ()),
             ),
             args,
-            ("epochs", "max_minutes", "limit", "lr", "patience", "base_init"),
+            ("epochs", "max_minutes", "limit", "lr", "patience", "base_init", "heads_only"),
         )
         meta = train_classifier(
             Path(args.data), Path(args.seg_model), Path(args.out), crecipe, bundle_name, args.version
@@ -379,6 +390,14 @@ def build_parser() -> argparse.ArgumentParser:
         "self-supervised contrastive pretraining on --pretrain-data, or at random",
     )
     sp.add_argument(
+        "--heads-only",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="classifier only: fit (and cross-validate) only on the images where the segmentation finds a "
+        "head, as the node classifies only those (default); --no-heads-only also fits on the whole image "
+        "where none is found",
+    )
+    sp.add_argument(
         "--pretrain-data",
         action="append",
         help="classifier only, --base-init contrastive: folder of unlabelled images (labels.csv + images; "
@@ -407,6 +426,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="segmentation only: random isotropic zoom of each training image and mask by up to this "
         "fraction (default 0.15; 0: off)",
+    )
+    sp.add_argument(
+        "--large-head-weight",
+        type=float,
+        help="segmentation only: draw training heads with reference HC >= 200 mm this many times as often "
+        "(weighted sampling, same draws per epoch; default 1: off)",
     )
     sp.add_argument("--epochs", type=int)
     sp.add_argument("--max-minutes", type=float)

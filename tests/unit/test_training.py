@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from fetalnode.errors import BundleError
 from fetalnode.inference import Analyzer
@@ -19,13 +21,20 @@ from fetalnode.inference.networks import (
     transfer_unet_encoder,
     unet_encoder_prefix,
 )
-from fetalnode.training.classifier import ClsRecipe, classifier_params, initial_base, train_classifier
-from fetalnode.training.data import group_split, load_gray, read_labels, subject_split
+from fetalnode.training.classifier import (
+    ClsRecipe,
+    classifier_params,
+    initial_base,
+    roi_crops,
+    train_classifier,
+    usable_rows,
+)
+from fetalnode.training.data import case_split, group_split, load_gray, read_labels, subject_split
 from fetalnode.training.evaluate import evaluate_bundle
 from fetalnode.training.pretrain import nt_xent
 from fetalnode.training.reference import segmentation_reference
 from fetalnode.training.segmentation import SegRecipe, WeightAverage, train_segmentation
-from tests.conftest import DATA, cli
+from tests.conftest import DATA, MODELS, cli
 
 pytestmark = pytest.mark.unit
 
@@ -66,7 +75,14 @@ def test_tiny_training_run_produces_working_bundles(tmp_path: Path) -> None:
         tmp_path / "seg",
         tmp_path / "cls",
         ClsRecipe(
-            epochs=1, batch_size=4, roi_size=64, extra_normals=str(DATA / "hc18_mini"), extra_normals_n=3, cv_folds=2
+            epochs=1,
+            batch_size=4,
+            roi_size=64,
+            extra_normals=str(DATA / "hc18_mini"),
+            extra_normals_n=3,
+            cv_folds=2,
+            # A 1-epoch segmentation finds no head: fit on the whole images too.
+            heads_only=False,
         ),
         "cls",
         "0.0.1",
@@ -85,6 +101,12 @@ def test_tiny_training_run_produces_working_bundles(tmp_path: Path) -> None:
             {r["case_group"] for r in rows if r["label"] == label and r["label_conflict"] == "0"}
         )
     assert cv["type_limits"]["balanced_accuracy_ceiling"] == sum(n >= 2 for n in groups.values()) / len(groups)
+    # "As the node answers": only the images where a head was found, the rest counted as not analysed.
+    test_m = cls_meta["metrics"]
+    deployed = test_m["as_deployed"]
+    assert deployed["n"] + deployed["not_analysed"] == test_m["n"]
+    assert deployed["n"] == round(test_m["head_found_rate"] * test_m["n"])
+    assert cv["as_deployed"]["n"] + cv["as_deployed"]["not_analysed"] == cv["n"]
     for bundle in ("seg", "cls"):
         assert (tmp_path / bundle / "docs" / "README.md").read_text().count("RESEARCH USE ONLY") >= 1
     analyzer = Analyzer(load_bundle(tmp_path / "seg"), load_bundle(tmp_path / "cls"))
@@ -180,7 +202,7 @@ def test_contrastive_pretraining_trains_the_base_only(tmp_path: Path) -> None:
     seg = tmp_path / "seg"
     train_segmentation(DATA / "hc18_mini", seg, SegRecipe(epochs=1, batch_size=4), "seg", "0.0.1")
     recipe = ClsRecipe(epochs=1, batch_size=4, roi_size=64, base_init="contrastive", pretrain_epochs=2,
-                       pretrain_data=(str(DATA / "hc18_mini"), str(DATA / "fba_mini")))  # fmt: skip
+                       pretrain_data=(str(DATA / "hc18_mini"), str(DATA / "fba_mini")), heads_only=False)  # fmt: skip
     untouched = build_classifier_net(classifier_params(recipe, 3))
     torch.manual_seed(0)
     base, info = initial_base(recipe, load_bundle(seg), 3)
@@ -240,3 +262,30 @@ def test_gate_set_after_training_remeasures_the_test_split(tmp_path: Path) -> No
     assert (seg_settings(bundle).min_iou, seg_settings(bundle).min_confidence) == (0.86, 0.72)
     assert meta["reference_outputs"] == segmentation_reference(bundle)
     assert "set after training by `fetalnode models finalize --gate`" in (seg / "docs" / "README.md").read_text()
+
+
+def test_heads_only_fits_on_the_images_with_a_head(tmp_path: Path) -> None:
+    """heads_only (the default): the classifier is fitted only on the crops where the shipped segmentation
+    finds a head."""
+    seg_path = MODELS / "hc18-headseg"
+    recipe = ClsRecipe(
+        epochs=1, batch_size=4, roi_size=64, extra_normals=str(DATA / "hc18_mini"), extra_normals_n=3, cv_folds=2
+    )  # fmt: skip
+    # A copy of fba_mini whose first training image is blank: no head there, so it must not be fitted on.
+    data = tmp_path / "fba"
+    shutil.copytree(DATA / "fba_mini", data)
+    rows, _ = usable_rows(data)
+    train_rows = case_split(rows, recipe.seed)["train"]
+    blank = data / train_rows[0]["filename"]
+    Image.fromarray(np.zeros_like(np.asarray(Image.open(blank)))).save(blank)
+    meta = train_classifier(data, seg_path, tmp_path / "cls", recipe, "cls", "0.0.1")
+    seg = load_bundle(seg_path, "segmentation")
+    _, found = roi_crops(seg, data, train_rows, 64, recipe.roi_margin)
+    hc_train = subject_split(read_labels(DATA / "hc18_mini"), recipe.seed)["train"][:3]
+    _, found_hc = roi_crops(seg, DATA / "hc18_mini", hc_train, 64, recipe.roi_margin)
+    assert not found[0]
+    assert meta["training"]["fitted_images"]["train"] == int(found.sum() + found_hc.sum()) < len(found) + 3
+    # Only the fitting drops it: the cross-validation pool keeps every image (3 + 1 HC18 extra normals).
+    cv = meta["metrics"]["grouped_cv"]
+    assert cv["n"] == len(rows) + 4 and cv["as_deployed"]["not_analysed"] >= 1
+    assert "only on the images where a head was found" in (tmp_path / "cls" / "docs" / "README.md").read_text()

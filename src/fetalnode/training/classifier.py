@@ -55,6 +55,10 @@ class ClsRecipe:
     # "contrastive" only: folders of unlabelled images for self-supervised pretraining of the base.
     pretrain_data: tuple[str, ...] = ()
     pretrain_epochs: int = 60
+    # Fit (and cross-validate) only on the images where the segmentation found a head, as the node
+    # classifies only those (fba-classifier 0.6.0); False also trains on the whole image (padded square)
+    # where none is found (0.4.0, 0.5.0).
+    heads_only: bool = True
 
 
 def usable_rows(folder: Path) -> tuple[list[Row], int]:
@@ -181,6 +185,31 @@ def classification_metrics(probs: np.ndarray, y: np.ndarray, labels: list[str], 
         out["abnormal_auroc_ci95"] = bootstrap_ci(y, groups, safe_auroc)
     except ValueError:
         out["abnormal_auroc"] = None
+    return out
+
+
+def as_deployed(
+    probs: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
+    found: np.ndarray,
+    normal: int,
+    baseline: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Normal vs abnormal on the images the node would classify: those where the segmentation's gate
+    found a head (elsewhere it answers "not analysed"; training and the figures above use the whole
+    image there). ``baseline``: the trivial baseline's scores on the same images, for comparison."""
+    keep = np.nonzero(found)[0]
+    out: dict[str, Any] = {"n": len(keep), "not_analysed": len(y) - len(keep), "n_groups": len(np.unique(groups[keep]))}
+    p_abn, is_abn = 1 - probs[keep, normal], (y[keep] != normal).astype(int)
+    pred_abn = p_abn >= 0.5
+    out["abnormal_sensitivity"] = float(pred_abn[is_abn == 1].mean()) if is_abn.any() else None
+    out["abnormal_specificity"] = float(1 - pred_abn[is_abn == 0].mean()) if (is_abn == 0).any() else None
+    out["abnormal_auroc"] = _auroc_or_none(p_abn, is_abn)
+    if out["abnormal_auroc"] is not None:
+        out["abnormal_auroc_ci95"] = bootstrap_ci(is_abn, groups[keep], lambda i: auroc(p_abn[i], is_abn[i]))
+    if baseline is not None:
+        out["baseline_intensity_abnormal_auroc"] = _auroc_or_none(baseline[keep], is_abn)
     return out
 
 
@@ -353,6 +382,8 @@ def grouped_cv(
     baselines = {name: np.zeros(len(data)) for name in features}
     for k in range(folds):
         tr, te = np.nonzero(fold != k)[0], np.nonzero(fold == k)[0]
+        if recipe.heads_only:
+            tr = tr[data.found[tr]]
         net, _ = fit(data.take(tr), None, n_classes, recipe, base)
         probs[te] = predict(net, data.x[te])
         probs_flip[te] = predict(net, data.x[te][:, :, ::-1].copy())
@@ -397,21 +428,31 @@ def train_classifier(
             seg, Path(recipe.extra_normals), hc_split["test"], labels, recipe, group_col="subject_group"
         )
         extra_info = {"extra_normals": str(recipe.extra_normals), "train": take["train"], "val": take["val"]}
+    # What the network is fitted on; everything measured below (test, baselines, cross-validation pool)
+    # keeps every image.
+    fitting = {part: sets[part] for part in ("train", "val")}
+    if recipe.heads_only:
+        fitting = {part: s.take(np.nonzero(s.found)[0]) for part, s in fitting.items()}
+        log.info("heads only: fitting on %s images", {k: len(v) for k, v in fitting.items()})
+        if not len(fitting["train"]) or not len(fitting["val"]):
+            raise ValueError(
+                f"--heads-only: {seg.name} {seg.version} found no head in the training or validation images"
+            )
     base, base_info = initial_base(recipe, seg, len(labels))
     start = time.monotonic()
-    net, history = fit(sets["train"], sets["val"], len(labels), recipe, base)
+    net, history = fit(fitting["train"], fitting["val"], len(labels), recipe, base)
     minutes = (time.monotonic() - start) / 60
     test = sets["test"]
-    metrics = classification_metrics(predict(net, test.x), test.y, labels, test.groups)
+    test_probs = predict(net, test.x)
+    metrics = classification_metrics(test_probs, test.y, labels, test.groups)
     metrics["split"] = "test (15% of case groups per class with >=3 groups; never used for training or early stopping)"
     metrics["head_found_rate"] = float(test.found.mean())
     normal = labels.index(NORMAL)
     feats = {s: intensity_features(data, splits[s]) for s in ("train", "test")}
     ytr_abn = (np.array([labels.index(r["label"]) for r in splits["train"]]) != normal).astype(int)
     yte_abn = (np.array([labels.index(r["label"]) for r in splits["test"]]) != normal).astype(int)
-    metrics["baseline_intensity_logreg_abnormal_auroc"] = _auroc_or_none(
-        logistic_baseline(feats["train"], ytr_abn, feats["test"], recipe.seed), yte_abn
-    )
+    test_baseline = logistic_baseline(feats["train"], ytr_abn, feats["test"], recipe.seed)
+    metrics["baseline_intensity_logreg_abnormal_auroc"] = _auroc_or_none(test_baseline, yte_abn)
     crop_feats = {s: crop_features(sets[s].x) for s in ("train", "test")}
     metrics["baseline_equalised_crop_logreg_abnormal_auroc"] = _auroc_or_none(
         logistic_baseline(
@@ -419,6 +460,7 @@ def train_classifier(
         ),
         (test.y != normal).astype(int),
     )
+    metrics["as_deployed"] = as_deployed(test_probs, test.y, test.groups, test.found, normal, test_baseline)
     if shift_test is not None and len(shift_test):
         p_abn = 1 - predict(net, shift_test.x)[:, normal]
         metrics["source_shift_hc18_test_heads"] = {
@@ -459,6 +501,9 @@ def train_classifier(
             name: _auroc_or_none(scores, y_abn) for name, scores in cv["baselines"].items()
         }
         metrics["grouped_cv"]["type_limits"] = type_limits(cv["probs"], pooled, labels)
+        metrics["grouped_cv"]["as_deployed"] = as_deployed(
+            cv["probs"], pooled.y, pooled.groups, pooled.found, normal, cv["baselines"]["intensity"]
+        )
     test_classes = sorted({labels[i] for i in test.y})
     metadata: dict[str, Any] = {
         "name": name,
@@ -506,6 +551,7 @@ def train_classifier(
             "recipe": {k: (list(v) if isinstance(v, tuple) else v) for k, v in recipe.__dict__.items()},
             "history": history,
             "base_init": base_info,
+            "fitted_images": {k: len(v) for k, v in fitting.items()},
         },
         "metrics": metrics,
     }
@@ -573,6 +619,27 @@ AUROC {_r(tta["abnormal_auroc"])}. What limits the type figure: case groups per 
 reachable balanced accuracy is at most {_r(lim["balanced_accuracy_ceiling"])}; over the
 {lim["classes_with_3plus_groups"]} classes with at least three groups it is
 {_r(lim["balanced_accuracy_classes_with_3plus_groups"])}."""
+
+
+def heads_only_line(meta: dict[str, Any]) -> str:
+    """Whether fitting used only the images with a head found (as the node classifies) or also whole images."""
+    if meta["training"].get("recipe", {}).get("heads_only"):
+        return "fitted (and cross-validated) only on the images where a head was found, "
+    return "fitted on the ROI crops, and on the whole image where no head was found, "
+
+
+def deployed_row(d: dict[str, Any] | None, where: str) -> str:
+    """A model-card table row: normal vs abnormal on the images where a head is found, with the baseline."""
+    if not d:
+        return ""
+    auc = _r(d["abnormal_auroc"])
+    lo, hi = d.get("abnormal_auroc_ci95", (math.nan, math.nan))
+    interval = "n/a" if math.isnan(lo) else f"{lo:.3f}–{hi:.3f}"
+    return (
+        f"| as the node answers ({where}, head found: {d['n']} images, {d['not_analysed']} not analysed): "
+        f"AUROC / trivial baseline / sensitivity / specificity | {auc} / {_r(d.get('baseline_intensity_abnormal_auroc'))}"
+        f" / {_r(d['abnormal_sensitivity'])} / {_r(d['abnormal_specificity'])} | AUROC {interval} |\n"
+    )
 
 
 def _r(v: float | None) -> str:
@@ -678,8 +745,11 @@ Classes in the test split: {", ".join(td["test_classes"])}.
 | same baseline on the histogram-equalised ROI crops the model sees | {f(m.get("baseline_equalised_crop_logreg_abnormal_auroc"))} | |
 | abnormal sensitivity / specificity | {f(m["abnormal_sensitivity"])} / {f(m["abnormal_specificity"])} | |
 | head found by the segmentation on these images | {f(m["head_found_rate"])} | |
+{deployed_row(m.get("as_deployed"), "test split")}{deployed_row(m.get("grouped_cv", {}).get("as_deployed"), "grouped CV")}
+Where no head is found the node answers "not analysed" and never classifies; the figures above (and training)
+use the whole image there. The "as the node answers" rows keep only the images with a head found.
 
-Training: {meta["training"]["epochs_run"]} epochs, {meta["training"]["minutes"]} minutes of fitting on {meta["training"]["device"]} (2 cores){recipe_time(meta)}.
+Training: {heads_only_line(meta)}{meta["training"]["epochs_run"]} epochs, {meta["training"]["minutes"]} minutes of fitting on {meta["training"]["device"]} (2 cores){recipe_time(meta)}.
 
 {extra_sections(m)}
 ## What it can and cannot claim

@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 from fetalnode.inference import Analyzer
 from fetalnode.inference.analyzer import seg_settings
 from fetalnode.inference.bundle import load_bundle, read_metadata
-from fetalnode.training.classifier import classification_metrics, predict, roi_crops, usable_rows
+from fetalnode.training.classifier import as_deployed, classification_metrics, predict, roi_crops, usable_rows
 from fetalnode.training.data import Row, case_split, load_gray, read_labels, subject_split
 from fetalnode.training.segmentation import evaluate_segmentation_net
 
@@ -83,8 +83,10 @@ def evaluate_bundle(
         x, found = roi_crops(seg, data, rows, int(meta["input"]["roi_size"]), float(meta["input"]["roi_margin"]))
         y = np.array([labels.index(r["label"]) for r in rows])
         groups = np.array([r["case_group"] for r in rows])
-        metrics = classification_metrics(predict(bundle.net, x), y, labels, groups)
+        probs = predict(bundle.net, x)
+        metrics = classification_metrics(probs, y, labels, groups)
         metrics["head_found_rate"] = float(found.mean())
+        metrics["as_deployed"] = as_deployed(probs, y, groups, found, labels.index(meta["normal_label"]))
         metrics["label_conflict_rows_dropped"] = dropped
         report["classification"] = metrics
         cm_path = out.with_name(out.stem + "_confusion.png")
