@@ -1,7 +1,8 @@
 """Train the malformation classifier on ROI crops of a fetal_brain_abnormalities-format folder.
 
 The ROI comes from the shipped segmentation bundle through the same code the worker runs
-(``locate_head`` -> ``roi_crop``); where no head is found the whole image is used, padded square.
+(``locate_head`` -> ``roi_crop``); where no head is found the whole image is used, padded square
+(fitted on only with ``heads_only=False``; always scored, and reported apart from the images with a head).
 """
 
 from __future__ import annotations
@@ -746,8 +747,8 @@ Classes in the test split: {", ".join(td["test_classes"])}.
 | abnormal sensitivity / specificity | {f(m["abnormal_sensitivity"])} / {f(m["abnormal_specificity"])} | |
 | head found by the segmentation on these images | {f(m["head_found_rate"])} | |
 {deployed_row(m.get("as_deployed"), "test split")}{deployed_row(m.get("grouped_cv", {}).get("as_deployed"), "grouped CV")}
-Where no head is found the node answers "not analysed" and never classifies; the figures above (and training)
-use the whole image there. The "as the node answers" rows keep only the images with a head found.
+Where no head is found the node answers "not analysed" and never classifies; the rows above the "as the node
+answers" ones score the whole image there, those rows keep only the images with a head found.
 
 Training: {heads_only_line(meta)}{meta["training"]["epochs_run"]} epochs, {meta["training"]["minutes"]} minutes of fitting on {meta["training"]["device"]} (2 cores){recipe_time(meta)}.
 
