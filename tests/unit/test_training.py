@@ -126,6 +126,11 @@ def test_tiny_training_run_produces_working_bundles(tmp_path: Path) -> None:
     ):
         assert key in metrics
     assert metrics["n"] == 9
+    assert (
+        metrics["as_deployed"]["n"]
+        == round(metrics["head_found_rate"] * 9)
+        == 9 - metrics["as_deployed"]["not_analysed"]
+    )
     assert Path(report["figures"][0]).is_file()
     seg_report = evaluate_bundle(tmp_path / "seg", DATA / "hc18_mini", tmp_path / "eval" / "seg.json")
     assert seg_report["segmentation"]["n"] == 8
