@@ -198,7 +198,7 @@ def as_deployed(
     baseline: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Normal vs abnormal on the images the node would classify: those where the segmentation's gate
-    found a head (elsewhere it answers "not analysed"; training and the figures above use the whole
+    found a head (elsewhere it answers "not analysed"; the other classifier figures score the whole
     image there). ``baseline``: the trivial baseline's scores on the same images, for comparison."""
     keep = np.nonzero(found)[0]
     out: dict[str, Any] = {"n": len(keep), "not_analysed": len(y) - len(keep), "n_groups": len(np.unique(groups[keep]))}
@@ -384,6 +384,7 @@ def grouped_cv(
     for k in range(folds):
         tr, te = np.nonzero(fold != k)[0], np.nonzero(fold == k)[0]
         if recipe.heads_only:
+            # The fold's classifier and its baselines fit on the same images: those with a head.
             tr = tr[data.found[tr]]
         net, _ = fit(data.take(tr), None, n_classes, recipe, base)
         probs[te] = predict(net, data.x[te])
