@@ -154,15 +154,8 @@ def classification_metrics(probs: np.ndarray, y: np.ndarray, labels: list[str], 
     k = len(labels)
     normal = labels.index(NORMAL)
     pred = probs.argmax(1)
-    p_abn = 1 - probs[:, normal]
-    is_abn = (y != normal).astype(int)
-    pred_abn = (p_abn >= 0.5).astype(int)
     cm = confusion(y, pred, k)
     precision, recall, _ = per_class(cm)
-
-    def safe_auroc(i: np.ndarray) -> float:
-        return auroc(p_abn[i], is_abn[i])
-
     out: dict[str, Any] = {
         "n": len(y),
         "n_groups": len(np.unique(groups)),
@@ -172,8 +165,6 @@ def classification_metrics(probs: np.ndarray, y: np.ndarray, labels: list[str], 
         "balanced_accuracy_ci95": bootstrap_ci(y, groups, lambda i: balanced_accuracy(y[i], pred[i], k)),
         "macro_f1": macro_f1(y, pred, k),
         "macro_f1_ci95": bootstrap_ci(y, groups, lambda i: macro_f1(y[i], pred[i], k)),
-        "abnormal_sensitivity": float(pred_abn[is_abn == 1].mean()) if is_abn.any() else None,
-        "abnormal_specificity": float(1 - pred_abn[is_abn == 0].mean()) if (is_abn == 0).any() else None,
         "per_class": {
             labels[c]: {"support": int(cm[c].sum()), "precision": _num(precision[c]), "recall": _num(recall[c])}
             for c in range(k)
@@ -181,11 +172,21 @@ def classification_metrics(probs: np.ndarray, y: np.ndarray, labels: list[str], 
         },
         "confusion_matrix": cm.tolist(),
     }
-    try:
-        out["abnormal_auroc"] = safe_auroc(np.arange(len(y)))
-        out["abnormal_auroc_ci95"] = bootstrap_ci(y, groups, safe_auroc)
-    except ValueError:
-        out["abnormal_auroc"] = None
+    out.update(abnormal_figures(1 - probs[:, normal], (y != normal).astype(int), groups))
+    return out
+
+
+def abnormal_figures(p_abn: np.ndarray, is_abn: np.ndarray, groups: np.ndarray) -> dict[str, Any]:
+    """Normal vs abnormal at the node's threshold (0.5): sensitivity, specificity, AUROC with its
+    group-bootstrap 95% CI (AUROC None when only one of the two is present)."""
+    pred_abn = p_abn >= 0.5
+    out: dict[str, Any] = {
+        "abnormal_sensitivity": float(pred_abn[is_abn == 1].mean()) if is_abn.any() else None,
+        "abnormal_specificity": float(1 - pred_abn[is_abn == 0].mean()) if (is_abn == 0).any() else None,
+        "abnormal_auroc": _auroc_or_none(p_abn, is_abn),
+    }
+    if out["abnormal_auroc"] is not None:
+        out["abnormal_auroc_ci95"] = bootstrap_ci(is_abn, groups, lambda i: auroc(p_abn[i], is_abn[i]))
     return out
 
 
@@ -201,14 +202,9 @@ def as_deployed(
     found a head (elsewhere it answers "not analysed"; the other classifier figures score the whole
     image there). ``baseline``: the trivial baseline's scores on the same images, for comparison."""
     keep = np.nonzero(found)[0]
+    is_abn = (y[keep] != normal).astype(int)
     out: dict[str, Any] = {"n": len(keep), "not_analysed": len(y) - len(keep), "n_groups": len(np.unique(groups[keep]))}
-    p_abn, is_abn = 1 - probs[keep, normal], (y[keep] != normal).astype(int)
-    pred_abn = p_abn >= 0.5
-    out["abnormal_sensitivity"] = float(pred_abn[is_abn == 1].mean()) if is_abn.any() else None
-    out["abnormal_specificity"] = float(1 - pred_abn[is_abn == 0].mean()) if (is_abn == 0).any() else None
-    out["abnormal_auroc"] = _auroc_or_none(p_abn, is_abn)
-    if out["abnormal_auroc"] is not None:
-        out["abnormal_auroc_ci95"] = bootstrap_ci(is_abn, groups[keep], lambda i: auroc(p_abn[i], is_abn[i]))
+    out.update(abnormal_figures(1 - probs[keep, normal], is_abn, groups[keep]))
     if baseline is not None:
         out["baseline_intensity_abnormal_auroc"] = _auroc_or_none(baseline[keep], is_abn)
     return out

@@ -27,7 +27,6 @@ from fetalnode.inference.bundle import (
     ONNX,
     export_onnx,
     load_bundle,
-    read_metadata,
     save_bundle,
     sha256_file,
     write_metadata,
@@ -382,23 +381,17 @@ def set_gate(path: Path, min_iou: float, min_confidence: float, data: Path) -> N
     The test split is the bundle's own (seeded, by subject group) split of ``data``, the folder it was
     trained on. The thresholds it replaces are kept in ``postprocess.gate.replaces``.
     """
-    meta = read_metadata(path)
-    if meta["task"] != "segmentation":
-        raise ValueError(f"{path}: only a segmentation bundle has a gate")
+    bundle = load_bundle(path, "segmentation")  # refuses a bundle of another task
+    meta = bundle.metadata
     old = {k: v for k, v in meta["postprocess"].get("gate", {}).items() if k != "replaces"}
-    meta["postprocess"]["gate"] = {
-        "min_iou": round(min_iou, 3),
-        "min_confidence": round(min_confidence, 3),
-        "set_by": "fetalnode models finalize --gate",
-        "replaces": old,
-    }
-    write_metadata(path, meta)
-    bundle = load_bundle(path, "segmentation")
+    gate = {"min_iou": round(min_iou, 3), "min_confidence": round(min_confidence, 3)}
+    settings = dataclasses.replace(seg_settings(bundle), min_iou=gate["min_iou"], min_confidence=gate["min_confidence"])
     test = subject_split(read_labels(data), int(meta["training_data"][0]["seed"]))["test"]
-    metrics = evaluate_segmentation_net(bundle.net, data, test, seg_settings(bundle))
+    metrics = evaluate_segmentation_net(bundle.net, data, test, settings)
     metrics["split"] = (
         "test (15% of subject groups, never used for training or early stopping; gate set after training)"
     )
+    meta["postprocess"]["gate"] = {**gate, "set_by": "fetalnode models finalize --gate", "replaces": old}
     meta["metrics"] = metrics
     write_metadata(path, meta)
     log.info("gate %s -> %s; test metrics re-measured on %d images", old, meta["postprocess"]["gate"], len(test))
