@@ -225,7 +225,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 pretrain_data=tuple(args.pretrain_data or ()),
             ),
             args,
-            ("epochs", "max_minutes", "limit", "lr", "patience", "base_init", "heads_only"),
+            ("epochs", "max_minutes", "limit", "lr", "patience", "base_init", "heads_only", "abnormal_weight"),
         )
         meta = train_classifier(
             Path(args.data), Path(args.seg_model), Path(args.out), crecipe, bundle_name, args.version
@@ -396,6 +396,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="classifier only: fit (and cross-validate) only on the images where the segmentation finds a "
         "head, as the node classifies only those (default); --no-heads-only also fits on the whole image "
         "where none is found",
+    )
+    sp.add_argument(
+        "--abnormal-weight",
+        type=float,
+        help="classifier only: weight of an extra normal-vs-abnormal term in the loss (cross-entropy of "
+        "P(normal), normals and abnormals weighted half each; default 1; 0: off, the recipe before 0.8.0)",
     )
     sp.add_argument(
         "--pretrain-data",

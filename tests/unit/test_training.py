@@ -23,8 +23,12 @@ from fetalnode.inference.networks import (
 )
 from fetalnode.training.classifier import (
     ClsRecipe,
+    CropSet,
+    abnormal_nll,
     classifier_params,
+    fit,
     initial_base,
+    predict,
     roi_crops,
     train_classifier,
     usable_rows,
@@ -62,6 +66,35 @@ def test_classifier_base_takes_the_segmentation_encoder(seg_channels: list[int])
     assert copied >= 60
     # The FC head is untouched (it is trained for the classes).
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("head."))
+
+
+def test_abnormal_term_is_one_minus_p_normal() -> None:
+    logits = torch.randn(6, 4, generator=torch.Generator().manual_seed(3))
+    p = torch.softmax(logits, dim=1).numpy()
+    is_abn = torch.tensor([True, False, True, True, False, True])
+    got = abnormal_nll(torch.log_softmax(logits, dim=1), is_abn, normal=2).numpy()
+    want = -np.log(np.where(is_abn.numpy(), 1 - p[:, 2], p[:, 2]))
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("weight", [0.0, 1.5])
+def test_validation_loss_adds_the_abnormal_term(weight: float) -> None:
+    """With abnormal_weight the early-stopping loss is the 3-class NLL plus weight x normal-vs-abnormal NLL."""
+    rng = np.random.default_rng(0)
+
+    def crops(n: int) -> CropSet:
+        y = np.arange(n) % 3
+        return CropSet(rng.random((n, 32, 32), dtype=np.float32), y, y.astype(str), np.ones(n, bool), np.zeros((n, 1)))
+
+    val = crops(9)
+    recipe = ClsRecipe(epochs=1, batch_size=4, roi_size=32, channels=(8, 16), fc=(8,), abnormal_weight=weight)
+    net, history = fit(crops(12), val, 3, recipe, None, normal=1)
+    pv = predict(net, val.x)
+    nll = -np.log(pv[np.arange(9), val.y]).mean()
+    p_abn = 1 - pv[:, 1]
+    nll_abn = -np.log(np.where(val.y != 1, p_abn, 1 - p_abn)).mean()
+    assert history[0]["val_loss"] == pytest.approx(nll + weight * nll_abn, rel=1e-4)
+    assert weight == 0 or nll_abn > 1e-3  # the term is not vanishing, so the two cases differ
 
 
 def test_tiny_training_run_produces_working_bundles(tmp_path: Path) -> None:

@@ -60,6 +60,11 @@ class ClsRecipe:
     # classifies only those (fba-classifier 0.6.0); False also trains on the whole image (padded square)
     # where none is found (0.4.0, 0.5.0).
     heads_only: bool = True
+    # Weight of an extra normal-vs-abnormal term in the loss: the cross-entropy of P(normal) against
+    # "abnormal = any malformation class", normals and abnormals weighted half each. The node's first
+    # answer is normal vs abnormal; the 16-class loss alone gives the normal class 1/16 of the weight.
+    # 1.0 since fba-classifier 0.8.0; 0: off (0.6.0's recipe).
+    abnormal_weight: float = 1.0
 
 
 def usable_rows(folder: Path) -> tuple[list[Row], int]:
@@ -255,13 +260,25 @@ def crop_rows(
     )
 
 
+def abnormal_nll(log_p: torch.Tensor, is_abnormal: torch.Tensor, normal: int) -> torch.Tensor:
+    """Per-image negative log-likelihood of normal vs abnormal, P(abnormal) = 1 - P(normal)."""
+    others = torch.cat([log_p[:, :normal], log_p[:, normal + 1 :]], dim=1)
+    return -torch.where(is_abnormal, torch.logsumexp(others, dim=1), log_p[:, normal])
+
+
 def fit(
-    train: CropSet, val: CropSet | None, n_classes: int, recipe: ClsRecipe, base: dict[str, torch.Tensor] | None
+    train: CropSet,
+    val: CropSet | None,
+    n_classes: int,
+    recipe: ClsRecipe,
+    base: dict[str, torch.Tensor] | None,
+    normal: int,
 ) -> tuple[torch.nn.Module, list[dict]]:
     """Train; early stopping on ``val`` loss when given, else ``recipe.epochs`` epochs.
 
     ``base``: starting weights of the base stages (``base.*`` tensors, see :func:`initial_base`);
-    ``None`` starts them at random.
+    ``None`` starts them at random. ``normal``: index of the normal class (for
+    ``recipe.abnormal_weight``; the validation loss then adds the same term, unweighted).
     """
     torch.manual_seed(recipe.seed)
     gen = torch.Generator().manual_seed(recipe.seed)
@@ -272,6 +289,18 @@ def fit(
     weights = torch.from_numpy(np.where(counts > 0, 1.0 / np.sqrt(np.maximum(counts, 1)), 0.0)).float()
     weights = weights / weights[counts > 0].mean()
     loss_fn = torch.nn.CrossEntropyLoss(weight=weights)
+    n_abn = int((train.y != normal).sum())
+    # Normals and abnormals carry half of the extra term each (a missing side weighs nothing).
+    side_w = torch.tensor([len(train.y) / (2 * max(len(train.y) - n_abn, 1)), len(train.y) / (2 * max(n_abn, 1))])
+
+    def objective(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss = loss_fn(logits, y)
+        if recipe.abnormal_weight:
+            abn = y != normal
+            term = abnormal_nll(torch.log_softmax(logits, dim=1), abn, normal) * side_w[abn.long()]
+            loss = loss + recipe.abnormal_weight * term.mean()
+        return loss
+
     opt = torch.optim.AdamW(net.parameters(), lr=recipe.lr, weight_decay=1e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=recipe.epochs)
     xtr = torch.from_numpy(train.x)[:, None]
@@ -288,7 +317,7 @@ def fit(
             if len(idx) < 2:
                 continue
             opt.zero_grad()
-            loss = loss_fn(net(_augment(xtr[idx], gen)), ytr[idx])
+            loss = objective(net(_augment(xtr[idx], gen)), ytr[idx])
             loss.backward()
             opt.step()
             losses.append(loss.item())
@@ -297,6 +326,10 @@ def fit(
         if val is not None and len(val):
             pv = predict(net, val.x)
             record["val_loss"] = float(-np.log(np.clip(pv[np.arange(len(pv)), val.y], 1e-7, 1)).mean())
+            if recipe.abnormal_weight:
+                p_abn = np.clip(1 - pv[:, normal], 1e-7, 1 - 1e-7)
+                nll = -np.log(np.where(val.y != normal, p_abn, 1 - p_abn)).mean()
+                record["val_loss"] += recipe.abnormal_weight * float(nll)
             record["val_bacc"] = balanced_accuracy(val.y, pv.argmax(1), n_classes)
             if best is None or record["val_loss"] < best[0]:
                 best = (record["val_loss"], {k: v.clone() for k, v in net.state_dict().items()})
@@ -382,7 +415,7 @@ def grouped_cv(
         if recipe.heads_only:
             # The fold's classifier and its baselines fit on the same images: those with a head.
             tr = tr[data.found[tr]]
-        net, _ = fit(data.take(tr), None, n_classes, recipe, base)
+        net, _ = fit(data.take(tr), None, n_classes, recipe, base, normal)
         probs[te] = predict(net, data.x[te])
         probs_flip[te] = predict(net, data.x[te][:, :, ::-1].copy())
         y_abn = (data.y[tr] != normal).astype(int)
@@ -438,7 +471,7 @@ def train_classifier(
             )
     base, base_info = initial_base(recipe, seg, len(labels))
     start = time.monotonic()
-    net, history = fit(fitting["train"], fitting["val"], len(labels), recipe, base)
+    net, history = fit(fitting["train"], fitting["val"], len(labels), recipe, base, labels.index(NORMAL))
     minutes = (time.monotonic() - start) / 60
     test = sets["test"]
     test_probs = predict(net, test.x)
@@ -619,11 +652,14 @@ reachable balanced accuracy is at most {_r(lim["balanced_accuracy_ceiling"])}; o
 {_r(lim["balanced_accuracy_classes_with_3plus_groups"])}."""
 
 
-def heads_only_line(meta: dict[str, Any]) -> str:
+def fitting_line(meta: dict[str, Any]) -> str:
     """Whether fitting used only the images with a head found (as the node classifies) or also whole images."""
-    if meta["training"].get("recipe", {}).get("heads_only"):
-        return "fitted (and cross-validated) only on the images where a head was found, "
-    return "fitted on the ROI crops, and on the whole image where no head was found, "
+    recipe = meta["training"].get("recipe", {})
+    weight = recipe.get("abnormal_weight") or 0
+    loss = f"loss: 16-class cross-entropy + {weight:g} × normal-vs-abnormal cross-entropy; " if weight else ""
+    if recipe.get("heads_only"):
+        return f"{loss}fitted (and cross-validated) only on the images where a head was found, "
+    return f"{loss}fitted on the ROI crops, and on the whole image where no head was found, "
 
 
 def deployed_row(d: dict[str, Any] | None, where: str) -> str:
@@ -747,7 +783,7 @@ Classes in the test split: {", ".join(td["test_classes"])}.
 Where no head is found the node answers "not analysed" and never classifies; the rows above the "as the node
 answers" ones score the whole image there, those rows keep only the images with a head found.
 
-Training: {heads_only_line(meta)}{meta["training"]["epochs_run"]} epochs, {meta["training"]["minutes"]} minutes of fitting on {meta["training"]["device"]} (2 cores){recipe_time(meta)}.
+Training: {fitting_line(meta)}{meta["training"]["epochs_run"]} epochs, {meta["training"]["minutes"]} minutes of fitting on {meta["training"]["device"]} (2 cores){recipe_time(meta)}.
 
 {extra_sections(m)}
 ## What it can and cannot claim
