@@ -22,7 +22,7 @@ from tests.conftest import ROOT, SAMPLES, need, send, wait_for
 
 pytestmark = pytest.mark.e2e
 ARTIFACTS = ROOT / ".run" / "test-artifacts"
-# What the shipped models (hc18-headseg 0.3.0, fba-classifier 0.6.0) say about two bundled samples:
+# What the shipped models (hc18-headseg 0.3.0, fba-classifier 0.8.0) say about two bundled samples:
 NORMAL = SAMPLES / "hc18_104_HC.dcm"  # normal, HC 85.7 mm (reference 84.4 mm)
 ABNORMAL = SAMPLES / "fba_ventriculomegaly_moderate_fba_01465.dcm"  # abnormal (type: see the model card)
 NORMAL_HC = "85.7 mm"

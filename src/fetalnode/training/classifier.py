@@ -708,6 +708,8 @@ def extra_sections(m: dict[str, Any]) -> str:
         out.append(f"""## Normal vs abnormal when the source changes
 On {shift["n"]} HC18 test-split heads ({shift["groups"]} subjects; presumed normal, another centre and scanner,
 never seen in training) the model calls {shift["specificity"]:.3f} of them normal (95% CI {lo:.3f}–{hi:.3f}).
+Other HC18 subjects' heads are among the training normals (extra normals above), so this measures new subjects
+from a source the model was taught as normal, not a source it has never seen.
 """)
     cv = m.get("grouped_cv")
     if cv:
