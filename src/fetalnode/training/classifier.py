@@ -653,7 +653,7 @@ reachable balanced accuracy is at most {_r(lim["balanced_accuracy_ceiling"])}; o
 
 
 def fitting_line(meta: dict[str, Any]) -> str:
-    """Whether fitting used only the images with a head found (as the node classifies) or also whole images."""
+    """The loss (when it has the normal-vs-abnormal term) and whether fitting used only the images with a head."""
     recipe = meta["training"].get("recipe", {})
     weight = recipe.get("abnormal_weight") or 0
     loss = f"loss: 16-class cross-entropy + {weight:g} × normal-vs-abnormal cross-entropy; " if weight else ""
