@@ -325,10 +325,10 @@ def fit(
         record: dict[str, float] = {"epoch": epoch, "loss": float(np.mean(losses))}
         if val is not None and len(val):
             pv = predict(net, val.x)
-            record["val_loss"] = float(-np.log(np.clip(pv[np.arange(len(pv)), val.y], 1e-7, 1)).mean())
+            log_pv = torch.from_numpy(np.log(np.clip(pv, 1e-7, 1)))
+            record["val_loss"] = float(-log_pv[np.arange(len(pv)), val.y].mean())
             if recipe.abnormal_weight:
-                p_abn = np.clip(1 - pv[:, normal], 1e-7, 1 - 1e-7)
-                nll = -np.log(np.where(val.y != normal, p_abn, 1 - p_abn)).mean()
+                nll = abnormal_nll(log_pv, torch.from_numpy(val.y != normal), normal).mean()
                 record["val_loss"] += recipe.abnormal_weight * float(nll)
             record["val_bacc"] = balanced_accuracy(val.y, pv.argmax(1), n_classes)
             if best is None or record["val_loss"] < best[0]:
@@ -471,25 +471,26 @@ def train_classifier(
             )
     base, base_info = initial_base(recipe, seg, len(labels))
     start = time.monotonic()
-    net, history = fit(fitting["train"], fitting["val"], len(labels), recipe, base, labels.index(NORMAL))
+    normal = labels.index(NORMAL)
+    net, history = fit(fitting["train"], fitting["val"], len(labels), recipe, base, normal)
     minutes = (time.monotonic() - start) / 60
     test = sets["test"]
     test_probs = predict(net, test.x)
     metrics = classification_metrics(test_probs, test.y, labels, test.groups)
     metrics["split"] = "test (15% of case groups per class with >=3 groups; never used for training or early stopping)"
     metrics["head_found_rate"] = float(test.found.mean())
-    normal = labels.index(NORMAL)
-    feats = {s: intensity_features(data, splits[s]) for s in ("train", "test")}
-    ytr_abn = (np.array([labels.index(r["label"]) for r in splits["train"]]) != normal).astype(int)
-    yte_abn = (np.array([labels.index(r["label"]) for r in splits["test"]]) != normal).astype(int)
-    test_baseline = logistic_baseline(feats["train"], ytr_abn, feats["test"], recipe.seed)
-    metrics["baseline_intensity_logreg_abnormal_auroc"] = _auroc_or_none(test_baseline, yte_abn)
+    test_abn = (test.y != normal).astype(int)
+    # The whole-image baseline learns from this dataset's training images only: sets["train"] holds
+    # them first, then any extra normals.
+    own = sets["train"].take(np.arange(len(splits["train"])))
+    test_baseline = logistic_baseline(own.intensity, (own.y != normal).astype(int), test.intensity, recipe.seed)
+    metrics["baseline_intensity_logreg_abnormal_auroc"] = _auroc_or_none(test_baseline, test_abn)
     crop_feats = {s: crop_features(sets[s].x) for s in ("train", "test")}
     metrics["baseline_equalised_crop_logreg_abnormal_auroc"] = _auroc_or_none(
         logistic_baseline(
             crop_feats["train"], (sets["train"].y != normal).astype(int), crop_feats["test"], recipe.seed
         ),
-        (test.y != normal).astype(int),
+        test_abn,
     )
     metrics["as_deployed"] = as_deployed(test_probs, test.y, test.groups, test.found, normal, test_baseline)
     if shift_test is not None and len(shift_test):
