@@ -20,7 +20,7 @@ from pydicom import dcmread
 
 from benchmarks.common import Stack, make_images, percentile, storescu
 from fetalnode.inference.bundle import read_metadata
-from fetalnode.sr_writer.uids import output_uids
+from fetalnode.outputs.uids import output_uids
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from fetalnode.vocab import AuditEvent
+
 log = logging.getLogger(__name__)
 
 
@@ -20,8 +22,8 @@ class AuditLog:
         self._lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
 
-    def event(self, kind: str, **fields: Any) -> None:
-        record = {"ts": datetime.now(UTC).isoformat(timespec="milliseconds"), "event": kind, **fields}
+    def event(self, kind: AuditEvent, **fields: Any) -> None:
+        record = {"ts": datetime.now(UTC).isoformat(timespec="milliseconds"), "event": str(kind), **fields}
         line = json.dumps(record, default=str, sort_keys=False)
         with self._lock, open(self.path, "a", encoding="utf-8") as fh:
             fh.write(line + "\n")

@@ -32,8 +32,16 @@ class EncodingError(NodeError):
     """An output DICOM object could not be built."""
 
 
+class SpoolFull(NodeError):
+    """Less free space in the spool than ``scp.min_free_bytes`` (answered with 0xA700)."""
+
+
+class TransferError(NodeError):
+    """The bytes a worker got are not the ones the terminal announced (SHA-256 of the pre-notification)."""
+
+
 class DeliveryError(NodeError):
-    """Orthanc did not take an object.
+    """A destination did not take an object.
 
     ``transient`` tells whether a later attempt may succeed (connection refused, 502/503)
     or whether the rejection is permanent (401, 400...).

@@ -27,8 +27,10 @@ from fetalnode.inference import AnalysisResult, Analyzer
 from fetalnode.intake import DecodedImage, decode_for_analysis
 from fetalnode.jobs import Job, JobStore, worker_identity
 from fetalnode.orthanc.client import OrthancClient
+from fetalnode.outputs.capture import build_heatmap_capture
+from fetalnode.outputs.report import build_report
+from fetalnode.outputs.uids import output_uids
 from fetalnode.scp.spool import atomic_write
-from fetalnode.sr_writer import build_heatmap_capture, build_report, output_uids
 
 log = logging.getLogger(__name__)
 

@@ -46,7 +46,7 @@ def test_shipped_config_loads() -> None:
 def test_output_uids_are_deterministic_and_distinct() -> None:
     from pydicom.uid import UID
 
-    from fetalnode.sr_writer.uids import output_uids
+    from fetalnode.outputs.uids import output_uids
 
     a = output_uids("1.2.3", "1.2", "0.1.0+0.1.0")
     assert a == output_uids("1.2.3", "1.2", "0.1.0+0.1.0")

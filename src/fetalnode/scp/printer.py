@@ -25,8 +25,8 @@ from pynetdicom import evt
 
 from fetalnode import __version__
 from fetalnode.intake import SECONDARY_CAPTURE
+from fetalnode.outputs.uids import derive_uid
 from fetalnode.scp.server import SUCCESS, Terminal
-from fetalnode.sr_writer.uids import derive_uid
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from fetalnode.audit import AuditLog
 from fetalnode.config import Settings
-from fetalnode.errors import IntakeRejected
+from fetalnode.errors import IntakeRejected, SpoolFull
 from fetalnode.intake import check_header, read_received
 from fetalnode.jobs import JobStore, PreNotification
 from fetalnode.scp.access import (
@@ -45,7 +45,7 @@ from fetalnode.scp.access import (
     AccessPolicy,
     server_tls_context,
 )
-from fetalnode.scp.spool import Spool, SpoolFull
+from fetalnode.scp.spool import Spool
 
 log = logging.getLogger(__name__)
 

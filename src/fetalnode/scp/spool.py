@@ -9,10 +9,7 @@ import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
-
-class SpoolFull(OSError):
-    """Less free space than the configured minimum."""
-
+from fetalnode.errors import SpoolFull
 
 _SAFE = re.compile(r"[^0-9A-Za-z.\-]")
 

@@ -11,8 +11,8 @@ from pydicom.uid import ExplicitVRLittleEndian
 from fetalnode import RESEARCH_NOTICE
 from fetalnode.errors import EncodingError
 from fetalnode.inference import AnalysisResult
-from fetalnode.sr_writer.report import contributing_equipment
-from fetalnode.sr_writer.uids import OutputUids
+from fetalnode.outputs.report import contributing_equipment
+from fetalnode.outputs.uids import OutputUids
 
 
 def banner_lines(result: AnalysisResult) -> list[str]:

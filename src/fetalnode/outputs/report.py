@@ -19,8 +19,8 @@ from pydicom.sr.coding import Code
 from fetalnode import RESEARCH_NOTICE, __version__
 from fetalnode.errors import EncodingError
 from fetalnode.inference import AnalysisResult
-from fetalnode.sr_writer import codes as fc
-from fetalnode.sr_writer.uids import DEVICE_UID, OutputUids, derive_uid
+from fetalnode.outputs import codes as fc
+from fetalnode.outputs.uids import DEVICE_UID, OutputUids, derive_uid
 
 
 def contributing_equipment(manufacturer: str, model_names: str, station: str) -> hd.ContributingEquipment:
