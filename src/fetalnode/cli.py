@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from fetalnode import RESEARCH_NOTICE, __version__
-from fetalnode.config import Settings, load_settings
-from fetalnode.errors import ConfigError, NodeError
+from fetalnode.config import THIRD_PARTY_LOGGERS, Settings, load_settings
+from fetalnode.errors import NodeError
+from fetalnode.vocab import JobState, Role
 
 log = logging.getLogger("fetalnode")
 
@@ -26,8 +27,13 @@ def _setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    _third_party_level("WARNING")
+
+
+def _third_party_level(level: str) -> None:
+    """The libraries' loggers (highdicom logs seven INFO lines per object it builds) at ``level``."""
+    for name in THIRD_PARTY_LOGGERS:
+        logging.getLogger(name).setLevel(getattr(logging, level.upper()))
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -45,20 +51,21 @@ def _settings(args: argparse.Namespace) -> Settings:
         value = getattr(args, flag, None)
         if value is not None:
             overrides[key] = value
-    return load_settings(args.config, overrides=overrides)
+    settings = load_settings(args.config, overrides=overrides)
+    _third_party_level(settings.logging.third_party)
+    return settings
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from fetalnode.node import Node
-
     settings = _settings(args)
     log.info("fetalnode %s (%s) effective config: %s", __version__, RESEARCH_NOTICE, json.dumps(settings.masked()))
-    if settings.node.role not in ("all", "terminal", "worker"):
-        raise ConfigError(f"node.role must be all, terminal or worker, not {settings.node.role!r}")
-    if settings.node.role == "worker":
+    if settings.node.role == Role.WORKER:
         from fetalnode.distributed import run_worker
+        from fetalnode.runtime import build_runtime
 
-        return run_worker(settings)
+        return run_worker(settings, build_runtime(settings))
+    from fetalnode.node import Node
+
     node = Node(settings, with_worker=settings.worker.enabled and not args.no_worker)
     signal.signal(signal.SIGTERM, lambda *_: node.stop())
     signal.signal(signal.SIGINT, lambda *_: node.stop())
@@ -69,12 +76,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     import threading
 
-    from fetalnode.node import build_worker, open_audit, open_store
+    from fetalnode.node import build_worker, open_store
 
     settings = _settings(args)
     log.info("fetalnode worker %s effective config: %s", __version__, json.dumps(settings.masked()))
-    jobs = open_store(settings)
-    worker = build_worker(settings, jobs, open_audit(settings))
+    worker = build_worker(settings, open_store(settings))
     done = threading.Event()
 
     def request_stop(*_: object) -> None:
@@ -89,25 +95,40 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
+    """The job runner with a folder as the only destination: one ``<stem>.<output>.dcm`` per enabled output."""
+    import hashlib
+    from io import BytesIO
+
     from PIL import Image
     from pydicom import dcmread
 
-    from fetalnode.inference import Analyzer
-    from fetalnode.pipeline import analyse_dataset, job_summary
+    from fetalnode.destinations.folder import FolderDestination
+    from fetalnode.runner import Received, Verdict, run_job
+    from fetalnode.runtime import build_runtime
 
     settings = _settings(args)
-    analyzer = Analyzer.from_dir(
-        settings.models.dir, settings.models.segmentation, settings.models.classifier, settings.output.heatmap_alpha
-    )
+    source = Path(args.file)
+    stem = source.stem
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    ds = dcmread(args.file)
-    outputs = analyse_dataset(ds, analyzer, settings, settings.node.station_name)
-    stem = Path(args.file).stem
-    for name, obj in outputs.datasets.items():
-        obj.save_as(out / f"{stem}.{name}.dcm", enforce_file_format=True)
-    Image.fromarray(outputs.datasets["sc"].pixel_array).save(out / f"{stem}.heatmap.png")
-    summary = job_summary(outputs)
+    folder = FolderDestination(out, prefix=f"{stem}.")
+    runtime = build_runtime(settings, destinations=[folder])
+    data = source.read_bytes()
+    received = Received(
+        job_id=0,
+        sop_uid="",
+        sha256=hashlib.sha256(data).hexdigest(),
+        read=lambda: data,
+        station_name=settings.node.station_name,
+    )
+    outcome = run_job(received, runtime)
+    if outcome.verdict is not Verdict.DELIVERED:
+        log.error("%s: %s at stage %s: %s", source.name, outcome.verdict, outcome.stage, outcome.reason)
+        return 2
+    if "sc" in outcome.built:
+        heatmap = out / f"{stem}.heatmap.png"
+        Image.fromarray(dcmread(BytesIO(outcome.built["sc"])).pixel_array).save(heatmap)
+    summary = dict(outcome.summary)
     summary["notice"] = RESEARCH_NOTICE
     summary["files"] = sorted(str(p) for p in out.glob(f"{stem}.*"))
     print(json.dumps(summary, indent=2))
@@ -115,32 +136,25 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from fetalnode.errors import DeliveryError
+    from fetalnode.destinations.base import build_destinations
+    from fetalnode.jobs import PENDING
     from fetalnode.node import open_store
-    from fetalnode.orthanc.client import OrthancClient
 
     settings = _settings(args)
-    jobs = open_store(settings)
+    jobs = open_store(settings, writable=False)
     report: dict[str, Any] = {"counts": jobs.counts(), "oldest_pending_s": jobs.oldest_pending_age()}
     # Pre-notified (announced) but the image is not in the spool: lost before a worker could get it.
     report["announced_not_received"] = [
         {"id": j.id, "sop_uid": j.sop_uid, "state": j.state}
-        for state in ("received", "queued", "published", "analysing", "delivering")
+        for state in PENDING
         for j in jobs.jobs(state)
         if not Path(j.spool_path).is_file()
     ]
-    try:
-        report["orthanc"] = {
-            "url": settings.orthanc.url,
-            "reachable": True,
-            "version": OrthancClient(settings.orthanc).system().get("Version"),
-        }
-    except DeliveryError as exc:
-        report["orthanc"] = {"url": settings.orthanc.url, "reachable": False, "error": str(exc)}
+    report["destinations"] = [d.probe() for d in build_destinations(settings)]
     if settings.broker.url:
         from fetalnode.distributed import queue_depth
 
-        published = jobs.jobs("published")
+        published = jobs.jobs(JobState.PUBLISHED)
         report["broker"] = {
             "queue": settings.broker.queue,
             "queue_depth": queue_depth(settings),  # None: broker unreachable
@@ -151,19 +165,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.failed:
         report["failed"] = [
             {"id": j.id, "sop_uid": j.sop_uid, "stage": j.stage, "error": j.error, "calling_ae": j.calling_ae}
-            for j in jobs.jobs("failed")
+            for j in jobs.jobs(JobState.FAILED)
         ]
-        report["rejected"] = [{"id": j.id, "sop_uid": j.sop_uid, "error": j.error} for j in jobs.jobs("rejected")]
+        report["rejected"] = [
+            {"id": j.id, "sop_uid": j.sop_uid, "error": j.error} for j in jobs.jobs(JobState.REJECTED)
+        ]
     print(json.dumps(report, indent=2))
     return 0
 
 
 def cmd_resend(args: argparse.Namespace) -> int:
-    from fetalnode.node import open_audit, open_store
+    from fetalnode.node import open_store
 
-    settings = _settings(args)
-    n = open_store(settings).resend(args.job or None)
-    open_audit(settings).event("resend", jobs=args.job or "all-failed", count=n)
+    n = open_store(_settings(args)).resend(args.job or None)
     print(json.dumps({"requeued": n}))
     return 0
 
@@ -296,12 +310,6 @@ def cmd_wrap(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from fetalnode.demo import run_demo
-
-    return run_demo(Path(args.samples), Path(args.run_dir) if args.run_dir else None, exit_after=args.exit)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fetalnode",
@@ -329,9 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-worker", action="store_true", help="receive only; run `fetalnode worker` separately")
     sp.add_argument(
         "--role",
-        choices=["all", "terminal", "worker"],
+        choices=[str(r) for r in Role],
         help="node.role: all (SCP + worker, SQLite queue; default), terminal (SCP + spool + publish to the "
-        "broker), worker (consume from the broker, analyse, deliver to Orthanc)",
+        "broker), worker (consume from the broker, analyse, deliver to the destinations)",
     )
     sp.add_argument("--broker-url", help="broker.url, e.g. amqp://user:pass@host:5672// (roles terminal, worker)")
     sp.set_defaults(func=cmd_serve)
@@ -341,13 +349,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--orthanc-url", help="Orthanc REST URL (orthanc.url)")
     sp.set_defaults(func=cmd_worker)
 
-    sp = sub.add_parser("analyze", help="analyse one DICOM file offline: writes SR + SC .dcm, a PNG, prints JSON")
+    sp = sub.add_parser(
+        "analyze",
+        help="analyse one DICOM file offline through the job runner: one .dcm per enabled output "
+        "(output.enabled), the heatmap as PNG, the finding as JSON",
+    )
     node_opts(sp)
     sp.add_argument("file", help="DICOM file (US, US multi-frame or Secondary Capture)")
     sp.add_argument("--out", required=True, help="output folder")
     sp.set_defaults(func=cmd_analyze)
 
-    sp = sub.add_parser("status", help="print job counts by state as JSON")
+    sp = sub.add_parser("status", help="print job counts by state and the destinations' reachability as JSON")
     node_opts(sp)
     sp.add_argument("--failed", action="store_true", help="also list failed and rejected jobs with reasons")
     sp.set_defaults(func=cmd_status)
@@ -501,11 +513,6 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--rle", action="store_true", help="RLE Lossless transfer syntax")
     sp.set_defaults(func=cmd_wrap)
 
-    sp = sub.add_parser("demo", help="start Orthanc and a node on loopback, send the samples, print findings")
-    sp.add_argument("--samples", default="samples", help="folder of sample DICOM files")
-    sp.add_argument("--run-dir", help="working folder (default: a new folder under .run/)")
-    sp.add_argument("--exit", action="store_true", help="exit after the table instead of serving until Ctrl-C")
-    sp.set_defaults(func=cmd_demo)
     return p
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from fetalnode.errors import ConfigError
+from fetalnode.vocab import Role
 
 ENV_PREFIX = "FETALNODE__"
 
@@ -30,6 +31,7 @@ class NodeSettings:
     station_name: str = "fetalnode"
     role: str = "all"
     metrics_port: int = 0
+    plugins: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -70,6 +72,7 @@ class WorkerSettings:
     max_pixels: int = 40_000_000
     max_frames: int = 2000
     torch_threads: int = 2
+    application: str = "fetal-head"
 
 
 @dataclass
@@ -117,11 +120,22 @@ class BrokerSettings:
 
 @dataclass
 class OutputSettings:
-    """What the node writes besides the SR."""
+    """Which output objects the node writes (``enabled``, by registered name) and how."""
 
+    enabled: list[str] = field(default_factory=lambda: ["sr", "sc"])
     heatmap_alpha: float = 0.6
     manufacturer: str = "fetalnode project"
     institution_name: str = ""
+
+
+@dataclass
+class LoggingSettings:
+    """Log levels: ``third_party`` applies to the libraries' loggers (highdicom, pynetdicom, httpx, ...)."""
+
+    third_party: str = "WARNING"
+
+
+THIRD_PARTY_LOGGERS = ("highdicom", "pynetdicom", "httpx", "httpcore", "celery", "kombu", "amqp", "onnxruntime")
 
 
 @dataclass
@@ -136,6 +150,7 @@ class Settings:
     orthanc: OrthancSettings = field(default_factory=OrthancSettings)
     broker: BrokerSettings = field(default_factory=BrokerSettings)
     output: OutputSettings = field(default_factory=OutputSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
 
     @property
     def data_path(self) -> Path:
@@ -228,4 +243,10 @@ def load_settings(
         _apply(settings, section, key, value, "command line")
     if settings.orthanc.password and settings.orthanc.password_file:
         raise ConfigError("set orthanc.password or orthanc.password_file, not both")
+    if settings.node.role not in set(Role):
+        raise ConfigError(f"node.role must be one of {', '.join(Role)}, not {settings.node.role!r}")
+    if settings.logging.third_party.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+        raise ConfigError(
+            f"logging.third_party must be DEBUG, INFO, WARNING or ERROR, not {settings.logging.third_party!r}"
+        )
     return settings

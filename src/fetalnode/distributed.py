@@ -10,11 +10,17 @@
   ``task_reject_on_worker_lost``): a killed worker's unacknowledged task is redelivered to another.
   The solo pool was measured to stall 3-10 s between tasks here (the next message sat in py-amqp's
   buffer until a timer tick): 2.1 images/s against 8.5 with the threads pool.
-  They check the image against the announced SHA-256 (the pre-notification), analyse, deliver SR +
-  SC to Orthanc (deterministic UIDs: a redelivered job overwrites nothing and adds nothing), then
-  publish the outcome on a durable results queue before acknowledging the task.
-- A collector thread on the terminal consumes the results queue and records each outcome in SQLite
-  (``delivered``/``failed``/``rejected``). ``published`` jobs without an answer are the ones "sent but
+  Each task is one call of :func:`fetalnode.runner.run_job` (the same runner as the embedded worker
+  and ``fetalnode analyze``): it checks the image against the announced SHA-256 (the
+  pre-notification), analyses, builds every enabled output and delivers to every destination
+  (deterministic UIDs: a redelivered job overwrites nothing and adds nothing). A ``retry`` outcome
+  is a Celery retry after the runner's delay; any other outcome is published on a durable results
+  queue before the task is acknowledged.
+- A collector thread on the terminal consumes the results queue and applies each outcome through
+  the job store's journal, as the embedded worker does.
+
+This module moves bytes and outcomes; it imports neither the inference package nor the output
+writers (the worker's :class:`~fetalnode.runner.Runtime` is built by the CLI). ``published`` jobs without an answer are the ones "sent but
   never acknowledged"; a worker-side result for a job the terminal never recorded is reported as
   "announced but unknown".
 """
@@ -22,13 +28,11 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +41,10 @@ from kombu import Connection, Exchange, Queue
 
 from fetalnode.audit import AuditLog
 from fetalnode.config import Settings
-from fetalnode.errors import DeliveryError, EncodingError, InferenceError, IntakeRejected, NodeError
-from fetalnode.jobs import JobStore
+from fetalnode.errors import NodeError
+from fetalnode.jobs import JobStore, worker_identity
+from fetalnode.runner import Outcome, Received, Runtime, Verdict, crashed, run_job
+from fetalnode.vocab import AuditEvent, JobState
 
 log = logging.getLogger(__name__)
 TASK = "fetalnode.analyse"
@@ -97,7 +103,7 @@ class Publisher:
 
     def publish_once(self) -> int:
         n = 0
-        for job in self.jobs.jobs_in_state("queued", self.settings.broker.publish_batch):
+        for job in self.jobs.jobs_in_state(JobState.QUEUED, self.settings.broker.publish_batch):
             data = Path(job.spool_path).read_bytes()
             payload = {
                 "job": job.id,
@@ -107,7 +113,7 @@ class Publisher:
                 "station_name": job.station_name,
                 "calling_ae": job.calling_ae,
                 "received_at": job.received_at,
-                "variant": job.sha256[:16] if "uid_conflict" in job.extra else "",
+                "variant": job.variant,
                 "data": base64.b64encode(data).decode("ascii"),
             }
             self.app.send_task(TASK, args=[payload], queue=self.settings.broker.queue, retry=False)
@@ -125,7 +131,7 @@ class Publisher:
                     log.info(
                         "broker reachable again after %.0f s; publishing the backlog", time.monotonic() - down_since
                     )
-                    self.audit.event("broker-up", down_s=round(time.monotonic() - down_since, 1))
+                    self.audit.event(AuditEvent.BROKER_UP, down_s=round(time.monotonic() - down_since, 1))
                     down_since = None
                 if n:
                     log.info("published %d job(s)", n)
@@ -136,7 +142,7 @@ class Publisher:
                 if down_since is None:
                     down_since = time.monotonic()
                     log.warning("broker unreachable (%s); jobs stay queued in the spool", exc)
-                    self.audit.event("broker-down", reason=f"{type(exc).__name__}: {exc}")
+                    self.audit.event(AuditEvent.BROKER_DOWN, reason=f"{type(exc).__name__}: {exc}")
                 self._stop.wait(backoff)
 
     def stop(self) -> None:
@@ -157,21 +163,12 @@ class Collector:
         job = self.jobs.get(int(body["job"]))
         if job is None or job.sop_uid != body.get("sop_uid"):
             log.warning("result for a job this terminal never announced: %s", body.get("job"))
-            self.audit.event("result-unknown-job", job=body.get("job"), sop_uid=body.get("sop_uid"))
+            self.audit.event(AuditEvent.RESULT_UNKNOWN_JOB, job=body.get("job"), sop_uid=body.get("sop_uid"))
             return
-        state = body["state"]
-        if state == "delivered":
-            self.jobs.mark_remote_delivered(job.id, body.get("result", {}), body.get("orthanc_ids", []))
-            ids, worker = body.get("orthanc_ids"), body.get("worker")
-            self.audit.event("delivered", job=job.id, sop_uid=job.sop_uid, orthanc_ids=ids, worker=worker)
-        elif state == "rejected":
-            self.jobs.mark_rejected(job.id, body.get("error", ""))
-            self.audit.event(
-                "rejected", job=job.id, stage="intake", reason=body.get("error"), worker=body.get("worker")
-            )
-        else:
-            self.jobs.mark_failed(job.id, body.get("stage", "worker"), body.get("error", ""))
-            self.audit.event("failed", job=job.id, stage=body.get("stage"), reason=body.get("error"))
+        outcome = Outcome.from_message(body["outcome"])
+        state = self.jobs.apply(job, outcome, PUBLISHED, worker=body.get("worker"))
+        if state is None:
+            log.info("job %d: result from %s for a job already %s (redelivered)", job.id, body.get("worker"), job.state)
 
     def run(self) -> None:
         b = self.settings.broker
@@ -194,74 +191,42 @@ class Collector:
         self._stop.set()
 
 
+PUBLISHED = frozenset({JobState.QUEUED, JobState.PUBLISHED})
+
 # -- worker side --------------------------------------------------------------------------------
 
 
-class WorkerContext:
-    """What a worker process holds between tasks: settings, models, Orthanc client."""
-
-    settings: Settings
-    analyzer: Any
-    orthanc: Any
-    identity: str
-
-
-_context: WorkerContext | None = None
-
-
-def analyse_payload(payload: dict[str, Any]) -> dict[str, Any]:
-    """Run one published job: check, analyse, deliver. Returns the outcome for the results queue.
-
-    A transient delivery failure raises :class:`DeliveryError` (the task is retried later).
-    """
-    from pydicom import dcmread
-
-    from fetalnode.pipeline import analyse_dataset, encode_dataset, job_summary
-
-    assert _context is not None, "worker context not initialised"
-    ctx = _context
-    base = {"job": payload["job"], "sop_uid": payload["sop_uid"], "worker": ctx.identity}
+def received_from_payload(payload: dict[str, Any], attempts: int) -> Received:
     data = base64.b64decode(payload["data"])
-    if hashlib.sha256(data).hexdigest() != payload["sha256"]:
-        return {
-            **base,
-            "state": "failed",
-            "stage": "transfer",
-            "error": "image bytes differ from the announced SHA-256",
-        }
-    try:
-        ds = dcmread(BytesIO(data))
-        outputs = analyse_dataset(ds, ctx.analyzer, ctx.settings, payload["station_name"], payload["variant"])
-    except IntakeRejected as exc:
-        return {**base, "state": "rejected", "error": str(exc)}
-    except (InferenceError, EncodingError) as exc:
-        return {**base, "state": "failed", "stage": "infer", "error": str(exc)}
-    ids = []
-    for name in ("sr", "sc"):
-        answer = ctx.orthanc.store(encode_dataset(outputs.datasets[name]))  # DeliveryError propagates
-        ids.append(str(answer["ID"]))
-    return {**base, "state": "delivered", "result": job_summary(outputs), "orthanc_ids": ids}
+    return Received(
+        job_id=int(payload["job"]),
+        sop_uid=payload["sop_uid"],
+        sha256=payload["sha256"],
+        read=lambda: data,
+        station_name=payload["station_name"],
+        variant=payload["variant"],
+        attempts=attempts,
+    )
 
 
-def register_tasks(app: Celery, settings: Settings) -> None:
-    b = settings.broker
+def register_tasks(app: Celery, settings: Settings, runtime: Runtime) -> None:
+    b, identity = settings.broker, worker_identity()
 
     @app.task(name=TASK, bind=True, max_retries=None, acks_late=True)  # type: ignore[untyped-decorator]
     def analyse(self: Any, payload: dict[str, Any]) -> None:
         try:
-            outcome = analyse_payload(payload)
-        except DeliveryError as exc:
-            if exc.transient:
-                delay = min(
-                    settings.orthanc.retry_max, settings.orthanc.retry_initial * 2 ** min(self.request.retries, 10)
-                )
-                log.warning("job %s: Orthanc not reachable (%s); retry in %.1f s", payload["job"], exc, delay)
-                raise self.retry(exc=exc, countdown=delay) from exc
-            outcome = {"job": payload["job"], "sop_uid": payload["sop_uid"], "state": "failed"}
-            outcome.update(stage="deliver", error=str(exc))
+            outcome = run_job(received_from_payload(payload, self.request.retries), runtime)
+        except Exception as exc:  # a malformed message: answer it rather than lose the job
+            log.exception("job %s: cannot run", payload.get("job"))
+            outcome = crashed(exc)
+        if outcome.verdict is Verdict.RETRY:
+            log.warning("job %s: %s; retry in %.1f s", payload["job"], outcome.reason, outcome.retry_in)
+            raise self.retry(countdown=outcome.retry_in)
+        message = {"job": payload["job"], "sop_uid": payload["sop_uid"], "worker": identity}
+        message["outcome"] = outcome.to_message()
         with app.producer_or_acquire() as producer:
             producer.publish(
-                outcome,
+                message,
                 serializer="json",
                 routing_key=b.results_queue,
                 exchange="",
@@ -269,30 +234,15 @@ def register_tasks(app: Celery, settings: Settings) -> None:
                 delivery_mode=2,
                 retry=True,
             )
-        log.info("job %s -> %s", payload["job"], outcome["state"])
+        log.info("job %s -> %s", payload["job"], outcome.verdict)
 
 
-def run_worker(settings: Settings) -> int:
-    """``fetalnode serve --role worker``: load the models, then consume jobs until stopped."""
-    import torch
-
-    from fetalnode.inference import Analyzer
-    from fetalnode.jobs import worker_identity
-    from fetalnode.orthanc.client import OrthancClient
-
-    global _context
-    torch.set_num_threads(max(1, settings.worker.torch_threads))
-    ctx = WorkerContext()
-    ctx.settings = settings
-    ctx.analyzer = Analyzer.from_dir(
-        settings.models.dir, settings.models.segmentation, settings.models.classifier, settings.output.heatmap_alpha
-    )
-    ctx.orthanc = OrthancClient(settings.orthanc)
-    ctx.identity = worker_identity()
-    _context = ctx
+def run_worker(settings: Settings, runtime: Runtime) -> int:
+    """``fetalnode serve --role worker``: consume jobs with ``runtime`` until stopped."""
     app = make_app(settings)
-    register_tasks(app, settings)
-    log.info("worker %s consuming %s on the broker", ctx.identity, settings.broker.queue)
+    register_tasks(app, settings, runtime)
+    identity = worker_identity()
+    log.info("worker %s consuming %s on the broker", identity, settings.broker.queue)
     app.worker_main(
         [
             "worker",
@@ -305,7 +255,7 @@ def run_worker(settings: Settings) -> int:
             "-Q",
             settings.broker.queue,
             "-n",
-            f"{ctx.identity}@fetalnode",
+            f"{identity}@fetalnode",
         ]
     )
     return 0

@@ -1,12 +1,14 @@
-"""The durable record of every received instance: pre-notification, state, attempts, outputs.
+"""The durable record of every received instance, and the journal of what became of it.
 
-SQLite in WAL mode with ``synchronous=FULL``: a committed row survives a crash. States::
+SQLite in WAL mode with ``synchronous=FULL``: a committed row survives a crash. A state change and its
+audit event are one call (:meth:`JobStore.apply`, :meth:`JobStore.queue_received`, :meth:`JobStore.resend`):
+the guarded UPDATE, then the audit line, then COMMIT. :data:`TRANSITIONS` lists the allowed changes::
 
     received -> queued -> analysing -> delivering -> delivered
                               |             |
                               +-> rejected  +-> failed   (resend: failed -> queued)
 
-With a broker (role terminal), a worker elsewhere does analysing and delivering::
+With a broker (role terminal), a worker elsewhere analyses and delivers::
 
     received -> queued -> published -> delivered | failed | rejected
 """
@@ -25,7 +27,31 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-STATES = ("received", "queued", "published", "analysing", "delivering", "delivered", "failed", "rejected")
+from fetalnode.audit import AuditLog
+from fetalnode.errors import NodeError
+from fetalnode.runner import Outcome, Verdict
+from fetalnode.vocab import AuditEvent, JobState
+
+S = JobState
+# Allowed state changes. queued -> delivered/failed/rejected: a scale-out worker's result can overtake
+# the terminal's own "published" mark.
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    S.RECEIVED: frozenset({S.QUEUED}),
+    S.QUEUED: frozenset({S.ANALYSING, S.PUBLISHED, S.DELIVERED, S.FAILED, S.REJECTED}),
+    S.PUBLISHED: frozenset({S.DELIVERED, S.FAILED, S.REJECTED}),
+    S.ANALYSING: frozenset({S.DELIVERING, S.DELIVERED, S.FAILED, S.REJECTED}),
+    S.DELIVERING: frozenset({S.DELIVERING, S.DELIVERED, S.FAILED}),
+    S.DELIVERED: frozenset(),
+    S.REJECTED: frozenset(),
+    S.FAILED: frozenset({S.QUEUED}),
+}
+PENDING = (S.RECEIVED, S.QUEUED, S.PUBLISHED, S.ANALYSING, S.DELIVERING)
+
+
+def sources_of(target: JobState) -> frozenset[JobState]:
+    """The states a job may be in to move to ``target``."""
+    return frozenset(s for s, targets in TRANSITIONS.items() if target in targets)
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -109,7 +135,7 @@ class PreNotification:
 @dataclass(frozen=True)
 class Job:
     id: int
-    state: str
+    state: JobState
     source: str
     spool_path: str
     sha256: str
@@ -127,8 +153,13 @@ class Job:
     extra: dict[str, Any]
     result: dict[str, Any]
     outputs: list[str]
-    delivered: list[str]
+    receipts: dict[str, dict[str, str]]
     updated_at: str = ""
+
+    @property
+    def variant(self) -> str:
+        """Output UID variant: the content hash of an object received under an already used SOP Instance UID."""
+        return self.sha256[:16] if "uid_conflict" in self.extra else ""
 
     @property
     def latency_s(self) -> float | None:
@@ -141,7 +172,7 @@ class Job:
     def from_row(cls, row: sqlite3.Row) -> Job:
         return cls(
             id=row["id"],
-            state=row["state"],
+            state=JobState(row["state"]),
             source=row["source"],
             spool_path=row["spool_path"],
             sha256=row["sha256"],
@@ -159,16 +190,32 @@ class Job:
             extra=json.loads(row["extra_json"]),
             result=json.loads(row["result_json"]),
             outputs=json.loads(row["outputs_json"]),
-            delivered=json.loads(row["delivered_json"]),
+            receipts=_receipts(json.loads(row["delivered_json"])),
             updated_at=row["updated_at"],
         )
 
 
-class JobStore:
-    """All state transitions of jobs, each in one short transaction."""
+def _receipts(value: Any) -> dict[str, dict[str, str]]:
+    """Receipts per destination; a store written before destinations had names held Orthanc IDs in a list."""
+    if isinstance(value, list):
+        return {"orthanc": {f"#{i}": str(v) for i, v in enumerate(value)}} if value else {}
+    return {str(k): {str(i): str(r) for i, r in v.items()} for k, v in dict(value).items()}
 
-    def __init__(self, path: Path) -> None:
+
+class TransitionRefused(NodeError):
+    """A state change that :data:`TRANSITIONS` does not allow from the job's current state."""
+
+
+class JobStore:
+    """All state transitions of jobs, each in one short transaction with its audit event.
+
+    ``audit`` is required for every method that changes a job's state; a store opened without it
+    (``fetalnode status``, tests) only reads.
+    """
+
+    def __init__(self, path: Path, audit: AuditLog | None = None) -> None:
         self.path = path
+        self._audit_log = audit
         path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(path, timeout=30.0)
         try:
@@ -236,18 +283,119 @@ class JobStore:
             )
             return int(cur.lastrowid or 0)
 
-    def mark_queued(self, job_id: int) -> None:
-        self._set(job_id, "queued", "received")
+    # -- the journal: every state change with its audit event ------------------------------------
+    @property
+    def audit(self) -> AuditLog:
+        if self._audit_log is None:
+            raise NodeError(f"job store {self.path} was opened read-only (no audit log)")
+        return self._audit_log
 
-    def _set(self, job_id: int, state: str, expect: str | None = None, **cols: Any) -> None:
+    def _move(
+        self, db: sqlite3.Connection, job_id: int, target: JobState, expect: frozenset[JobState], **cols: Any
+    ) -> bool:
+        """Guarded UPDATE: only from a state in ``expect`` that may move to ``target``; True if it moved."""
+        allowed = sorted(sources_of(target) & expect)
+        if not allowed:
+            raise TransitionRefused(f"job {job_id}: no allowed change from {sorted(expect)} to {target}")
         sets = ", ".join([f"{k}=?" for k in cols] + ["state=?", "updated_at=?"])
-        args = [*cols.values(), state, _now(), job_id]
-        sql = f"UPDATE jobs SET {sets} WHERE id=?"
-        if expect is not None:
-            sql += " AND state=?"
-            args.append(expect)
+        marks = ",".join("?" * len(allowed))
+        cur = db.execute(
+            f"UPDATE jobs SET {sets} WHERE id=? AND state IN ({marks})",
+            [*cols.values(), str(target), _now(), job_id, *map(str, allowed)],
+        )
+        return cur.rowcount == 1
+
+    def queue_received(self, job_id: int, **fields: Any) -> None:
+        """received -> queued, with the ``instance-received`` event (``fields``: who sent what)."""
         with self._tx() as db:
-            db.execute(sql, args)
+            if self._move(db, job_id, S.QUEUED, frozenset({S.RECEIVED})):
+                self.audit.event(AuditEvent.INSTANCE_RECEIVED, job=job_id, **fields)
+
+    def apply(
+        self,
+        job: Job,
+        outcome: Outcome,
+        expect: frozenset[JobState],
+        *,
+        outputs: list[str] | None = None,
+        **fields: Any,
+    ) -> JobState | None:
+        """Record a runner outcome: the job's new state and its audit events, in one transaction.
+
+        ``expect``: the states the caller holds the job in (a claimed job: analysing or delivering; a
+        broker result: queued or published). ``outputs``: paths of the outputs kept for a retry.
+        ``fields``: extra audit fields (e.g. the scale-out worker). Returns the new state, or ``None``
+        when the job had already moved on (a redelivered broker result): then nothing is written.
+        """
+        cols: dict[str, Any] = {"lease_until": 0, "lease_owner": None, "stage": str(outcome.stage)}
+        if outcome.summary:
+            cols["result_json"] = json.dumps(outcome.summary)
+        if outputs is not None:
+            cols["outputs_json"] = json.dumps(outputs)
+        if outcome.receipts:
+            cols["delivered_json"] = json.dumps(outcome.receipts)
+        base = {"job": job.id, "sop_uid": job.sop_uid, **fields}
+        events: list[tuple[AuditEvent, dict[str, Any]]] = []
+        if outcome.summary:
+            s = outcome.summary
+            events.append(
+                (
+                    AuditEvent.ANALYSED,
+                    {
+                        **base,
+                        "application": s.get("application"),
+                        "analysed": s.get("analysed"),
+                        "finding": s.get("finding") or None,
+                        "models": s.get("models"),
+                        "duration_ms": outcome.analysed_ms,
+                    },
+                )
+            )
+        if outcome.verdict is Verdict.DELIVERED:
+            target, cols["error"] = S.DELIVERED, ""
+            events.append((AuditEvent.DELIVERED, {**base, "receipts": outcome.receipts}))
+        elif outcome.verdict is Verdict.RETRY:
+            target, cols["error"] = S.DELIVERING, outcome.reason
+            cols["next_attempt_at"] = time.time() + outcome.retry_in
+            events.append(
+                (
+                    AuditEvent.DELIVERY_RETRY,
+                    {**base, "attempt": job.attempts + 1, "delay_s": outcome.retry_in, "reason": outcome.reason},
+                )
+            )
+        elif outcome.verdict is Verdict.REJECTED:
+            target, cols["error"] = S.REJECTED, outcome.reason
+            events.append((AuditEvent.REJECTED, {**base, "stage": str(outcome.stage), "reason": outcome.reason}))
+        else:
+            target, cols["error"] = S.FAILED, outcome.reason
+            events.append((AuditEvent.FAILED, {**base, "stage": str(outcome.stage), "reason": outcome.reason}))
+        with self._tx() as db:
+            if not self._move(db, job.id, target, expect, **cols):
+                return None
+            if outcome.verdict is Verdict.RETRY:
+                db.execute("UPDATE jobs SET attempts=attempts+1 WHERE id=?", (job.id,))
+            for kind, event_fields in events:
+                self.audit.event(kind, **event_fields)
+        return target
+
+    def resend(self, job_ids: list[int] | None = None) -> int:
+        """failed -> queued again (all failed jobs, or the given ids), with one ``resend`` event."""
+        with self._tx() as db:
+            query = "SELECT id FROM jobs WHERE state=?"
+            args: list[Any] = [str(S.FAILED)]
+            if job_ids:
+                query += f" AND id IN ({','.join('?' * len(job_ids))})"
+                args += job_ids
+            ids = [int(r["id"]) for r in db.execute(query, args).fetchall()]
+            for job_id in ids:
+                self._move(db, job_id, S.QUEUED, frozenset({S.FAILED}), attempts=0, next_attempt_at=0, error="")
+            self.audit.event(AuditEvent.RESEND, jobs=ids, requested=job_ids or "all-failed", count=len(ids))
+        return len(ids)
+
+    def mark_published(self, job_id: int) -> None:
+        """Handed to the broker (role terminal); a worker's result will finish it."""
+        with self._tx() as db:
+            self._move(db, job_id, S.PUBLISHED, frozenset({S.QUEUED}))
 
     def recover(self) -> int:
         """After a crash: queue ``received`` jobs whose spool file exists, release dead workers' leases."""
@@ -255,7 +403,7 @@ class JobStore:
         with self._tx() as db:
             for row in db.execute("SELECT id, spool_path FROM jobs WHERE state='received'").fetchall():
                 if Path(row["spool_path"]).is_file():
-                    db.execute("UPDATE jobs SET state='queued', updated_at=? WHERE id=?", (_now(), row["id"]))
+                    self._move(db, row["id"], S.QUEUED, frozenset({S.RECEIVED}))
                     n += 1
             for row in db.execute(
                 "SELECT id, lease_owner FROM jobs WHERE state IN ('analysing','delivering') AND lease_until>?",
@@ -277,92 +425,29 @@ class JobStore:
             ).fetchone()
             if row is None:
                 return None
-            state = "analysing" if row["state"] == "queued" else row["state"]
+            state = S.ANALYSING if row["state"] == S.QUEUED else JobState(row["state"])
             db.execute(
                 "UPDATE jobs SET state=?, lease_owner=?, lease_until=?, updated_at=? WHERE id=?",
-                (state, owner, now + lease_seconds, _now(), row["id"]),
+                (str(state), owner, now + lease_seconds, _now(), row["id"]),
             )
             row = db.execute("SELECT * FROM jobs WHERE id=?", (row["id"],)).fetchone()
         return Job.from_row(row)
 
-    def set_delivering(self, job_id: int, outputs: list[str], result: dict[str, Any]) -> None:
-        self._set(
-            job_id,
-            "delivering",
-            None,
-            outputs_json=json.dumps(outputs),
-            result_json=json.dumps(result),
-            stage="deliver",
-            error="",
-        )
-
-    def retry_later(self, job_id: int, stage: str, error: str, delay: float) -> None:
+    # -- reads ---------------------------------------------------------------------------------
+    def jobs_in_state(self, state: JobState, limit: int) -> list[Job]:
         with self._tx() as db:
-            db.execute(
-                """UPDATE jobs SET attempts=attempts+1, next_attempt_at=?, lease_until=0, lease_owner=NULL,
-                   stage=?, error=?, updated_at=? WHERE id=?""",
-                (time.time() + delay, stage, error, _now(), job_id),
-            )
-
-    def mark_delivered(self, job_id: int, orthanc_ids: list[str]) -> None:
-        self._set(
-            job_id, "delivered", None, delivered_json=json.dumps(orthanc_ids), lease_until=0, lease_owner=None, error=""
-        )
-
-    def mark_failed(self, job_id: int, stage: str, error: str) -> None:
-        self._set(job_id, "failed", None, stage=stage, error=error, lease_until=0, lease_owner=None)
-
-    def mark_rejected(self, job_id: int, reason: str) -> None:
-        self._set(job_id, "rejected", None, stage="intake", error=reason, lease_until=0, lease_owner=None)
-
-    def resend(self, job_ids: list[int] | None = None) -> int:
-        """Queue failed jobs again (all of them, or the given ids); returns how many."""
-        with self._tx() as db:
-            if job_ids:
-                marks = ",".join("?" * len(job_ids))
-                cur = db.execute(
-                    f"""UPDATE jobs SET state='queued', attempts=0, next_attempt_at=0, error='', updated_at=?
-                        WHERE state='failed' AND id IN ({marks})""",
-                    (_now(), *job_ids),
-                )
-            else:
-                cur = db.execute(
-                    """UPDATE jobs SET state='queued', attempts=0, next_attempt_at=0, error='', updated_at=?
-                       WHERE state='failed'""",
-                    (_now(),),
-                )
-            return int(cur.rowcount)
-
-    def jobs_in_state(self, state: str, limit: int) -> list[Job]:
-        with self._tx() as db:
-            rows = db.execute("SELECT * FROM jobs WHERE state=? ORDER BY id LIMIT ?", (state, limit)).fetchall()
+            rows = db.execute("SELECT * FROM jobs WHERE state=? ORDER BY id LIMIT ?", (str(state), limit)).fetchall()
         return [Job.from_row(r) for r in rows]
-
-    def mark_published(self, job_id: int) -> None:
-        """Handed to the broker (role terminal); a worker's result will finish it."""
-        self._set(job_id, "published", "queued")
-
-    def mark_remote_delivered(self, job_id: int, result: dict[str, Any], orthanc_ids: list[str]) -> None:
-        """A worker elsewhere analysed and delivered a published job (role terminal)."""
-        self._set(
-            job_id,
-            "delivered",
-            None,
-            result_json=json.dumps(result),
-            delivered_json=json.dumps(orthanc_ids),
-            stage="deliver",
-            error="",
-        )
 
     def get(self, job_id: int) -> Job | None:
         with self._tx() as db:
             row = db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
         return Job.from_row(row) if row else None
 
-    def jobs(self, state: str | None = None) -> list[Job]:
+    def jobs(self, state: JobState | None = None) -> list[Job]:
         with self._tx() as db:
             if state:
-                rows = db.execute("SELECT * FROM jobs WHERE state=? ORDER BY id", (state,)).fetchall()
+                rows = db.execute("SELECT * FROM jobs WHERE state=? ORDER BY id", (str(state),)).fetchall()
             else:
                 rows = db.execute("SELECT * FROM jobs ORDER BY id").fetchall()
         return [Job.from_row(r) for r in rows]
@@ -370,15 +455,16 @@ class JobStore:
     def counts(self) -> dict[str, int]:
         with self._tx() as db:
             rows = db.execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state").fetchall()
-        out = dict.fromkeys(STATES, 0)
+        out = {str(s): 0 for s in JobState}
         out.update({r["state"]: r["n"] for r in rows})
         return out
 
     def oldest_pending_age(self) -> float | None:
         """Seconds since the oldest job not yet delivered/failed/rejected was received."""
+        marks = ",".join("?" * len(PENDING))
         with self._tx() as db:
             row = db.execute(
-                "SELECT MIN(received_at) FROM jobs WHERE state IN ('received','queued','published','analysing','delivering')"
+                f"SELECT MIN(received_at) FROM jobs WHERE state IN ({marks})", [str(s) for s in PENDING]
             ).fetchone()
         if not row or not row[0]:
             return None

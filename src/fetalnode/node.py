@@ -1,103 +1,46 @@
-"""Assembles a running node from settings: job store, audit, spool, SCP and worker."""
+"""Assembles a running node from settings: job store (with its audit journal), spool, SCP, and either
+the embedded worker (role ``all``) or the broker publisher and results collector (role ``terminal``)."""
 
 from __future__ import annotations
 
 import logging
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-import torch
 
 from fetalnode.audit import AuditLog
 from fetalnode.config import Settings
-from fetalnode.errors import NodeError
-from fetalnode.inference import Analyzer
-from fetalnode.inference.bundle import bundle_fingerprint
 from fetalnode.jobs import JobStore
-from fetalnode.orthanc.client import OrthancClient
-from fetalnode.pipeline import Pipeline, Worker
 from fetalnode.scp.server import Terminal, start_scp
 from fetalnode.scp.spool import Spool
+from fetalnode.vocab import AuditEvent, Role
+from fetalnode.worker import Worker
 
 log = logging.getLogger(__name__)
-
-
-def open_store(settings: Settings) -> JobStore:
-    return JobStore(settings.data_path / "jobs.sqlite")
 
 
 def open_audit(settings: Settings) -> AuditLog:
     return AuditLog(settings.data_path / "audit.jsonl")
 
 
-def build_worker(settings: Settings, jobs: JobStore, audit: AuditLog) -> Worker:
-    """Load the model bundles (raising BundleError if any is unusable) and wire the pipeline."""
-    torch.set_num_threads(max(1, settings.worker.torch_threads))
-    analyzer = Analyzer.from_dir(
-        settings.models.dir, settings.models.segmentation, settings.models.classifier, settings.output.heatmap_alpha
-    )
-    log.info(
-        "models loaded: %s %s, %s %s", analyzer.seg.name, analyzer.seg.version, analyzer.cls.name, analyzer.cls.version
-    )
-    pipeline = Pipeline(settings, analyzer, OrthancClient(settings.orthanc), jobs, audit)
+def open_store(settings: Settings, writable: bool = True) -> JobStore:
+    """The node's job store; ``writable`` opens it with the audit log (every state change is audited)."""
+    return JobStore(settings.data_path / "jobs.sqlite", open_audit(settings) if writable else None)
+
+
+def build_worker(settings: Settings, jobs: JobStore) -> Worker:
+    """Load the application's bundles (raising BundleError if any is unusable) and wire the embedded worker."""
+    from fetalnode.runtime import ModelWatcher, build_runtime
+
+    runtime = build_runtime(settings)
     return Worker(
-        pipeline,
+        runtime,
         jobs,
+        settings.data_path / "outbox",
         settings.worker.poll_interval,
         settings.worker.lease_seconds,
-        reload=ModelWatcher(settings, pipeline, audit),
+        reload=ModelWatcher(settings, runtime, jobs.audit),
     )
-
-
-class ModelWatcher:
-    """Reloads the bundles between jobs when ``fetalnode models push`` has changed them.
-
-    A bundle that does not load is refused: the node keeps analysing with the models it has.
-    """
-
-    def __init__(self, settings: Settings, pipeline: Pipeline, audit: AuditLog) -> None:
-        self.settings = settings
-        self.pipeline = pipeline
-        self.audit = audit
-        self.seen = self._fingerprints()
-
-    def _fingerprints(self) -> tuple[tuple[str, float], ...]:
-        root = Path(self.settings.models.dir)
-        return tuple(
-            bundle_fingerprint(root / n) for n in (self.settings.models.segmentation, self.settings.models.classifier)
-        )
-
-    def __call__(self) -> None:
-        now = self._fingerprints()
-        if now == self.seen:
-            return
-        self.seen = now
-        try:
-            analyzer = Analyzer.from_dir(
-                self.settings.models.dir,
-                self.settings.models.segmentation,
-                self.settings.models.classifier,
-                self.settings.output.heatmap_alpha,
-            )
-        except NodeError as exc:
-            log.error("new model bundle refused, keeping the loaded ones: %s", exc)
-            self.audit.event("models-reload-failed", reason=str(exc))
-            return
-        self.pipeline.analyzer = analyzer
-        log.info(
-            "models reloaded: %s %s, %s %s",
-            analyzer.seg.name,
-            analyzer.seg.version,
-            analyzer.cls.name,
-            analyzer.cls.version,
-        )
-        self.audit.event(
-            "models-reloaded",
-            segmentation=f"{analyzer.seg.name} {analyzer.seg.version}",
-            classifier=f"{analyzer.cls.name} {analyzer.cls.version}",
-        )
 
 
 @dataclass
@@ -112,9 +55,9 @@ class Node:
         """Role ``all``: SCP + in-process worker on the SQLite queue. Role ``terminal``: SCP + publisher
         to the broker + collector of the workers' results (``fetalnode.distributed``)."""
         jobs = open_store(self.settings)
-        audit = open_audit(self.settings)
-        terminal_role = self.settings.node.role == "terminal"
-        worker = build_worker(self.settings, jobs, audit) if self.with_worker and not terminal_role else None
+        audit = jobs.audit
+        terminal_role = self.settings.node.role == Role.TERMINAL
+        worker = build_worker(self.settings, jobs) if self.with_worker and not terminal_role else None
         spool = Spool(self.settings.data_path / "spool", self.settings.scp.min_free_bytes)
         recovered = jobs.recover()
         if recovered:
@@ -138,7 +81,7 @@ class Node:
         terminal = Terminal(self.settings, spool, jobs, audit, on_queued=on_queued)
         servers = start_scp(self.settings, terminal)
         audit.event(
-            "node-started",
+            AuditEvent.NODE_STARTED,
             ae_title=self.settings.node.ae_title,
             port=self.settings.node.port,
             role=self.settings.node.role,
@@ -157,7 +100,7 @@ class Node:
                 metrics.shutdown()
             if worker is not None:
                 worker.stop()
-            audit.event("node-stopped")
+            audit.event(AuditEvent.NODE_STOPPED)
 
     def stop(self) -> None:
         self._stopped.set()

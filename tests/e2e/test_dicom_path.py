@@ -38,8 +38,8 @@ def test_samples_and_real_us_files_reach_orthanc_as_reports(make_node, orthanc) 
         src = dcmread(path, stop_before_pixels=True)
         job = jobs[src.SOPInstanceUID]
         srs, scs = outputs_in_study(orthanc, src.StudyInstanceUID)
-        [sr] = [d for d in srs if d.SOPInstanceUID == job.result["sr_sop_uid"]]
-        [sc] = [d for d in scs if d.SOPInstanceUID == job.result["sc_sop_uid"]]
+        [sr] = [d for d in srs if d.SOPInstanceUID == job.result["outputs"]["sr"]]
+        [sc] = [d for d in scs if d.SOPInstanceUID == job.result["outputs"]["sc"]]
         assert sr.StudyInstanceUID == sc.StudyInstanceUID == src.StudyInstanceUID
         assert sr.PatientID == src.PatientID
         content = sr_content(sr)
@@ -92,7 +92,7 @@ def test_worker_killed_mid_job_every_instance_delivered_exactly_once(make_node, 
         src = dcmread(f, stop_before_pixels=True)
         reports = find(orthanc, StudyInstanceUID=src.StudyInstanceUID, Modality="SR")
         job = next(j for j in node.jobs.jobs() if j.sop_uid == src.SOPInstanceUID)
-        assert [r["MainDicomTags"]["SOPInstanceUID"] for r in reports].count(job.result["sr_sop_uid"]) == 1
+        assert [r["MainDicomTags"]["SOPInstanceUID"] for r in reports].count(job.result["outputs"]["sr"]) == 1
 
 
 def test_orthanc_down_then_up_everything_delivered_once(make_node, tmp_path) -> None:

@@ -51,7 +51,7 @@ def test_push_new_classifier_to_running_node(make_node, orthanc, tmp_path) -> No
     assert versions[0] == f"fba-classifier/{old_version}"
     assert versions[1:] == [f"fba-classifier/{old_version}-pushed"] * (len(files) - 1)
     last = node.jobs.jobs()[-1]
-    [sr] = [i for i in find(orthanc, SOPInstanceUID=last.result["sr_sop_uid"])]
+    [sr] = [i for i in find(orthanc, SOPInstanceUID=last.result["outputs"]["sr"])]
     text = str(download(orthanc, sr["ID"]))
     assert f"{old_version}-pushed" in text
     audit = [json.loads(x) for x in (node.data_dir / "audit.jsonl").read_text().splitlines()]

@@ -48,7 +48,7 @@ def assert_exactly_once(node, orthanc: OrthancProcess, n: int) -> None:
     jobs = node.jobs.jobs()
     assert len(jobs) == n
     assert [j for j in jobs if j.state != "delivered"] == []
-    expected = {j.result["sr_sop_uid"] for j in jobs}
+    expected = {j.result["outputs"]["sr"] for j in jobs}
     in_orthanc = orthanc_sr_uids(orthanc)
     assert len(in_orthanc) == len(set(in_orthanc)) == n, "one SR per instance, no duplicate"
     assert set(in_orthanc) == expected

@@ -133,9 +133,9 @@ def test_dcmtk_prints_1up_and_2x1_reach_orthanc_with_source_pixels(printer, orth
         ]
         assert min(diffs) <= 2, "captured pixels equal one of the printed sources"
         srs = find(orthanc, StudyInstanceUID=ds.StudyInstanceUID, Modality="SR")
-        assert job.result["sr_sop_uid"] in {s["MainDicomTags"]["SOPInstanceUID"] for s in srs}
+        assert job.result["outputs"]["sr"] in {s["MainDicomTags"]["SOPInstanceUID"] for s in srs}
     assert len({dcmread(j.spool_path).StudyInstanceUID for j in two_up}) == 1, "one film session, one study"
-    sc = [i for i in find(orthanc, SOPInstanceUID=jobs[0].result["sc_sop_uid"])]
+    sc = [i for i in find(orthanc, SOPInstanceUID=jobs[0].result["outputs"]["sc"])]
     assert download(orthanc, sc[0]["ID"]).SamplesPerPixel == 3
 
 

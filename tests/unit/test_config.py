@@ -43,14 +43,32 @@ def test_shipped_config_loads() -> None:
     assert s.orthanc.password == ""
 
 
-def test_output_uids_are_deterministic_and_distinct() -> None:
+def test_output_uids_are_deterministic_and_distinct_per_kind() -> None:
     from pydicom.uid import UID
 
-    from fetalnode.outputs.uids import output_uids
+    from fetalnode.outputs.uids import derive_uid, object_uids
 
-    a = output_uids("1.2.3", "1.2", "0.1.0+0.1.0")
-    assert a == output_uids("1.2.3", "1.2", "0.1.0+0.1.0")
-    assert a.sr_instance != output_uids("1.2.3", "1.2", "0.2.0+0.1.0").sr_instance
-    assert a.sr_instance != output_uids("1.2.3", "1.2", "0.1.0+0.1.0", variant="abcd").sr_instance
-    assert len({a.sr_series, a.sr_instance, a.sc_series, a.sc_instance}) == 4
-    assert all(UID(u).is_valid and len(u) <= 64 for u in (a.sr_instance, a.sc_series))
+    a = object_uids("sr", "1.2.3", "1.2", "0.1.0+0.1.0")
+    assert a == object_uids("sr", "1.2.3", "1.2", "0.1.0+0.1.0")
+    assert a.instance != object_uids("sr", "1.2.3", "1.2", "0.2.0+0.1.0").instance
+    assert a.instance != object_uids("sr", "1.2.3", "1.2", "0.1.0+0.1.0", variant="abcd").instance
+    sc = object_uids("sc", "1.2.3", "1.2", "0.1.0+0.1.0")
+    assert len({a.series, a.instance, sc.series, sc.instance}) == 4
+    assert all(UID(u).is_valid and len(u) <= 64 for u in (a.instance, sc.series))
+    # the derivation of the releases before output kinds had a registry: an upgrade re-sends the same UIDs
+    assert (a.series, a.instance) == (
+        derive_uid("sr-series", "1.2", "0.1.0+0.1.0"),
+        derive_uid("sr", "1.2.3", "0.1.0+0.1.0"),
+    )
+
+
+def test_role_output_and_application_names_are_checked() -> None:
+    from fetalnode.outputs.registry import enabled_writers
+
+    with pytest.raises(ConfigError, match=r"node\.role"):
+        load_settings(None, env={"FETALNODE__NODE__ROLE": "boss"})
+    with pytest.raises(ConfigError, match="unknown output 'gsps'"):
+        enabled_writers(["sr", "gsps"], "fetal-head")
+    with pytest.raises(ConfigError, match="cannot be written for application 'other'"):
+        enabled_writers(["sr"], "other")
+    assert [w.name for w in enabled_writers(load_settings(None, env={}).output.enabled, "fetal-head")] == ["sr", "sc"]

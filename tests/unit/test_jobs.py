@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -5,7 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from fetalnode.jobs import JobStore, PreNotification
+from fetalnode.audit import AuditLog
+from fetalnode.errors import NodeError
+from fetalnode.jobs import TRANSITIONS, JobStore, PreNotification, TransitionRefused
+from fetalnode.runner import Outcome, Verdict, crashed
+from fetalnode.vocab import AuditEvent, JobState, Stage
 
 pytestmark = pytest.mark.unit
 
@@ -31,23 +36,77 @@ def note(tmp: Path, uid: str, sha: str = "ab" * 32) -> PreNotification:
     )
 
 
-def test_lifecycle_and_counts(tmp_path: Path) -> None:
-    store = JobStore(tmp_path / "j.sqlite")
+def store_in(tmp: Path) -> JobStore:
+    return JobStore(tmp / "j.sqlite", AuditLog(tmp / "audit.jsonl"))
+
+
+def events(tmp: Path) -> list[dict]:
+    path = tmp / "audit.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+CLAIMED = frozenset({JobState.ANALYSING, JobState.DELIVERING})
+
+
+def test_lifecycle_each_change_with_its_audit_event(tmp_path: Path) -> None:
+    store = store_in(tmp_path)
     a = store.prenotify(note(tmp_path, "1.1"))
     assert store.counts()["received"] == 1
     assert store.claim("w:1", 60) is None, "a received (not yet queued) job must not run"
-    store.mark_queued(a)
+    store.queue_received(a, calling_ae="US1")
+    assert [e["event"] for e in events(tmp_path)] == ["instance-received"]
     job = store.claim("w:1", 60)
-    assert job is not None and job.id == a and job.state == "analysing"
+    assert job is not None and job.id == a and job.state == JobState.ANALYSING
     assert store.claim("w:2", 60) is None, "a leased job is not handed out twice"
-    store.set_delivering(a, ["/x/sr.dcm"], {"finding": "normal"})
-    store.retry_later(a, "deliver", "connection refused", 0)
+    retry = Outcome(Verdict.RETRY, Stage.DELIVER, "connection refused", {"finding": "normal"}, retry_in=0)
+    assert store.apply(job, retry, CLAIMED, outputs=["/x/sr.dcm"]) is JobState.DELIVERING
     again = store.claim("w:2", 60)
-    assert again is not None and again.state == "delivering" and again.attempts == 1
-    store.mark_failed(a, "deliver", "HTTP 401")
+    assert again is not None and again.state == JobState.DELIVERING and again.attempts == 1
+    assert again.outputs == ["/x/sr.dcm"] and again.result == {"finding": "normal"}
+    assert store.apply(again, Outcome(Verdict.FAILED, Stage.DELIVER, "HTTP 401"), CLAIMED) is JobState.FAILED
     assert store.counts()["failed"] == 1
     assert store.resend() == 1
-    assert store.get(a).state == "queued"  # type: ignore[union-attr]
+    assert store.get(a).state == JobState.QUEUED  # type: ignore[union-attr]
+    kinds = [e["event"] for e in events(tmp_path)]
+    assert kinds == ["instance-received", "analysed", "delivery-retry", "failed", "resend"]
+    assert events(tmp_path)[3]["stage"] == "deliver" and events(tmp_path)[3]["reason"] == "HTTP 401"
+
+
+def test_guarded_transitions_write_nothing_when_refused(tmp_path: Path) -> None:
+    store = store_in(tmp_path)
+    a = store.prenotify(note(tmp_path, "1.2"))
+    store.queue_received(a)
+    job = store.claim("w:1", 60)
+    assert job is not None
+    done = Outcome(Verdict.DELIVERED, Stage.DELIVER, receipts={"orthanc": {"sr": "abc"}})
+    assert store.apply(job, done, CLAIMED) is JobState.DELIVERED
+    assert store.get(a).receipts == {"orthanc": {"sr": "abc"}}  # type: ignore[union-attr]
+    before = len(events(tmp_path))
+    # a redelivered broker result for a job already delivered: no change, no event
+    assert store.apply(job, Outcome(Verdict.FAILED, Stage.DELIVER, "late"), frozenset({JobState.PUBLISHED})) is None
+    assert len(events(tmp_path)) == before and store.get(a).state == JobState.DELIVERED  # type: ignore[union-attr]
+    with pytest.raises(TransitionRefused):
+        store.apply(job, done, frozenset({JobState.DELIVERED, JobState.REJECTED}))
+    assert TRANSITIONS[JobState.DELIVERED] == frozenset() and TRANSITIONS[JobState.REJECTED] == frozenset()
+
+
+def test_crash_path_is_audited_and_a_read_only_store_cannot_write(tmp_path: Path) -> None:
+    store = store_in(tmp_path)
+    a = store.prenotify(note(tmp_path, "1.3"))
+    store.queue_received(a)
+    job = store.claim("w:1", 60)
+    assert job is not None
+    assert store.apply(job, crashed(MemoryError()), CLAIMED) is JobState.FAILED
+    assert events(tmp_path)[-1] | {"ts": ""} == {
+        "ts": "",
+        "event": AuditEvent.FAILED,
+        "job": a,
+        "sop_uid": "1.3",
+        "stage": "worker",
+        "reason": "MemoryError: ",
+    }
+    with pytest.raises(NodeError, match="read-only"):
+        JobStore(tmp_path / "j.sqlite").resend()
 
 
 def test_duplicate_and_conflict_lookup(tmp_path: Path) -> None:
@@ -59,17 +118,17 @@ def test_duplicate_and_conflict_lookup(tmp_path: Path) -> None:
 
 
 def test_recover_releases_dead_worker_lease(tmp_path: Path) -> None:
-    store = JobStore(tmp_path / "j.sqlite")
+    store = store_in(tmp_path)
     job_id = store.prenotify(note(tmp_path, "1.7"))
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     owner = f"{os.uname().nodename}:{dead.pid}"
-    store.mark_queued(job_id)
+    store.queue_received(job_id)
     assert store.claim(owner, 3600) is not None
     assert store.claim("other:1", 60) is None
     assert store.recover() == 1
     taken = store.claim("other:1", 60)
-    assert taken is not None and taken.id == job_id and taken.state == "analysing"
+    assert taken is not None and taken.id == job_id and taken.state == JobState.ANALYSING
 
 
 def test_recover_queues_received_with_spool_file(tmp_path: Path) -> None:

@@ -11,8 +11,8 @@ from pydicom.uid import ExplicitVRLittleEndian
 from fetalnode import RESEARCH_NOTICE
 from fetalnode.errors import EncodingError
 from fetalnode.inference import AnalysisResult
+from fetalnode.outputs.registry import OutputContext, register_output
 from fetalnode.outputs.report import contributing_equipment
-from fetalnode.outputs.uids import OutputUids
 
 
 def banner_lines(result: AnalysisResult) -> list[str]:
@@ -51,10 +51,10 @@ def burn_banner(rgb: np.ndarray, lines: list[str]) -> np.ndarray:
     return np.asarray(canvas)
 
 
-def build_heatmap_capture(
-    source: Dataset, result: AnalysisResult, uids: OutputUids, *, manufacturer: str, station_name: str
-) -> hd.sc.SCImage:
+@register_output("sc", applications=["fetal-head"])
+def build_heatmap_capture(ctx: OutputContext) -> hd.sc.SCImage:
     """An RGB Secondary Capture in the source study: fused Grad-CAM heatmap, ROI ellipse and banner."""
+    source, result, manufacturer = ctx.source, ctx.analysis.result, ctx.settings.manufacturer
     if result.fused_rgb is None:
         raise EncodingError("analysis produced no image to capture")
     pixels = burn_banner(result.fused_rgb, banner_lines(result))
@@ -69,13 +69,13 @@ def build_heatmap_capture(
             # none, so the placeholder is replaced by an empty (Type 2) Patient Orientation below.
             coordinate_system="PATIENT",
             patient_orientation=("A", "F"),
-            series_instance_uid=uids.sc_series,
+            series_instance_uid=ctx.uids.series,
             series_number=9102,
-            sop_instance_uid=uids.sc_instance,
+            sop_instance_uid=ctx.uids.instance,
             instance_number=int(getattr(source, "InstanceNumber", 1) or 1),
             manufacturer=manufacturer,
             transfer_syntax_uid=ExplicitVRLittleEndian,
-            contributing_equipment=[contributing_equipment(manufacturer, models, station_name)],
+            contributing_equipment=[contributing_equipment(manufacturer, models, ctx.station_name)],
         )
     except (ValueError, TypeError, AttributeError) as exc:
         raise EncodingError(f"Secondary Capture could not be built: {exc}") from exc

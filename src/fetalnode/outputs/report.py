@@ -20,7 +20,8 @@ from fetalnode import RESEARCH_NOTICE, __version__
 from fetalnode.errors import EncodingError
 from fetalnode.inference import AnalysisResult
 from fetalnode.outputs import codes as fc
-from fetalnode.outputs.uids import DEVICE_UID, OutputUids, derive_uid
+from fetalnode.outputs.registry import OutputContext, register_output
+from fetalnode.outputs.uids import DEVICE_UID, derive_uid
 
 
 def contributing_equipment(manufacturer: str, model_names: str, station: str) -> hd.ContributingEquipment:
@@ -53,10 +54,10 @@ def _algorithm(result: AnalysisResult) -> hd.sr.AlgorithmIdentification:
 
 
 def _measurement_group(
-    source: Dataset, result: AnalysisResult, frame_number: int | None, uids: OutputUids
+    source: Dataset, result: AnalysisResult, frame_number: int | None, sr_instance_uid: str
 ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations | hd.sr.MeasurementsAndQualitativeEvaluations:
     algorithm = _algorithm(result)
-    tracking = hd.sr.TrackingIdentifier(uid=derive_uid("tracking", uids.sr_instance), identifier="fetal head")
+    tracking = hd.sr.TrackingIdentifier(uid=derive_uid("tracking", sr_instance_uid), identifier="fetal head")
     source_image = hd.sr.SourceImageForMeasurementGroup(
         referenced_sop_class_uid=source.SOPClassUID,
         referenced_sop_instance_uid=source.SOPInstanceUID,
@@ -136,19 +137,11 @@ def report_comments(result: AnalysisResult, frame_number: int | None, n_frames: 
     return lines
 
 
-def build_report(
-    source: Dataset,
-    result: AnalysisResult,
-    uids: OutputUids,
-    *,
-    frame_number: int | None,
-    n_frames: int,
-    spacing_source: str,
-    manufacturer: str,
-    station_name: str,
-    institution_name: str = "",
-) -> hd.sr.Comprehensive3DSR:
+@register_output("sr", applications=["fetal-head"])
+def build_report(ctx: OutputContext) -> hd.sr.Comprehensive3DSR:
     """Build the SR; raises :class:`EncodingError` with the reason if highdicom refuses the content."""
+    source, result, decoded = ctx.source, ctx.analysis.result, ctx.analysis.decoded
+    frame_number, manufacturer = decoded.frame_number, ctx.settings.manufacturer
     try:
         observation = hd.sr.ObservationContext(
             observer_device_context=hd.sr.ObserverContext(
@@ -165,7 +158,7 @@ def build_report(
                 subject_class_specific_context=hd.sr.SubjectContextFetus(subject_id="1"),
             ),
         )
-        group = _measurement_group(source, result, frame_number, uids)
+        group = _measurement_group(source, result, frame_number, ctx.uids.instance)
         report = hd.sr.MeasurementReport(
             observation_context=observation,
             procedure_reported=fc.OB_ULTRASOUND,
@@ -175,23 +168,26 @@ def build_report(
             name=fc.QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
         )
         container.ContentSequence = hd.sr.ContentSequence(
-            [_text(fc.COMMENT, line) for line in report_comments(result, frame_number, n_frames, spacing_source)]
+            [
+                _text(fc.COMMENT, line)
+                for line in report_comments(result, frame_number, decoded.n_frames, decoded.spacing_source)
+            ]
         )
         report[0].ContentSequence.append(container)
         models = f"{result.seg_model[0]} {result.seg_model[1]},{result.cls_model[0]} {result.cls_model[1]}"
         sr = hd.sr.Comprehensive3DSR(
             evidence=[source],
             content=report[0],
-            series_instance_uid=uids.sr_series,
+            series_instance_uid=ctx.uids.series,
             series_number=9101,
-            sop_instance_uid=uids.sr_instance,
+            sop_instance_uid=ctx.uids.instance,
             instance_number=int(getattr(source, "InstanceNumber", 1) or 1),
             manufacturer=manufacturer,
-            institution_name=institution_name or None,
+            institution_name=ctx.settings.institution_name or None,
             is_complete=True,
             is_final=False,
             is_verified=False,
-            contributing_equipment=[contributing_equipment(manufacturer, models, station_name)],
+            contributing_equipment=[contributing_equipment(manufacturer, models, ctx.station_name)],
         )
     except (ValueError, TypeError, AttributeError) as exc:
         raise EncodingError(f"SR could not be built: {exc}") from exc

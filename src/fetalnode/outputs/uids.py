@@ -23,23 +23,24 @@ DEVICE_UID = derive_uid("device")
 
 
 @dataclass(frozen=True)
-class OutputUids:
-    sr_series: str
-    sr_instance: str
-    sc_series: str
-    sc_instance: str
+class ObjectUids:
+    """Series and SOP Instance UID of one output object."""
+
+    series: str
+    instance: str
 
 
-def output_uids(source_sop_uid: str, source_series_uid: str, model_version: str, variant: str = "") -> OutputUids:
-    """UIDs of the SR and SC of one source instance.
+def object_uids(
+    kind: str, source_sop_uid: str, source_series_uid: str, model_version: str, variant: str = ""
+) -> ObjectUids:
+    """UIDs of the output ``kind`` (``sr``, ``sc``, ...) of one source instance.
 
-    ``variant`` distinguishes a *different* object received under an already used SOP Instance
-    UID (its content hash), so its report does not replace the first one's.
+    The series UID depends on the source series, the instance UID on the source instance, both on the
+    model versions. ``variant`` distinguishes a *different* object received under an already used SOP
+    Instance UID (its content hash), so its outputs do not replace the first one's.
     """
     instance_key = f"{source_sop_uid}#{variant}" if variant else source_sop_uid
-    return OutputUids(
-        sr_series=derive_uid("sr-series", source_series_uid, model_version),
-        sr_instance=derive_uid("sr", instance_key, model_version),
-        sc_series=derive_uid("sc-series", source_series_uid, model_version),
-        sc_instance=derive_uid("sc", instance_key, model_version),
+    return ObjectUids(
+        series=derive_uid(f"{kind}-series", source_series_uid, model_version),
+        instance=derive_uid(kind, instance_key, model_version),
     )

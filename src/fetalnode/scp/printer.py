@@ -24,9 +24,10 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import evt
 
 from fetalnode import __version__
+from fetalnode.dicom_status import Status
 from fetalnode.intake import SECONDARY_CAPTURE
 from fetalnode.outputs.uids import derive_uid
-from fetalnode.scp.server import SUCCESS, Terminal
+from fetalnode.scp.server import Terminal
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +176,7 @@ class PrintScp:
         ds.Manufacturer = "fetalnode project"
         ds.ManufacturerModelName = "fetalnode"
         ds.SoftwareVersions = __version__
-        return (SUCCESS, ds)
+        return (Status.SUCCESS, ds)
 
     # -- N-CREATE --------------------------------------------------------------------------
     def handle_n_create(self, event: evt.Event) -> tuple[int, Dataset | None]:
@@ -194,7 +195,7 @@ class PrintScp:
             state.session = FilmSession(uid, str(attrs.get("FilmSessionLabel", "")), str(attrs.get("OwnerID", "")))
             state.session.lut_uid = _lut_ref(attrs)
             self.terminal.audit.event("print-session", calling_ae=state.calling, address=state.peer, film_session=uid)
-            return (SUCCESS, reply)
+            return (Status.SUCCESS, reply)
         if sop_class == FILM_BOX:
             return self._create_film_box(event, state, uid, attrs, reply)
         if sop_class == str(PRESENTATION_LUT):
@@ -204,7 +205,7 @@ class PrintScp:
                     event, INVALID_ATTRIBUTE_VALUE, f"Presentation LUT shape {shape or '(explicit LUT)'} not supported"
                 )
             state.luts[uid] = shape
-            return (SUCCESS, reply)
+            return (Status.SUCCESS, reply)
         return self._refuse(event, NO_SUCH_SOP_CLASS, f"N-CREATE of SOP class {sop_class} not supported")
 
     def _create_film_box(
@@ -244,7 +245,7 @@ class PrintScp:
                 item.ReferencedSOPInstanceUID = ann_uid
                 annotation_refs.append(item)
             reply.ReferencedBasicAnnotationBoxSequence = annotation_refs
-        return (SUCCESS, reply)
+        return (Status.SUCCESS, reply)
 
     # -- N-SET -----------------------------------------------------------------------------
     def handle_n_set(self, event: evt.Event) -> tuple[int, Dataset | None]:
@@ -270,19 +271,19 @@ class PrintScp:
             box.photometric = str(item.get("PhotometricInterpretation", "MONOCHROME2"))
             box.bits_stored = int(item.get("BitsStored", item.get("BitsAllocated", 8)))
             box.lut_uid = _lut_ref(mods)
-            return (SUCCESS, None)
+            return (Status.SUCCESS, None)
         if session is not None and sop_class == FILM_BOX and uid in session.film_boxes:
             session.film_boxes[uid].lut_uid = _lut_ref(mods) or session.film_boxes[uid].lut_uid
-            return (SUCCESS, None)
+            return (Status.SUCCESS, None)
         if session is not None and sop_class == FILM_SESSION and uid == session.uid:
             session.label = str(mods.get("FilmSessionLabel", session.label))
             session.lut_uid = _lut_ref(mods) or session.lut_uid
-            return (SUCCESS, None)
+            return (Status.SUCCESS, None)
         if session is not None and sop_class == str(ANNOTATION_BOX):
             for film in session.film_boxes.values():
                 if uid in film.annotation_uids:
                     film.annotations[film.annotation_uids[uid]] = str(mods.get("TextString", ""))
-                    return (SUCCESS, None)
+                    return (Status.SUCCESS, None)
         return self._refuse(event, NO_SUCH_INSTANCE, f"N-SET of unknown {sop_class} instance {uid}")
 
     # -- N-ACTION (print) ------------------------------------------------------------------
@@ -298,10 +299,14 @@ class PrintScp:
             if not session.film_boxes:
                 return self._refuse(event, SESSION_HAS_NO_FILM_BOX, "film session has no film box")
             captured = sum(self._capture(event, state, film) for film in session.film_boxes.values())
-            return (SUCCESS, None) if captured else self._refuse(event, SESSION_EMPTY_PAGE, "empty film session")
+            return (Status.SUCCESS, None) if captured else self._refuse(event, SESSION_EMPTY_PAGE, "empty film session")
         if sop_class == FILM_BOX and uid in session.film_boxes:
             captured = self._capture(event, state, session.film_boxes[uid])
-            return (SUCCESS, None) if captured else self._refuse(event, FILM_BOX_EMPTY_PAGE, "film box has no image")
+            return (
+                (Status.SUCCESS, None)
+                if captured
+                else self._refuse(event, FILM_BOX_EMPTY_PAGE, "film box has no image")
+            )
         return self._refuse(event, NO_SUCH_INSTANCE, f"N-ACTION on unknown instance {uid}")
 
     # -- N-DELETE --------------------------------------------------------------------------
@@ -312,15 +317,15 @@ class PrintScp:
             # Printed images are already spooled and queued: deleting the session loses nothing.
             state.session = None
             state.image_boxes.clear()
-            return (SUCCESS, None)
+            return (Status.SUCCESS, None)
         if session is not None and sop_class == FILM_BOX and uid in session.film_boxes:
             film = session.film_boxes.pop(uid)
             for box in film.boxes:
                 state.image_boxes.pop(box.uid, None)
-            return (SUCCESS, None)
+            return (Status.SUCCESS, None)
         if sop_class == str(PRESENTATION_LUT) and uid in state.luts:
             del state.luts[uid]
-            return (SUCCESS, None)
+            return (Status.SUCCESS, None)
         return self._refuse(event, NO_SUCH_INSTANCE, f"N-DELETE of unknown instance {uid}")
 
     # -- capture ---------------------------------------------------------------------------
@@ -354,7 +359,7 @@ class PrintScp:
                     "film_session_label": session.label,
                 },
             )
-            if status != SUCCESS:
+            if status != Status.SUCCESS:
                 raise OSError(f"capture of image box {box.position} not stored (status 0x{status:04X})")
             count += 1
         film.printed = True

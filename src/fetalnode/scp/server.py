@@ -35,17 +35,13 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from fetalnode.audit import AuditLog
 from fetalnode.config import Settings
+from fetalnode.dicom_status import AssociateReject, Status
 from fetalnode.errors import IntakeRejected, SpoolFull
 from fetalnode.intake import check_header, read_received
 from fetalnode.jobs import JobStore, PreNotification
-from fetalnode.scp.access import (
-    CALLING_AE_NOT_RECOGNISED,
-    REJECT_PERMANENT,
-    SOURCE_SERVICE_USER,
-    AccessPolicy,
-    server_tls_context,
-)
+from fetalnode.scp.access import AccessPolicy, server_tls_context
 from fetalnode.scp.spool import Spool
+from fetalnode.vocab import AuditEvent
 
 log = logging.getLogger(__name__)
 
@@ -64,16 +60,14 @@ TRANSFER_SYNTAXES = [
     JPEG2000,
 ]
 
-# C-STORE statuses (PS3.4 B.2.3 and pynetdicom's storage service class); the intake ones are in intake.py.
-SUCCESS = 0x0000
-OUT_OF_RESOURCES = 0xA700
-DATASET_DOES_NOT_MATCH = 0xA900
-
 # A-ASSOCIATE-RJ diagnostics pynetdicom itself may send (source, diagnostic) -> reason for the audit.
-_REJECT_REASONS = {
-    (0x01, 0x03): "calling AE title not recognised",
-    (0x01, 0x07): "called AE title not recognised",
-    (0x03, 0x02): "too many associations (scp.maximum_associations)",
+_REJECT_REASONS: dict[tuple[int, int], str] = {
+    (AssociateReject.SOURCE_SERVICE_USER, AssociateReject.CALLING_AE_NOT_RECOGNISED): "calling AE title not recognised",
+    (AssociateReject.SOURCE_SERVICE_USER, AssociateReject.CALLED_AE_NOT_RECOGNISED): "called AE title not recognised",
+    (
+        AssociateReject.SOURCE_SERVICE_PROVIDER_PRESENTATION,
+        AssociateReject.LOCAL_LIMIT_EXCEEDED,
+    ): "too many associations (scp.maximum_associations)",
 }
 
 
@@ -100,7 +94,7 @@ class Terminal:
 
     # -- handlers ---------------------------------------------------------------------------
     def handle_echo(self, event: evt.Event) -> int:
-        return SUCCESS
+        return Status.SUCCESS
 
     def handle_requested(self, event: evt.Event) -> None:
         """Access control on the A-ASSOCIATE-RQ: refused peers get A-ASSOCIATE-RJ before any negotiation."""
@@ -114,19 +108,23 @@ class Terminal:
             return
         log.warning("association from %s at %s refused: %s", calling, address, why)
         self.audit.event(
-            "association-rejected",
+            AuditEvent.ASSOCIATION_REJECTED,
             calling_ae=calling,
             address=address,
             called_ae=str(rq.called_ae_title).strip(),
             reason=why,
         )
-        assoc.acse.send_reject(REJECT_PERMANENT, SOURCE_SERVICE_USER, CALLING_AE_NOT_RECOGNISED)
+        assoc.acse.send_reject(
+            AssociateReject.RESULT_PERMANENT,
+            AssociateReject.SOURCE_SERVICE_USER,
+            AssociateReject.CALLING_AE_NOT_RECOGNISED,
+        )
         assoc.kill()  # as pynetdicom does after its own rejections: lets the DUL send the A-ASSOCIATE-RJ first
 
     def handle_accepted(self, event: evt.Event) -> None:
         assoc = event.assoc
         self.audit.event(
-            "association-accepted",
+            AuditEvent.ASSOCIATION_ACCEPTED,
             calling_ae=assoc.requestor.ae_title,
             address=assoc.requestor.address,
             port=assoc.requestor.port,
@@ -138,7 +136,7 @@ class Terminal:
         rj, rq = assoc.acceptor.primitive, assoc.requestor.primitive
         key = (int(getattr(rj, "result_source", 0) or 0), int(getattr(rj, "diagnostic", 0) or 0))
         self.audit.event(
-            "association-rejected",
+            AuditEvent.ASSOCIATION_REJECTED,
             calling_ae=assoc.requestor.ae_title,
             address=assoc.requestor.address,
             called_ae=str(getattr(rq, "called_ae_title", "")).strip(),
@@ -154,16 +152,21 @@ class Terminal:
             return self._store(event, calling, peer, affected)
         except Exception as exc:  # a handler must answer, whatever happened
             log.exception("C-STORE of %s from %s failed", affected, calling)
-            return self.refuse(calling, peer, affected, OUT_OF_RESOURCES, f"{type(exc).__name__}: {exc}")
+            return self.refuse(calling, peer, affected, Status.OUT_OF_RESOURCES, f"{type(exc).__name__}: {exc}")
 
     def refuse(self, calling: str, peer: str, sop_uid: str, status: int, reason: str) -> Dataset:
         """Audit a refused C-STORE and build its response: the status plus an Error Comment a person can read."""
         log.warning("C-STORE of %s from %s refused with 0x%04X: %s", sop_uid, calling, status, reason)
         self.audit.event(
-            "store-refused", calling_ae=calling, address=peer, sop_uid=sop_uid, status=f"0x{status:04X}", reason=reason
+            AuditEvent.STORE_REFUSED,
+            calling_ae=calling,
+            address=peer,
+            sop_uid=sop_uid,
+            status=f"0x{status:04X}",
+            reason=reason,
         )
         rsp = Dataset()
-        rsp.Status = status
+        rsp.Status = int(status)
         rsp.ErrorComment = reason[:64]  # LO: 64 characters at most
         return rsp
 
@@ -171,7 +174,7 @@ class Terminal:
         try:
             self.spool.check_space()
         except SpoolFull as exc:
-            return self.refuse(calling, peer, affected, OUT_OF_RESOURCES, str(exc))
+            return self.refuse(calling, peer, affected, Status.OUT_OF_RESOURCES, str(exc))
         data = event.encoded_dataset(include_meta=True)
         worker = self.settings.worker
         try:
@@ -182,7 +185,7 @@ class Terminal:
                     calling,
                     peer,
                     affected,
-                    DATASET_DOES_NOT_MATCH,
+                    Status.DATASET_DOES_NOT_MATCH,
                     f"dataset UIDs ({sop_class}, {sop_uid}) do not match the request",
                 )
             check_header(ds, worker.max_pixels, worker.max_frames)
@@ -227,17 +230,27 @@ class Terminal:
         same = self.jobs.find_same(sop_uid, digest)
         if same is not None:
             self.audit.event(
-                "instance-duplicate", calling_ae=calling, address=peer, sop_uid=sop_uid, job=same.id, state=same.state
+                AuditEvent.INSTANCE_DUPLICATE,
+                calling_ae=calling,
+                address=peer,
+                sop_uid=sop_uid,
+                job=same.id,
+                state=same.state,
             )
-            return SUCCESS, None
+            return Status.SUCCESS, None
         conflicts = self.jobs.conflicting(sop_uid, digest)
         try:
             path, digest, _ = self.spool.store(data, sop_uid, digest)
         except SpoolFull as exc:
             self.audit.event(
-                "store-refused", calling_ae=calling, address=peer, sop_uid=sop_uid, status="0xA700", reason=str(exc)
+                AuditEvent.STORE_REFUSED,
+                calling_ae=calling,
+                address=peer,
+                sop_uid=sop_uid,
+                status=f"0x{Status.OUT_OF_RESOURCES:04X}",
+                reason=str(exc),
             )
-            return OUT_OF_RESOURCES, None
+            return Status.OUT_OF_RESOURCES, None
         extra = dict(extra)
         if conflicts:
             extra["uid_conflict"] = f"{conflicts} different object(s) already received with this SOP Instance UID"
@@ -259,12 +272,8 @@ class Terminal:
                 extra=extra,
             )
         )
-        self.jobs.mark_queued(job_id)
-        if self.on_queued is not None:
-            self.on_queued()
-        self.audit.event(
-            "instance-received",
-            job=job_id,
+        self.jobs.queue_received(
+            job_id,
             source=source,
             calling_ae=calling,
             address=peer,
@@ -275,7 +284,9 @@ class Terminal:
             sha256=digest,
             **({"flag": extra["uid_conflict"]} if "uid_conflict" in extra else {}),
         )
-        return SUCCESS, job_id
+        if self.on_queued is not None:
+            self.on_queued()
+        return Status.SUCCESS, job_id
 
 
 def build_ae(settings: Settings) -> AE:

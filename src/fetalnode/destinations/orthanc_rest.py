@@ -1,4 +1,4 @@
-"""REST delivery to Orthanc with pyorthanc; classifies every failure as transient or permanent."""
+"""Destination kind ``orthanc``: REST delivery with pyorthanc; every failure is classified transient or permanent."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from typing import Any
 import httpx
 from pyorthanc import Orthanc
 
-from fetalnode.config import OrthancSettings
+from fetalnode.config import OrthancSettings, Settings
+from fetalnode.destinations.base import Destination, Item, Receipt, destination_kind
 from fetalnode.errors import DeliveryError
 
 log = logging.getLogger(__name__)
@@ -20,7 +21,10 @@ TRANSIENT_HTTP = {408, 425, 429, 500, 502, 503, 504}
 class OrthancClient:
     """Store instances in Orthanc and check they are there."""
 
-    def __init__(self, settings: OrthancSettings) -> None:
+    kind = "orthanc"
+
+    def __init__(self, settings: OrthancSettings, name: str = "orthanc") -> None:
+        self.name = name
         self.url = settings.url.rstrip("/")
         self.settings = settings
         self._password: str | None = None
@@ -54,16 +58,34 @@ class OrthancClient:
         detail = response.text[:300].replace("\n", " ")
         raise DeliveryError(f"Orthanc {what}: HTTP {code} {detail}".rstrip(), transient=code in TRANSIENT_HTTP)
 
-    def store(self, data: bytes) -> dict[str, Any]:
-        """POST one DICOM file; returns Orthanc's answer (``ID``, ``Status``, ``ParentStudy``...).
+    def store(self, item: Item) -> Receipt:
+        """POST one object; the receipt is Orthanc's instance ID.
 
         ``AlreadyStored`` counts as success: output UIDs are deterministic, so it is the same object.
         """
-        answer = self._call("store", self._api.post_instances, data)
+        answer = self._call("store", self._api.post_instances, item.data)
         if not isinstance(answer, dict) or answer.get("Status") not in {"Success", "AlreadyStored"}:
             raise DeliveryError(f"Orthanc store: unexpected answer {answer!r}"[:300], transient=False)
-        return answer
+        return Receipt(self.name, item.name, str(answer["ID"]))
+
+    def probe(self) -> dict[str, Any]:
+        try:
+            return {
+                "name": self.name,
+                "kind": self.kind,
+                "url": self.url,
+                "reachable": True,
+                "version": self.system().get("Version"),
+            }
+        except DeliveryError as exc:
+            return {"name": self.name, "kind": self.kind, "url": self.url, "reachable": False, "error": str(exc)}
 
     def system(self) -> dict[str, Any]:
         answer = self._call("system", self._api.get_system)
         return dict(answer) if isinstance(answer, dict) else {}
+
+
+@destination_kind("orthanc")
+def from_settings(settings: Settings) -> list[Destination]:
+    """The ``[orthanc]`` section as the destination ``orthanc``."""
+    return [OrthancClient(settings.orthanc)]

@@ -1,0 +1,57 @@
+"""What an application is to the job runner: a name, its bundles, and ``analyse(dataset) -> Analysis``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pydicom.dataset import Dataset
+
+if TYPE_CHECKING:
+    from fetalnode.inference import AnalysisResult
+    from fetalnode.intake import DecodedImage
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """An application's answer for one image: what the output writers read."""
+
+    application: str
+    result: AnalysisResult
+    decoded: DecodedImage
+    models: tuple[tuple[str, str], ...]
+
+    @property
+    def model_version(self) -> str:
+        """The model versions joined by ``+`` (part of every output UID: a new model, new objects)."""
+        return "+".join(version for _, version in self.models)
+
+    def summary(self) -> dict[str, Any]:
+        """The finding as JSON-able values (job store, broker results, ``fetalnode analyze``)."""
+        summary: dict[str, Any] = dict(self.result.summary())
+        summary["application"] = self.application
+        summary["frame_number"] = self.decoded.frame_number
+        summary["n_frames"] = self.decoded.n_frames
+        summary["spacing_source"] = self.decoded.spacing_source
+        return summary
+
+
+class Application(Protocol):
+    """One clinical application.
+
+    ``analyse`` raises :class:`~fetalnode.errors.IntakeRejected` for an image it cannot take and
+    :class:`~fetalnode.errors.InferenceError` when its models fail; nothing else.
+    """
+
+    name: str
+
+    def analyse(self, ds: Dataset) -> Analysis: ...
+
+    def bundle_paths(self) -> list[Path]:
+        """The model bundles it loaded (watched for ``fetalnode models push``)."""
+        ...
+
+    def describe(self) -> dict[str, str]:
+        """Its bundles as ``{role: "name version"}`` for the log and the audit."""
+        ...

@@ -1,0 +1,117 @@
+"""The embedded worker (roles ``all`` and ``fetalnode worker``): claims jobs from the SQLite store,
+hands each to :func:`~fetalnode.runner.run_job`, keeps built outputs in the outbox for a retry and
+applies the outcome through the job store's journal."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from fetalnode.jobs import Job, JobStore, worker_identity
+from fetalnode.runner import Outcome, Received, Runtime, crashed, run_job
+from fetalnode.scp.spool import atomic_write
+from fetalnode.vocab import JobState
+
+log = logging.getLogger(__name__)
+CLAIMED = frozenset({JobState.ANALYSING, JobState.DELIVERING})
+
+
+def received_from_job(job: Job) -> Received:
+    """What the runner needs of a claimed job: the spool file, and the outbox of an earlier run."""
+    return Received(
+        job_id=job.id,
+        sop_uid=job.sop_uid,
+        sha256=job.sha256,
+        read=lambda: Path(job.spool_path).read_bytes(),
+        station_name=job.station_name or job.calling_ae,
+        variant=job.variant,
+        attempts=job.attempts,
+        built=_outbox(job),
+        receipts=job.receipts,
+    )
+
+
+def _outbox(job: Job) -> dict[str, bytes] | None:
+    """The outputs an earlier run built (``None``: analyse again, e.g. the outbox was lost)."""
+    if job.state != JobState.DELIVERING or not job.outputs:
+        return None
+    try:
+        return {Path(p).stem: Path(p).read_bytes() for p in job.outputs}
+    except OSError as exc:
+        log.warning("job %d: outbox unreadable (%s); analysing again", job.id, exc)
+        return None
+
+
+class Worker:
+    """Claims jobs from the store and runs them until stopped."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        jobs: JobStore,
+        outbox: Path,
+        poll_interval: float,
+        lease_seconds: float,
+        reload: Callable[[], None] | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.jobs = jobs
+        self.outbox = outbox
+        self.poll_interval = poll_interval
+        self.lease_seconds = lease_seconds
+        self.reload = reload
+        self.owner = worker_identity()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def wake(self) -> None:
+        """A job was queued: stop waiting for the next poll (in-process SCP)."""
+        self._wake.set()
+
+    def run_once(self) -> bool:
+        if self.reload is not None:
+            self.reload()
+        job = self.jobs.claim(self.owner, self.lease_seconds)
+        if job is None:
+            return False
+        try:
+            outcome = run_job(received_from_job(job), self.runtime)
+            state = self.jobs.apply(job, outcome, frozenset({job.state}), outputs=self._keep(job, outcome))
+        except Exception as exc:  # keep the worker alive; the job fails with its reason, audited
+            log.exception("job %d crashed", job.id)
+            state = self.jobs.apply(job, crashed(exc), CLAIMED)
+        log.info("job %d -> %s", job.id, state)
+        return True
+
+    def _keep(self, job: Job, outcome: Outcome) -> list[str] | None:
+        """Write freshly built outputs to ``outbox/<job>/<name>.dcm`` (atomically); their paths."""
+        if not outcome.summary or not outcome.built:
+            return None
+        paths = []
+        for name, data in outcome.built.items():
+            path = self.outbox / str(job.id) / f"{name}.dcm"
+            atomic_write(path, data)
+            paths.append(str(path))
+        return paths
+
+    def run_forever(self) -> None:
+        recovered = self.jobs.recover()
+        if recovered:
+            log.info("recovered %d interrupted job(s)", recovered)
+        while not self._stop.is_set():
+            if not self.run_once():
+                self._wake.wait(self.poll_interval)
+                self._wake.clear()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run_forever, name="fetalnode-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)

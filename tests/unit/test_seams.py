@@ -1,0 +1,54 @@
+"""The seams hold: the scale-out module stays light, one module maps exceptions to stages, one status
+table, every audit event kind documented."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from fetalnode.vocab import AuditEvent
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.unit
+SRC = ROOT / "src" / "fetalnode"
+
+
+def test_scale_out_module_imports_neither_inference_nor_output_writers() -> None:
+    probe = (
+        "import sys, fetalnode.distributed, fetalnode.runner, fetalnode.jobs\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in {'torch', 'highdicom', 'monai'}"
+        " or m.startswith(('fetalnode.inference', 'fetalnode.applications', 'fetalnode.outputs.report',"
+        " 'fetalnode.outputs.capture')))\n"
+        "print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_only_the_runner_maps_exceptions_to_stages() -> None:
+    users = sorted(
+        str(path.relative_to(SRC))
+        for path in SRC.rglob("*.py")
+        if re.search(r"\bStage\.[A-Z]", path.read_text()) and path.name != "vocab.py"
+    )
+    assert users == ["runner.py"]
+
+
+def test_dicom_statuses_are_defined_in_one_table() -> None:
+    defined = sorted(
+        f"{path.relative_to(SRC)}: {m.group(0)}"
+        for path in SRC.rglob("*.py")
+        for m in re.finditer(r"^[A-Z][A-Z_]+ = 0x[0-9A-Fa-f]{2,4}\b", path.read_text(), re.M)
+        if path.name != "dicom_status.py"
+    )
+    assert defined == []
+
+
+def test_every_audit_event_kind_is_documented() -> None:
+    text = (ROOT / "docs" / "operations.md").read_text()
+    section = text.split("## Audit events", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `([a-z-]+)` \|", section, re.M))
+    assert documented == {str(e) for e in AuditEvent}
