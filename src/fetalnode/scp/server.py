@@ -35,16 +35,11 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from fetalnode.audit import AuditLog
 from fetalnode.config import Settings
+from fetalnode.dicom_status import AssociateReject
 from fetalnode.errors import IntakeRejected, SpoolFull
 from fetalnode.intake import check_header, read_received
 from fetalnode.jobs import JobStore, PreNotification
-from fetalnode.scp.access import (
-    CALLING_AE_NOT_RECOGNISED,
-    REJECT_PERMANENT,
-    SOURCE_SERVICE_USER,
-    AccessPolicy,
-    server_tls_context,
-)
+from fetalnode.scp.access import AccessPolicy, server_tls_context
 from fetalnode.scp.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -120,7 +115,11 @@ class Terminal:
             called_ae=str(rq.called_ae_title).strip(),
             reason=why,
         )
-        assoc.acse.send_reject(REJECT_PERMANENT, SOURCE_SERVICE_USER, CALLING_AE_NOT_RECOGNISED)
+        assoc.acse.send_reject(
+            AssociateReject.RESULT_PERMANENT,
+            AssociateReject.SOURCE_SERVICE_USER,
+            AssociateReject.CALLING_AE_NOT_RECOGNISED,
+        )
         assoc.kill()  # as pynetdicom does after its own rejections: lets the DUL send the A-ASSOCIATE-RJ first
 
     def handle_accepted(self, event: evt.Event) -> None:
