@@ -1,5 +1,7 @@
 """Typed errors: every failure outside the SCP handlers is one of these."""
 
+from fetalnode.dicom_status import Status
+
 
 class NodeError(Exception):
     """Base class of all fetalnode errors."""
@@ -15,7 +17,7 @@ class IntakeRejected(NodeError):
     ``status`` is the C-STORE failure status the SCP answers when it finds this on receipt.
     """
 
-    def __init__(self, message: str, status: int = 0xC211) -> None:
+    def __init__(self, message: str, status: int = Status.BAD_IMAGE_MODULE) -> None:
         super().__init__(message)
         self.status = status
 

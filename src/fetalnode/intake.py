@@ -15,6 +15,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, pixel_array
 from pydicom.uid import UID
 
+from fetalnode.dicom_status import Status
 from fetalnode.errors import IntakeRejected
 
 US_IMAGE = UID("1.2.840.10008.5.1.4.1.1.6.1")
@@ -22,13 +23,6 @@ US_MULTIFRAME = UID("1.2.840.10008.5.1.4.1.1.3.1")
 SECONDARY_CAPTURE = UID("1.2.840.10008.5.1.4.1.1.7")
 ANALYSABLE_SOP_CLASSES = {US_IMAGE, US_MULTIFRAME, SECONDARY_CAPTURE}
 
-# C-STORE failure statuses answered on receipt (PS3.4 B.2.3; the 0xC2xx sub-codes are this node's).
-SOP_CLASS_NOT_SUPPORTED = 0x0122
-CANNOT_UNDERSTAND = 0xC210
-BAD_IMAGE_MODULE = 0xC211
-ABOVE_LIMITS = 0xC212
-NOT_ULTRASOUND = 0xC213
-PIXEL_DATA_TOO_SHORT = 0xC214
 # Modalities an ultrasound screen capture may carry ("OT": other, as many capture devices write).
 SC_MODALITIES = {"US", "OT", ""}
 
@@ -118,9 +112,9 @@ def read_received(data: bytes) -> Dataset:
         for keyword in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
             str(ds[keyword].value)
     except Exception as exc:  # untrusted bytes: pydicom may raise anything
-        raise IntakeRejected(f"cannot parse dataset: {exc}", CANNOT_UNDERSTAND) from exc
+        raise IntakeRejected(f"cannot parse dataset: {exc}", Status.CANNOT_UNDERSTAND) from exc
     if not (UID(str(ds.StudyInstanceUID)).is_valid and UID(str(ds.SOPInstanceUID)).is_valid):
-        raise IntakeRejected("invalid Study/SOP Instance UID", CANNOT_UNDERSTAND)
+        raise IntakeRejected("invalid Study/SOP Instance UID", Status.CANNOT_UNDERSTAND)
     return ds
 
 
@@ -134,37 +128,41 @@ def check_header(ds: Dataset, max_pixels: int, max_frames: int) -> ImageHeader:
     except IntakeRejected:
         raise
     except Exception as exc:  # a malformed element pydicom only notices on access
-        raise IntakeRejected(f"malformed image module: {type(exc).__name__}: {exc}", BAD_IMAGE_MODULE) from exc
+        raise IntakeRejected(f"malformed image module: {type(exc).__name__}: {exc}", Status.BAD_IMAGE_MODULE) from exc
 
 
 def _check_header(ds: Dataset, max_pixels: int, max_frames: int) -> ImageHeader:
     sop_class = UID(str(getattr(ds, "SOPClassUID", "")))
     if sop_class not in ANALYSABLE_SOP_CLASSES:
-        raise IntakeRejected(f"{sop_class.name or sop_class} is not analysed by this node", SOP_CLASS_NOT_SUPPORTED)
+        raise IntakeRejected(
+            f"{sop_class.name or sop_class} is not analysed by this node", Status.SOP_CLASS_NOT_SUPPORTED
+        )
     modality = str(getattr(ds, "Modality", "") or "").strip().upper()
     if sop_class == SECONDARY_CAPTURE and modality not in SC_MODALITIES:
-        raise IntakeRejected(f"Secondary Capture of modality {modality} is not an ultrasound image", NOT_ULTRASOUND)
+        raise IntakeRejected(
+            f"Secondary Capture of modality {modality} is not an ultrasound image", Status.NOT_ULTRASOUND
+        )
     if "PixelData" not in ds:
-        raise IntakeRejected("instance has no Pixel Data", BAD_IMAGE_MODULE)
+        raise IntakeRejected("instance has no Pixel Data", Status.BAD_IMAGE_MODULE)
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)
         samples = int(getattr(ds, "SamplesPerPixel", 1))
         n_frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
         bits = int(getattr(ds, "BitsAllocated", 8))
     except (AttributeError, TypeError, ValueError) as exc:
-        raise IntakeRejected(f"image pixel module is incomplete or malformed: {exc}", BAD_IMAGE_MODULE) from exc
+        raise IntakeRejected(f"image pixel module is incomplete or malformed: {exc}", Status.BAD_IMAGE_MODULE) from exc
     if rows < 16 or cols < 16:
-        raise IntakeRejected(f"image is {cols}x{rows} pixels; at least 16x16 is needed", BAD_IMAGE_MODULE)
+        raise IntakeRejected(f"image is {cols}x{rows} pixels; at least 16x16 is needed", Status.BAD_IMAGE_MODULE)
     if rows * cols > max_pixels:
         raise IntakeRejected(
-            f"image is {cols}x{rows} pixels, above the limit of {max_pixels} pixels per frame", ABOVE_LIMITS
+            f"image is {cols}x{rows} pixels, above the limit of {max_pixels} pixels per frame", Status.ABOVE_LIMITS
         )
     if not 1 <= n_frames <= max_frames:
-        raise IntakeRejected(f"{n_frames} frames, outside 1..{max_frames}", ABOVE_LIMITS)
+        raise IntakeRejected(f"{n_frames} frames, outside 1..{max_frames}", Status.ABOVE_LIMITS)
     if samples not in (1, 3):
-        raise IntakeRejected(f"Samples per Pixel {samples} is not supported", BAD_IMAGE_MODULE)
+        raise IntakeRejected(f"Samples per Pixel {samples} is not supported", Status.BAD_IMAGE_MODULE)
     if bits not in (1, 8, 16, 32):
-        raise IntakeRejected(f"Bits Allocated {bits} is not valid", BAD_IMAGE_MODULE)
+        raise IntakeRejected(f"Bits Allocated {bits} is not valid", Status.BAD_IMAGE_MODULE)
     meta = getattr(ds, "file_meta", None)
     syntax = UID(str(getattr(meta, "TransferSyntaxUID", "1.2.840.10008.1.2.1")))
     if not syntax.is_compressed:
@@ -172,7 +170,8 @@ def _check_header(ds: Dataset, max_pixels: int, max_frames: int) -> ImageHeader:
         have = len(ds.PixelData) if ds.PixelData is not None else 0
         if have < expected:
             raise IntakeRejected(
-                f"Pixel Data has {have} bytes; Rows x Columns x Samples x Frames needs {expected}", PIXEL_DATA_TOO_SHORT
+                f"Pixel Data has {have} bytes; Rows x Columns x Samples x Frames needs {expected}",
+                Status.PIXEL_DATA_TOO_SHORT,
             )
     return ImageHeader(rows, cols, samples, n_frames)
 

@@ -10,14 +10,17 @@ from __future__ import annotations
 import base64
 import shutil
 from collections.abc import Iterator
+from io import BytesIO
 from pathlib import Path
 
 import httpx
 import pytest
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from fetalnode.orthanc.server import OrthancProcess
+from fetalnode.outputs.uids import DEVICE_UID
 from tests.conftest import ROOT, SAMPLES, need, send, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -88,7 +91,8 @@ def text_of(driver: object, css: str) -> str:
 
 
 def test_panel_and_triage_in_a_real_browser(make_node, display_orthanc, browser, tmp_path) -> None:
-    node = make_node(display_orthanc).start()
+    # A site's own Manufacturer: the plugin recognises the outputs by fetalnode's Device UID.
+    node = make_node(display_orthanc, output__manufacturer="Example Hospital AI").start()
     # The abnormal image is sent first: the triage list must still put it above the newer normal one.
     for path in (ABNORMAL, NORMAL):
         assert send(node.port, path).returncode == 0
@@ -154,22 +158,31 @@ def test_panel_and_triage_in_a_real_browser(make_node, display_orthanc, browser,
     assert shown == sorted(shown, reverse=True) and len(shown) >= 3
 
 
-def test_malformed_report_says_unreadable_and_orthanc_stays_healthy(display_orthanc, browser) -> None:
-    # An SR that claims to be fetalnode's but has no assessment in it.
+def empty_sr(claims_fetalnode: bool) -> bytes:
+    """An SR without content, in a new study; ``claims_fetalnode``: fetalnode's Device UID in its Contributing Equipment."""
     ds = dcmread(SAMPLES / "hc18_104_HC.dcm")
-    broken = ds.copy()
-    broken.SOPClassUID = broken.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.34"
-    broken.SOPInstanceUID = broken.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    broken.StudyInstanceUID = generate_uid()
-    broken.SeriesInstanceUID = generate_uid()
-    broken.Modality = "SR"
-    broken.Manufacturer = "fetalnode project"
-    del broken.PixelData
-    from io import BytesIO
-
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.34"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "SR"
+    ds.Manufacturer = "fetalnode project"  # what the plugin used to trust
+    if claims_fetalnode:
+        equipment = Dataset()
+        equipment.Manufacturer = "somebody"
+        equipment.DeviceUID = DEVICE_UID
+        ds.ContributingEquipmentSequence = [*ds.get("ContributingEquipmentSequence", []), equipment]
+    del ds.PixelData
     buf = BytesIO()
-    broken.save_as(buf, enforce_file_format=True)
-    stored = rest(display_orthanc, "POST", "/instances", content=buf.getvalue())
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def test_malformed_report_says_unreadable_and_orthanc_stays_healthy(display_orthanc, browser) -> None:
+    # Another device's SR with fetalnode's old Manufacturer is not ours: the plugin does not index it.
+    other = rest(display_orthanc, "POST", "/instances", content=empty_sr(claims_fetalnode=False))
+    # An SR that claims to be fetalnode's but has no assessment in it.
+    stored = rest(display_orthanc, "POST", "/instances", content=empty_sr(claims_fetalnode=True))
     study = stored["ParentStudy"]  # type: ignore[index]
     assert rest(display_orthanc, "GET", "/system")["Name"]  # type: ignore[index]
     browser.get(f"{display_orthanc.url}/app/explorer.html#study?uuid={study}")  # type: ignore[attr-defined]
@@ -178,3 +191,6 @@ def test_malformed_report_says_unreadable_and_orthanc_stays_healthy(display_orth
     # The rest of the page still works: Orthanc Explorer's own study information is there.
     assert browser.find_elements("css selector", "#study-info li")  # type: ignore[attr-defined]
     assert rest(display_orthanc, "GET", "/system")["Name"]  # type: ignore[index]
+    # Orthanc indexes changes in order: the other SR was looked at before the one shown above.
+    answer = rest(display_orthanc, "GET", "/fetalnode/findings", params={"resource": other["ParentStudy"]})  # type: ignore[index]
+    assert answer["study"] == other["ParentStudy"] and answer["findings"] == []  # type: ignore[index]

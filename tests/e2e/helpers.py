@@ -9,6 +9,7 @@ import httpx
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
+from fetalnode.orthanc.findings import made_by_fetalnode
 from fetalnode.orthanc.server import OrthancProcess
 
 
@@ -32,7 +33,7 @@ def download(orthanc: OrthancProcess, orthanc_id: str) -> Dataset:
 def outputs_in_study(orthanc: OrthancProcess, study_uid: str) -> tuple[list[Dataset], list[Dataset]]:
     """(SR datasets, fetalnode SC datasets) stored in Orthanc under ``study_uid``."""
     objects = [download(orthanc, i["ID"]) for i in find(orthanc, StudyInstanceUID=study_uid)]
-    ours = [d for d in objects if getattr(d, "Manufacturer", "") == "fetalnode project"]
+    ours = [d for d in objects if made_by_fetalnode(d)]
     srs = [d for d in ours if d.Modality == "SR"]
     scs = [d for d in ours if d.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"]
     return srs, scs

@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 
+from fetalnode.dicom_status import Status
 from fetalnode.errors import IntakeRejected
-from fetalnode.intake import decode_for_analysis, physical_spacing
+from fetalnode.intake import decode_for_analysis, physical_spacing, read_received
 from tests.conftest import dicom_testfile
 
 pytestmark = pytest.mark.unit
@@ -40,15 +41,21 @@ def test_jpeg2000_equals_uncompressed() -> None:
 
 
 def test_rejections_are_explained() -> None:
-    with pytest.raises(IntakeRejected, match="Segmentation Storage"):
+    # Each status is a member of the one table, with the value on the wire.
+    with pytest.raises(IntakeRejected, match="Segmentation Storage") as unsupported:
         decode_for_analysis(dcmread(dicom_testfile("liver.dcm")), *LIMITS)
+    assert unsupported.value.status is Status.SOP_CLASS_NOT_SUPPORTED and unsupported.value.status == 0x0122
     ds = dcmread(dicom_testfile("OBXXXX1A.dcm"))
-    with pytest.raises(IntakeRejected, match="above the limit"):
+    with pytest.raises(IntakeRejected, match="above the limit") as large:
         decode_for_analysis(ds, 1000, 10)
+    assert large.value.status is Status.ABOVE_LIMITS and large.value.status == 0xC212
     ds.PixelData = ds.PixelData[: len(ds.PixelData) // 3]
     with pytest.raises(IntakeRejected, match="Pixel Data has 160000 bytes") as short:
         decode_for_analysis(ds, *LIMITS)
-    assert short.value.status == 0xC214
+    assert short.value.status is Status.PIXEL_DATA_TOO_SHORT and short.value.status == 0xC214
+    with pytest.raises(IntakeRejected, match="cannot parse") as garbage:
+        read_received(b"not DICOM")
+    assert garbage.value.status is Status.CANNOT_UNDERSTAND and garbage.value.status == 0xC210
     j2k = dcmread(dicom_testfile("US1_J2KR.dcm"))
     j2k.PixelData = j2k.PixelData[: len(j2k.PixelData) // 2]
     with pytest.raises(IntakeRejected, match="cannot be decoded"):

@@ -1,7 +1,15 @@
-"""Delivery to Orthanc (the master node), the Orthanc process used by the demo and the tests, and
-the Orthanc Python plugin that shows fetalnode's findings in Orthanc Explorer.
+"""The Orthanc Python plugin that shows fetalnode's findings in Orthanc Explorer, and nothing else.
+
+- ``plugin.py``: loaded by Orthanc's Python plugin (Debian ``orthanc-python``); indexes fetalnode's
+  SR and SC (recognised by Device UID) and serves ``/fetalnode/findings`` and ``/fetalnode/triage``;
+- ``findings.py``: recognises our objects and reads an SR into a finding, by code (pydicom only);
+- ``explorer.js``, ``triage.html``: the Orthanc Explorer panel and the triage page.
+
+``client.py`` (delivery to Orthanc) and ``server.py`` (the Orthanc process of the demo and the
+tests) do not belong here and are moving out of this package.
 
 Named ``fetalnode.orthanc``: never a top-level ``orthanc`` module (Orthanc's Python plugin owns it).
-Nothing is imported here: the plugin runs inside Orthanc's embedded Python and loads only
-``fetalnode.orthanc.findings`` (pydicom).
+Nothing is imported here: the plugin runs inside Orthanc's embedded Python, without torch or
+highdicom, and loads only ``fetalnode.orthanc.findings`` (with ``fetalnode.outputs.codes`` and
+``fetalnode.outputs.uids``).
 """

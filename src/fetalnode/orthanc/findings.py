@@ -1,17 +1,53 @@
-"""Read a fetalnode SR back into a finding a person can read (used by the Orthanc plugin).
+"""Recognise fetalnode's objects and read its SR back into a finding a person can read.
 
-Pure pydicom, no Orthanc: the plugin and the tests call the same code. An SR that is not a
-readable fetalnode report gives ``{"readable": False, "error": ...}`` instead of raising.
+Used by the Orthanc plugin; pure pydicom, importable without Orthanc, torch or highdicom, so the
+plugin and the tests call the same code. Following highdicom's readers, everything is decided by
+code: an object is ours when it carries this software's Device UID
+(:data:`fetalnode.outputs.uids.DEVICE_UID`), and content items are found by their concept codes
+(:mod:`fetalnode.outputs.codes`). Meaning texts are only displayed. An SR that is not a readable
+fetalnode report gives ``{"readable": False, "error": ...}`` instead of raising.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.sr.coding import Code
 
-NOTICE = "RESEARCH USE ONLY - NOT FOR DIAGNOSIS"
-MANUFACTURER = "fetalnode project"
+from fetalnode import RESEARCH_NOTICE
+from fetalnode.outputs import codes as fc
+from fetalnode.outputs.uids import DEVICE_UID
+
+NOTICE = RESEARCH_NOTICE
+
+Key = tuple[str, str]  # (Code Value, Coding Scheme Designator)
+
+
+def _key(code: Code) -> Key:
+    return (str(code.value), str(code.scheme_designator))
+
+
+def _item_key(item: Dataset) -> Key:
+    value = item.get("CodeValue") or item.get("LongCodeValue") or item.get("URNCodeValue") or ""
+    return (str(value), str(item.get("CodingSchemeDesignator", "")))
+
+
+# The values of the AI assessment (FN0006) and how they are displayed.
+_ASSESSMENTS = {_key(code): code for code in (fc.NORMAL, fc.ABNORMAL, fc.NOT_ANALYSED)}
+
+
+def made_by_fetalnode(tags: Dataset | Mapping[str, Any]) -> bool:
+    """Whether an object (our SR or SC) names this software's Device UID in its Contributing Equipment.
+
+    ``tags`` is a pydicom dataset, or Orthanc's simplified tags of the instance
+    (``/instances/{id}/tags?simplify``: Orthanc 1.10 gives a sequence as a list of objects keyed by
+    attribute keyword). The Manufacturer identifies nothing: it is configurable (``output.manufacturer``).
+    """
+    items = tags.get("ContributingEquipmentSequence") or []
+    return any(isinstance(item, Dataset | Mapping) and str(item.get("DeviceUID", "")) == DEVICE_UID for item in items)
 
 
 def hadlock_ga_weeks(hc_mm: float) -> float:
@@ -23,26 +59,40 @@ def hadlock_ga_weeks(hc_mm: float) -> float:
     return 8.96 + 0.540 * hc + 0.0003 * hc**3
 
 
-def _name(item: Dataset) -> str:
-    seq = item.get("ConceptNameCodeSequence")
-    return str(seq[0].CodeMeaning) if seq else ""
+@dataclass
+class _Content:
+    """The content tree's items by concept name code (the last item of a name wins, texts accumulate)."""
+
+    numbers: dict[Key, tuple[float, Key]] = field(default_factory=dict)  # value, unit
+    codes: dict[Key, Dataset] = field(default_factory=dict)  # the value's code item
+    texts: dict[Key, list[str]] = field(default_factory=dict)
+    uids: dict[Key, list[str]] = field(default_factory=dict)
+
+    def number(self, name: Code, unit: Code) -> float | None:
+        value, got = self.numbers.get(_key(name), (None, ("", "")))
+        return value if got == _key(unit) else None
 
 
-def _walk(items: Any, out: dict[str, Any]) -> None:
+def _walk(items: Any, out: _Content) -> None:
     for item in items or []:
-        kind, name = str(item.get("ValueType", "")), _name(item)
-        if kind == "NUM" and "MeasuredValueSequence" in item and item.MeasuredValueSequence:
+        names = item.get("ConceptNameCodeSequence")
+        kind, name = str(item.get("ValueType", "")), _item_key(names[0]) if names else ("", "")
+        if kind == "NUM" and item.get("MeasuredValueSequence"):
             mv = item.MeasuredValueSequence[0]
-            unit = str(mv.MeasurementUnitsCodeSequence[0].CodeValue) if "MeasurementUnitsCodeSequence" in mv else ""
-            out["numbers"][name] = (float(mv.NumericValue), unit)
+            units = mv.get("MeasurementUnitsCodeSequence")
+            out.numbers[name] = (float(mv.NumericValue), _item_key(units[0]) if units else ("", ""))
         elif kind == "CODE" and item.get("ConceptCodeSequence"):
-            out["codes"][name] = str(item.ConceptCodeSequence[0].CodeMeaning)
+            out.codes[name] = item.ConceptCodeSequence[0]
         elif kind == "TEXT":
-            out["texts"].setdefault(name, []).append(str(item.TextValue))
-        elif kind == "SCOORD":
-            out["region"] = str(item.get("GraphicType", ""))
+            out.texts.setdefault(name, []).append(str(item.TextValue))
+        elif kind == "UIDREF":
+            out.uids.setdefault(name, []).append(str(item.UID))
         if "ContentSequence" in item:
             _walk(item.ContentSequence, out)
+
+
+def _code_text(code: Code) -> str:
+    return f"{code.meaning!r} ({code.value}, {code.scheme_designator})"
 
 
 def read_finding(ds: Dataset) -> dict[str, Any]:
@@ -50,30 +100,35 @@ def read_finding(ds: Dataset) -> dict[str, Any]:
     try:
         if str(ds.get("Modality", "")) != "SR" or "ContentSequence" not in ds:
             raise ValueError("not a structured report with content")
-        found: dict[str, Any] = {"numbers": {}, "codes": {}, "texts": {}, "region": ""}
+        found = _Content()
         _walk(ds.ContentSequence, found)
-        assessment = found["codes"].get("AI assessment of fetal head")
+        if DEVICE_UID not in found.uids.get(_key(fc.DEVICE_OBSERVER_UID), []):
+            raise ValueError(f"no {_code_text(fc.DEVICE_OBSERVER_UID)} of fetalnode in the report")
+        value = found.codes.get(_key(fc.AI_ASSESSMENT))
+        if value is None:
+            raise ValueError(f"no {_code_text(fc.AI_ASSESSMENT)} in the report")
+        assessment = _ASSESSMENTS.get(_item_key(value))
         if assessment is None:
-            raise ValueError("no 'AI assessment of fetal head' in the report")
-        comments = found["texts"].get("Comment", [])
+            raise ValueError(f"unknown AI assessment {_item_key(value)}")
+        comments = found.texts.get(_key(fc.COMMENT), [])
         if not comments or not comments[0].startswith(NOTICE):
             raise ValueError("the research-use notice is missing")
-        numbers = found["numbers"]
-        hc = numbers.get("Head Circumference", (None, ""))[0]
-        model = found["texts"].get("Algorithm Name", [""])[0].removeprefix("fetalnode ")
-        version = found["texts"].get("Algorithm Version", [""])[0]
-        params = list(dict.fromkeys(found["texts"].get("Algorithm Parameters", [])))
+        malformation = found.codes.get(_key(fc.MALFORMATION_TYPE))
+        hc = found.number(fc.HEAD_CIRCUMFERENCE, fc.MM)
+        model = found.texts.get(_key(fc.ALGORITHM_NAME), [""])[0].removeprefix("fetalnode ")
+        version = found.texts.get(_key(fc.ALGORITHM_VERSION), [""])[0]
+        params = list(dict.fromkeys(found.texts.get(_key(fc.ALGORITHM_PARAMETERS), [])))
         date, time = str(ds.get("ContentDate", "")), str(ds.get("ContentTime", ""))
         when = f"{date[:4]}-{date[4:6]}-{date[6:8]} {time[:2]}:{time[2:4]}:{time[4:6]}" if len(date) == 8 else ""
         return {
             "readable": True,
-            "assessment": assessment,
-            "abnormal": assessment.lower() == "abnormal",
-            "malformation_type": found["codes"].get("Malformation type", ""),
-            "confidence_pct": numbers.get("Classifier confidence of finding", (None, ""))[0],
+            "assessment": assessment.meaning,
+            "abnormal": assessment == fc.ABNORMAL,
+            "malformation_type": str(malformation.get("CodeMeaning", "")) if malformation is not None else "",
+            "confidence_pct": found.number(fc.FINDING_CONFIDENCE, fc.PERCENT),
             "hc_mm": hc,
-            "bpd_mm": numbers.get("Biparietal Diameter", (None, ""))[0],
-            "ofd_mm": numbers.get("Occipital-Frontal Diameter", (None, ""))[0],
+            "bpd_mm": found.number(fc.BIPARIETAL_DIAMETER, fc.MM),
+            "ofd_mm": found.number(fc.OCCIPITAL_FRONTAL_DIAMETER, fc.MM),
             "ga_weeks_hadlock": round(hadlock_ga_weeks(hc), 1) if hc else None,
             "model": f"{model} {version}".strip(),
             "models": params,

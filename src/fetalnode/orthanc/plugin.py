@@ -11,6 +11,10 @@ Python, not in the venv. What it adds, all under Orthanc's own HTTP server and a
   by confidence, refreshes itself);
 - a "Fetal AI" panel on the study, series and instance pages of Orthanc Explorer.
 
+fetalnode's SR and SC are recognised by the Device UID this software writes in their Contributing
+Equipment Sequence (``findings.made_by_fetalnode``), never by the configurable Manufacturer; the
+SR is read by code (``findings.read_finding``).
+
 Research use only, not for diagnosis: the panel, the page and every JSON answer say so.
 """
 
@@ -33,7 +37,7 @@ for entry in reversed(json.loads(orthanc.GetConfiguration()).get("Fetalnode", {}
 
 from pydicom import dcmread  # noqa: E402
 
-from fetalnode.orthanc.findings import MANUFACTURER, NOTICE, read_finding  # noqa: E402
+from fetalnode.orthanc.findings import NOTICE, made_by_fetalnode, read_finding  # noqa: E402
 
 _lock = threading.Lock()
 _findings: dict[str, dict[str, Any]] = {}  # SR Orthanc ID -> finding
@@ -49,12 +53,16 @@ def _now() -> str:
 
 
 def _index_instance(instance_id: str) -> None:
-    """Remember a fetalnode SR (its finding) or SC (the heatmap of a source image)."""
+    """Remember a fetalnode SR (its finding) or SC (the heatmap of a source image).
+
+    Ours are those whose Contributing Equipment Sequence names fetalnode's Device UID; Orthanc's
+    simplified tags hold the whole sequence (a list of objects), so the file is read only for ours.
+    """
     try:
-        tags = _get_json(f"/instances/{instance_id}/simplified-tags")
+        tags = _get_json(f"/instances/{instance_id}/tags?simplify")
     except Exception:
         return  # deleted meanwhile
-    if tags.get("Manufacturer") != MANUFACTURER:
+    if not made_by_fetalnode(tags):
         return
     if tags.get("Modality") == "SR":
         try:

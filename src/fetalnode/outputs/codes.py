@@ -3,6 +3,8 @@
 Standard codes where they exist (LOINC fetal biometry of CID 12005, SNOMED CT normal/abnormal,
 DCM); otherwise the private coding scheme ``99FETALNODE``, declared in the Coding Scheme
 Identification Sequence of every report.
+
+Importable without torch or highdicom (pydicom only): the Orthanc plugin reads reports by these codes.
 """
 
 from __future__ import annotations
@@ -37,6 +39,12 @@ HEAD_SCORE = Code("FN0005", SCHEME, "Head segmentation plausibility")
 AI_ASSESSMENT = Code("FN0006", SCHEME, "AI assessment of fetal head")
 
 FETUS = codes.DCM.Fetus
+# TID 1004 Device Observer Identifying Attributes: the report names this software's Device UID.
+DEVICE_OBSERVER_UID = codes.DCM.DeviceObserverUID
+# TID 4019 Algorithm Identification (written by highdicom's AlgorithmIdentification).
+ALGORITHM_NAME = codes.DCM.AlgorithmName
+ALGORITHM_VERSION = codes.DCM.AlgorithmVersion
+ALGORITHM_PARAMETERS = codes.DCM.AlgorithmParameters
 
 
 def malformation_code(label: str) -> Code:

@@ -14,11 +14,6 @@ from dataclasses import dataclass
 from fetalnode.config import ScpSettings
 from fetalnode.errors import ConfigError
 
-# A-ASSOCIATE-RJ (PS3.8 9.3.4): rejected-permanent, source "DICOM UL service-user".
-REJECT_PERMANENT = 0x01
-SOURCE_SERVICE_USER = 0x01
-CALLING_AE_NOT_RECOGNISED = 0x03
-
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 

@@ -28,6 +28,7 @@ from fetalnode.dicom_status import Status
 from fetalnode.intake import SECONDARY_CAPTURE
 from fetalnode.outputs.uids import derive_uid
 from fetalnode.scp.server import Terminal
+from fetalnode.vocab import AuditEvent
 
 log = logging.getLogger(__name__)
 
@@ -41,19 +42,6 @@ ANNOTATION_BOX = UID("1.2.840.10008.5.1.1.15")
 PRINTER = "1.2.840.10008.5.1.1.16"
 PRINTER_INSTANCE = "1.2.840.10008.5.1.1.17"
 PRESENTATION_LUT = UID("1.2.840.10008.5.1.1.23")
-
-# DIMSE statuses (PS3.7 C, PS3.4 H.4)
-INVALID_ATTRIBUTE_VALUE = 0x0106
-PROCESSING_FAILURE = 0x0110
-DUPLICATE_INSTANCE = 0x0111
-NO_SUCH_INSTANCE = 0x0112
-NO_SUCH_SOP_CLASS = 0x0118
-MISSING_ATTRIBUTE = 0x0120
-NO_SUCH_ACTION = 0x0123
-SESSION_EMPTY_PAGE = 0xB602
-FILM_BOX_EMPTY_PAGE = 0xB603
-SESSION_HAS_NO_FILM_BOX = 0xC600
-IMAGE_LARGER_THAN_BOX = 0xC603
 
 _FORMAT = re.compile(r"^STANDARD\\(\d+),(\d+)$")
 
@@ -128,12 +116,12 @@ class PrintScp:
             except Exception as exc:  # never raise into pynetdicom: answer and audit
                 log.exception("print %s failed", event.event.name)
                 self.terminal.audit.event(
-                    "print-failed",
+                    AuditEvent.PRINT_FAILED,
                     calling_ae=str(event.assoc.requestor.ae_title),
                     operation=event.event.name,
                     reason=f"{type(exc).__name__}: {exc}",
                 )
-                return PROCESSING_FAILURE if status_only else (PROCESSING_FAILURE, None)
+                return Status.PROCESSING_FAILURE if status_only else (Status.PROCESSING_FAILURE, None)
 
         return run
 
@@ -156,7 +144,7 @@ class PrintScp:
 
     def _refuse(self, event: evt.Event, status: int, reason: str) -> tuple[int, None]:
         self.terminal.audit.event(
-            "print-refused",
+            AuditEvent.PRINT_REFUSED,
             calling_ae=str(event.assoc.requestor.ae_title).strip(),
             operation=event.event.name,
             status=f"0x{status:04X}",
@@ -168,7 +156,7 @@ class PrintScp:
     def handle_n_get(self, event: evt.Event) -> tuple[int, Dataset | None]:
         req: Any = event.request
         if str(req.RequestedSOPClassUID) != PRINTER or str(req.RequestedSOPInstanceUID) != PRINTER_INSTANCE:
-            return self._refuse(event, NO_SUCH_INSTANCE, f"N-GET of {req.RequestedSOPInstanceUID} not supported")
+            return self._refuse(event, Status.NO_SUCH_INSTANCE, f"N-GET of {req.RequestedSOPInstanceUID} not supported")
         ds = Dataset()
         ds.PrinterStatus = "NORMAL"
         ds.PrinterStatusInfo = "NORMAL"
@@ -191,10 +179,14 @@ class PrintScp:
             reply.AffectedSOPInstanceUID = uid
         if sop_class == FILM_SESSION:
             if state.session is not None:
-                return self._refuse(event, DUPLICATE_INSTANCE, "a film session already exists on this association")
+                return self._refuse(
+                    event, Status.DUPLICATE_INSTANCE, "a film session already exists on this association"
+                )
             state.session = FilmSession(uid, str(attrs.get("FilmSessionLabel", "")), str(attrs.get("OwnerID", "")))
             state.session.lut_uid = _lut_ref(attrs)
-            self.terminal.audit.event("print-session", calling_ae=state.calling, address=state.peer, film_session=uid)
+            self.terminal.audit.event(
+                AuditEvent.PRINT_SESSION, calling_ae=state.calling, address=state.peer, film_session=uid
+            )
             return (Status.SUCCESS, reply)
         if sop_class == FILM_BOX:
             return self._create_film_box(event, state, uid, attrs, reply)
@@ -202,23 +194,25 @@ class PrintScp:
             shape = str(attrs.get("PresentationLUTShape", ""))
             if shape not in {"IDENTITY", "INVERSE", "LIN OD"}:
                 return self._refuse(
-                    event, INVALID_ATTRIBUTE_VALUE, f"Presentation LUT shape {shape or '(explicit LUT)'} not supported"
+                    event,
+                    Status.INVALID_ATTRIBUTE_VALUE,
+                    f"Presentation LUT shape {shape or '(explicit LUT)'} not supported",
                 )
             state.luts[uid] = shape
             return (Status.SUCCESS, reply)
-        return self._refuse(event, NO_SUCH_SOP_CLASS, f"N-CREATE of SOP class {sop_class} not supported")
+        return self._refuse(event, Status.NO_SUCH_SOP_CLASS, f"N-CREATE of SOP class {sop_class} not supported")
 
     def _create_film_box(
         self, event: evt.Event, state: AssociationState, uid: str, attrs: Dataset, reply: Dataset
     ) -> tuple[int, Dataset | None]:
         if state.session is None:
-            return self._refuse(event, INVALID_ATTRIBUTE_VALUE, "film box without a film session")
+            return self._refuse(event, Status.INVALID_ATTRIBUTE_VALUE, "film box without a film session")
         fmt = str(attrs.get("ImageDisplayFormat", ""))
         match = _FORMAT.match(fmt)
         if not match or not (1 <= int(match[1]) <= 8 and 1 <= int(match[2]) <= 8):
             return self._refuse(
                 event,
-                INVALID_ATTRIBUTE_VALUE,
+                Status.INVALID_ATTRIBUTE_VALUE,
                 f"image display format {fmt!r} not supported (STANDARD\\C,R with 1..8 columns and rows)",
             )
         columns, rows = int(match[1]), int(match[2])
@@ -254,20 +248,20 @@ class PrintScp:
         session = state.session
         if sop_class in {GRAYSCALE_IMAGE_BOX, COLOR_IMAGE_BOX}:
             if uid not in state.image_boxes or session is None:
-                return self._refuse(event, NO_SUCH_INSTANCE, f"no image box {uid}")
+                return self._refuse(event, Status.NO_SUCH_INSTANCE, f"no image box {uid}")
             film_uid, position = state.image_boxes[uid]
             box = session.film_boxes[film_uid].boxes[position - 1]
             keyword = "BasicColorImageSequence" if sop_class == COLOR_IMAGE_BOX else "BasicGrayscaleImageSequence"
             if keyword not in mods or not mods[keyword].value:
-                return self._refuse(event, MISSING_ATTRIBUTE, f"N-SET of an image box without {keyword}")
+                return self._refuse(event, Status.MISSING_ATTRIBUTE, f"N-SET of an image box without {keyword}")
             item = mods[keyword].value[0]
             rows, cols = int(item.get("Rows", 0)), int(item.get("Columns", 0))
             if rows * cols > self.settings.max_image_pixels:
-                return self._refuse(event, IMAGE_LARGER_THAN_BOX, f"image {cols}x{rows} exceeds the image box")
+                return self._refuse(event, Status.IMAGE_LARGER_THAN_BOX, f"image {cols}x{rows} exceeds the image box")
             try:
                 box.pixels = _pixels(item)
             except ValueError as exc:
-                return self._refuse(event, INVALID_ATTRIBUTE_VALUE, str(exc))
+                return self._refuse(event, Status.INVALID_ATTRIBUTE_VALUE, str(exc))
             box.photometric = str(item.get("PhotometricInterpretation", "MONOCHROME2"))
             box.bits_stored = int(item.get("BitsStored", item.get("BitsAllocated", 8)))
             box.lut_uid = _lut_ref(mods)
@@ -284,7 +278,7 @@ class PrintScp:
                 if uid in film.annotation_uids:
                     film.annotations[film.annotation_uids[uid]] = str(mods.get("TextString", ""))
                     return (Status.SUCCESS, None)
-        return self._refuse(event, NO_SUCH_INSTANCE, f"N-SET of unknown {sop_class} instance {uid}")
+        return self._refuse(event, Status.NO_SUCH_INSTANCE, f"N-SET of unknown {sop_class} instance {uid}")
 
     # -- N-ACTION (print) ------------------------------------------------------------------
     def handle_n_action(self, event: evt.Event) -> tuple[int, Dataset | None]:
@@ -292,22 +286,22 @@ class PrintScp:
         sop_class, uid, state = self.target(event)
         session = state.session
         if int(req.ActionTypeID or 0) != 1:
-            return self._refuse(event, NO_SUCH_ACTION, f"action type {req.ActionTypeID}")
+            return self._refuse(event, Status.NO_SUCH_ACTION, f"action type {req.ActionTypeID}")
         if session is None:
-            return self._refuse(event, NO_SUCH_INSTANCE, "no film session on this association")
+            return self._refuse(event, Status.NO_SUCH_INSTANCE, "no film session on this association")
         if sop_class == FILM_SESSION and uid == session.uid:
             if not session.film_boxes:
-                return self._refuse(event, SESSION_HAS_NO_FILM_BOX, "film session has no film box")
+                return self._refuse(event, Status.SESSION_HAS_NO_FILM_BOX, "film session has no film box")
             captured = sum(self._capture(event, state, film) for film in session.film_boxes.values())
-            return (Status.SUCCESS, None) if captured else self._refuse(event, SESSION_EMPTY_PAGE, "empty film session")
+            if not captured:
+                return self._refuse(event, Status.SESSION_EMPTY_PAGE, "empty film session")
+            return (Status.SUCCESS, None)
         if sop_class == FILM_BOX and uid in session.film_boxes:
             captured = self._capture(event, state, session.film_boxes[uid])
-            return (
-                (Status.SUCCESS, None)
-                if captured
-                else self._refuse(event, FILM_BOX_EMPTY_PAGE, "film box has no image")
-            )
-        return self._refuse(event, NO_SUCH_INSTANCE, f"N-ACTION on unknown instance {uid}")
+            if not captured:
+                return self._refuse(event, Status.FILM_BOX_EMPTY_PAGE, "film box has no image")
+            return (Status.SUCCESS, None)
+        return self._refuse(event, Status.NO_SUCH_INSTANCE, f"N-ACTION on unknown instance {uid}")
 
     # -- N-DELETE --------------------------------------------------------------------------
     def handle_n_delete(self, event: evt.Event) -> tuple[int, Dataset | None]:
@@ -326,7 +320,7 @@ class PrintScp:
         if sop_class == str(PRESENTATION_LUT) and uid in state.luts:
             del state.luts[uid]
             return (Status.SUCCESS, None)
-        return self._refuse(event, NO_SUCH_INSTANCE, f"N-DELETE of unknown instance {uid}")
+        return self._refuse(event, Status.NO_SUCH_INSTANCE, f"N-DELETE of unknown instance {uid}")
 
     # -- capture ---------------------------------------------------------------------------
     def _capture(self, event: evt.Event, state: AssociationState, film: FilmBox) -> int:
