@@ -42,7 +42,7 @@ from kombu import Connection, Exchange, Queue
 from fetalnode.audit import AuditLog
 from fetalnode.config import Settings
 from fetalnode.errors import NodeError
-from fetalnode.jobs import JobStore, worker_identity
+from fetalnode.jobs import JobStore, TransitionRefused, worker_identity
 from fetalnode.runner import Outcome, Received, Runtime, Verdict, crashed, run_job
 from fetalnode.vocab import AuditEvent, JobState
 
@@ -160,13 +160,23 @@ class Collector:
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def handle(self, body: dict[str, Any]) -> None:
-        job = self.jobs.get(int(body["job"]))
+        """Apply one worker result. A message that can never be applied (unreadable, or a change the job
+        store refuses) is logged and dropped, not redelivered for ever; a store error propagates."""
+        try:
+            job_id, outcome = int(body["job"]), Outcome.from_message(body["outcome"])
+        except (KeyError, TypeError, ValueError) as exc:
+            log.error("unreadable result message dropped (%s: %s): %.300s", type(exc).__name__, exc, body)
+            return
+        job = self.jobs.get(job_id)
         if job is None or job.sop_uid != body.get("sop_uid"):
             log.warning("result for a job this terminal never announced: %s", body.get("job"))
             self.audit.event(AuditEvent.RESULT_UNKNOWN_JOB, job=body.get("job"), sop_uid=body.get("sop_uid"))
             return
-        outcome = Outcome.from_message(body["outcome"])
-        state = self.jobs.apply(job, outcome, PUBLISHED, worker=body.get("worker"))
+        try:
+            state = self.jobs.apply(job, outcome, PUBLISHED, worker=body.get("worker"))
+        except TransitionRefused as exc:
+            log.error("result from %s dropped: %s", body.get("worker"), exc)
+            return
         if state is None:
             log.info("job %d: result from %s for a job already %s (redelivered)", job.id, body.get("worker"), job.state)
 

@@ -136,3 +136,35 @@ def test_recover_queues_received_with_spool_file(tmp_path: Path) -> None:
     store.prenotify(note(tmp_path, "1.9"))
     assert store.recover() == 1
     assert store.counts()["queued"] == 1
+
+
+def test_terminal_applies_worker_results_and_drops_what_can_never_apply(tmp_path: Path) -> None:
+    from fetalnode.config import Settings
+    from fetalnode.distributed import Collector
+
+    store = store_in(tmp_path)
+    collector = Collector(Settings(), store, store.audit)
+    a = store.prenotify(note(tmp_path, "2.1"))
+    store.queue_received(a)
+    store.mark_published(a)
+    done = Outcome(Verdict.DELIVERED, Stage.DELIVER, "", {"finding": "normal"}, receipts={"o": {"sr": "1"}})
+    for body in (
+        {"job": "x", "outcome": {}},  # unreadable
+        {"job": a, "sop_uid": "2.1", "outcome": {"verdict": "maybe", "stage": "deliver"}},  # unknown verdict
+        {
+            "job": a,
+            "sop_uid": "2.1",
+            "outcome": Outcome(Verdict.RETRY, Stage.DELIVER).to_message(),
+        },  # not for a terminal
+        {"job": 99, "sop_uid": "9.9", "outcome": done.to_message()},  # never announced
+    ):
+        collector.handle(body)  # returns: the message is acknowledged, never redelivered for ever
+    assert store.get(a).state == JobState.PUBLISHED  # type: ignore[union-attr]
+    assert events(tmp_path)[-1]["event"] == "result-unknown-job"
+    collector.handle({"job": a, "sop_uid": "2.1", "worker": "w:7", "outcome": done.to_message()})
+    job = store.get(a)
+    assert job is not None and job.state == JobState.DELIVERED and job.result == {"finding": "normal"}
+    assert [e["event"] for e in events(tmp_path)[-2:]] == ["analysed", "delivered"]
+    assert events(tmp_path)[-1]["worker"] == "w:7" and events(tmp_path)[-1]["receipts"] == {"o": {"sr": "1"}}
+    collector.handle({"job": a, "sop_uid": "2.1", "outcome": done.to_message()})  # redelivered: nothing written
+    assert len([e for e in events(tmp_path) if e["event"] == "delivered"]) == 1
