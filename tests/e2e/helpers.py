@@ -9,7 +9,7 @@ import httpx
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from fetalnode.orthanc.server import OrthancProcess
+from harness.orthanc import OrthancProcess
 
 
 def find(orthanc: OrthancProcess, **query: str) -> list[dict]:

@@ -13,7 +13,8 @@ from pydicom import dcmread
 from fetalnode.config import load_settings
 from fetalnode.inference import Analyzer
 from fetalnode.pipeline import analyse_dataset
-from tests.conftest import MODELS, SAMPLES, dicom_testfile, need
+from harness.node import MODELS
+from tests.conftest import SAMPLES, dicom_testfile, need
 
 pytestmark = pytest.mark.interop
 SAMPLE_INFO = json.loads((SAMPLES / "samples.json").read_text())

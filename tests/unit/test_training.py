@@ -38,7 +38,8 @@ from fetalnode.training.evaluate import evaluate_bundle
 from fetalnode.training.pretrain import nt_xent
 from fetalnode.training.reference import segmentation_reference
 from fetalnode.training.segmentation import SegRecipe, WeightAverage, train_segmentation
-from tests.conftest import DATA, MODELS, cli
+from harness.node import MODELS, cli
+from tests.conftest import DATA
 
 pytestmark = pytest.mark.unit
 
