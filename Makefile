@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 APT_PKGS := orthanc orthanc-webviewer orthanc-python dcmtk dicom3tools fonts-dejavu-core chromium chromium-driver openssl rabbitmq-server
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test deps apt lint typecheck clean
+.PHONY: demo test test-unit deps apt lint typecheck clean
 
 deps: apt $(STAMP)
 
@@ -24,18 +24,22 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: deps
-	$(VENV)/bin/fetalnode demo $(if $(DEMO_EXIT),--exit,)
+	$(PY) -m harness.demo $(if $(DEMO_EXIT),--exit,)
 
 test: deps
-	$(VENV)/bin/ruff check src tests benchmarks samples
-	$(VENV)/bin/mypy src
+	$(VENV)/bin/ruff check src tests benchmarks samples harness
+	$(VENV)/bin/mypy src harness
 	$(VENV)/bin/pytest -q
 
+# The fast lane (seconds): no processes, no sockets, no training runs. `make test` runs everything.
+test-unit: deps
+	$(VENV)/bin/pytest -q -m "unit and not training"
+
 lint: deps
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks samples harness
 
 typecheck: deps
-	$(VENV)/bin/mypy src
+	$(VENV)/bin/mypy src harness
 
 clean:
 	rm -rf .run .pytest_cache

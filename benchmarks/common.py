@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmark scripts: test images, a loopback Orthanc and a node."""
+"""Helpers shared by the benchmark scripts: test images, timing, and an Orthanc + node stack from the harness."""
 
 from __future__ import annotations
 
@@ -11,13 +11,12 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
-from fetalnode.demo import start_node, wait_echo, write_node_config
-from fetalnode.orthanc.server import OrthancProcess, free_port
-from fetalnode.process import stop_process
 from fetalnode.training.data import read_labels
 from fetalnode.wrap import wrap_png
+from harness.config import MODALITY_AET, NODE_AET
+from harness.node import ROOT, NodeProcess, prepare_node
+from harness.orthanc import OrthancProcess
 
-ROOT = Path(__file__).resolve().parents[1]
 HC18 = ROOT.parent / "shared" / "datasets" / "hc18"
 
 
@@ -46,43 +45,35 @@ def make_images(n: int, folder: Path) -> list[Path]:
     return out
 
 
-def node_config(folder: Path, orthanc: OrthancProcess, **scp: str) -> tuple[int, Path, Path]:
-    """A node configuration in ``folder`` delivering to ``orthanc``: (port, config file, data folder).
-
-    ``scp``: extra ``[scp]`` keys, written as given (TOML values).
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    pw = folder / "pw"
-    pw.write_text(orthanc.password)
-    port, config, data = free_port(), folder / "node.toml", folder / "data"
-    write_node_config(config, port=port, data_dir=data, orthanc=orthanc, password_file=pw, models_dir=ROOT / "models")
-    if scp:
-        extra = "".join(f"{k} = {v}\n" for k, v in scp.items())
-        config.write_text(config.read_text().replace("[scp]\n", "[scp]\n" + extra))
-    return port, config, data
-
-
 class Stack:
-    """Orthanc + ``fetalnode serve`` on loopback, in a temp folder."""
+    """Orthanc + ``fetalnode serve SERVE_ARGS`` on loopback, in a temp folder."""
+
+    node: NodeProcess
 
     def __init__(self, *serve_args: str) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="fetalnode-bench-"))
         self.orthanc = OrthancProcess(self.dir / "orthanc", webviewer=False)
         self.serve_args = serve_args
 
+    @property
+    def port(self) -> int:
+        return self.node.port
+
     def __enter__(self) -> Stack:
         self.orthanc.start()
-        self.port, self.config, self.data = node_config(self.dir, self.orthanc)
-        self.node = start_node(self.config, self.dir / "node.log", *self.serve_args)
-        wait_echo(self.port, 120, self.node)
+        try:
+            self.node = prepare_node(self.dir / "node", self.orthanc).start(*self.serve_args)
+        except BaseException:
+            self.orthanc.stop()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        stop_process(self.node)
+        self.node.stop()
         self.orthanc.stop()
 
 
-def storescu(port: int, files: list[Path], aet: str = "DEMO-US", called: str = "FETALNODE") -> float:
+def storescu(port: int, files: list[Path], aet: str = MODALITY_AET, called: str = NODE_AET) -> float:
     """Send files in one association; returns the wall time in seconds.
 
     ``TCP_NODELAY=1`` turns off Nagle's algorithm in DCMTK: without it every C-STORE on loopback

@@ -20,14 +20,14 @@ from pydicom import dcmread
 
 from benchmarks.common import Stack, make_images, percentile, storescu
 from fetalnode.inference.bundle import read_metadata
-from fetalnode.outputs.uids import output_uids
+from fetalnode.outputs.uids import object_uids
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def expected_sr(path: Path, version: str) -> str:
     ds = dcmread(path, stop_before_pixels=True)
-    return output_uids(str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID), version).sr_instance
+    return object_uids("sr", str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID), version).instance
 
 
 def sr_present(stack: Stack, uid: str) -> bool:

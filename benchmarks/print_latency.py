@@ -21,7 +21,6 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 
 from benchmarks.common import Stack, percentile
-from fetalnode.jobs import JobStore
 from fetalnode.scp.printer import FILM_BOX, FILM_SESSION, GRAYSCALE_IMAGE_BOX, META_GRAYSCALE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +77,7 @@ def main() -> int:
     # Each run prints different pixels (a shifted copy) so no capture is a duplicate of an earlier one.
     results: dict[str, list[float]] = {}
     with Stack() as stack:
-        jobs = JobStore(stack.data / "jobs.sqlite")
+        jobs = stack.node.jobs
         auth = (stack.orthanc.username, stack.orthanc.password)
         for columns, rows in ((1, 1), (3, 2)):
             key = f"{columns}x{rows}"
@@ -93,7 +92,7 @@ def main() -> int:
                     if len(current) >= expected and all(j.state in {"delivered", "failed"} for j in current):
                         break
                     time.sleep(0.005)
-                uids = [j.result["sr_sop_uid"] for j in current[before:]]
+                uids = [j.result["outputs"]["sr"] for j in current[before:]]
                 for uid in uids:
                     r = httpx.post(
                         f"{stack.orthanc.url}/tools/find",

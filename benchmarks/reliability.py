@@ -3,7 +3,7 @@
 1. Faults: SIGKILL of the whole node during a 4-sender burst (then restart and re-send); Orthanc
    stopped and restarted mid-burst; spool "disk full" (the node's own free-space check against a
    file that takes the space) and recovery; a corrupt model bundle at start-up.
-2. Bad input: every case of ``tests/corpus.py`` (status answered, or final state and report note).
+2. Bad input: every case of ``harness/corpus.py`` (status answered, or final state and report note).
 3. Load: 4 concurrent senders x 250 images; received/s, delivered/s, receipt-to-delivery latency,
    peak RSS of the node, C-ECHO round trips every 0.25 s while the worker is saturated.
 
@@ -19,9 +19,6 @@ import dataclasses
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -29,42 +26,12 @@ from pydicom import dcmread
 from pynetdicom import AE
 from pynetdicom.association import Association
 
-from benchmarks.common import make_images, node_config
-from benchmarks.scenarios import (
-    kill_during_burst,
-    load,
-    orthanc_restart_during_burst,
-    wait_jobs_terminal,
-)
-from fetalnode.demo import MODALITY_AET, NODE_AET, start_node, wait_echo
-from fetalnode.jobs import JobStore
-from fetalnode.orthanc.server import OrthancProcess
-from tests.corpus import ACCEPTED, REFUSED, corpus_contexts
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-class Node:
-    """A node configuration of its own (port, data folder) delivering to ``orthanc``."""
-
-    def __init__(self, work: Path, name: str, orthanc: OrthancProcess, **scp: str) -> None:
-        self.dir = work / name
-        self.port, self.config, self.data = node_config(self.dir, orthanc, **scp)
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Node:
-        self.proc = start_node(self.config, self.dir / "node.log")
-        wait_echo(self.port, 120, self.proc)
-        return self
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=60)
-
-    @property
-    def jobs(self) -> JobStore:
-        return JobStore(self.data / "jobs.sqlite")
+from benchmarks.common import make_images
+from harness.config import MODALITY_AET, NODE_AET
+from harness.corpus import ACCEPTED, REFUSED, corpus_contexts
+from harness.node import FINAL, ROOT, cli, prepare_node
+from harness.orthanc import OrthancProcess
+from harness.scenarios import kill_during_burst, load, orthanc_restart_during_burst
 
 
 def associate(port: int) -> Association:
@@ -76,7 +43,8 @@ def associate(port: int) -> Association:
 
 def disk_full(work: Path, orthanc: OrthancProcess) -> dict[str, object]:
     margin = 200_000_000
-    node = Node(work, "diskfull", orthanc, min_free_bytes=str(shutil.disk_usage(work).free - margin)).start()
+    node = prepare_node(work / "diskfull", orthanc, scp__min_free_bytes=shutil.disk_usage(work).free - margin)
+    node.start()
     sample = ROOT / "samples" / "hc18_104_HC.dcm"
     filler = work / "filler"
     try:
@@ -88,7 +56,7 @@ def disk_full(work: Path, orthanc: OrthancProcess) -> dict[str, object]:
         filler.unlink()
         after = assoc.send_c_store(dcmread(sample))
         assoc.release()
-        wait_jobs_terminal(node.jobs, 1, 120)
+        node.wait_all(1, FINAL, 120)
         return {
             "status_while_full": f"0x{full.Status:04X}",
             "error_comment": str(full.get("ErrorComment", "")),
@@ -107,19 +75,13 @@ def corrupt_bundle(work: Path, orthanc: OrthancProcess) -> dict[str, object]:
         shutil.copytree(ROOT / "models" / name, models / name)
     weights = models / "fba-classifier" / "models" / "model.pt"
     weights.write_bytes(weights.read_bytes()[:1000])
-    node = Node(work, "corrupt", orthanc)
-    r = subprocess.run(
-        [sys.executable, "-m", "fetalnode.cli", "serve", "--config", str(node.config)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "FETALNODE__MODELS__DIR": str(models)},
-    )
+    node = prepare_node(work / "corrupt", orthanc, models_dir=models)
+    r = cli("serve", "--config", str(node.config))
     return {"exit_code": r.returncode, "message": r.stderr.strip().splitlines()[-1][:200]}
 
 
 def bad_input(work: Path, orthanc: OrthancProcess) -> dict[str, object]:
-    node = Node(work, "badinput", orthanc).start()
+    node = prepare_node(work / "badinput", orthanc).start()
     cases = work / "corpus"
     cases.mkdir()
     table: dict[str, object] = {}
@@ -138,7 +100,7 @@ def bad_input(work: Path, orthanc: OrthancProcess) -> dict[str, object]:
             sent[str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)] = case
             rsp = assoc.send_c_store(path)
         assoc.release()
-        wait_jobs_terminal(node.jobs, len(ACCEPTED), 300)
+        node.wait_all(len(ACCEPTED), FINAL, 300)
         for job in node.jobs.jobs():
             case = sent[job.sop_uid]
             table[case.name] = {
@@ -148,7 +110,7 @@ def bad_input(work: Path, orthanc: OrthancProcess) -> dict[str, object]:
                 "measurement_note": job.result.get("measurement_note", ""),
                 "frames": job.result.get("n_frames"),
             }
-        table["node_still_running"] = node.proc is not None and node.proc.poll() is None
+        table["node_still_running"] = node.running
     finally:
         node.stop()
     return table
@@ -168,26 +130,24 @@ def main() -> int:
     kill_files = images[: args.kill_n]
     restart_files = images[args.kill_n : args.kill_n + args.restart_n]
     load_files = images[args.kill_n + args.restart_n :]
-    orthanc = OrthancProcess(work / "orthanc", webviewer=False)
-    orthanc.start()
+    orthanc = OrthancProcess(work / "orthanc", webviewer=False).start()
     out: dict[str, object] = {"machine": f"{os.cpu_count()} CPU cores"}
     try:
-        node = Node(work, "kill", orthanc)
-        report = kill_during_burst(node.config, node.port, node.data, orthanc, kill_files, node.dir, MODALITY_AET)
+        node = prepare_node(work / "kill", orthanc)
+        report = kill_during_burst(node, orthanc, kill_files, node.folder, MODALITY_AET)
         out["sigkill_during_burst"] = {**dataclasses.asdict(report), "ok": report.ok}
-        node = Node(work, "restart", orthanc).start()
+        node = prepare_node(work / "restart", orthanc).start()
         try:
-            restart = orthanc_restart_during_burst(node.port, node.data, orthanc, restart_files, node.dir, MODALITY_AET)
+            restart = orthanc_restart_during_burst(node, orthanc, restart_files, node.folder, MODALITY_AET)
         finally:
             node.stop()
         out["orthanc_restart_mid_burst"] = {**dataclasses.asdict(restart), "ok": restart.ok}
         out["disk_full"] = disk_full(work, orthanc)
         out["corrupt_bundle_at_start"] = corrupt_bundle(work, orthanc)
         out["bad_input"] = bad_input(work, orthanc)
-        node = Node(work, "load", orthanc).start()
+        node = prepare_node(work / "load", orthanc).start()
         try:
-            assert node.proc is not None
-            lr = load(node.port, node.proc.pid, node.jobs, load_files, node.dir, MODALITY_AET, args.senders)
+            lr = load(node, load_files, node.folder, MODALITY_AET, args.senders)
         finally:
             node.stop()
         out["load"] = dataclasses.asdict(lr)

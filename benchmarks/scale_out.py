@@ -16,78 +16,53 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import make_images, node_config
-from benchmarks.scenarios import start_senders, wait_jobs_terminal
-from fetalnode.demo import MODALITY_AET, wait_echo
-from fetalnode.jobs import JobStore
-from fetalnode.orthanc.server import OrthancProcess
-from fetalnode.rabbitmq import RabbitMQProcess
-
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.common import make_images
+from harness.config import MODALITY_AET
+from harness.node import FINAL, NodeProcess, prepare_node
+from harness.orthanc import OrthancProcess
+from harness.rabbitmq import RabbitMQProcess
+from harness.scenarios import start_senders
 
 
-class Setup:
-    """A node configuration (fresh data folder) and its processes."""
-
-    def __init__(
-        self, work: Path, name: str, orthanc: OrthancProcess, broker: RabbitMQProcess | None, torch_threads: int = 2
-    ) -> None:
-        self.dir = work / name
-        self.port, self.config, self.data = node_config(self.dir, orthanc)
-        self.env = {**os.environ, "FETALNODE__WORKER__TORCH_THREADS": str(torch_threads)}
-        if broker is not None:
-            self.env["FETALNODE__BROKER__URL"] = broker.url
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, workers: int) -> None:
-        role = ["--role", "terminal"] if workers else []
-        log = open(self.dir / "node.log", "ab")
-        cmd = [sys.executable, "-m", "fetalnode.cli", "serve", "--config", str(self.config)]
-        self.procs.append(subprocess.Popen(cmd + role, env=self.env, stdout=log, stderr=subprocess.STDOUT))
-        for _ in range(workers):
-            self.procs.append(
-                subprocess.Popen([*cmd, "--role", "worker"], env=self.env, stdout=log, stderr=subprocess.STDOUT)
-            )
-        log.close()
-        wait_echo(self.port, 120, self.procs[0])
-        if workers:
-            time.sleep(15)  # let the workers load torch and the models before timing
-
-    @property
-    def jobs(self) -> JobStore:
-        return JobStore(self.data / "jobs.sqlite")
-
-    def stop(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            p.wait(timeout=60)
+def setup(
+    work: Path, name: str, orthanc: OrthancProcess, broker: RabbitMQProcess | None, torch_threads: int = 2
+) -> NodeProcess:
+    """A node configuration (fresh data folder): embedded queue, or the broker's when ``broker`` is given."""
+    fields: dict[str, object] = {"worker__torch_threads": torch_threads}
+    if broker is not None:
+        fields["broker__url"] = broker.url
+    return prepare_node(work / name, orthanc, **fields)
 
 
-def throughput(setup: Setup, files: list[Path]) -> float:
+def start(node: NodeProcess, workers: int) -> None:
+    """``serve`` alone (embedded worker), or ``serve --role terminal`` and ``workers`` Celery workers."""
+    node.start(*(["--role", "terminal"] if workers else []))
+    for _ in range(workers):
+        node.start_broker_worker()
+    if workers:
+        time.sleep(15)  # let the workers load torch and the models before timing
+
+
+def throughput(node: NodeProcess, files: list[Path]) -> float:
     t0 = time.monotonic()
-    for p, _ in start_senders(setup.port, files, 4, setup.dir / "senders", MODALITY_AET):
+    for p, _ in start_senders(node.port, files, 4, node.folder / "senders", MODALITY_AET):
         p.wait(timeout=600)
-    wait_jobs_terminal(setup.jobs, len(files), 1800)
-    assert setup.jobs.counts()["delivered"] == len(files), setup.jobs.counts()
+    node.wait_all(len(files), FINAL, 1800)
+    assert node.jobs.counts()["delivered"] == len(files), node.jobs.counts()
     return len(files) / (time.monotonic() - t0)
 
 
-def latency(setup: Setup, files: list[Path]) -> float:
-    before = len(setup.jobs.jobs())
+def latency(node: NodeProcess, files: list[Path]) -> float:
+    before = len(node.jobs.jobs())
     for i, f in enumerate(files, 1):
-        start_senders(setup.port, [f], 1, setup.dir / "one", MODALITY_AET)[0][0].wait(timeout=60)
-        wait_jobs_terminal(setup.jobs, before + i, 120)
-    values = [j.latency_s for j in setup.jobs.jobs()[before:] if j.latency_s is not None]
+        start_senders(node.port, [f], 1, node.folder / "one", MODALITY_AET)[0][0].wait(timeout=60)
+        node.wait_all(before + i, FINAL, 120)
+    values = [j.latency_s for j in node.jobs.jobs()[before:] if j.latency_s is not None]
     return statistics.median(values)
 
 
@@ -109,10 +84,8 @@ def main() -> int:
     chunks = [images[i * args.n : (i + 1) * args.n] for i in range(runs)]
     lat_embedded = images[runs * args.n : runs * args.n + args.latency_n]
     lat_broker = images[runs * args.n + args.latency_n :]
-    orthanc = OrthancProcess(work / "orthanc", webviewer=False)
+    orthanc = OrthancProcess(work / "orthanc", webviewer=False).start()
     broker = RabbitMQProcess(work / "rabbitmq")
-    orthanc.start()
-    broker.start()
     out: dict[str, object] = {
         "cpu_cores": os.cpu_count(),
         "images": args.n,
@@ -120,27 +93,28 @@ def main() -> int:
         "torch_threads": args.threads,
     }
     try:
-        setup = Setup(work, "embedded", orthanc, None, args.threads)
-        setup.start(0)
+        broker.start()
+        node = setup(work, "embedded", orthanc, None, args.threads)
         try:
-            out["embedded_images_per_s"] = round(throughput(setup, chunks[0]), 2)
-            lat_emb = latency(setup, lat_embedded)
+            start(node, 0)
+            out["embedded_images_per_s"] = round(throughput(node, chunks[0]), 2)
+            lat_emb = latency(node, lat_embedded)
             out["embedded_latency_median_s"] = round(lat_emb, 3)
         finally:
-            setup.stop()
+            node.stop()
         per = {}
         for k, n_workers in enumerate(args.workers, 1):
-            setup = Setup(work, f"broker{n_workers}", orthanc, broker, args.threads)
-            setup.start(n_workers)
+            node = setup(work, f"broker{n_workers}", orthanc, broker, args.threads)
             try:
-                rate = throughput(setup, chunks[k])
+                start(node, n_workers)
+                rate = throughput(node, chunks[k])
                 per[n_workers] = {"images_per_s": round(rate, 2), "per_worker": round(rate / n_workers, 2)}
                 if n_workers == 1:
-                    lat_brk = latency(setup, lat_broker)
+                    lat_brk = latency(node, lat_broker)
                     out["broker_1_worker_latency_median_s"] = round(lat_brk, 3)
                     out["broker_overhead_per_job_s"] = round(lat_brk - lat_emb, 3)
             finally:
-                setup.stop()
+                node.stop()
         out["broker"] = per
     finally:
         broker.stop()

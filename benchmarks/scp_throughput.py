@@ -17,8 +17,8 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.common import Stack, make_images, storescu
-from fetalnode.demo import wait_echo
-from fetalnode.orthanc.server import free_port
+from harness.node import wait_echo
+from harness.ports import free_port
 
 
 def main() -> int:

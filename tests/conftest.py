@@ -1,43 +1,28 @@
-"""Shared fixtures: real files, a real Orthanc process, real fetalnode processes on free loopback ports."""
+"""Shared fixtures: real files, a real Orthanc process, real fetalnode processes on free loopback ports.
+
+Orthanc and the nodes are started by the development harness (``harness/``), as in the demo and the benchmarks.
+"""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pydicom.data
 import pytest
 from pydicom import dcmread
 
-from fetalnode.demo import write_node_config
-from fetalnode.jobs import JobStore
-from fetalnode.orthanc.server import OrthancProcess, free_port
-from fetalnode.process import stop_process
+from harness.config import NODE_AET, TOOL_AETS
+from harness.node import ROOT, NodeProcess, prepare_node
+from harness.orthanc import OrthancProcess
 
-ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
 SAMPLES = ROOT / "samples"
-MODELS = ROOT / "models"
 SHARED = ROOT.parent / "shared" / "datasets"
 MODALITY = "TEST-US"
-NODE_AET = "FETALNODE"
-
-
-def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.2) -> object:
-    """Poll ``predicate`` until it returns something truthy; fail with ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def dicom_testfile(name: str) -> Path:
@@ -72,124 +57,23 @@ def need(tool: str) -> None:
 def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancProcess]:
     """A real Orthanc (Debian package) with authentication, temp storage and free loopback ports."""
     need("Orthanc")
-    server = OrthancProcess(tmp_path_factory.mktemp("orthanc"), webviewer=False)
-    server.start()
+    server = OrthancProcess(tmp_path_factory.mktemp("orthanc"), webviewer=False).start()
     yield server
     server.stop()
 
 
-@dataclass
-class NodeProcess:
-    """A ``fetalnode serve`` (or ``worker``) subprocess with its own data folder."""
-
-    config: Path
-    port: int
-    data_dir: Path
-    log: Path
-    env: dict[str, str] = field(default_factory=dict)
-    proc: subprocess.Popen[bytes] | None = None
-    worker: subprocess.Popen[bytes] | None = None
-    broker_workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
-
-    @property
-    def jobs(self) -> JobStore:
-        return JobStore(self.data_dir / "jobs.sqlite")
-
-    def start(self, *extra: str) -> NodeProcess:
-        self.proc = _spawn(["serve", "--config", str(self.config), *extra], self.log, self.env)
-        wait_for(self._echo, 120, "fetalnode to answer C-ECHO")
-        return self
-
-    def start_worker(self) -> subprocess.Popen[bytes]:
-        self.worker = _spawn(["worker", "--config", str(self.config)], self.log, self.env)
-        return self.worker
-
-    def start_broker_worker(self) -> subprocess.Popen[bytes]:
-        """A ``serve --role worker`` process (Celery worker on the broker) with this node's config."""
-        proc = _spawn(["serve", "--config", str(self.config), "--role", "worker"], self.log, self.env)
-        self.broker_workers.append(proc)
-        return proc
-
-    def _echo(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise AssertionError(f"fetalnode exited {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
-        return (
-            subprocess.run(
-                ["echoscu", "-aet", MODALITY, "-aec", NODE_AET, "127.0.0.1", str(self.port)], capture_output=True
-            ).returncode
-            == 0
-        )
-
-    def wait_all(self, n: int, states: set[str], timeout: float = 240) -> None:
-        def done() -> bool:
-            jobs = self.jobs.jobs()
-            return len(jobs) >= n and all(j.state in states for j in jobs)
-
-        try:
-            wait_for(done, timeout, f"{n} jobs in {states}")
-        except AssertionError:
-            print(self.log.read_text()[-4000:])
-            raise AssertionError(f"jobs: {[(j.id, j.state, j.error) for j in self.jobs.jobs()]}") from None
-
-    def stop(self) -> None:
-        for proc in self.broker_workers:
-            stop_process(proc)
-        stop_process(self.worker)
-        stop_process(self.proc)
-
-
-def cli(*args: str, env: dict[str, str] | None = None, check: bool = False) -> subprocess.CompletedProcess[str]:
-    """Run ``fetalnode ARGS`` as a user would, from the repository root."""
-    return subprocess.run(
-        [sys.executable, "-m", "fetalnode.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-        check=check,
-        timeout=120,
-    )
-
-
-def _spawn(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    out = open(log, "ab")
-    try:
-        return subprocess.Popen(
-            [sys.executable, "-m", "fetalnode.cli", *args],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
-        )
-    finally:
-        out.close()
-
-
 @pytest.fixture
 def make_node(tmp_path: Path, orthanc: OrthancProcess) -> Iterator[Callable[..., NodeProcess]]:
-    """Factory of node processes delivering to the session Orthanc (or another one)."""
+    """Factory of node processes (not started) delivering to the session Orthanc (or another one)."""
     nodes: list[NodeProcess] = []
 
-    def factory(target: OrthancProcess | None = None, **env: str) -> NodeProcess:
-        """``env``: settings as ``section__key=value`` (passed as FETALNODE__SECTION__KEY)."""
-        target = target or orthanc
-        folder = tmp_path / f"node{len(nodes)}"
-        folder.mkdir()
-        pw = folder / "orthanc-password"
-        pw.write_text(target.password)
-        port = free_port()
-        cfg = folder / "node.toml"
-        write_node_config(cfg, port=port, data_dir=folder / "data", orthanc=target, password_file=pw, models_dir=MODELS)
-        text = cfg.read_text().replace('"DEMO-US"', f'"{MODALITY}"')
-        text = text.replace("[orthanc]", "[orthanc]\nretry_initial = 0.5\nretry_max = 2.0")
-        cfg.write_text(text)
-        node = NodeProcess(
-            config=cfg,
-            port=port,
-            data_dir=folder / "data",
-            log=folder / "node.log",
-            env={f"FETALNODE__{k.upper()}": v for k, v in env.items()},
+    def factory(target: OrthancProcess | None = None, **fields: Any) -> NodeProcess:
+        """``fields``: typed settings as ``section__key=value`` (``scp__tls_port=11113``)."""
+        node = prepare_node(
+            tmp_path / f"node{len(nodes)}",
+            target or orthanc,
+            calling_aets=(MODALITY, *TOOL_AETS),
+            **{"orthanc__retry_initial": 0.5, "orthanc__retry_max": 2.0, **fields},
         )
         nodes.append(node)
         return node

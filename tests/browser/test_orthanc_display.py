@@ -19,9 +19,11 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from fetalnode.orthanc.server import OrthancProcess
 from fetalnode.outputs.uids import DEVICE_UID
-from tests.conftest import ROOT, SAMPLES, need, send, wait_for
+from harness.node import ROOT
+from harness.orthanc import OrthancProcess
+from harness.processes import wait_for
+from tests.conftest import SAMPLES, need, send
 
 pytestmark = pytest.mark.e2e
 ARTIFACTS = ROOT / ".run" / "test-artifacts"
@@ -34,8 +36,7 @@ NORMAL_HC = "85.7 mm"
 @pytest.fixture(scope="module")
 def display_orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancProcess]:
     need("Orthanc")
-    server = OrthancProcess(tmp_path_factory.mktemp("orthanc-plugin"), webviewer=True, fetalnode_plugin=True)
-    server.start()
+    server = OrthancProcess(tmp_path_factory.mktemp("orthanc-plugin"), webviewer=True, fetalnode_plugin=True).start()
     yield server
     server.stop()
 

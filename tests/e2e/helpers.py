@@ -10,7 +10,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from fetalnode.orthanc.findings import made_by_fetalnode
-from fetalnode.orthanc.server import OrthancProcess
+from harness.orthanc import OrthancProcess
 
 
 def find(orthanc: OrthancProcess, **query: str) -> list[dict]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydicom import dcmread
 
+from harness.corpus import ACCEPTED, PHI_TEXT, burned_in_phi
 from tests.conftest import send
-from tests.corpus import ACCEPTED, PHI_TEXT, burned_in_phi
 from tests.e2e.helpers import outputs_in_study, sr_content
 
 pytestmark = pytest.mark.e2e

@@ -8,8 +8,10 @@ import signal
 import pytest
 from pydicom import dcmread
 
-from fetalnode.orthanc.server import OrthancProcess
-from tests.conftest import SAMPLES, cli, dicom_testfile, send, storescu, wait_for
+from harness.node import cli
+from harness.orthanc import OrthancProcess
+from harness.processes import wait_for
+from tests.conftest import SAMPLES, dicom_testfile, send, storescu
 from tests.e2e.helpers import find, outputs_in_study, sr_content
 
 pytestmark = pytest.mark.e2e

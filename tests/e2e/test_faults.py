@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.scenarios import kill_during_burst, orthanc_restart_during_burst
-from fetalnode.orthanc.server import OrthancProcess
+from harness.orthanc import OrthancProcess
+from harness.scenarios import kill_during_burst, orthanc_restart_during_burst
 from tests.conftest import MODALITY, need, sample_copies
 
 pytestmark = pytest.mark.e2e
@@ -15,7 +15,7 @@ def test_every_acknowledged_instance_delivered_exactly_once_after_sigkill(make_n
     need("storescu")
     node = make_node()
     files = sample_copies(200, tmp_path / "images")
-    report = kill_during_burst(node.config, node.port, node.data_dir, orthanc, files, tmp_path, MODALITY)
+    report = kill_during_burst(node, orthanc, files, tmp_path, MODALITY)
     print(report)
     assert 0 < report.acked_before_kill < report.sent, "the kill must land mid-burst"
     assert report.acked_without_job == 0, "an acknowledged instance was lost"
@@ -32,7 +32,7 @@ def test_orthanc_restarted_mid_burst_everything_delivered_once(make_node, tmp_pa
     try:
         node = make_node(target).start()
         files = sample_copies(60, tmp_path / "images")
-        report = orthanc_restart_during_burst(node.port, node.data_dir, target, files, tmp_path, MODALITY)
+        report = orthanc_restart_during_burst(node, target, files, tmp_path, MODALITY)
         print(report)
         assert report.retries > 0, "Orthanc must have been down while the node delivered"
         assert report.ok, report

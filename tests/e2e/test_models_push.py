@@ -8,7 +8,8 @@ import subprocess
 
 import pytest
 
-from tests.conftest import MODELS, SAMPLES, cli, send
+from harness.node import MODELS, cli
+from tests.conftest import SAMPLES, send
 from tests.e2e.helpers import download, find
 
 pytestmark = pytest.mark.e2e

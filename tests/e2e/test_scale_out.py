@@ -10,10 +10,13 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from benchmarks.scenarios import acknowledged, orthanc_sr_uids, start_senders
-from fetalnode.orthanc.server import OrthancProcess, free_port
-from fetalnode.rabbitmq import RabbitMQProcess
-from tests.conftest import MODALITY, cli, need, sample_copies, wait_for
+from harness.node import cli
+from harness.orthanc import OrthancProcess
+from harness.ports import free_port
+from harness.processes import wait_for
+from harness.rabbitmq import RabbitMQProcess
+from harness.scenarios import acknowledged, orthanc_sr_uids, start_senders
+from tests.conftest import MODALITY, need, sample_copies
 
 pytestmark = pytest.mark.e2e
 
@@ -21,24 +24,22 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 def broker(tmp_path) -> Iterator[RabbitMQProcess]:
     need("rabbitmq-server")
-    server = RabbitMQProcess(tmp_path / "rabbitmq")
-    server.start()
+    server = RabbitMQProcess(tmp_path / "rabbitmq").start()
     yield server
     server.stop()
 
 
 @pytest.fixture
 def own_orthanc(tmp_path) -> Iterator[OrthancProcess]:
-    server = OrthancProcess(tmp_path / "orthanc-scale", webviewer=False)
-    server.start()
+    server = OrthancProcess(tmp_path / "orthanc-scale", webviewer=False).start()
     yield server
     server.stop()
 
 
-def terminal_and_workers(make_node, orthanc, broker, n_workers: int, **env: str):
+def terminal_and_workers(make_node, orthanc, broker, n_workers: int, **fields: object):
     metrics = free_port()
     node = make_node(
-        orthanc, node__role="terminal", broker__url=broker.url, node__metrics_port=str(metrics), **env
+        orthanc, node__role="terminal", broker__url=broker.url, node__metrics_port=metrics, **fields
     ).start()
     workers = [node.start_broker_worker() for _ in range(n_workers)]
     return node, workers, metrics

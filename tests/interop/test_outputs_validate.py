@@ -16,7 +16,8 @@ from fetalnode.config import load_settings
 from fetalnode.destinations.folder import FolderDestination
 from fetalnode.runner import Outcome, Received, Runtime, Verdict, run_job
 from fetalnode.runtime import build_runtime
-from tests.conftest import MODELS, SAMPLES, dicom_testfile, need
+from harness.node import MODELS
+from tests.conftest import SAMPLES, dicom_testfile, need
 
 pytestmark = pytest.mark.interop
 SAMPLE_INFO = json.loads((SAMPLES / "samples.json").read_text())

@@ -22,7 +22,8 @@ from fetalnode.scp.printer import (
     META_GRAYSCALE,
     PRESENTATION_LUT,
 )
-from tests.conftest import NODE_AET, SAMPLES, need
+from harness.config import NODE_AET
+from tests.conftest import SAMPLES, need
 from tests.e2e.helpers import download, find
 
 pytestmark = [pytest.mark.interop, pytest.mark.e2e]
@@ -102,8 +103,8 @@ SupportsPresentationLUT = true
 @pytest.fixture
 def printer(make_node):
     return make_node(
-        scp__station_names="PRINTSCU=Voluson room 3,COLORSCU=Color cart",
-        scp__allowed_calling_aets="TEST-US,ECHOSCU,PRINTSCU,COLORSCU",
+        scp__station_names=["PRINTSCU=Voluson room 3", "COLORSCU=Color cart"],
+        scp__allowed_calling_aets=["TEST-US", "ECHOSCU", "PRINTSCU", "COLORSCU"],
     ).start()
 
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from fetalnode.orthanc.server import free_port
-from tests.conftest import MODALITY, NODE_AET, SAMPLES, need
+from harness.config import NODE_AET
+from harness.ports import free_port
+from tests.conftest import MODALITY, SAMPLES, need
 
 pytestmark = [pytest.mark.network, pytest.mark.interop]
 SAMPLE = SAMPLES / "hc18_104_HC.dcm"
@@ -30,7 +31,7 @@ def audit(node) -> list[dict]:
 
 def test_ae_only_from_its_allowed_addresses(make_node) -> None:
     # STORESCU may call only from 10.20.0.0/16; ECHOSCU only from loopback; the others listed from anywhere.
-    node = make_node(scp__allowed_sources="STORESCU=10.20.0.0/16,ECHOSCU=127.0.0.1").start("--no-worker")
+    node = make_node(scp__allowed_sources=["STORESCU=10.20.0.0/16", "ECHOSCU=127.0.0.1"]).start("--no-worker")
     refused = echo(node.port, "STORESCU")
     assert refused.returncode != 0 and "Calling AE Title Not Recognized" in refused.stderr
     assert echo(node.port, "ECHOSCU").returncode == 0
@@ -62,7 +63,7 @@ def test_dicom_tls_with_client_certificates(make_node, tmp_path) -> None:
     pki = make_pki(tmp_path)
     tls_port = free_port()
     node = make_node(
-        scp__tls_port=str(tls_port),
+        scp__tls_port=tls_port,
         scp__tls_certificate=str(pki["server_crt"]),
         scp__tls_private_key=str(pki["server_key"]),
         scp__tls_ca_certificates=str(pki["ca_crt"]),

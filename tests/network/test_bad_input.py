@@ -12,8 +12,9 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from tests.conftest import MODALITY, NODE_AET, storescu
-from tests.corpus import REFUSED, SAMPLE, corpus_contexts
+from harness.config import NODE_AET
+from harness.corpus import REFUSED, SAMPLE, corpus_contexts
+from tests.conftest import MODALITY, storescu
 
 pytestmark = [pytest.mark.network, pytest.mark.interop]
 

@@ -12,7 +12,9 @@ from pydicom import dcmread
 from pynetdicom import AE, build_context
 from pynetdicom.sop_class import CTImageStorage, UltrasoundImageStorage, Verification
 
-from tests.conftest import MODALITY, MODELS, NODE_AET, cli, dicom_testfile, storescu
+from harness.config import NODE_AET
+from harness.node import MODELS, cli
+from tests.conftest import MODALITY, dicom_testfile, storescu
 
 pytestmark = [pytest.mark.network, pytest.mark.interop]
 
@@ -127,7 +129,7 @@ def test_spool_full_answers_a700_and_recovers_when_space_returns(make_node, tmp_
     # The node's real free-space check on the real file system: the minimum is set just below what
     # is free now, then a 400 MB file takes the space away and gives it back.
     margin = 200_000_000
-    node = make_node(scp__min_free_bytes=str(shutil.disk_usage(tmp_path).free - margin)).start("--no-worker")
+    node = make_node(scp__min_free_bytes=shutil.disk_usage(tmp_path).free - margin).start("--no-worker")
     filler = tmp_path / "filler"
     ds = dcmread(dicom_testfile("OBXXXX1A.dcm"))
     ae = AE(ae_title=MODALITY)

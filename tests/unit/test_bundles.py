@@ -14,7 +14,8 @@ from fetalnode.inference.bundle import load_bundle, onnx_runner
 from fetalnode.intake import decode_for_analysis
 from fetalnode.training.classifier import classifier_reference
 from fetalnode.training.reference import segmentation_reference
-from tests.conftest import MODELS, SAMPLES
+from harness.node import MODELS
+from tests.conftest import SAMPLES
 
 pytestmark = pytest.mark.unit
 SEG, CLS = MODELS / "hc18-headseg", MODELS / "fba-classifier"

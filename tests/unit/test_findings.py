@@ -20,7 +20,8 @@ from fetalnode.outputs import codes as fc
 from fetalnode.outputs.uids import DEVICE_UID
 from fetalnode.runner import Received, Runtime, run_job
 from fetalnode.runtime import build_runtime
-from tests.conftest import MODELS, SAMPLES
+from harness.node import MODELS
+from tests.conftest import SAMPLES
 
 pytestmark = pytest.mark.unit
 # What the shipped models (hc18-headseg 0.3.0, fba-classifier 0.8.0) say about two bundled samples.

@@ -18,8 +18,8 @@ from pydicom.uid import RLELossless
 
 from fetalnode.errors import IntakeRejected
 from fetalnode.intake import check_header, decode_for_analysis, read_received
+from harness.corpus import SAMPLE, palette_16bit
 from tests.conftest import dicom_testfile
-from tests.corpus import SAMPLE, palette_16bit
 
 pytestmark = [pytest.mark.unit, pytest.mark.filterwarnings("ignore::UserWarning")]
 LIMITS = (4_000_000, 50)

@@ -22,7 +22,8 @@ from fetalnode.outputs.registry import OutputContext, OutputWriter
 from fetalnode.runner import Outcome, Received, RetryPolicy, Runtime, Verdict, run_job, stage_of
 from fetalnode.runtime import build_runtime
 from fetalnode.vocab import Stage
-from tests.conftest import MODELS, SAMPLES, dicom_testfile
+from harness.node import MODELS
+from tests.conftest import SAMPLES, dicom_testfile
 
 pytestmark = pytest.mark.unit
 SAMPLE = SAMPLES / "hc18_104_HC.dcm"

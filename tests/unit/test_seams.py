@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from fetalnode.vocab import AuditEvent
-from tests.conftest import ROOT
+from harness.node import ROOT
 
 pytestmark = pytest.mark.unit
 SRC = ROOT / "src" / "fetalnode"

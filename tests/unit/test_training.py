@@ -38,9 +38,10 @@ from fetalnode.training.evaluate import evaluate_bundle
 from fetalnode.training.pretrain import nt_xent
 from fetalnode.training.reference import segmentation_reference
 from fetalnode.training.segmentation import SegRecipe, WeightAverage, train_segmentation
-from tests.conftest import DATA, MODELS, cli
+from harness.node import MODELS, cli
+from tests.conftest import DATA
 
-pytestmark = pytest.mark.unit
+pytestmark = [pytest.mark.unit, pytest.mark.training]
 
 
 def test_group_split_never_splits_a_group() -> None:

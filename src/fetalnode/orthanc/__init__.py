@@ -5,8 +5,8 @@
 - ``findings.py``: recognises our objects and reads an SR into a finding, by code (pydicom only);
 - ``explorer.js``, ``triage.html``: the Orthanc Explorer panel and the triage page.
 
-``client.py`` (delivery to Orthanc) and ``server.py`` (the Orthanc process of the demo and the
-tests) do not belong here and are moving out of this package.
+Delivery to Orthanc is ``fetalnode.destinations.orthanc_rest``; the Orthanc process of the demo and
+the tests is ``harness.orthanc`` (outside the installed package).
 
 Named ``fetalnode.orthanc``: never a top-level ``orthanc`` module (Orthanc's Python plugin owns it).
 Nothing is imported here: the plugin runs inside Orthanc's embedded Python, without torch or

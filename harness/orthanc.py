@@ -1,18 +1,21 @@
-"""Run a local Orthanc (Debian package) locked down to loopback, for the demo and the tests.
+"""A local Orthanc (Debian package) locked down to loopback, for the demo, the tests and the benchmarks.
 
 Orthanc 1.10 binds its ports on all interfaces and has no bind option, so this configuration
 closes what it can: HTTP refuses remote clients (``RemoteAccessAllowed: false``) and asks for a
 password; DICOM stores are accepted only from registered modalities on 127.0.0.1 calling the
 right AE title (``DicomAlwaysAllowStore: false``, ``DicomCheckModalityHost``, ``DicomCheckCalledAet``).
+
+fetalnode's Orthanc Python plugin stays in the package (``src/fetalnode/orthanc/plugin.py``); it is
+located here by import spec, without importing anything of fetalnode beyond its package markers.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -20,23 +23,31 @@ from pathlib import Path
 
 import httpx
 
-from fetalnode.errors import NodeError
-from fetalnode.process import stop_process
+from harness.ports import free_port
+from harness.processes import HarnessError, spawn, stop_process
 
 PLUGIN_DIR = Path("/usr/share/orthanc/plugins")
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def fetalnode_orthanc_dir() -> Path:
+    """The folder of the ``fetalnode.orthanc`` package (holds ``plugin.py``)."""
+    spec = importlib.util.find_spec("fetalnode.orthanc")
+    if spec is None or spec.origin is None:
+        raise HarnessError("fetalnode is not importable: run `make deps`")
+    return Path(spec.origin).resolve().parent
+
+
+def plugin_script() -> Path:
+    """fetalnode's Orthanc Python plugin script."""
+    return fetalnode_orthanc_dir() / "plugin.py"
 
 
 def plugin_sys_path() -> list[str]:
     """Folders holding ``fetalnode`` (its ``src``) and pydicom (this interpreter's site-packages)."""
-    import pydicom
-
-    return [str(Path(__file__).resolve().parents[2]), str(Path(pydicom.__file__).resolve().parents[1])]
+    pydicom = importlib.util.find_spec("pydicom")
+    if pydicom is None or pydicom.origin is None:
+        raise HarnessError("pydicom is not importable: run `make deps`")
+    return [str(fetalnode_orthanc_dir().parents[1]), str(Path(pydicom.origin).resolve().parents[1])]
 
 
 def orthanc_binary() -> str:
@@ -44,7 +55,7 @@ def orthanc_binary() -> str:
         found = shutil.which(candidate)
         if found:
             return found
-    raise NodeError("Orthanc is not installed (Debian package 'orthanc'); run `make deps`")
+    raise HarnessError("Orthanc is not installed (Debian package 'orthanc'); run `make deps`")
 
 
 @dataclass
@@ -66,6 +77,13 @@ class OrthancProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
+    def write_password_file(self, path: Path) -> Path:
+        """Write the password (mode 600) for a node's ``orthanc.password_file``."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.password + "\n", encoding="utf-8")
+        os.chmod(path, 0o600)
+        return path
+
     def config(self) -> dict[str, object]:
         plugins = []
         if self.webviewer and (PLUGIN_DIR / "libOrthancWebViewer.so").exists():
@@ -74,12 +92,12 @@ class OrthancProcess:
         if self.fetalnode_plugin:
             python = PLUGIN_DIR / "libOrthancPython.so"
             if not python.exists():
-                raise NodeError(
+                raise HarnessError(
                     "Orthanc's Python plugin is not installed (Debian package 'orthanc-python'); run `make deps`"
                 )
             plugins.append(str(python))
             extra = {
-                "PythonScript": str(Path(__file__).resolve().parent / "plugin.py"),
+                "PythonScript": str(plugin_script()),
                 "PythonVerbose": False,
                 # The plugin runs in Debian's embedded Python: where to find fetalnode and pydicom.
                 "Fetalnode": {"SysPath": plugin_sys_path()},
@@ -107,26 +125,24 @@ class OrthancProcess:
             "ExecuteLuaEnabled": False,
         }
 
-    def start(self, timeout: float = 30.0) -> None:
+    def start(self, timeout: float = 30.0) -> OrthancProcess:
+        """Start (or restart: same ports, password and storage) and wait until the REST API answers."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.http_port = self.http_port or free_port()
         self.dicom_port = self.dicom_port or free_port()
         cfg = self.workdir / "orthanc.json"
         cfg.write_text(json.dumps(self.config(), indent=2), encoding="utf-8")
         os.chmod(cfg, 0o600)
-        log = open(self.workdir / "orthanc.log", "ab")
-        self._proc = subprocess.Popen(
-            [orthanc_binary(), str(cfg)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        log.close()
+        self._proc = spawn([orthanc_binary(), str(cfg)], self.workdir / "orthanc.log")
         self.wait_ready(timeout)
+        return self
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         last = ""
         while time.monotonic() < deadline:
             if self._proc is not None and self._proc.poll() is not None:
-                raise NodeError(f"Orthanc exited with {self._proc.returncode}; see {self.workdir / 'orthanc.log'}")
+                raise HarnessError(f"Orthanc exited with {self._proc.returncode}; see {self.workdir / 'orthanc.log'}")
             try:
                 r = httpx.get(f"{self.url}/system", auth=(self.username, self.password), timeout=2)
                 if r.status_code == 200:
@@ -135,7 +151,7 @@ class OrthancProcess:
             except httpx.TransportError as exc:
                 last = str(exc)
             time.sleep(0.1)
-        raise NodeError(f"Orthanc did not answer within {timeout:.0f} s ({last})")
+        raise HarnessError(f"Orthanc did not answer within {timeout:.0f} s ({last})")
 
     def stop(self) -> None:
         stop_process(self._proc, timeout=15)

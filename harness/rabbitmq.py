@@ -17,14 +17,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fetalnode.errors import NodeError
-from fetalnode.orthanc.server import free_port
+from harness.ports import free_port
+from harness.processes import HarnessError, spawn
 
 SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
 
 
 @dataclass
 class RabbitMQProcess:
+    """A RabbitMQ broker with its own folders and free loopback ports; ``url`` is its AMQP URL."""
+
     workdir: Path
     port: int = 0
     _dist_port: int = 0
@@ -35,11 +37,14 @@ class RabbitMQProcess:
     def url(self) -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.port}//"
 
+    @property
+    def node_name(self) -> str:
+        return f"fetalnode{self.port}@localhost"
+
     def _env(self) -> dict[str, str]:
         return {
-            **os.environ,
             "HOME": str(self.workdir),
-            "RABBITMQ_NODENAME": f"fetalnode{self.port}@localhost",
+            "RABBITMQ_NODENAME": self.node_name,
             "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
             "RABBITMQ_NODE_PORT": str(self.port),
             "RABBITMQ_DIST_PORT": str(self._dist_port),
@@ -53,29 +58,26 @@ class RabbitMQProcess:
             "+sbwt none +sbwtdcpu none +sbwtdio none",
         }
 
-    def start(self, timeout: float = 60.0) -> None:
+    def start(self, timeout: float = 60.0) -> RabbitMQProcess:
+        """Start (or restart: same ports and queues) and wait until AMQP accepts connections."""
         if not SERVER.exists() or (shutil.which("erl") is None and not Path("/usr/lib/erlang").exists()):
-            raise NodeError("RabbitMQ is not installed (Debian package 'rabbitmq-server'); run `make deps`")
+            raise HarnessError("RabbitMQ is not installed (Debian package 'rabbitmq-server'); run `make deps`")
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "enabled_plugins").write_text("[].\n")
         self.port = self.port or free_port()
         self._dist_port = self._dist_port or free_port()
         self._epmd_port = self._epmd_port or free_port()
-        log = open(self.workdir / "rabbitmq.out", "ab")
-        self._proc = subprocess.Popen(
-            [str(SERVER)], env=self._env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        log.close()
+        self._proc = spawn([str(SERVER)], self.workdir / "rabbitmq.out", env=self._env())
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                raise NodeError(f"RabbitMQ exited with {self._proc.returncode}; see {self.workdir}")
+                raise HarnessError(f"RabbitMQ exited with {self._proc.returncode}; see {self.workdir}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return
+                    return self
             except OSError:
                 time.sleep(0.3)
-        raise NodeError(f"RabbitMQ did not listen within {timeout:.0f} s")
+        raise HarnessError(f"RabbitMQ did not listen within {timeout:.0f} s")
 
     def stop(self) -> None:
         """Stop the broker (its whole process group, epmd included); queues persist in ``workdir``."""
@@ -88,8 +90,9 @@ class RabbitMQProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self._proc.pid, signal.SIGKILL)
             self._proc.wait()
-        subprocess.run(["pkill", "-f", f"fetalnode{self.port}@localhost"], check=False)
+        # Erlang processes of this node that left the group: matched by this broker's own node name.
+        subprocess.run(["pkill", "-f", self.node_name], check=False)
         epmd = shutil.which("epmd") or next(Path("/usr/lib/erlang").glob("erts-*/bin/epmd"), None)
         if epmd:
-            subprocess.run([str(epmd), "-kill"], env=self._env(), capture_output=True, check=False)
+            subprocess.run([str(epmd), "-kill"], env={**os.environ, **self._env()}, capture_output=True, check=False)
         self._proc = None

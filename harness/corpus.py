@@ -1,8 +1,8 @@
 """A corpus of malformed and awkward inputs, built from real files, and what the node must answer.
 
-Used by ``tests/network/test_bad_input.py`` and ``tests/e2e/test_awkward_input.py`` and by
-``benchmarks/reliability.py`` (which prints the table). Nothing here is a mock: every case is a
-DICOM object or file that travels over a real association.
+Used by ``tests/network/test_bad_input.py``, ``tests/e2e/test_awkward_input.py`` and
+``tests/unit/test_fuzz_intake.py``, and by ``benchmarks/reliability.py`` (which prints the table).
+Nothing here is a mock: every case is a DICOM object or file that travels over a real association.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, RLELossless, generate_uid
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "samples" / "hc18_104_HC.dcm"  # calibrated 8-bit grayscale US, 640x432
-SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
-US_MULTIFRAME = "1.2.840.10008.5.1.4.1.1.3.1"
+SC_CLASS = UID("1.2.840.10008.5.1.4.1.1.7")
+US_MULTIFRAME = UID("1.2.840.10008.5.1.4.1.1.3.1")
 PHI_TEXT = "DOE^JANE 19790101 ID 4711"
 
 
@@ -102,7 +102,10 @@ def huge_20000(folder: Path) -> Path:
 def ct_image(folder: Path) -> Path:
     from pydicom.data import get_testdata_file
 
-    ds = dcmread(get_testdata_file("CT_small.dcm"))
+    path = get_testdata_file("CT_small.dcm")
+    if not isinstance(path, str):
+        raise FileNotFoundError("pydicom's test file CT_small.dcm (pydicom-data)")
+    ds = dcmread(path)
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     return _save(ds, folder / "ct.dcm")
 
@@ -191,7 +194,7 @@ def burned_in_phi(folder: Path) -> Path:
 def corpus_contexts() -> list:
     """Presentation contexts a modality would propose to send this corpus (each class in two syntaxes)."""
     from pynetdicom import build_context
-    from pynetdicom.sop_class import (
+    from pynetdicom.sop_class import (  # type: ignore[attr-defined]
         CTImageStorage,
         SecondaryCaptureImageStorage,
         UltrasoundImageStorage,

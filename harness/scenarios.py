@@ -1,14 +1,13 @@
 """Fault and load scenarios against a real node, real DCMTK senders and a real Orthanc.
 
-Shared by the tests (which assert on the outcome) and ``benchmarks/reliability.py`` (which prints
-the figures). Each scenario starts ``fetalnode serve`` itself so that it can SIGKILL it.
+Shared by the tests (which assert on the outcome) and the benchmarks (which print the figures).
+``kill_during_burst`` starts the node itself so that it can SIGKILL it; the others take a running node.
 """
 
 from __future__ import annotations
 
 import os
 import random
-import signal
 import subprocess
 import threading
 import time
@@ -19,15 +18,14 @@ from pathlib import Path
 import httpx
 from pydicom import dcmread
 
-from fetalnode.demo import start_node, wait_echo
-from fetalnode.jobs import Job, JobStore
-from fetalnode.orthanc.server import OrthancProcess
-
-TERMINAL = {"delivered", "failed", "rejected"}
+from fetalnode.jobs import Job
+from harness.config import NODE_AET
+from harness.node import FINAL, NodeProcess
+from harness.orthanc import OrthancProcess
 
 
 def start_senders(
-    port: int, files: list[Path], senders: int, folder: Path, aet: str, called: str = "FETALNODE"
+    port: int, files: list[Path], senders: int, folder: Path, aet: str, called: str = NODE_AET
 ) -> list[tuple[subprocess.Popen[bytes], Path]]:
     """``senders`` concurrent storescu processes, each sending its share of ``files`` in one association."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -62,16 +60,6 @@ def acknowledged(log: Path) -> list[str]:
     return done
 
 
-def wait_jobs_terminal(jobs: JobStore, n: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        all_jobs = jobs.jobs()
-        if len(all_jobs) >= n and all(j.state in TERMINAL for j in all_jobs):
-            return
-        time.sleep(0.5)
-    raise TimeoutError(f"jobs not finished after {timeout:.0f} s: {jobs.counts()}")
-
-
 def orthanc_sr_uids(orthanc: OrthancProcess) -> list[str]:
     """SOP Instance UIDs of every SR Orthanc holds."""
     r = httpx.post(
@@ -87,7 +75,7 @@ def orthanc_sr_uids(orthanc: OrthancProcess) -> list[str]:
 def sr_tally(orthanc: OrthancProcess, jobs: list[Job]) -> tuple[int, int]:
     """(SRs in Orthanc that are the reports of these delivered jobs, extra copies of any SR UID in Orthanc)."""
     srs = Counter(orthanc_sr_uids(orthanc))
-    expected = {j.result.get("sr_sop_uid") for j in jobs if j.state == "delivered"}
+    expected = {j.result.get("outputs", {}).get("sr") for j in jobs if j.state == "delivered"}
     return sum(1 for uid in srs if uid in expected), sum(n - 1 for n in srs.values())
 
 
@@ -120,9 +108,7 @@ class KillReport:
 
 
 def kill_during_burst(
-    config: Path,
-    port: int,
-    data_dir: Path,
+    node: NodeProcess,
     orthanc: OrthancProcess,
     files: list[Path],
     folder: Path,
@@ -132,40 +118,36 @@ def kill_during_burst(
 ) -> KillReport:
     """SIGKILL the whole node (SCP + worker) at a random point of a burst, restart it, then let the
     modalities re-send everything (as they do after a failed association). Every instance must end
-    delivered exactly once: one job and one SR per SOP Instance UID.
+    delivered exactly once: one job and one SR per SOP Instance UID. ``node`` is started here and
+    stopped at the end.
     """
-    log = folder / "node.log"
-    node = start_node(config, log)
-    wait_echo(port, 120, node, aet)
-    jobs = JobStore(data_dir / "jobs.sqlite")
+    node.start()
+    jobs = node.jobs
     # A random point of the burst, by progress (not by time, which depends on the machine).
     kill_after = random.Random(seed).randint(len(files) // 4, 3 * len(files) // 4)
     t0 = time.monotonic()
-    procs = start_senders(port, files, senders, folder / "burst", aet)
+    procs = start_senders(node.port, files, senders, folder / "burst", aet, node.ae_title)
     deadline = t0 + 120
     while len(jobs.jobs()) < kill_after and time.monotonic() < deadline:
         time.sleep(0.01)
     kill_at = time.monotonic() - t0
-    node.send_signal(signal.SIGKILL)
-    node.wait()
+    node.kill()
     for p, _ in procs:
         p.wait(timeout=120)
     acked = {a for _, lg in procs for a in acknowledged(lg)}
     jobs_before = len(jobs.jobs())
     # Restart and re-send the whole batch (duplicates must be recognised, not analysed twice).
     t1 = time.monotonic()
-    node = start_node(config, log)
     try:
-        wait_echo(port, 120, node, aet)
-        procs = start_senders(port, files, senders, folder / "resend", aet)
+        node.start()
+        procs = start_senders(node.port, files, senders, folder / "resend", aet, node.ae_title)
         for p, _ in procs:
             p.wait(timeout=300)
         resent = {a for _, lg in procs for a in acknowledged(lg)}
-        wait_jobs_terminal(jobs, len(files), 300)
+        node.wait_all(len(files), FINAL, 300)
         recovery = time.monotonic() - t1
     finally:
-        node.send_signal(signal.SIGTERM)
-        node.wait(timeout=60)
+        node.stop()
     all_jobs = jobs.jobs()
     uid_of = {str(f): str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
     job_uids = Counter(j.sop_uid for j in all_jobs)
@@ -202,10 +184,13 @@ class LoadReport:
     peak_rss_mb: float
 
 
-def load(
-    port: int, node_pid: int, jobs: JobStore, files: list[Path], folder: Path, aet: str, senders: int = 4
-) -> LoadReport:
-    """``senders`` concurrent storescu over ``files``; C-ECHO every 0.25 s meanwhile; latency from the job store."""
+def load(node: NodeProcess, files: list[Path], folder: Path, aet: str, senders: int = 4) -> LoadReport:
+    """``senders`` concurrent storescu over ``files`` to the running ``node``; C-ECHO every 0.25 s
+    meanwhile; latency from the job store.
+    """
+    if node.proc is None or not node.running:
+        raise ValueError("load() needs a running node")
+    node_pid = node.proc.pid
     echoes: list[float] = []
     stop = threading.Event()
 
@@ -213,7 +198,7 @@ def load(
         while not stop.is_set():
             t = time.perf_counter()
             subprocess.run(
-                ["echoscu", "-aet", aet, "-aec", "FETALNODE", "-to", "10", "127.0.0.1", str(port)],
+                ["echoscu", "-aet", aet, "-aec", node.ae_title, "-to", "10", "127.0.0.1", str(node.port)],
                 capture_output=True,
             )
             echoes.append(time.perf_counter() - t)
@@ -235,16 +220,16 @@ def load(
     for t in threads:
         t.start()
     t0 = time.monotonic()
-    procs = start_senders(port, files, senders, folder / "load", aet)
+    procs = start_senders(node.port, files, senders, folder / "load", aet, node.ae_title)
     for p, _ in procs:
         p.wait(timeout=1800)
     receive_s = time.monotonic() - t0
-    wait_jobs_terminal(jobs, len(files), 3600)
+    node.wait_all(len(files), FINAL, 3600)
     total_s = time.monotonic() - t0
     stop.set()
     for t in threads:
         t.join()
-    latencies = sorted(j.latency_s for j in jobs.jobs() if j.latency_s is not None)
+    latencies = sorted(j.latency_s for j in node.jobs.jobs() if j.latency_s is not None)
     ordered = sorted(echoes)
     return LoadReport(
         images=len(files),
@@ -278,8 +263,7 @@ class OrthancRestartReport:
 
 
 def orthanc_restart_during_burst(
-    port: int,
-    data_dir: Path,
+    node: NodeProcess,
     orthanc: OrthancProcess,
     files: list[Path],
     folder: Path,
@@ -287,10 +271,11 @@ def orthanc_restart_during_burst(
     senders: int = 4,
     down_s: float = 5.0,
 ) -> OrthancRestartReport:
-    """Stop Orthanc one second into a burst, start it again ``down_s`` later; all must arrive once."""
-    jobs = JobStore(data_dir / "jobs.sqlite")
+    """Stop Orthanc one second into a burst to the running ``node``, start it again ``down_s`` later;
+    all must arrive once.
+    """
     t0 = time.monotonic()
-    procs = start_senders(port, files, senders, folder / "orthanc-restart", aet)
+    procs = start_senders(node.port, files, senders, folder / "orthanc-restart", aet, node.ae_title)
     time.sleep(1.0)
     orthanc.stop()
     time.sleep(down_s)
@@ -298,10 +283,10 @@ def orthanc_restart_during_burst(
     for p, _ in procs:
         p.wait(timeout=300)
     acked = {a for _, lg in procs for a in acknowledged(lg)}
-    wait_jobs_terminal(jobs, len(files), 300)
-    all_jobs = jobs.jobs()
+    node.wait_all(len(files), FINAL, 300)
+    all_jobs = node.jobs.jobs()
     sr_in_orthanc, sr_copies = sr_tally(orthanc, all_jobs)
-    audit = (data_dir / "audit.jsonl").read_text()
+    audit = (node.data_dir / "audit.jsonl").read_text()
     return OrthancRestartReport(
         sent=len(files),
         acked=len(acked),

@@ -1,0 +1,115 @@
+"""``make demo``: Orthanc + a node on loopback, the samples sent by DCMTK, a table of findings.
+
+Run as ``python -m harness.demo [--exit] [--samples DIR] [--run-dir DIR]`` from the repository root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shutil
+import signal
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from pydicom import dcmread
+
+from fetalnode import RESEARCH_NOTICE
+from fetalnode.jobs import JobStore
+from harness.node import FINAL, ROOT, NodeProcess, prepare_node
+from harness.orthanc import OrthancProcess
+from harness.processes import HarnessError, wait_for
+
+
+def run_demo(samples: Path, run_dir: Path | None, exit_after: bool) -> int:
+    for tool in ("dcmsend", "echoscu"):
+        if shutil.which(tool) is None:
+            raise HarnessError(f"DCMTK's {tool} is missing (Debian package dcmtk); run `make deps`")
+    files = sorted(samples.glob("*.dcm"))
+    if not files:
+        raise HarnessError(f"no sample DICOM files in {samples}")
+    run_dir = (run_dir or ROOT / ".run" / datetime.now().strftime("demo-%Y%m%d-%H%M%S")).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    orthanc = OrthancProcess(run_dir / "orthanc", fetalnode_plugin=True).start()
+    try:
+        node = prepare_node(run_dir, orthanc, node__station_name="fetalnode-demo")
+        try:
+            node.start()
+            return send_and_report(node, orthanc, files, exit_after)
+        finally:
+            node.stop()
+    finally:
+        orthanc.stop()
+
+
+def send_and_report(node: NodeProcess, orthanc: OrthancProcess, files: list[Path], exit_after: bool) -> int:
+    """Send ``files`` with dcmsend, wait for their jobs, print the table; serve until Ctrl-C unless ``exit_after``."""
+    print(
+        f"fetalnode listening as {node.ae_title}@127.0.0.1:{node.port}; sending {len(files)} sample(s) with dcmsend",
+        flush=True,
+    )
+    subprocess.run(
+        ["dcmsend", "-aet", node.echo_aet, "-aec", node.ae_title, "127.0.0.1", str(node.port), *map(str, files)],
+        check=False,
+    )
+    expected = {str(dcmread(f, stop_before_pixels=True).SOPInstanceUID): f.name for f in files}
+
+    def finished() -> bool:
+        current = node.jobs.jobs()
+        return {j.sop_uid for j in current} >= set(expected) and all(j.state in FINAL for j in current)
+
+    with contextlib.suppress(TimeoutError):  # the table shows what did not finish
+        wait_for(finished, 600, "the samples' jobs", interval=0.5)
+    print_table(node.jobs, expected, orthanc)
+    ok = {j.sop_uid for j in node.jobs.jobs() if j.state == "delivered"} >= set(expected)
+    print(
+        f"\nOrthanc Explorer: {orthanc.url}/app/explorer.html  (user {orthanc.username}, password in "
+        f"{node.settings.orthanc.password_file})\nTriage list: {orthanc.url}/fetalnode/triage   findings JSON: "
+        f"{orthanc.url}/fetalnode/findings\nNode log: {node.log}   audit: {node.data_dir / 'audit.jsonl'}"
+    )
+    print(f"{RESEARCH_NOTICE}.")
+    if exit_after:
+        return 0 if ok else 1
+    print("Servers keep running for browsing; press Ctrl-C to stop.", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        signal.pause()
+    return 0 if ok else 1
+
+
+def print_table(jobs: JobStore, expected: dict[str, str], orthanc: OrthancProcess) -> None:
+    rows = [("source", "state", "finding", "conf.", "HC mm", "SR / heatmap in Orthanc")]
+    for job in jobs.jobs():
+        r = job.result
+        finding = r.get("finding") or ("not analysed" if r else job.error[:40])
+        if r.get("malformation_type"):
+            finding += f": {r['malformation_type']}"
+        conf = f"{r['confidence']:.2f}" if r.get("confidence") is not None else "-"
+        hc = f"{r['hc_mm']:.1f}" if r.get("hc_mm") is not None else "-"
+        held = job.receipts.get("orthanc", {})  # the Orthanc destination's receipts: output -> instance ID
+        links = " ".join(f"{orthanc.url}/app/explorer.html#instance?uuid={i}" for i in held.values()) or "-"
+        rows.append((expected.get(job.sop_uid, job.sop_uid[-12:]), job.state, finding, conf, hc, links))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(5)]
+    for row in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row[:5], widths, strict=True)) + "  " + row[5])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m harness.demo",
+        description="start Orthanc and a node on loopback, send the samples, print findings",
+    )
+    ap.add_argument("--samples", default=str(ROOT / "samples"), help="folder of sample DICOM files")
+    ap.add_argument("--run-dir", help="working folder (default: a new folder under .run/)")
+    ap.add_argument("--exit", action="store_true", help="exit after the table instead of serving until Ctrl-C")
+    args = ap.parse_args(argv)
+    try:
+        return run_demo(Path(args.samples), Path(args.run_dir) if args.run_dir else None, exit_after=args.exit)
+    except HarnessError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
