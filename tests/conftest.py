@@ -18,6 +18,7 @@ from pydicom import dcmread
 from harness.config import NODE_AET, TOOL_AETS
 from harness.node import ROOT, NodeProcess, prepare_node
 from harness.orthanc import OrthancProcess
+from harness.rabbitmq import RabbitMQProcess
 
 DATA = ROOT / "tests" / "data"
 SAMPLES = ROOT / "samples"
@@ -58,6 +59,23 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancProcess
     """A real Orthanc (Debian package) with authentication, temp storage and free loopback ports."""
     need("Orthanc")
     server = OrthancProcess(tmp_path_factory.mktemp("orthanc"), webviewer=False).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[RabbitMQProcess]:
+    """A private RabbitMQ (Debian package) on loopback, for the scale-out roles."""
+    need("rabbitmq-server")
+    server = RabbitMQProcess(tmp_path / "rabbitmq").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_orthanc(tmp_path: Path) -> Iterator[OrthancProcess]:
+    """An Orthanc of this test's own (the session one holds other tests' objects)."""
+    server = OrthancProcess(tmp_path / "orthanc-own", webviewer=False).start()
     yield server
     server.stop()
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -14,26 +13,10 @@ from harness.node import cli
 from harness.orthanc import OrthancProcess
 from harness.ports import free_port
 from harness.processes import wait_for
-from harness.rabbitmq import RabbitMQProcess
 from harness.scenarios import acknowledged, orthanc_sr_uids, start_senders
 from tests.conftest import MODALITY, need, sample_copies
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def broker(tmp_path) -> Iterator[RabbitMQProcess]:
-    need("rabbitmq-server")
-    server = RabbitMQProcess(tmp_path / "rabbitmq").start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def own_orthanc(tmp_path) -> Iterator[OrthancProcess]:
-    server = OrthancProcess(tmp_path / "orthanc-scale", webviewer=False).start()
-    yield server
-    server.stop()
 
 
 def terminal_and_workers(make_node, orthanc, broker, n_workers: int, **fields: object):

@@ -1,0 +1,91 @@
+"""One runner in every role, on real peers (DCMTK, Orthanc, RabbitMQ): an output writer registered through
+``node.plugins`` is built and delivered by the embedded worker and by the scale-out worker, and the same
+input gives the same objects (UIDs and content, apart from timestamps) in both roles and in ``analyze``."""
+
+from __future__ import annotations
+
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+
+from harness.node import cli
+from harness.orthanc import OrthancProcess
+from tests.conftest import MODALITY, SAMPLES, send
+from tests.e2e.helpers import download, find
+
+pytestmark = pytest.mark.e2e
+KEY_OBJECT_SELECTION = UID("1.2.840.10008.5.1.4.1.1.88.59")
+OUTPUTS = {"sr", "sc", "ko"}
+# The extra writer, and one station name for every role (a modality's station is in each object).
+FIELDS = {
+    "node__plugins": ["tests.plugins.key_object"],
+    "output__enabled": ["sr", "sc", "ko"],
+    "node__station_name": "fetalnode-test",
+    "scp__station_names": [f"{MODALITY}=fetalnode-test"],
+}
+
+
+def timeless(ds: Dataset) -> Dataset:
+    """``ds`` without its dates and times (DA, TM, DT at any depth): what differs between two runs."""
+    for elem in list(ds):
+        if elem.VR in ("DA", "TM", "DT"):
+            del ds[elem.tag]
+        elif elem.VR == "SQ":
+            for item in elem.value:
+                timeless(item)
+    return ds
+
+
+def from_orthanc(orthanc: OrthancProcess, uids: dict[str, str]) -> dict[str, Dataset]:
+    out = {}
+    for name, uid in uids.items():
+        [hit] = find(orthanc, SOPInstanceUID=uid)
+        out[name] = download(orthanc, hit["ID"])
+    return out
+
+
+def test_extra_output_delivered_and_objects_identical_in_every_role(make_node, own_orthanc, broker, tmp_path) -> None:
+    sample = SAMPLES / "hc18_104_HC.dcm"
+    embedded_orthanc = OrthancProcess(tmp_path / "orthanc-embedded", webviewer=False).start()
+    try:
+        embedded = make_node(embedded_orthanc, **FIELDS).start()
+        assert send(embedded.port, sample).returncode == 0
+        embedded.wait_all(1, {"delivered"})
+        [job] = embedded.jobs.jobs()
+        assert set(job.result["outputs"]) == set(job.receipts["orthanc"]) == OUTPUTS
+
+        terminal = make_node(own_orthanc, node__role="terminal", broker__url=broker.url, **FIELDS).start()
+        terminal.start_broker_worker()
+        assert send(terminal.port, sample).returncode == 0
+        terminal.wait_all(1, {"delivered"})
+        [remote] = terminal.jobs.jobs()
+        assert remote.result["outputs"] == job.result["outputs"], "same UIDs whichever worker ran it"
+        assert set(remote.receipts["orthanc"]) == OUTPUTS
+
+        out = tmp_path / "analyze"
+        cli("analyze", str(sample), "--out", str(out), "--config", str(embedded.config), check=True)
+        roles = {
+            "embedded": from_orthanc(embedded_orthanc, job.result["outputs"]),
+            "scale-out": from_orthanc(own_orthanc, remote.result["outputs"]),
+            "analyze": {name: dcmread(out / f"{sample.stem}.{name}.dcm") for name in OUTPUTS},
+        }
+    finally:
+        embedded_orthanc.stop()
+    ko = roles["embedded"]["ko"]
+    assert ko.SOPClassUID == KEY_OBJECT_SELECTION
+    source = dcmread(sample, stop_before_pixels=True)
+    assert ko.StudyInstanceUID == source.StudyInstanceUID
+    assert (
+        ko.CurrentRequestedProcedureEvidenceSequence[0]
+        .ReferencedSeriesSequence[0]
+        .ReferencedSOPSequence[0]
+        .ReferencedSOPInstanceUID
+        == source.SOPInstanceUID
+    )
+    for name in sorted(OUTPUTS):
+        reference = roles["embedded"][name]
+        for role in ("scale-out", "analyze"):
+            other = roles[role][name]
+            assert other.file_meta.TransferSyntaxUID == reference.file_meta.TransferSyntaxUID
+            assert timeless(other) == timeless(reference), f"{name} from {role} differs from the embedded worker's"
