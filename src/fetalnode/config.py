@@ -29,7 +29,7 @@ class NodeSettings:
     port: int = 11112
     data_dir: str = "var"
     station_name: str = "fetalnode"
-    role: str = "all"
+    role: str = Role.ALL
     metrics_port: int = 0
     plugins: list[str] = field(default_factory=list)
 

@@ -164,7 +164,7 @@ class Job:
     @property
     def latency_s(self) -> float | None:
         """Receipt to delivery in seconds (for a delivered job: its last update is the delivery)."""
-        if self.state != "delivered" or not self.updated_at:
+        if self.state != JobState.DELIVERED or not self.updated_at:
             return None
         return (datetime.fromisoformat(self.updated_at) - datetime.fromisoformat(self.received_at)).total_seconds()
 
@@ -261,8 +261,9 @@ class JobStore:
             cur = db.execute(
                 """INSERT INTO jobs (state, source, spool_path, sha256, size, calling_ae, called_ae, peer,
                    station_name, received_at, study_uid, series_uid, sop_uid, sop_class_uid, transfer_syntax,
-                   extra_json, updated_at) VALUES ('received',?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
+                   extra_json, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
                 (
+                    str(S.RECEIVED),
                     note.source,
                     note.spool_path,
                     note.sha256,
@@ -401,13 +402,13 @@ class JobStore:
         """After a crash: queue ``received`` jobs whose spool file exists, release dead workers' leases."""
         n = 0
         with self._tx() as db:
-            for row in db.execute("SELECT id, spool_path FROM jobs WHERE state='received'").fetchall():
+            for row in db.execute("SELECT id, spool_path FROM jobs WHERE state=?", (str(S.RECEIVED),)).fetchall():
                 if Path(row["spool_path"]).is_file():
                     self._move(db, row["id"], S.QUEUED, frozenset({S.RECEIVED}))
                     n += 1
             for row in db.execute(
-                "SELECT id, lease_owner FROM jobs WHERE state IN ('analysing','delivering') AND lease_until>?",
-                (time.time(),),
+                "SELECT id, lease_owner FROM jobs WHERE state IN (?,?) AND lease_until>?",
+                (str(S.ANALYSING), str(S.DELIVERING), time.time()),
             ).fetchall():
                 if not _owner_alive(row["lease_owner"]):
                     db.execute("UPDATE jobs SET lease_until=0, lease_owner=NULL WHERE id=?", (row["id"],))
@@ -420,8 +421,8 @@ class JobStore:
         with self._tx() as db:
             row = db.execute(
                 """SELECT * FROM jobs WHERE lease_until<? AND next_attempt_at<=?
-                   AND state IN ('queued','analysing','delivering') ORDER BY id LIMIT 1""",
-                (now, now),
+                   AND state IN (?,?,?) ORDER BY id LIMIT 1""",
+                (now, now, str(S.QUEUED), str(S.ANALYSING), str(S.DELIVERING)),
             ).fetchone()
             if row is None:
                 return None
