@@ -8,7 +8,7 @@ import pytest
 
 from fetalnode.audit import AuditLog
 from fetalnode.errors import NodeError
-from fetalnode.jobs import TRANSITIONS, JobStore, PreNotification, TransitionRefused
+from fetalnode.jobs import TRANSITIONS, Job, JobStore, PreNotification, TransitionRefused
 from fetalnode.runner import Outcome, Verdict, crashed
 from fetalnode.vocab import AuditEvent, JobState, Stage
 
@@ -48,6 +48,15 @@ def events(tmp: Path) -> list[dict]:
 CLAIMED = frozenset({JobState.ANALYSING, JobState.DELIVERING})
 
 
+def claimed(store: JobStore, tmp: Path, uid: str) -> Job:
+    """A received, queued and claimed job."""
+    job_id = store.prenotify(note(tmp, uid))
+    store.queue_received(job_id)
+    job = store.claim("w:1", 60)
+    assert job is not None and job.id == job_id
+    return job
+
+
 def test_lifecycle_each_change_with_its_audit_event(tmp_path: Path) -> None:
     store = store_in(tmp_path)
     a = store.prenotify(note(tmp_path, "1.1"))
@@ -74,10 +83,8 @@ def test_lifecycle_each_change_with_its_audit_event(tmp_path: Path) -> None:
 
 def test_guarded_transitions_write_nothing_when_refused(tmp_path: Path) -> None:
     store = store_in(tmp_path)
-    a = store.prenotify(note(tmp_path, "1.2"))
-    store.queue_received(a)
-    job = store.claim("w:1", 60)
-    assert job is not None
+    job = claimed(store, tmp_path, "1.2")
+    a = job.id
     done = Outcome(Verdict.DELIVERED, Stage.DELIVER, receipts={"orthanc": {"sr": "abc"}})
     assert store.apply(job, done, CLAIMED) is JobState.DELIVERED
     assert store.get(a).receipts == {"orthanc": {"sr": "abc"}}  # type: ignore[union-attr]
@@ -92,10 +99,8 @@ def test_guarded_transitions_write_nothing_when_refused(tmp_path: Path) -> None:
 
 def test_crash_path_is_audited_and_a_read_only_store_cannot_write(tmp_path: Path) -> None:
     store = store_in(tmp_path)
-    a = store.prenotify(note(tmp_path, "1.3"))
-    store.queue_received(a)
-    job = store.claim("w:1", 60)
-    assert job is not None
+    job = claimed(store, tmp_path, "1.3")
+    a = job.id
     assert store.apply(job, crashed(MemoryError()), CLAIMED) is JobState.FAILED
     assert events(tmp_path)[-1] | {"ts": ""} == {
         "ts": "",

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from fetalnode.errors import ConfigError
+from fetalnode.registry import Registry
 
 if TYPE_CHECKING:
     from fetalnode.config import Settings
@@ -47,17 +48,8 @@ class Destination(Protocol):
 
 
 Factory = Callable[["Settings"], list[Destination]]
-_KINDS: dict[str, Factory] = {}
-
-
-def destination_kind(kind: str) -> Callable[[Factory], Factory]:
-    """Decorator registering ``factory(settings) -> [Destination, ...]`` for a kind of destination."""
-
-    def add(factory: Factory) -> Factory:
-        _KINDS[kind] = factory
-        return factory
-
-    return add
+DESTINATION_KINDS: Registry[Factory] = Registry("destination kind")
+destination_kind = DESTINATION_KINDS.register  # @destination_kind("kind") on factory(settings) -> [Destination]
 
 
 def build_destinations(settings: Settings) -> list[Destination]:
@@ -67,7 +59,7 @@ def build_destinations(settings: Settings) -> list[Destination]:
     """
     from fetalnode.destinations import folder, orthanc_rest  # noqa: F401  (register the built-in kinds)
 
-    destinations = _KINDS["orthanc"](settings)
+    destinations = DESTINATION_KINDS.get("orthanc", "[orthanc]")(settings)
     names = [d.name for d in destinations]
     if len(set(names)) != len(names):
         raise ConfigError(f"destination names must be unique: {names}")

@@ -17,6 +17,7 @@ from pydicom.dataset import Dataset
 
 from fetalnode.errors import ConfigError
 from fetalnode.outputs.uids import ObjectUids, object_uids
+from fetalnode.registry import Registry
 
 if TYPE_CHECKING:
     from fetalnode.applications.base import Analysis
@@ -56,7 +57,7 @@ class OutputWriter:
         return self.build(OutputContext(source, analysis, uids, settings, station_name))
 
 
-_WRITERS: dict[str, OutputWriter] = {}
+OUTPUTS: Registry[OutputWriter] = Registry("output")
 
 
 def register_output(
@@ -65,28 +66,19 @@ def register_output(
     """Decorator registering ``build(ctx) -> Dataset`` as the output ``name``."""
 
     def add(build: Callable[[OutputContext], Dataset]) -> Callable[[OutputContext], Dataset]:
-        if name in _WRITERS and _WRITERS[name].build is not build:
-            raise ConfigError(f"output {name!r} is registered twice")
-        _WRITERS[name] = OutputWriter(name, build, frozenset(applications))
+        OUTPUTS.add(name, OutputWriter(name, build, frozenset(applications)))
         return build
 
     return add
 
 
-def registered_outputs() -> dict[str, OutputWriter]:
-    _load_builtin()
-    return dict(_WRITERS)
-
-
 def enabled_writers(names: Sequence[str], application: str) -> list[OutputWriter]:
     """The writers of ``output.enabled``, in that order; an unknown name or one the application cannot
     feed is a configuration error (found at start-up, not at the first image)."""
-    known = registered_outputs()
+    _load_builtin()
     writers = []
     for name in names:
-        if name not in known:
-            raise ConfigError(f"output.enabled: unknown output {name!r} (registered: {', '.join(sorted(known))})")
-        writer = known[name]
+        writer = OUTPUTS.get(name, "output.enabled")
         if writer.applications and application not in writer.applications:
             raise ConfigError(f"output {name!r} cannot be written for application {application!r}")
         writers.append(writer)
