@@ -10,6 +10,7 @@ import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
+from fetalnode.outputs.common import identity
 from fetalnode.outputs.registry import OutputContext, register_output
 
 
@@ -23,9 +24,5 @@ def key_object(ctx: OutputContext) -> Dataset:
     return hd.ko.KeyObjectSelectionDocument(
         evidence=[ctx.source],
         content=content,
-        series_instance_uid=ctx.uids.series,
-        series_number=9199,
-        sop_instance_uid=ctx.uids.instance,
-        instance_number=1,
-        manufacturer=ctx.settings.manufacturer,
+        **identity(ctx, series_number=9199),
     )

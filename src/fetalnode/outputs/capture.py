@@ -11,8 +11,8 @@ from pydicom.uid import ExplicitVRLittleEndian
 from fetalnode import RESEARCH_NOTICE
 from fetalnode.errors import EncodingError
 from fetalnode.inference import AnalysisResult
+from fetalnode.outputs.common import identity
 from fetalnode.outputs.registry import OutputContext, register_output
-from fetalnode.outputs.report import contributing_equipment
 
 
 def banner_lines(result: AnalysisResult) -> list[str]:
@@ -54,11 +54,10 @@ def burn_banner(rgb: np.ndarray, lines: list[str]) -> np.ndarray:
 @register_output("sc", applications=["fetal-head"])
 def build_heatmap_capture(ctx: OutputContext) -> hd.sc.SCImage:
     """An RGB Secondary Capture in the source study: fused Grad-CAM heatmap, ROI ellipse and banner."""
-    source, result, manufacturer = ctx.source, ctx.analysis.result, ctx.settings.manufacturer
+    source, result = ctx.source, ctx.analysis.result
     if result.fused_rgb is None:
         raise EncodingError("analysis produced no image to capture")
     pixels = burn_banner(result.fused_rgb, banner_lines(result))
-    models = f"{result.seg_model[0]} {result.seg_model[1]},{result.cls_model[0]} {result.cls_model[1]}"
     try:
         sc = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=source,
@@ -69,13 +68,8 @@ def build_heatmap_capture(ctx: OutputContext) -> hd.sc.SCImage:
             # none, so the placeholder is replaced by an empty (Type 2) Patient Orientation below.
             coordinate_system="PATIENT",
             patient_orientation=("A", "F"),
-            series_instance_uid=ctx.uids.series,
-            series_number=9102,
-            sop_instance_uid=ctx.uids.instance,
-            instance_number=int(getattr(source, "InstanceNumber", 1) or 1),
-            manufacturer=manufacturer,
             transfer_syntax_uid=ExplicitVRLittleEndian,
-            contributing_equipment=[contributing_equipment(manufacturer, models, ctx.station_name)],
+            **identity(ctx, series_number=9102),
         )
     except (ValueError, TypeError, AttributeError) as exc:
         raise EncodingError(f"Secondary Capture could not be built: {exc}") from exc

@@ -8,35 +8,19 @@ an image region on the source image.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from fetalnode import RESEARCH_NOTICE, __version__
+from fetalnode import RESEARCH_NOTICE
 from fetalnode.errors import EncodingError
 from fetalnode.inference import AnalysisResult
 from fetalnode.outputs import codes as fc
+from fetalnode.outputs.common import identity
 from fetalnode.outputs.registry import OutputContext, register_output
 from fetalnode.outputs.uids import DEVICE_UID, derive_uid
-
-
-def contributing_equipment(manufacturer: str, model_names: str, station: str) -> hd.ContributingEquipment:
-    """The algorithm as Processing Equipment (IHE AIR), with this software's Device UID."""
-    item = hd.ContributingEquipment(
-        manufacturer=manufacturer,
-        purpose_of_reference=codes.DCM.ProcessingEquipment,
-        manufacturer_model_name="fetalnode",
-        software_versions=[__version__, *model_names.split(",")][:8],
-        station_name=station[:16] or None,
-        contribution_datetime=datetime.now(UTC).strftime("%Y%m%d%H%M%S"),
-        contribution_description=f"AI analysis ({RESEARCH_NOTICE.lower()})"[:64],
-    )
-    item.DeviceUID = DEVICE_UID
-    return item
 
 
 def _text(name: Code, value: str) -> hd.sr.TextContentItem:
@@ -174,20 +158,14 @@ def build_report(ctx: OutputContext) -> hd.sr.Comprehensive3DSR:
             ]
         )
         report[0].ContentSequence.append(container)
-        models = f"{result.seg_model[0]} {result.seg_model[1]},{result.cls_model[0]} {result.cls_model[1]}"
         sr = hd.sr.Comprehensive3DSR(
             evidence=[source],
             content=report[0],
-            series_instance_uid=ctx.uids.series,
-            series_number=9101,
-            sop_instance_uid=ctx.uids.instance,
-            instance_number=int(getattr(source, "InstanceNumber", 1) or 1),
-            manufacturer=manufacturer,
             institution_name=ctx.settings.institution_name or None,
             is_complete=True,
             is_final=False,
             is_verified=False,
-            contributing_equipment=[contributing_equipment(manufacturer, models, ctx.station_name)],
+            **identity(ctx, series_number=9101),
         )
     except (ValueError, TypeError, AttributeError) as exc:
         raise EncodingError(f"SR could not be built: {exc}") from exc

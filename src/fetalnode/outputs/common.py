@@ -1,0 +1,46 @@
+"""What every output object of fetalnode carries: its deterministic identity and the algorithm as
+Contributing Equipment (IHE AI Results), with this software's Device UID (how readers recognise it)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import highdicom as hd
+from pydicom.sr.codedict import codes
+
+from fetalnode import RESEARCH_NOTICE, __version__
+from fetalnode.outputs.registry import OutputContext
+from fetalnode.outputs.uids import DEVICE_UID
+
+
+def contributing_equipment(manufacturer: str, model_names: list[str], station: str) -> hd.ContributingEquipment:
+    """The algorithm as Processing Equipment (IHE AIR), with this software's Device UID."""
+    item = hd.ContributingEquipment(
+        manufacturer=manufacturer,
+        purpose_of_reference=codes.DCM.ProcessingEquipment,
+        manufacturer_model_name="fetalnode",
+        software_versions=[__version__, *model_names][:8],
+        station_name=station[:16] or None,
+        contribution_datetime=datetime.now(UTC).strftime("%Y%m%d%H%M%S"),
+        contribution_description=f"AI analysis ({RESEARCH_NOTICE.lower()})"[:64],
+    )
+    item.DeviceUID = DEVICE_UID
+    return item
+
+
+def identity(ctx: OutputContext, series_number: int) -> dict[str, Any]:
+    """Keyword arguments of a highdicom constructor: the object's UIDs, numbers, manufacturer, equipment."""
+    manufacturer = ctx.settings.manufacturer
+    return {
+        "series_instance_uid": ctx.uids.series,
+        "series_number": series_number,
+        "sop_instance_uid": ctx.uids.instance,
+        "instance_number": int(getattr(ctx.source, "InstanceNumber", 1) or 1),
+        "manufacturer": manufacturer,
+        "contributing_equipment": [
+            contributing_equipment(
+                manufacturer, [f"{name} {version}" for name, version in ctx.analysis.models], ctx.station_name
+            )
+        ],
+    }
