@@ -187,7 +187,10 @@ def run_job(received: Received, runtime: Runtime) -> Outcome:
     try:
         built = dict(received.built) if received.built is not None else None
         if built is None:
-            data = received.read()
+            try:
+                data = received.read()
+            except OSError as exc:  # the spool file is gone or unreadable: the image is lost to this job
+                raise TransferError(f"cannot read the received object: {exc}") from exc
             if hashlib.sha256(data).hexdigest() != received.sha256:
                 raise TransferError("image bytes differ from the announced SHA-256")
             started = time.perf_counter()

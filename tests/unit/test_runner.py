@@ -134,9 +134,11 @@ def test_unreadable_and_unsupported_input_is_rejected_at_intake(runtime: Runtime
         assert outcome.reason and outcome.built == {}
 
 
-def test_bytes_differing_from_the_announcement_fail_at_transfer(runtime: Runtime) -> None:
+def test_bytes_differing_from_the_announcement_or_lost_fail_at_transfer(runtime: Runtime, tmp_path: Path) -> None:
     outcome = run_job(received(sha256="0" * 64), runtime)
     assert outcome.verdict is Verdict.FAILED and outcome.stage is Stage.TRANSFER
+    lost = run_job(received(read=(tmp_path / "gone.dcm").read_bytes), runtime)
+    assert lost.verdict is Verdict.FAILED and lost.stage is Stage.TRANSFER and "gone.dcm" in lost.reason
     assert runtime.application.calls == 0
 
 
