@@ -102,7 +102,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from PIL import Image
     from pydicom import dcmread
 
-    from fetalnode.destinations.folder import FolderDestination
+    from fetalnode.destinations.folder import folder_destination
     from fetalnode.runner import Received, Verdict, run_job
     from fetalnode.runtime import build_runtime
 
@@ -111,7 +111,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     stem = source.stem
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    folder = FolderDestination(out, prefix=f"{stem}.")
+    folder = folder_destination(out, list(settings.output.enabled), prefix=f"{stem}.")
     runtime = build_runtime(settings, destinations=[folder])
     data = source.read_bytes()
     received = Received(

@@ -108,6 +108,48 @@ class OrthancSettings:
 
 
 @dataclass
+class DestinationSettings:
+    """One ``[[destinations]]`` table: where a job's objects go, and which of them (``send``).
+
+    ``kind``: ``dicom`` (C-STORE SCU, optional DICOM TLS), ``dicomweb`` (STOW-RS), ``orthanc`` (REST),
+    ``folder`` (Part 10 files in ``folder``).
+    ``send``: ``source`` (the received image, forwarded unchanged) and/or enabled output names.
+    ``max_attempts`` 0: retry transient failures until the destination takes the objects.
+    """
+
+    name: str = ""
+    kind: str = ""
+    send: list[str] = field(default_factory=lambda: ["sr", "sc"])
+    ae_title: str = ""
+    host: str = ""
+    port: int = 0
+    calling_ae_title: str = ""
+    tls_certificate: str = ""
+    tls_private_key: str = ""
+    tls_ca_certificates: str = ""
+    url: str = ""
+    username: str = ""
+    password: str = ""
+    password_file: str = ""
+    folder: str = ""
+    timeout: float = 30.0
+    max_attempts: int = 0
+    retry_initial: float = 1.0
+    retry_max: float = 60.0
+
+    def resolved_password(self) -> str:
+        """The password from ``password`` or ``password_file`` (re-read at each call; never logged)."""
+        if self.password_file:
+            try:
+                return Path(self.password_file).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"destination {self.name}: cannot read password_file {self.password_file}: {exc}"
+                ) from exc
+        return self.password
+
+
+@dataclass
 class BrokerSettings:
     """Scale-out (roles terminal/worker): Celery over RabbitMQ. Empty ``url``: embedded SQLite queue."""
 
@@ -151,6 +193,7 @@ class Settings:
     broker: BrokerSettings = field(default_factory=BrokerSettings)
     output: OutputSettings = field(default_factory=OutputSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    destinations: list[DestinationSettings] = field(default_factory=list)
 
     @property
     def data_path(self) -> Path:
@@ -161,6 +204,9 @@ class Settings:
         data = dataclasses.asdict(self)
         if data["orthanc"]["password"]:
             data["orthanc"]["password"] = "***"
+        for destination in data["destinations"]:
+            if destination["password"]:
+                destination["password"] = "***"
         data["broker"]["url"] = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", data["broker"]["url"])
         return data
 
@@ -193,9 +239,30 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
     raise ConfigError(f"{where}: unsupported type {typ}")
 
 
+def _table_list(settings: Settings, name: str, items: list[Any], where: str) -> None:
+    """``[[name]]`` arrays of tables (``destinations``): each table becomes one dataclass instance."""
+    hint = get_type_hints(Settings).get(name)
+    item_type: Any = getattr(hint, "__args__", (None,))[0]
+    if not dataclasses.is_dataclass(item_type):
+        raise ConfigError(f"{where}: {name!r} must be a [table], not an array of tables")
+    parsed = []
+    for i, table in enumerate(items):
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: [[{name}]] item {i + 1} must be a table")
+        hints, known = get_type_hints(item_type), {f.name for f in fields(item_type)}
+        values = {}
+        for key, value in table.items():
+            if key not in known:
+                raise ConfigError(f"{where}: unknown key {key!r} in [[{name}]] item {i + 1}")
+            values[key] = _coerce(value, hints[key], f"{where} [[{name}]] item {i + 1} {key}")
+        make: Any = item_type
+        parsed.append(make(**values))
+    setattr(settings, name, parsed)
+
+
 def _apply(settings: Settings, section: str, key: str, value: Any, where: str) -> None:
     sub = getattr(settings, section, None)
-    if sub is None or not dataclasses.is_dataclass(sub):
+    if sub is None or not dataclasses.is_dataclass(sub) or isinstance(sub, type):
         raise ConfigError(f"{where}: unknown section [{section}]")
     hints = get_type_hints(type(sub))
     if key not in {f.name for f in fields(sub)}:
@@ -227,6 +294,9 @@ def load_settings(
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config {path}: {exc}") from exc
         for section, table in doc.items():
+            if isinstance(table, list):
+                _table_list(settings, section, table, str(path))
+                continue
             if not isinstance(table, dict):
                 raise ConfigError(f"{path}: top-level key {section!r} must be a [table]")
             for key, value in table.items():

@@ -13,7 +13,7 @@ import pytest
 from pydicom import dcmread
 
 from fetalnode.config import load_settings
-from fetalnode.destinations.folder import FolderDestination
+from fetalnode.destinations.folder import folder_destination
 from fetalnode.runner import Outcome, Received, Runtime, Verdict, run_job
 from fetalnode.runtime import build_runtime
 from harness.node import MODELS
@@ -33,7 +33,7 @@ def run(src: Path, runtime: Runtime, folder: Path) -> Outcome:
     """The job runner with a folder as destination, as ``fetalnode analyze`` runs it."""
     data = src.read_bytes()
     received = Received(0, "", hashlib.sha256(data).hexdigest(), lambda: data, "TEST")
-    outcome = run_job(received, dataclasses.replace(runtime, destinations=[FolderDestination(folder)]))
+    outcome = run_job(received, dataclasses.replace(runtime, destinations=[folder_destination(folder, ["sr", "sc"])]))
     assert outcome.verdict is Verdict.DELIVERED, outcome.reason
     return outcome
 

@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset
 from fetalnode.applications.base import Analysis
 from fetalnode.config import load_settings
 from fetalnode.destinations.base import Item, Receipt
-from fetalnode.destinations.folder import FolderDestination
+from fetalnode.destinations.folder import folder_destination
 from fetalnode.errors import DeliveryError, InferenceError, IntakeRejected, TransferError
 from fetalnode.outputs.registry import OutputContext, OutputWriter
 from fetalnode.runner import Outcome, Received, RetryPolicy, Runtime, Verdict, run_job, stage_of
@@ -50,8 +50,9 @@ class Flaky:
     """A folder destination that refuses the first ``fail`` stores with a transient or permanent error."""
 
     def __init__(self, folder: Path, name: str, fail: int = 0, transient: bool = True) -> None:
-        self.inner = FolderDestination(folder, name=name)
-        self.name, self.kind, self.fail, self.transient, self.stored = name, "folder", fail, transient, 0
+        self.inner = folder_destination(folder, ["sr", "sc"], name=name)
+        self.settings, self.name = self.inner.settings, name
+        self.fail, self.transient, self.stored = fail, transient, 0
 
     def store(self, item: Item) -> Receipt:
         if self.fail > 0:

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from fetalnode.config import DestinationSettings
 from fetalnode.errors import ConfigError
 from fetalnode.registry import Registry
 
@@ -31,14 +32,17 @@ class Receipt:
 
 
 class Destination(Protocol):
-    """A place objects are delivered to.
+    """A place objects are delivered to, built from its ``[[destinations]]`` table (``settings``).
 
     ``store`` is idempotent for the same object (deterministic UIDs) and raises
-    :class:`~fetalnode.errors.DeliveryError` with ``transient`` set when a later attempt may succeed.
+    :class:`~fetalnode.errors.DeliveryError` with ``transient`` set when a later attempt may succeed
+    and the destination's own words (status and Error Comment, HTTP status and body) in the message.
     """
 
-    name: str
-    kind: str
+    settings: DestinationSettings
+
+    @property
+    def name(self) -> str: ...
 
     def store(self, item: Item) -> Receipt: ...
 
@@ -47,20 +51,51 @@ class Destination(Protocol):
         ...
 
 
-Factory = Callable[["Settings"], list[Destination]]
+Factory = Callable[["DestinationSettings", "Settings"], Destination]
 DESTINATION_KINDS: Registry[Factory] = Registry("destination kind")
-destination_kind = DESTINATION_KINDS.register  # @destination_kind("kind") on factory(settings) -> [Destination]
+destination_kind = DESTINATION_KINDS.register  # @destination_kind("kind") on factory(destination, settings)
+BUILTIN_KINDS = ("fetalnode.destinations.orthanc_rest", "fetalnode.destinations.folder")
+SOURCE = "source"  # in ``send``: the received image, forwarded unchanged
+
+
+def configured(settings: Settings) -> list[DestinationSettings]:
+    """The ``[[destinations]]`` tables; without any, ``[orthanc]`` is the one destination ``orthanc``
+    (kind ``orthanc``, sending every enabled output), as before destinations had names."""
+    if settings.destinations:
+        return settings.destinations
+    o = settings.orthanc
+    return [
+        DestinationSettings(
+            name="orthanc",
+            kind="orthanc",
+            send=list(settings.output.enabled),
+            url=o.url,
+            username=o.username,
+            password=o.password,
+            password_file=o.password_file,
+            timeout=o.timeout,
+            max_attempts=o.max_attempts,
+            retry_initial=o.retry_initial,
+            retry_max=o.retry_max,
+        )
+    ]
 
 
 def build_destinations(settings: Settings) -> list[Destination]:
-    """The node's destinations, built once from the settings.
+    """The node's destinations, built once from the settings; a wrong table stops start-up with the reason."""
+    import importlib
 
-    Today the ``[orthanc]`` section is the one destination, named ``orthanc``.
-    """
-    from fetalnode.destinations import folder, orthanc_rest  # noqa: F401  (register the built-in kinds)
-
-    destinations = DESTINATION_KINDS.get("orthanc", "[orthanc]")(settings)
-    names = [d.name for d in destinations]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"destination names must be unique: {names}")
-    return destinations
+    for module in BUILTIN_KINDS:
+        importlib.import_module(module)  # register the built-in kinds
+    tables = configured(settings)
+    names = [d.name for d in tables]
+    if "" in names or len(set(names)) != len(names):
+        raise ConfigError(f"[[destinations]]: every destination needs a unique name, got {names}")
+    sendable = {SOURCE, *settings.output.enabled}
+    for d in tables:
+        unknown = [s for s in d.send if s not in sendable]
+        if unknown or not d.send:
+            raise ConfigError(
+                f"destination {d.name}: send {d.send} must name 'source' or enabled outputs ({', '.join(sorted(sendable))})"
+            )
+    return [DESTINATION_KINDS.get(d.kind, f"destination {d.name}: kind")(d, settings) for d in tables]

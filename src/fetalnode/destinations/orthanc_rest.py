@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 from pyorthanc import Orthanc
 
-from fetalnode.config import OrthancSettings, Settings
+from fetalnode.config import DestinationSettings, Settings
 from fetalnode.destinations.base import Destination, Item, Receipt, destination_kind
 from fetalnode.errors import DeliveryError
 
@@ -21,10 +21,7 @@ TRANSIENT_HTTP = {408, 425, 429, 500, 502, 503, 504}
 class OrthancClient:
     """Store instances in Orthanc and check they are there."""
 
-    kind = "orthanc"
-
-    def __init__(self, settings: OrthancSettings, name: str = "orthanc") -> None:
-        self.name = name
+    def __init__(self, settings: DestinationSettings) -> None:
         self.url = settings.url.rstrip("/")
         self.settings = settings
         self._password: str | None = None
@@ -72,20 +69,29 @@ class OrthancClient:
         try:
             return {
                 "name": self.name,
-                "kind": self.kind,
+                "kind": self.settings.kind,
                 "url": self.url,
                 "reachable": True,
                 "version": self.system().get("Version"),
             }
         except DeliveryError as exc:
-            return {"name": self.name, "kind": self.kind, "url": self.url, "reachable": False, "error": str(exc)}
+            return {
+                "name": self.name,
+                "kind": self.settings.kind,
+                "url": self.url,
+                "reachable": False,
+                "error": str(exc),
+            }
 
     def system(self) -> dict[str, Any]:
         answer = self._call("system", self._api.get_system)
         return dict(answer) if isinstance(answer, dict) else {}
 
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
 
 @destination_kind("orthanc")
-def from_settings(settings: Settings) -> list[Destination]:
-    """The ``[orthanc]`` section as the destination ``orthanc``."""
-    return [OrthancClient(settings.orthanc)]
+def from_settings(destination: DestinationSettings, settings: Settings) -> Destination:
+    return OrthancClient(destination)
