@@ -150,7 +150,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         for j in jobs.jobs(state)
         if not Path(j.spool_path).is_file()
     ]
-    report["destinations"] = [d.probe() for d in build_destinations(settings)]
+    destinations = build_destinations(settings)
+    counts = jobs.delivery_counts([d.name for d in destinations])
+    report["destinations"] = [{**d.probe(), "jobs": counts[d.name]} for d in destinations]
     if settings.broker.url:
         from fetalnode.distributed import queue_depth
 
@@ -177,7 +179,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_resend(args: argparse.Namespace) -> int:
     from fetalnode.node import open_store
 
-    n = open_store(_settings(args)).resend(args.job or None)
+    n = open_store(_settings(args)).resend(args.job or None, args.destination)
     print(json.dumps({"requeued": n}))
     return 0
 
@@ -359,14 +361,25 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="output folder")
     sp.set_defaults(func=cmd_analyze)
 
-    sp = sub.add_parser("status", help="print job counts by state and the destinations' reachability as JSON")
+    sp = sub.add_parser(
+        "status",
+        help="print job counts by state, and per destination its reachability and jobs delivered / pending / "
+        "dead, as JSON",
+    )
     node_opts(sp)
     sp.add_argument("--failed", action="store_true", help="also list failed and rejected jobs with reasons")
     sp.set_defaults(func=cmd_status)
 
-    sp = sub.add_parser("resend", help="queue failed jobs again (all, or --job ID ...)")
+    sp = sub.add_parser(
+        "resend", help="queue failed jobs again (all, or --job ID ...), or one destination's dead letters"
+    )
     node_opts(sp)
     sp.add_argument("--job", type=int, action="append", help="job id (repeatable); default: every failed job")
+    sp.add_argument(
+        "--destination",
+        help="replay only this destination's dead letters (of every job, or of --job); what other "
+        "destinations hold is not sent again",
+    )
     sp.set_defaults(func=cmd_resend)
 
     sp = sub.add_parser("train", help="train a model bundle from a labelled dataset folder")

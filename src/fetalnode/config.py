@@ -150,6 +150,32 @@ class DestinationSettings:
 
 
 @dataclass
+class RouteSettings:
+    """One ``[[routes]]`` table: which received images are analysed, only forwarded, or ignored.
+
+    Rules are tried in order; the first whose every non-empty criterion matches wins (within one
+    criterion, any listed value matches; ``study_description`` items are case-insensitive substrings).
+    No rule matches: ``routing.default``.
+    """
+
+    name: str = ""
+    action: str = "analyse"
+    modality: list[str] = field(default_factory=list)
+    sop_class: list[str] = field(default_factory=list)
+    calling_ae: list[str] = field(default_factory=list)
+    body_part: list[str] = field(default_factory=list)
+    study_description: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RoutingSettings:
+    """What happens to an image no ``[[routes]]`` rule matches (analyse: today's behaviour, images the
+    node cannot analyse are refused with a C-STORE status)."""
+
+    default: str = "analyse"
+
+
+@dataclass
 class BrokerSettings:
     """Scale-out (roles terminal/worker): Celery over RabbitMQ. Empty ``url``: embedded SQLite queue."""
 
@@ -194,6 +220,8 @@ class Settings:
     output: OutputSettings = field(default_factory=OutputSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     destinations: list[DestinationSettings] = field(default_factory=list)
+    routing: RoutingSettings = field(default_factory=RoutingSettings)
+    routes: list[RouteSettings] = field(default_factory=list)
 
     @property
     def data_path(self) -> Path:

@@ -43,8 +43,17 @@ from fetalnode.audit import AuditLog
 from fetalnode.config import Settings
 from fetalnode.errors import NodeError
 from fetalnode.jobs import JobStore, TransitionRefused, worker_identity
-from fetalnode.runner import Outcome, Received, Runtime, Verdict, crashed, run_job
-from fetalnode.vocab import AuditEvent, JobState
+from fetalnode.runner import (
+    Outcome,
+    Received,
+    Runtime,
+    Verdict,
+    crashed,
+    deliveries_from_json,
+    deliveries_to_json,
+    run_job,
+)
+from fetalnode.vocab import AuditEvent, JobState, RouteAction
 
 log = logging.getLogger(__name__)
 TASK = "fetalnode.analyse"
@@ -114,6 +123,8 @@ class Publisher:
                 "calling_ae": job.calling_ae,
                 "received_at": job.received_at,
                 "variant": job.variant,
+                "action": job.extra.get("action", RouteAction.ANALYSE),
+                "deliveries": deliveries_to_json(job.deliveries),
                 "data": base64.b64encode(data).decode("ascii"),
             }
             self.app.send_task(TASK, args=[payload], queue=self.settings.broker.queue, retry=False)
@@ -206,7 +217,7 @@ PUBLISHED = frozenset({JobState.QUEUED, JobState.PUBLISHED})
 # -- worker side --------------------------------------------------------------------------------
 
 
-def received_from_payload(payload: dict[str, Any], attempts: int) -> Received:
+def received_from_payload(payload: dict[str, Any]) -> Received:
     data = base64.b64decode(payload["data"])
     return Received(
         job_id=int(payload["job"]),
@@ -215,7 +226,8 @@ def received_from_payload(payload: dict[str, Any], attempts: int) -> Received:
         read=lambda: data,
         station_name=payload["station_name"],
         variant=payload["variant"],
-        attempts=attempts,
+        deliveries=deliveries_from_json(payload.get("deliveries")),
+        action=RouteAction(payload.get("action", RouteAction.ANALYSE)),
     )
 
 
@@ -225,13 +237,15 @@ def register_tasks(app: Celery, settings: Settings, runtime: Runtime) -> None:
     @app.task(name=TASK, bind=True, max_retries=None, acks_late=True)  # type: ignore[untyped-decorator]
     def analyse(self: Any, payload: dict[str, Any]) -> None:
         try:
-            outcome = run_job(received_from_payload(payload, self.request.retries), runtime)
+            outcome = run_job(received_from_payload(payload), runtime)
         except Exception as exc:  # a malformed message: answer it rather than lose the job
             log.exception("job %s: cannot run", payload.get("job"))
             outcome = crashed(exc)
         if outcome.verdict is Verdict.RETRY:
             log.warning("job %s: %s; retry in %.1f s", payload["job"], outcome.reason, outcome.retry_in)
-            raise self.retry(countdown=outcome.retry_in)
+            # the next run skips what each destination already holds (the deliveries travel in the message)
+            again = {**payload, "deliveries": deliveries_to_json(outcome.deliveries)}
+            raise self.retry(args=[again], countdown=outcome.retry_in)
         message = {"job": payload["job"], "sop_uid": payload["sop_uid"], "worker": identity}
         message["outcome"] = outcome.to_message()
         with app.producer_or_acquire() as producer:

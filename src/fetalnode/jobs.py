@@ -29,20 +29,21 @@ from typing import Any
 
 from fetalnode.audit import AuditLog
 from fetalnode.errors import NodeError
-from fetalnode.runner import Outcome, Verdict
-from fetalnode.vocab import AuditEvent, JobState
+from fetalnode.runner import Delivery, Outcome, Verdict, deliveries_from_json, deliveries_to_json
+from fetalnode.vocab import AuditEvent, DeliveryStatus, JobState
 
 S = JobState
 # Allowed state changes. queued -> delivered/failed/rejected: a scale-out worker's result can overtake
 # the terminal's own "published" mark.
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
-    S.RECEIVED: frozenset({S.QUEUED}),
+    S.RECEIVED: frozenset({S.QUEUED, S.IGNORED}),
     S.QUEUED: frozenset({S.ANALYSING, S.PUBLISHED, S.DELIVERED, S.FAILED, S.REJECTED}),
     S.PUBLISHED: frozenset({S.DELIVERED, S.FAILED, S.REJECTED}),
     S.ANALYSING: frozenset({S.DELIVERING, S.DELIVERED, S.FAILED, S.REJECTED}),
     S.DELIVERING: frozenset({S.DELIVERING, S.DELIVERED, S.FAILED}),
     S.DELIVERED: frozenset(),
     S.REJECTED: frozenset(),
+    S.IGNORED: frozenset(),
     S.FAILED: frozenset({S.QUEUED}),
 }
 PENDING = (S.RECEIVED, S.QUEUED, S.PUBLISHED, S.ANALYSING, S.DELIVERING)
@@ -153,8 +154,13 @@ class Job:
     extra: dict[str, Any]
     result: dict[str, Any]
     outputs: list[str]
-    receipts: dict[str, dict[str, str]]
+    deliveries: dict[str, Delivery]
     updated_at: str = ""
+
+    @property
+    def receipts(self) -> dict[str, dict[str, str]]:
+        """Per destination: object name -> the destination's reference (an Orthanc ID, a path...)."""
+        return {name: dict(d.receipts) for name, d in self.deliveries.items()}
 
     @property
     def variant(self) -> str:
@@ -190,16 +196,18 @@ class Job:
             extra=json.loads(row["extra_json"]),
             result=json.loads(row["result_json"]),
             outputs=json.loads(row["outputs_json"]),
-            receipts=_receipts(json.loads(row["delivered_json"])),
+            deliveries=_deliveries(json.loads(row["delivered_json"])),
             updated_at=row["updated_at"],
         )
 
 
-def _receipts(value: Any) -> dict[str, dict[str, str]]:
-    """Receipts per destination; a store written before destinations had names held Orthanc IDs in a list."""
+def _deliveries(value: Any) -> dict[str, Delivery]:
+    """Where the job stands per destination; a store written before destinations had names held the
+    Orthanc IDs of a delivered job in a list."""
     if isinstance(value, list):
-        return {"orthanc": {f"#{i}": str(v) for i, v in enumerate(value)}} if value else {}
-    return {str(k): {str(i): str(r) for i, r in v.items()} for k, v in dict(value).items()}
+        receipts = {f"#{i}": str(v) for i, v in enumerate(value)}
+        return {"orthanc": Delivery(DeliveryStatus.DELIVERED, receipts=receipts)} if value else {}
+    return deliveries_from_json(value)
 
 
 class TransitionRefused(NodeError):
@@ -312,6 +320,12 @@ class JobStore:
             if self._move(db, job_id, S.QUEUED, frozenset({S.RECEIVED})):
                 self.audit.event(AuditEvent.INSTANCE_RECEIVED, job=job_id, **fields)
 
+    def ignore_received(self, job_id: int, **fields: Any) -> None:
+        """received -> ignored (a routing rule says so), with the ``ignored`` event."""
+        with self._tx() as db:
+            if self._move(db, job_id, S.IGNORED, frozenset({S.RECEIVED})):
+                self.audit.event(AuditEvent.IGNORED, job=job_id, **fields)
+
     def apply(
         self,
         job: Job,
@@ -333,8 +347,8 @@ class JobStore:
             cols["result_json"] = json.dumps(outcome.summary)
         if outputs is not None:
             cols["outputs_json"] = json.dumps(outputs)
-        if outcome.receipts:
-            cols["delivered_json"] = json.dumps(outcome.receipts)
+        if outcome.deliveries:
+            cols["delivered_json"] = json.dumps(deliveries_to_json(outcome.deliveries))
         base = {"job": job.id, "sop_uid": job.sop_uid, **fields}
         events: list[tuple[AuditEvent, dict[str, Any]]] = []
         if outcome.summary:
@@ -352,16 +366,27 @@ class JobStore:
                     },
                 )
             )
+        for name, d in outcome.deliveries.items():
+            before = job.deliveries.get(name)
+            if d.status is DeliveryStatus.DEAD and (before is None or before.status is not DeliveryStatus.DEAD):
+                events.append(
+                    (AuditEvent.DEAD_LETTER, {**base, "destination": name, "attempts": d.attempts, "reason": d.error})
+                )
         if outcome.verdict is Verdict.DELIVERED:
             target, cols["error"] = S.DELIVERED, ""
             events.append((AuditEvent.DELIVERED, {**base, "receipts": outcome.receipts}))
         elif outcome.verdict is Verdict.RETRY:
             target, cols["error"] = S.DELIVERING, outcome.reason
             cols["next_attempt_at"] = time.time() + outcome.retry_in
+            waiting = {
+                name: {"attempts": d.attempts, "reason": d.error}
+                for name, d in outcome.deliveries.items()
+                if d.status is DeliveryStatus.PENDING
+            }
             events.append(
                 (
                     AuditEvent.DELIVERY_RETRY,
-                    {**base, "attempt": job.attempts + 1, "delay_s": outcome.retry_in, "reason": outcome.reason},
+                    {**base, "attempt": job.attempts + 1, "delay_s": round(outcome.retry_in, 3), "pending": waiting},
                 )
             )
         elif outcome.verdict is Verdict.REJECTED:
@@ -379,19 +404,59 @@ class JobStore:
                 self.audit.event(kind, **event_fields)
         return target
 
-    def resend(self, job_ids: list[int] | None = None) -> int:
-        """failed -> queued again (all failed jobs, or the given ids), with one ``resend`` event."""
+    def resend(self, job_ids: list[int] | None = None, destination: str | None = None) -> int:
+        """Queue jobs again, with one ``resend`` event; returns how many.
+
+        Without ``destination``: every failed job (or the given ids) -> queued, its dead letters pending
+        again. With ``destination``: the jobs whose delivery to it is a dead letter; that delivery is
+        pending again (a failed job -> queued). A job is analysed again with the same UIDs; what a
+        destination already holds is not sent again (its receipts are kept).
+        """
         with self._tx() as db:
-            query = "SELECT id FROM jobs WHERE state=?"
-            args: list[Any] = [str(S.FAILED)]
+            query = "SELECT id, state, delivered_json FROM jobs WHERE state IN (?,?)"
+            args: list[Any] = [str(S.FAILED), str(S.DELIVERING)]
             if job_ids:
                 query += f" AND id IN ({','.join('?' * len(job_ids))})"
                 args += job_ids
-            ids = [int(r["id"]) for r in db.execute(query, args).fetchall()]
-            for job_id in ids:
-                self._move(db, job_id, S.QUEUED, frozenset({S.FAILED}), attempts=0, next_attempt_at=0, error="")
-            self.audit.event(AuditEvent.RESEND, jobs=ids, requested=job_ids or "all-failed", count=len(ids))
+            ids = []
+            for row in db.execute(query, args).fetchall():
+                deliveries = _deliveries(json.loads(row["delivered_json"]))
+                dead = [n for n, d in deliveries.items() if d.status is DeliveryStatus.DEAD]
+                if destination is not None:
+                    if destination not in dead:
+                        continue
+                    dead = [destination]
+                elif row["state"] != S.FAILED:
+                    continue
+                for name in dead:
+                    deliveries[name] = Delivery(receipts=deliveries[name].receipts)
+                cols = {"delivered_json": json.dumps(deliveries_to_json(deliveries)), "error": ""}
+                if row["state"] == S.FAILED:
+                    self._move(db, row["id"], S.QUEUED, frozenset({S.FAILED}), attempts=0, next_attempt_at=0, **cols)
+                else:
+                    db.execute("UPDATE jobs SET delivered_json=? WHERE id=?", (cols["delivered_json"], row["id"]))
+                ids.append(int(row["id"]))
+            self.audit.event(
+                AuditEvent.RESEND, jobs=ids, requested=job_ids or "all", destination=destination, count=len(ids)
+            )
         return len(ids)
+
+    def delivery_counts(self, destinations: list[str]) -> dict[str, dict[str, int]]:
+        """Per destination: how many jobs are delivered, pending (or not yet analysed) and dead letters."""
+        counts = {name: {str(s): 0 for s in DeliveryStatus} for name in destinations}
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT state, delivered_json FROM jobs WHERE state NOT IN (?,?)", (S.REJECTED, S.IGNORED)
+            )
+            for row in rows.fetchall():
+                deliveries = _deliveries(json.loads(row["delivered_json"]))
+                for name in destinations:
+                    d = deliveries.get(name)
+                    if d is not None:
+                        counts[name][str(d.status)] += 1
+                    elif not JobState(row["state"]).final:
+                        counts[name][str(DeliveryStatus.PENDING)] += 1
+        return counts
 
     def mark_published(self, job_id: int) -> None:
         """Handed to the broker (role terminal); a worker's result will finish it."""

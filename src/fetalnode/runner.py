@@ -16,7 +16,7 @@ import logging
 import time
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from io import BytesIO
 from typing import TYPE_CHECKING, Any
@@ -25,13 +25,13 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from fetalnode.destinations.base import Item
+from fetalnode.destinations.base import SOURCE, Item
 from fetalnode.errors import DeliveryError, EncodingError, InferenceError, IntakeRejected, TransferError
-from fetalnode.vocab import Stage
+from fetalnode.vocab import DeliveryStatus, RouteAction, Stage
 
 if TYPE_CHECKING:
     from fetalnode.applications.base import Analysis, Application
-    from fetalnode.config import OrthancSettings, OutputSettings
+    from fetalnode.config import DestinationSettings, OutputSettings
     from fetalnode.destinations.base import Destination
     from fetalnode.outputs.registry import OutputWriter
 
@@ -76,8 +76,8 @@ class RetryPolicy:
     max_attempts: int = 0
 
     @classmethod
-    def from_settings(cls, s: OrthancSettings) -> RetryPolicy:
-        return cls(s.retry_initial, s.retry_max, s.max_attempts)
+    def of(cls, d: DestinationSettings) -> RetryPolicy:
+        return cls(d.retry_initial, d.retry_max, d.max_attempts)
 
     def delay(self, attempts: int) -> float | None:
         """Seconds before the next attempt after ``attempts`` failed ones, or ``None``: give up."""
@@ -86,13 +86,47 @@ class RetryPolicy:
         return float(min(self.maximum, self.initial * 2 ** min(attempts, 30)))
 
 
+@dataclass
+class Delivery:
+    """One job at one destination: its status, attempts, next attempt (epoch seconds), receipts
+    (object name -> the destination's reference) and the destination's last words."""
+
+    status: DeliveryStatus = DeliveryStatus.PENDING
+    attempts: int = 0
+    next_at: float = 0.0
+    receipts: dict[str, str] = field(default_factory=dict)
+    error: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "status": str(self.status)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Delivery:
+        return cls(
+            DeliveryStatus(data.get("status", DeliveryStatus.PENDING)),
+            int(data.get("attempts", 0)),
+            float(data.get("next_at", 0.0)),
+            {str(k): str(v) for k, v in dict(data.get("receipts") or {}).items()},
+            str(data.get("error", "")),
+        )
+
+
+def deliveries_to_json(deliveries: Mapping[str, Delivery]) -> dict[str, dict[str, Any]]:
+    return {name: d.to_json() for name, d in deliveries.items()}
+
+
+def deliveries_from_json(data: Mapping[str, Any] | None) -> dict[str, Delivery]:
+    return {str(name): Delivery.from_json(d) for name, d in dict(data or {}).items()}
+
+
 @dataclass(frozen=True)
 class Received:
     """A received instance as a role hands it to the runner.
 
     ``read`` returns the instance's bytes (the spool file, the broker message, the file given to
     ``analyze``); it is called only when the instance must be analysed. ``built`` holds the outputs of
-    an earlier run (then nothing is analysed again) and ``receipts`` the deliveries already done.
+    an earlier run (then nothing is analysed again) and ``deliveries`` where each destination stands.
+    ``action`` ``forward``: nothing is analysed, only the source is delivered.
     """
 
     job_id: int
@@ -101,9 +135,9 @@ class Received:
     read: Callable[[], bytes]
     station_name: str
     variant: str = ""
-    attempts: int = 0
     built: Mapping[str, bytes] | None = None
-    receipts: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    deliveries: Mapping[str, Delivery] = field(default_factory=dict)
+    action: RouteAction = RouteAction.ANALYSE
 
 
 @dataclass(frozen=True)
@@ -111,8 +145,9 @@ class Outcome:
     """The one result of :func:`run_job`.
 
     ``summary`` is set when the instance was analysed on this run; ``built`` holds the encoded outputs
-    (a role may keep them for the retry); ``receipts`` maps destination -> output -> the destination's
-    reference, for everything delivered so far.
+    (a role may keep them for the retry); ``deliveries`` says where each destination stands (its
+    receipts: object -> the destination's reference). ``retry`` comes back when a destination is still
+    pending: ``retry_in`` is the wait until the first one is due.
     """
 
     verdict: Verdict
@@ -120,9 +155,13 @@ class Outcome:
     reason: str = ""
     summary: dict[str, Any] = field(default_factory=dict)
     built: dict[str, bytes] = field(default_factory=dict)
-    receipts: dict[str, dict[str, str]] = field(default_factory=dict)
+    deliveries: dict[str, Delivery] = field(default_factory=dict)
     retry_in: float = 0.0
     analysed_ms: float | None = None
+
+    @property
+    def receipts(self) -> dict[str, dict[str, str]]:
+        return {name: dict(d.receipts) for name, d in self.deliveries.items()}
 
     def to_message(self) -> dict[str, Any]:
         """JSON for the broker's results queue (without the encoded bytes)."""
@@ -131,7 +170,7 @@ class Outcome:
             "stage": str(self.stage),
             "reason": self.reason,
             "summary": self.summary,
-            "receipts": self.receipts,
+            "deliveries": deliveries_to_json(self.deliveries),
             "retry_in": self.retry_in,
             "analysed_ms": self.analysed_ms,
         }
@@ -143,7 +182,7 @@ class Outcome:
             stage=Stage(body["stage"]),
             reason=str(body.get("reason", "")),
             summary=dict(body.get("summary") or {}),
-            receipts={k: dict(v) for k, v in (body.get("receipts") or {}).items()},
+            deliveries=deliveries_from_json(body.get("deliveries")),
             retry_in=float(body.get("retry_in", 0.0)),
             analysed_ms=body.get("analysed_ms"),
         )
@@ -156,7 +195,6 @@ class Runtime:
     application: Application
     writers: list[OutputWriter]
     destinations: list[Destination]
-    retry: RetryPolicy
     output: OutputSettings
 
 
@@ -175,34 +213,47 @@ def encode_dataset(ds: Dataset) -> bytes:
     return buffer.getvalue()
 
 
-def run_job(received: Received, runtime: Runtime) -> Outcome:
-    """Analyse (unless ``received.built``), encode every enabled output, deliver to every destination.
+def run_job(received: Received, runtime: Runtime, now: float | None = None) -> Outcome:
+    """Analyse (unless ``received.built`` or a forward), encode every enabled output, deliver to every
+    destination what its ``send`` names and it does not hold yet.
 
     Never raises: every failure is an outcome with its stage and reason.
     """
     stage = Stage.TRANSFER
     summary: dict[str, Any] = {}
     analysed_ms: float | None = None
-    receipts: dict[str, dict[str, str]] = {k: dict(v) for k, v in received.receipts.items()}
-    try:
-        built = dict(received.built) if received.built is not None else None
-        if built is None:
+    deliveries = {name: replace(d, receipts=dict(d.receipts)) for name, d in received.deliveries.items()}
+    source_bytes: list[bytes] = []
+
+    def source() -> bytes:
+        """The received bytes, read once and checked against the pre-notification."""
+        if not source_bytes:
             try:
                 data = received.read()
             except OSError as exc:  # the spool file is gone or unreadable: the image is lost to this job
                 raise TransferError(f"cannot read the received object: {exc}") from exc
             if hashlib.sha256(data).hexdigest() != received.sha256:
                 raise TransferError("image bytes differ from the announced SHA-256")
+            source_bytes.append(data)
+        return source_bytes[0]
+
+    try:
+        built = dict(received.built) if received.built is not None else None
+        if built is None and received.action is RouteAction.FORWARD:
+            source()
+            built = {}
+        elif built is None:
+            data = source()
             started = time.perf_counter()
             stage = Stage.INTAKE
-            source = read_dataset(data)
+            ds = read_dataset(data)
             stage = Stage.INFER
-            analysis = runtime.application.analyse(source)
+            analysis = runtime.application.analyse(ds)
             stage = Stage.ENCODE
-            built, summary = _build(source, analysis, runtime, received)
+            built, summary = _build(ds, analysis, runtime, received)
             analysed_ms = round((time.perf_counter() - started) * 1000, 1)
         stage = Stage.DELIVER
-        transient, permanent = _deliver(built, receipts, runtime.destinations)
+        _deliver(built, source, deliveries, runtime.destinations, time.time() if now is None else now)
     except Exception as exc:
         failed_at = stage_of(exc, stage)
         known = any(isinstance(exc, kind) for kind, _ in _STAGE_OF)
@@ -210,18 +261,22 @@ def run_job(received: Received, runtime: Runtime) -> Outcome:
             log.exception("job %s: unexpected error during %s", received.job_id, stage)
         reason = str(exc) if known else f"{type(exc).__name__}: {exc}"
         verdict = Verdict.REJECTED if isinstance(exc, IntakeRejected) else Verdict.FAILED
-        return Outcome(verdict, failed_at, reason, summary, receipts=receipts, analysed_ms=analysed_ms)
-    common: dict[str, Any] = {"summary": summary, "built": built, "receipts": receipts, "analysed_ms": analysed_ms}
-    if permanent:
-        return Outcome(Verdict.FAILED, Stage.DELIVER, "; ".join(permanent), **common)
-    if transient:
-        reason = "; ".join(transient)
-        delay = runtime.retry.delay(received.attempts)
-        if delay is None:
-            return Outcome(
-                Verdict.FAILED, Stage.DELIVER, f"gave up after {received.attempts + 1} attempts: {reason}", **common
-            )
-        return Outcome(Verdict.RETRY, Stage.DELIVER, reason, retry_in=delay, **common)
+        return Outcome(verdict, failed_at, reason, summary, deliveries=deliveries, analysed_ms=analysed_ms)
+    common: dict[str, Any] = {"summary": summary, "built": built, "deliveries": deliveries, "analysed_ms": analysed_ms}
+    pending = {n: d for n, d in deliveries.items() if d.status is DeliveryStatus.PENDING}
+    dead = {n: d for n, d in deliveries.items() if d.status is DeliveryStatus.DEAD}
+    if pending:
+        clock = time.time() if now is None else now
+        reason = "; ".join(f"{n}: {d.error}" for n, d in pending.items() if d.error)
+        return Outcome(
+            Verdict.RETRY,
+            Stage.DELIVER,
+            reason,
+            retry_in=max(0.0, min(d.next_at for d in pending.values()) - clock),
+            **common,
+        )
+    if dead:
+        return Outcome(Verdict.FAILED, Stage.DELIVER, "; ".join(f"{n}: {d.error}" for n, d in dead.items()), **common)
     return Outcome(Verdict.DELIVERED, Stage.DELIVER, **common)
 
 
@@ -253,22 +308,31 @@ def _build(
 
 
 def _deliver(
-    built: Mapping[str, bytes], receipts: dict[str, dict[str, str]], destinations: list[Destination]
-) -> tuple[list[str], list[str]]:
-    """Deliver what each destination does not hold yet; one destination failing does not stop the others.
-
-    Fills ``receipts``; returns (transient, permanent) failure reasons.
-    """
-    transient: list[str] = []
-    permanent: list[str] = []
+    built: Mapping[str, bytes],
+    source: Callable[[], bytes],
+    deliveries: dict[str, Delivery],
+    destinations: list[Destination],
+    now: float,
+) -> None:
+    """Deliver to each due destination what its ``send`` names and it does not hold yet; one destination
+    failing neither stops nor delays the others. Updates ``deliveries`` in place."""
     for destination in destinations:
-        done = receipts.setdefault(destination.name, {})
-        for name, data in built.items():
-            if name in done:
-                continue
-            try:
-                done[name] = destination.store(Item(name, data)).reference
-            except DeliveryError as exc:
-                (transient if exc.transient else permanent).append(f"{destination.name}: {exc}")
-                break  # the next object to this destination would meet the same fault
-    return transient, permanent
+        d = deliveries.setdefault(destination.name, Delivery())
+        if d.status is not DeliveryStatus.PENDING or d.next_at > now:
+            continue
+        wanted = [name for name in destination.settings.send if name == SOURCE or name in built]
+        try:
+            for name in wanted:
+                if name not in d.receipts:
+                    data = source() if name == SOURCE else built[name]
+                    d.receipts[name] = destination.store(Item(name, data)).reference
+        except DeliveryError as exc:
+            d.attempts += 1
+            delay = RetryPolicy.of(destination.settings).delay(d.attempts - 1) if exc.transient else None
+            if delay is None:
+                d.status = DeliveryStatus.DEAD
+                d.error = str(exc) if not exc.transient else f"gave up after {d.attempts} attempts: {exc}"
+            else:
+                d.next_at, d.error = now + delay, str(exc)
+            continue
+        d.status, d.error = DeliveryStatus.DELIVERED, ""

@@ -15,7 +15,7 @@ from fetalnode.destinations.base import Destination, build_destinations
 from fetalnode.errors import ConfigError, NodeError
 from fetalnode.inference.bundle import bundle_fingerprint
 from fetalnode.outputs.registry import enabled_writers
-from fetalnode.runner import RetryPolicy, Runtime
+from fetalnode.runner import Runtime
 from fetalnode.vocab import AuditEvent
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,6 @@ def build_runtime(settings: Settings, destinations: list[Destination] | None = N
         application=application,
         writers=enabled_writers(settings.output.enabled, application.name),
         destinations=build_destinations(settings) if destinations is None else destinations,
-        retry=RetryPolicy.from_settings(settings.orthanc),
         output=settings.output,
     )
 

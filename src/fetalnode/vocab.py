@@ -20,10 +20,27 @@ class JobState(StrEnum):
     DELIVERED = "delivered"
     FAILED = "failed"
     REJECTED = "rejected"
+    IGNORED = "ignored"
 
     @property
     def final(self) -> bool:
-        return self in (JobState.DELIVERED, JobState.FAILED, JobState.REJECTED)
+        return self in (JobState.DELIVERED, JobState.FAILED, JobState.REJECTED, JobState.IGNORED)
+
+
+class DeliveryStatus(StrEnum):
+    """Where a job stands with one destination."""
+
+    PENDING = "pending"  # not yet (or not all) delivered; retried with the destination's backoff
+    DELIVERED = "delivered"  # every object the destination is sent is there
+    DEAD = "dead"  # dead letter: refused permanently, or attempts ran out; `fetalnode resend` replays it
+
+
+class RouteAction(StrEnum):
+    """What a routing rule does with a received image."""
+
+    ANALYSE = "analyse"  # run the application, deliver outputs (and the source where `send` has it)
+    FORWARD = "forward"  # deliver the source only, to the destinations whose `send` has "source"
+    IGNORE = "ignore"  # acknowledge and record only
 
 
 class Stage(StrEnum):
@@ -70,3 +87,5 @@ class AuditEvent(StrEnum):
     RESULT_UNKNOWN_JOB = "result-unknown-job"
     MODELS_RELOADED = "models-reloaded"
     MODELS_RELOAD_FAILED = "models-reload-failed"
+    DEAD_LETTER = "dead-letter"
+    IGNORED = "ignored"

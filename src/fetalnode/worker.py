@@ -12,7 +12,7 @@ from pathlib import Path
 from fetalnode.jobs import Job, JobStore, worker_identity
 from fetalnode.runner import Outcome, Received, Runtime, crashed, run_job
 from fetalnode.scp.spool import atomic_write
-from fetalnode.vocab import JobState
+from fetalnode.vocab import JobState, RouteAction
 
 log = logging.getLogger(__name__)
 CLAIMED = frozenset({JobState.ANALYSING, JobState.DELIVERING})
@@ -27,9 +27,9 @@ def received_from_job(job: Job) -> Received:
         read=lambda: Path(job.spool_path).read_bytes(),
         station_name=job.station_name or job.calling_ae,
         variant=job.variant,
-        attempts=job.attempts,
         built=_outbox(job),
-        receipts=job.receipts,
+        deliveries=job.deliveries,
+        action=RouteAction(job.extra.get("action", RouteAction.ANALYSE)),
     )
 
 

@@ -9,8 +9,8 @@ import pytest
 from fetalnode.audit import AuditLog
 from fetalnode.errors import NodeError
 from fetalnode.jobs import TRANSITIONS, Job, JobStore, PreNotification, TransitionRefused
-from fetalnode.runner import Outcome, Verdict, crashed
-from fetalnode.vocab import AuditEvent, JobState, Stage
+from fetalnode.runner import Delivery, Outcome, Verdict, crashed
+from fetalnode.vocab import AuditEvent, DeliveryStatus, JobState, Stage
 
 pytestmark = pytest.mark.unit
 
@@ -46,6 +46,10 @@ def events(tmp: Path) -> list[dict]:
 
 
 CLAIMED = frozenset({JobState.ANALYSING, JobState.DELIVERING})
+
+
+def delivered(**receipts: str) -> Delivery:
+    return Delivery(DeliveryStatus.DELIVERED, receipts=receipts)
 
 
 def claimed(store: JobStore, tmp: Path, uid: str) -> Job:
@@ -85,7 +89,7 @@ def test_guarded_transitions_write_nothing_when_refused(tmp_path: Path) -> None:
     store = store_in(tmp_path)
     job = claimed(store, tmp_path, "1.2")
     a = job.id
-    done = Outcome(Verdict.DELIVERED, Stage.DELIVER, receipts={"orthanc": {"sr": "abc"}})
+    done = Outcome(Verdict.DELIVERED, Stage.DELIVER, deliveries={"orthanc": delivered(sr="abc")})
     assert store.apply(job, done, CLAIMED) is JobState.DELIVERED
     assert store.get(a).receipts == {"orthanc": {"sr": "abc"}}  # type: ignore[union-attr]
     before = len(events(tmp_path))
@@ -152,7 +156,7 @@ def test_terminal_applies_worker_results_and_drops_what_can_never_apply(tmp_path
     a = store.prenotify(note(tmp_path, "2.1"))
     store.queue_received(a)
     store.mark_published(a)
-    done = Outcome(Verdict.DELIVERED, Stage.DELIVER, "", {"finding": "normal"}, receipts={"o": {"sr": "1"}})
+    done = Outcome(Verdict.DELIVERED, Stage.DELIVER, "", {"finding": "normal"}, deliveries={"o": delivered(sr="1")})
     for body in (
         {"job": "x", "outcome": {}},  # unreadable
         {"job": a, "sop_uid": "2.1", "outcome": {"verdict": "maybe", "stage": "deliver"}},  # unknown verdict
@@ -173,3 +177,28 @@ def test_terminal_applies_worker_results_and_drops_what_can_never_apply(tmp_path
     assert events(tmp_path)[-1]["worker"] == "w:7" and events(tmp_path)[-1]["receipts"] == {"o": {"sr": "1"}}
     collector.handle({"job": a, "sop_uid": "2.1", "outcome": done.to_message()})  # redelivered: nothing written
     assert len([e for e in events(tmp_path) if e["event"] == "delivered"]) == 1
+
+
+def test_dead_letters_are_audited_once_counted_per_destination_and_resent_per_destination(tmp_path: Path) -> None:
+    store = store_in(tmp_path)
+    job = claimed(store, tmp_path, "3.1")
+    dead = Delivery(DeliveryStatus.DEAD, 1, 0.0, {}, "C-STORE 0xA900 dataset does not match")
+    failed = Outcome(
+        Verdict.FAILED, Stage.DELIVER, "pacs: ...", deliveries={"pacs": dead, "orthanc": delivered(sr="x")}
+    )
+    assert store.apply(job, failed, CLAIMED) is JobState.FAILED
+    assert [e for e in events(tmp_path) if e["event"] == "dead-letter"] == [
+        events(tmp_path)[-2] | {"destination": "pacs", "attempts": 1, "reason": dead.error}
+    ]
+    assert store.delivery_counts(["pacs", "orthanc", "vna"]) == {
+        "pacs": {"pending": 0, "delivered": 0, "dead": 1},
+        "orthanc": {"pending": 0, "delivered": 1, "dead": 0},
+        "vna": {"pending": 0, "delivered": 0, "dead": 0},
+    }
+    assert store.resend(destination="orthanc") == 0, "nothing of orthanc's is dead"
+    assert store.resend(destination="pacs") == 1
+    again = store.get(job.id)
+    assert again is not None and again.state == JobState.QUEUED
+    assert again.deliveries["pacs"].status is DeliveryStatus.PENDING and again.deliveries["pacs"].attempts == 0
+    assert again.receipts["orthanc"] == {"sr": "x"}, "what orthanc holds is kept: it is not sent again"
+    assert events(tmp_path)[-1]["event"] == "resend" and events(tmp_path)[-1]["destination"] == "pacs"

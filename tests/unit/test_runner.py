@@ -19,9 +19,9 @@ from fetalnode.destinations.base import Item, Receipt
 from fetalnode.destinations.folder import folder_destination
 from fetalnode.errors import DeliveryError, InferenceError, IntakeRejected, TransferError
 from fetalnode.outputs.registry import OutputContext, OutputWriter
-from fetalnode.runner import Outcome, Received, RetryPolicy, Runtime, Verdict, run_job, stage_of
+from fetalnode.runner import Delivery, Outcome, Received, RetryPolicy, Runtime, Verdict, run_job, stage_of
 from fetalnode.runtime import build_runtime
-from fetalnode.vocab import Stage
+from fetalnode.vocab import DeliveryStatus, RouteAction, Stage
 from harness.node import MODELS
 from tests.conftest import SAMPLES, dicom_testfile
 
@@ -49,8 +49,11 @@ class Counting:
 class Flaky:
     """A folder destination that refuses the first ``fail`` stores with a transient or permanent error."""
 
-    def __init__(self, folder: Path, name: str, fail: int = 0, transient: bool = True) -> None:
-        self.inner = folder_destination(folder, ["sr", "sc"], name=name)
+    def __init__(
+        self, folder: Path, name: str, fail: int = 0, transient: bool = True, send=("sr", "sc"), **policy
+    ) -> None:
+        self.inner = folder_destination(folder, list(send), name=name)
+        self.inner.settings = dataclasses.replace(self.inner.settings, **policy)
         self.settings, self.name = self.inner.settings, name
         self.fail, self.transient, self.stored = fail, transient, 0
 
@@ -98,32 +101,58 @@ def test_delivered_every_enabled_output_to_every_destination(runtime: Runtime, t
 def test_transient_failure_retries_later_without_analysing_again(runtime: Runtime, tmp_path: Path) -> None:
     ok, down = Flaky(tmp_path / "ok", "ok"), Flaky(tmp_path / "down", "down", fail=1)
     runtime.destinations = [ok, down]
-    first = run_job(received(), runtime)
+    first = run_job(received(), runtime, now=1000.0)
     assert first.verdict is Verdict.RETRY and first.stage is Stage.DELIVER
     assert first.retry_in == RetryPolicy().delay(0) == 1.0 and "down says no" in first.reason
-    assert set(first.receipts["ok"]) == {"sr", "sc"} and first.receipts["down"] == {}
-    second = run_job(received(attempts=1, built=first.built, receipts=first.receipts), runtime)
+    assert first.deliveries["ok"].status is DeliveryStatus.DELIVERED and first.receipts["down"] == {}
+    assert first.deliveries["down"].next_at == 1001.0 and first.deliveries["down"].attempts == 1
+    early = run_job(received(built=first.built, deliveries=first.deliveries), runtime, now=1000.5)
+    assert early.verdict is Verdict.RETRY and down.stored == 0, "a destination is not tried before it is due"
+    second = run_job(received(built=first.built, deliveries=first.deliveries), runtime, now=1001.0)
     assert second.verdict is Verdict.DELIVERED, second.reason
     assert runtime.application.calls == 1, "the outputs of the first run are delivered, not rebuilt"
     assert ok.stored == 2 and down.stored == 2, "what a destination already holds is not sent again"
     assert second.summary == {}, "nothing was analysed on the retry"
 
 
-def test_retries_end_after_max_attempts(runtime: Runtime, tmp_path: Path) -> None:
-    runtime.destinations = [Flaky(tmp_path, "down", fail=99)]
-    runtime.retry = RetryPolicy(0.5, 2.0, max_attempts=3)
-    assert run_job(received(attempts=1), runtime).verdict is Verdict.RETRY
-    last = run_job(received(attempts=2), runtime)
-    assert last.verdict is Verdict.FAILED and last.stage is Stage.DELIVER
-    assert last.reason.startswith("gave up after 3 attempts")
+def test_retries_end_in_a_dead_letter_after_max_attempts(runtime: Runtime, tmp_path: Path) -> None:
+    runtime.destinations = [Flaky(tmp_path, "down", fail=99, retry_initial=0.5, retry_max=2.0, max_attempts=3)]
+    outcome, clock, waits = run_job(received(), runtime, now=0.0), 0.0, []
+    while outcome.verdict is Verdict.RETRY:
+        waits.append(outcome.retry_in)
+        clock += outcome.retry_in
+        outcome = run_job(received(built=outcome.built, deliveries=outcome.deliveries), runtime, now=clock)
+    assert waits == [0.5, 1.0]
+    assert outcome.verdict is Verdict.FAILED and outcome.stage is Stage.DELIVER
+    assert outcome.deliveries["down"].status is DeliveryStatus.DEAD
+    assert outcome.reason.startswith("down: gave up after 3 attempts")
     assert [RetryPolicy(0.5, 2.0).delay(n) for n in range(4)] == [0.5, 1.0, 2.0, 2.0]
 
 
-def test_permanent_refusal_fails_at_once(runtime: Runtime, tmp_path: Path) -> None:
-    runtime.destinations = [Flaky(tmp_path, "pacs", fail=1, transient=False)]
+def test_permanent_refusal_is_a_dead_letter_at_once_and_others_still_receive(runtime: Runtime, tmp_path: Path) -> None:
+    pacs, archive = Flaky(tmp_path / "p", "pacs", fail=1, transient=False), Flaky(tmp_path / "a", "archive")
+    runtime.destinations = [pacs, archive]
     outcome = run_job(received(), runtime)
     assert outcome.verdict is Verdict.FAILED and outcome.stage is Stage.DELIVER
-    assert "pacs says no" in outcome.reason and outcome.summary["outputs"], "analysed, then refused"
+    assert outcome.reason == "pacs: pacs says no" and outcome.deliveries["pacs"].attempts == 1
+    assert outcome.deliveries["archive"].status is DeliveryStatus.DELIVERED and set(outcome.receipts["archive"]) == {
+        "sr",
+        "sc",
+    }
+
+
+def test_source_is_forwarded_unchanged_and_forward_rules_skip_analysis(runtime: Runtime, tmp_path: Path) -> None:
+    pacs = Flaky(tmp_path / "pacs", "pacs", send=("source", "sr"))
+    viewer = Flaky(tmp_path / "viewer", "viewer", send=("sc",))
+    runtime.destinations = [pacs, viewer]
+    outcome = run_job(received(), runtime)
+    assert outcome.verdict is Verdict.DELIVERED
+    assert set(outcome.receipts["pacs"]) == {"source", "sr"} and set(outcome.receipts["viewer"]) == {"sc"}
+    assert Path(outcome.receipts["pacs"]["source"]).read_bytes() == SAMPLE.read_bytes()
+    forwarded = run_job(received(action=RouteAction.FORWARD), runtime)
+    assert forwarded.verdict is Verdict.DELIVERED and forwarded.summary == {} and forwarded.built == {}
+    assert set(forwarded.receipts["pacs"]) == {"source"} and forwarded.receipts["viewer"] == {}
+    assert runtime.application.calls == 1, "a forwarded image is not analysed"
 
 
 def test_unreadable_and_unsupported_input_is_rejected_at_intake(runtime: Runtime, tmp_path: Path) -> None:
@@ -170,7 +199,8 @@ def test_a_writer_that_breaks_fails_at_encode(runtime: Runtime, tmp_path: Path) 
 
 
 def test_outcome_message_round_trip_and_stage_map() -> None:
-    outcome = Outcome(Verdict.RETRY, Stage.DELIVER, "x", {"a": 1}, {"sr": b"bytes"}, {"d": {"sr": "id"}}, 2.0, 5.0)
+    pending = Delivery(DeliveryStatus.PENDING, 2, 12.5, {"sr": "id"}, "HTTP 503")
+    outcome = Outcome(Verdict.RETRY, Stage.DELIVER, "x", {"a": 1}, {"sr": b"bytes"}, {"d": pending}, 2.0, 5.0)
     back = Outcome.from_message(json.loads(json.dumps(outcome.to_message())))
     assert back == dataclasses.replace(outcome, built={})
     assert stage_of(TransferError("x"), Stage.INTAKE) is Stage.TRANSFER

@@ -39,9 +39,10 @@ from fetalnode.dicom_status import AssociateReject, Status
 from fetalnode.errors import IntakeRejected, SpoolFull
 from fetalnode.intake import check_header, read_received
 from fetalnode.jobs import JobStore, PreNotification
+from fetalnode.routing import Router
 from fetalnode.scp.access import AccessPolicy, server_tls_context
 from fetalnode.scp.spool import Spool
-from fetalnode.vocab import AuditEvent
+from fetalnode.vocab import AuditEvent, RouteAction
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ class Terminal:
 
     def __post_init__(self) -> None:
         self.access = AccessPolicy.from_settings(self.settings.scp)
+        self.router = Router.from_settings(self.settings)
 
     def station_for(self, calling_ae: str) -> str:
         """Station name of a calling AE from ``scp.station_names`` ("AE=Name" items), else the AE title."""
@@ -188,7 +190,9 @@ class Terminal:
                     Status.DATASET_DOES_NOT_MATCH,
                     f"dataset UIDs ({sop_class}, {sop_uid}) do not match the request",
                 )
-            check_header(ds, worker.max_pixels, worker.max_frames)
+            route = self.router.route(ds, calling)
+            if route.action is RouteAction.ANALYSE:  # forwarded or ignored images need not be analysable
+                check_header(ds, worker.max_pixels, worker.max_frames)
         except IntakeRejected as exc:
             return self.refuse(calling, peer, affected, exc.status, str(exc))
         study_uid, series_uid = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
@@ -203,7 +207,7 @@ class Terminal:
             series_uid=series_uid,
             transfer_syntax=str(event.context.transfer_syntax),
             source="c-store",
-            extra={},
+            extra={"route": route.name, "action": str(route.action)},
         )
         return status
 
@@ -272,6 +276,9 @@ class Terminal:
                 extra=extra,
             )
         )
+        if extra.get("action") == RouteAction.IGNORE:
+            self.jobs.ignore_received(job_id, calling_ae=calling, address=peer, sop_uid=sop_uid, route=extra["route"])
+            return Status.SUCCESS, job_id
         self.jobs.queue_received(
             job_id,
             source=source,
@@ -282,6 +289,7 @@ class Terminal:
             transfer_syntax=transfer_syntax,
             bytes=len(data),
             sha256=digest,
+            **{k: extra[k] for k in ("route", "action") if k in extra},
             **({"flag": extra["uid_conflict"]} if "uid_conflict" in extra else {}),
         )
         if self.on_queued is not None:
