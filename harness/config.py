@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
-from fetalnode.config import Settings
+from fetalnode.config import DestinationSettings, Settings
 
 NODE_AET = "FETALNODE"
 MODALITY_AET = "DEMO-US"
@@ -48,9 +48,24 @@ def node_settings(
     return s
 
 
+def orthanc_destination(settings: Settings, send: Sequence[str], name: str = "orthanc") -> DestinationSettings:
+    """A ``[[destinations]]`` table of kind ``orthanc`` for the Orthanc of ``settings.orthanc``."""
+    o = settings.orthanc
+    return DestinationSettings(
+        name=name, kind="orthanc", send=list(send), url=o.url, username=o.username, password_file=o.password_file
+    )
+
+
 def override(settings: Settings, **fields: Any) -> Settings:
-    """Set ``section__key=value`` fields (``orthanc__retry_max=2.0``), type-checked against the dataclasses."""
+    """Set ``section__key=value`` fields (``orthanc__retry_max=2.0``), type-checked against the dataclasses,
+    and arrays of tables by their name (``destinations=[DestinationSettings(...)]``)."""
     for name, value in fields.items():
+        hint = get_type_hints(Settings).get(name)
+        if get_origin(hint) is list and dataclasses.is_dataclass(get_args(hint)[0]):
+            if not isinstance(value, list) or not all(isinstance(v, get_args(hint)[0]) for v in value):
+                raise TypeError(f"{name}: expected a list of {get_args(hint)[0].__name__}, got {value!r}")
+            setattr(settings, name, value)
+            continue
         section, sep, key = name.partition("__")
         sub = getattr(settings, section, None) if sep else None
         if sub is None or not dataclasses.is_dataclass(sub) or key not in {f.name for f in dataclasses.fields(sub)}:

@@ -34,7 +34,7 @@ def run_demo(samples: Path, run_dir: Path | None, exit_after: bool) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     orthanc = OrthancProcess(run_dir / "orthanc", fetalnode_plugin=True).start()
     try:
-        node = prepare_node(run_dir, orthanc, node__station_name="fetalnode-demo")
+        node = prepare_node(run_dir, orthanc, node__station_name="fetalnode-demo", source_to_orthanc=True)
         try:
             node.start()
             return send_and_report(node, orthanc, files, exit_after)

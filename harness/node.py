@@ -18,7 +18,15 @@ from typing import Any
 
 from fetalnode.config import Settings, load_settings
 from fetalnode.jobs import JobStore
-from harness.config import MODALITY_AET, NODE_AET, TOOL_AETS, node_settings, override, write_settings
+from harness.config import (
+    MODALITY_AET,
+    NODE_AET,
+    TOOL_AETS,
+    node_settings,
+    orthanc_destination,
+    override,
+    write_settings,
+)
 from harness.orthanc import OrthancProcess
 from harness.ports import free_port
 from harness.processes import HarnessError, spawn, stop_process, tail, wait_for
@@ -201,10 +209,13 @@ def prepare_node(
     calling_aets: Sequence[str] = (MODALITY_AET, *TOOL_AETS),
     models_dir: Path = MODELS,
     env: Mapping[str, str] | None = None,
+    source_to_orthanc: bool = False,
     **fields: Any,
 ) -> NodeProcess:
     """A node in ``folder`` on a free port delivering to ``orthanc``; not started yet.
 
+    ``source_to_orthanc``: Orthanc is a ``[[destinations]]`` table receiving the source image too
+    (so each study shows the image beside the report), else the implicit ``[orthanc]`` destination.
     ``fields``: further settings as ``section__key=value`` (:func:`harness.config.override`).
     The first allowed calling AE is the modality: the C-ECHO that tells the node is up calls from it.
     """
@@ -219,4 +230,6 @@ def prepare_node(
         models_dir=models_dir,
         calling_aets=calling_aets,
     )
+    if source_to_orthanc:
+        settings.destinations = [orthanc_destination(settings, ["source", *settings.output.enabled])]
     return NodeProcess.write(folder, override(settings, **fields), env=env)
