@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-APT_PKGS := orthanc orthanc-webviewer orthanc-python dcmtk dicom3tools fonts-dejavu-core chromium chromium-driver openssl rabbitmq-server
+APT_PKGS := orthanc orthanc-webviewer orthanc-python orthanc-dicomweb dcmtk dicom3tools fonts-dejavu-core chromium chromium-driver openssl rabbitmq-server
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test test-unit deps apt lint typecheck clean

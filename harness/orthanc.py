@@ -27,6 +27,8 @@ from harness.ports import free_port
 from harness.processes import HarnessError, spawn, stop_process
 
 PLUGIN_DIR = Path("/usr/share/orthanc/plugins")
+DICOMWEB_ROOT = "/dicom-web/"
+READ_ONLY_SCRIPT = Path(__file__).resolve().parent / "orthanc_read_only.py"
 
 
 def fetalnode_orthanc_dir() -> Path:
@@ -71,11 +73,19 @@ class OrthancProcess:
     modalities: dict[str, tuple[str, str, int]] = field(default_factory=dict)
     webviewer: bool = True
     fetalnode_plugin: bool = False
+    dicomweb: bool = False
+    read_only_users: dict[str, str] = field(default_factory=dict)
+    options: dict[str, object] = field(default_factory=dict)  # further Orthanc settings, over the harness's
     _proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def dicomweb_url(self) -> str:
+        """The DICOMweb root (STOW-RS ``/studies``, QIDO-RS, WADO-RS) when ``dicomweb`` is on."""
+        return self.url + DICOMWEB_ROOT.rstrip("/")
 
     def write_password_file(self, path: Path) -> Path:
         """Write the password (mode 600) for a node's ``orthanc.password_file``."""
@@ -85,23 +95,44 @@ class OrthancProcess:
         return path
 
     def config(self) -> dict[str, object]:
+        """Orthanc's configuration. ``read_only_users`` (user -> password) may only GET: Orthanc answers
+        anything else from them with 403 (a Python-plugin filter, so not with ``fetalnode_plugin``:
+        Orthanc runs one Python script)."""
         plugins = []
         if self.webviewer and (PLUGIN_DIR / "libOrthancWebViewer.so").exists():
             plugins.append(str(PLUGIN_DIR / "libOrthancWebViewer.so"))
         extra: dict[str, object] = {}
-        if self.fetalnode_plugin:
+        if self.fetalnode_plugin and self.read_only_users:
+            raise HarnessError("Orthanc runs one Python script: fetalnode_plugin or read_only_users, not both")
+        if self.fetalnode_plugin or self.read_only_users:
             python = PLUGIN_DIR / "libOrthancPython.so"
             if not python.exists():
                 raise HarnessError(
                     "Orthanc's Python plugin is not installed (Debian package 'orthanc-python'); run `make deps`"
                 )
             plugins.append(str(python))
+        if self.fetalnode_plugin:
             extra = {
                 "PythonScript": str(plugin_script()),
                 "PythonVerbose": False,
                 # The plugin runs in Debian's embedded Python: where to find fetalnode and pydicom.
                 "Fetalnode": {"SysPath": plugin_sys_path()},
             }
+        if self.read_only_users:
+            extra = {
+                "PythonScript": str(READ_ONLY_SCRIPT),
+                "PythonVerbose": False,
+                "Harness": {"ReadOnlyUsers": sorted(self.read_only_users)},
+            }
+        if self.dicomweb:
+            dicomweb = PLUGIN_DIR / "libOrthancDicomWeb.so"
+            if not dicomweb.exists():
+                raise HarnessError(
+                    f"Orthanc's DICOMweb plugin ({dicomweb}) is not installed "
+                    "(Debian package 'orthanc-dicomweb'); run `make deps`"
+                )
+            plugins.append(str(dicomweb))
+            extra["DicomWeb"] = {"Enable": True, "Root": DICOMWEB_ROOT}
         return {
             **extra,
             "Name": "fetalnode-orthanc",
@@ -112,7 +143,7 @@ class OrthancProcess:
             "DicomAet": self.aet,
             "RemoteAccessAllowed": False,
             "AuthenticationEnabled": True,
-            "RegisteredUsers": {self.username: self.password},
+            "RegisteredUsers": {**self.read_only_users, self.username: self.password},
             "DicomAlwaysAllowStore": False,
             "DicomAlwaysAllowEcho": False,
             "DicomCheckCalledAet": True,
@@ -123,6 +154,7 @@ class OrthancProcess:
             "HttpTimeout": 30,
             "Plugins": plugins,
             "ExecuteLuaEnabled": False,
+            **self.options,
         }
 
     def start(self, timeout: float = 30.0) -> OrthancProcess:

@@ -1,4 +1,5 @@
-"""The one table of DICOM statuses this node answers or reads (PS3.4 B.2.3, PS3.4 H.4, PS3.7 C, PS3.8 9.3.4).
+"""The one table of DICOM statuses this node answers or reads (PS3.4 B.2.3, PS3.4 H.4, PS3.7 C, PS3.8 9.3.4,
+PS3.18 I.2).
 
 Built on pynetdicom's status tables: :func:`category` and :func:`meaning` look a code up there, so a
 status that pynetdicom knows is described in its words. The ``0xC2xx`` intake sub-codes are this node's
@@ -39,6 +40,25 @@ class Status(IntEnum):
     FILM_BOX_EMPTY_PAGE = 0xB603
     SESSION_HAS_NO_FILM_BOX = 0xC600
     IMAGE_LARGER_THAN_BOX = 0xC603
+
+
+# PS3.18 Table I.2-2: Failure Reason (0008,1197) in a STOW-RS Store Instances Response; first match wins.
+STOW_FAILURE_REASONS: tuple[tuple[int, int, str], ...] = (
+    (0xA700, 0xA7FF, "Refused out of Resources"),
+    (0xA900, 0xA9FF, "Error: Data Set does not match SOP Class"),
+    (0xC122, 0xC122, "Referenced Transfer Syntax not supported"),
+    (0xC000, 0xCFFF, "Error: Cannot understand"),
+    (Status.PROCESSING_FAILURE, Status.PROCESSING_FAILURE, "Processing failure"),
+    (Status.SOP_CLASS_NOT_SUPPORTED, Status.SOP_CLASS_NOT_SUPPORTED, "Referenced SOP Class not supported"),
+)
+
+
+def stow_failure_meaning(code: int) -> str:
+    """The standard's words for a STOW-RS Failure Reason (PS3.18 Table I.2-2); other codes are the server's own."""
+    for low, high, text in STOW_FAILURE_REASONS:
+        if low <= code <= high:
+            return text
+    return "not in PS3.18 Table I.2-2 (the server's own code)"
 
 
 def category(code: int) -> str:
