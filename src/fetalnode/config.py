@@ -203,7 +203,17 @@ class LoggingSettings:
     third_party: str = "WARNING"
 
 
-THIRD_PARTY_LOGGERS = ("highdicom", "pynetdicom", "httpx", "httpcore", "celery", "kombu", "amqp", "onnxruntime")
+THIRD_PARTY_LOGGERS = (
+    "highdicom",
+    "pynetdicom",
+    "httpx",
+    "httpcore",
+    "celery",
+    "kombu",
+    "amqp",
+    "onnxruntime",
+    "dicomweb_client",
+)
 
 
 @dataclass
