@@ -54,7 +54,7 @@ class Destination(Protocol):
 Factory = Callable[["DestinationSettings", "Settings"], Destination]
 DESTINATION_KINDS: Registry[Factory] = Registry("destination kind")
 destination_kind = DESTINATION_KINDS.register  # @destination_kind("kind") on factory(destination, settings)
-BUILTIN_KINDS = ("fetalnode.destinations.orthanc_rest", "fetalnode.destinations.folder")
+BUILTIN_KINDS = ("fetalnode.destinations.orthanc_rest", "fetalnode.destinations.folder", "fetalnode.destinations.dicom")
 SOURCE = "source"  # in ``send``: the received image, forwarded unchanged
 
 
