@@ -221,11 +221,14 @@ def test_tls_peer_certificate_not_trusted_is_permanent(storescp, tmp_path: Path)
     assert not caught.value.transient and "certificate verify failed" in str(caught.value)
 
 
-@pytest.fixture
-def orthanc_pacs(tmp_path: Path) -> Iterator[OrthancProcess]:
+@pytest.fixture(scope="module")
+def orthanc_pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancProcess]:
+    """An Orthanc that knows our calling AE as a modality (its stop takes seconds: one for this module)."""
     need("Orthanc")
     server = OrthancProcess(
-        tmp_path / "orthanc", webviewer=False, modalities={CALLING: (CALLING, "127.0.0.1", free_port())}
+        tmp_path_factory.mktemp("orthanc-pacs"),
+        webviewer=False,
+        modalities={CALLING: (CALLING, "127.0.0.1", free_port())},
     ).start()
     yield server
     server.stop()
