@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-from pathlib import Path
 
 import pytest
 
 from harness.config import NODE_AET
+from harness.pki import make_pki
 from harness.ports import free_port
-from tests.conftest import MODALITY, SAMPLES, need
+from tests.conftest import MODALITY, SAMPLES
 
 pytestmark = [pytest.mark.network, pytest.mark.interop]
 SAMPLE = SAMPLES / "hc18_104_HC.dcm"
@@ -39,24 +39,6 @@ def test_ae_only_from_its_allowed_addresses(make_node) -> None:
     [event] = [e for e in audit(node) if e["event"] == "association-rejected"]
     assert event["calling_ae"] == "STORESCU" and event["address"] == "127.0.0.1"
     assert "not allowed from 127.0.0.1" in event["reason"]
-
-
-def make_pki(folder: Path) -> dict[str, Path]:
-    """A throw-away CA that signs a server and a client certificate (openssl CLI)."""
-    need("openssl")
-
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
-
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
-        "-subj", "/CN=fetalnode test CA")  # fmt: skip
-    for name in ("server", "client"):
-        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-            "-subj", f"/CN=fetalnode test {name}")  # fmt: skip
-        (folder / f"{name}.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext")  # fmt: skip
-    return {p.stem + p.suffix.replace(".", "_"): p for p in folder.iterdir()}
 
 
 def test_dicom_tls_with_client_certificates(make_node, tmp_path) -> None:

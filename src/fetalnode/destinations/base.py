@@ -54,7 +54,12 @@ class Destination(Protocol):
 Factory = Callable[["DestinationSettings", "Settings"], Destination]
 DESTINATION_KINDS: Registry[Factory] = Registry("destination kind")
 destination_kind = DESTINATION_KINDS.register  # @destination_kind("kind") on factory(destination, settings)
-BUILTIN_KINDS = ("fetalnode.destinations.orthanc_rest", "fetalnode.destinations.folder", "fetalnode.destinations.dicomweb")
+BUILTIN_KINDS = (
+    "fetalnode.destinations.orthanc_rest",
+    "fetalnode.destinations.folder",
+    "fetalnode.destinations.dicom",
+    "fetalnode.destinations.dicomweb",
+)
 SOURCE = "source"  # in ``send``: the received image, forwarded unchanged
 
 
