@@ -18,6 +18,7 @@ from typing import Any
 
 from fetalnode.config import Settings, load_settings
 from fetalnode.jobs import JobStore
+from fetalnode.vocab import JobState
 from harness.config import (
     MODALITY_AET,
     NODE_AET,
@@ -33,7 +34,7 @@ from harness.processes import HarnessError, spawn, stop_process, tail, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
-FINAL = frozenset({"delivered", "failed", "rejected"})
+FINAL = frozenset(str(s) for s in JobState if s.final)
 
 
 def fetalnode_command(*args: str) -> list[str]:

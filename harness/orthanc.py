@@ -189,6 +189,12 @@ class OrthancProcess:
         stop_process(self._proc, timeout=15)
         self._proc = None
 
+    def __enter__(self) -> OrthancProcess:
+        return self if self.running else self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
