@@ -79,7 +79,7 @@ def send_and_report(node: NodeProcess, orthanc: OrthancProcess, files: list[Path
 
 
 def print_table(jobs: JobStore, expected: dict[str, str], orthanc: OrthancProcess) -> None:
-    rows = [("source", "state", "finding", "conf.", "HC mm", "SR / heatmap in Orthanc")]
+    rows = [("source", "state", "finding", "conf.", "HC mm", "source / SR / heatmap in Orthanc")]
     for job in jobs.jobs():
         r = job.result
         finding = r.get("finding") or ("not analysed" if r else job.error[:40])

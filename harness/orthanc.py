@@ -165,7 +165,8 @@ class OrthancProcess:
         cfg = self.workdir / "orthanc.json"
         cfg.write_text(json.dumps(self.config(), indent=2), encoding="utf-8")
         os.chmod(cfg, 0o600)
-        self._proc = spawn([orthanc_binary(), str(cfg)], self.workdir / "orthanc.log")
+        # Orthanc's C-STORE SCP waits for delayed ACKs (~45 ms an object) unless TCP_NODELAY is set (field notes).
+        self._proc = spawn([orthanc_binary(), str(cfg)], self.workdir / "orthanc.log", env={"TCP_NODELAY": "1"})
         self.wait_ready(timeout)
         return self
 
