@@ -86,7 +86,7 @@ class ModelSettings:
 
 @dataclass
 class OrthancSettings:
-    """Delivery target."""
+    """The one destination ``orthanc`` while no ``[[destinations]]`` table exists (see ``destinations.base``)."""
 
     url: str = "http://127.0.0.1:8042"
     username: str = ""
@@ -96,15 +96,6 @@ class OrthancSettings:
     retry_initial: float = 1.0
     retry_max: float = 60.0
     max_attempts: int = 0
-
-    def resolved_password(self) -> str:
-        """The password from ``password`` or ``password_file`` (never logged)."""
-        if self.password_file:
-            try:
-                return Path(self.password_file).read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise ConfigError(f"cannot read orthanc.password_file {self.password_file}: {exc}") from exc
-        return self.password
 
 
 @dataclass

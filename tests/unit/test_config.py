@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 
 from fetalnode.config import load_settings
+from fetalnode.destinations.base import build_destinations, configured
 from fetalnode.errors import ConfigError
 
 pytestmark = pytest.mark.unit
@@ -32,9 +33,39 @@ def test_secret_is_masked_and_read_from_file(tmp_path: Path) -> None:
     secret = tmp_path / "pw"
     secret.write_text("s3cret\n")
     s = load_settings(None, env={"FETALNODE__ORTHANC__PASSWORD_FILE": str(secret)})
-    assert s.orthanc.resolved_password() == "s3cret"
+    [implicit] = configured(s)
+    assert implicit.resolved_password() == "s3cret"
     s2 = load_settings(None, env={"FETALNODE__ORTHANC__PASSWORD": "s3cret"})
     assert "s3cret" not in repr(s2.masked())
+
+
+def test_orthanc_section_is_the_one_destination_until_tables_name_others(tmp_path: Path) -> None:
+    [implicit] = configured(load_settings(None, env={"FETALNODE__OUTPUT__ENABLED": "sr"}))
+    assert (implicit.name, implicit.kind, implicit.send, implicit.url) == (
+        "orthanc",
+        "orthanc",
+        ["sr"],
+        "http://127.0.0.1:8042",
+    )
+    cfg = tmp_path / "node.toml"
+    cfg.write_text(
+        '[[destinations]]\nname = "pacs"\nkind = "dicom"\nae_title = "PACS"\nhost = "127.0.0.1"\nport = 104\n'
+        'send = ["source", "sr"]\n\n[[destinations]]\nname = "vna"\nkind = "dicomweb"\nurl = "http://v/dicom-web"\n'
+        'password = "s3cret"\n'
+    )
+    s = load_settings(cfg, env={})
+    assert [(d.name, d.kind, d.send) for d in configured(s)] == [
+        ("pacs", "dicom", ["source", "sr"]),
+        ("vna", "dicomweb", ["sr", "sc"]),
+    ]
+    assert "s3cret" not in repr(s.masked())
+    assert [d.name for d in build_destinations(s)] == ["pacs", "vna"]
+    s.destinations[0].send = ["source", "gsps"]
+    with pytest.raises(ConfigError, match="destination pacs: send"):
+        build_destinations(s)
+    s.destinations[0].send, s.destinations[1].kind = ["sr"], "ftp"
+    with pytest.raises(ConfigError, match="unknown destination kind 'ftp'"):
+        build_destinations(s)
 
 
 def test_shipped_config_loads() -> None:
