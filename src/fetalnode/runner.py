@@ -213,7 +213,7 @@ def encode_dataset(ds: Dataset) -> bytes:
     return buffer.getvalue()
 
 
-def run_job(received: Received, runtime: Runtime, now: float | None = None) -> Outcome:
+def run_job(received: Received, runtime: Runtime, clock: Callable[[], float] = time.time) -> Outcome:
     """Analyse (unless ``received.built`` or a forward), encode every enabled output, deliver to every
     destination what its ``send`` names and it does not hold yet.
 
@@ -253,7 +253,7 @@ def run_job(received: Received, runtime: Runtime, now: float | None = None) -> O
             built, summary = _build(ds, analysis, runtime, received)
             analysed_ms = round((time.perf_counter() - started) * 1000, 1)
         stage = Stage.DELIVER
-        _deliver(built, source, deliveries, runtime.destinations, time.time() if now is None else now)
+        _deliver(built, source, deliveries, runtime.destinations, clock)
     except Exception as exc:
         failed_at = stage_of(exc, stage)
         known = any(isinstance(exc, kind) for kind, _ in _STAGE_OF)
@@ -266,13 +266,12 @@ def run_job(received: Received, runtime: Runtime, now: float | None = None) -> O
     pending = {n: d for n, d in deliveries.items() if d.status is DeliveryStatus.PENDING}
     dead = {n: d for n, d in deliveries.items() if d.status is DeliveryStatus.DEAD}
     if pending:
-        clock = time.time() if now is None else now
         reason = "; ".join(f"{n}: {d.error}" for n, d in pending.items() if d.error)
         return Outcome(
             Verdict.RETRY,
             Stage.DELIVER,
             reason,
-            retry_in=max(0.0, min(d.next_at for d in pending.values()) - clock),
+            retry_in=max(0.0, min(d.next_at for d in pending.values()) - clock()),
             **common,
         )
     if dead:
@@ -312,13 +311,13 @@ def _deliver(
     source: Callable[[], bytes],
     deliveries: dict[str, Delivery],
     destinations: list[Destination],
-    now: float,
+    clock: Callable[[], float],
 ) -> None:
     """Deliver to each due destination what its ``send`` names and it does not hold yet; one destination
     failing neither stops nor delays the others. Updates ``deliveries`` in place."""
     for destination in destinations:
         d = deliveries.setdefault(destination.name, Delivery())
-        if d.status is not DeliveryStatus.PENDING or d.next_at > now:
+        if d.status is not DeliveryStatus.PENDING or d.next_at > clock():
             continue
         wanted = [name for name in destination.settings.send if name == SOURCE or name in built]
         try:
@@ -333,6 +332,6 @@ def _deliver(
                 d.status = DeliveryStatus.DEAD
                 d.error = str(exc) if not exc.transient else f"gave up after {d.attempts} attempts: {exc}"
             else:
-                d.next_at, d.error = now + delay, str(exc)
+                d.next_at, d.error = clock() + delay, str(exc)  # from the failure, not the start of the run
             continue
         d.status, d.error = DeliveryStatus.DELIVERED, ""

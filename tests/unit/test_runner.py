@@ -101,14 +101,14 @@ def test_delivered_every_enabled_output_to_every_destination(runtime: Runtime, t
 def test_transient_failure_retries_later_without_analysing_again(runtime: Runtime, tmp_path: Path) -> None:
     ok, down = Flaky(tmp_path / "ok", "ok"), Flaky(tmp_path / "down", "down", fail=1)
     runtime.destinations = [ok, down]
-    first = run_job(received(), runtime, now=1000.0)
+    first = run_job(received(), runtime, clock=lambda: 1000.0)
     assert first.verdict is Verdict.RETRY and first.stage is Stage.DELIVER
     assert first.retry_in == RetryPolicy().delay(0) == 1.0 and "down says no" in first.reason
     assert first.deliveries["ok"].status is DeliveryStatus.DELIVERED and first.receipts["down"] == {}
     assert first.deliveries["down"].next_at == 1001.0 and first.deliveries["down"].attempts == 1
-    early = run_job(received(built=first.built, deliveries=first.deliveries), runtime, now=1000.5)
+    early = run_job(received(built=first.built, deliveries=first.deliveries), runtime, clock=lambda: 1000.5)
     assert early.verdict is Verdict.RETRY and down.stored == 0, "a destination is not tried before it is due"
-    second = run_job(received(built=first.built, deliveries=first.deliveries), runtime, now=1001.0)
+    second = run_job(received(built=first.built, deliveries=first.deliveries), runtime, clock=lambda: 1001.0)
     assert second.verdict is Verdict.DELIVERED, second.reason
     assert runtime.application.calls == 1, "the outputs of the first run are delivered, not rebuilt"
     assert ok.stored == 2 and down.stored == 2, "what a destination already holds is not sent again"
@@ -117,11 +117,11 @@ def test_transient_failure_retries_later_without_analysing_again(runtime: Runtim
 
 def test_retries_end_in_a_dead_letter_after_max_attempts(runtime: Runtime, tmp_path: Path) -> None:
     runtime.destinations = [Flaky(tmp_path, "down", fail=99, retry_initial=0.5, retry_max=2.0, max_attempts=3)]
-    outcome, clock, waits = run_job(received(), runtime, now=0.0), 0.0, []
+    outcome, now, waits = run_job(received(), runtime, clock=lambda: 0.0), 0.0, []
     while outcome.verdict is Verdict.RETRY:
         waits.append(outcome.retry_in)
-        clock += outcome.retry_in
-        outcome = run_job(received(built=outcome.built, deliveries=outcome.deliveries), runtime, now=clock)
+        now += outcome.retry_in
+        outcome = run_job(received(built=outcome.built, deliveries=outcome.deliveries), runtime, clock=lambda t=now: t)
     assert waits == [0.5, 1.0]
     assert outcome.verdict is Verdict.FAILED and outcome.stage is Stage.DELIVER
     assert outcome.deliveries["down"].status is DeliveryStatus.DEAD
