@@ -10,7 +10,10 @@ import torch
 from pydicom import dcmread
 
 from fetalnode.inference import Analyzer
+from fetalnode.inference.analyzer import seg_settings, segment_probability
 from fetalnode.inference.bundle import load_bundle, onnx_runner
+from fetalnode.inference.ellipse import Ellipse, fit_ellipse
+from fetalnode.inference.preprocess import to_unit_range
 from fetalnode.intake import decode_for_analysis
 from fetalnode.training.classifier import classifier_reference
 from fetalnode.training.reference import segmentation_reference
@@ -80,3 +83,20 @@ def test_gradcam_changes_when_classifier_weights_are_randomised() -> None:
     a, b = trained.heatmap[inside], randomised.heatmap[inside]
     correlation = float(np.corrcoef(a, b)[0, 1])
     assert correlation < 0.5, f"heatmap barely changed (r={correlation:.2f})"
+
+
+def test_head_mask_is_the_region_the_ellipse_is_fitted_to() -> None:
+    """The analysis keeps the head mask (source pixels) the SEG writes; the ellipse is fitted to it."""
+    seg, cls = load_bundle(SEG), load_bundle(CLS)
+    decoded = decode_for_analysis(dcmread(SAMPLES / "hc18_104_HC.dcm"), 10**8, 10)
+    result = Analyzer(seg, cls).analyze(decoded.gray, decoded.spacing_mm)
+    mask, ellipse = result.head_mask, result.ellipse
+    assert mask is not None and ellipse is not None
+    assert mask.dtype == bool and mask.shape == decoded.gray.shape
+    settings = seg_settings(seg)
+    prob = segment_probability(seg.infer, settings.canvas_hw, to_unit_range(decoded.gray))
+    assert (mask & (prob < 0.5)).sum() <= 0.01 * mask.sum()  # only filled holes are below the threshold
+    fit = fit_ellipse(prob, mask=mask)
+    assert fit is not None
+    k = settings.axis_scale
+    assert Ellipse(fit.cx, fit.cy, fit.a * k, fit.b * k, fit.angle_deg) == ellipse

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from fetalnode.inference.ellipse import Ellipse, biometry, fit_ellipse, ramanujan_perimeter
+from fetalnode.inference.ellipse import Ellipse, biometry, fit_ellipse, head_region, ramanujan_perimeter
 from fetalnode.inference.preprocess import letterbox, roi_crop
 
 pytestmark = pytest.mark.unit
@@ -40,6 +40,18 @@ def test_fit_ignores_small_spurious_blobs_and_empty() -> None:
     fit = fit_ellipse(prob)
     assert fit is not None and abs(fit.cx - 100) < 0.3
     assert fit_ellipse(np.zeros((50, 50))) is None
+
+
+def test_head_region_is_the_largest_region_with_holes_filled() -> None:
+    prob = raster(Ellipse(100, 100, 60, 40, 10), (200, 220))
+    prob[5:9, 200:205] = 1.0
+    prob[95:105, 95:105] = 0.0
+    region = head_region(prob)
+    assert region.dtype == bool and region.shape == prob.shape
+    assert not region[5:9, 200:205].any() and region[95:105, 95:105].all()
+    assert not (region & (prob < 0.5) & ~np.pad(np.ones((10, 10), bool), ((95, 95), (95, 115)))).any()
+    assert fit_ellipse(prob, mask=region) == fit_ellipse(prob)
+    assert not head_region(np.zeros((50, 50))).any()
 
 
 def test_biometry_isotropic_and_anisotropic() -> None:

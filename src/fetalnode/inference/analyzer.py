@@ -12,7 +12,7 @@ import torch
 
 from fetalnode.errors import InferenceError
 from fetalnode.inference.bundle import Bundle, load_bundle
-from fetalnode.inference.ellipse import Biometry, Ellipse, biometry, fit_ellipse
+from fetalnode.inference.ellipse import Biometry, Ellipse, biometry, fit_ellipse, head_region
 from fetalnode.inference.preprocess import letterbox, roi_crop, to_unit_range
 from fetalnode.inference.saliency import draw_roi, fuse, grad_cam
 
@@ -23,13 +23,18 @@ MIN_SEMI_AXIS_PX = 4.0
 
 @dataclass
 class AnalysisResult:
-    """What the models say about one image (source pixel coordinates throughout)."""
+    """What the models say about one image (source pixel coordinates throughout).
+
+    ``head_mask`` is the segmented head the ellipse was fitted to (bool, rows x columns of the analysed
+    frame), set when a head was found.
+    """
 
     analysed: bool
     reason: str
     seg_model: tuple[str, str]
     cls_model: tuple[str, str]
     ellipse: Ellipse | None = None
+    head_mask: np.ndarray | None = None
     head_score: float = 0.0
     biometry: Biometry | None = None
     measurement_note: str = ""
@@ -92,17 +97,40 @@ class SegSettings:
     min_confidence: float = 0.7
 
 
+@dataclass(frozen=True)
+class HeadLocation:
+    """The gated head of one image: ellipse and mask (source pixels) are ``None`` when rejected."""
+
+    ellipse: Ellipse | None
+    mask: np.ndarray | None
+    score: float
+    reason: str
+
+
+def find_head(net: Callable[[torch.Tensor], torch.Tensor], settings: SegSettings, img01: np.ndarray) -> HeadLocation:
+    """Segment, fit the skull ellipse to the head region and gate it.
+
+    The mask is the region the ellipse is fitted to, on the source grid (the probability map is
+    mapped back from the canvas before thresholding); ``axis_scale`` corrects the ellipse only.
+    """
+    prob = segment_probability(net, settings.canvas_hw, img01)
+    mask = head_region(prob)
+    ellipse = fit_ellipse(prob, mask=mask)
+    score, why = head_plausibility(prob, ellipse, settings)
+    if why or ellipse is None:
+        return HeadLocation(None, None, score, why)
+    scale = settings.axis_scale
+    if scale != 1.0:
+        ellipse = Ellipse(ellipse.cx, ellipse.cy, ellipse.a * scale, ellipse.b * scale, ellipse.angle_deg)
+    return HeadLocation(ellipse, mask, score, why)
+
+
 def locate_head(
     net: Callable[[torch.Tensor], torch.Tensor], settings: SegSettings, img01: np.ndarray
 ) -> tuple[Ellipse | None, float, str]:
-    """Segment, fit the skull ellipse and gate it: (ellipse, plausibility score, reason if rejected)."""
-    prob = segment_probability(net, settings.canvas_hw, img01)
-    ellipse = fit_ellipse(prob)
-    score, why = head_plausibility(prob, ellipse, settings)
-    scale = settings.axis_scale
-    if ellipse is not None and scale != 1.0:
-        ellipse = Ellipse(ellipse.cx, ellipse.cy, ellipse.a * scale, ellipse.b * scale, ellipse.angle_deg)
-    return (None if why else ellipse), score, why
+    """:func:`find_head` as (ellipse, plausibility score, reason if rejected)."""
+    head = find_head(net, settings, img01)
+    return head.ellipse, head.score, head.reason
 
 
 def seg_settings(seg: Bundle) -> SegSettings:
@@ -213,8 +241,9 @@ class Analyzer:
             seg_model=(self.seg.name, self.seg.version),
             cls_model=(self.cls.name, self.cls.version),
         )
-        ellipse, score, why = locate_head(self.seg.infer, seg_settings(self.seg), img01)
-        result.head_score = score
+        head = find_head(self.seg.infer, seg_settings(self.seg), img01)
+        ellipse, why = head.ellipse, head.reason
+        result.head_score = head.score
         t1 = time.perf_counter()
         result.timings_ms["segmentation"] = (t1 - t0) * 1000
         if why:
@@ -223,6 +252,7 @@ class Analyzer:
             return result
         assert ellipse is not None
         result.ellipse = ellipse
+        result.head_mask = head.mask
         if spacing_mm is not None:
             result.biometry = biometry(ellipse, spacing_mm)
         else:

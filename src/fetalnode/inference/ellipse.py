@@ -61,21 +61,30 @@ def ramanujan_perimeter(a: float, b: float) -> float:
     return math.pi * (a + b) * (1 + 3 * h / (10 + math.sqrt(4 - 3 * h)))
 
 
-def fit_ellipse(prob: np.ndarray, threshold: float = 0.5) -> Ellipse | None:
-    """Fit an ellipse to the largest connected region of ``prob >= threshold``.
+def head_region(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """The segmented head: the largest connected region of ``prob >= threshold``, holes filled
+    (bool, the shape of ``prob``; all false when nothing is segmented)."""
+    mask = prob >= threshold
+    if not mask.any():
+        return mask
+    labels, n = ndimage.label(mask)
+    if n > 1:
+        sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))
+        mask = labels == (int(np.argmax(sizes)) + 1)
+    return np.asarray(ndimage.binary_fill_holes(mask), dtype=bool)
+
+
+def fit_ellipse(prob: np.ndarray, threshold: float = 0.5, mask: np.ndarray | None = None) -> Ellipse | None:
+    """Fit an ellipse to the head region of ``prob`` (:func:`head_region`, or ``mask`` when given).
 
     Uses the region's intensity-weighted second moments: for a filled ellipse the covariance
     eigenvalues are ``a²/4`` and ``b²/4``. Weighting by the probability near the boundary gives
     sub-pixel accuracy. Returns ``None`` when nothing is segmented.
     """
-    mask = prob >= threshold
+    if mask is None:
+        mask = head_region(prob, threshold)
     if not mask.any():
         return None
-    labels, n = ndimage.label(mask)
-    if n > 1:
-        sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))
-        mask = labels == (int(np.argmax(sizes)) + 1)
-    mask = ndimage.binary_fill_holes(mask)
     region = ndimage.binary_dilation(mask, iterations=2)
     w = np.where(region, np.clip(prob, 0.0, 1.0), 0.0)
     w[mask] = np.maximum(w[mask], 0.5)

@@ -38,6 +38,11 @@ TYPE_CONFIDENCE = Code("FN0004", SCHEME, "Classifier confidence of malformation 
 HEAD_SCORE = Code("FN0005", SCHEME, "Head segmentation plausibility")
 AI_ASSESSMENT = Code("FN0006", SCHEME, "AI assessment of fetal head")
 
+# DICOM Segmentation (PS3.3 C.8.20.2): segmented property category (CID 7150) and algorithm family (CID 7162);
+# the property type is HEAD_STRUCTURE (CID 7151).
+SEGMENT_CATEGORY = codes.cid7150.AnatomicalStructure
+ALGORITHM_FAMILY = codes.cid7162.ArtificialIntelligence
+
 FETUS = codes.DCM.Fetus
 # TID 1004 Device Observer Identifying Attributes: the report names this software's Device UID.
 DEVICE_OBSERVER_UID = codes.DCM.DeviceObserverUID
