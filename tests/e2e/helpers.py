@@ -43,20 +43,18 @@ def sr_content(ds: Dataset) -> dict:
     """What the report says, read back through highdicom's parser."""
     sr = hd.sr.Comprehensive3DSR.from_dataset(ds)
     groups = sr.content.get_planar_roi_measurement_groups() + sr.content.get_image_measurement_groups()
-    out: dict = {"measurements": {}, "evaluations": {}, "refs": set(), "comments": []}
+    out: dict = {"measurements": {}, "evaluations": {}, "refs": set(), "regions": {}, "comments": []}
     for group in groups:
         for m in group.get_measurements():
             out["measurements"][m.name.meaning] = (m.value, m.unit.value)
         for q in group.get_qualitative_evaluations():
             out["evaluations"][q.name.meaning] = q.value.meaning
         region = getattr(group, "roi", None)
-        if region is not None:
-            out["refs"].add(
-                region.ReferencedImageSequence[0].ReferencedSOPInstanceUID
-                if "ReferencedImageSequence" in region
-                else ""
+        if region is not None:  # an SCOORD SELECTED FROM its source IMAGE
+            out["refs"].update(
+                r.ReferencedSOPInstanceUID for i in region.ContentSequence for r in i.ReferencedSOPSequence
             )
-            out["graphic_type"] = region.GraphicType
+            out["regions"][str(group.tracking_identifier)] = (region.GraphicType, len(region.GraphicData) // 2)
     for item in ds.ContentSequence:
         if item.ValueType == "CONTAINER" and item.ConceptNameCodeSequence[0].CodeValue == "C0034375":
             out["comments"] = [c.TextValue for c in item.ContentSequence]

@@ -52,7 +52,13 @@ def test_samples_and_real_us_files_reach_orthanc_as_reports(make_node, orthanc) 
         assessment = content["evaluations"]["AI assessment of fetal head"]
         if info and info["dataset"] == "hc18":
             assert assessment in {"Normal", "Abnormal"}, content
-            assert content["graphic_type"] == "ELLIPSE"
+            assert content["regions"] == {
+                "fetal head": ("ELLIPSE", 4),
+                "fetal head contour": ("POLYLINE", 65),
+                "biparietal diameter": ("POLYLINE", 2),
+                "occipital-frontal diameter": ("POLYLINE", 2),
+            }
+            assert content["refs"] == {src.SOPInstanceUID}
             hc, unit = content["measurements"]["Head Circumference"]
             assert unit == "mm"
             assert abs(float(hc) - info["hc_mm"]) < 0.1 * info["hc_mm"], (path.name, hc, info["hc_mm"])

@@ -9,19 +9,24 @@ import subprocess
 from pathlib import Path
 
 import highdicom as hd
+import numpy as np
 import pytest
 from pydicom import dcmread
 
 from fetalnode.config import load_settings
 from fetalnode.destinations.folder import folder_destination
+from fetalnode.intake import physical_spacing
+from fetalnode.outputs import codes as fc
 from fetalnode.runner import Outcome, Received, Runtime, Verdict, run_job
 from fetalnode.runtime import build_runtime
+from harness import corpus
 from harness.node import MODELS
 from tests.conftest import SAMPLES, dicom_testfile, need
 
 pytestmark = pytest.mark.interop
 SAMPLE_INFO = json.loads((SAMPLES / "samples.json").read_text())
 HC18 = next(n for n, i in SAMPLE_INFO.items() if i["dataset"] == "hc18")
+FBA_ABNORMAL = "fba_ventriculomegaly_moderate_fba_01465.dcm"  # analysed, abnormal, no calibration
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +43,16 @@ def run(src: Path, runtime: Runtime, folder: Path) -> Outcome:
     return outcome
 
 
-@pytest.fixture(scope="module", params=[HC18, "US1_J2KR.dcm", "examples_ybr_color.dcm"])
+@pytest.fixture(
+    scope="module", params=[HC18, FBA_ABNORMAL, "US1_J2KR.dcm", "examples_ybr_color.dcm", "cine_500_frames"]
+)
 def written(request, runtime, tmp_path_factory) -> tuple[Path, Path, tuple[Path, Outcome]]:
     name = request.param
-    src = SAMPLES / name if name in SAMPLE_INFO else dicom_testfile(name)
     folder = tmp_path_factory.mktemp("out")
+    if name == "cine_500_frames":  # calibrated US Multi-frame: the report names the analysed frame
+        src = corpus.cine_500_frames(tmp_path_factory.mktemp("src"))
+    else:
+        src = SAMPLES / name if name in SAMPLE_INFO else dicom_testfile(name)
     outcome = run(src, runtime, folder)
     return folder / "sr.dcm", folder / "sc.dcm", (src, outcome)
 
@@ -62,12 +72,15 @@ def test_dciodvfy_reports_no_errors(written) -> None:
 def test_dsrdump_reads_the_tree_without_warnings(written) -> None:
     need("dsrdump")
     sr_path, _, (_, outputs) = written
-    result = subprocess.run(["dsrdump", "-Ee", str(sr_path)], capture_output=True, text=True)
+    result = subprocess.run(["dsrdump", "-Ee", "+Pc", str(sr_path)], capture_output=True, text=True)
     assert result.returncode == 0
     assert "W:" not in result.stderr and "E:" not in result.stderr, result.stderr
     assert "Imaging Measurement Report" in result.stdout
     if outputs.summary["hc_mm"] is not None:
-        assert '"Head Circumference"' in result.stdout and "(mm,UCUM" in result.stdout
+        assert '(11984-2,LN,"Head Circumference")' in result.stdout and "(mm,UCUM" in result.stdout
+    if outputs.summary["analysed"]:
+        assert result.stdout.count('"Image Region")=(POLYLINE,') == 3
+        assert result.stdout.count('"Image Region")=(ELLIPSE,') == 1
 
 
 def test_round_trip_and_deterministic_uids(written, runtime, tmp_path) -> None:
@@ -79,7 +92,7 @@ def test_round_trip_and_deterministic_uids(written, runtime, tmp_path) -> None:
     [ours] = [e for e in sr.ContributingEquipmentSequence if e.get("ManufacturerModelName") == "fetalnode"]
     assert ours.PurposeOfReferenceCodeSequence[0].CodeMeaning == "Processing Equipment"
     assert ours.DeviceUID and classifier in ours.SoftwareVersions
-    [group] = sr.content.get_planar_roi_measurement_groups() or sr.content.get_image_measurement_groups()
+    group = (sr.content.get_planar_roi_measurement_groups() or sr.content.get_image_measurement_groups())[0]
     versions = [
         i.TextValue
         for i in group[0].ContentSequence
@@ -91,3 +104,67 @@ def test_round_trip_and_deterministic_uids(written, runtime, tmp_path) -> None:
     again = run(src, runtime, tmp_path)
     assert again.summary["outputs"] == outputs.summary["outputs"]
     assert dcmread(tmp_path / "sr.dcm").SeriesInstanceUID == sr.SeriesInstanceUID
+
+
+def test_head_codes_and_drawable_geometry(written) -> None:
+    """TID 1410 groups: the head ELLIPSE with HC (LOINC 11984-2, CID 12005), a closed 64-point POLYLINE
+    contour, and BPD / OFD callipers as open 2-point POLYLINEs on the ellipse's minor / major axis."""
+    sr_path, _, (src, outputs) = written
+    source = dcmread(src, stop_before_pixels=True)
+    ds = dcmread(sr_path)
+    sr = hd.sr.Comprehensive3DSR.from_dataset(ds)
+    summary = outputs.summary
+    assert "11779-6" not in str(ds.ContentSequence)  # "EDD from LMP" (CID 12003), once written as HC
+    if not summary["analysed"]:
+        assert sr.content.get_planar_roi_measurement_groups() == []
+        return
+    groups = {str(g.tracking_identifier): g for g in sr.content.get_planar_roi_measurement_groups()}
+    assert list(groups) == ["fetal head", "fetal head contour", "biparietal diameter", "occipital-frontal diameter"]
+    assert len({g.tracking_uid for g in groups.values()}) == 4
+    frames = [int(source.NumberOfFrames) // 2 + 1] if int(source.get("NumberOfFrames", 1) or 1) > 1 else None
+    points = {}
+    for name, group in groups.items():
+        roi = group.roi
+        [image] = roi.ContentSequence  # SELECTED FROM the source IMAGE (PS3.3 C.18.6.1)
+        [ref] = image.ReferencedSOPSequence
+        assert ref.ReferencedSOPInstanceUID == source.SOPInstanceUID
+        assert ref.ReferencedSOPClassUID == source.SOPClassUID
+        assert ([int(ref.ReferencedFrameNumber)] if "ReferencedFrameNumber" in ref else None) == frames
+        assert group.finding_type == fc.HEAD_STRUCTURE
+        points[name] = (roi.GraphicType, np.array(roi.GraphicData, dtype=np.float64).reshape(-1, 2))
+    kind, ellipse = points["fetal head"]
+    assert kind == "ELLIPSE" and ellipse.shape == (4, 2)
+    kind, contour = points["fetal head contour"]
+    assert kind == "POLYLINE" and contour.shape == (65, 2) and np.array_equal(contour[0], contour[-1])
+    for name, axis in (("biparietal diameter", ellipse[2:]), ("occipital-frontal diameter", ellipse[:2])):
+        kind, line = points[name]
+        assert kind == "POLYLINE" and np.allclose(line, axis, atol=1e-3), name  # the ellipse's axis end points
+    # Every contour point lies on the ellipse the ELLIPSE region describes.
+    centre = ellipse.mean(axis=0)
+    major, minor = ellipse[1] - ellipse[0], ellipse[3] - ellipse[2]
+    a, b = np.linalg.norm(major) / 2, np.linalg.norm(minor) / 2
+    rel = contour - centre
+    u, v = rel @ (major / (2 * a)) / a, rel @ (minor / (2 * b)) / b
+    assert np.allclose(u * u + v * v, 1.0, atol=1e-3)
+    measured = {
+        name: {(str(m.name.value), str(m.name.scheme_designator)): m.value for m in g.get_measurements()}
+        for name, g in groups.items()
+    }
+    hc, bpd, ofd = (
+        (c.value, c.scheme_designator)
+        for c in (fc.HEAD_CIRCUMFERENCE, fc.BIPARIETAL_DIAMETER, fc.OCCIPITAL_FRONTAL_DIAMETER)
+    )
+    assert hc == ("11984-2", "LN")
+    assert measured["fetal head contour"] == {}
+    if summary["hc_mm"] is None:
+        assert hc not in measured["fetal head"] and measured["biparietal diameter"] == {}
+        return
+    assert float(measured["fetal head"][hc]) == pytest.approx(summary["hc_mm"], abs=0.05)
+    assert measured["biparietal diameter"] == {bpd: pytest.approx(summary["bpd_mm"], abs=0.05)}
+    assert measured["occipital-frontal diameter"] == {ofd: pytest.approx(summary["ofd_mm"], abs=0.05)}
+    spacing, _, _ = physical_spacing(source)  # the calibration the node used: (row, column) mm
+    assert spacing is not None
+    dy, dx = spacing
+    for name, key in (("biparietal diameter", bpd), ("occipital-frontal diameter", ofd)):
+        line = points[name][1]
+        assert np.linalg.norm((line[1] - line[0]) * [dx, dy]) == pytest.approx(float(measured[name][key]), abs=0.01)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.sr._concepts_dict import concepts
 
 from fetalnode.config import load_settings
 from fetalnode.orthanc.findings import NOTICE, made_by_fetalnode, read_finding
@@ -172,7 +173,10 @@ def test_each_code_is_what_is_read(normal) -> None:
     missing = with_code(assessment.value, assessment.scheme_designator, "FN9999")
     assert missing["readable"] is False and "AI assessment" in missing["error"]
     hc = fc.HEAD_CIRCUMFERENCE
-    assert with_code(hc.value, hc.scheme_designator, "99999-9")["hc_mm"] is None  # meaning still "Head Circumference"
+    assert (hc.value, hc.scheme_designator) == ("11984-2", "LN")
+    # 11779-6 is "EDD from LMP" (CID 12003), once written as HC: not read as HC, meaning still "Head Circumference".
+    assert with_code(hc.value, hc.scheme_designator, "11779-6")["hc_mm"] is None
+    assert with_code(hc.value, hc.scheme_designator, "99999-9")["hc_mm"] is None
     normal_value = fc.NORMAL
     unknown = with_code(normal_value.value, normal_value.scheme_designator, "12345", where="ConceptCodeSequence")
     assert unknown["readable"] is False and "unknown AI assessment" in unknown["error"]
@@ -180,6 +184,61 @@ def test_each_code_is_what_is_read(normal) -> None:
     assert with_code(observer.value, observer.scheme_designator, "121013")["readable"] is False
     comment = fc.COMMENT
     assert "notice" in with_code(comment.value, comment.scheme_designator, "121107")["error"]
+
+
+def _standard(code) -> tuple[str, list[int]]:
+    """PS3.16 meaning and context groups of a standard code, from pydicom's tables (KeyError if unknown)."""
+    for entry in concepts[str(code.scheme_designator)].values():
+        if str(code.value) in entry:
+            meaning, cids = entry[str(code.value)]
+            return meaning, cids
+    raise KeyError(code)
+
+
+@pytest.mark.parametrize(
+    "code, cid",
+    [
+        (fc.HEAD_CIRCUMFERENCE, 12005),  # Fetal Biometry Measurements
+        (fc.BIPARIETAL_DIAMETER, 12005),
+        (fc.OCCIPITAL_FRONTAL_DIAMETER, 12005),
+        (fc.NORMAL, 222),  # Normality
+        (fc.ABNORMAL, 222),
+        (fc.HEAD_STRUCTURE, 7151),  # Segmentation Property Type
+        (fc.COMMENT, 12101),
+        (fc.FETUS, 271),  # Subject Class
+        (fc.OB_ULTRASOUND, 7000),
+    ],
+)
+def test_standard_codes_are_those_of_their_context_group(code, cid) -> None:
+    meaning, cids = _standard(code)
+    assert cid in cids and str(code.meaning) == meaning
+
+
+def test_malformation_codes_standard_only_where_pydicom_knows_the_concept() -> None:
+    labels = json.loads((MODELS / "fba-classifier" / "configs" / "metadata.json").read_text())["labels"]
+    written = {label: fc.malformation_code(label) for label in labels if label != "normal"}
+    standard = {label: code for label, code in written.items() if code.scheme_designator != fc.SCHEME}
+    assert standard == fc.STANDARD_MALFORMATIONS and set(standard) <= set(labels)
+    assert {str(c.value) for c in standard.values()} == {"1386000"}  # SCT Intracranial hemorrhage
+    for code in standard.values():
+        assert code.scheme_designator == "SCT" and _standard(code)[0] == code.meaning
+    private = [code for code in written.values() if code.scheme_designator == fc.SCHEME]
+    assert all(str(c.value).startswith("FNM") and len(str(c.value)) <= 16 for c in private)
+    assert len({c.value for c in written.values()}) == len(written)
+
+
+def test_a_standard_malformation_code_is_read(abnormal) -> None:
+    sr = dcmread(BytesIO(_encoded(abnormal[1])))
+    [item] = [
+        i
+        for i in content_items(sr)
+        if i.ValueType == "CODE" and i.ConceptNameCodeSequence[0].CodeValue == fc.MALFORMATION_TYPE.value
+    ]
+    value = item.ConceptCodeSequence[0]
+    hemorrhage = fc.malformation_code("intracranial_hemorrhage")
+    value.CodeValue, value.CodingSchemeDesignator, value.CodeMeaning = hemorrhage.value, "SCT", hemorrhage.meaning
+    found = read_finding(sr)
+    assert found["readable"] is True and found["malformation_type"] == "Intracranial hemorrhage (disorder)"
 
 
 def test_another_device_observer_is_not_read(normal) -> None:

@@ -78,3 +78,37 @@ def test_letterbox_round_trip_and_roi_mapping() -> None:
     assert crop.shape == (64, 64)
     full = rc.to_source(np.ones((64, 64), np.float32), img.shape)
     assert full[150, 200] == pytest.approx(1.0) and full[400, 600] == 0.0
+
+
+@pytest.mark.parametrize(
+    "ellipse, spacing, swapped",
+    [
+        (Ellipse(120.2, 80.7, 60.0, 45.0, 30.0), (0.2, 0.2), False),
+        (Ellipse(120.2, 80.7, 60.0, 45.0, 30.0), None, False),
+        # Major axis along rows (0.1 mm), minor along columns (0.3 mm): the minor axis is the longer in mm.
+        (Ellipse(120.2, 80.7, 60.0, 45.0, 90.0), (0.1, 0.3), True),
+    ],
+)
+def test_sr_head_geometry(ellipse: Ellipse, spacing: tuple[float, float] | None, swapped: bool) -> None:
+    """The SR's graphics: ELLIPSE = axis end points, a closed 64-point contour on the ellipse, callipers on the
+    axes biometry measures; all (column, row) with (0, 0) at the top left corner of the top left pixel."""
+    from fetalnode.outputs.report import CONTOUR_POINTS, head_geometry
+
+    g = head_geometry(ellipse, spacing)
+    ends = ellipse.axis_endpoints() + 0.5
+    assert np.array_equal(g.ellipse, ends)
+    major, minor = ends[:2], ends[2:]
+    assert np.array_equal(g.bpd, major if swapped else minor)
+    assert np.array_equal(g.ofd, minor if swapped else major)
+    assert g.contour.shape == (CONTOUR_POINTS + 1, 2) and np.array_equal(g.contour[0], g.contour[-1])
+    t = math.radians(ellipse.angle_deg)
+    dx, dy = g.contour[:, 0] - 0.5 - ellipse.cx, g.contour[:, 1] - 0.5 - ellipse.cy
+    u = (dx * math.cos(t) + dy * math.sin(t)) / ellipse.a
+    v = (-dx * math.sin(t) + dy * math.cos(t)) / ellipse.b
+    assert np.allclose(u * u + v * v, 1.0)
+    if spacing is not None:
+        scale = np.array([spacing[1], spacing[0]])
+        bio = biometry(ellipse, spacing)
+        assert np.linalg.norm((g.bpd[1] - g.bpd[0]) * scale) == pytest.approx(bio.bpd_mm)
+        assert np.linalg.norm((g.ofd[1] - g.ofd[0]) * scale) == pytest.approx(bio.ofd_mm)
+        assert bio.ofd_mm >= bio.bpd_mm

@@ -37,6 +37,17 @@ class Ellipse:
             ]
         )
 
+    def calliper_endpoints(self, spacing_mm: tuple[float, float] | None) -> tuple[np.ndarray, np.ndarray]:
+        """(BPD, OFD) calliper end points, each (2, 2) as (x, y): the minor and the major axis, swapped
+        when anisotropic pixels (``spacing_mm`` as (row, column)) make the minor axis the longer in mm."""
+        ends = self.axis_endpoints()
+        major, minor = ends[:2], ends[2:]
+        if spacing_mm is not None and not _isotropic(spacing_mm):
+            scale = np.array([spacing_mm[1], spacing_mm[0]])
+            if np.linalg.norm((minor[1] - minor[0]) * scale) > np.linalg.norm((major[1] - major[0]) * scale):
+                major, minor = minor, major
+        return minor, major
+
     def box(self) -> tuple[float, float, float, float]:
         """Axis-aligned bounding box (x0, y0, x1, y1)."""
         t = math.radians(self.angle_deg)
@@ -53,6 +64,11 @@ class Ellipse:
         return np.stack(
             [self.cx + x * math.cos(t) - y * math.sin(t), self.cy + x * math.sin(t) + y * math.cos(t)], axis=1
         )
+
+
+def _isotropic(spacing_mm: tuple[float, float]) -> bool:
+    dy, dx = spacing_mm
+    return abs(dx - dy) <= 0.01 * max(dx, dy)
 
 
 def ramanujan_perimeter(a: float, b: float) -> float:
@@ -126,13 +142,13 @@ def biometry(ellipse: Ellipse, spacing_mm: tuple[float, float]) -> Biometry:
     ``spacing_mm`` is (row spacing, column spacing) as in DICOM Pixel Spacing.
     """
     dy, dx = spacing_mm
-    ends = ellipse.axis_endpoints() * np.array([dx, dy])
-    ofd = float(np.linalg.norm(ends[1] - ends[0]))
-    bpd = float(np.linalg.norm(ends[3] - ends[2]))
-    if abs(dx - dy) <= 0.01 * max(dx, dy):
+    scale = np.array([dx, dy])
+    bpd_ends, ofd_ends = ellipse.calliper_endpoints(spacing_mm)
+    ofd = float(np.linalg.norm((ofd_ends[1] - ofd_ends[0]) * scale))
+    bpd = float(np.linalg.norm((bpd_ends[1] - bpd_ends[0]) * scale))
+    if _isotropic(spacing_mm):
         hc = ramanujan_perimeter(ellipse.a, ellipse.b) * (dx + dy) / 2
     else:
-        pts = ellipse.outline() * np.array([dx, dy])
+        pts = ellipse.outline() * scale
         hc = float(np.linalg.norm(np.diff(np.vstack([pts, pts[:1]]), axis=0), axis=1).sum())
-        ofd, bpd = max(ofd, bpd), min(ofd, bpd)
     return Biometry(hc_mm=hc, bpd_mm=bpd, ofd_mm=ofd)

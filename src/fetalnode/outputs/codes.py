@@ -1,8 +1,9 @@
 """Coded concepts of fetalnode reports.
 
-Standard codes where they exist (LOINC fetal biometry of CID 12005, SNOMED CT normal/abnormal,
-DCM); otherwise the private coding scheme ``99FETALNODE``, declared in the Coding Scheme
-Identification Sequence of every report.
+Standard codes where they exist, each checked against pydicom's copy of PS3.16 (``pydicom.sr``
+concept and context group tables): LOINC fetal biometry of CID 12005 Fetal Biometry Measurements,
+SNOMED CT normal/abnormal of CID 222 Normality, head of CID 7151, DCM; otherwise the private coding
+scheme ``99FETALNODE``, declared in the Coding Scheme Identification Sequence of every report.
 
 Importable without torch or highdicom (pydicom only): the Orthanc plugin reads reports by these codes.
 """
@@ -18,18 +19,21 @@ from pydicom.sr.coding import Code
 SCHEME = "99FETALNODE"
 SCHEME_VERSION = "1"
 
-HEAD_CIRCUMFERENCE = Code("11779-6", "LN", "Head Circumference")
-BIPARIETAL_DIAMETER = Code("11820-8", "LN", "Biparietal Diameter")
-OCCIPITAL_FRONTAL_DIAMETER = Code("11851-3", "LN", "Occipital-Frontal Diameter")
+# CID 12005. (11779-6 is "EDD from LMP" of CID 12003 OB-GYN Dates, not a head measurement.)
+HEAD_CIRCUMFERENCE = codes.LN.HeadCircumference  # 11984-2
+BIPARIETAL_DIAMETER = codes.LN.BiparietalDiameter  # 11820-8
+OCCIPITAL_FRONTAL_DIAMETER = codes.LN.OccipitalFrontalDiameter  # 11851-3
 MM = Code("mm", "UCUM", "millimeter")
 PERCENT = Code("%", "UCUM", "percent")
 
-NORMAL = Code("17621005", "SCT", "Normal")
-ABNORMAL = Code("263654008", "SCT", "Abnormal")
-HEAD_STRUCTURE = Code("69536005", "SCT", "Head")
-COMMENT = Code("121106", "DCM", "Comment")
+NORMAL = codes.SCT.Normal  # 17621005, CID 222
+ABNORMAL = codes.SCT.Abnormal  # 263654008, CID 222
+HEAD_STRUCTURE = codes.SCT.Head  # 69536005, CID 7151
+COMMENT = codes.DCM.Comment  # 121106
+# TID 1500 row "Qualitative Evaluations" (not in pydicom's tables: UMLS is not one of its schemes).
 QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
-OB_ULTRASOUND = Code("11525-3", "LN", "US Pelvis Fetus for pregnancy")
+# Procedure Reported (TID 1500, DCID 100 extensible); the meaning is PS3.16's for this LOINC code (CID 7000).
+OB_ULTRASOUND = codes.LN.UltrasoundObstetricAndGynReport  # 11525-3
 
 NOT_ANALYSED = Code("FN0001", SCHEME, "Not analysed: no fetal head found")
 MALFORMATION_TYPE = Code("FN0002", SCHEME, "Malformation type")
@@ -52,8 +56,18 @@ ALGORITHM_VERSION = codes.DCM.AlgorithmVersion
 ALGORITHM_PARAMETERS = codes.DCM.AlgorithmParameters
 
 
+# Classifier labels with a standard concept in pydicom's copy of PS3.16; every other label keeps a
+# private code (no SNOMED CT code is written that could not be checked against a local source).
+STANDARD_MALFORMATIONS: dict[str, Code] = {
+    "intracranial_hemorrhage": codes.SCT.IntracranialHemorrhage,  # 1386000
+}
+
+
 def malformation_code(label: str) -> Code:
-    """Private code of a classifier label: ``FNM`` + 6 hex digits of its SHA-1 (Code Value is SH, 16 chars)."""
+    """Code of a classifier label: the standard concept of :data:`STANDARD_MALFORMATIONS`, else the
+    private ``FNM`` + 6 hex digits of the label's SHA-1 (Code Value is SH, 16 chars)."""
+    if label in STANDARD_MALFORMATIONS:
+        return STANDARD_MALFORMATIONS[label]
     digest = hashlib.sha1(label.encode("utf-8")).hexdigest()[:6].upper()
     return Code(f"FNM{digest}", SCHEME, label.replace("_", " ").capitalize())
 

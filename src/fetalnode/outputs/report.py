@@ -2,11 +2,14 @@
 
 The report lives in the source study, names the algorithm (TID 4019 Algorithm Identification and
 the Contributing Equipment Sequence), carries the finding and malformation type as coded
-qualitative evaluations with their confidence, the head biometry in mm, and the head ellipse as
-an image region on the source image.
+qualitative evaluations with their confidence, the head biometry in mm, and the head on the
+source image: the fitted ELLIPSE (exact geometry), the same ellipse as a closed POLYLINE, and the
+BPD and OFD calliper lines as open POLYLINEs, each a TID 1410 planar ROI group of its own.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import highdicom as hd
 import numpy as np
@@ -17,6 +20,8 @@ from pydicom.sr.coding import Code
 from fetalnode import RESEARCH_NOTICE
 from fetalnode.errors import EncodingError
 from fetalnode.inference import AnalysisResult
+from fetalnode.inference.ellipse import Ellipse
+from fetalnode.intake import DecodedImage
 from fetalnode.outputs import codes as fc
 from fetalnode.outputs.common import identity
 from fetalnode.outputs.registry import OutputContext, register_output
@@ -37,41 +42,78 @@ def _algorithm(result: AnalysisResult) -> hd.sr.AlgorithmIdentification:
     )
 
 
-def _measurement_group(
-    source: Dataset, result: AnalysisResult, frame_number: int | None, sr_instance_uid: str
-) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations | hd.sr.MeasurementsAndQualitativeEvaluations:
-    algorithm = _algorithm(result)
-    tracking = hd.sr.TrackingIdentifier(uid=derive_uid("tracking", sr_instance_uid), identifier="fetal head")
-    source_image = hd.sr.SourceImageForMeasurementGroup(
-        referenced_sop_class_uid=source.SOPClassUID,
-        referenced_sop_instance_uid=source.SOPInstanceUID,
-        referenced_frame_numbers=[frame_number] if frame_number else None,
+CONTOUR_POINTS = 64  # points of the closed head contour, the first repeated at the end
+
+
+@dataclass(frozen=True)
+class HeadGeometry:
+    """SCOORD Graphic Data of the head, (column, row) in image pixel units.
+
+    PS3.3 C.18.6.1.1 and highdicom: (0.0, 0.0) is the top left corner of the top left pixel, so the
+    centre of pixel (i, j) of the analysis (0-based, centres at integers) is (i + 0.5, j + 0.5).
+    """
+
+    ellipse: np.ndarray  # ELLIPSE: major-axis then minor-axis end points, (4, 2)
+    contour: np.ndarray  # closed POLYLINE on the ellipse, (CONTOUR_POINTS + 1, 2)
+    bpd: np.ndarray  # open POLYLINE, (2, 2)
+    ofd: np.ndarray  # open POLYLINE, (2, 2)
+
+
+def head_geometry(ellipse: Ellipse, spacing_mm: tuple[float, float] | None) -> HeadGeometry:
+    """The head's graphics; the callipers are the axes :func:`~fetalnode.inference.ellipse.biometry` measures."""
+    bpd, ofd = ellipse.calliper_endpoints(spacing_mm)
+    outline = ellipse.outline(CONTOUR_POINTS)
+    return HeadGeometry(
+        ellipse=ellipse.axis_endpoints() + 0.5,
+        contour=np.vstack([outline, outline[:1]]) + 0.5,
+        bpd=bpd + 0.5,
+        ofd=ofd + 0.5,
     )
-    if not result.analysed or result.ellipse is None:
-        return hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=tracking,
-            finding_type=fc.HEAD_STRUCTURE,
-            algorithm_id=algorithm,
-            source_images=[source_image],
-            qualitative_evaluations=[hd.sr.QualitativeEvaluation(fc.AI_ASSESSMENT, fc.NOT_ANALYSED)],
+
+
+def _measurement_groups(
+    source: Dataset, result: AnalysisResult, decoded: DecodedImage, sr_instance_uid: str
+) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations | hd.sr.MeasurementsAndQualitativeEvaluations]:
+    """The head group (TID 1410 with the ELLIPSE, or TID 1501 when no head was found), then the
+    contour and calliper groups (TID 1410, POLYLINE) that viewers drawing only polylines can show."""
+    algorithm = _algorithm(result)
+    frame_number = decoded.frame_number
+
+    def tracking(kind: str, identifier: str) -> hd.sr.TrackingIdentifier:
+        return hd.sr.TrackingIdentifier(uid=derive_uid(kind, sr_instance_uid), identifier=identifier)
+
+    def region(graphic_type: hd.sr.GraphicTypeValues, data: np.ndarray) -> hd.sr.ImageRegion:
+        return hd.sr.ImageRegion(
+            graphic_type=graphic_type,
+            graphic_data=data,
+            source_image=hd.sr.SourceImageForRegion(
+                referenced_sop_class_uid=source.SOPClassUID,
+                referenced_sop_instance_uid=source.SOPInstanceUID,
+                referenced_frame_numbers=[frame_number] if frame_number else None,
+            ),
         )
-    region = hd.sr.ImageRegion(
-        graphic_type=hd.sr.GraphicTypeValues.ELLIPSE,
-        graphic_data=result.ellipse.axis_endpoints().astype(np.float64) + 1.0,  # DICOM pixel coords start at 1
-        source_image=hd.sr.SourceImageForRegion(
+
+    def mm(code: Code, value: float) -> hd.sr.Measurement:
+        return hd.sr.Measurement(name=code, value=round(value, 2), unit=fc.MM, algorithm_id=algorithm)
+
+    if not result.analysed or result.ellipse is None:
+        source_image = hd.sr.SourceImageForMeasurementGroup(
             referenced_sop_class_uid=source.SOPClassUID,
             referenced_sop_instance_uid=source.SOPInstanceUID,
             referenced_frame_numbers=[frame_number] if frame_number else None,
-        ),
-    )
-    measurements = []
-    if result.biometry is not None:
-        for code, value in (
-            (fc.HEAD_CIRCUMFERENCE, result.biometry.hc_mm),
-            (fc.BIPARIETAL_DIAMETER, result.biometry.bpd_mm),
-            (fc.OCCIPITAL_FRONTAL_DIAMETER, result.biometry.ofd_mm),
-        ):
-            measurements.append(hd.sr.Measurement(name=code, value=round(value, 2), unit=fc.MM, algorithm_id=algorithm))
+        )
+        return [
+            hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=tracking("tracking", "fetal head"),
+                finding_type=fc.HEAD_STRUCTURE,
+                algorithm_id=algorithm,
+                source_images=[source_image],
+                qualitative_evaluations=[hd.sr.QualitativeEvaluation(fc.AI_ASSESSMENT, fc.NOT_ANALYSED)],
+            )
+        ]
+    geometry = head_geometry(result.ellipse, decoded.spacing_mm)
+    bio = result.biometry
+    measurements = [mm(fc.HEAD_CIRCUMFERENCE, bio.hc_mm)] if bio is not None else []
     measurements.append(
         hd.sr.Measurement(
             name=fc.FINDING_CONFIDENCE, value=round(100 * result.confidence, 2), unit=fc.PERCENT, algorithm_id=algorithm
@@ -92,14 +134,32 @@ def _measurement_group(
                 algorithm_id=algorithm,
             )
         )
-    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=tracking,
-        referenced_region=region,
-        finding_type=fc.HEAD_STRUCTURE,
-        algorithm_id=algorithm,
-        measurements=measurements,
-        qualitative_evaluations=evaluations,
-    )
+    polyline = hd.sr.GraphicTypeValues.POLYLINE
+    groups = [
+        (tracking("tracking", "fetal head"), region(hd.sr.GraphicTypeValues.ELLIPSE, geometry.ellipse), measurements),
+        (tracking("tracking-contour", "fetal head contour"), region(polyline, geometry.contour), []),
+        (
+            tracking("tracking-bpd", "biparietal diameter"),
+            region(polyline, geometry.bpd),
+            [mm(fc.BIPARIETAL_DIAMETER, bio.bpd_mm)] if bio is not None else [],
+        ),
+        (
+            tracking("tracking-ofd", "occipital-frontal diameter"),
+            region(polyline, geometry.ofd),
+            [mm(fc.OCCIPITAL_FRONTAL_DIAMETER, bio.ofd_mm)] if bio is not None else [],
+        ),
+    ]
+    return [
+        hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking_id,
+            referenced_region=roi,
+            finding_type=fc.HEAD_STRUCTURE,
+            algorithm_id=algorithm,
+            measurements=values or None,
+            qualitative_evaluations=evaluations if i == 0 else None,
+        )
+        for i, (tracking_id, roi, values) in enumerate(groups)
+    ]
 
 
 def report_comments(result: AnalysisResult, frame_number: int | None, n_frames: int, spacing_source: str) -> list[str]:
@@ -142,11 +202,10 @@ def build_report(ctx: OutputContext) -> hd.sr.Comprehensive3DSR:
                 subject_class_specific_context=hd.sr.SubjectContextFetus(subject_id="1"),
             ),
         )
-        group = _measurement_group(source, result, frame_number, ctx.uids.instance)
         report = hd.sr.MeasurementReport(
             observation_context=observation,
             procedure_reported=fc.OB_ULTRASOUND,
-            imaging_measurements=[group],
+            imaging_measurements=_measurement_groups(source, result, decoded, ctx.uids.instance),
         )
         container = hd.sr.ContainerContentItem(
             name=fc.QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
