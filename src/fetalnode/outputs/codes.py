@@ -79,3 +79,18 @@ def coding_scheme_identification() -> Dataset:
     item.CodingSchemeVersion = SCHEME_VERSION
     item.CodingSchemeResponsibleOrganization = "fetalnode project"
     return item
+
+
+# TID 5000 OB-GYN report
+# Each code below is in pydicom's PS3.16 tables (``pydicom.sr._concepts_dict``); the CID named is where
+# pydicom lists it ("no CID": a DCM concept used as an enumerated value in the template row).
+OBGYN_REPORT = codes.DCM.OBGYNUltrasoundProcedureReport  # (125000, DCM), CID 12024 document titles; TID 5000 row 1
+SUMMARY = codes.DCM.Summary  # (121111, DCM), no CID; TID 5002 row 1
+FETAL_BIOMETRY = codes.DCM.FetalBiometry  # (125002, DCM), no CID; TID 5005 row 1
+BIOMETRY_GROUP = codes.DCM.BiometryGroup  # (125005, DCM), no CID; TID 5008 row 1
+SUBJECT_ID = codes.DCM.SubjectID  # (121030, DCM), no CID; TID 1008 (as highdicom's SubjectContextFetus writes it)
+# HC, BPD, OFD (CID 12005 Fetal Biometry Measurements): the constants at the top of this module.
+GESTATIONAL_AGE = codes.LN.GestationalAge  # (18185-9, LN, "Gestational Age"), CID 12019; TID 5008 derived row
+EQUATION = codes.DCM.Equation  # (121420, DCM, "Equation"), CID 228 Equation or Table
+HC_HADLOCK_1984 = codes.LN.HCHadlock1984  # (11932-1, LN, "HC, Hadlock 1984"), CIDs 12012, 12013
+WEEK = codes.UCUM.Week  # (wk, UCUM, "week"), CIDs 6046, 7456
