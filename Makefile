@@ -4,11 +4,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 APT_PKGS := orthanc orthanc-webviewer orthanc-python orthanc-dicomweb dcmtk dicom3tools fonts-dejavu-core chromium chromium-driver openssl rabbitmq-server
+OHIF_VERSION := 3.13.2
+OHIF := .ohif/package/dist/index.html
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test test-unit deps apt lint typecheck clean
 
-deps: apt $(STAMP)
+deps: apt $(STAMP) $(OHIF)
 
 apt:
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -22,6 +24,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
 	@touch $(STAMP)
+
+# The OHIF viewer the demo's Orthanc serves at /ohif/: the prebuilt `dist/` of npm's @ohif/app, unpacked
+# from its tarball (its dependencies are bundled in it; ~50 MB download, ~210 MB unpacked; never committed).
+$(OHIF):
+	@command -v npm >/dev/null || { echo "npm is needed to fetch the OHIF viewer (@ohif/app)"; exit 1; }
+	rm -rf .ohif && mkdir -p .ohif
+	npm pack --silent --pack-destination .ohif @ohif/app@$(OHIF_VERSION) >/dev/null
+	tar -xzf .ohif/ohif-app-$(OHIF_VERSION).tgz -C .ohif && rm .ohif/ohif-app-$(OHIF_VERSION).tgz
+	@touch $@
 
 demo: deps
 	$(PY) -m harness.demo $(if $(DEMO_EXIT),--exit,)

@@ -32,7 +32,7 @@ def run_demo(samples: Path, run_dir: Path | None, exit_after: bool) -> int:
         raise HarnessError(f"no sample DICOM files in {samples}")
     run_dir = (run_dir or ROOT / ".run" / datetime.now().strftime("demo-%Y%m%d-%H%M%S")).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    orthanc = OrthancProcess(run_dir / "orthanc", fetalnode_plugin=True).start()
+    orthanc = OrthancProcess(run_dir / "orthanc", ohif=True).start()
     try:
         node = prepare_node(run_dir, orthanc, node__station_name="fetalnode-demo", source_to_orthanc=True)
         try:
@@ -63,11 +63,12 @@ def send_and_report(node: NodeProcess, orthanc: OrthancProcess, files: list[Path
     with contextlib.suppress(TimeoutError):  # the table shows what did not finish
         wait_for(finished, 600, "the samples' jobs", interval=0.5)
     print_table(node.jobs, expected, orthanc)
+    print_ohif_links(files, orthanc)
     ok = {j.sop_uid for j in node.jobs.jobs() if j.state == "delivered"} >= set(expected)
     print(
         f"\nOrthanc Explorer: {orthanc.url}/app/explorer.html  (user {orthanc.username}, password in "
         f"{node.settings.orthanc.password_file})\nTriage list: {orthanc.url}/fetalnode/triage   findings JSON: "
-        f"{orthanc.url}/fetalnode/findings\nNode log: {node.log}   audit: {node.data_dir / 'audit.jsonl'}"
+        f"{orthanc.url}/fetalnode/findings\nOHIF study list: {orthanc.url}/ohif/\nNode log: {node.log}   audit: {node.data_dir / 'audit.jsonl'}"
     )
     print(f"{RESEARCH_NOTICE}.")
     if exit_after:
@@ -93,6 +94,16 @@ def print_table(jobs: JobStore, expected: dict[str, str], orthanc: OrthancProces
     widths = [max(len(str(row[i])) for row in rows) for i in range(5)]
     for row in rows:
         print("  ".join(str(c).ljust(w) for c, w in zip(row[:5], widths, strict=True)) + "  " + row[5])
+
+
+def print_ohif_links(files: list[Path], orthanc: OrthancProcess) -> None:
+    """One OHIF link per study of ``files`` (the ultrasound image with fetalnode's report and heatmap series)."""
+    studies: dict[str, list[str]] = {}
+    for f in files:
+        studies.setdefault(str(dcmread(f, stop_before_pixels=True).StudyInstanceUID), []).append(f.name)
+    print("\nOHIF viewer, one study each (image, fetalnode report and heatmap series):")
+    for uid, names in sorted(studies.items(), key=lambda item: item[1]):
+        print(f"  {', '.join(names)}: {orthanc.ohif_study_url(uid)}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,6 +29,8 @@ from harness.processes import HarnessError, spawn, stop_process
 PLUGIN_DIR = Path("/usr/share/orthanc/plugins")
 DICOMWEB_ROOT = "/dicom-web/"
 READ_ONLY_SCRIPT = Path(__file__).resolve().parent / "orthanc_read_only.py"
+# The prebuilt OHIF viewer `make deps` unpacks from npm (@ohif/app; never committed).
+OHIF_DIST = Path(__file__).resolve().parents[1] / ".ohif" / "package" / "dist"
 
 
 def fetalnode_orthanc_dir() -> Path:
@@ -74,6 +76,7 @@ class OrthancProcess:
     webviewer: bool = True
     fetalnode_plugin: bool = False
     dicomweb: bool = False
+    ohif: bool = False  # the OHIF viewer at /ohif/ (implies dicomweb and fetalnode_plugin)
     read_only_users: dict[str, str] = field(default_factory=dict)
     options: dict[str, object] = field(default_factory=dict)  # further Orthanc settings, over the harness's
     _proc: subprocess.Popen[bytes] | None = None
@@ -86,6 +89,14 @@ class OrthancProcess:
     def dicomweb_url(self) -> str:
         """The DICOMweb root (STOW-RS ``/studies``, QIDO-RS, WADO-RS) when ``dicomweb`` is on."""
         return self.url + DICOMWEB_ROOT.rstrip("/")
+
+    def __post_init__(self) -> None:
+        if self.ohif:
+            self.dicomweb = self.fetalnode_plugin = True
+
+    def ohif_study_url(self, study_uid: str) -> str:
+        """OHIF's viewer on one study (OHIF 3: ``/viewer?StudyInstanceUIDs=``)."""
+        return f"{self.url}/ohif/viewer?StudyInstanceUIDs={study_uid}"
 
     def write_password_file(self, path: Path) -> Path:
         """Write the password (mode 600) for a node's ``orthanc.password_file``."""
@@ -112,12 +123,13 @@ class OrthancProcess:
                 )
             plugins.append(str(python))
         if self.fetalnode_plugin:
-            extra = {
-                "PythonScript": str(plugin_script()),
-                "PythonVerbose": False,
-                # The plugin runs in Debian's embedded Python: where to find fetalnode and pydicom.
-                "Fetalnode": {"SysPath": plugin_sys_path()},
-            }
+            # The plugin runs in Debian's embedded Python: where to find fetalnode and pydicom.
+            fetalnode: dict[str, object] = {"SysPath": plugin_sys_path()}
+            if self.ohif:
+                if not (OHIF_DIST / "index.html").is_file():
+                    raise HarnessError(f"the OHIF viewer is not installed in {OHIF_DIST}; run `make deps`")
+                fetalnode["OhifRoot"] = str(OHIF_DIST)
+            extra = {"PythonScript": str(plugin_script()), "PythonVerbose": False, "Fetalnode": fetalnode}
         if self.read_only_users:
             extra = {
                 "PythonScript": str(READ_ONLY_SCRIPT),

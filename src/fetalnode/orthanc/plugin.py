@@ -9,7 +9,9 @@ Python, not in the venv. What it adds, all under Orthanc's own HTTP server and a
   Orthanc holds, newest first, as JSON (documented in docs/operations.md);
 - ``GET /fetalnode/triage``: the triage list page (abnormal first when sorted by finding, sortable
   by confidence, refreshes itself);
-- a "Fetal AI" panel on the study, series and instance pages of Orthanc Explorer.
+- a "Fetal AI" panel on the study, series and instance pages of Orthanc Explorer;
+- the OHIF viewer at ``/ohif/`` when ``"Fetalnode": {"OhifRoot": ".../@ohif/app/dist"}`` names a
+  prebuilt OHIF (``ohif.py``; it reads studies through the DICOMweb plugin).
 
 fetalnode's SR and SC are recognised by the Device UID this software writes in their Contributing
 Equipment Sequence (``findings.made_by_fetalnode``), never by the configurable Manufacturer; the
@@ -31,12 +33,14 @@ from typing import Any
 import orthanc  # type: ignore[import-not-found]  # provided by Orthanc's Python plugin
 
 HERE = Path(__file__).resolve().parent
-for entry in reversed(json.loads(orthanc.GetConfiguration()).get("Fetalnode", {}).get("SysPath", [])):
+CONFIG = json.loads(orthanc.GetConfiguration()).get("Fetalnode", {})
+for entry in reversed(CONFIG.get("SysPath", [])):
     if entry not in sys.path:
         sys.path.insert(0, entry)
 
 from pydicom import dcmread  # noqa: E402
 
+from fetalnode.orthanc import ohif  # noqa: E402
 from fetalnode.orthanc.findings import NOTICE, made_by_fetalnode, read_finding  # noqa: E402
 
 _lock = threading.Lock()
@@ -188,4 +192,8 @@ orthanc.RegisterRestCallback("/fetalnode/findings", on_findings)
 orthanc.RegisterRestCallback("/fetalnode/triage", on_triage)
 orthanc.RegisterOnChangeCallback(on_change)
 orthanc.ExtendOrthancExplorer((HERE / "explorer.js").read_text(encoding="utf-8"))
-orthanc.LogWarning("fetalnode plugin loaded: /fetalnode/findings, /fetalnode/triage, Orthanc Explorer panel")
+routes = "/fetalnode/findings, /fetalnode/triage, Orthanc Explorer panel"
+if CONFIG.get("OhifRoot"):
+    ohif.register(orthanc, Path(CONFIG["OhifRoot"]))
+    routes += f", OHIF at {ohif.PREFIX}/ from {CONFIG['OhifRoot']}"
+orthanc.LogWarning(f"fetalnode plugin loaded: {routes}")
