@@ -8,8 +8,6 @@ and fetalnode's report and heatmap series listed. OHIF draws with WebGL: Chromiu
 
 from __future__ import annotations
 
-import base64
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from pydicom import dcmread
 from harness.node import ROOT
 from harness.orthanc import OHIF_DIST, OrthancProcess
 from harness.processes import wait_for
+from tests.browser.conftest import chromium
 from tests.conftest import SAMPLES, need, send
 
 pytestmark = pytest.mark.e2e
@@ -52,33 +51,10 @@ def ohif_orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancPr
 
 @pytest.fixture
 def browser(ohif_orthanc: OrthancProcess, tmp_path: Path) -> Iterator[object]:
-    need("chromium")
-    need("chromedriver")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium") or "chromium"
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--use-angle=swiftshader",  # WebGL without a GPU
-        "--enable-unsafe-swiftshader",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--window-size=1400,900",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}",
-    ):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver") or "chromedriver"))
-    token = base64.b64encode(f"{ohif_orthanc.username}:{ohif_orthanc.password}".encode()).decode()
-    driver.execute_cdp_cmd("Network.enable", {})
-    driver.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {"Authorization": f"Basic {token}"}})
-    yield driver
-    driver.quit()
+    # WebGL without a GPU: SwiftShader
+    flags = ("--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--window-size=1400,900")
+    with chromium(ohif_orthanc, tmp_path / "chromium-profile", *flags, console_log=True) as driver:
+        yield driver
 
 
 def page_text(driver: object) -> str:

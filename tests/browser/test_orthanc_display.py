@@ -7,8 +7,6 @@ Chromium and chromedriver are Debian's; the Basic auth header goes through the D
 
 from __future__ import annotations
 
-import base64
-import shutil
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
@@ -23,6 +21,7 @@ from fetalnode.outputs.uids import DEVICE_UID
 from harness.node import ROOT
 from harness.orthanc import OrthancProcess
 from harness.processes import wait_for
+from tests.browser.conftest import chromium
 from tests.conftest import SAMPLES, need, send
 
 pytestmark = pytest.mark.e2e
@@ -43,31 +42,9 @@ def display_orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthan
 
 @pytest.fixture
 def browser(display_orthanc: OrthancProcess, tmp_path: Path) -> Iterator[object]:
-    need("chromium")
-    need("chromedriver")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium") or "chromium"
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--window-size=1280,1600",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver") or "chromedriver"))
-    token = base64.b64encode(f"{display_orthanc.username}:{display_orthanc.password}".encode()).decode()
-    driver.execute_cdp_cmd("Network.enable", {})
-    driver.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {"Authorization": f"Basic {token}"}})
-    yield driver
-    driver.quit()
+    flags = ("--disable-gpu", "--window-size=1280,1600")
+    with chromium(display_orthanc, tmp_path / "chromium-profile", *flags) as driver:
+        yield driver
 
 
 def rest(orthanc: OrthancProcess, method: str, uri: str, **kw: object) -> object:

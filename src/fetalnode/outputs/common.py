@@ -44,3 +44,16 @@ def identity(ctx: OutputContext, series_number: int) -> dict[str, Any]:
             )
         ],
     }
+
+
+def report_kwargs(ctx: OutputContext, series_number: int) -> dict[str, Any]:
+    """Keyword arguments of highdicom's SR constructors for a fetalnode report: the source as evidence,
+    preliminary / complete / unverified (IHE AI Results), the institution, and :func:`identity`."""
+    return {
+        "evidence": [ctx.source],
+        "institution_name": ctx.settings.institution_name or None,
+        "is_complete": True,
+        "is_final": False,
+        "is_verified": False,
+        **identity(ctx, series_number),
+    }

@@ -37,7 +37,7 @@ from fetalnode.errors import EncodingError
 from fetalnode.inference import AnalysisResult
 from fetalnode.orthanc.findings import hadlock_ga_weeks
 from fetalnode.outputs import codes as fc
-from fetalnode.outputs.common import identity
+from fetalnode.outputs.common import report_kwargs
 from fetalnode.outputs.registry import OutputContext, register_output
 from fetalnode.outputs.report import _algorithm, report_comments  # the same TID 4019 and comments as `sr`
 from fetalnode.outputs.uids import DEVICE_UID
@@ -129,7 +129,7 @@ def _fetal_biometry_section(result: AnalysisResult) -> hd.sr.ContainerContentIte
 @register_output("obsr", applications=["fetal-head"])
 def build_obgyn_report(ctx: OutputContext) -> hd.sr.ComprehensiveSR:
     """Build the OB-GYN report; raises :class:`EncodingError` with the reason if highdicom refuses it."""
-    source, result, decoded = ctx.source, ctx.analysis.result, ctx.analysis.decoded
+    result, decoded = ctx.analysis.result, ctx.analysis.decoded
     try:
         observation = hd.sr.ObservationContext(
             observer_device_context=hd.sr.ObserverContext(
@@ -161,13 +161,8 @@ def build_obgyn_report(ctx: OutputContext) -> hd.sr.ComprehensiveSR:
             ]
         )
         sr = hd.sr.ComprehensiveSR(
-            evidence=[source],
             content=root,
-            institution_name=ctx.settings.institution_name or None,
-            is_complete=True,
-            is_final=False,
-            is_verified=False,
-            **identity(ctx, series_number=SERIES_NUMBER),
+            **report_kwargs(ctx, series_number=SERIES_NUMBER),
         )
     except (ValueError, TypeError, AttributeError) as exc:
         raise EncodingError(f"OB-GYN report could not be built: {exc}") from exc

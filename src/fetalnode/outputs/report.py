@@ -23,7 +23,7 @@ from fetalnode.inference import AnalysisResult
 from fetalnode.inference.ellipse import Ellipse
 from fetalnode.intake import DecodedImage
 from fetalnode.outputs import codes as fc
-from fetalnode.outputs.common import identity
+from fetalnode.outputs.common import report_kwargs
 from fetalnode.outputs.registry import OutputContext, register_output
 from fetalnode.outputs.uids import DEVICE_UID, derive_uid
 
@@ -218,13 +218,8 @@ def build_report(ctx: OutputContext) -> hd.sr.Comprehensive3DSR:
         )
         report[0].ContentSequence.append(container)
         sr = hd.sr.Comprehensive3DSR(
-            evidence=[source],
             content=report[0],
-            institution_name=ctx.settings.institution_name or None,
-            is_complete=True,
-            is_final=False,
-            is_verified=False,
-            **identity(ctx, series_number=9101),
+            **report_kwargs(ctx, series_number=9101),
         )
     except (ValueError, TypeError, AttributeError) as exc:
         raise EncodingError(f"SR could not be built: {exc}") from exc
