@@ -57,3 +57,13 @@ def report_kwargs(ctx: OutputContext, series_number: int) -> dict[str, Any]:
         "is_verified": False,
         **identity(ctx, series_number),
     }
+
+
+def device_observer(ctx: OutputContext) -> hd.sr.ObserverContext:
+    """TID 1002/1004: the node as the SR's observer (Device Observer UID = the Device UID readers look for)."""
+    return hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=DEVICE_UID, name="fetalnode", manufacturer_name=ctx.settings.manufacturer, model_name="fetalnode"
+        ),
+    )

@@ -30,17 +30,15 @@ is in no table available here and is not used.
 from __future__ import annotations
 
 import highdicom as hd
-from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from fetalnode.errors import EncodingError
 from fetalnode.inference import AnalysisResult
 from fetalnode.orthanc.findings import hadlock_ga_weeks
 from fetalnode.outputs import codes as fc
-from fetalnode.outputs.common import report_kwargs
+from fetalnode.outputs.common import device_observer, report_kwargs
 from fetalnode.outputs.registry import OutputContext, register_output
 from fetalnode.outputs.report import _algorithm, report_comments  # the same TID 4019 and comments as `sr`
-from fetalnode.outputs.uids import DEVICE_UID
 
 SERIES_NUMBER = 9105
 # Digits written: mm to 0.01 (as the TID 1500 report), weeks to 0.01 (about 0.1 day).
@@ -132,15 +130,7 @@ def build_obgyn_report(ctx: OutputContext) -> hd.sr.ComprehensiveSR:
     result, decoded = ctx.analysis.result, ctx.analysis.decoded
     try:
         observation = hd.sr.ObservationContext(
-            observer_device_context=hd.sr.ObserverContext(
-                observer_type=codes.DCM.Device,
-                observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-                    uid=DEVICE_UID,
-                    name="fetalnode",
-                    manufacturer_name=ctx.settings.manufacturer,
-                    model_name="fetalnode",
-                ),
-            ),
+            observer_device_context=device_observer(ctx),
         )
         summary = _container(
             fc.SUMMARY,

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from fetalnode import RESEARCH_NOTICE
@@ -23,9 +22,9 @@ from fetalnode.inference import AnalysisResult
 from fetalnode.inference.ellipse import Ellipse
 from fetalnode.intake import DecodedImage
 from fetalnode.outputs import codes as fc
-from fetalnode.outputs.common import report_kwargs
+from fetalnode.outputs.common import device_observer, report_kwargs
 from fetalnode.outputs.registry import OutputContext, register_output
-from fetalnode.outputs.uids import DEVICE_UID, derive_uid
+from fetalnode.outputs.uids import derive_uid
 
 
 def _text(name: Code, value: str) -> hd.sr.TextContentItem:
@@ -185,18 +184,10 @@ def report_comments(result: AnalysisResult, frame_number: int | None, n_frames: 
 def build_report(ctx: OutputContext) -> hd.sr.Comprehensive3DSR:
     """Build the SR; raises :class:`EncodingError` with the reason if highdicom refuses the content."""
     source, result, decoded = ctx.source, ctx.analysis.result, ctx.analysis.decoded
-    frame_number, manufacturer = decoded.frame_number, ctx.settings.manufacturer
+    frame_number = decoded.frame_number
     try:
         observation = hd.sr.ObservationContext(
-            observer_device_context=hd.sr.ObserverContext(
-                observer_type=codes.DCM.Device,
-                observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-                    uid=DEVICE_UID,
-                    name="fetalnode",
-                    manufacturer_name=manufacturer,
-                    model_name="fetalnode",
-                ),
-            ),
+            observer_device_context=device_observer(ctx),
             subject_context=hd.sr.SubjectContext(
                 subject_class=fc.FETUS,
                 subject_class_specific_context=hd.sr.SubjectContextFetus(subject_id="1"),
