@@ -89,6 +89,6 @@ def enabled_writers(names: Sequence[str], application: str) -> list[OutputWriter
 
 def _load_builtin() -> Any:
     # The built-in writers register themselves on import (highdicom is imported only here).
-    from fetalnode.outputs import capture, report
+    from fetalnode.outputs import capture, presentation, report
 
-    return capture, report
+    return capture, presentation, report
