@@ -89,6 +89,6 @@ def enabled_writers(names: Sequence[str], application: str) -> list[OutputWriter
 
 def _load_builtin() -> Any:
     # The built-in writers register themselves on import (highdicom is imported only here).
-    from fetalnode.outputs import capture, obgyn, report, segmentation
+    from fetalnode.outputs import capture, obgyn, presentation, report, segmentation
 
-    return capture, obgyn, report, segmentation
+    return capture, obgyn, presentation, report, segmentation

@@ -1,0 +1,196 @@
+"""Softcopy Presentation State over the source image: the head contour, the callipers and the result.
+
+A viewer that applies this object draws, on the analysed image (and frame), one graphic layer
+``FETALNODE``: the fitted head ellipse as a closed POLYLINE, the OFD (major axis) and BPD (minor
+axis) callipers as open POLYLINEs, and a text box with the biometry, the finding and the research
+notice (PS3.3 C.10.5 Graphic Annotation, C.10.7 Graphic Layer). The source pixels are untouched.
+
+Grayscale sources (MONOCHROME1/2) get a Grayscale Softcopy Presentation State (PS3.3 A.33.1); colour
+sources (RGB, YBR_*, PALETTE COLOR) a Color Softcopy Presentation State (PS3.3 A.33.2), whose
+pipeline (PS3.4 N.2) applies the image's palette to indexed colour before the ICC profile.
+
+Coordinates are PIXEL units (PS3.3 C.10.5.1.2): sub-pixel, (0.0, 0.0) is the top left hand corner
+of the top left pixel, so the centre of the first pixel is (0.5, 0.5). The analysis works in array
+coordinates with pixel centres at integers (:class:`~fetalnode.inference.ellipse.Ellipse`), hence
+``+ 0.5``. Points are clipped to the image (highdicom and the standard allow nothing outside it).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import highdicom as hd
+import numpy as np
+from PIL import ImageCms
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+
+from fetalnode import RESEARCH_NOTICE, __version__
+from fetalnode.errors import EncodingError
+from fetalnode.inference import AnalysisResult
+from fetalnode.inference.ellipse import Ellipse
+from fetalnode.outputs.common import identity
+from fetalnode.outputs.registry import OutputContext, register_output
+
+LAYER = "FETALNODE"
+CONTENT_LABEL = "FETALNODE_AI"
+CONTOUR_POINTS = 72  # every 5 degrees; the closed polyline repeats the first point (73 points)
+PIXEL_CENTRE = 0.5  # array index -> PIXEL units (PS3.3 C.10.5.1.2)
+GRAYSCALE = frozenset({"MONOCHROME1", "MONOCHROME2"})
+_SAMPLES_PER_PIXEL = 0x00280002
+_PIXEL_DATA = 0x7FE00010
+
+
+def annotation_lines(result: AnalysisResult) -> list[str]:
+    """What the text annotation says, the research notice last."""
+    if not result.analysed or result.ellipse is None:
+        reason = result.reason or "not analysed: no fetal head found"
+        return [reason[:1].upper() + reason[1:], RESEARCH_NOTICE]
+    lines = []
+    if result.biometry is not None:
+        bio = result.biometry
+        lines.append(f"HC {bio.hc_mm:.1f} mm  BPD {bio.bpd_mm:.1f} mm  OFD {bio.ofd_mm:.1f} mm")
+    else:
+        lines.append(f"No measurement in mm: {result.measurement_note or 'no calibration'}")
+    finding = f"AI finding: {result.finding}"
+    if result.finding == "abnormal":
+        finding += f" (suspected {result.malformation_type.replace('_', ' ')})"
+    lines.append(f"{finding}, confidence {100 * result.confidence:.0f}%")
+    lines.append(RESEARCH_NOTICE)
+    return lines
+
+
+def _pixel_units(points: np.ndarray, rows: int, columns: int) -> np.ndarray:
+    shifted = np.asarray(points, dtype=np.float64) + PIXEL_CENTRE
+    return np.column_stack([np.clip(shifted[:, 0], 0.0, columns), np.clip(shifted[:, 1], 0.0, rows)])
+
+
+def head_graphics(ellipse: Ellipse, rows: int, columns: int) -> list[hd.pr.GraphicObject]:
+    """Closed head contour, then the OFD (major axis) and BPD (minor axis) calliper lines."""
+    outline = ellipse.outline(CONTOUR_POINTS)
+    contour = _pixel_units(np.vstack([outline, outline[:1]]), rows, columns)
+    ends = _pixel_units(ellipse.axis_endpoints(), rows, columns)
+    polyline = hd.pr.GraphicTypeValues.POLYLINE
+    pixel = hd.pr.AnnotationUnitsValues.PIXEL
+    return [
+        hd.pr.GraphicObject(graphic_type=polyline, graphic_data=contour, units=pixel),
+        hd.pr.GraphicObject(graphic_type=polyline, graphic_data=ends[0:2], units=pixel),
+        hd.pr.GraphicObject(graphic_type=polyline, graphic_data=ends[2:4], units=pixel),
+    ]
+
+
+def _text(lines: list[str]) -> hd.pr.TextObject:
+    # DISPLAY units keep the box on screen whatever the zoom; ST allows CR LF between lines.
+    return hd.pr.TextObject(
+        text_value="\r\n".join(lines)[:1024],
+        units=hd.pr.AnnotationUnitsValues.DISPLAY,
+        bounding_box=(0.02, 0.02, 0.98, 0.2),
+        text_justification=hd.pr.TextJustificationValues.LEFT,
+    )
+
+
+def _reference(source: Dataset, grayscale: bool) -> Dataset:
+    """The source header (no pixels) as highdicom's Presentation State constructors accept it.
+
+    Only UIDs, study attributes, matrix size and grey-scale LUTs are read from it; the source itself is
+    not changed. Two departures, both for highdicom rather than DICOM:
+
+    * colour: highdicom wants three samples per pixel, but PS3.4 N.2 applies a Color Softcopy
+      Presentation State to PALETTE COLOR images too (the palette is the first step of the colour
+      pipeline), so the copy says 3;
+    * grayscale: highdicom reads the Modality and VOI LUTs of an image whose SOP class allows frames
+      (US Multi-frame) from the Shared Functional Groups, which a classic multi-frame does not have;
+      the copy carries the top-level Rescale and Window attributes there (ignored for single-frame
+      classes, which are read from the top level).
+    """
+    ref = Dataset()
+    ref.update({tag: elem for tag, elem in source.items() if tag != _PIXEL_DATA})
+    if not grayscale:
+        ref[_SAMPLES_PER_PIXEL] = DataElement(_SAMPLES_PER_PIXEL, "US", 3)
+    elif "SharedFunctionalGroupsSequence" not in source:
+        shared = Dataset()
+        if "RescaleSlope" in source and "RescaleIntercept" in source:
+            rescale = Dataset()
+            rescale.RescaleSlope, rescale.RescaleIntercept = source.RescaleSlope, source.RescaleIntercept
+            rescale.RescaleType = source.get("RescaleType", "US")
+            shared.PixelValueTransformationSequence = [rescale]
+        if "WindowCenter" in source and "WindowWidth" in source:
+            window = Dataset()
+            window.WindowCenter, window.WindowWidth = source.WindowCenter, source.WindowWidth
+            shared.FrameVOILUTSequence = [window]
+        ref.SharedFunctionalGroupsSequence = [shared]
+        ref.PerFrameFunctionalGroupsSequence = []
+    return ref
+
+
+@functools.cache
+def srgb_input_profile() -> bytes:
+    """sRGB as an ICC Input profile.
+
+    PS3.3 C.11.15.1.1 wants the profile of the source colour space as an Input ("scnr") or ColorSpace
+    ("spac") profile; littlecms makes sRGB a display ("mntr") profile. A matrix/TRC profile is a valid
+    Input profile (ICC.1 8.3), so only the class is changed and the Profile ID (an MD5 over the header)
+    is zeroed, which means "not computed".
+    """
+    data = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    data[12:16] = b"scnr"
+    data[84:100] = bytes(16)
+    return bytes(data)
+
+
+def _icc_profile(source: Dataset) -> bytes:
+    """The source's ICC profile, else sRGB (the ICC Profile Module is mandatory in a Color PS)."""
+    profile = source.get("ICCProfile")
+    return bytes(profile) if profile else srgb_input_profile()
+
+
+@register_output("gsps", applications=["fetal-head"])
+def build_presentation_state(
+    ctx: OutputContext,
+) -> hd.pr.GrayscaleSoftcopyPresentationState | hd.pr.ColorSoftcopyPresentationState:
+    """GSPS for a grayscale source, Color Softcopy Presentation State otherwise, in the source study."""
+    source, result, decoded = ctx.source, ctx.analysis.result, ctx.analysis.decoded
+    photometric = str(source.get("PhotometricInterpretation", "")).strip()
+    rows, columns = int(source.Rows), int(source.Columns)
+    grayscale = photometric in GRAYSCALE
+    reference = _reference(source, grayscale)
+    frame = decoded.frame_number if decoded.n_frames > 1 and decoded.frame_number else None
+    layer = hd.pr.GraphicLayer(
+        layer_name=LAYER,
+        order=1,
+        description=f"fetalnode AI head annotation - {RESEARCH_NOTICE.lower()}"[:64],
+        display_color=hd.color.CIELabColor(97.0, -21.0, 94.0),  # yellow
+    )
+    try:
+        graphics = (
+            head_graphics(result.ellipse, rows, columns) if result.analysed and result.ellipse is not None else None
+        )
+        annotation = hd.pr.GraphicAnnotation(
+            referenced_images=[reference],
+            graphic_layer=layer,
+            referenced_frame_number=frame,
+            graphic_objects=graphics,
+            text_objects=[_text(annotation_lines(result))],
+        )
+        common = {
+            "referenced_images": [reference],
+            "manufacturer_model_name": "fetalnode",
+            "software_versions": __version__,
+            "device_serial_number": None,  # Type 3 (General Equipment); highdicom omits it when None
+            "content_label": CONTENT_LABEL,
+            "content_description": f"fetalnode AI annotations - {RESEARCH_NOTICE.lower()}"[:64],
+            "graphic_annotations": [annotation],
+            "graphic_layers": [layer],
+            "institution_name": ctx.settings.institution_name or None,
+            **identity(ctx, series_number=9103),
+        }
+        pr: hd.pr.GrayscaleSoftcopyPresentationState | hd.pr.ColorSoftcopyPresentationState
+        if grayscale:
+            pr = hd.pr.GrayscaleSoftcopyPresentationState(**common)
+        else:
+            pr = hd.pr.ColorSoftcopyPresentationState(icc_profile=_icc_profile(source), **common)
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise EncodingError(f"Presentation State could not be built: {exc}") from exc
+    pr.SeriesDescription = "fetalnode AI annotations - research use only"
+    pr.Laterality = ""  # Type 2C in General Series; dciodvfy wants it present (as in the SC)
+    return pr
