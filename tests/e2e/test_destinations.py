@@ -143,10 +143,14 @@ def test_one_destination_down_does_not_delay_the_other_then_everything_arrives_o
     node = make_node(own_orthanc, destinations=[pacs(port), rest(own_orthanc, tmp_path)]).start()
     for path in US:
         assert send(node.port, path).returncode == 0
-    wait_for(lambda: all(in_orthanc(own_orthanc, uid(p)) for p in US) and len(node.jobs.jobs()) == 3, 120, "Orthanc")
-    srs = [j.result["outputs"]["sr"] for j in node.jobs.jobs()]
-    wait_for(lambda: all(in_orthanc(own_orthanc, sr) for sr in srs), 60, "the SRs in Orthanc")
-    assert {j.state for j in node.jobs.jobs()} == {JobState.DELIVERING}, "the PACS is still pending"
+    # every job analysed and waiting for the PACS only: Orthanc already holds its source, SR and SC
+    wait_for(
+        lambda: [j.state for j in node.jobs.jobs()] == [JobState.DELIVERING] * 3, 120, "3 jobs waiting for the PACS"
+    )
+    for job in node.jobs.jobs():
+        assert job.deliveries["orthanc"].status is DeliveryStatus.DELIVERED
+        assert job.deliveries["pacs"].status is DeliveryStatus.PENDING
+        assert all(in_orthanc(own_orthanc, sop) == 1 for sop in (job.sop_uid, *job.result["outputs"].values()))
     assert {d["name"]: d["jobs"]["pending"] for d in status(node)["destinations"]}["pacs"] == 3
     with StorescpProcess(tmp_path / "pacs", port=port) as store:
         node.wait_all(3, {"delivered"}, timeout=120)
