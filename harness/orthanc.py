@@ -94,9 +94,12 @@ class OrthancProcess:
         if self.ohif:
             self.dicomweb = self.fetalnode_plugin = True
 
-    def ohif_study_url(self, study_uid: str) -> str:
-        """OHIF's viewer on one study (OHIF 3: ``/viewer?StudyInstanceUIDs=``)."""
-        return f"{self.url}/ohif/viewer?StudyInstanceUIDs={study_uid}"
+    def ohif_study_url(self, study_uid: str, series_uid: str | None = None) -> str:
+        """OHIF's viewer on one study (OHIF 3: ``/viewer?StudyInstanceUIDs=``); with ``series_uid``, that
+        series opens in the viewport (``initialSeriesInstanceUID``): for an SR, OHIF's SR viewport draws
+        its SCOORDs on the referenced image."""
+        url = f"{self.url}/ohif/viewer?StudyInstanceUIDs={study_uid}"
+        return url + (f"&initialSeriesInstanceUID={series_uid}" if series_uid else "")
 
     def write_password_file(self, path: Path) -> Path:
         """Write the password (mode 600) for a node's ``orthanc.password_file``."""
