@@ -75,12 +75,24 @@ def meaning(code: int) -> str:
     return category(code)
 
 
-class AssociateReject(IntEnum):
-    """A-ASSOCIATE-RJ fields (PS3.8 9.3.4) this node sends or reports."""
+class RejectResult(IntEnum):
+    """A-ASSOCIATE-RJ Result (PS3.8 9.3.4)."""
 
-    RESULT_PERMANENT = 0x01
-    SOURCE_SERVICE_USER = 0x01
-    SOURCE_SERVICE_PROVIDER_PRESENTATION = 0x03
+    PERMANENT = 0x01
+    TRANSIENT = 0x02
+
+
+class RejectSource(IntEnum):
+    """A-ASSOCIATE-RJ Source (PS3.8 9.3.4)."""
+
+    SERVICE_USER = 0x01
+    SERVICE_PROVIDER_PRESENTATION = 0x03
+
+
+class RejectReason(IntEnum):
+    """A-ASSOCIATE-RJ Reason/Diag. this node sends or reports (PS3.8 9.3.4; the value's meaning depends
+    on the source: 3 and 7 are the service user's, 2 the presentation service provider's)."""
+
     CALLING_AE_NOT_RECOGNISED = 0x03
     CALLED_AE_NOT_RECOGNISED = 0x07
     LOCAL_LIMIT_EXCEEDED = 0x02

@@ -3,7 +3,7 @@
 - The terminal keeps the SQLite job store and the spool exactly as in the embedded mode. A
   publisher thread sends each ``queued`` job to the broker (Celery task ``fetalnode.analyse``) with
   the image bytes *in the message* (base64 in JSON), then marks it ``published``. The bytes travel
-  with the job so that a worker needs nothing but the broker URL, the models and Orthanc's address:
+  with the job so that a worker needs nothing but the broker URL, the models and the destinations:
   no shared file system between hospitals' terminals and the regional workers. When the broker is
   down, jobs stay ``queued`` in the spool and are published when it returns (store and forward).
 - Workers are Celery workers (threads pool of one, prefetch 1, late acknowledgement,
@@ -17,12 +17,12 @@
   is a Celery retry after the runner's delay; any other outcome is published on a durable results
   queue before the task is acknowledged.
 - A collector thread on the terminal consumes the results queue and applies each outcome through
-  the job store's journal, as the embedded worker does.
+  the job store's journal, as the embedded worker does. ``published`` jobs without an answer are
+  the ones "sent but never acknowledged"; a worker-side result for a job the terminal never
+  recorded is reported as "announced but unknown".
 
 This module moves bytes and outcomes; it imports neither the inference package nor the output
-writers (the worker's :class:`~fetalnode.runner.Runtime` is built by the CLI). ``published`` jobs without an answer are the ones "sent but
-  never acknowledged"; a worker-side result for a job the terminal never recorded is reported as
-  "announced but unknown".
+writers (the worker's :class:`~fetalnode.runner.Runtime` is built by the CLI).
 """
 
 from __future__ import annotations

@@ -413,8 +413,9 @@ class JobStore:
         destination already holds is not sent again (its receipts are kept).
         """
         with self._tx() as db:
-            query = "SELECT id, state, delivered_json FROM jobs WHERE state IN (?,?)"
-            args: list[Any] = [str(S.FAILED), str(S.DELIVERING)]
+            # a delivering job under a worker's lease is skipped: that worker's outcome would overwrite the reset
+            query = "SELECT id, state, delivered_json FROM jobs WHERE (state=? OR (state=? AND lease_until<?))"
+            args: list[Any] = [str(S.FAILED), str(S.DELIVERING), time.time()]
             if job_ids:
                 query += f" AND id IN ({','.join('?' * len(job_ids))})"
                 args += job_ids

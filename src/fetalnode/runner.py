@@ -57,11 +57,13 @@ _STAGE_OF: tuple[tuple[type[Exception], Stage], ...] = (
 )
 
 
+def _mapped_stage(exc: BaseException) -> Stage | None:
+    """The stage of one of the node's typed errors; ``None`` for any other exception (a bug)."""
+    return next((stage for kind, stage in _STAGE_OF if isinstance(exc, kind)), None)
+
+
 def stage_of(exc: BaseException, running: Stage) -> Stage:
-    for kind, stage in _STAGE_OF:
-        if isinstance(exc, kind):
-            return stage
-    return running
+    return _mapped_stage(exc) or running
 
 
 @dataclass(frozen=True)
@@ -255,13 +257,12 @@ def run_job(received: Received, runtime: Runtime, clock: Callable[[], float] = t
         stage = Stage.DELIVER
         _deliver(built, source, deliveries, runtime.destinations, clock)
     except Exception as exc:
-        failed_at = stage_of(exc, stage)
-        known = any(isinstance(exc, kind) for kind, _ in _STAGE_OF)
-        if not known:  # a bug, not a property of the input: keep the traceback in the log
+        mapped = _mapped_stage(exc)
+        if mapped is None:  # a bug, not a property of the input: keep the traceback in the log
             log.exception("job %s: unexpected error during %s", received.job_id, stage)
-        reason = str(exc) if known else f"{type(exc).__name__}: {exc}"
+        reason = str(exc) if mapped else f"{type(exc).__name__}: {exc}"
         verdict = Verdict.REJECTED if isinstance(exc, IntakeRejected) else Verdict.FAILED
-        return Outcome(verdict, failed_at, reason, summary, deliveries=deliveries, analysed_ms=analysed_ms)
+        return Outcome(verdict, mapped or stage, reason, summary, deliveries=deliveries, analysed_ms=analysed_ms)
     common: dict[str, Any] = {"summary": summary, "built": built, "deliveries": deliveries, "analysed_ms": analysed_ms}
     pending = {n: d for n, d in deliveries.items() if d.status is DeliveryStatus.PENDING}
     dead = {n: d for n, d in deliveries.items() if d.status is DeliveryStatus.DEAD}

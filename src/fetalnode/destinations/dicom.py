@@ -32,7 +32,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from fetalnode.config import DestinationSettings, Settings
 from fetalnode.destinations.base import Destination, Item, Receipt, destination_kind
-from fetalnode.dicom_status import AssociateReject, category, meaning
+from fetalnode.dicom_status import RejectResult, category, meaning
 from fetalnode.errors import ConfigError, DeliveryError
 
 log = logging.getLogger(__name__)
@@ -260,7 +260,7 @@ class DicomDestination:
             words = f"{rj.result_str}, source {rj.source_str}: {rj.reason_str}" if rj is not None else "no details"
             raise DeliveryError(
                 f"{self.address} rejected the association from {self.calling_ae_title} ({words})",
-                transient=result != AssociateReject.RESULT_PERMANENT,
+                transient=result != RejectResult.PERMANENT,
             )
         if _tls_refused(cause):
             raise DeliveryError(f"TLS with {s.host}:{s.port} failed: {error}", transient=False)

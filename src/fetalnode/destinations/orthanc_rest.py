@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import httpx
@@ -11,8 +10,6 @@ from pyorthanc import Orthanc
 from fetalnode.config import DestinationSettings, Settings
 from fetalnode.destinations.base import Destination, Item, Receipt, destination_kind
 from fetalnode.errors import DeliveryError
-
-log = logging.getLogger(__name__)
 
 # Statuses worth retrying: the server may come back (PS: 5xx gateway/unavailable, 429, 408).
 TRANSIENT_HTTP = {408, 425, 429, 500, 502, 503, 504}
@@ -66,22 +63,11 @@ class OrthancClient:
         return Receipt(self.name, item.name, str(answer["ID"]))
 
     def probe(self) -> dict[str, Any]:
+        about: dict[str, Any] = {"name": self.name, "kind": self.settings.kind, "url": self.url}
         try:
-            return {
-                "name": self.name,
-                "kind": self.settings.kind,
-                "url": self.url,
-                "reachable": True,
-                "version": self.system().get("Version"),
-            }
+            return {**about, "reachable": True, "version": self.system().get("Version")}
         except DeliveryError as exc:
-            return {
-                "name": self.name,
-                "kind": self.settings.kind,
-                "url": self.url,
-                "reachable": False,
-                "error": str(exc),
-            }
+            return {**about, "reachable": False, "error": str(exc)}
 
     def system(self) -> dict[str, Any]:
         answer = self._call("system", self._api.get_system)

@@ -8,7 +8,6 @@ can register more with :func:`register_output`.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -22,8 +21,6 @@ from fetalnode.registry import Registry
 if TYPE_CHECKING:
     from fetalnode.applications.base import Analysis
     from fetalnode.config import OutputSettings
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from fetalnode.audit import AuditLog
 from fetalnode.config import Settings
-from fetalnode.dicom_status import AssociateReject, Status
+from fetalnode.dicom_status import RejectReason, RejectResult, RejectSource, Status
 from fetalnode.errors import IntakeRejected, SpoolFull
 from fetalnode.intake import check_header, read_received
 from fetalnode.jobs import JobStore, PreNotification
@@ -63,11 +63,11 @@ TRANSFER_SYNTAXES = [
 
 # A-ASSOCIATE-RJ diagnostics pynetdicom itself may send (source, diagnostic) -> reason for the audit.
 _REJECT_REASONS: dict[tuple[int, int], str] = {
-    (AssociateReject.SOURCE_SERVICE_USER, AssociateReject.CALLING_AE_NOT_RECOGNISED): "calling AE title not recognised",
-    (AssociateReject.SOURCE_SERVICE_USER, AssociateReject.CALLED_AE_NOT_RECOGNISED): "called AE title not recognised",
+    (RejectSource.SERVICE_USER, RejectReason.CALLING_AE_NOT_RECOGNISED): "calling AE title not recognised",
+    (RejectSource.SERVICE_USER, RejectReason.CALLED_AE_NOT_RECOGNISED): "called AE title not recognised",
     (
-        AssociateReject.SOURCE_SERVICE_PROVIDER_PRESENTATION,
-        AssociateReject.LOCAL_LIMIT_EXCEEDED,
+        RejectSource.SERVICE_PROVIDER_PRESENTATION,
+        RejectReason.LOCAL_LIMIT_EXCEEDED,
     ): "too many associations (scp.maximum_associations)",
 }
 
@@ -117,9 +117,9 @@ class Terminal:
             reason=why,
         )
         assoc.acse.send_reject(
-            AssociateReject.RESULT_PERMANENT,
-            AssociateReject.SOURCE_SERVICE_USER,
-            AssociateReject.CALLING_AE_NOT_RECOGNISED,
+            RejectResult.PERMANENT,
+            RejectSource.SERVICE_USER,
+            RejectReason.CALLING_AE_NOT_RECOGNISED,
         )
         assoc.kill()  # as pynetdicom does after its own rejections: lets the DUL send the A-ASSOCIATE-RJ first
 
