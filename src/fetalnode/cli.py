@@ -230,6 +230,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.canvas:
             recipe.canvas_hw = _canvas(args.canvas)
         meta = train_segmentation(Path(args.data), Path(args.out), recipe, bundle_name, args.version)
+    elif args.task == "labour-segmentation":
+        from fetalnode.training.labour import LabourRecipe, train_labour_segmentation
+
+        lrecipe = _override(
+            LabourRecipe(seed=args.seed),
+            args,
+            ("epochs", "max_minutes", "limit", "lr", "patience", "rotate_deg", "scale_jitter"),
+        )
+        if args.canvas:
+            lrecipe.canvas_hw = _canvas(args.canvas)
+        meta = train_labour_segmentation(Path(args.data), Path(args.out), lrecipe, bundle_name, args.version)
     else:
         from fetalnode.training.classifier import ClsRecipe, train_classifier
 
@@ -382,8 +393,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.set_defaults(func=cmd_resend)
 
-    sp = sub.add_parser("train", help="train a model bundle from a labelled dataset folder")
-    sp.add_argument("task", choices=["segmentation", "classifier"])
+    sp = sub.add_parser(
+        "train",
+        help="train a model bundle from a labelled dataset folder: segmentation (fetal head, HC18 format), "
+        "classifier (fetal_brain_abnormalities format), labour-segmentation (pubic symphysis + fetal head, "
+        "PSFHS format)",
+    )
+    sp.add_argument("task", choices=["segmentation", "classifier", "labour-segmentation"])
     sp.add_argument("--data", required=True, help="dataset folder (labels.csv + images, as ../shared/datasets/*)")
     sp.add_argument("--out", required=True, help="bundle folder to write, e.g. models/hc18-headseg")
     sp.add_argument(
@@ -445,18 +461,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="segmentation only: also average the weights of every epoch from this one on; the average "
         "replaces the best epoch if it scores better on validation (default: off)",
     )
-    sp.add_argument("--canvas", help="segmentation only: network input HxW, multiples of 16 (default 256x384)")
+    sp.add_argument(
+        "--canvas",
+        help="segmentation, labour-segmentation: network input HxW, multiples of 16 (default 256x384; "
+        "labour-segmentation 256x256)",
+    )
     sp.add_argument(
         "--rotate-deg",
         type=float,
-        help="segmentation only: random rotation of each training image and mask by up to this many degrees "
-        "(default 10; 0: off)",
+        help="segmentation, labour-segmentation: random rotation of each training image and mask by up to this "
+        "many degrees (default 10; 0: off)",
     )
     sp.add_argument(
         "--scale-jitter",
         type=float,
-        help="segmentation only: random isotropic zoom of each training image and mask by up to this "
-        "fraction (default 0.15; 0: off)",
+        help="segmentation, labour-segmentation: random isotropic zoom of each training image and mask by up "
+        "to this fraction (default 0.15; labour-segmentation 0.1; 0: off)",
     )
     sp.add_argument(
         "--large-head-weight",
@@ -467,9 +487,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--epochs", type=int)
     sp.add_argument("--max-minutes", type=float)
     sp.add_argument("--limit", type=int, help="use only this many training images (smoke runs)")
-    sp.add_argument("--lr", type=float, help="learning rate (default: segmentation 2e-3, classifier 3e-4)")
     sp.add_argument(
-        "--patience", type=int, help="early-stopping patience in epochs (default: segmentation 15, classifier 12)"
+        "--lr", type=float, help="learning rate (default: segmentation and labour-segmentation 2e-3, classifier 3e-4)"
+    )
+    sp.add_argument(
+        "--patience",
+        type=int,
+        help="early-stopping patience in epochs (default: segmentation and labour-segmentation 15, classifier 12)",
     )
     sp.add_argument("--seed", type=int, default=20261124)
     sp.add_argument("--threads", type=int, default=2)

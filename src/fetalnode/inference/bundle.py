@@ -25,7 +25,13 @@ from fetalnode.inference.networks import build_classifier_net, build_segmentatio
 WEIGHTS = Path("models") / "model.pt"
 ONNX = Path("models") / "model.onnx"
 METADATA = Path("configs") / "metadata.json"
-TASKS = {"segmentation": build_segmentation_net, "classification": build_classifier_net}
+# "segmentation": one sigmoid channel (the fetal head); "multiclass-segmentation": softmax over
+# metadata["labels"] (background first; labour progress: pubic symphysis, fetal head).
+TASKS = {
+    "segmentation": build_segmentation_net,
+    "multiclass-segmentation": build_segmentation_net,
+    "classification": build_classifier_net,
+}
 
 
 def sha256_file(path: Path) -> str:

@@ -11,11 +11,12 @@ from torch import nn
 
 
 def build_segmentation_net(params: dict[str, Any]) -> nn.Module:
-    """MONAI UNet with one sigmoid output channel (head vs background)."""
+    """MONAI UNet: one sigmoid output channel (head vs background), or ``out_channels`` softmax classes
+    (background first) for a multi-class bundle."""
     return UNet(
         spatial_dims=2,
         in_channels=1,
-        out_channels=1,
+        out_channels=int(params.get("out_channels", 1)),
         channels=tuple(params["channels"]),
         strides=tuple(params["strides"]),
         num_res_units=int(params.get("num_res_units", 2)),

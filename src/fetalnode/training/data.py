@@ -76,6 +76,12 @@ def case_split(rows: list[Row], seed: int) -> dict[str, list[Row]]:
     return group_split(rows, "case_group", {"train": 0.7, "val": 0.15, "test": 0.15}, seed, "label")
 
 
+def block_split(rows: list[Row], seed: int) -> dict[str, list[Row]]:
+    """The labour segmentation's train/val/test split of a PSFHS-format folder (70/15/15 by ``id_block``:
+    blocks of 20 consecutive image numbers, as a woman's images are likely neighbours)."""
+    return group_split(rows, "id_block", {"train": 0.7, "val": 0.15, "test": 0.15}, seed)
+
+
 def bootstrap_ci(
     values: np.ndarray, groups: np.ndarray, stat, n_boot: int = 1000, seed: int = 0
 ) -> tuple[float, float]:
