@@ -499,7 +499,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--threads", type=int, default=2)
     sp.set_defaults(func=cmd_train)
 
-    sp = sub.add_parser("evaluate", help="evaluate a bundle on a dataset folder; writes report.json and figures")
+    sp = sub.add_parser(
+        "evaluate",
+        help="evaluate a bundle on a dataset folder; writes report.json and figures (labour-segmentation "
+        "bundles: Dice FH / PS, |ΔAoP|, |ΔHSD| with 95%% CIs bootstrapped by id_block, and a per-image CSV)",
+    )
     sp.add_argument("--model", required=True, help="bundle folder")
     sp.add_argument("--data", required=True, help="dataset folder in the same format as the training data")
     sp.add_argument("--out", required=True, help="report JSON path (figures are written beside it)")

@@ -82,6 +82,8 @@ class ModelSettings:
     dir: str = "models"
     segmentation: str = "hc18-headseg"
     classifier: str = "fba-classifier"
+    # The labour-progress application's pubic symphysis + fetal head segmentation.
+    labour_segmentation: str = "psfhs-seg"
 
 
 @dataclass

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from fetalnode.errors import InferenceError
+from fetalnode.errors import BundleError, InferenceError
 from fetalnode.inference.aop import LabourGeometry, measure, nearest_point
 from fetalnode.inference.bundle import Bundle, load_bundle
 from fetalnode.inference.labour import LabourResult
@@ -142,7 +142,7 @@ def load_labour_bundle(path: str | Path) -> Bundle:
     bundle = load_bundle(path, TASK)
     labels = list(bundle.metadata.get("labels", []))
     if labels[:3] != ["background", "pubic symphysis", "fetal head"]:
-        raise InferenceError(f"bundle {path}: labels {labels} are not background, pubic symphysis, fetal head")
+        raise BundleError(f"bundle {path}: labels {labels} are not background, pubic symphysis, fetal head")
     return bundle
 
 

@@ -13,7 +13,7 @@ from fetalnode.inference import Analyzer
 from fetalnode.inference.analyzer import seg_settings
 from fetalnode.inference.bundle import load_bundle, read_metadata
 from fetalnode.training.classifier import as_deployed, classification_metrics, predict, roi_crops, usable_rows
-from fetalnode.training.data import Row, case_split, load_gray, read_labels, subject_split
+from fetalnode.training.data import Row, block_split, case_split, load_gray, read_labels, subject_split
 from fetalnode.training.segmentation import evaluate_segmentation_net
 
 DEFAULT_SEG = Path("models/hc18-headseg")
@@ -52,8 +52,23 @@ def training_split(meta: dict[str, Any], rows: list[Row], split: str) -> list[Ro
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     seed = int(meta["training_data"][0]["seed"])
-    parts = subject_split(rows, seed) if meta["task"] == "segmentation" else case_split(rows, seed)
-    return parts[split]
+    split_of = {"segmentation": subject_split, "multiclass-segmentation": block_split}.get(meta["task"], case_split)
+    return split_of(rows, seed)[split]
+
+
+def evaluate_labour(model: Path, data: Path, out: Path, split: str) -> dict[str, Any]:
+    """Labour segmentation on a PSFHS-format folder: Dice of both structures, |ΔAoP| and |ΔHSD| against the
+    reference masks measured the same way, each with a 95% CI bootstrapped by ``id_block``; per-image CSV
+    beside the report."""
+    from fetalnode.inference.labour_analyzer import labour_settings, load_labour_bundle
+    from fetalnode.training.labour import score_images, summarise, write_scores
+
+    bundle = load_labour_bundle(model)
+    rows = training_split(bundle.metadata, read_labels(data), split)
+    scores = score_images(bundle.infer, labour_settings(bundle), data, rows)
+    per_image = out.with_name(out.stem + "_images.csv")
+    write_scores(scores, per_image)
+    return {**summarise(scores), "per_image": str(per_image)}
 
 
 def evaluate_bundle(
@@ -67,7 +82,9 @@ def evaluate_bundle(
         "split": split if split == "all" else f"{split} (the bundle's own seeded split of this folder)",
         "notice": "research use only, not for diagnosis",
     }
-    if meta["task"] == "segmentation":
+    if meta["task"] == "multiclass-segmentation":
+        report.update(evaluate_labour(model, data, out, split))
+    elif meta["task"] == "segmentation":
         bundle = load_bundle(model, "segmentation")
         rows = training_split(meta, read_labels(data), split)
         report["segmentation"] = evaluate_segmentation_net(bundle.net, data, rows, seg_settings(bundle))

@@ -1,0 +1,64 @@
+"""The labour-progress application: pubic symphysis + fetal head segmentation on an intrapartum
+transperineal image, then the angle of progression and the head-symphysis distance (FH-PS-AOP 2023
+convention, :mod:`fetalnode.inference.aop`). Research use only, not for diagnosis."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+
+from fetalnode.applications.base import Analysis
+from fetalnode.applications.registry import register_application
+from fetalnode.config import Settings
+from fetalnode.errors import InferenceError
+from fetalnode.inference.labour_analyzer import LabourAnalyzer, load_labour_bundle
+from fetalnode.intake import decode_for_analysis
+
+log = logging.getLogger(__name__)
+NAME = "labour-progress"
+
+
+@dataclass
+class LabourProgress:
+    """Bundle ``models.labour_segmentation`` from ``models.dir``."""
+
+    analyzer: LabourAnalyzer
+    models_dir: Path
+    bundle: str
+    max_pixels: int
+    max_frames: int
+    name: str = NAME
+    applications: tuple[str, ...] = (NAME,)
+
+    def analyse(self, ds: Dataset) -> Analysis:
+        decoded = decode_for_analysis(ds, self.max_pixels, self.max_frames)
+        try:
+            result = self.analyzer.analyze(decoded.gray, decoded.spacing_mm, decoded.spacing_note)
+        except InferenceError:
+            raise
+        except Exception as exc:
+            raise InferenceError(f"{type(exc).__name__}: {exc}") from exc
+        return Analysis(self.name, result, decoded, (result.seg_model,))
+
+    def bundle_paths(self) -> list[Path]:
+        return [self.models_dir / self.bundle]
+
+    def describe(self) -> dict[str, str]:
+        seg = self.analyzer.bundle
+        return {"labour_segmentation": f"{seg.name} {seg.version}"}
+
+
+@register_application(NAME)
+def load(settings: Settings) -> LabourProgress:
+    m = settings.models
+    bundle = load_labour_bundle(Path(m.dir) / m.labour_segmentation)
+    return LabourProgress(
+        LabourAnalyzer(bundle),
+        Path(m.dir),
+        m.labour_segmentation,
+        settings.worker.max_pixels,
+        settings.worker.max_frames,
+    )
