@@ -297,6 +297,7 @@ def train_labour_segmentation(data: Path, out: Path, recipe: LabourRecipe, name:
     provisional = LabourSettings(recipe.canvas_hw, LabourGate(min_confidence=0.0))
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
     stale = 0
+    stopped = "the last epoch"
     history: list[dict[str, Any]] = []
     for epoch in range(1, recipe.epochs + 1):
         net.train()
@@ -347,9 +348,11 @@ def train_labour_segmentation(data: Path, out: Path, recipe: LabourRecipe, name:
             stale += 1
         if stale >= recipe.patience:
             log.info("early stop: no validation improvement for %d epochs", stale)
+            stopped = "early stopping"
             break
         if elapsed > recipe.max_minutes * 60:
             log.info("stopping: time budget of %.0f minutes reached", recipe.max_minutes)
+            stopped = "the time budget"
             break
     assert best is not None
     net.load_state_dict(best[2])
@@ -398,6 +401,7 @@ def train_labour_segmentation(data: Path, out: Path, recipe: LabourRecipe, name:
         "training": {
             "epochs_run": len(history),
             "best_epoch": best[1],
+            "stopped": stopped,
             "minutes": round(train_minutes, 1),
             "device": "cpu",
             "threads": torch.get_num_threads(),
@@ -481,13 +485,20 @@ def labour_model_card(meta: dict[str, Any]) -> str:
         ("Dice fetal head", "dice_fh_mean", ".4f"),
         ("Dice pubic symphysis", "dice_ps_mean", ".4f"),
         ("analysed (gate passed, angle measured)", "analysed_rate", ".3f"),
-        ("|ΔAoP| mean (deg), analysed images", "aop_abs_diff_deg_mean", ".2f"),
-        ("|ΔAoP| median (deg), analysed images", "aop_abs_diff_deg_median", ".2f"),
+        (r"\|ΔAoP\| mean (deg), analysed images", "aop_abs_diff_deg_mean", ".2f"),
+        (r"\|ΔAoP\| median (deg), analysed images", "aop_abs_diff_deg_median", ".2f"),
         ("ΔAoP signed mean (deg), analysed images", "aop_diff_deg_mean_signed", ".2f"),
-        ("|ΔAoP| mean (deg), every measurable image, no gate", "aop_abs_diff_deg_mean_ungated", ".2f"),
-        ("|ΔHSD| mean (px), analysed images", "hsd_abs_diff_px_mean", ".2f"),
-        ("|ΔHSD| median (px), analysed images", "hsd_abs_diff_px_median", ".2f"),
+        (r"\|ΔAoP\| mean (deg), every measurable image, no gate", "aop_abs_diff_deg_mean_ungated", ".2f"),
+        (r"\|ΔHSD\| mean (px), analysed images", "hsd_abs_diff_px_mean", ".2f"),
+        (r"\|ΔHSD\| median (px), analysed images", "hsd_abs_diff_px_median", ".2f"),
     ]
+    stopped = t.get("stopped") or (
+        "the time budget"
+        if t["epochs_run"] < t["recipe"]["epochs"] and t["epochs_run"] - t["best_epoch"] < t["recipe"]["patience"]
+        else "early stopping"
+        if t["epochs_run"] < t["recipe"]["epochs"]
+        else "the last epoch"
+    )
     table = "\n".join(f"| {label} | {_f(m.get(key), spec)} | {_ci(m, key, spec)} |" for label, key, spec in rows)
     return f"""# {meta["name"]} {meta["version"]} — pubic symphysis + fetal head segmentation (labour progress)
 
@@ -520,8 +531,8 @@ Images with |ΔAoP| ≤ 5°: {_f(m.get("aop_within_5deg_rate"), ".3f")}. Reasons
 images (count): {", ".join(f"{k} ({v})" for k, v in (m.get("not_analysed_reasons") or {}).items()) or "none"}.
 Per image: `docs/test_images.csv`.
 
-Training: {t["epochs_run"]} epochs (kept epoch {t["best_epoch"]}), {t["minutes"]} minutes on {t["device"]}
-({t["threads"]} threads). Recipe: AdamW lr {t["recipe"]["lr"]}, cosine over {t["recipe"]["epochs"]} epochs,
+Training: {t["epochs_run"]} epochs, ended by {stopped} (kept epoch {t["best_epoch"]}), {t["minutes"]} minutes on
+{t["device"]} ({t["threads"]} threads, max {t["recipe"]["max_minutes"]:g} minutes of training). Recipe: AdamW lr {t["recipe"]["lr"]}, cosine over {t["recipe"]["epochs"]} epochs,
 batch {t["recipe"]["batch_size"]}, Dice + cross-entropy; augmentation rotation ±{t["recipe"]["rotate_deg"]}°,
 zoom ±{100 * t["recipe"]["scale_jitter"]:g}%, gamma/gain, no flips; early stopping (patience
 {t["recipe"]["patience"]}) on {t["early_stopping"]}.
