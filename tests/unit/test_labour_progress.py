@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from fetalnode.inference.labour_analyzer import (
 from fetalnode.runner import Received, Verdict, run_job
 from fetalnode.runtime import build_runtime
 from fetalnode.training.data import read_labels
+from fetalnode.training.evaluate import evaluate_bundle
 from fetalnode.training.labour import labour_reference
 from fetalnode.wrap import wrap_png
 from harness.node import MODELS
@@ -182,3 +184,22 @@ def test_runner_delivers_a_labour_job(tmp_path: Path) -> None:
     assert outcome.verdict is Verdict.DELIVERED, outcome.reason
     assert outcome.summary["application"] == "labour-progress" and outcome.summary["aop_deg"] > 0
     assert outcome.summary["hsd_mm"] is not None
+
+
+def test_evaluate_reports_every_metric_with_a_ci_by_block(tmp_path: Path) -> None:
+    report = evaluate_bundle(BUNDLE, MINI, tmp_path / "report.json")
+    assert report["n"] == 10 and report["n_groups"] == 9 and report["split"] == "all"
+    for key in (
+        "dice_fh_mean",
+        "dice_ps_mean",
+        "aop_abs_diff_deg_mean",
+        "aop_abs_diff_deg_median",
+        "hsd_abs_diff_px_mean",
+        "analysed_rate",
+    ):
+        lo, hi = report[f"{key}_ci95"]
+        assert lo <= report[key] <= hi, key
+    assert report["dice_fh_mean"] > 0.8 and report["aop_abs_diff_deg_mean"] < 20
+    assert json.loads((tmp_path / "report.json").read_text())["n"] == 10
+    lines = (tmp_path / "report_images.csv").read_text().splitlines()
+    assert len(lines) == 11 and lines[0].startswith("filename,group,dice_ps,dice_fh")

@@ -33,7 +33,7 @@ from fetalnode.training.classifier import (
     train_classifier,
     usable_rows,
 )
-from fetalnode.training.data import case_split, group_split, load_gray, read_labels, subject_split
+from fetalnode.training.data import block_split, case_split, group_split, load_gray, read_labels, subject_split
 from fetalnode.training.evaluate import evaluate_bundle
 from fetalnode.training.pretrain import nt_xent
 from fetalnode.training.reference import segmentation_reference
@@ -328,3 +328,31 @@ def test_heads_only_fits_on_the_images_with_a_head(tmp_path: Path) -> None:
     cv = meta["metrics"]["grouped_cv"]
     assert cv["n"] == len(rows) + 4 and cv["as_deployed"]["not_analysed"] >= 1
     assert "only on the images where a head was found" in (tmp_path / "cls" / "docs" / "README.md").read_text()
+
+
+def test_labour_segmentation_trains_splits_by_block_and_evaluates(tmp_path: Path) -> None:
+    """`fetalnode train labour-segmentation` on the bundled PSFHS images -> a loadable bundle -> `evaluate`."""
+    out = tmp_path / "psfhs-candidate"
+    done = cli(
+        "train", "labour-segmentation", "--data", str(DATA / "psfhs_mini"), "--out", str(out),
+        "--name", "psfhs-seg", "--version", "9.9.9", "--epochs", "1", "--threads", "1",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    meta = json.loads((out / "configs" / "metadata.json").read_text())
+    assert (meta["name"], meta["task"], meta["training"]["stopped"]) == (
+        "psfhs-seg",
+        "multiclass-segmentation",
+        "the last epoch",
+    )
+    splits = meta["training_data"][0]["splits"]
+    assert meta["training_data"][0]["split_by"] == "id_block" and sum(s["images"] for s in splits.values()) == 10
+    rows = read_labels(DATA / "psfhs_mini")
+    parts = {k: {r["id_block"] for r in v} for k, v in block_split(rows, meta["training_data"][0]["seed"]).items()}
+    assert not (parts["train"] & parts["test"]) and not (parts["train"] & parts["val"])
+    assert "dice_fh_mean_ci95" in meta["metrics"] and len(meta["reference_outputs"]) == 4
+    assert "# psfhs-seg 9.9.9" in (out / "docs" / "README.md").read_text()
+    report = cli("evaluate", "--model", str(out), "--data", str(DATA / "psfhs_mini"), "--split", "test",
+                 "--out", str(tmp_path / "report.json"))  # fmt: skip
+    assert report.returncode == 0, report.stderr[-2000:]
+    printed = json.loads(report.stdout)
+    assert printed["n"] == splits["test"]["images"] and "(the bundle's own seeded split" in printed["split"]
