@@ -296,6 +296,8 @@ def _build(
         for writer in runtime.writers:
             try:
                 ds = writer.write(source, analysis, runtime.output, received.station_name, received.variant)
+                if ds is None:  # the writer has nothing for this application (a head SEG of a labour image)
+                    continue
                 built[writer.name] = encode_dataset(ds)
             except EncodingError:
                 raise

@@ -99,7 +99,7 @@ def test_role_output_and_application_names_are_checked() -> None:
     with pytest.raises(ConfigError, match=r"node\.role"):
         load_settings(None, env={"FETALNODE__NODE__ROLE": "boss"})
     with pytest.raises(ConfigError, match=r"output\.enabled: unknown output 'no-such-output'"):
-        enabled_writers(["sr", "no-such-output"], "fetal-head")
+        enabled_writers(["sr", "no-such-output"], ["fetal-head"])
     with pytest.raises(ConfigError, match="cannot be written for application 'other'"):
-        enabled_writers(["sr"], "other")
-    assert [w.name for w in enabled_writers(load_settings(None, env={}).output.enabled, "fetal-head")] == ["sr", "sc"]
+        enabled_writers(["sr"], ["other"])
+    assert [w.name for w in enabled_writers(load_settings(None, env={}).output.enabled, ["fetal-head"])] == ["sr", "sc"]

@@ -17,8 +17,8 @@ from fetalnode.applications.base import Analysis
 from fetalnode.config import load_settings
 from fetalnode.destinations.base import Item, Receipt
 from fetalnode.destinations.folder import folder_destination
-from fetalnode.errors import DeliveryError, InferenceError, IntakeRejected, TransferError
-from fetalnode.outputs.registry import OutputContext, OutputWriter
+from fetalnode.errors import ConfigError, DeliveryError, InferenceError, IntakeRejected, TransferError
+from fetalnode.outputs.registry import OUTPUTS, OutputContext, OutputWriter, enabled_writers, register_output
 from fetalnode.runner import Delivery, Outcome, Received, RetryPolicy, Runtime, Verdict, run_job, stage_of
 from fetalnode.runtime import build_runtime
 from fetalnode.vocab import DeliveryStatus, RouteAction, Stage
@@ -33,7 +33,7 @@ class Counting:
     """The real application, counting its analyses (a retry with built outputs must not analyse again)."""
 
     def __init__(self, inner) -> None:
-        self.inner, self.calls, self.name = inner, 0, inner.name
+        self.inner, self.calls, self.name, self.applications = inner, 0, inner.name, inner.applications
 
     def analyse(self, ds: Dataset) -> Analysis:
         self.calls += 1
@@ -190,12 +190,44 @@ def test_a_writer_that_breaks_fails_at_encode(runtime: Runtime, tmp_path: Path) 
     def broken(ctx: OutputContext) -> Dataset:
         raise ValueError("no pixels for you")
 
-    runtime.writers = [*runtime.writers, OutputWriter("broken", broken)]
+    runtime.writers = [*runtime.writers, OutputWriter("broken", {"": broken})]
     runtime.destinations = [Flaky(tmp_path, "a")]
     outcome = run_job(received(), runtime)
     assert outcome.verdict is Verdict.FAILED and outcome.stage is Stage.ENCODE
     assert "'broken'" in outcome.reason and "no pixels for you" in outcome.reason
     assert not list(tmp_path.iterdir()), "nothing is delivered when an output cannot be built"
+
+
+def test_a_writer_without_a_builder_for_the_application_writes_nothing(runtime: Runtime, tmp_path: Path) -> None:
+    def labour_only(ctx: OutputContext) -> Dataset:
+        raise AssertionError("never called for a fetal-head analysis")
+
+    writer = OutputWriter("labour-only", {"labour-progress": labour_only})
+    runtime.writers = [*runtime.writers, writer]
+    runtime.destinations = [Flaky(tmp_path, "a", send=("sr", "sc", "labour-only"))]
+    outcome = run_job(received(), runtime)
+    assert outcome.verdict is Verdict.DELIVERED, outcome.reason
+    assert set(outcome.built) == set(outcome.summary["outputs"]) == {"sr", "sc"}
+    OUTPUTS.add("labour-only", writer)
+    with pytest.raises(ConfigError, match="cannot be written for application 'fetal-head'"):
+        enabled_writers(["sr", "labour-only"], ["fetal-head"])
+    both = enabled_writers(["sr", "labour-only"], ["fetal-head", "labour-progress"])
+    assert [w.name for w in both] == ["sr", "labour-only"], "a writer feeding one of the applications is enabled"
+
+
+def test_one_output_name_has_one_builder_per_application() -> None:
+    def one(ctx: OutputContext) -> Dataset:
+        raise AssertionError
+
+    def two(ctx: OutputContext) -> Dataset:
+        raise AssertionError
+
+    register_output("test-two-apps", applications=["app-a"])(one)
+    register_output("test-two-apps", applications=["app-b"])(two)
+    writer = OUTPUTS.get("test-two-apps", "test")
+    assert (writer.builder_for("app-a"), writer.builder_for("app-b"), writer.builder_for("app-c")) == (one, two, None)
+    with pytest.raises(ConfigError, match="registered twice for application 'app-a'"):
+        register_output("test-two-apps", applications=["app-a"])(two)
 
 
 def test_outcome_message_round_trip_and_stage_map() -> None:
