@@ -83,6 +83,8 @@ def test_output_uids_are_deterministic_and_distinct_per_kind() -> None:
     assert a == object_uids("sr", "1.2.3", "1.2", "0.1.0+0.1.0")
     assert a.instance != object_uids("sr", "1.2.3", "1.2", "0.2.0+0.1.0").instance
     assert a.instance != object_uids("sr", "1.2.3", "1.2", "0.1.0+0.1.0", variant="abcd").instance
+    revised = object_uids("sr", "1.2.3", "1.2", "0.1.0+0.1.0", revision=1)
+    assert revised.instance != a.instance and revised.series == a.series, "a revised object is a new instance"
     sc = object_uids("sc", "1.2.3", "1.2", "0.1.0+0.1.0")
     assert len({a.series, a.instance, sc.series, sc.instance}) == 4
     assert all(UID(u).is_valid and len(u) <= 64 for u in (a.instance, sc.series))

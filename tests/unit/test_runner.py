@@ -19,6 +19,7 @@ from fetalnode.destinations.base import Item, Receipt
 from fetalnode.destinations.folder import folder_destination
 from fetalnode.errors import ConfigError, DeliveryError, InferenceError, IntakeRejected, TransferError
 from fetalnode.outputs.registry import OUTPUTS, OutputContext, OutputWriter, enabled_writers, register_output
+from fetalnode.outputs.uids import object_uids
 from fetalnode.runner import Delivery, Outcome, Received, RetryPolicy, Runtime, Verdict, run_job, stage_of
 from fetalnode.runtime import build_runtime
 from fetalnode.vocab import DeliveryStatus, RouteAction, Stage
@@ -94,6 +95,14 @@ def test_delivered_every_enabled_output_to_every_destination(runtime: Runtime, t
     assert set(outcome.receipts) == {"a", "b"} and all(set(r) == {"sr", "sc"} for r in outcome.receipts.values())
     sr = dcmread(outcome.receipts["b"]["sr"])
     assert sr.SOPInstanceUID == outcome.summary["outputs"]["sr"]
+    source = dcmread(SAMPLE)
+    version = "+".join(v for _, v in runtime.application.inner.analyse(source).models)
+    old = object_uids("sr", source.SOPInstanceUID, source.SeriesInstanceUID, version)
+    assert (
+        sr.SOPInstanceUID
+        == object_uids("sr", source.SOPInstanceUID, source.SeriesInstanceUID, version, revision=1).instance
+    )
+    assert sr.SOPInstanceUID != old.instance, "the corrected SR (HC 11984-2) must not reuse the wrong one's UID"
     assert hd.sr.Comprehensive3DSR.from_dataset(sr).SOPInstanceUID == sr.SOPInstanceUID
     assert outcome.summary["finding"] in {"normal", "abnormal"} and outcome.summary["hc_mm"] > 0
 

@@ -48,6 +48,7 @@ class OutputWriter:
 
     name: str
     builders: dict[str, Build] = field(default_factory=dict)
+    revisions: dict[str, int] = field(default_factory=dict)
 
     def builder_for(self, application: str) -> Build | None:
         return self.builders.get(application) or self.builders.get(ANY_APPLICATION)
@@ -58,8 +59,14 @@ class OutputWriter:
         build = self.builder_for(analysis.application)
         if build is None:
             return None
+        application = analysis.application if analysis.application in self.builders else ANY_APPLICATION
         uids = object_uids(
-            self.name, str(source.SOPInstanceUID), str(source.SeriesInstanceUID), analysis.model_version, variant
+            self.name,
+            str(source.SOPInstanceUID),
+            str(source.SeriesInstanceUID),
+            analysis.model_version,
+            variant,
+            self.revisions.get(application, 0),
         )
         return build(OutputContext(source, analysis, uids, settings, station_name))
 
@@ -68,9 +75,14 @@ ANY_APPLICATION = ""
 OUTPUTS: Registry[OutputWriter] = Registry("output")
 
 
-def register_output(name: str, *, applications: Sequence[str] = ()) -> Callable[[Build], Build]:
+def register_output(name: str, *, applications: Sequence[str] = (), revision: int = 0) -> Callable[[Build], Build]:
     """Decorator registering ``build(ctx) -> Dataset`` as the output ``name`` for ``applications`` (none
-    named: any). Several builders may share one output name, one per application."""
+    named: any). Several builders may share one output name, one per application.
+
+    ``revision``: raise it whenever the builder's object changes for the same input and models (a code
+    corrected, an item added): it is part of the SOP Instance UID, so the changed object is a new instance
+    and never hides behind the UID of the old one (:func:`~fetalnode.outputs.uids.object_uids`).
+    """
 
     def add(build: Build) -> Build:
         writer = OUTPUTS.add(name, OUTPUTS.find(name) or OutputWriter(name))
@@ -79,6 +91,7 @@ def register_output(name: str, *, applications: Sequence[str] = ()) -> Callable[
             if taken is not None and taken is not build:
                 raise ConfigError(f"output {name!r} is registered twice for application {application or 'any'!r}")
             writer.builders[application] = build
+            writer.revisions[application] = revision
         return build
 
     return add
