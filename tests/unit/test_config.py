@@ -56,11 +56,11 @@ def test_orthanc_section_is_the_one_destination_until_tables_name_others(tmp_pat
     s = load_settings(cfg, env={})
     assert [(d.name, d.kind, d.send) for d in configured(s)] == [
         ("pacs", "dicom", ["source", "sr"]),
-        ("vna", "dicomweb", ["sr", "sc"]),
+        ("vna", "dicomweb", ["outputs"]),
     ]
     assert "s3cret" not in repr(s.masked())
     assert [d.name for d in build_destinations(s)] == ["pacs", "vna"]
-    s.destinations[0].send = ["source", "gsps"]
+    s.destinations[0].send = ["source", "ko"]  # not an enabled output
     with pytest.raises(ConfigError, match="destination pacs: send"):
         build_destinations(s)
     s.destinations[0].send, s.destinations[1].kind = ["sr"], "ftp"
@@ -104,4 +104,10 @@ def test_role_output_and_application_names_are_checked() -> None:
         enabled_writers(["sr", "no-such-output"], ["fetal-head"])
     with pytest.raises(ConfigError, match="cannot be written for application 'other'"):
         enabled_writers(["sr"], ["other"])
-    assert [w.name for w in enabled_writers(load_settings(None, env={}).output.enabled, ["fetal-head"])] == ["sr", "sc"]
+    assert [w.name for w in enabled_writers(load_settings(None, env={}).output.enabled, ["fetal-head"])] == [
+        "sr",
+        "sc",
+        "gsps",
+        "seg",
+        "obsr",
+    ]

@@ -91,7 +91,9 @@ def test_delivered_every_enabled_output_to_every_destination(runtime: Runtime, t
     runtime.destinations = [a, b]
     outcome = run_job(received(), runtime)
     assert outcome.verdict is Verdict.DELIVERED and outcome.stage is Stage.DELIVER, outcome.reason
-    assert set(outcome.built) == set(outcome.summary["outputs"]) == {"sr", "sc"}
+    enabled = {w.name for w in runtime.writers}
+    assert enabled == {"sr", "sc", "gsps", "seg", "obsr"}, "every output is enabled by default"
+    assert set(outcome.built) == set(outcome.summary["outputs"]) == enabled
     assert set(outcome.receipts) == {"a", "b"} and all(set(r) == {"sr", "sc"} for r in outcome.receipts.values())
     sr = dcmread(outcome.receipts["b"]["sr"])
     assert sr.SOPInstanceUID == outcome.summary["outputs"]["sr"]
@@ -213,10 +215,11 @@ def test_a_writer_without_a_builder_for_the_application_writes_nothing(runtime: 
 
     writer = OutputWriter("labour-only", {"labour-progress": labour_only})
     runtime.writers = [*runtime.writers, writer]
-    runtime.destinations = [Flaky(tmp_path, "a", send=("sr", "sc", "labour-only"))]
+    runtime.destinations = [Flaky(tmp_path, "a", send=("outputs",))]
     outcome = run_job(received(), runtime)
     assert outcome.verdict is Verdict.DELIVERED, outcome.reason
-    assert set(outcome.built) == set(outcome.summary["outputs"]) == {"sr", "sc"}
+    assert set(outcome.built) == set(outcome.summary["outputs"]) == {"sr", "sc", "gsps", "seg", "obsr"}
+    assert set(outcome.receipts["a"]) == set(outcome.built), "'outputs' sends every output built for the image"
     OUTPUTS.add("labour-only", writer)
     with pytest.raises(ConfigError, match="cannot be written for application 'fetal-head'"):
         enabled_writers(["sr", "labour-only"], ["fetal-head"])
