@@ -95,6 +95,13 @@ def _code_text(code: Code) -> str:
     return f"{code.meaning!r} ({code.value}, {code.scheme_designator})"
 
 
+def is_measurement_report(ds: Dataset) -> bool:
+    """Whether an SR is a TID 1500 Imaging Measurement Report (by its document title's code): the report
+    the finding is read from; fetalnode's OB-GYN report (TID 5000) carries the biometry again."""
+    titles = ds.get("ConceptNameCodeSequence") or []
+    return len(titles) == 1 and _item_key(titles[0]) == _key(fc.MEASUREMENT_REPORT)
+
+
 def read_finding(ds: Dataset) -> dict[str, Any]:
     """The finding of one fetalnode SR, as plain JSON-able values."""
     try:
