@@ -95,11 +95,12 @@ def _code_text(code: Code) -> str:
     return f"{code.meaning!r} ({code.value}, {code.scheme_designator})"
 
 
-def is_measurement_report(ds: Dataset) -> bool:
-    """Whether an SR is a TID 1500 Imaging Measurement Report (by its document title's code): the report
-    the finding is read from; fetalnode's OB-GYN report (TID 5000) carries the biometry again."""
+def is_obgyn_report(ds: Dataset) -> bool:
+    """Whether an SR is an OB-GYN Ultrasound Procedure Report (TID 5000, by its document title's code):
+    fetalnode's carries the biometry again for OB reporting systems; the finding is read from the TID 1500
+    report, and any other SR of ours is read (or shown as unreadable)."""
     titles = ds.get("ConceptNameCodeSequence") or []
-    return len(titles) == 1 and _item_key(titles[0]) == _key(fc.MEASUREMENT_REPORT)
+    return len(titles) == 1 and _item_key(titles[0]) == _key(fc.OBGYN_REPORT)
 
 
 def read_finding(ds: Dataset) -> dict[str, Any]:

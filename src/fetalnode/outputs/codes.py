@@ -32,8 +32,6 @@ HEAD_STRUCTURE = codes.SCT.Head  # 69536005, CID 7151
 COMMENT = codes.DCM.Comment  # 121106
 # TID 1500 row "Qualitative Evaluations" (not in pydicom's tables: UMLS is not one of its schemes).
 QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
-# Document title of the TID 1500 report (CID 7021); the OB-GYN report (below) has its own.
-MEASUREMENT_REPORT = codes.DCM.ImagingMeasurementReport  # 126000
 # Procedure Reported (TID 1500, DCID 100 extensible); the meaning is PS3.16's for this LOINC code (CID 7000).
 OB_ULTRASOUND = codes.LN.UltrasoundObstetricAndGynReport  # 11525-3
 
