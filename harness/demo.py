@@ -63,7 +63,7 @@ def send_and_report(node: NodeProcess, orthanc: OrthancProcess, files: list[Path
     with contextlib.suppress(TimeoutError):  # the table shows what did not finish
         wait_for(finished, 600, "the samples' jobs", interval=0.5)
     print_table(node.jobs, expected, orthanc)
-    print_ohif_links(files, orthanc)
+    print_ohif_links(node.jobs, expected, orthanc)
     ok = {j.sop_uid for j in node.jobs.jobs() if j.state == "delivered"} >= set(expected)
     print(
         f"\nOrthanc Explorer: {orthanc.url}/app/explorer.html  (user {orthanc.username}, password in "
@@ -96,14 +96,17 @@ def print_table(jobs: JobStore, expected: dict[str, str], orthanc: OrthancProces
         print("  ".join(str(c).ljust(w) for c, w in zip(row[:5], widths, strict=True)) + "  " + row[5])
 
 
-def print_ohif_links(files: list[Path], orthanc: OrthancProcess) -> None:
-    """One OHIF link per study of ``files`` (the ultrasound image with fetalnode's report and heatmap series)."""
-    studies: dict[str, list[str]] = {}
-    for f in files:
-        studies.setdefault(str(dcmread(f, stop_before_pixels=True).StudyInstanceUID), []).append(f.name)
-    print("\nOHIF viewer, one study each (image, fetalnode report and heatmap series):")
-    for uid, names in sorted(studies.items(), key=lambda item: item[1]):
-        print(f"  {', '.join(names)}: {orthanc.ohif_study_url(uid)}")
+def print_ohif_links(jobs: JobStore, expected: dict[str, str], orthanc: OrthancProcess) -> None:
+    """One OHIF link per study, opened on fetalnode's report (SR) series: OHIF's SR viewport draws the
+    head contour and callipers over the ultrasound image; the image and heatmap series are in its list."""
+    print("\nOHIF viewer, one link per study (opens fetalnode's report over the image):")
+    for job in jobs.jobs():
+        sr = job.receipts.get("orthanc", {}).get("sr")
+        if job.sop_uid not in expected or not sr:
+            continue
+        tags = orthanc.instance_tags(sr)
+        url = orthanc.ohif_study_url(tags["StudyInstanceUID"], tags["SeriesInstanceUID"])
+        print(f"  {expected[job.sop_uid]}: {url}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -101,6 +101,14 @@ class OrthancProcess:
         url = f"{self.url}/ohif/viewer?StudyInstanceUIDs={study_uid}"
         return url + (f"&initialSeriesInstanceUID={series_uid}" if series_uid else "")
 
+    def instance_tags(self, instance_id: str) -> dict[str, str]:
+        """An instance's main tags (``/instances/{id}/simplified-tags``, pixel data left out)."""
+        r = httpx.get(
+            f"{self.url}/instances/{instance_id}/simplified-tags", auth=(self.username, self.password), timeout=10
+        )
+        r.raise_for_status()
+        return {k: v for k, v in r.json().items() if isinstance(v, str)}
+
     def write_password_file(self, path: Path) -> Path:
         """Write the password (mode 600) for a node's ``orthanc.password_file``."""
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -80,6 +80,11 @@ def own_orthanc(tmp_path: Path) -> Iterator[OrthancProcess]:
     server.stop()
 
 
+# The delivery, fault and scale-out tests count objects per job: they run with the two outputs they count
+# (every output's validity is tested in tests/interop, every default output end to end in test_ohif).
+RELIABILITY_OUTPUTS: dict[str, object] = {"output__enabled": ["sr", "sc"]}
+
+
 @pytest.fixture
 def make_node(tmp_path: Path, orthanc: OrthancProcess) -> Iterator[Callable[..., NodeProcess]]:
     """Factory of node processes (not started) delivering to the session Orthanc (or another one)."""

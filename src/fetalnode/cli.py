@@ -95,7 +95,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    """The job runner with a folder as the only destination: one ``<stem>.<output>.dcm`` per enabled output."""
+    """The job runner with a folder as the only destination: ``DIR/<output>.dcm`` per enabled output,
+    ``DIR/heatmap.png`` (the Secondary Capture's pixels) and ``DIR/summary.json`` (also printed)."""
     import hashlib
     from io import BytesIO
 
@@ -108,10 +109,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     source = Path(args.file)
-    stem = source.stem
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    folder = folder_destination(out, list(settings.output.enabled), prefix=f"{stem}.")
+    folder = folder_destination(out, list(settings.output.enabled))
     runtime = build_runtime(settings, destinations=[folder])
     data = source.read_bytes()
     received = Received(
@@ -125,13 +125,19 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if outcome.verdict is not Verdict.DELIVERED:
         log.error("%s: %s at stage %s: %s", source.name, outcome.verdict, outcome.stage, outcome.reason)
         return 2
+    files = [folder.path_of(name) for name in outcome.built]
     if "sc" in outcome.built:
-        heatmap = out / f"{stem}.heatmap.png"
+        heatmap = out / "heatmap.png"
         Image.fromarray(dcmread(BytesIO(outcome.built["sc"])).pixel_array).save(heatmap)
+        files.append(heatmap)
     summary = dict(outcome.summary)
     summary["notice"] = RESEARCH_NOTICE
-    summary["files"] = sorted(str(p) for p in out.glob(f"{stem}.*"))
-    print(json.dumps(summary, indent=2))
+    summary["source"] = str(source)
+    summary_path = out / "summary.json"
+    summary["files"] = sorted(str(p) for p in [*files, summary_path])
+    text = json.dumps(summary, indent=2)
+    summary_path.write_text(text + "\n")
+    print(text)
     return 0
 
 
@@ -364,12 +370,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser(
         "analyze",
-        help="analyse one DICOM file offline through the job runner: one .dcm per enabled output "
-        "(output.enabled), the heatmap as PNG, the finding as JSON",
+        help="analyse one DICOM file offline through the job runner: DIR/<output>.dcm per enabled output "
+        "(output.enabled), DIR/heatmap.png, the finding as DIR/summary.json (also printed)",
     )
     node_opts(sp)
     sp.add_argument("file", help="DICOM file (US, US multi-frame or Secondary Capture)")
-    sp.add_argument("--out", required=True, help="output folder")
+    sp.add_argument(
+        "--out",
+        required=True,
+        help="output folder: <output name>.dcm per enabled output, heatmap.png, summary.json (replaced on each run)",
+    )
     sp.set_defaults(func=cmd_analyze)
 
     sp = sub.add_parser(

@@ -106,13 +106,14 @@ class DestinationSettings:
 
     ``kind``: ``dicom`` (C-STORE SCU, optional DICOM TLS), ``dicomweb`` (STOW-RS), ``orthanc`` (REST),
     ``folder`` (Part 10 files in ``folder``).
-    ``send``: ``source`` (the received image, forwarded unchanged) and/or enabled output names.
+    ``send``: ``source`` (the received image, forwarded unchanged), ``outputs`` (every enabled output: the
+    default) and/or enabled output names.
     ``max_attempts`` 0: retry transient failures until the destination takes the objects.
     """
 
     name: str = ""
     kind: str = ""
-    send: list[str] = field(default_factory=lambda: ["sr", "sc"])
+    send: list[str] = field(default_factory=lambda: ["outputs"])
     ae_title: str = ""
     host: str = ""
     port: int = 0
@@ -183,7 +184,7 @@ class BrokerSettings:
 class OutputSettings:
     """Which output objects the node writes (``enabled``, by registered name) and how."""
 
-    enabled: list[str] = field(default_factory=lambda: ["sr", "sc"])
+    enabled: list[str] = field(default_factory=lambda: ["sr", "sc", "gsps", "seg", "obsr"])
     heatmap_alpha: float = 0.6
     manufacturer: str = "fetalnode project"
     institution_name: str = ""

@@ -33,5 +33,9 @@ class Registry(Generic[T]):
             raise ConfigError(f"{setting}: unknown {self.what} {name!r} (known: {', '.join(self.names())})")
         return self._entries[name]
 
+    def find(self, name: str) -> T | None:
+        """The entry ``name``, or ``None``."""
+        return self._entries.get(name)
+
     def names(self) -> list[str]:
         return sorted(self._entries)

@@ -25,7 +25,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from fetalnode.destinations.base import SOURCE, Item
+from fetalnode.destinations.base import ALL_OUTPUTS, SOURCE, Item
 from fetalnode.errors import DeliveryError, EncodingError, InferenceError, IntakeRejected, TransferError
 from fetalnode.vocab import DeliveryStatus, RouteAction, Stage
 
@@ -296,6 +296,8 @@ def _build(
         for writer in runtime.writers:
             try:
                 ds = writer.write(source, analysis, runtime.output, received.station_name, received.variant)
+                if ds is None:  # the writer has nothing for this application (a head SEG of a labour image)
+                    continue
                 built[writer.name] = encode_dataset(ds)
             except EncodingError:
                 raise
@@ -305,6 +307,17 @@ def _build(
     summary = analysis.summary()
     summary["outputs"] = uids
     return built, summary
+
+
+def sendable(send: list[str], built: Mapping[str, bytes]) -> list[str]:
+    """What a destination's ``send`` names of one job, in order, once each: ``source``, ``outputs`` (every
+    built output) and output names (an output not built for this image is skipped)."""
+    wanted: list[str] = []
+    for name in send:
+        for item in built if name == ALL_OUTPUTS else [name]:
+            if (item == SOURCE or item in built) and item not in wanted:
+                wanted.append(item)
+    return wanted
 
 
 def _deliver(
@@ -320,7 +333,7 @@ def _deliver(
         d = deliveries.setdefault(destination.name, Delivery())
         if d.status is not DeliveryStatus.PENDING or d.next_at > clock():
             continue
-        wanted = [name for name in destination.settings.send if name == SOURCE or name in built]
+        wanted = sendable(destination.settings.send, built)
         try:
             for name in wanted:
                 if name not in d.receipts:

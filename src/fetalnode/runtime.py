@@ -41,7 +41,7 @@ def build_runtime(settings: Settings, destinations: list[Destination] | None = N
     log.info("application %s loaded: %s", application.name, application.describe())
     return Runtime(
         application=application,
-        writers=enabled_writers(settings.output.enabled, application.name),
+        writers=enabled_writers(settings.output.enabled, application.applications),
         destinations=build_destinations(settings) if destinations is None else destinations,
         output=settings.output,
     )

@@ -133,8 +133,9 @@ def test_ohif_shows_the_image_and_lists_fetalnode_series(make_node, ohif_orthanc
         auth=(ohif_orthanc.username, ohif_orthanc.password),
         timeout=30,
     ).json()
-    assert {s["00080060"]["Value"][0] for s in series} == {"US", "SR", "OT"}  # what OHIF will list
-    sr_uid = next(s["0020000E"]["Value"][0] for s in series if s["00080060"]["Value"][0] == "SR")
+    # What OHIF will list: the image, the heatmap SC, the TID 1500 and OB-GYN SRs, the GSPS and the SEG.
+    assert sorted(s["00080060"]["Value"][0] for s in series) == ["OT", "PR", "SEG", "SR", "SR", "US"]
+    sr_uid = next(s["0020000E"]["Value"][0] for s in series if s["0008103E"]["Value"][0].startswith(SR_SERIES))
 
     browser.get(ohif_orthanc.ohif_study_url(study_uid))  # type: ignore[attr-defined]
     try:

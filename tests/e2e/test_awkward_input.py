@@ -6,14 +6,14 @@ import pytest
 from pydicom import dcmread
 
 from harness.corpus import ACCEPTED, PHI_TEXT, burned_in_phi
-from tests.conftest import send
+from tests.conftest import RELIABILITY_OUTPUTS, send
 from tests.e2e.helpers import outputs_in_study, sr_content
 
 pytestmark = pytest.mark.e2e
 
 
 def test_awkward_inputs_are_analysed_and_reported(make_node, orthanc, tmp_path) -> None:
-    node = make_node().start()
+    node = make_node(**RELIABILITY_OUTPUTS).start()
     sent = {case.name: case.make(tmp_path) for case in ACCEPTED}
     for path in sent.values():
         result = send(node.port, path)

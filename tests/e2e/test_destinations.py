@@ -17,7 +17,7 @@ from harness.orthanc import OrthancProcess
 from harness.ports import free_port
 from harness.processes import wait_for
 from harness.storescp import StorescpProcess
-from tests.conftest import SAMPLES, dicom_testfile, need, send
+from tests.conftest import RELIABILITY_OUTPUTS, SAMPLES, dicom_testfile, need, send
 from tests.e2e.helpers import find
 
 pytestmark = pytest.mark.e2e
@@ -99,6 +99,7 @@ def test_source_and_outputs_reach_a_pacs_a_vna_and_orthanc_and_rules_route(make_
     ):
         node = make_node(
             own_orthanc,
+            **RELIABILITY_OUTPUTS,
             destinations=[pacs(store.port), stow(vna, tmp_path), rest(own_orthanc, tmp_path)],
             routes=[
                 RouteSettings(name="ct-archive", action="forward", modality=["CT"]),
@@ -140,7 +141,7 @@ def test_one_destination_down_does_not_delay_the_other_then_everything_arrives_o
 ) -> None:
     need("storescp")
     port = free_port()
-    node = make_node(own_orthanc, destinations=[pacs(port), rest(own_orthanc, tmp_path)]).start()
+    node = make_node(own_orthanc, **RELIABILITY_OUTPUTS, destinations=[pacs(port), rest(own_orthanc, tmp_path)]).start()
     for path in US:
         assert send(node.port, path).returncode == 0
     # every job analysed and waiting for the PACS only: Orthanc already holds its source, SR and SC
@@ -170,6 +171,7 @@ def test_permanent_refusals_are_dead_letters_in_one_attempt_and_resend_replays_o
     try:
         node = make_node(
             own_orthanc,
+            **RELIABILITY_OUTPUTS,
             destinations=[pacs(refusing.port), stow(vna, tmp_path, "viewer", "look"), rest(own_orthanc, tmp_path)],
         ).start()
         assert send(node.port, US[0]).returncode == 0
@@ -202,7 +204,9 @@ def test_permanent_refusals_are_dead_letters_in_one_attempt_and_resend_replays_o
 def test_node_killed_mid_delivery_every_object_arrives_once_per_destination(make_node, own_orthanc, tmp_path) -> None:
     need("storescp")
     with StorescpProcess(tmp_path / "pacs") as store:
-        node = make_node(own_orthanc, destinations=[pacs(store.port), rest(own_orthanc, tmp_path)]).start()
+        node = make_node(
+            own_orthanc, **RELIABILITY_OUTPUTS, destinations=[pacs(store.port), rest(own_orthanc, tmp_path)]
+        ).start()
         for path in US:
             assert send(node.port, path).returncode == 0
         # killed as soon as the PACS has the first object: the first job's other objects are still to go
@@ -224,6 +228,7 @@ def test_scale_out_worker_delivers_to_the_same_destinations(make_node, own_ortha
     with StorescpProcess(tmp_path / "pacs") as store:
         node = make_node(
             own_orthanc,
+            **RELIABILITY_OUTPUTS,
             node__role="terminal",
             broker__url=broker.url,
             destinations=[pacs(store.port), rest(own_orthanc, tmp_path, ("sr", "sc"))],

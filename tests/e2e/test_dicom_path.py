@@ -11,7 +11,7 @@ from pydicom import dcmread
 from harness.node import cli
 from harness.orthanc import OrthancProcess
 from harness.processes import wait_for
-from tests.conftest import SAMPLES, dicom_testfile, send, storescu
+from tests.conftest import RELIABILITY_OUTPUTS, SAMPLES, dicom_testfile, send, storescu
 from tests.e2e.helpers import find, outputs_in_study, sr_content
 
 pytestmark = pytest.mark.e2e
@@ -107,7 +107,7 @@ def test_orthanc_down_then_up_everything_delivered_once(make_node, tmp_path) -> 
     target = OrthancProcess(tmp_path / "orthanc2", webviewer=False)
     target.start()
     target.stop()  # ports and password are fixed now; Orthanc is down while the node works
-    node = make_node(target).start()
+    node = make_node(target, **RELIABILITY_OUTPUTS).start()
     files = [SAMPLES / n for n in list(SAMPLE_INFO)[:3]]
     for f in files:
         assert send(node.port, f).returncode == 0

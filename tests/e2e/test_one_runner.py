@@ -4,6 +4,8 @@ input gives the same objects (UIDs and content, apart from timestamps) in both r
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -68,7 +70,13 @@ def test_extra_output_delivered_and_objects_identical_in_every_role(make_node, o
         roles = {
             "embedded": from_orthanc(embedded_orthanc, job.result["outputs"]),
             "scale-out": from_orthanc(own_orthanc, remote.result["outputs"]),
-            "analyze": {name: dcmread(out / f"{sample.stem}.{name}.dcm") for name in OUTPUTS},
+            "analyze": {name: dcmread(out / f"{name}.dcm") for name in OUTPUTS},
+        }
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["outputs"] == {name: roles["analyze"][name].SOPInstanceUID for name in OUTPUTS}
+        assert set(summary["files"]) == {str(out / f"{n}.dcm") for n in OUTPUTS} | {
+            str(out / "heatmap.png"),
+            str(out / "summary.json"),
         }
     finally:
         embedded_orthanc.stop()

@@ -14,7 +14,7 @@ from harness.orthanc import OrthancProcess
 from harness.ports import free_port
 from harness.processes import wait_for
 from harness.scenarios import acknowledged, orthanc_sr_uids, start_senders
-from tests.conftest import MODALITY, need, sample_copies
+from tests.conftest import MODALITY, RELIABILITY_OUTPUTS, need, sample_copies
 
 pytestmark = pytest.mark.e2e
 
@@ -22,7 +22,11 @@ pytestmark = pytest.mark.e2e
 def terminal_and_workers(make_node, orthanc, broker, n_workers: int, **fields: object):
     metrics = free_port()
     node = make_node(
-        orthanc, node__role="terminal", broker__url=broker.url, node__metrics_port=metrics, **fields
+        orthanc,
+        node__role="terminal",
+        broker__url=broker.url,
+        node__metrics_port=metrics,
+        **{**RELIABILITY_OUTPUTS, **fields},
     ).start()
     workers = [node.start_broker_worker() for _ in range(n_workers)]
     return node, workers, metrics

@@ -56,11 +56,11 @@ def test_orthanc_section_is_the_one_destination_until_tables_name_others(tmp_pat
     s = load_settings(cfg, env={})
     assert [(d.name, d.kind, d.send) for d in configured(s)] == [
         ("pacs", "dicom", ["source", "sr"]),
-        ("vna", "dicomweb", ["sr", "sc"]),
+        ("vna", "dicomweb", ["outputs"]),
     ]
     assert "s3cret" not in repr(s.masked())
     assert [d.name for d in build_destinations(s)] == ["pacs", "vna"]
-    s.destinations[0].send = ["source", "gsps"]
+    s.destinations[0].send = ["source", "ko"]  # not an enabled output
     with pytest.raises(ConfigError, match="destination pacs: send"):
         build_destinations(s)
     s.destinations[0].send, s.destinations[1].kind = ["sr"], "ftp"
@@ -83,6 +83,8 @@ def test_output_uids_are_deterministic_and_distinct_per_kind() -> None:
     assert a == object_uids("sr", "1.2.3", "1.2", "0.1.0+0.1.0")
     assert a.instance != object_uids("sr", "1.2.3", "1.2", "0.2.0+0.1.0").instance
     assert a.instance != object_uids("sr", "1.2.3", "1.2", "0.1.0+0.1.0", variant="abcd").instance
+    revised = object_uids("sr", "1.2.3", "1.2", "0.1.0+0.1.0", revision=1)
+    assert revised.instance != a.instance and revised.series == a.series, "a revised object is a new instance"
     sc = object_uids("sc", "1.2.3", "1.2", "0.1.0+0.1.0")
     assert len({a.series, a.instance, sc.series, sc.instance}) == 4
     assert all(UID(u).is_valid and len(u) <= 64 for u in (a.instance, sc.series))
@@ -99,7 +101,13 @@ def test_role_output_and_application_names_are_checked() -> None:
     with pytest.raises(ConfigError, match=r"node\.role"):
         load_settings(None, env={"FETALNODE__NODE__ROLE": "boss"})
     with pytest.raises(ConfigError, match=r"output\.enabled: unknown output 'no-such-output'"):
-        enabled_writers(["sr", "no-such-output"], "fetal-head")
+        enabled_writers(["sr", "no-such-output"], ["fetal-head"])
     with pytest.raises(ConfigError, match="cannot be written for application 'other'"):
-        enabled_writers(["sr"], "other")
-    assert [w.name for w in enabled_writers(load_settings(None, env={}).output.enabled, "fetal-head")] == ["sr", "sc"]
+        enabled_writers(["sr"], ["other"])
+    assert [w.name for w in enabled_writers(load_settings(None, env={}).output.enabled, ["fetal-head"])] == [
+        "sr",
+        "sc",
+        "gsps",
+        "seg",
+        "obsr",
+    ]

@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr._concepts_dict import concepts
 
 from fetalnode.config import load_settings
-from fetalnode.orthanc.findings import NOTICE, made_by_fetalnode, read_finding
+from fetalnode.orthanc.findings import NOTICE, is_obgyn_report, made_by_fetalnode, read_finding
 from fetalnode.outputs import codes as fc
 from fetalnode.outputs.uids import DEVICE_UID
 from fetalnode.runner import Received, Runtime, run_job
@@ -115,6 +115,15 @@ def test_our_sr_and_sc_are_recognised_by_device_uid(normal) -> None:
     assert made_by_fetalnode(simplified)
     assert not made_by_fetalnode({"Manufacturer": "fetalnode project", "ContributingEquipmentSequence": []})
     assert not made_by_fetalnode({"ContributingEquipmentSequence": [{"DeviceUID": "1.2.3"}]})
+
+
+def test_the_finding_is_read_from_the_measurement_report_not_the_obgyn_report(analyzer, normal) -> None:
+    data = NORMAL.read_bytes()
+    outcome = run_job(Received(0, "", hashlib.sha256(data).hexdigest(), lambda: data, "TEST"), analyzer)
+    obsr = dcmread(BytesIO(outcome.built["obsr"]))
+    _, sr, _ = normal
+    assert made_by_fetalnode(obsr), "the OB-GYN report is ours too"
+    assert is_obgyn_report(obsr) and not is_obgyn_report(sr)
 
 
 def test_a_changed_manufacturer_is_still_recognised_and_read(analyzer, normal) -> None:

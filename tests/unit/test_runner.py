@@ -17,8 +17,9 @@ from fetalnode.applications.base import Analysis
 from fetalnode.config import load_settings
 from fetalnode.destinations.base import Item, Receipt
 from fetalnode.destinations.folder import folder_destination
-from fetalnode.errors import DeliveryError, InferenceError, IntakeRejected, TransferError
-from fetalnode.outputs.registry import OutputContext, OutputWriter
+from fetalnode.errors import ConfigError, DeliveryError, InferenceError, IntakeRejected, TransferError
+from fetalnode.outputs.registry import OUTPUTS, OutputContext, OutputWriter, enabled_writers, register_output
+from fetalnode.outputs.uids import object_uids
 from fetalnode.runner import Delivery, Outcome, Received, RetryPolicy, Runtime, Verdict, run_job, stage_of
 from fetalnode.runtime import build_runtime
 from fetalnode.vocab import DeliveryStatus, RouteAction, Stage
@@ -33,7 +34,7 @@ class Counting:
     """The real application, counting its analyses (a retry with built outputs must not analyse again)."""
 
     def __init__(self, inner) -> None:
-        self.inner, self.calls, self.name = inner, 0, inner.name
+        self.inner, self.calls, self.name, self.applications = inner, 0, inner.name, inner.applications
 
     def analyse(self, ds: Dataset) -> Analysis:
         self.calls += 1
@@ -90,10 +91,20 @@ def test_delivered_every_enabled_output_to_every_destination(runtime: Runtime, t
     runtime.destinations = [a, b]
     outcome = run_job(received(), runtime)
     assert outcome.verdict is Verdict.DELIVERED and outcome.stage is Stage.DELIVER, outcome.reason
-    assert set(outcome.built) == set(outcome.summary["outputs"]) == {"sr", "sc"}
+    enabled = {w.name for w in runtime.writers}
+    assert enabled == {"sr", "sc", "gsps", "seg", "obsr"}, "every output is enabled by default"
+    assert set(outcome.built) == set(outcome.summary["outputs"]) == enabled
     assert set(outcome.receipts) == {"a", "b"} and all(set(r) == {"sr", "sc"} for r in outcome.receipts.values())
     sr = dcmread(outcome.receipts["b"]["sr"])
     assert sr.SOPInstanceUID == outcome.summary["outputs"]["sr"]
+    source = dcmread(SAMPLE)
+    version = "+".join(v for _, v in runtime.application.inner.analyse(source).models)
+    old = object_uids("sr", source.SOPInstanceUID, source.SeriesInstanceUID, version)
+    assert (
+        sr.SOPInstanceUID
+        == object_uids("sr", source.SOPInstanceUID, source.SeriesInstanceUID, version, revision=1).instance
+    )
+    assert sr.SOPInstanceUID != old.instance, "the corrected SR (HC 11984-2) must not reuse the wrong one's UID"
     assert hd.sr.Comprehensive3DSR.from_dataset(sr).SOPInstanceUID == sr.SOPInstanceUID
     assert outcome.summary["finding"] in {"normal", "abnormal"} and outcome.summary["hc_mm"] > 0
 
@@ -190,12 +201,45 @@ def test_a_writer_that_breaks_fails_at_encode(runtime: Runtime, tmp_path: Path) 
     def broken(ctx: OutputContext) -> Dataset:
         raise ValueError("no pixels for you")
 
-    runtime.writers = [*runtime.writers, OutputWriter("broken", broken)]
+    runtime.writers = [*runtime.writers, OutputWriter("broken", {"": broken})]
     runtime.destinations = [Flaky(tmp_path, "a")]
     outcome = run_job(received(), runtime)
     assert outcome.verdict is Verdict.FAILED and outcome.stage is Stage.ENCODE
     assert "'broken'" in outcome.reason and "no pixels for you" in outcome.reason
     assert not list(tmp_path.iterdir()), "nothing is delivered when an output cannot be built"
+
+
+def test_a_writer_without_a_builder_for_the_application_writes_nothing(runtime: Runtime, tmp_path: Path) -> None:
+    def labour_only(ctx: OutputContext) -> Dataset:
+        raise AssertionError("never called for a fetal-head analysis")
+
+    writer = OutputWriter("labour-only", {"labour-progress": labour_only})
+    runtime.writers = [*runtime.writers, writer]
+    runtime.destinations = [Flaky(tmp_path, "a", send=("outputs",))]
+    outcome = run_job(received(), runtime)
+    assert outcome.verdict is Verdict.DELIVERED, outcome.reason
+    assert set(outcome.built) == set(outcome.summary["outputs"]) == {"sr", "sc", "gsps", "seg", "obsr"}
+    assert set(outcome.receipts["a"]) == set(outcome.built), "'outputs' sends every output built for the image"
+    OUTPUTS.add("labour-only", writer)
+    with pytest.raises(ConfigError, match="cannot be written for application 'fetal-head'"):
+        enabled_writers(["sr", "labour-only"], ["fetal-head"])
+    both = enabled_writers(["sr", "labour-only"], ["fetal-head", "labour-progress"])
+    assert [w.name for w in both] == ["sr", "labour-only"], "a writer feeding one of the applications is enabled"
+
+
+def test_one_output_name_has_one_builder_per_application() -> None:
+    def one(ctx: OutputContext) -> Dataset:
+        raise AssertionError
+
+    def two(ctx: OutputContext) -> Dataset:
+        raise AssertionError
+
+    register_output("test-two-apps", applications=["app-a"])(one)
+    register_output("test-two-apps", applications=["app-b"])(two)
+    writer = OUTPUTS.get("test-two-apps", "test")
+    assert (writer.builder_for("app-a"), writer.builder_for("app-b"), writer.builder_for("app-c")) == (one, two, None)
+    with pytest.raises(ConfigError, match="registered twice for application 'app-a'"):
+        register_output("test-two-apps", applications=["app-a"])(two)
 
 
 def test_outcome_message_round_trip_and_stage_map() -> None:

@@ -66,6 +66,9 @@ class Application(Protocol):
     """
 
     name: str
+    # The application names its analyses may carry (a view router answers with several): the writers
+    # are checked against them at start-up.
+    applications: tuple[str, ...]
 
     def analyse(self, ds: Dataset) -> Analysis: ...
 

@@ -29,6 +29,7 @@ class FetalHead:
     max_pixels: int
     max_frames: int
     name: str = NAME
+    applications: tuple[str, ...] = (NAME,)
 
     def analyse(self, ds: Dataset) -> Analysis:
         decoded = decode_for_analysis(ds, self.max_pixels, self.max_frames)

@@ -61,6 +61,7 @@ BUILTIN_KINDS = (
     "fetalnode.destinations.dicomweb",
 )
 SOURCE = "source"  # in ``send``: the received image, forwarded unchanged
+ALL_OUTPUTS = "outputs"  # in ``send``: every output the job built (``output.enabled``)
 
 
 def configured(settings: Settings) -> list[DestinationSettings]:
@@ -96,11 +97,11 @@ def build_destinations(settings: Settings) -> list[Destination]:
     names = [d.name for d in tables]
     if "" in names or len(set(names)) != len(names):
         raise ConfigError(f"[[destinations]]: every destination needs a unique name, got {names}")
-    sendable = {SOURCE, *settings.output.enabled}
+    sendable = {SOURCE, ALL_OUTPUTS, *settings.output.enabled}
     for d in tables:
         unknown = [s for s in d.send if s not in sendable]
         if unknown or not d.send:
             raise ConfigError(
-                f"destination {d.name}: send {d.send} must name 'source' or enabled outputs ({', '.join(sorted(sendable))})"
+                f"destination {d.name}: send {d.send} must name 'source', 'outputs' (every enabled output) or enabled outputs ({', '.join(sorted(sendable))})"
             )
     return [DESTINATION_KINDS.get(d.kind, f"destination {d.name}: kind")(d, settings) for d in tables]

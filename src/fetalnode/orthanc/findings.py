@@ -95,6 +95,14 @@ def _code_text(code: Code) -> str:
     return f"{code.meaning!r} ({code.value}, {code.scheme_designator})"
 
 
+def is_obgyn_report(ds: Dataset) -> bool:
+    """Whether an SR is an OB-GYN Ultrasound Procedure Report (TID 5000, by its document title's code):
+    fetalnode's carries the biometry again for OB reporting systems; the finding is read from the TID 1500
+    report, and any other SR of ours is read (or shown as unreadable)."""
+    titles = ds.get("ConceptNameCodeSequence") or []
+    return len(titles) == 1 and _item_key(titles[0]) == _key(fc.OBGYN_REPORT)
+
+
 def read_finding(ds: Dataset) -> dict[str, Any]:
     """The finding of one fetalnode SR, as plain JSON-able values."""
     try:

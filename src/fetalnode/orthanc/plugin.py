@@ -41,7 +41,7 @@ for entry in reversed(CONFIG.get("SysPath", [])):
 from pydicom import dcmread  # noqa: E402
 
 from fetalnode.orthanc import ohif  # noqa: E402
-from fetalnode.orthanc.findings import NOTICE, made_by_fetalnode, read_finding  # noqa: E402
+from fetalnode.orthanc.findings import NOTICE, is_obgyn_report, made_by_fetalnode, read_finding  # noqa: E402
 
 _lock = threading.Lock()
 _findings: dict[str, dict[str, Any]] = {}  # SR Orthanc ID -> finding
@@ -71,6 +71,8 @@ def _index_instance(instance_id: str) -> None:
     if tags.get("Modality") == "SR":
         try:
             ds = dcmread(BytesIO(orthanc.RestApiGet(f"/instances/{instance_id}/file")))
+            if is_obgyn_report(ds):
+                return  # our OB-GYN report (TID 5000): the finding is read from the TID 1500 report
             finding = read_finding(ds)
             evidence = [
                 r.ReferencedSOPInstanceUID

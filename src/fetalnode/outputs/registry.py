@@ -9,7 +9,7 @@ can register more with :func:`register_output`.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
@@ -34,50 +34,79 @@ class OutputContext:
     station_name: str
 
 
+Build = Callable[[OutputContext], Dataset]
+
+
 @dataclass(frozen=True)
 class OutputWriter:
-    """One kind of output object.
+    """One kind of output object, with one builder per application whose analysis it understands.
 
-    ``applications``: the applications whose analysis this writer understands (empty: any).
+    ``builders`` maps an application name to its builder; the key ``""`` builds for any application.
+    A writer with no builder for an analysis's application writes nothing for that image (a SEG of the
+    head for a labour-progress image, say): :meth:`write` returns ``None``.
     """
 
     name: str
-    build: Callable[[OutputContext], Dataset]
-    applications: frozenset[str] = frozenset()
+    builders: dict[str, Build] = field(default_factory=dict)
+    revisions: dict[str, int] = field(default_factory=dict)
+
+    def builder_for(self, application: str) -> Build | None:
+        return self.builders.get(application) or self.builders.get(ANY_APPLICATION)
 
     def write(
         self, source: Dataset, analysis: Analysis, settings: OutputSettings, station_name: str, variant: str
-    ) -> Dataset:
+    ) -> Dataset | None:
+        build = self.builder_for(analysis.application)
+        if build is None:
+            return None
+        application = analysis.application if analysis.application in self.builders else ANY_APPLICATION
         uids = object_uids(
-            self.name, str(source.SOPInstanceUID), str(source.SeriesInstanceUID), analysis.model_version, variant
+            self.name,
+            str(source.SOPInstanceUID),
+            str(source.SeriesInstanceUID),
+            analysis.model_version,
+            variant,
+            self.revisions.get(application, 0),
         )
-        return self.build(OutputContext(source, analysis, uids, settings, station_name))
+        return build(OutputContext(source, analysis, uids, settings, station_name))
 
 
+ANY_APPLICATION = ""
 OUTPUTS: Registry[OutputWriter] = Registry("output")
 
 
-def register_output(
-    name: str, *, applications: Sequence[str] = ()
-) -> Callable[[Callable[[OutputContext], Dataset]], Callable[[OutputContext], Dataset]]:
-    """Decorator registering ``build(ctx) -> Dataset`` as the output ``name``."""
+def register_output(name: str, *, applications: Sequence[str] = (), revision: int = 0) -> Callable[[Build], Build]:
+    """Decorator registering ``build(ctx) -> Dataset`` as the output ``name`` for ``applications`` (none
+    named: any). Several builders may share one output name, one per application.
 
-    def add(build: Callable[[OutputContext], Dataset]) -> Callable[[OutputContext], Dataset]:
-        OUTPUTS.add(name, OutputWriter(name, build, frozenset(applications)))
+    ``revision``: raise it whenever the builder's object changes for the same input and models (a code
+    corrected, an item added): it is part of the SOP Instance UID, so the changed object is a new instance
+    and never hides behind the UID of the old one (:func:`~fetalnode.outputs.uids.object_uids`).
+    """
+
+    def add(build: Build) -> Build:
+        writer = OUTPUTS.add(name, OUTPUTS.find(name) or OutputWriter(name))
+        for application in applications or [ANY_APPLICATION]:
+            taken = writer.builders.get(application)
+            if taken is not None and taken is not build:
+                raise ConfigError(f"output {name!r} is registered twice for application {application or 'any'!r}")
+            writer.builders[application] = build
+            writer.revisions[application] = revision
         return build
 
     return add
 
 
-def enabled_writers(names: Sequence[str], application: str) -> list[OutputWriter]:
-    """The writers of ``output.enabled``, in that order; an unknown name or one the application cannot
-    feed is a configuration error (found at start-up, not at the first image)."""
+def enabled_writers(names: Sequence[str], applications: Sequence[str]) -> list[OutputWriter]:
+    """The writers of ``output.enabled``, in that order. An unknown name, or one that none of the
+    ``applications`` the node may answer with can feed, is a configuration error (found at start-up,
+    not at the first image); a writer that feeds only some of them writes for those."""
     _load_builtin()
     writers = []
     for name in names:
         writer = OUTPUTS.get(name, "output.enabled")
-        if writer.applications and application not in writer.applications:
-            raise ConfigError(f"output {name!r} cannot be written for application {application!r}")
+        if not any(writer.builder_for(a) for a in applications):
+            raise ConfigError(f"output {name!r} cannot be written for application {', '.join(map(repr, applications))}")
         writers.append(writer)
     if not writers:
         raise ConfigError("output.enabled is empty: a job would have nothing to deliver")

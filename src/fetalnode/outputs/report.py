@@ -180,7 +180,8 @@ def report_comments(result: AnalysisResult, frame_number: int | None, n_frames: 
     return lines
 
 
-@register_output("sr", applications=["fetal-head"])
+# Revision 1: HC coded 11984-2 (was 11779-6, a delivery-date concept), head contour and calliper POLYLINEs.
+@register_output("sr", applications=["fetal-head"], revision=1)
 def build_report(ctx: OutputContext) -> hd.sr.Comprehensive3DSR:
     """Build the SR; raises :class:`EncodingError` with the reason if highdicom refuses the content."""
     source, result, decoded = ctx.source, ctx.analysis.result_as(AnalysisResult), ctx.analysis.decoded
