@@ -4,25 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydicom.dataset import Dataset
 
-from fetalnode.errors import EncodingError
-
 if TYPE_CHECKING:
+    from fetalnode.inference import AnalysisResult
     from fetalnode.intake import DecodedImage
-
-R = TypeVar("R")
-
-
-class ApplicationResult(Protocol):
-    """What every application's result offers the runner: the head's ``AnalysisResult``, ``LabourResult``..."""
-
-    analysed: bool
-    reason: str
-
-    def summary(self) -> dict[str, object]: ...
 
 
 @dataclass(frozen=True)
@@ -30,18 +18,9 @@ class Analysis:
     """An application's answer for one image: what the output writers read."""
 
     application: str
-    result: ApplicationResult
+    result: AnalysisResult
     decoded: DecodedImage
     models: tuple[tuple[str, str], ...]
-
-    def result_as(self, kind: type[R]) -> R:
-        """The result as the type a writer understands (``AnalysisResult``, ``LabourResult``); a writer given
-        another application's analysis raises :class:`EncodingError` instead of writing nonsense."""
-        if not isinstance(self.result, kind):
-            raise EncodingError(
-                f"{self.application}: the writer expects {kind.__name__}, the analysis holds {type(self.result).__name__}"
-            )
-        return self.result
 
     @property
     def model_version(self) -> str:
