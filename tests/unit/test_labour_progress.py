@@ -28,6 +28,8 @@ from fetalnode.inference.labour_analyzer import (
     labour_settings,
     structures_from_probabilities,
 )
+from fetalnode.outputs.registry import OutputContext
+from fetalnode.outputs.uids import object_uids
 from fetalnode.runner import Received, Verdict, run_job
 from fetalnode.runtime import build_runtime
 from fetalnode.training.data import read_labels
@@ -47,6 +49,11 @@ def app():
         None, env={}, overrides={"models.dir": str(MODELS), "worker.application": "labour-progress"}
     )
     return build_application(settings)
+
+
+def labour(analysis: Analysis) -> LabourResult:
+    assert isinstance(analysis.result, LabourResult), type(analysis.result)
+    return analysis.result
 
 
 def wrapped(name: str, pixel_size_mm: float | None) -> Dataset:
@@ -81,7 +88,7 @@ def test_calibrated_image_gets_aop_and_hsd_in_mm_with_every_field_filled(app) ->
     name = "psfhs_04152.png"
     analysis = app.analyse(wrapped(name, 0.2))
     assert analysis.application == "labour-progress" and analysis.models == (("psfhs-seg", analysis.models[0][1]),)
-    result = analysis.result_as(LabourResult)
+    result = labour(analysis)
     assert result.analysed and result.reason == "", result.reason
     for field in dataclasses.fields(LabourResult):
         assert getattr(result, field.name) is not None, field.name
@@ -99,7 +106,7 @@ def test_calibrated_image_gets_aop_and_hsd_in_mm_with_every_field_filled(app) ->
 
 
 def test_uncalibrated_image_gets_hsd_in_pixels_only_with_a_note(app) -> None:
-    result = app.analyse(wrapped("psfhs_04152.png", None)).result_as(LabourResult)
+    result = labour(app.analyse(wrapped("psfhs_04152.png", None)))
     assert result.analysed and result.hsd_px is not None and result.hsd_mm is None
     assert "pixels only" in result.measurement_note
 
@@ -107,7 +114,7 @@ def test_uncalibrated_image_gets_hsd_in_pixels_only_with_a_note(app) -> None:
 def test_an_image_without_the_structures_is_not_analysed(app) -> None:
     ds = wrapped("psfhs_04152.png", 0.2)
     ds.PixelData = np.zeros((ds.Rows, ds.Columns), dtype=np.uint8).tobytes()
-    result = app.analyse(ds).result_as(LabourResult)
+    result = labour(app.analyse(ds))
     assert not result.analysed and result.reason.startswith("not analysed: ")
     assert result.aop_deg is None
     assert result.summary()["analysed"] is False
@@ -155,9 +162,14 @@ def test_shipped_gate_passes_the_bundled_images(app) -> None:
 
 
 def test_a_head_writer_refuses_a_labour_analysis(app) -> None:
-    analysis: Analysis = app.analyse(wrapped("psfhs_04152.png", None))
-    with pytest.raises(EncodingError, match="expects AnalysisResult"):
-        analysis.result_as(AnalysisResult)
+    ds = wrapped("psfhs_04152.png", None)
+    analysis: Analysis = app.analyse(ds)
+    settings = load_settings(None, env={})
+    uids = object_uids("sr", str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID), analysis.model_version, "")
+    ctx = OutputContext(ds, analysis, uids, settings.output, "T")
+    assert ctx.result_as(LabourResult) is analysis.result
+    with pytest.raises(EncodingError, match="not a AnalysisResult"):
+        ctx.result_as(AnalysisResult)
 
 
 def test_runner_delivers_a_labour_job(tmp_path: Path) -> None:
