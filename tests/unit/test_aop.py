@@ -45,7 +45,7 @@ def agreement(folder: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def test_bundled_masks_give_the_reference_aop_and_hsd() -> None:
     d_aop, d_hsd = agreement(MINI)
-    assert len(d_aop) == 10
+    assert len(d_aop) == 12
     assert d_aop.max() <= 0.5, d_aop
     assert d_hsd.max() <= 0.5, d_hsd
 

@@ -158,7 +158,7 @@ def test_shipped_gate_passes_the_bundled_images(app) -> None:
     settings = labour_settings(load_bundle(BUNDLE, "multiclass-segmentation"))
     assert settings.gate.ps_area[0] < settings.gate.ps_area[1] and 0.5 <= settings.gate.min_confidence < 1
     analysed = [app.analyse(wrapped(Path(r["filename"]).name, None)).result.analysed for r in read_labels(MINI)]
-    assert sum(analysed) >= 8, analysed
+    assert sum(analysed) >= 10, analysed
 
 
 def test_a_head_writer_refuses_a_labour_analysis(app) -> None:
@@ -200,7 +200,7 @@ def test_runner_delivers_a_labour_job(tmp_path: Path) -> None:
 
 def test_evaluate_reports_every_metric_with_a_ci_by_block(tmp_path: Path) -> None:
     report = evaluate_bundle(BUNDLE, MINI, tmp_path / "report.json")
-    assert report["n"] == 10 and report["n_groups"] == 9 and report["split"] == "all"
+    assert report["n"] == 12 and report["n_groups"] == 10 and report["split"] == "all"
     for key in (
         "dice_fh_mean",
         "dice_ps_mean",
@@ -212,6 +212,6 @@ def test_evaluate_reports_every_metric_with_a_ci_by_block(tmp_path: Path) -> Non
         lo, hi = report[f"{key}_ci95"]
         assert lo <= report[key] <= hi, key
     assert report["dice_fh_mean"] > 0.8 and report["aop_abs_diff_deg_mean"] < 20
-    assert json.loads((tmp_path / "report.json").read_text())["n"] == 10
+    assert json.loads((tmp_path / "report.json").read_text())["n"] == 12
     lines = (tmp_path / "report_images.csv").read_text().splitlines()
-    assert len(lines) == 11 and lines[0].startswith("filename,group,dice_ps,dice_fh")
+    assert len(lines) == 13 and lines[0].startswith("filename,group,dice_ps,dice_fh")

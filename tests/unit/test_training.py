@@ -345,7 +345,7 @@ def test_labour_segmentation_trains_splits_by_block_and_evaluates(tmp_path: Path
         "the last epoch",
     )
     splits = meta["training_data"][0]["splits"]
-    assert meta["training_data"][0]["split_by"] == "id_block" and sum(s["images"] for s in splits.values()) == 10
+    assert meta["training_data"][0]["split_by"] == "id_block" and sum(s["images"] for s in splits.values()) == 12
     rows = read_labels(DATA / "psfhs_mini")
     parts = {k: {r["id_block"] for r in v} for k, v in block_split(rows, meta["training_data"][0]["seed"]).items()}
     assert not (parts["train"] & parts["test"]) and not (parts["train"] & parts["val"])
