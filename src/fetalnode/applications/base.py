@@ -10,6 +10,7 @@ from pydicom.dataset import Dataset
 
 if TYPE_CHECKING:
     from fetalnode.inference import AnalysisResult
+    from fetalnode.inference.labour import LabourResult
     from fetalnode.intake import DecodedImage
 
 
@@ -18,7 +19,7 @@ class Analysis:
     """An application's answer for one image: what the output writers read."""
 
     application: str
-    result: AnalysisResult
+    result: AnalysisResult | LabourResult
     decoded: DecodedImage
     models: tuple[tuple[str, str], ...]
 

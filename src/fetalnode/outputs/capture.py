@@ -54,7 +54,7 @@ def burn_banner(rgb: np.ndarray, lines: list[str]) -> np.ndarray:
 @register_output("sc", applications=["fetal-head"])
 def build_heatmap_capture(ctx: OutputContext) -> hd.sc.SCImage:
     """An RGB Secondary Capture in the source study: fused Grad-CAM heatmap, ROI ellipse and banner."""
-    source, result = ctx.source, ctx.analysis.result
+    source, result = ctx.source, ctx.result_as(AnalysisResult)
     if result.fused_rgb is None:
         raise EncodingError("analysis produced no image to capture")
     pixels = burn_banner(result.fused_rgb, banner_lines(result))

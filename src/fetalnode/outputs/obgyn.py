@@ -127,7 +127,7 @@ def _fetal_biometry_section(result: AnalysisResult) -> hd.sr.ContainerContentIte
 @register_output("obsr", applications=["fetal-head"])
 def build_obgyn_report(ctx: OutputContext) -> hd.sr.ComprehensiveSR:
     """Build the OB-GYN report; raises :class:`EncodingError` with the reason if highdicom refuses it."""
-    result, decoded = ctx.analysis.result, ctx.analysis.decoded
+    result, decoded = ctx.result_as(AnalysisResult), ctx.analysis.decoded
     try:
         observation = hd.sr.ObservationContext(
             observer_device_context=device_observer(ctx),

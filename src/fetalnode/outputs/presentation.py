@@ -149,7 +149,7 @@ def build_presentation_state(
     ctx: OutputContext,
 ) -> hd.pr.GrayscaleSoftcopyPresentationState | hd.pr.ColorSoftcopyPresentationState:
     """GSPS for a grayscale source, Color Softcopy Presentation State otherwise, in the source study."""
-    source, result, decoded = ctx.source, ctx.analysis.result, ctx.analysis.decoded
+    source, result, decoded = ctx.source, ctx.result_as(AnalysisResult), ctx.analysis.decoded
     photometric = str(source.get("PhotometricInterpretation", "")).strip()
     rows, columns = int(source.Rows), int(source.Columns)
     grayscale = photometric in GRAYSCALE

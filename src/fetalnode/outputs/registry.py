@@ -10,17 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydicom.dataset import Dataset
 
-from fetalnode.errors import ConfigError
+from fetalnode.errors import ConfigError, EncodingError
 from fetalnode.outputs.uids import ObjectUids, object_uids
 from fetalnode.registry import Registry
 
 if TYPE_CHECKING:
     from fetalnode.applications.base import Analysis
     from fetalnode.config import OutputSettings
+
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,16 @@ class OutputContext:
     uids: ObjectUids
     settings: OutputSettings
     station_name: str
+
+    def result_as(self, kind: type[R]) -> R:
+        """The analysis result as the type a builder reads (``AnalysisResult`` of ``fetal-head``,
+        ``LabourResult`` of ``labour-progress``); another type is an :class:`EncodingError`."""
+        result = self.analysis.result
+        if not isinstance(result, kind):
+            raise EncodingError(
+                f"{self.analysis.application} analysis carries a {type(result).__name__}, not a {kind.__name__}"
+            )
+        return result
 
 
 Build = Callable[[OutputContext], Dataset]

@@ -183,7 +183,7 @@ def report_comments(result: AnalysisResult, frame_number: int | None, n_frames: 
 @register_output("sr", applications=["fetal-head"])
 def build_report(ctx: OutputContext) -> hd.sr.Comprehensive3DSR:
     """Build the SR; raises :class:`EncodingError` with the reason if highdicom refuses the content."""
-    source, result, decoded = ctx.source, ctx.analysis.result, ctx.analysis.decoded
+    source, result, decoded = ctx.source, ctx.result_as(AnalysisResult), ctx.analysis.decoded
     frame_number = decoded.frame_number
     try:
         observation = hd.sr.ObservationContext(

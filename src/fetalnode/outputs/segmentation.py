@@ -25,6 +25,7 @@ from pydicom.uid import UltrasoundImageStorage, UltrasoundMultiFrameImageStorage
 
 from fetalnode import RESEARCH_NOTICE, __version__
 from fetalnode.errors import EncodingError
+from fetalnode.inference import AnalysisResult
 from fetalnode.outputs import codes
 from fetalnode.outputs.common import identity
 from fetalnode.outputs.registry import OutputContext, register_output
@@ -84,7 +85,7 @@ def _refer_to_frame(ds: Dataset, source: Dataset, frame_number: int) -> None:
 def build_head_segmentation(ctx: OutputContext) -> hd.seg.Segmentation:
     """A binary Segmentation of the fetal head in the source study (series 9104)."""
     source, analysis = ctx.source, ctx.analysis
-    result = analysis.result
+    result = ctx.result_as(AnalysisResult)
     shape = (int(source.Rows), int(source.Columns))
     mask = result.head_mask if result.head_mask is not None else np.zeros(shape, dtype=bool)
     if mask.shape != shape:
