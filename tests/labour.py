@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 from scipy import ndimage
 
 from fetalnode.applications.base import Analysis
@@ -103,7 +104,7 @@ def ground_truth(image_id: str, spacing_mm: tuple[float, float] | None) -> Labou
         aop_deg=angle_at(vertex, axis_end, tangent),
         hsd_px=hsd_px,
         hsd_mm=hsd_px * spacing_mm[0] if spacing_mm is not None and isotropic else None,
-        measurement_note="" if isotropic else "no calibration: HSD in pixels",
+        measurement_note="" if isotropic else "the image carries no calibration",
     )
 
 
@@ -139,7 +140,7 @@ def wrapped(image_id: str, folder: Path, pixel_size_mm: float | None = None) -> 
     calibrated copy carries a made-up one (it only exercises the mm path)."""
     ds = wrap_png(PSFHS_MINI / LABELS[image_id]["filename"], pixel_size_mm=pixel_size_mm, patient_id="PSFHS-TEST")
     if pixel_size_mm is not None:  # another instance than the uncalibrated copy
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID + ".1"
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[ds.SOPInstanceUID])
     path = folder / f"psfhs_{image_id}{'_cal' if pixel_size_mm else ''}.dcm"
     ds.save_as(path, enforce_file_format=True)
     return path
