@@ -249,3 +249,18 @@ def _items(ds):  # type: ignore[no-untyped-def]
     for item in ds.get("ContentSequence", []):
         yield item
         yield from _items(item)
+
+
+@pytest.mark.parametrize(
+    ("reason", "shown"),
+    [
+        ("no pubic symphysis found", "no pubic symphysis found"),
+        ("Not analysed: no pubic symphysis found", "no pubic symphysis found"),
+        ("", "pubic symphysis or fetal head not found"),
+    ],
+)
+def test_the_reason_is_said_once(reason: str, shown: str) -> None:
+    from fetalnode.inference.labour import LabourResult
+    from fetalnode.outputs.labour.geometry import not_analysed_reason
+
+    assert not_analysed_reason(LabourResult(analysed=False, reason=reason, seg_model=SEG_MODEL)) == shown

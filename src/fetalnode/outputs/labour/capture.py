@@ -22,7 +22,7 @@ from fetalnode.errors import EncodingError
 from fetalnode.inference.labour import LabourResult
 from fetalnode.outputs import codes as fc
 from fetalnode.outputs.common import identity
-from fetalnode.outputs.labour.geometry import LabourGraphics, angle_deg, hsd_text, labour_graphics
+from fetalnode.outputs.labour.geometry import LabourGraphics, angle_deg, hsd_text, labour_graphics, not_analysed_reason
 from fetalnode.outputs.registry import OutputContext, register_output
 
 APPLICATION = "labour-progress"
@@ -36,7 +36,7 @@ def banner_lines(result: LabourResult, reference: str = fc.AOP_REFERENCE) -> lis
     """What the banner says, first line the result (highlighted), last the research notice."""
     notice = f"{RESEARCH_NOTICE} - fetalnode {result.seg_model[0]} {result.seg_model[1]}"
     if not result.analysed:
-        reason = result.reason or "pubic symphysis or fetal head not found"
+        reason = not_analysed_reason(result)
         return [f"NOT ANALYSED: {reason}".upper(), notice]
     first = f"ANGLE OF PROGRESSION {result.aop_deg:.1f}\u00b0"
     if hsd := hsd_text(result):

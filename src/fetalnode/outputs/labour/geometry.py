@@ -101,3 +101,11 @@ def hsd_text(result: LabourResult) -> str:
     if result.hsd_px is not None:
         return f"HSD {result.hsd_px:.1f} px"
     return ""
+
+
+def not_analysed_reason(result: LabourResult) -> str:
+    """Why the image was not measured, without a leading "not analysed:" (every writer puts its own)."""
+    reason = result.reason.strip()
+    if reason.lower().startswith("not analysed"):
+        reason = reason[len("not analysed") :].lstrip(" :-")
+    return reason or "pubic symphysis or fetal head not found"

@@ -18,7 +18,7 @@ from fetalnode.errors import EncodingError
 from fetalnode.inference.labour import LabourResult
 from fetalnode.outputs import codes as fc
 from fetalnode.outputs.common import identity
-from fetalnode.outputs.labour.geometry import hsd_text, labour_graphics
+from fetalnode.outputs.labour.geometry import hsd_text, labour_graphics, not_analysed_reason
 from fetalnode.outputs.presentation import (
     CONTENT_LABEL,
     GRAYSCALE,
@@ -36,7 +36,7 @@ SERIES_NUMBER = 9103
 def annotation_lines(result: LabourResult) -> list[str]:
     """What the text box says (default character repertoire), the research notice last."""
     if not result.analysed:
-        reason = result.reason or "pubic symphysis or fetal head not found"
+        reason = not_analysed_reason(result)
         return [f"Not analysed: {reason}", RESEARCH_NOTICE]
     first = f"Angle of progression {result.aop_deg:.1f} deg"
     if hsd := hsd_text(result):

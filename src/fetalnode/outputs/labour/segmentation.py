@@ -21,6 +21,7 @@ from fetalnode.errors import EncodingError
 from fetalnode.inference.labour import LabourResult
 from fetalnode.outputs import codes
 from fetalnode.outputs.common import identity
+from fetalnode.outputs.labour.geometry import not_analysed_reason
 from fetalnode.outputs.registry import OutputContext, register_output
 from fetalnode.outputs.segmentation import SERIES_NUMBER, refer_to_frame, source_header
 from fetalnode.outputs.uids import derive_uid
@@ -97,7 +98,7 @@ def build_labour_segmentation(ctx: OutputContext) -> hd.seg.Segmentation:
     if found:
         comments.append("Pubic symphysis and fetal head as segmented by the model")
     if not result.analysed:
-        comments.append(f"Not analysed: {result.reason or 'pubic symphysis or fetal head not found'}")
+        comments.append(f"Not analysed: {not_analysed_reason(result)}")
     seg.ImageComments = ". ".join(comments)
     seg.PatientOrientation = source.get("PatientOrientation", "")
     return seg
