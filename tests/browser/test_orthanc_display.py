@@ -172,3 +172,47 @@ def test_malformed_report_says_unreadable_and_orthanc_stays_healthy(display_orth
     # Orthanc indexes changes in order: the other SR was looked at before the one shown above.
     answer = rest(display_orthanc, "GET", "/fetalnode/findings", params={"resource": other["ParentStudy"]})  # type: ignore[index]
     assert answer["study"] == other["ParentStudy"] and answer["findings"] == []  # type: ignore[index]
+
+
+def test_labour_progress_in_panel_and_triage(display_orthanc, browser, tmp_path) -> None:
+    """A labour-progress image (PSFHS, wrapped as US) with its SR and SC: the panel and the triage list
+    show the angle of progression and the HSD with the literature reference, and no normal/abnormal call."""
+    from tests.labour import HIGH_AOP, GroundTruthLabour, build, wrapped
+
+    built = build(wrapped(HIGH_AOP, tmp_path), GroundTruthLabour(HIGH_AOP), outputs=["sr", "sc"])
+    for data in (built.src.read_bytes(), built.outcome.built["sr"], built.outcome.built["sc"]):
+        rest(display_orthanc, "POST", "/instances", content=data)
+    aop = f"{built.analysis.result.aop_deg:.1f}"
+    study = study_id(display_orthanc, built.src)
+
+    def labour_findings() -> list[dict]:
+        answer = rest(display_orthanc, "GET", "/fetalnode/findings", params={"resource": study})
+        return [f for f in answer["findings"] if f.get("application") == "labour-progress"]  # type: ignore[index]
+
+    wait_for(lambda: any(f.get("heatmap_instance") for f in labour_findings()), 30, "the plugin to index SR and SC")
+    [finding] = labour_findings()
+    assert (
+        f"{finding['aop_deg']:.1f}" == aop and finding["hsd_px"] is not None and "Kalache" in finding["aop_reference"]
+    )
+
+    browser.get(f"{display_orthanc.url}/app/explorer.html#study?uuid={study}")  # type: ignore[attr-defined]
+    wait_for(lambda: aop in text_of(browser, ".fetalnode-panel .fetalnode-aop"), 30, "the AoP in the Fetal AI panel")
+    panel = text_of(browser, ".fetalnode-panel")
+    assert "Kalache et al., Ultrasound Obstet Gynecol 2009" in panel and "literature, research use only" in panel
+    assert "pixels (no calibration)" in text_of(browser, ".fetalnode-panel .fetalnode-hsd")
+    assert "Normal" not in panel and "Abnormal" not in panel
+    wait_for(
+        lambda: browser.execute_script(  # type: ignore[attr-defined]
+            "var i = document.querySelector('.fetalnode-labour img.fetalnode-heatmap');"
+            "return i && i.complete && i.naturalWidth;"
+        ),
+        30,
+        "the angle of progression image to load",
+    )
+    shot(browser, "study-panel-labour")
+
+    browser.get(f"{display_orthanc.url}/fetalnode/triage")  # type: ignore[attr-defined]
+    wait_for(lambda: aop in text_of(browser, "tr.labour td.aop"), 30, "the AoP in the triage list")
+    assert "Kalache" in text_of(browser, "#aop-reference")
+    assert "Kalache" in (browser.find_element("css selector", "tr.labour").get_attribute("title") or "")  # type: ignore[attr-defined]
+    shot(browser, "triage-labour")

@@ -11,11 +11,54 @@
 
   function mm(v) { return v === null || v === undefined ? 'n/a' : Number(v).toFixed(1) + ' mm'; }
 
+  function links(f, imageLabel) {
+    var html = '';
+    if (f.heatmap_instance) {
+      html += '<img class="fetalnode-heatmap" alt="fetalnode ' + esc(imageLabel) + '" style="max-width:480px;display:block" src="../instances/' +
+        esc(f.heatmap_instance) + '/preview">';
+      html += '<a data-ajax="false" target="_blank" href="../web-viewer/app/viewer.html?series=' + esc(f.heatmap_series) +
+        '">Open the ' + esc(imageLabel) + ' in the web viewer</a>';
+    }
+    if (f.source_series) {
+      html += ' | <a data-ajax="false" target="_blank" href="../web-viewer/app/viewer.html?series=' + esc(f.source_series) +
+        '">Open the source image in the web viewer</a>';
+    }
+    return html;
+  }
+
+  // Labour progress (intrapartum transperineal image): angle of progression and head-symphysis distance,
+  // with the literature reference they are read against; no normal/abnormal call.
+  function renderLabour(f) {
+    var html = '<div class="fetalnode-finding fetalnode-labour" style="border-left:6px solid #36c;' +
+      'padding:6px 10px;margin:6px 0;background:#fafafa">';
+    if (!f.analysed) {
+      html += '<div class="fetalnode-assessment" style="font-size:1.2em"><b>Labour progress: ' + esc(f.assessment) + '</b></div>';
+    } else {
+      html += '<div class="fetalnode-assessment" style="font-size:1.2em"><b>Labour progress: angle of progression ' +
+        '<span class="fetalnode-aop">' + Number(f.aop_deg).toFixed(1) + '&deg;</span></b></div>';
+    }
+    html += '<table style="margin:4px 0">';
+    if (f.analysed) {
+      var hsd = f.hsd_mm !== null && f.hsd_mm !== undefined ? mm(f.hsd_mm)
+        : (f.hsd_px !== null && f.hsd_px !== undefined ? Number(f.hsd_px).toFixed(1) + ' pixels (no calibration)' : 'n/a');
+      html += '<tr><td>Angle of progression (AoP)</td><td class="fetalnode-aop-value">' + Number(f.aop_deg).toFixed(1) + '&deg;</td></tr>';
+      html += '<tr><td>Head-symphysis distance (HSD)</td><td class="fetalnode-hsd">' + esc(hsd) + '</td></tr>';
+      html += '<tr><td>Literature reference</td><td class="fetalnode-aop-reference" style="max-width:480px">' +
+        esc(f.aop_reference) + '</td></tr>';
+    }
+    html += '<tr><td>Models</td><td>' + esc((f.models || []).join(', ') || f.model) + '</td></tr>';
+    html += '<tr><td>Analysed</td><td>' + esc(f.analysed_at) + '</td></tr></table>';
+    html += links(f, 'angle of progression image');
+    html += '<div style="color:#666;font-size:0.85em">' + esc((f.comments || []).slice(1).join(' ')) + '</div>';
+    return html + '</div>';
+  }
+
   function renderFinding(f) {
     if (!f.readable) {
       return '<div class="fetalnode-finding fetalnode-unreadable"><b>unreadable report</b> ' +
         '<span style="color:#666">(' + esc(f.error) + ')</span></div>';
     }
+    if (f.application === 'labour-progress') { return renderLabour(f); }
     var finding = esc(f.assessment) + (f.malformation_type ? ': ' + esc(f.malformation_type) : '');
     var html = '<div class="fetalnode-finding" style="' + (f.abnormal ? 'border-left:6px solid #c00;' : 'border-left:6px solid #2a7;') +
       'padding:6px 10px;margin:6px 0;background:#fafafa">';
@@ -31,16 +74,7 @@
       ' weeks (estimate, Hadlock 1984)' : 'n/a') + '</td></tr>';
     html += '<tr><td>Models</td><td>' + esc((f.models || []).join(', ') || f.model) + '</td></tr>';
     html += '<tr><td>Analysed</td><td>' + esc(f.analysed_at) + '</td></tr></table>';
-    if (f.heatmap_instance) {
-      html += '<img class="fetalnode-heatmap" alt="fetalnode heatmap" style="max-width:480px;display:block" src="../instances/' +
-        esc(f.heatmap_instance) + '/preview">';
-      html += '<a data-ajax="false" target="_blank" href="../web-viewer/app/viewer.html?series=' + esc(f.heatmap_series) +
-        '">Open the heatmap in the web viewer</a>';
-    }
-    if (f.source_series) {
-      html += ' | <a data-ajax="false" target="_blank" href="../web-viewer/app/viewer.html?series=' + esc(f.source_series) +
-        '">Open the source image in the web viewer</a>';
-    }
+    html += links(f, 'heatmap');
     html += '<div style="color:#666;font-size:0.85em">' + esc((f.comments || []).slice(1).join(' ')) + '</div>';
     return html + '</div>';
   }

@@ -37,6 +37,8 @@ def _item_key(item: Dataset) -> Key:
 
 # The values of the AI assessment (FN0006) and how they are displayed.
 _ASSESSMENTS = {_key(code): code for code in (fc.NORMAL, fc.ABNORMAL, fc.NOT_ANALYSED)}
+# The values of the labour-progress assessment (FN0103).
+_LABOUR_ASSESSMENTS = {_key(code): code for code in (fc.LABOUR_MEASURED, fc.LABOUR_NOT_ANALYSED)}
 
 
 def made_by_fetalnode(tags: Dataset | Mapping[str, Any]) -> bool:
@@ -103,8 +105,38 @@ def is_obgyn_report(ds: Dataset) -> bool:
     return len(titles) == 1 and _item_key(titles[0]) == _key(fc.OBGYN_REPORT)
 
 
+def _labour_finding(found: _Content) -> dict[str, Any]:
+    """The angle of progression and head-symphysis distance of a labour-progress report (by code), with
+    the literature reference they are shown beside. No head keys carry a value (HC, type, confidence)."""
+    value = _item_key(found.codes[_key(fc.LABOUR_ASSESSMENT)])
+    assessment = _LABOUR_ASSESSMENTS.get(value)
+    if assessment is None:
+        raise ValueError(f"unknown labour assessment {value}")
+    analysed = assessment == fc.LABOUR_MEASURED
+    aop = found.number(fc.ANGLE_OF_PROGRESSION, fc.DEGREE)
+    if analysed and aop is None:
+        raise ValueError(f"no {_code_text(fc.ANGLE_OF_PROGRESSION)} in degrees in a measured report")
+    return {
+        "application": "labour-progress",
+        "assessment": assessment.meaning,
+        "analysed": analysed,
+        "abnormal": False,
+        "malformation_type": "",
+        "confidence_pct": None,
+        "hc_mm": None,
+        "bpd_mm": None,
+        "ofd_mm": None,
+        "ga_weeks_hadlock": None,
+        "aop_deg": aop,
+        "hsd_mm": found.number(fc.HEAD_SYMPHYSIS_DISTANCE, fc.MM),
+        "hsd_px": found.number(fc.HEAD_SYMPHYSIS_DISTANCE, fc.PIXELS),
+        "aop_reference": fc.AOP_REFERENCE if analysed else "",
+    }
+
+
 def read_finding(ds: Dataset) -> dict[str, Any]:
-    """The finding of one fetalnode SR, as plain JSON-able values."""
+    """The finding of one fetalnode SR, as plain JSON-able values: a fetal head report (AI assessment
+    FN0006) or a labour-progress report (FN0103), told apart by code."""
     try:
         if str(ds.get("Modality", "")) != "SR" or "ContentSequence" not in ds:
             raise ValueError("not a structured report with content")
@@ -112,24 +144,34 @@ def read_finding(ds: Dataset) -> dict[str, Any]:
         _walk(ds.ContentSequence, found)
         if DEVICE_UID not in found.uids.get(_key(fc.DEVICE_OBSERVER_UID), []):
             raise ValueError(f"no {_code_text(fc.DEVICE_OBSERVER_UID)} of fetalnode in the report")
-        value = found.codes.get(_key(fc.AI_ASSESSMENT))
-        if value is None:
-            raise ValueError(f"no {_code_text(fc.AI_ASSESSMENT)} in the report")
-        assessment = _ASSESSMENTS.get(_item_key(value))
-        if assessment is None:
-            raise ValueError(f"unknown AI assessment {_item_key(value)}")
         comments = found.texts.get(_key(fc.COMMENT), [])
         if not comments or not comments[0].startswith(NOTICE):
             raise ValueError("the research-use notice is missing")
-        malformation = found.codes.get(_key(fc.MALFORMATION_TYPE))
-        hc = found.number(fc.HEAD_CIRCUMFERENCE, fc.MM)
         model = found.texts.get(_key(fc.ALGORITHM_NAME), [""])[0].removeprefix("fetalnode ")
         version = found.texts.get(_key(fc.ALGORITHM_VERSION), [""])[0]
-        params = list(dict.fromkeys(found.texts.get(_key(fc.ALGORITHM_PARAMETERS), [])))
         date, time = str(ds.get("ContentDate", "")), str(ds.get("ContentTime", ""))
-        when = f"{date[:4]}-{date[4:6]}-{date[6:8]} {time[:2]}:{time[2:4]}:{time[4:6]}" if len(date) == 8 else ""
-        return {
+        common = {
             "readable": True,
+            "model": f"{model} {version}".strip(),
+            "models": list(dict.fromkeys(found.texts.get(_key(fc.ALGORITHM_PARAMETERS), []))),
+            "analysed_at": f"{date[:4]}-{date[4:6]}-{date[6:8]} {time[:2]}:{time[2:4]}:{time[4:6]}"
+            if len(date) == 8
+            else "",
+            "comments": comments,
+            "notice": NOTICE,
+        }
+        if _key(fc.LABOUR_ASSESSMENT) in found.codes:
+            return {**_labour_finding(found), **common}
+        value = found.codes.get(_key(fc.AI_ASSESSMENT))
+        if value is None:
+            raise ValueError(f"no {_code_text(fc.AI_ASSESSMENT)} or {_code_text(fc.LABOUR_ASSESSMENT)} in the report")
+        assessment = _ASSESSMENTS.get(_item_key(value))
+        if assessment is None:
+            raise ValueError(f"unknown AI assessment {_item_key(value)}")
+        malformation = found.codes.get(_key(fc.MALFORMATION_TYPE))
+        hc = found.number(fc.HEAD_CIRCUMFERENCE, fc.MM)
+        return {
+            "application": "fetal-head",
             "assessment": assessment.meaning,
             "abnormal": assessment == fc.ABNORMAL,
             "malformation_type": str(malformation.get("CodeMeaning", "")) if malformation is not None else "",
@@ -138,11 +180,7 @@ def read_finding(ds: Dataset) -> dict[str, Any]:
             "bpd_mm": found.number(fc.BIPARIETAL_DIAMETER, fc.MM),
             "ofd_mm": found.number(fc.OCCIPITAL_FRONTAL_DIAMETER, fc.MM),
             "ga_weeks_hadlock": round(hadlock_ga_weeks(hc), 1) if hc else None,
-            "model": f"{model} {version}".strip(),
-            "models": params,
-            "analysed_at": when,
-            "comments": comments,
-            "notice": NOTICE,
+            **common,
         }
     except Exception as exc:  # any malformed SR: the panel says "unreadable report"
         return {"readable": False, "error": f"{type(exc).__name__}: {exc}", "notice": NOTICE}

@@ -79,7 +79,7 @@ def head_graphics(ellipse: Ellipse, rows: int, columns: int) -> list[hd.pr.Graph
     ]
 
 
-def _text(lines: list[str]) -> hd.pr.TextObject:
+def text_object(lines: list[str]) -> hd.pr.TextObject:
     # DISPLAY units keep the box on screen whatever the zoom; ST allows CR LF between lines.
     return hd.pr.TextObject(
         text_value="\r\n".join(lines)[:1024],
@@ -89,7 +89,7 @@ def _text(lines: list[str]) -> hd.pr.TextObject:
     )
 
 
-def _reference(source: Dataset, grayscale: bool) -> Dataset:
+def presentation_reference(source: Dataset, grayscale: bool) -> Dataset:
     """The source header (no pixels) as highdicom's Presentation State constructors accept it.
 
     Only UIDs, study attributes, matrix size and grey-scale LUTs are read from it; the source itself is
@@ -138,7 +138,7 @@ def srgb_input_profile() -> bytes:
     return bytes(data)
 
 
-def _icc_profile(source: Dataset) -> bytes:
+def icc_profile(source: Dataset) -> bytes:
     """The source's ICC profile, else sRGB (the ICC Profile Module is mandatory in a Color PS)."""
     profile = source.get("ICCProfile")
     return bytes(profile) if profile else srgb_input_profile()
@@ -153,7 +153,7 @@ def build_presentation_state(
     photometric = str(source.get("PhotometricInterpretation", "")).strip()
     rows, columns = int(source.Rows), int(source.Columns)
     grayscale = photometric in GRAYSCALE
-    reference = _reference(source, grayscale)
+    reference = presentation_reference(source, grayscale)
     frame = decoded.frame_number if decoded.n_frames > 1 and decoded.frame_number else None
     layer = hd.pr.GraphicLayer(
         layer_name=LAYER,
@@ -170,7 +170,7 @@ def build_presentation_state(
             graphic_layer=layer,
             referenced_frame_number=frame,
             graphic_objects=graphics,
-            text_objects=[_text(annotation_lines(result))],
+            text_objects=[text_object(annotation_lines(result))],
         )
         common = {
             "referenced_images": [reference],
@@ -188,7 +188,7 @@ def build_presentation_state(
         if grayscale:
             pr = hd.pr.GrayscaleSoftcopyPresentationState(**common)
         else:
-            pr = hd.pr.ColorSoftcopyPresentationState(icc_profile=_icc_profile(source), **common)
+            pr = hd.pr.ColorSoftcopyPresentationState(icc_profile=icc_profile(source), **common)
     except (ValueError, TypeError, AttributeError) as exc:
         raise EncodingError(f"Presentation State could not be built: {exc}") from exc
     pr.SeriesDescription = "fetalnode AI annotations - research use only"

@@ -127,6 +127,6 @@ def enabled_writers(names: Sequence[str], applications: Sequence[str]) -> list[O
 
 def _load_builtin() -> Any:
     # The built-in writers register themselves on import (highdicom is imported only here).
-    from fetalnode.outputs import capture, obgyn, presentation, report, segmentation
+    from fetalnode.outputs import capture, labour, obgyn, presentation, report, segmentation
 
-    return capture, obgyn, presentation, report, segmentation
+    return capture, labour, obgyn, presentation, report, segmentation

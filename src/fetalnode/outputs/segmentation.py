@@ -50,7 +50,7 @@ def head_segment(seg_model: tuple[str, str]) -> hd.seg.SegmentDescription:
     )
 
 
-def _source_header(source: Dataset, multiframe: bool) -> Dataset:
+def source_header(source: Dataset, multiframe: bool) -> Dataset:
     """The source's header without its pixels; a multi-frame one as a single-frame Ultrasound Image,
     the form highdicom accepts without a Frame of Reference."""
     skip = {"PixelData"}
@@ -62,7 +62,7 @@ def _source_header(source: Dataset, multiframe: bool) -> Dataset:
     return header
 
 
-def _refer_to_frame(ds: Dataset, source: Dataset, frame_number: int) -> None:
+def refer_to_frame(ds: Dataset, source: Dataset, frame_number: int) -> None:
     """Point every reference to the stand-in back at the multi-frame source (and its analysed frame)."""
     uid = source.SOPInstanceUID
     holders = [ds, *(d for g in ds.PerFrameFunctionalGroupsSequence for d in g.get("DerivationImageSequence", []))]
@@ -95,7 +95,7 @@ def build_head_segmentation(ctx: OutputContext) -> hd.seg.Segmentation:
     found = result.head_mask is not None
     try:
         seg = hd.seg.Segmentation(
-            source_images=[_source_header(source, multiframe)],
+            source_images=[source_header(source, multiframe)],
             pixel_array=mask.astype(bool),
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=[head_segment(result.seg_model)],
@@ -111,7 +111,7 @@ def build_head_segmentation(ctx: OutputContext) -> hd.seg.Segmentation:
     except (ValueError, TypeError, AttributeError) as exc:
         raise EncodingError(f"Segmentation could not be built: {exc}") from exc
     if multiframe:
-        _refer_to_frame(seg, source, frame_number)
+        refer_to_frame(seg, source, frame_number)
     # highdicom draws a random Dimension Organization UID: derive it so that a retry writes the same object.
     dimension_uid = derive_uid("seg-dimension-organization", ctx.uids.instance)
     for item in (*seg.DimensionOrganizationSequence, *seg.DimensionIndexSequence):

@@ -1,0 +1,113 @@
+"""Softcopy Presentation State of a labour-progress image: the angle of progression as graphics over the
+source image (the source pixels untouched).
+
+One graphic layer ``FETALNODE`` with: the angle as an open 3-point POLYLINE (symphysis axis end, vertex,
+tangent point on the fetal head), the head-symphysis distance as an open 2-point POLYLINE, the outlines of
+the pubic symphysis and the fetal head as closed POLYLINEs, a text anchored at the vertex with the angle,
+and a text box with AoP / HSD, the literature reference and the research notice. Grayscale or Color
+Softcopy Presentation State as for the head (:mod:`fetalnode.outputs.presentation`), series 9103; the
+points are those of the SR (:mod:`fetalnode.outputs.labour.geometry`).
+"""
+
+from __future__ import annotations
+
+import highdicom as hd
+
+from fetalnode import RESEARCH_NOTICE, __version__
+from fetalnode.errors import EncodingError
+from fetalnode.inference.labour import LabourResult
+from fetalnode.outputs import codes as fc
+from fetalnode.outputs.common import identity
+from fetalnode.outputs.labour.geometry import hsd_text, labour_graphics, not_analysed_reason
+from fetalnode.outputs.presentation import (
+    CONTENT_LABEL,
+    GRAYSCALE,
+    LAYER,
+    icc_profile,
+    presentation_reference,
+    text_object,
+)
+from fetalnode.outputs.registry import OutputContext, register_output
+
+APPLICATION = "labour-progress"
+SERIES_NUMBER = 9103
+
+
+def annotation_lines(result: LabourResult) -> list[str]:
+    """What the text box says (default character repertoire), the research notice last."""
+    if not result.analysed:
+        reason = not_analysed_reason(result)
+        return [f"Not analysed: {reason}", RESEARCH_NOTICE]
+    first = f"Angle of progression {result.aop_deg:.1f} deg"
+    if hsd := hsd_text(result):
+        first += f"  {hsd}"
+    return [first, f"Reference: {fc.AOP_REFERENCE_ASCII}", RESEARCH_NOTICE]
+
+
+def labour_graphic_objects(result: LabourResult, rows: int, columns: int) -> list[hd.pr.GraphicObject]:
+    """The angle, the HSD line, then the symphysis and head outlines (PIXEL units)."""
+    graphics = labour_graphics(result, rows, columns)
+    pixel, polyline = hd.pr.AnnotationUnitsValues.PIXEL, hd.pr.GraphicTypeValues.POLYLINE
+    shapes = [graphics.angle, graphics.hsd, graphics.ps_contour, graphics.fh_contour]
+    return [hd.pr.GraphicObject(graphic_type=polyline, graphic_data=s, units=pixel) for s in shapes if s is not None]
+
+
+@register_output("gsps", applications=[APPLICATION])
+def build_labour_presentation_state(
+    ctx: OutputContext,
+) -> hd.pr.GrayscaleSoftcopyPresentationState | hd.pr.ColorSoftcopyPresentationState:
+    """GSPS for a grayscale source, Color Softcopy Presentation State otherwise, in the source study."""
+    source, result, decoded = ctx.source, ctx.result_as(LabourResult), ctx.analysis.decoded
+    rows, columns = int(source.Rows), int(source.Columns)
+    grayscale = str(source.get("PhotometricInterpretation", "")).strip() in GRAYSCALE
+    reference = presentation_reference(source, grayscale)
+    frame = decoded.frame_number if decoded.n_frames > 1 and decoded.frame_number else None
+    layer = hd.pr.GraphicLayer(
+        layer_name=LAYER,
+        order=1,
+        description=f"fetalnode AI angle of progression - {RESEARCH_NOTICE.lower()}"[:64],
+        display_color=hd.color.CIELabColor(97.0, -21.0, 94.0),  # yellow
+    )
+    try:
+        graphics = None
+        texts = [text_object(annotation_lines(result))]
+        if result.analysed:
+            graphics = labour_graphic_objects(result, rows, columns)
+            vertex = labour_graphics(result, rows, columns).angle[1]
+            texts.append(
+                hd.pr.TextObject(
+                    text_value=f"AoP {result.aop_deg:.1f} deg",
+                    units=hd.pr.AnnotationUnitsValues.PIXEL,
+                    anchor_point=(float(vertex[0]), float(vertex[1])),
+                    anchor_point_visible=True,
+                )
+            )
+        annotation = hd.pr.GraphicAnnotation(
+            referenced_images=[reference],
+            graphic_layer=layer,
+            referenced_frame_number=frame,
+            graphic_objects=graphics,
+            text_objects=texts,
+        )
+        common = {
+            "referenced_images": [reference],
+            "manufacturer_model_name": "fetalnode",
+            "software_versions": __version__,
+            "device_serial_number": None,
+            "content_label": CONTENT_LABEL,
+            "content_description": f"fetalnode AI angle of progression - {RESEARCH_NOTICE.lower()}"[:64],
+            "graphic_annotations": [annotation],
+            "graphic_layers": [layer],
+            "institution_name": ctx.settings.institution_name or None,
+            **identity(ctx, series_number=SERIES_NUMBER),
+        }
+        pr: hd.pr.GrayscaleSoftcopyPresentationState | hd.pr.ColorSoftcopyPresentationState
+        if grayscale:
+            pr = hd.pr.GrayscaleSoftcopyPresentationState(**common)
+        else:
+            pr = hd.pr.ColorSoftcopyPresentationState(icc_profile=icc_profile(source), **common)
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise EncodingError(f"Presentation State could not be built: {exc}") from exc
+    pr.SeriesDescription = "fetalnode AI annotations - research use only"
+    pr.Laterality = ""
+    return pr

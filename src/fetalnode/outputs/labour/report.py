@@ -1,0 +1,187 @@
+"""TID 1500 Measurement Report (Comprehensive 3D SR) of a labour-progress image, following IHE AI Results.
+
+The angle of progression (AoP, UCUM ``deg``) and the head-symphysis distance (HSD: ``mm`` with a calibration,
+else UCUM ``{pixels}``) on the source image, each with its line as an open POLYLINE, the symphysis axis and
+the tangent to the fetal head as open POLYLINEs, and the outlines of the pubic symphysis and the fetal head
+as closed POLYLINEs: one TID 1410 planar ROI group per region, each with its own Tracking Identifier and UID,
+the algorithm (TID 4019) and the finding (site). When the structures could not be measured, one TID 1501
+group says so by code (:data:`~fetalnode.outputs.codes.LABOUR_NOT_ANALYSED`), with the reason as a comment
+and no number. Codes: :mod:`fetalnode.outputs.codes` (why each, docs/conformance.md).
+"""
+
+from __future__ import annotations
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.coding import Code
+
+from fetalnode import RESEARCH_NOTICE
+from fetalnode.errors import EncodingError
+from fetalnode.inference.labour import LabourResult
+from fetalnode.intake import DecodedImage
+from fetalnode.outputs import codes as fc
+from fetalnode.outputs.common import device_observer, report_kwargs
+from fetalnode.outputs.labour.geometry import labour_graphics, not_analysed_reason
+from fetalnode.outputs.registry import OutputContext, register_output
+from fetalnode.outputs.uids import derive_uid
+
+APPLICATION = "labour-progress"
+SERIES_NUMBER = 9101  # the series of the output ``sr``, whatever the application
+AOP_CONVENTION = (
+    "FH-PS-AOP 2023 challenge convention: ellipse fits of both structures; vertex = inferior apex of the pubic "
+    "symphysis (end of its major axis); tangent from the vertex to the far side of the fetal head ellipse"
+)
+HSD_CONVENTION = "distance from the vertex to the nearest point of the fetal head contour"
+
+
+def algorithm(result: LabourResult) -> hd.sr.AlgorithmIdentification:
+    name, version = result.seg_model
+    return hd.sr.AlgorithmIdentification(
+        name=f"fetalnode {name}",
+        version=version,
+        parameters=[f"segmentation {name} {version}", "angle of progression: FH-PS-AOP 2023 convention"],
+        manufacturer="fetalnode project",
+    )
+
+
+def _measurement_groups(
+    source: Dataset, result: LabourResult, decoded: DecodedImage, sr_instance_uid: str
+) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations | hd.sr.MeasurementsAndQualitativeEvaluations]:
+    algorithm_id = algorithm(result)
+    frames = [decoded.frame_number] if decoded.frame_number else None
+    symphysis = [hd.sr.FindingSite(fc.SYMPHYSIS_PUBIS)]
+
+    def tracking(kind: str, identifier: str) -> hd.sr.TrackingIdentifier:
+        return hd.sr.TrackingIdentifier(uid=derive_uid(f"labour-{kind}", sr_instance_uid), identifier=identifier)
+
+    if not result.analysed:
+        return [
+            hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=tracking("tracking", "labour progress"),
+                finding_type=fc.FETAL_HEAD,
+                algorithm_id=algorithm_id,
+                finding_sites=symphysis,
+                source_images=[
+                    hd.sr.SourceImageForMeasurementGroup(
+                        referenced_sop_class_uid=source.SOPClassUID,
+                        referenced_sop_instance_uid=source.SOPInstanceUID,
+                        referenced_frame_numbers=frames,
+                    )
+                ],
+                qualitative_evaluations=[hd.sr.QualitativeEvaluation(fc.LABOUR_ASSESSMENT, fc.LABOUR_NOT_ANALYSED)],
+            )
+        ]
+    if result.aop_deg is None:
+        raise EncodingError("an analysed labour result has no angle of progression")
+    graphics = labour_graphics(result, int(source.Rows), int(source.Columns))
+
+    def region(data: np.ndarray) -> hd.sr.ImageRegion:
+        return hd.sr.ImageRegion(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+            graphic_data=data,
+            source_image=hd.sr.SourceImageForRegion(
+                referenced_sop_class_uid=source.SOPClassUID,
+                referenced_sop_instance_uid=source.SOPInstanceUID,
+                referenced_frame_numbers=frames,
+            ),
+        )
+
+    def number(name: Code, value: float, unit: Code) -> list[hd.sr.Measurement]:
+        return [hd.sr.Measurement(name=name, value=round(value, 2), unit=unit, algorithm_id=algorithm_id)]
+
+    hsd: list[hd.sr.Measurement] = []
+    if result.hsd_mm is not None:
+        hsd = number(fc.HEAD_SYMPHYSIS_DISTANCE, result.hsd_mm, fc.MM)
+    elif result.hsd_px is not None:
+        hsd = number(fc.HEAD_SYMPHYSIS_DISTANCE, result.hsd_px, fc.PIXELS)
+    # (tracking kind, identifier, finding, finding sites, region, measurements, evaluations, purpose)
+    groups: list[tuple[str, str, Code, list[hd.sr.FindingSite] | None, np.ndarray | None, list, list, Code | None]]
+    groups = [
+        (
+            "aop",
+            "angle of progression",
+            fc.FETAL_HEAD,
+            symphysis,
+            graphics.angle,
+            number(fc.ANGLE_OF_PROGRESSION, result.aop_deg, fc.DEGREE),
+            [hd.sr.QualitativeEvaluation(fc.LABOUR_ASSESSMENT, fc.LABOUR_MEASURED)],
+            None,
+        ),
+        ("hsd", "head-symphysis distance", fc.FETAL_HEAD, symphysis, graphics.hsd, hsd, [], None),
+        ("axis", "pubic symphysis axis", fc.SYMPHYSIS_PUBIS, None, graphics.symphysis_axis, [], [], None),
+        ("tangent", "tangent to the fetal head", fc.FETAL_HEAD, symphysis, graphics.tangent, [], [], None),
+        ("ps", "pubic symphysis contour", fc.SYMPHYSIS_PUBIS, None, graphics.ps_contour, [], [], fc.OUTLINE),
+        ("fh", "fetal head contour", fc.FETAL_HEAD, None, graphics.fh_contour, [], [], fc.OUTLINE),
+    ]
+    return [
+        hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking(kind, identifier),
+            referenced_region=region(data),
+            finding_type=finding,
+            finding_sites=sites,
+            algorithm_id=algorithm_id,
+            measurements=values or None,
+            qualitative_evaluations=evaluations or None,
+            geometric_purpose=purpose,
+        )
+        for kind, identifier, finding, sites, data, values, evaluations, purpose in groups
+        if data is not None
+    ]
+
+
+def report_comments(result: LabourResult, decoded: DecodedImage) -> list[str]:
+    """Free-text statements of the report: the notice first, then what a reader must know."""
+    lines = [f"{RESEARCH_NOTICE}: generated by fetalnode from a model trained on a small public dataset (PSFHS)."]
+    if not result.analysed:
+        reason = not_analysed_reason(result)
+        lines.append(f"Not analysed: {reason}.")
+    else:
+        lines.append(f"Angle of progression {result.aop_deg:.1f} degrees ({AOP_CONVENTION}).")
+        if result.hsd_mm is not None:
+            lines.append(f"Head-symphysis distance {result.hsd_mm:.1f} mm ({HSD_CONVENTION}).")
+            lines.append(f"Calibration from {decoded.spacing_source}.")
+        elif result.hsd_px is not None:
+            why = result.measurement_note or decoded.spacing_note or "no calibration"
+            lines.append(f"Head-symphysis distance {result.hsd_px:.1f} pixels ({HSD_CONVENTION}); no mm: {why}.")
+        lines.append(f"Reference: {fc.AOP_REFERENCE_ASCII}.")
+    if decoded.n_frames > 1 and decoded.frame_number:
+        lines.append(f"Analysed frame {decoded.frame_number} of {decoded.n_frames}.")
+    return lines
+
+
+@register_output("sr", applications=[APPLICATION])
+def build_labour_report(ctx: OutputContext) -> hd.sr.Comprehensive3DSR:
+    """Build the SR; raises :class:`EncodingError` with the reason if the content is refused."""
+    source, result, decoded = ctx.source, ctx.result_as(LabourResult), ctx.analysis.decoded
+    try:
+        observation = hd.sr.ObservationContext(
+            observer_device_context=device_observer(ctx),
+            subject_context=hd.sr.SubjectContext(
+                subject_class=fc.FETUS,
+                subject_class_specific_context=hd.sr.SubjectContextFetus(subject_id="1"),
+            ),
+        )
+        report = hd.sr.MeasurementReport(
+            observation_context=observation,
+            procedure_reported=fc.OB_ULTRASOUND,
+            imaging_measurements=_measurement_groups(source, result, decoded, ctx.uids.instance),
+        )
+        container = hd.sr.ContainerContentItem(
+            name=fc.QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+        )
+        container.ContentSequence = hd.sr.ContentSequence(
+            [
+                hd.sr.TextContentItem(
+                    name=fc.COMMENT, value=line[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+                )
+                for line in report_comments(result, decoded)
+            ]
+        )
+        report[0].ContentSequence.append(container)
+        sr = hd.sr.Comprehensive3DSR(content=report[0], **report_kwargs(ctx, series_number=SERIES_NUMBER))
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise EncodingError(f"SR could not be built: {exc}") from exc
+    sr.SeriesDescription = "fetalnode AI labour progress report - research use only"
+    sr.CodingSchemeIdentificationSequence = [fc.coding_scheme_identification()]
+    return sr

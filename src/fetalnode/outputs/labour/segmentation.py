@@ -1,0 +1,104 @@
+"""Binary DICOM Segmentation (PS3.3 A.51) of a labour-progress image: pubic symphysis and fetal head.
+
+Segment 1 "Pubic symphysis" (type SCT 82561000 "Symphysis pubis"), segment 2 "Fetal head" (type SCT
+362865009 "Entire fetal head"), both of category SCT 91723000 "Anatomical Structure" (CID 7150), algorithm
+type AUTOMATIC with the segmentation bundle as Segmentation Algorithm Identification (family DCM 123110
+"Artificial Intelligence", CID 7162). The numbering is PSFHS's label values (1 symphysis, 2 head). Each
+frame is the model's mask pixel for pixel on the source image; when the image was not analysed both segments
+are written empty, with the reason in Image Comments. References, the multi-frame source and the
+Dimension Organization UID are handled as for the head SEG (:mod:`fetalnode.outputs.segmentation`).
+"""
+
+from __future__ import annotations
+
+import highdicom as hd
+import numpy as np
+from pydicom.sr.coding import Code
+from pydicom.uid import UltrasoundMultiFrameImageStorage
+
+from fetalnode import RESEARCH_NOTICE, __version__
+from fetalnode.errors import EncodingError
+from fetalnode.inference.labour import LabourResult
+from fetalnode.outputs import codes
+from fetalnode.outputs.common import identity
+from fetalnode.outputs.labour.geometry import not_analysed_reason
+from fetalnode.outputs.registry import OutputContext, register_output
+from fetalnode.outputs.segmentation import SERIES_NUMBER, refer_to_frame, source_header
+from fetalnode.outputs.uids import derive_uid
+
+APPLICATION = "labour-progress"
+SEGMENTS: tuple[tuple[int, str, Code], ...] = (
+    (1, "Pubic symphysis", codes.SYMPHYSIS_PUBIS),
+    (2, "Fetal head", codes.FETAL_HEAD),
+)
+
+
+def labour_segments(seg_model: tuple[str, str]) -> list[hd.seg.SegmentDescription]:
+    """The two segments, found automatically by the segmentation bundle."""
+    name, version = seg_model
+    return [
+        hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=label,
+            segmented_property_category=codes.SEGMENT_CATEGORY,
+            segmented_property_type=concept,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=hd.AlgorithmIdentificationSequence(
+                name=name, version=version, family=codes.ALGORITHM_FAMILY
+            ),
+        )
+        for number, label, concept in SEGMENTS
+    ]
+
+
+def _mask(mask: np.ndarray | None, shape: tuple[int, int], label: str) -> np.ndarray:
+    if mask is None:
+        return np.zeros(shape, dtype=bool)
+    if mask.shape != shape:
+        raise EncodingError(f"{label} mask has shape {mask.shape}, the source image {shape}")
+    return np.asarray(mask).astype(bool)
+
+
+@register_output("seg", applications=[APPLICATION])
+def build_labour_segmentation(ctx: OutputContext) -> hd.seg.Segmentation:
+    """A binary Segmentation with the two structures in the source study (series 9104)."""
+    source, analysis = ctx.source, ctx.analysis
+    result = ctx.result_as(LabourResult)
+    shape = (int(source.Rows), int(source.Columns))
+    masks = np.stack(
+        [_mask(result.ps_mask, shape, "pubic symphysis"), _mask(result.fh_mask, shape, "fetal head")], axis=-1
+    )
+    multiframe = source.SOPClassUID == UltrasoundMultiFrameImageStorage
+    found = bool(masks.any())
+    try:
+        seg = hd.seg.Segmentation(
+            source_images=[source_header(source, multiframe)],
+            pixel_array=masks[None],
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=labour_segments(result.seg_model),
+            manufacturer_model_name="fetalnode",
+            software_versions=__version__,
+            device_serial_number=ctx.station_name[:64] or "fetalnode",
+            content_label="PS_FETAL_HEAD",
+            content_description=("AI pubic symphysis and fetal head" if found else "No structures found")
+            + " - research use only",
+            omit_empty_frames=False,  # a frame per segment always, also empty ones
+            **identity(ctx, series_number=SERIES_NUMBER),
+        )
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise EncodingError(f"Segmentation could not be built: {exc}") from exc
+    if multiframe:
+        refer_to_frame(seg, source, analysis.decoded.frame_number or 1)
+    # highdicom draws a random Dimension Organization UID: derive it so that a retry writes the same object.
+    dimension_uid = derive_uid("seg-dimension-organization", ctx.uids.instance)
+    for item in (*seg.DimensionOrganizationSequence, *seg.DimensionIndexSequence):
+        item.DimensionOrganizationUID = dimension_uid
+    seg.SeriesDescription = "fetalnode AI labour segmentation - research use only"
+    comments = [RESEARCH_NOTICE]
+    if found:
+        comments.append("Pubic symphysis and fetal head as segmented by the model")
+    if not result.analysed:
+        comments.append(f"Not analysed: {not_analysed_reason(result)}")
+    seg.ImageComments = ". ".join(comments)
+    seg.PatientOrientation = source.get("PatientOrientation", "")
+    return seg
