@@ -184,7 +184,8 @@ def test_capture_draws_the_angle_and_the_banner(high: Built) -> None:
     assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == high.source.SOPInstanceUID
     comments = sc.ImageComments
     assert f"ANGLE OF PROGRESSION {high.analysis.result.aop_deg:.1f} deg" in comments
-    assert "HSD 20.9 px" in comments and "Kalache et al." in comments and RESEARCH_NOTICE in comments
+    hsd = high.analysis.result.hsd_px
+    assert f"HSD {hsd:.1f} px" in comments and "Kalache et al." in comments and RESEARCH_NOTICE in comments
     pixels = sc.pixel_array
     assert pixels.shape[1] == MIN_WIDTH and pixels.shape[0] > MIN_WIDTH  # enlarged 2x, banner above
     banner = pixels.shape[0] - MIN_WIDTH
