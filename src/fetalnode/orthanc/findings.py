@@ -20,6 +20,7 @@ from pydicom.sr.coding import Code
 from fetalnode import RESEARCH_NOTICE
 from fetalnode.outputs import codes as fc
 from fetalnode.outputs.uids import DEVICE_UID
+from fetalnode.vocab import TypeNote
 
 NOTICE = RESEARCH_NOTICE
 
@@ -114,6 +115,10 @@ def read_finding(ds: Dataset) -> dict[str, Any]:
         if not comments or not comments[0].startswith(NOTICE):
             raise ValueError("the research-use notice is missing")
         malformation = found.codes.get(_key(fc.MALFORMATION_TYPE))
+        # "Undetermined" as the malformation type: abnormal, and the node names no type.
+        undetermined = malformation is not None and _item_key(malformation) == _key(fc.TYPE_NOT_DETERMINED)
+        if undetermined:
+            malformation = None
         hc = found.number(fc.HEAD_CIRCUMFERENCE, fc.MM)
         model = found.texts.get(_key(fc.ALGORITHM_NAME), [""])[0].removeprefix("fetalnode ")
         version = found.texts.get(_key(fc.ALGORITHM_VERSION), [""])[0]
@@ -125,6 +130,7 @@ def read_finding(ds: Dataset) -> dict[str, Any]:
             "assessment": assessment.meaning,
             "abnormal": assessment == fc.ABNORMAL,
             "malformation_type": str(malformation.get("CodeMeaning", "")) if malformation is not None else "",
+            "type_note": TypeNote.NOT_DETERMINED.value if undetermined else "",
             "confidence_pct": found.number(fc.FINDING_CONFIDENCE, fc.PERCENT),
             "hc_mm": hc,
             "bpd_mm": found.number(fc.BIPARIETAL_DIAMETER, fc.MM),
