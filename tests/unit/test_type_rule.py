@@ -193,7 +193,7 @@ def test_a_type_is_named_only_when_the_metadata_allows_it(bundles, abnormal_imag
     cases = [
         (rule([top], 0.0), top),
         (rule([top], p_top - 1e-6), top),
-        (rule([top], min(p_top + 1e-3, 1.0)), ""),  # allowed type, probability below the threshold
+        (rule([top], p_top + 1e-3), ""),  # allowed type, probability below the threshold
         (rule([other], 0.0), ""),  # another type allowed: the most probable one is still not named
         (rule([top], None), ""),  # no threshold: never
         (rule([], 0.0), ""),

@@ -875,7 +875,7 @@ def _ece_rows(block: dict[str, Any] | None, where: str) -> str:
     rows = []
     for kind, what in (
         ("abnormal", "P(abnormal): the normal/abnormal call"),
-        ("type", "P(type | abnormal): the most probable type"),
+        ("type", "P(type \\| abnormal): the most probable type"),
     ):
         before, after = block[kind]["before"], block[kind]["after"]
         n = (
@@ -907,7 +907,24 @@ the confidence of the answer given), 95% CI by case-group bootstrap, on images w
 | data | probability | n | ECE before (T = 1) | ECE after |
 |---|---|---|---|---|
 {_ece_rows(cal.get("test"), "test split (held out)")}{_ece_rows(cal.get("grouped_cv"), "grouped CV (temperatures cross-fitted: each fold's from the other folds' out-of-fold predictions)")}
-"""
+{_not_lowered(cal)}"""
+
+
+def _not_lowered(cal: dict[str, Any]) -> str:
+    """A model-card sentence naming where the temperature did not lower the ECE (none: empty)."""
+    worse = [
+        f"{where} {kind} ({block[kind]['before']['ece']:.3f} -> {block[kind]['after']['ece']:.3f})"
+        for where, block in (("test split", cal.get("test")), ("grouped CV", cal.get("grouped_cv")))
+        if block
+        for kind in ("abnormal", "type")
+        if block[kind]["after"]["ece"] is not None and block[kind]["after"]["ece"] >= block[kind]["before"]["ece"]
+    ]
+    if not worse:
+        return ""
+    return (
+        f"The temperatures did not lower the ECE of: {'; '.join(worse)}. Read the confidences with the intervals "
+        "above: they are calibrated on the validation split, not guaranteed on a new case.\n"
+    )
 
 
 def type_rule_section(meta: dict[str, Any]) -> str:
