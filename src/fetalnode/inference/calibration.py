@@ -16,7 +16,7 @@ among ``reportable_types`` (chosen at training time from grouped cross-validatio
 P(type | abnormal) reaches ``type_probability_threshold`` (chosen on validation). A bundle without that
 block names no type.
 
-Pure numpy: importable where torch is not needed.
+Pure numpy (this module uses no torch).
 """
 
 from __future__ import annotations
