@@ -84,8 +84,8 @@ def print_table(jobs: JobStore, expected: dict[str, str], orthanc: OrthancProces
     for job in jobs.jobs():
         r = job.result
         finding = r.get("finding") or ("not analysed" if r else job.error[:40])
-        if r.get("malformation_type"):
-            finding += f": {r['malformation_type']}"
+        if r.get("malformation_type") or r.get("type_note"):
+            finding += f": {r.get('malformation_type') or r['type_note']}"
         conf = f"{r['confidence']:.2f}" if r.get("confidence") is not None else "-"
         hc = f"{r['hc_mm']:.1f}" if r.get("hc_mm") is not None else "-"
         held = job.receipts.get("orthanc", {})  # the Orthanc destination's receipts: output -> instance ID

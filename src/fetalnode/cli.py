@@ -432,7 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--cv-folds",
         type=int,
         default=0,
-        help="classifier only: also run K-fold cross-validation by case group and report it (0: off)",
+        help="classifier only: also run K-fold cross-validation by case group and report it; its per-type "
+        "precision decides which malformation types the node may name (0: off, then none)",
     )
     sp.add_argument(
         "--base-init",

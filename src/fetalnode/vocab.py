@@ -89,3 +89,10 @@ class AuditEvent(StrEnum):
     MODELS_RELOAD_FAILED = "models-reload-failed"
     DEAD_LETTER = "dead-letter"
     IGNORED = "ignored"
+
+
+class TypeNote(StrEnum):
+    """Why an abnormal finding names no malformation type (every output says it in these words)."""
+
+    # The classifier bundle's reporting rule (``type_reporting``) does not allow the most probable type.
+    NOT_DETERMINED = "type not determined"

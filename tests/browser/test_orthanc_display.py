@@ -26,9 +26,9 @@ from tests.conftest import SAMPLES, need, send
 
 pytestmark = pytest.mark.e2e
 ARTIFACTS = ROOT / ".run" / "test-artifacts"
-# What the shipped models (hc18-headseg 0.3.0, fba-classifier 0.8.0) say about two bundled samples:
+# What the shipped models (hc18-headseg 0.3.0, fba-classifier 0.9.0) say about two bundled samples:
 NORMAL = SAMPLES / "hc18_104_HC.dcm"  # normal, HC 85.7 mm (reference 84.4 mm)
-ABNORMAL = SAMPLES / "fba_ventriculomegaly_moderate_fba_01465.dcm"  # abnormal (type: see the model card)
+ABNORMAL = SAMPLES / "fba_ventriculomegaly_moderate_fba_01465.dcm"  # abnormal, type not determined (model card)
 NORMAL_HC = "85.7 mm"
 
 
@@ -112,10 +112,21 @@ def test_panel_and_triage_in_a_real_browser(make_node, display_orthanc, browser,
         )
     shot(browser, "instance-panel-normal")
 
+    # The abnormal study's panel: abnormal, and no malformation type named (the shipped classifier's rule).
+    browser.get(f"{display_orthanc.url}/app/explorer.html#study?uuid={study_id(display_orthanc, ABNORMAL)}")  # type: ignore[attr-defined]
+    wait_for(
+        lambda: "Abnormal - type not determined" in text_of(browser, ".fetalnode-panel .fetalnode-assessment"),
+        30,
+        "the abnormal finding's panel",
+    )
+    shot(browser, "study-panel-abnormal")
+
     browser.get(f"{display_orthanc.url}/fetalnode/triage")  # type: ignore[attr-defined]
     wait_for(lambda: len(browser.find_elements("css selector", "tr.finding")) >= 2, 30, "the triage rows")  # type: ignore[attr-defined]
     rows = browser.find_elements("css selector", "tr.finding")  # type: ignore[attr-defined]
     assert "abnormal" in rows[0].get_attribute("class") and "Abnormal" in rows[0].text
+    # The shipped classifier names no malformation type: the Type column says so.
+    assert rows[0].find_element("css selector", "td.type").text == "type not determined"
     assert "normal" in rows[1].get_attribute("class") and "Normal" in rows[1].text
     shot(browser, "triage")
     # A new result appears without a reload (the page keeps its JavaScript state).

@@ -141,6 +141,14 @@ def test_tiny_training_run_produces_working_bundles(tmp_path: Path) -> None:
     assert deployed["n"] + deployed["not_analysed"] == test_m["n"]
     assert deployed["n"] == round(test_m["head_found_rate"] * test_m["n"])
     assert cv["as_deployed"]["n"] + cv["as_deployed"]["not_analysed"] == cv["n"]
+    # Calibration and the type rule: temperatures from validation, ECE before/after, per-type evidence.
+    cal, rule = cls_meta["calibration"], cls_meta["type_reporting"]
+    assert cal["abnormal_temperature"] > 0 and cal["type_temperature"] > 0
+    assert set(cal["test"]["abnormal"]) == {"before", "after"} and "grouped_cv" in cal
+    assert set(rule["grouped_cv"]) == {"arachnoid_cyst", "ventriculomegaly_moderate"}
+    assert rule["reportable_types"] == [], "nine images cannot make a type reportable"
+    assert rule["type_probability_threshold"] is None and rule["why_none"]
+    assert "type not determined" in (tmp_path / "cls" / "docs" / "README.md").read_text()
     for bundle in ("seg", "cls"):
         assert (tmp_path / bundle / "docs" / "README.md").read_text().count("RESEARCH USE ONLY") >= 1
     analyzer = Analyzer(load_bundle(tmp_path / "seg"), load_bundle(tmp_path / "cls"))
@@ -166,6 +174,7 @@ def test_tiny_training_run_produces_working_bundles(tmp_path: Path) -> None:
         == 9 - metrics["as_deployed"]["not_analysed"]
     )
     assert Path(report["figures"][0]).is_file()
+    assert set(metrics["calibration"]["abnormal"]) == {"before", "after"} and "type_precision" in metrics
     seg_report = evaluate_bundle(tmp_path / "seg", DATA / "hc18_mini", tmp_path / "eval" / "seg.json")
     assert seg_report["segmentation"]["n"] == 8
     assert json.loads((tmp_path / "eval" / "seg.json").read_text())["segmentation"]["n"] == 8

@@ -12,9 +12,11 @@ import torch
 
 from fetalnode.errors import InferenceError
 from fetalnode.inference.bundle import Bundle, load_bundle
+from fetalnode.inference.calibration import Calibration, TypeRule, calibrated
 from fetalnode.inference.ellipse import Biometry, Ellipse, biometry, fit_ellipse, head_region
 from fetalnode.inference.preprocess import letterbox, roi_crop, to_unit_range
 from fetalnode.inference.saliency import draw_roi, fuse, grad_cam
+from fetalnode.vocab import TypeNote
 
 NOT_A_HEAD = "not analysed: no fetal head found"
 # An ellipse with a shorter semi-major axis (source pixels) is "nothing segmented".
@@ -26,7 +28,10 @@ class AnalysisResult:
     """What the models say about one image (source pixel coordinates throughout).
 
     ``head_mask`` is the segmented head the ellipse was fitted to (bool, rows x columns of the analysed
-    frame), set when a head was found.
+    frame), set when a head was found. Probabilities are calibrated (the bundle's temperatures).
+    When the finding is abnormal, either ``malformation_type`` names a type the bundle's reporting rule
+    allows (with its P(type | abnormal) in ``type_probability``), or it is empty and ``type_note`` says
+    "type not determined".
     """
 
     analysed: bool
@@ -40,6 +45,7 @@ class AnalysisResult:
     measurement_note: str = ""
     finding: str = ""
     malformation_type: str = ""
+    type_note: str = ""
     p_abnormal: float = 0.0
     type_probability: float = 0.0
     class_probabilities: dict[str, float] = field(default_factory=dict)
@@ -52,6 +58,14 @@ class AnalysisResult:
         """Probability of the reported finding (normal or abnormal)."""
         return self.p_abnormal if self.finding == "abnormal" else 1.0 - self.p_abnormal
 
+    def type_words(self) -> str:
+        """The type decision in words ("suspected <type>" or "type not determined"); "" unless abnormal."""
+        if self.finding != "abnormal":
+            return ""
+        if self.malformation_type:
+            return f"suspected {self.malformation_type.replace('_', ' ')}"
+        return self.type_note or TypeNote.NOT_DETERMINED.value
+
     def summary(self) -> dict[str, object]:
         bio = self.biometry
         return {
@@ -59,6 +73,7 @@ class AnalysisResult:
             "reason": self.reason,
             "finding": self.finding,
             "malformation_type": self.malformation_type,
+            "type_note": self.type_note,
             "p_abnormal": round(self.p_abnormal, 4),
             "confidence": round(self.confidence, 4) if self.analysed else None,
             "hc_mm": round(bio.hc_mm, 1) if bio else None,
@@ -198,6 +213,8 @@ class Analyzer:
         self.labels: list[str] = list(classifier.metadata["labels"])
         self.normal_index = self.labels.index(str(classifier.metadata.get("normal_label", "normal")))
         self.threshold = float(classifier.metadata.get("abnormal_threshold", 0.5))
+        self.calibration = Calibration.from_metadata(classifier.metadata)
+        self.type_rule = TypeRule.from_metadata(classifier.metadata)
 
     @classmethod
     def from_dir(cls, models_dir: str | Path, seg_name: str, cls_name: str, heatmap_alpha: float = 0.6) -> Analyzer:
@@ -261,15 +278,23 @@ class Analyzer:
         crop, crop_box = roi_crop(img01, ellipse.box(), int(params["roi_size"]), float(params["roi_margin"]))
         x = torch.from_numpy(crop)[None, None]
         with torch.no_grad():
-            probs = torch.softmax(self.cls.net(x), dim=1)[0].numpy().astype(np.float64)
-        result.class_probabilities = {name: float(p) for name, p in zip(self.labels, probs, strict=True)}
-        result.p_abnormal = float(1.0 - probs[self.normal_index])
+            logits = self.cls.net(x)[0].numpy().astype(np.float64)
+        p_abnormal, type_probs = calibrated(logits[None], self.normal_index, self.calibration)
+        result.p_abnormal = float(p_abnormal[0])
         abnormal = [i for i in range(len(self.labels)) if i != self.normal_index]
-        top = max(abnormal, key=lambda i: probs[i])
+        result.class_probabilities = {self.labels[self.normal_index]: 1.0 - result.p_abnormal}
+        result.class_probabilities.update(
+            {self.labels[i]: result.p_abnormal * float(p) for i, p in zip(abnormal, type_probs[0], strict=True)}
+        )
+        k = int(type_probs[0].argmax())
+        top, top_probability = abnormal[k], float(type_probs[0, k])
         result.finding = "abnormal" if result.p_abnormal >= self.threshold else "normal"
         if result.finding == "abnormal":
-            result.malformation_type = self.labels[top]
-            result.type_probability = float(probs[top] / max(result.p_abnormal, 1e-9))
+            if self.type_rule.allows(self.labels[top], top_probability):
+                result.malformation_type = self.labels[top]
+                result.type_probability = top_probability
+            else:
+                result.type_note = TypeNote.NOT_DETERMINED.value
         t2 = time.perf_counter()
         result.timings_ms["classification"] = (t2 - t1) * 1000
         target = top if result.finding == "abnormal" else self.normal_index

@@ -59,7 +59,9 @@
         '<span style="color:#666">(' + esc(f.error) + ')</span></div>';
     }
     if (f.application === 'labour-progress') { return renderLabour(f); }
-    var finding = esc(f.assessment) + (f.malformation_type ? ': ' + esc(f.malformation_type) : '');
+    // A type only where the report names one; otherwise its note ("type not determined").
+    var finding = esc(f.assessment) + (f.malformation_type ? ': ' + esc(f.malformation_type) :
+      (f.type_note ? ' - <span class="fetalnode-type-note">' + esc(f.type_note) + '</span>' : ''));
     var html = '<div class="fetalnode-finding" style="' + (f.abnormal ? 'border-left:6px solid #c00;' : 'border-left:6px solid #2a7;') +
       'padding:6px 10px;margin:6px 0;background:#fafafa">';
     html += '<div class="fetalnode-assessment" style="font-size:1.2em"><b>' + finding + '</b>';

@@ -20,6 +20,7 @@ from pydicom.sr.coding import Code
 from fetalnode import RESEARCH_NOTICE
 from fetalnode.outputs import codes as fc
 from fetalnode.outputs.uids import DEVICE_UID
+from fetalnode.vocab import TypeNote
 
 NOTICE = RESEARCH_NOTICE
 
@@ -122,6 +123,7 @@ def _labour_finding(found: _Content) -> dict[str, Any]:
         "analysed": analysed,
         "abnormal": False,
         "malformation_type": "",
+        "type_note": "",
         "confidence_pct": None,
         "hc_mm": None,
         "bpd_mm": None,
@@ -169,12 +171,17 @@ def read_finding(ds: Dataset) -> dict[str, Any]:
         if assessment is None:
             raise ValueError(f"unknown AI assessment {_item_key(value)}")
         malformation = found.codes.get(_key(fc.MALFORMATION_TYPE))
+        # "Undetermined" as the malformation type: abnormal, and the node names no type.
+        undetermined = malformation is not None and _item_key(malformation) == _key(fc.TYPE_NOT_DETERMINED)
+        if undetermined:
+            malformation = None
         hc = found.number(fc.HEAD_CIRCUMFERENCE, fc.MM)
         return {
             "application": "fetal-head",
             "assessment": assessment.meaning,
             "abnormal": assessment == fc.ABNORMAL,
             "malformation_type": str(malformation.get("CodeMeaning", "")) if malformation is not None else "",
+            "type_note": TypeNote.NOT_DETERMINED.value if undetermined else "",
             "confidence_pct": found.number(fc.FINDING_CONFIDENCE, fc.PERCENT),
             "hc_mm": hc,
             "bpd_mm": found.number(fc.BIPARIETAL_DIAMETER, fc.MM),

@@ -1,6 +1,10 @@
-"""Secondary Capture of the fused heatmap, with the finding burned in as a legible banner."""
+"""Secondary Capture of the fused heatmap, with the finding burned in as a legible banner
+(wrapped to the image width, so a 320-pixel-wide image shows all of it)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import highdicom as hd
 import numpy as np
@@ -21,7 +25,7 @@ def banner_lines(result: AnalysisResult) -> list[str]:
     else:
         first = f"AI FINDING: {result.finding.upper()} ({100 * result.confidence:.0f}%)"
         if result.finding == "abnormal":
-            first += f" - {result.malformation_type.replace('_', ' ')}"
+            first += f" - {result.type_words()}"
         if result.biometry:
             first += f"  HC {result.biometry.hc_mm:.1f} mm"
     return [first, f"{RESEARCH_NOTICE} - fetalnode {result.cls_model[0]} {result.cls_model[1]}"]
@@ -36,18 +40,72 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
 
+MIN_FONT_PX = 9  # below this the banner stops shrinking and wraps only
+
+
+def _wrap(text: str, fits: Callable[[str], bool]) -> list[str]:
+    """Greedy word wrap; a word wider than the line on its own is broken between characters."""
+    out: list[str] = []
+    line = ""
+    for word in text.split():
+        candidate = f"{line} {word}" if line else word
+        if fits(candidate):
+            line = candidate
+            continue
+        if line:
+            out.append(line)
+        line = ""
+        for ch in word:
+            if line and not fits(line + ch):
+                out.append(line)
+                line = ""
+            line += ch
+    if line:
+        out.append(line)
+    return out
+
+
+@dataclass(frozen=True)
+class BannerLayout:
+    """The banner's font size, margin and drawn lines, each with the index of the line it comes from."""
+
+    size: int
+    pad: int
+    lines: list[tuple[int, str]]
+
+
+def banner_layout(lines: list[str], width: int) -> BannerLayout:
+    """Fit the lines into ``width`` pixels: wrap at spaces, and shrink the font (down to
+    :data:`MIN_FONT_PX`) while a line would wrap into more than two, so a narrow image keeps the whole
+    text readable instead of cutting it at the right edge."""
+    size = max(12, min(28, width // 48))
+    while True:
+        font, pad = _font(size), size // 2
+        room = width - 2 * pad
+
+        def fits(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont = font, room: int = room) -> bool:
+            return font.getlength(text) <= room
+
+        wrapped = [(i, part) for i, line in enumerate(lines) for part in _wrap(line, fits)]
+        if size <= MIN_FONT_PX or len(wrapped) <= 2 * len(lines):
+            return BannerLayout(size, pad, wrapped)
+        size -= 1
+
+
 def burn_banner(rgb: np.ndarray, lines: list[str]) -> np.ndarray:
-    """Add a black banner above the image with the lines in white/yellow (image pixels untouched)."""
+    """Add a black banner above the image with the lines in yellow (first) and white, wrapped to the
+    image's width (image pixels untouched)."""
     h, w = rgb.shape[:2]
-    size = max(12, min(28, w // 48))
+    layout = banner_layout(lines, w)
+    size, pad = layout.size, layout.pad
     font = _font(size)
-    pad = size // 2
-    banner_h = pad + len(lines) * (size + pad)
+    banner_h = pad + len(layout.lines) * (size + pad)
     canvas = Image.new("RGB", (w, h + banner_h), (0, 0, 0))
     canvas.paste(Image.fromarray(rgb), (0, banner_h))
     draw = ImageDraw.Draw(canvas)
-    for i, line in enumerate(lines):
-        draw.text((pad, pad + i * (size + pad)), line, fill=(255, 255, 0) if i == 0 else (255, 255, 255), font=font)
+    for row, (source, line) in enumerate(layout.lines):
+        colour = (255, 255, 0) if source == 0 else (255, 255, 255)
+        draw.text((pad, pad + row * (size + pad)), line, fill=colour, font=font)
     return np.asarray(canvas)
 
 

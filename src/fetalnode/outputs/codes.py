@@ -41,6 +41,9 @@ FINDING_CONFIDENCE = Code("FN0003", SCHEME, "Classifier confidence of finding")
 TYPE_CONFIDENCE = Code("FN0004", SCHEME, "Classifier confidence of malformation type")
 HEAD_SCORE = Code("FN0005", SCHEME, "Head segmentation plausibility")
 AI_ASSESSMENT = Code("FN0006", SCHEME, "AI assessment of fetal head")
+# The value of MALFORMATION_TYPE when the finding is abnormal but the classifier bundle's reporting rule
+# names no type ("abnormal, type not determined"): 373068000 of CID 230 Yes-No and CID 240 Present-Absent.
+TYPE_NOT_DETERMINED = codes.SCT.Undetermined  # 373068000
 
 # DICOM Segmentation (PS3.3 C.8.20.2): segmented property category (CID 7150) and algorithm family (CID 7162);
 # the property type is HEAD_STRUCTURE (CID 7151).

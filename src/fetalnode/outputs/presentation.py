@@ -54,7 +54,7 @@ def annotation_lines(result: AnalysisResult) -> list[str]:
         lines.append(f"No measurement in mm: {result.measurement_note or 'no calibration'}")
     finding = f"AI finding: {result.finding}"
     if result.finding == "abnormal":
-        finding += f" (suspected {result.malformation_type.replace('_', ' ')})"
+        finding += f" ({result.type_words()})"
     lines.append(f"{finding}, confidence {100 * result.confidence:.0f}%")
     lines.append(RESEARCH_NOTICE)
     return lines

@@ -113,6 +113,8 @@ def enabled_writers(names: Sequence[str], applications: Sequence[str]) -> list[O
     """The writers of ``output.enabled``, in that order. An unknown name, or one that none of the
     ``applications`` the node may answer with can feed, is a configuration error (found at start-up,
     not at the first image); a writer that feeds only some of them writes for those."""
+    if isinstance(applications, str):  # a str is a Sequence[str] of letters
+        raise TypeError("applications must be a sequence of application names, not one string")
     _load_builtin()
     writers = []
     for name in names:

@@ -2,7 +2,8 @@
 
 The report lives in the source study, names the algorithm (TID 4019 Algorithm Identification and
 the Contributing Equipment Sequence), carries the finding and malformation type as coded
-qualitative evaluations with their confidence, the head biometry in mm, and the head on the
+qualitative evaluations with their confidence (an abnormal finding whose type the classifier bundle's
+reporting rule does not name carries the type "Undetermined"), the head biometry in mm, and the head on the
 source image: the fitted ELLIPSE (exact geometry), the same ellipse as a closed POLYLINE, and the
 BPD and OFD calliper lines as open POLYLINEs, each a TID 1410 planar ROI group of its own.
 """
@@ -121,7 +122,10 @@ def _measurement_groups(
     evaluations = [
         hd.sr.QualitativeEvaluation(fc.AI_ASSESSMENT, fc.ABNORMAL if result.finding == "abnormal" else fc.NORMAL)
     ]
-    if result.finding == "abnormal":
+    if result.finding == "abnormal" and not result.malformation_type:
+        # The bundle's reporting rule names no type here: "abnormal, type not determined", by code.
+        evaluations.append(hd.sr.QualitativeEvaluation(fc.MALFORMATION_TYPE, fc.TYPE_NOT_DETERMINED))
+    elif result.finding == "abnormal":
         evaluations.append(
             hd.sr.QualitativeEvaluation(fc.MALFORMATION_TYPE, fc.malformation_code(result.malformation_type))
         )
@@ -169,7 +173,7 @@ def report_comments(result: AnalysisResult, frame_number: int | None, n_frames: 
     else:
         text = f"Finding: {result.finding}"
         if result.finding == "abnormal":
-            text += f" (suspected {result.malformation_type.replace('_', ' ')})"
+            text += f" ({result.type_words()})"
         lines.append(f"{text}; confidence {100 * result.confidence:.0f}%.")
         if result.biometry is None:
             lines.append(f"No measurement in mm: {result.measurement_note}.")

@@ -21,8 +21,23 @@ from tqdm import tqdm
 
 from fetalnode.inference.analyzer import locate_head, seg_settings
 from fetalnode.inference.bundle import Bundle, load_bundle, save_bundle
+from fetalnode.inference.calibration import Calibration
 from fetalnode.inference.networks import build_classifier_net, transfer_unet_encoder
 from fetalnode.inference.preprocess import roi_crop, to_unit_range
+from fetalnode.training.calibration import (
+    ECE_BINS,
+    MIN_CORRECT_GROUPS,
+    MIN_PRECISION_CI_LOW,
+    MIN_VAL_CORRECT_GROUPS,
+    calibration_errors,
+    choose_type_threshold,
+    cross_fitted,
+    fit_calibration,
+    named_types,
+    precision_at,
+    reportable,
+    type_precision,
+)
 from fetalnode.training.data import Row, bootstrap_ci, case_split, load_gray, read_labels, subject_split
 from fetalnode.training.metrics import auroc, balanced_accuracy, confusion, macro_f1, per_class
 from fetalnode.training.pretrain import PretrainRecipe, pretrain_base
@@ -145,13 +160,19 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return x.clamp(0, 1) ** gamma
 
 
-def predict(net: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+def predict_logits(net: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+    """The network's class logits (N, K) on crops (N, size, size)."""
     net.eval()
     out = []
     with torch.no_grad():
         for i in range(0, len(x), 64):
-            out.append(torch.softmax(net(torch.from_numpy(x[i : i + 64])[:, None]), dim=1).numpy())
-    return np.concatenate(out)
+            out.append(net(torch.from_numpy(x[i : i + 64])[:, None]).numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def predict(net: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+    """Uncalibrated class probabilities (the softmax of :func:`predict_logits`)."""
+    return torch.softmax(torch.from_numpy(predict_logits(net, x)), dim=1).numpy()
 
 
 def classification_metrics(probs: np.ndarray, y: np.ndarray, labels: list[str], groups: np.ndarray) -> dict[str, Any]:
@@ -406,6 +427,7 @@ def grouped_cv(
     rng.shuffle(uniq)
     fold_of = {g: i % folds for i, g in enumerate(uniq)}
     fold = np.array([fold_of[g] for g in data.groups])
+    logits = np.zeros((len(data), n_classes), dtype=np.float32)
     probs = np.zeros((len(data), n_classes))
     probs_flip = np.zeros((len(data), n_classes))
     features = {"intensity": data.intensity, "equalised_crop": crop_features(data.x)}
@@ -416,12 +438,108 @@ def grouped_cv(
             # The fold's classifier and its baselines fit on the same images: those with a head.
             tr = tr[data.found[tr]]
         net, _ = fit(data.take(tr), None, n_classes, recipe, base, normal)
-        probs[te] = predict(net, data.x[te])
+        logits[te] = predict_logits(net, data.x[te])
+        probs[te] = torch.softmax(torch.from_numpy(logits[te]), dim=1).numpy()
         probs_flip[te] = predict(net, data.x[te][:, :, ::-1].copy())
         y_abn = (data.y[tr] != normal).astype(int)
         for name, feats in features.items():
             baselines[name][te] = logistic_baseline(feats[tr], y_abn, feats[te], recipe.seed)
-    return {"folds": folds, "fold": fold, "probs": probs, "probs_tta": (probs + probs_flip) / 2, "baselines": baselines}
+    return {
+        "folds": folds,
+        "fold": fold,
+        "logits": logits,
+        "probs": probs,
+        "probs_tta": (probs + probs_flip) / 2,
+        "baselines": baselines,
+    }
+
+
+TYPE_RULE = (
+    "a malformation type is named only if (1) under grouped cross-validation, as the node answers (images with a "
+    "head, called abnormal, the most probable type named), its precision has a 95% CI lower bound (bootstrap by "
+    f"case group) >= {MIN_PRECISION_CI_LOW} and its correct namings come from >= {MIN_CORRECT_GROUPS} case groups; "
+    "and (2) on the image, its calibrated P(type | abnormal) >= type_probability_threshold, the lowest value from "
+    f"which the validation namings of the reportable types are right >= {MIN_PRECISION_CI_LOW} of the time with "
+    f"correct namings from >= {MIN_VAL_CORRECT_GROUPS} case groups (none: no type is named). Otherwise an abnormal "
+    "finding says 'type not determined'."
+)
+
+
+def type_evidence(
+    labels: list[str],
+    normal: int,
+    val: CropSet,
+    val_logits: np.ndarray,
+    test: CropSet,
+    test_logits: np.ndarray,
+    cv: dict[str, Any] | None,
+    pooled: CropSet,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The bundle's ``calibration`` and ``type_reporting`` blocks (see :mod:`fetalnode.training.calibration`).
+
+    Everything is measured on the images where a head was found: the only ones the node classifies.
+    Temperatures: the validation split. ECE before/after: the test split, and the grouped-CV
+    out-of-fold predictions with cross-fitted temperatures (each fold's from the other folds).
+    Reportable types: grouped CV (none without it); the per-image threshold: the validation split.
+    """
+    vf, tf = np.nonzero(val.found)[0], np.nonzero(test.found)[0]
+    cal = fit_calibration(val_logits[vf], val.y[vf], normal)
+    raw = Calibration()
+    calibration: dict[str, Any] = {
+        "method": "temperature scaling (Guo et al., ICML 2017): P(abnormal) = sigmoid(z / abnormal_temperature), "
+        "z = log-odds of abnormal under the softmax; P(type | abnormal) = softmax(malformation logits / "
+        "type_temperature); each temperature minimises the negative log-likelihood on the validation split. "
+        "No decision changes (the 0.5 call and the most probable type are the same), only the confidences.",
+        "abnormal_temperature": cal.abnormal_temperature,
+        "type_temperature": cal.type_temperature,
+        "fitted_on": {
+            "split": "val (images with a head)",
+            "images": len(vf),
+            "abnormal_images": int((val.y[vf] != normal).sum()),
+            "case_groups": len(np.unique(val.groups[vf])),
+        },
+        "ece_bins": ECE_BINS,
+        "test": calibration_errors(test_logits[tf], test.y[tf], test.groups[tf], normal, {"before": raw, "after": cal}),
+    }
+    validation_named, validation_p = named_types(val_logits[vf], normal, cal)
+    test_named, _ = named_types(test_logits[tf], normal, cal)
+    rule: dict[str, Any] = {
+        "rule": TYPE_RULE,
+        "min_precision_ci_low": MIN_PRECISION_CI_LOW,
+        "min_correct_case_groups": MIN_CORRECT_GROUPS,
+        "min_val_correct_case_groups": MIN_VAL_CORRECT_GROUPS,
+        "reportable_types": [],
+        "type_probability_threshold": None,
+        "grouped_cv": None,
+        "test": type_precision(test_named, test.y[tf], test.groups[tf], labels, normal),
+        "validation_precision_at": precision_at(validation_named, validation_p, val.y[vf]),
+    }
+    if cv is None:
+        rule["why_none"] = "no grouped cross-validation was run (--cv-folds 0): no evidence for any type"
+        return calibration, rule
+    pf = np.nonzero(pooled.found)[0]
+    logits, y, groups = cv["logits"][pf], pooled.y[pf], pooled.groups[pf]
+    calibration["grouped_cv"] = calibration_errors(
+        logits, y, groups, normal, {"before": raw, "after": cross_fitted(logits, y, cv["fold"][pf], normal)}
+    )
+    # The 0.5 call and the most probable type do not depend on the temperatures: the raw ones name the same.
+    cv_named, _ = named_types(logits, normal, raw)
+    table = type_precision(cv_named, y, groups, labels, normal)
+    for entry in table.values():
+        entry["reportable"], entry["why"] = reportable(entry)
+    abnormal_support = [e["support"] for e in table.values()]
+    rule["grouped_cv"] = table
+    rule["most_frequent_type_share"] = max(abnormal_support) / max(sum(abnormal_support), 1)
+    rule["reportable_types"] = [label for label, e in table.items() if e["reportable"]]
+    allowed = {labels.index(label) for label in rule["reportable_types"]}
+    rule["type_probability_threshold"] = choose_type_threshold(
+        validation_named, validation_p, val.y[vf], val.groups[vf], allowed
+    )
+    if not rule["reportable_types"]:
+        rule["why_none"] = "no type meets the grouped-CV precision rule"
+    elif rule["type_probability_threshold"] is None:
+        rule["why_none"] = "no calibrated-probability threshold meets the rule on the validation split"
+    return calibration, rule
 
 
 def train_classifier(
@@ -475,7 +593,8 @@ def train_classifier(
     net, history = fit(fitting["train"], fitting["val"], len(labels), recipe, base, normal)
     minutes = (time.monotonic() - start) / 60
     test = sets["test"]
-    test_probs = predict(net, test.x)
+    test_logits = predict_logits(net, test.x)
+    test_probs = torch.softmax(torch.from_numpy(test_logits), dim=1).numpy()
     metrics = classification_metrics(test_probs, test.y, labels, test.groups)
     metrics["split"] = "test (15% of case groups per class with >=3 groups; never used for training or early stopping)"
     metrics["head_found_rate"] = float(test.found.mean())
@@ -502,8 +621,9 @@ def train_classifier(
             "specificity_ci95": bootstrap_ci(p_abn, shift_test.groups, lambda i: (p_abn[i] < 0.5).mean()),
             "note": "HC18 test-split heads (presumed normal, another source) never seen in training",
         }
+    cv: dict[str, Any] | None = None
+    pooled = CropSet.concat([sets["train"], sets["val"], sets["test"]])
     if recipe.cv_folds > 1:
-        pooled = CropSet.concat([sets["train"], sets["val"], sets["test"]])
         # Each fold trains as long as the final model did until its best validation epoch.
         best_epoch = 1 + int(np.argmin([h.get("val_loss", np.inf) for h in history]))
         cv_recipe = dataclasses.replace(recipe, epochs=best_epoch)
@@ -536,6 +656,9 @@ def train_classifier(
         metrics["grouped_cv"]["as_deployed"] = as_deployed(
             cv["probs"], pooled.y, pooled.groups, pooled.found, normal, cv["baselines"]["intensity"]
         )
+    calibration, type_reporting = type_evidence(
+        labels, normal, fitting["val"], predict_logits(net, fitting["val"].x), test, test_logits, cv, pooled
+    )
     test_classes = sorted({labels[i] for i in test.y})
     metadata: dict[str, Any] = {
         "name": name,
@@ -561,6 +684,8 @@ def train_classifier(
         "labels": labels,
         "normal_label": NORMAL,
         "abnormal_threshold": 0.5,
+        "calibration": calibration,
+        "type_reporting": type_reporting,
         "training_data": [
             {
                 "name": "Fetal Brain Abnormalities Ultrasound v1 (Roboflow Universe), shared part",
@@ -726,6 +851,143 @@ from a source the model was taught as normal, not a source it has never seen.
     return "\n".join(out)
 
 
+def what_type_line(meta: dict[str, Any]) -> str:
+    """The model card's one line on the malformation type the node names."""
+    rule = meta.get("type_reporting") or {}
+    types = rule.get("reportable_types") or []
+    if types and rule.get("type_probability_threshold") is not None:
+        return (
+            f"it names a malformation type only for {', '.join(types)}, from a calibrated P(type | abnormal) of "
+            f'{rule["type_probability_threshold"]:.2f} (rule below), and otherwise says "type not determined".'
+        )
+    return (
+        'it names **no** malformation type ("abnormal - type not determined"): no type meets the reporting rule below.'
+    )
+
+
+def _ci(v: Any) -> str:
+    return "n/a" if not v or any(math.isnan(x) for x in v) else f"{v[0]:.3f}–{v[1]:.3f}"
+
+
+def _ece_rows(block: dict[str, Any] | None, where: str) -> str:
+    if not block:
+        return ""
+    rows = []
+    for kind, what in (
+        ("abnormal", "P(abnormal): the normal/abnormal call"),
+        ("type", "P(type \\| abnormal): the most probable type"),
+    ):
+        before, after = block[kind]["before"], block[kind]["after"]
+        n = (
+            f"{block['n']} images / {block['n_groups']} groups"
+            if kind == "abnormal"
+            else (f"{block['n_abnormal']} abnormal images / {block['n_abnormal_groups']} groups")
+        )
+        rows.append(
+            f"| {where} | {what} | {n} | {_r(before['ece'])} ({_ci(before['ece_ci95'])}) | "
+            f"{_r(after['ece'])} ({_ci(after['ece_ci95'])}) |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def calibration_section(meta: dict[str, Any]) -> str:
+    """Model-card section: the temperatures and the ECE before and after on held-out data."""
+    cal = meta.get("calibration")
+    if not cal:
+        return ""
+    fitted = cal["fitted_on"]
+    return f"""## Calibration
+Temperature scaling (Guo et al., ICML 2017), fitted on the validation split ({fitted["images"]} images with a head,
+{fitted["abnormal_images"]} abnormal, {fitted["case_groups"]} case groups): P(abnormal) = sigmoid(z / {cal["abnormal_temperature"]:.3f}),
+z = the log-odds of abnormal under the softmax; P(type | abnormal) = softmax(malformation logits / {cal["type_temperature"]:.3f}).
+The node shows only these calibrated probabilities. A temperature changes no decision (the 0.5 call and the
+most probable type stay the same), only the confidences. Expected calibration error ({cal["ece_bins"]} equal-width bins of
+the confidence of the answer given), 95% CI by case-group bootstrap, on images with a head:
+
+| data | probability | n | ECE before (T = 1) | ECE after |
+|---|---|---|---|---|
+{_ece_rows(cal.get("test"), "test split (held out)")}{_ece_rows(cal.get("grouped_cv"), "grouped CV (temperatures cross-fitted: each fold's from the other folds' out-of-fold predictions)")}
+{_not_lowered(cal)}"""
+
+
+def _not_lowered(cal: dict[str, Any]) -> str:
+    """A model-card sentence naming where the temperature did not lower the ECE (none: empty)."""
+    worse = [
+        f"{where} {kind} ({block[kind]['before']['ece']:.3f} -> {block[kind]['after']['ece']:.3f})"
+        for where, block in (("test split", cal.get("test")), ("grouped CV", cal.get("grouped_cv")))
+        if block
+        for kind in ("abnormal", "type")
+        if block[kind]["after"]["ece"] is not None and block[kind]["after"]["ece"] >= block[kind]["before"]["ece"]
+    ]
+    if not worse:
+        return ""
+    return (
+        f"The temperatures did not lower the ECE of: {'; '.join(worse)}. Read the confidences with the intervals "
+        "above: they are calibrated on the validation split, not guaranteed on a new case.\n"
+    )
+
+
+def type_rule_section(meta: dict[str, Any]) -> str:
+    """Model-card section: the type reporting rule, its justification and the per-type evidence."""
+    rule = meta.get("type_reporting")
+    if not rule:
+        return ""
+    cv = rule.get("grouped_cv") or {}
+
+    def prec(e: dict[str, Any]) -> str:
+        return "n/a" if e.get("precision") is None else f"{e['precision']:.2f} ({_ci(e.get('precision_ci95'))})"
+
+    cv_rows = "\n".join(
+        f"| {label} | {e['support']} / {e['case_groups']} | {e['named']} | {prec(e)} | {_r(e['recall'])} | "
+        f"{e['correct_case_groups']} | {'**yes**' if e['reportable'] else 'no: ' + e['why']} |"
+        for label, e in cv.items()
+    )
+    test_rows = ", ".join(
+        f"{label} {prec(e)} (named {e['named']}, support {e['support']})"
+        for label, e in rule.get("test", {}).items()
+        if e["named"] or e["support"]
+    )
+    at = "; ".join(
+        f">= {a['threshold']:.1f}: {a['named']} named, precision {_r(a['precision'])}"
+        for a in rule.get("validation_precision_at", [])
+    )
+    types = rule["reportable_types"]
+    outcome = (
+        f"Reportable: {', '.join(types)}, from a calibrated P(type | abnormal) of {rule['type_probability_threshold']}."
+        if types and rule.get("type_probability_threshold") is not None
+        else f"**No type is reportable** ({rule.get('why_none', '')}): every abnormal finding says "
+        '"abnormal - type not determined" in the SR (Malformation type = (373068000, SCT, "Undetermined")), the '
+        "Secondary Capture banner, the Presentation State text, the OB-GYN SR comments, the Orthanc panel and the triage list."
+    )
+    table = (
+        f"""Grouped cross-validation, as the node answers (images with a head; a type is "named" when the image is
+called abnormal and the type is the most probable one):
+
+| type | images / case groups | named | precision (95% CI) | recall | case groups of the correct namings | reportable |
+|---|---|---|---|---|---|---|
+{cv_rows}
+"""
+        if cv
+        else "No grouped cross-validation was run for this bundle: no type has evidence.\n"
+    )
+    share = rule.get("most_frequent_type_share")
+    return f"""## Malformation type: what the node names
+Rule (stored in `type_reporting`, applied by the node): {rule["rule"]}
+
+Why this bar: a type name that is wrong more often than right misleads more than it informs, so a type must be
+right more often than not, and with 95% confidence, on case groups the model never saw; the bound is on the
+lower end of the interval because the per-type evidence is a handful of case groups. Correct namings from
+fewer than {rule["min_correct_case_groups"]} case groups are augmented copies of one or two source images, not evidence that the type is
+recognised in a new case. {"" if share is None else f"For scale: naming the most frequent malformation type for every abnormal image would be right for {share:.2f} of them."}
+
+{table}
+{outcome}
+
+Held-out test split, same definition (information; types present or named): {test_rows or "none"}.
+On the validation split, pooled precision of the named types by calibrated P(type | abnormal): {at or "n/a"}.
+"""
+
+
 def crop_features(x: np.ndarray) -> np.ndarray:
     """Global intensity statistics of the equalised ROI crops (the baseline after normalisation)."""
     flat = x.reshape(len(x), -1)
@@ -760,8 +1022,8 @@ dataset; it must not be used to make or exclude any diagnosis.
 On the head ROI found by `{meta["input"]["segmentation_bundle"]}` ({meta["input"]["roi"]}, {meta["input"]["roi_size"]} px),
 a residual CNN base ({meta["network"]["params"]["channels"]}) extended with {len(meta["network"]["params"]["fc"])}
 extra fully-connected layers ({meta["network"]["params"]["fc"]}) outputs {len(meta["labels"])} classes:
-{", ".join(meta["labels"])}. The node reports abnormal when P(not normal) >= {meta["abnormal_threshold"]} and then the most
-probable malformation type. Grad-CAM (MONAI) on the last base stage gives the heatmap.
+{", ".join(meta["labels"])}. The node reports abnormal when its calibrated P(abnormal) >= {meta["abnormal_threshold"]};
+{what_type_line(meta)} Grad-CAM (MONAI) on the last base stage gives the heatmap.
 {base_init_line(meta)}
 
 ## Training data
@@ -789,7 +1051,11 @@ answers" ones score the whole image there, those rows keep only the images with 
 Training: {fitting_line(meta)}{meta["training"]["epochs_run"]} epochs, {meta["training"]["minutes"]} minutes of fitting on {meta["training"]["device"]} (2 cores){recipe_time(meta)}.
 
 {extra_sections(m)}
+{calibration_section(meta)}
+{type_rule_section(meta)}
 ## What it can and cannot claim
+- The malformation type: see "Malformation type: what the node names" above; where no type meets the rule the
+  node never names one.
 - All `normal` images come from FETAL_PLANES_DB, the abnormal ones from another, undocumented source: normal-vs-abnormal
   separation is partly a *source* shortcut. Compare the AUROC with the trivial intensity baseline above.
 - Per-type figures rest on 1–6 source images per class; classes with fewer than 3 case groups are only in training.

@@ -7,12 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
 from fetalnode.inference import Analyzer
 from fetalnode.inference.analyzer import seg_settings
 from fetalnode.inference.bundle import load_bundle, read_metadata
-from fetalnode.training.classifier import as_deployed, classification_metrics, predict, roi_crops, usable_rows
+from fetalnode.inference.calibration import Calibration
+from fetalnode.training.calibration import calibration_errors, named_types, type_precision
+from fetalnode.training.classifier import as_deployed, classification_metrics, predict_logits, roi_crops, usable_rows
 from fetalnode.training.data import Row, block_split, case_split, load_gray, read_labels, subject_split
 from fetalnode.training.segmentation import evaluate_segmentation_net
 
@@ -100,10 +103,21 @@ def evaluate_bundle(
         x, found = roi_crops(seg, data, rows, int(meta["input"]["roi_size"]), float(meta["input"]["roi_margin"]))
         y = np.array([labels.index(r["label"]) for r in rows])
         groups = np.array([r["case_group"] for r in rows])
-        probs = predict(bundle.net, x)
+        logits = predict_logits(bundle.net, x)
+        probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+        normal = labels.index(meta["normal_label"])
         metrics = classification_metrics(probs, y, labels, groups)
         metrics["head_found_rate"] = float(found.mean())
-        metrics["as_deployed"] = as_deployed(probs, y, groups, found, labels.index(meta["normal_label"]))
+        metrics["as_deployed"] = as_deployed(probs, y, groups, found, normal)
+        # As the node answers (images with a head): ECE with and without the bundle's temperatures, and the
+        # precision of each type it would name if its rule allowed every type.
+        f = np.nonzero(found)[0]
+        cal = Calibration.from_metadata(meta)
+        metrics["calibration"] = calibration_errors(
+            logits[f], y[f], groups[f], normal, {"before": Calibration(), "after": cal}
+        )
+        named, _ = named_types(logits[f], normal, cal)
+        metrics["type_precision"] = type_precision(named, y[f], groups[f], labels, normal)
         metrics["label_conflict_rows_dropped"] = dropped
         report["classification"] = metrics
         cm_path = out.with_name(out.stem + "_confusion.png")
