@@ -9,7 +9,7 @@ import httpx
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from fetalnode.orthanc.findings import made_by_fetalnode
+from fetalnode.orthanc.findings import is_obgyn_report, made_by_fetalnode
 from harness.orthanc import OrthancProcess
 
 
@@ -31,10 +31,11 @@ def download(orthanc: OrthancProcess, orthanc_id: str) -> Dataset:
 
 
 def outputs_in_study(orthanc: OrthancProcess, study_uid: str) -> tuple[list[Dataset], list[Dataset]]:
-    """(SR datasets, fetalnode SC datasets) stored in Orthanc under ``study_uid``."""
+    """(TID 1500 SR datasets, fetalnode SC datasets) stored in Orthanc under ``study_uid`` (the OB-GYN
+    TID 5000 report is left out: it repeats the biometry for OB reporting systems)."""
     objects = [download(orthanc, i["ID"]) for i in find(orthanc, StudyInstanceUID=study_uid)]
     ours = [d for d in objects if made_by_fetalnode(d)]
-    srs = [d for d in ours if d.Modality == "SR"]
+    srs = [d for d in ours if d.Modality == "SR" and not is_obgyn_report(d)]
     scs = [d for d in ours if d.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"]
     return srs, scs
 
