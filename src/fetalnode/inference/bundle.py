@@ -20,12 +20,12 @@ import torch
 from torch import nn
 
 from fetalnode.errors import BundleError
-from fetalnode.inference.networks import build_classifier_net, build_segmentation_net
+from fetalnode.inference.networks import build_classifier_net, build_segmentation_net, build_view_net
 
 WEIGHTS = Path("models") / "model.pt"
 ONNX = Path("models") / "model.onnx"
 METADATA = Path("configs") / "metadata.json"
-TASKS = {"segmentation": build_segmentation_net, "classification": build_classifier_net}
+TASKS = {"segmentation": build_segmentation_net, "classification": build_classifier_net, "view": build_view_net}
 
 
 def sha256_file(path: Path) -> str:

@@ -36,7 +36,7 @@ def _item_key(item: Dataset) -> Key:
 
 
 # The values of the AI assessment (FN0006) and how they are displayed.
-_ASSESSMENTS = {_key(code): code for code in (fc.NORMAL, fc.ABNORMAL, fc.NOT_ANALYSED)}
+_ASSESSMENTS = {_key(code): code for code in (fc.NORMAL, fc.ABNORMAL, fc.NOT_ANALYSED, fc.NO_APPLICATION)}
 
 
 def made_by_fetalnode(tags: Dataset | Mapping[str, Any]) -> bool:

@@ -41,6 +41,9 @@ FINDING_CONFIDENCE = Code("FN0003", SCHEME, "Classifier confidence of finding")
 TYPE_CONFIDENCE = Code("FN0004", SCHEME, "Classifier confidence of malformation type")
 HEAD_SCORE = Code("FN0005", SCHEME, "Head segmentation plausibility")
 AI_ASSESSMENT = Code("FN0006", SCHEME, "AI assessment of fetal head")
+# The view router's answer for an image whose view has no application (issue 19): the image was not
+# looked at for a head at all, which "no fetal head found" would wrongly say.
+NO_APPLICATION = Code("FN0007", SCHEME, "Not analysed: no application for this view")
 
 # DICOM Segmentation (PS3.3 C.8.20.2): segmented property category (CID 7150) and algorithm family (CID 7162);
 # the property type is HEAD_STRUCTURE (CID 7151).

@@ -57,7 +57,13 @@ def training_split(meta: dict[str, Any], rows: list[Row], split: str) -> list[Ro
 
 
 def evaluate_bundle(
-    model: Path, data: Path, out: Path, seg_model: Path | None = None, split: str = "all"
+    model: Path,
+    data: Path,
+    out: Path,
+    seg_model: Path | None = None,
+    split: str = "all",
+    models_dir: Path | None = None,
+    node_check: bool = True,
 ) -> dict[str, Any]:
     meta = read_metadata(model)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -67,7 +73,11 @@ def evaluate_bundle(
         "split": split if split == "all" else f"{split} (the bundle's own seeded split of this folder)",
         "notice": "research use only, not for diagnosis",
     }
-    if meta["task"] == "segmentation":
+    if meta["task"] == "view":
+        from fetalnode.training.view import evaluate_view
+
+        report["view"] = evaluate_view(model, data, split, models_dir, node_check)
+    elif meta["task"] == "segmentation":
         bundle = load_bundle(model, "segmentation")
         rows = training_split(meta, read_labels(data), split)
         report["segmentation"] = evaluate_segmentation_net(bundle.net, data, rows, seg_settings(bundle))
