@@ -117,5 +117,5 @@ _VIEW_WORDS = {
     View.FIRST_TRIMESTER_MIDSAGITTAL: "first-trimester mid-sagittal view",
     View.OTHER_FETAL_PLANE: "other fetal plane (not a head)",
     View.NOT_FETAL: "not a fetal image",
-    View.UNKNOWN: "unknown view (the view model is not sure)",
+    View.UNKNOWN: "view not recognised",
 }

@@ -2,7 +2,8 @@
 
 One code path for training and inference: :func:`view_input` turns any grayscale frame into the
 network's square input, :class:`ViewModel` runs a ``task: view`` bundle and applies its abstain
-threshold (a top probability below it answers :attr:`View.UNKNOWN`). No pydicom in here.
+threshold (a top probability below it, or below the stricter threshold of the head view, answers
+:attr:`View.UNKNOWN`). No pydicom in here.
 """
 
 from __future__ import annotations
@@ -61,12 +62,10 @@ class ViewPrediction:
 
     def line(self) -> str:
         """One sentence for the reports: the recognised view, its probability and the model."""
-        text = f"Recognised view: {self.words}"
+        model = f"view model {self.model[0]} {self.model[1]}"
         if self.label is View.UNKNOWN:
-            text += f" (most probable: {self.top.words}, {100 * self.probability:.0f}%"
-        else:
-            text += f" ({100 * self.probability:.0f}%"
-        return f"{text}; view model {self.model[0]} {self.model[1]})."
+            return f"View not recognised (most probable: {self.top.words}, {100 * self.probability:.0f}%; {model})."
+        return f"Recognised view: {self.words} ({100 * self.probability:.0f}%; {model})."
 
 
 class ViewModel:
@@ -80,6 +79,8 @@ class ViewModel:
             self.labels = [View(v) for v in meta["labels"]]
             self.size = int(meta["input"]["size"])
             self.threshold = float(meta["abstain_threshold"])
+            # A stricter threshold for some views (the head: the application that measures).
+            self.class_thresholds = {View(k): float(v) for k, v in meta.get("class_thresholds", {}).items()}
         except (KeyError, ValueError, TypeError) as exc:
             raise BundleError(f"bundle {bundle.path}: view metadata is incomplete: {exc}") from exc
         if View.UNKNOWN in self.labels:
@@ -103,12 +104,16 @@ class ViewModel:
                 out.append(torch.softmax(logits, dim=1).numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.labels)), dtype=np.float32)
 
+    def threshold_of(self, view: View) -> float:
+        """The probability ``view`` needs to be routed: the abstain threshold, or its own when stricter."""
+        return max(self.threshold, self.class_thresholds.get(view, 0.0))
+
     def decide(self, probs: np.ndarray) -> ViewPrediction:
         """The routed view of one probability vector."""
         top = int(np.argmax(probs))
         p = float(probs[top])
         return ViewPrediction(
-            label=self.labels[top] if p >= self.threshold else View.UNKNOWN,
+            label=self.labels[top] if p >= self.threshold_of(self.labels[top]) else View.UNKNOWN,
             probability=p,
             top=self.labels[top],
             model=(self.name, self.version),
