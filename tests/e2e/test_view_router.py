@@ -9,6 +9,7 @@ import json
 import pytest
 from pydicom import dcmread
 
+from fetalnode.vocab import View
 from harness.node import cli
 from tests.conftest import DATA, SAMPLES, send
 from tests.e2e.helpers import outputs_in_study, sr_content
@@ -18,9 +19,9 @@ VIEW_MINI = DATA / "view_mini"
 # FETAL_PLANES_DB test-split images the view model never saw: a femur and a maternal cervix (issue 19: a
 # femur plane once came back as a normal head with an HC), and a first-trimester mid-sagittal view.
 NO_APPLICATION = {
-    "Patient01672_Plane5_2_of_2": "other fetal plane (not a head)",
-    "Patient01679_Plane4_3_of_9": "other fetal plane (not a head)",
-    "ff_0060": "first-trimester mid-sagittal view",
+    "Patient01672_Plane5_2_of_2": View.OTHER_FETAL_PLANE,
+    "Patient01679_Plane4_3_of_9": View.OTHER_FETAL_PLANE,
+    "ff_0060": View.FIRST_TRIMESTER_MIDSAGITTAL,
 }
 
 
@@ -42,7 +43,15 @@ def test_images_of_other_views_get_no_application_and_no_numbers(make_node, orth
     for path in files:
         src = dcmread(path, stop_before_pixels=True)
         job = jobs[src.SOPInstanceUID]
-        reason = f"not analysed: {NO_APPLICATION[path.stem]}, no application for this view"
+        view = NO_APPLICATION[path.stem]
+        # its own view, or "view not recognised" when the view model is not sure (naming it as most probable)
+        assert job.result["view"]["top"] == view, job.result
+        words, line = (
+            (View.UNKNOWN.words, f"View not recognised (most probable: {view.words}")
+            if job.result["view"]["label"] == View.UNKNOWN
+            else (view.words, f"Recognised view: {view.words}")
+        )
+        reason = f"not analysed: {words}, no application for this view"
         assert job.result["application"] == "view-router" and job.result["reason"] == reason, job.result
         assert job.result["hc_mm"] is None and job.result["finding"] == ""
         [sr], [sc] = outputs_in_study(orthanc, src.StudyInstanceUID)
@@ -51,7 +60,7 @@ def test_images_of_other_views_get_no_application_and_no_numbers(make_node, orth
         assert content["measurements"] == {} and content["regions"] == {}, "no number, nothing drawn"
         assert content["comments"][0].startswith("RESEARCH USE ONLY")
         assert reason[:1].upper() + reason[1:] in content["comments"]
-        assert any(c.startswith(f"Recognised view: {NO_APPLICATION[path.stem]}") for c in content["comments"])
+        assert any(c.startswith(line) for c in content["comments"]), content["comments"]
         assert reason.upper() in sc.ImageComments and "HC " not in sc.ImageComments
     src = dcmread(head, stop_before_pixels=True)
     job = jobs[src.SOPInstanceUID]
