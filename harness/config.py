@@ -1,8 +1,8 @@
 """Typed node configurations: a real ``fetalnode.config.Settings``, its fields set in Python, written as TOML.
 
 The writer follows the dataclass fields, so a key added to the settings needs no change here:
-a dataclass field is a ``[table]``, a list of dataclasses an array of tables ``[[name]]``, and
-``str``/``int``/``float``/``bool`` and lists of them are values. Strings are TOML basic strings
+a dataclass field is a ``[table]``, a list of dataclasses an array of tables ``[[name]]``, a
+``dict[str, str]`` an inline table, and ``str``/``int``/``float``/``bool`` and lists of them are values. Strings are TOML basic strings
 with every character TOML forbids escaped.
 """
 
@@ -109,6 +109,14 @@ def _table(obj: Any, path: tuple[str, ...], header: str = "") -> list[str]:
 
 def _check(value: Any, hint: Any, where: str) -> None:
     """``value`` must be of the field's type (bool is not an int; an int is a float)."""
+    if get_origin(hint) is dict:
+        key_type, item = get_args(hint)
+        if not isinstance(value, dict):
+            raise TypeError(f"{where}: expected a table, got {value!r}")
+        for k, v in value.items():
+            _check(k, key_type, f"{where} key")
+            _check(v, item, f"{where}.{k}")
+        return
     if get_origin(hint) is list:
         (item,) = get_args(hint)
         if not isinstance(value, list):
@@ -139,6 +147,8 @@ def _value(value: Any) -> str:
         return repr(value) if math.isfinite(value) else ("inf" if value > 0 else "-inf")
     if isinstance(value, str):
         return toml_string(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_key(k)} = {_value(v)}" for k, v in value.items()) + "}"
     return "[" + ", ".join(_value(v) for v in value) + "]"
 
 

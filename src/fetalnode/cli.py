@@ -214,6 +214,23 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     bundle_name = args.name or Path(args.out).name
+    if args.task == "view":
+        from fetalnode.training.view import ViewRecipe, train_view
+
+        folders = _view_folders(args)
+        vrecipe = _override(ViewRecipe(seed=args.seed), args, ("epochs", "max_minutes", "limit", "lr", "patience"))
+        if args.size:
+            vrecipe.size = args.size
+        try:
+            meta = train_view(folders, Path(args.out), vrecipe, bundle_name, args.version, Path(args.head_models))
+        except ValueError as exc:  # a folder in no known format, a view without training images
+            log.error("%s", exc)
+            return 2
+        print(json.dumps(meta["metrics"], indent=2, default=str))
+        return 0
+    if not args.data or len(args.data) != 1:
+        raise SystemExit(f"train {args.task}: give exactly one --data folder")
+    args.data = args.data[0]
     if args.task == "segmentation":
         from fetalnode.training.segmentation import SegRecipe, train_segmentation
 
@@ -267,15 +284,40 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _view_folders(args: argparse.Namespace) -> list[Path]:
+    """The dataset folders of ``train view``: each ``--data``, and every sub-folder of ``--data-root``
+    (``pydicom-testdata``: the ultrasound files of pydicom's local test data)."""
+    folders = []
+    if args.data_root:
+        folders += sorted(p for p in Path(args.data_root).iterdir() if p.is_dir() and not p.name.startswith("."))
+    folders += [Path(d) for d in args.data or []]
+    if not folders:
+        raise SystemExit("train view: give dataset folders with --data (repeatable) and/or --data-root")
+    missing = [str(f) for f in folders if str(f) != "pydicom-testdata" and not f.is_dir()]
+    if missing:
+        raise SystemExit(f"train view: not a folder: {', '.join(missing)}")
+    return folders
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from fetalnode.training.evaluate import evaluate_bundle
 
     torch.set_num_threads(args.threads)
-    report = evaluate_bundle(
-        Path(args.model), Path(args.data), Path(args.out), Path(args.seg_model) if args.seg_model else None, args.split
-    )
+    try:
+        report = evaluate_bundle(
+            Path(args.model),
+            Path(args.data),
+            Path(args.out),
+            Path(args.seg_model) if args.seg_model else None,
+            args.split,
+            Path(args.models_dir),
+            args.node_check,
+        )
+    except ValueError as exc:  # a folder in no known format, labels unknown to the model, an empty split
+        log.error("%s", exc)
+        return 2
     print(json.dumps(report, indent=2, default=str))
     return 0
 
@@ -405,12 +447,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser(
         "train",
-        help="train a model bundle from a labelled dataset folder: segmentation (fetal head, HC18 format), "
+        help="train a model bundle from labelled dataset folders: segmentation (fetal head, HC18 format), "
         "classifier (fetal_brain_abnormalities format), labour-segmentation (pubic symphysis + fetal head, "
-        "PSFHS format)",
+        "PSFHS format), view (the view router's model, over several folders)",
     )
-    sp.add_argument("task", choices=["segmentation", "classifier", "labour-segmentation"])
-    sp.add_argument("--data", required=True, help="dataset folder (labels.csv + images, as ../shared/datasets/*)")
+    sp.add_argument("task", choices=["segmentation", "classifier", "labour-segmentation", "view"])
+    sp.add_argument(
+        "--data",
+        action="append",
+        help="dataset folder (labels.csv + images, as ../shared/datasets/*); view: repeatable, each folder's "
+        "format tells its view (HC18, fetal_brain_abnormalities: head; psfhs: intrapartum transperineal; "
+        "first_trimester_sagittal; fetal_planes_db: brain planes head, others other fetal plane; a folder of "
+        "DICOM files, or pydicom-testdata: not fetal)",
+    )
+    sp.add_argument("--data-root", help="view only: also every sub-folder of this folder (e.g. ../shared/datasets)")
+    sp.add_argument(
+        "--head-models",
+        default="models",
+        help="view only: folder with the head bundles (hc18-headseg, fba-classifier) for the whole-node check "
+        "on the test images of other views (default models)",
+    )
+    sp.add_argument("--size", type=int, help="view only: network input side in pixels (default 112)")
     sp.add_argument("--out", required=True, help="bundle folder to write, e.g. models/hc18-headseg")
     sp.add_argument(
         "--seg-model",
@@ -497,14 +554,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--epochs", type=int)
     sp.add_argument("--max-minutes", type=float)
-    sp.add_argument("--limit", type=int, help="use only this many training images (smoke runs)")
     sp.add_argument(
-        "--lr", type=float, help="learning rate (default: segmentation and labour-segmentation 2e-3, classifier 3e-4)"
+        "--limit",
+        type=int,
+        help="use only this many training images (view: this many per folder and split; smoke runs)",
+    )
+    sp.add_argument(
+        "--lr",
+        type=float,
+        help="learning rate (default: segmentation and labour-segmentation 2e-3, classifier 3e-4, view 2e-3)",
     )
     sp.add_argument(
         "--patience",
         type=int,
-        help="early-stopping patience in epochs (default: segmentation and labour-segmentation 15, classifier 12)",
+        help="early-stopping patience in epochs (default: segmentation and labour-segmentation 15, classifier 12, "
+        "view 8)",
     )
     sp.add_argument("--seed", type=int, default=20261124)
     sp.add_argument("--threads", type=int, default=2)
@@ -516,9 +580,26 @@ def build_parser() -> argparse.ArgumentParser:
         "bundles: Dice FH / PS, |ΔAoP|, |ΔHSD| with 95%% CIs bootstrapped by id_block, and a per-image CSV)",
     )
     sp.add_argument("--model", required=True, help="bundle folder")
-    sp.add_argument("--data", required=True, help="dataset folder in the same format as the training data")
+    sp.add_argument(
+        "--data",
+        required=True,
+        help="dataset folder in the same format as the training data (a view bundle: any one folder of the "
+        "formats `train view` reads; its format tells the true view)",
+    )
     sp.add_argument("--out", required=True, help="report JSON path (figures are written beside it)")
     sp.add_argument("--seg-model", help="classifier only: segmentation bundle (default models/hc18-headseg)")
+    sp.add_argument(
+        "--models-dir",
+        default="models",
+        help="view only: folder of the head bundles for the whole-node check (router -> fetal-head on every "
+        "image, wrapped as US DICOM: head findings and HCs on images of other views; default models)",
+    )
+    sp.add_argument(
+        "--node-check",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="view only: run the whole-node check (default on)",
+    )
     sp.add_argument(
         "--split",
         choices=["all", "train", "val", "test"],  # fetalnode.training.evaluate.SPLITS (imported lazily)

@@ -72,7 +72,7 @@ class WorkerSettings:
     max_pixels: int = 40_000_000
     max_frames: int = 2000
     torch_threads: int = 2
-    application: str = "fetal-head"
+    application: str = "view-router"
 
 
 @dataclass
@@ -84,6 +84,23 @@ class ModelSettings:
     classifier: str = "fba-classifier"
     # The labour-progress application's pubic symphysis + fetal head segmentation.
     labour_segmentation: str = "psfhs-seg"
+    view: str = "fetal-view"
+
+
+def _default_routes() -> dict[str, str]:
+    return {"second_trimester_head": "fetal-head", "intrapartum_transperineal": "labour-progress"}
+
+
+@dataclass
+class RouterSettings:
+    """The view router (``worker.application = "view-router"``): the application of each view.
+
+    Keys are views of the view model (``fetalnode.vocab.View``), values application names; a view
+    that is missing, maps to ``""`` or to an application that is not registered gets "not analysed:
+    <view>, no application for this view" (a warning at start-up names an unregistered one).
+    """
+
+    applications: dict[str, str] = field(default_factory=_default_routes)
 
 
 @dataclass
@@ -219,6 +236,7 @@ class Settings:
     print: PrintSettings = field(default_factory=PrintSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     models: ModelSettings = field(default_factory=ModelSettings)
+    router: RouterSettings = field(default_factory=RouterSettings)
     orthanc: OrthancSettings = field(default_factory=OrthancSettings)
     broker: BrokerSettings = field(default_factory=BrokerSettings)
     output: OutputSettings = field(default_factory=OutputSettings)
@@ -268,6 +286,16 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
         if isinstance(value, list):
             return [str(v) for v in value]
         raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
+    if typ == dict[str, str]:
+        # A TOML table, or "key=value,key=value" from the environment.
+        if isinstance(value, str):
+            pairs = [item.partition("=") for item in value.split(",") if item.strip()]
+            if any(not sep for _, sep, _ in pairs):
+                raise ConfigError(f"{where}: expected key=value items separated by commas, got {value!r}")
+            return {k.strip(): v.strip() for k, _, v in pairs}
+        if isinstance(value, dict) and all(isinstance(v, str) for v in value.values()):
+            return {str(k): v for k, v in value.items()}
+        raise ConfigError(f"{where}: expected a table of strings, got {value!r}")
     raise ConfigError(f"{where}: unsupported type {typ}")
 
 

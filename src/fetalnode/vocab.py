@@ -96,3 +96,33 @@ class TypeNote(StrEnum):
 
     # The classifier bundle's reporting rule (``type_reporting``) does not allow the most probable type.
     NOT_DETERMINED = "type not determined"
+
+
+class View(StrEnum):
+    """What an ultrasound image shows, as the view classifier names it (``fetalnode train view``).
+
+    ``UNKNOWN`` is no class of the model: the router answers it when the model's top probability is
+    below the bundle's abstain threshold.
+    """
+
+    SECOND_TRIMESTER_HEAD = "second_trimester_head"
+    INTRAPARTUM_TRANSPERINEAL = "intrapartum_transperineal"
+    FIRST_TRIMESTER_MIDSAGITTAL = "first_trimester_midsagittal"
+    OTHER_FETAL_PLANE = "other_fetal_plane"
+    NOT_FETAL = "not_fetal"
+    UNKNOWN = "unknown"
+
+    @property
+    def words(self) -> str:
+        """The view as a person reads it (reports, banners, logs)."""
+        return _VIEW_WORDS[self]
+
+
+_VIEW_WORDS = {
+    View.SECOND_TRIMESTER_HEAD: "second-trimester axial fetal head",
+    View.INTRAPARTUM_TRANSPERINEAL: "intrapartum transperineal view",
+    View.FIRST_TRIMESTER_MIDSAGITTAL: "first-trimester mid-sagittal view",
+    View.OTHER_FETAL_PLANE: "other fetal plane (not a head)",
+    View.NOT_FETAL: "not a fetal image",
+    View.UNKNOWN: "view not recognised",
+}

@@ -36,7 +36,9 @@ INPUTS = [*CALIBRATED, UNCALIBRATED[0], "US1_J2KR.dcm", "examples_ybr_color.dcm"
 
 @pytest.fixture(scope="module")
 def runtime() -> Runtime:
-    settings = load_settings(None, env={}, overrides={"models.dir": str(MODELS), "output.enabled": ["obsr"]})
+    # The head application's writer on every source (what the router gives other views: tests/unit/test_router.py).
+    overrides = {"models.dir": str(MODELS), "output.enabled": ["obsr"], "worker.application": "fetal-head"}
+    settings = load_settings(None, env={}, overrides=overrides)
     return build_runtime(settings, destinations=[])
 
 

@@ -42,7 +42,9 @@ NO_HEAD = {"US1_J2KR.dcm", "examples_ybr_color.dcm"}  # the head model finds non
 
 @pytest.fixture(scope="module")
 def runtime() -> Runtime:
-    settings = load_settings(None, env={}, overrides={"models.dir": str(MODELS), "output.enabled": ["gsps"]})
+    # The head application's writer on every source (what the router gives other views: tests/unit/test_router.py).
+    overrides = {"models.dir": str(MODELS), "output.enabled": ["gsps"], "worker.application": "fetal-head"}
+    settings = load_settings(None, env={}, overrides=overrides)
     return build_runtime(settings, destinations=[])
 
 

@@ -63,7 +63,9 @@ class Written:
 
 @pytest.fixture(scope="module")
 def runtime() -> Runtime:
-    settings = load_settings(None, env={}, overrides={"models.dir": str(MODELS), "output.enabled": ["seg"]})
+    # The head application's writer on every source (what the router gives other views: tests/unit/test_router.py).
+    overrides = {"models.dir": str(MODELS), "output.enabled": ["seg"], "worker.application": "fetal-head"}
+    settings = load_settings(None, env={}, overrides=overrides)
     return build_runtime(settings, destinations=[])
 
 

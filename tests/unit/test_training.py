@@ -365,3 +365,55 @@ def test_labour_segmentation_trains_splits_by_block_and_evaluates(tmp_path: Path
     assert report.returncode == 0, report.stderr[-2000:]
     printed = json.loads(report.stdout)
     assert printed["n"] == splits["test"]["images"] and "(the bundle's own seeded split" in printed["split"]
+
+
+def test_tiny_view_training_run_and_evaluate(tmp_path: Path) -> None:
+    """`train view` on the shipped minis: every view present, splits by group, a working bundle, evaluate."""
+    from fetalnode.inference.view import ViewModel
+    from fetalnode.training.view import ViewRecipe, evaluate_view, folder_rows, train_view
+    from fetalnode.vocab import View
+    from tests.conftest import dicom_testfile
+
+    not_fetal = tmp_path / "not_fetal"
+    not_fetal.mkdir()
+    for name in ("US1_UNCR.dcm", "OBXXXX1A.dcm", "examples_ybr_color.dcm", "gdcm-US-ALOKA-16.dcm"):
+        shutil.copy(dicom_testfile(name), not_fetal / name)
+    shutil.copy(dicom_testfile("CT_small.dcm"), not_fetal / "ct.dcm")  # not ultrasound: skipped
+    view_mini = DATA / "view_mini"
+    folders = [
+        DATA / "hc18_mini",
+        DATA / "fba_mini",
+        view_mini / "psfhs",
+        view_mini / "first_trimester_sagittal",
+        view_mini / "fetal_planes_db",
+        not_fetal,
+    ]
+    fmt, rows = folder_rows(not_fetal)
+    assert fmt == "dicom" and len(rows) == 4 and {r["_view"] for r in rows} == {View.NOT_FETAL}
+    fmt, rows = folder_rows(view_mini / "fetal_planes_db")
+    assert fmt == "fetal_planes_db"
+    assert sorted((r["plane"], r["_view"]) for r in rows) == [
+        ("Fetal brain", View.SECOND_TRIMESTER_HEAD),
+        ("Fetal femur", View.OTHER_FETAL_PLANE),
+        ("Maternal cervix", View.OTHER_FETAL_PLANE),
+    ]
+    recipe = ViewRecipe(size=32, channels=(4, 8), strides=(2, 2), epochs=1, per_class_per_epoch=4, batch_size=4)
+    meta = train_view(folders, tmp_path / "view", recipe, "view-test", "0.0.1")
+    assert meta["task"] == "view" and meta["labels"] == [str(v) for v in View if v is not View.UNKNOWN]
+    assert meta["training"]["images"]["train"] >= 5 and 0.5 <= meta["abstain_threshold"] <= 0.99
+    assert set(meta["dicom_group_splits"].values()) <= {"train", "val", "test"}
+    for source in meta["training_data"]:
+        groups = [source["splits"][k]["groups"] for k in ("train", "val", "test")]
+        assert sum(groups) >= 1
+    model = ViewModel(load_bundle(tmp_path / "view", "view"))
+    assert model.predict(load_gray(DATA / "hc18_mini" / "images" / "000_HC.png")).model == ("view-test", "0.0.1")
+    report = evaluate_view(tmp_path / "view", view_mini / "psfhs", "all", node=False)
+    assert report["n"] == 3 and report["true_views"] == {"intrapartum_transperineal": 3}
+    assert 0 <= report["accuracy"] <= 1 and len(report["accuracy_ci95"]) == 2
+    assert sum(map(sum, report["routed_confusion_matrix"])) == 3
+    out = cli(
+        "evaluate", "--model", str(tmp_path / "view"), "--data", str(not_fetal), "--out", str(tmp_path / "r.json"),
+        "--no-node-check", "--threads", "1",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["view"]["true_views"] == {"not_fetal": 4}

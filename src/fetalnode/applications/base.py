@@ -11,6 +11,7 @@ from pydicom.dataset import Dataset
 if TYPE_CHECKING:
     from fetalnode.inference import AnalysisResult
     from fetalnode.inference.labour import LabourResult
+    from fetalnode.inference.view import ViewPrediction
     from fetalnode.intake import DecodedImage
 
 
@@ -22,6 +23,8 @@ class Analysis:
     result: AnalysisResult | LabourResult
     decoded: DecodedImage
     models: tuple[tuple[str, str], ...]
+    # The view the router recognised (None when no router chose the application).
+    view: ViewPrediction | None = None
 
     @property
     def model_version(self) -> str:
@@ -35,6 +38,8 @@ class Analysis:
         summary["frame_number"] = self.decoded.frame_number
         summary["n_frames"] = self.decoded.n_frames
         summary["spacing_source"] = self.decoded.spacing_source
+        if self.view is not None:
+            summary["view"] = self.view.summary()
         return summary
 
 

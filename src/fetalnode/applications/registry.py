@@ -18,6 +18,6 @@ register_application = APPLICATIONS.register  # @register_application("name") on
 
 def build_application(settings: Settings) -> Application:
     """Load the configured application (its bundles load here: a broken bundle fails start-up)."""
-    from fetalnode.applications import fetal_head, labour_progress  # noqa: F401  (register the built-ins)
+    from fetalnode.applications import fetal_head, labour_progress, router  # noqa: F401  (register the built-ins)
 
     return APPLICATIONS.get(settings.worker.application, "worker.application")(settings)

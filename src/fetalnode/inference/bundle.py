@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from fetalnode.errors import BundleError
-from fetalnode.inference.networks import build_classifier_net, build_segmentation_net
+from fetalnode.inference.networks import build_classifier_net, build_segmentation_net, build_view_net
 
 WEIGHTS = Path("models") / "model.pt"
 ONNX = Path("models") / "model.onnx"
@@ -31,6 +31,7 @@ TASKS = {
     "segmentation": build_segmentation_net,
     "multiclass-segmentation": build_segmentation_net,
     "classification": build_classifier_net,
+    "view": build_view_net,
 }
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 from monai.networks.blocks import ResidualUnit
-from monai.networks.nets import UNet
+from monai.networks.nets import Classifier, UNet
 from torch import nn
 
 
@@ -64,6 +64,21 @@ def build_classifier_net(params: dict[str, Any]) -> HeadClassifier:
         fc=list(params["fc"]),
         n_classes=int(params["n_classes"]),
         dropout=float(params.get("dropout", 0.3)),
+    )
+
+
+def build_view_net(params: dict[str, Any]) -> nn.Module:
+    """MONAI ``Classifier`` (strided residual units, then one linear layer over the flattened map): the
+    view model. Without global pooling the layout of the image (where the sector, the head, the
+    symphysis are) stays in the features."""
+    size = int(params["size"])
+    return Classifier(
+        in_shape=(1, size, size),
+        classes=int(params["n_classes"]),
+        channels=tuple(params["channels"]),
+        strides=tuple(params["strides"]),
+        num_res_units=int(params.get("num_res_units", 2)),
+        dropout=float(params.get("dropout", 0.1)),
     )
 
 

@@ -37,7 +37,7 @@ def _item_key(item: Dataset) -> Key:
 
 
 # The values of the AI assessment (FN0006) and how they are displayed.
-_ASSESSMENTS = {_key(code): code for code in (fc.NORMAL, fc.ABNORMAL, fc.NOT_ANALYSED)}
+_ASSESSMENTS = {_key(code): code for code in (fc.NORMAL, fc.ABNORMAL, fc.NOT_ANALYSED, fc.NO_APPLICATION)}
 # The values of the labour-progress assessment (FN0103).
 _LABOUR_ASSESSMENTS = {_key(code): code for code in (fc.LABOUR_MEASURED, fc.LABOUR_NOT_ANALYSED)}
 

@@ -19,7 +19,7 @@ from fetalnode.outputs.common import identity
 from fetalnode.outputs.registry import OutputContext, register_output
 
 
-def banner_lines(result: AnalysisResult) -> list[str]:
+def banner_lines(result: AnalysisResult, view_line: str = "") -> list[str]:
     if not result.analysed:
         first = result.reason.upper()
     else:
@@ -28,7 +28,8 @@ def banner_lines(result: AnalysisResult) -> list[str]:
             first += f" - {result.type_words()}"
         if result.biometry:
             first += f"  HC {result.biometry.hc_mm:.1f} mm"
-    return [first, f"{RESEARCH_NOTICE} - fetalnode {result.cls_model[0]} {result.cls_model[1]}"]
+    lines = [first, f"{RESEARCH_NOTICE} - fetalnode {result.cls_model[0]} {result.cls_model[1]}"]
+    return [*lines, view_line] if view_line else lines
 
 
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
@@ -109,13 +110,14 @@ def burn_banner(rgb: np.ndarray, lines: list[str]) -> np.ndarray:
     return np.asarray(canvas)
 
 
-@register_output("sc", applications=["fetal-head"])
+@register_output("sc", applications=["fetal-head", "view-router"])
 def build_heatmap_capture(ctx: OutputContext) -> hd.sc.SCImage:
     """An RGB Secondary Capture in the source study: fused Grad-CAM heatmap, ROI ellipse and banner."""
     source, result = ctx.source, ctx.result_as(AnalysisResult)
     if result.fused_rgb is None:
         raise EncodingError("analysis produced no image to capture")
-    pixels = burn_banner(result.fused_rgb, banner_lines(result))
+    lines = banner_lines(result, ctx.analysis.view.line() if ctx.analysis.view else "")
+    pixels = burn_banner(result.fused_rgb, lines)
     try:
         sc = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=source,
@@ -132,7 +134,7 @@ def build_heatmap_capture(ctx: OutputContext) -> hd.sc.SCImage:
     except (ValueError, TypeError, AttributeError) as exc:
         raise EncodingError(f"Secondary Capture could not be built: {exc}") from exc
     sc.SeriesDescription = "fetalnode AI heatmap - research use only"
-    sc.ImageComments = " / ".join(banner_lines(result))[:10240]
+    sc.ImageComments = " / ".join(lines)[:10240]
     sc.BurnedInAnnotation = "YES"
     sc.PatientOrientation = ""  # type: ignore[assignment]
     sc.Laterality = ""

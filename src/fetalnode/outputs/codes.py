@@ -44,6 +44,9 @@ AI_ASSESSMENT = Code("FN0006", SCHEME, "AI assessment of fetal head")
 # The value of MALFORMATION_TYPE when the finding is abnormal but the classifier bundle's reporting rule
 # names no type ("abnormal, type not determined"): 373068000 of CID 230 Yes-No and CID 240 Present-Absent.
 TYPE_NOT_DETERMINED = codes.SCT.Undetermined  # 373068000
+# The view router's answer for an image whose view has no application (issue 19): the image was not
+# looked at for a head at all, which "no fetal head found" would wrongly say.
+NO_APPLICATION = Code("FN0007", SCHEME, "Not analysed: no application for this view")
 
 # DICOM Segmentation (PS3.3 C.8.20.2): segmented property category (CID 7150) and algorithm family (CID 7162);
 # the property type is HEAD_STRUCTURE (CID 7151).

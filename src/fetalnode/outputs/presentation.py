@@ -144,7 +144,7 @@ def icc_profile(source: Dataset) -> bytes:
     return bytes(profile) if profile else srgb_input_profile()
 
 
-@register_output("gsps", applications=["fetal-head"])
+@register_output("gsps", applications=["fetal-head", "view-router"])
 def build_presentation_state(
     ctx: OutputContext,
 ) -> hd.pr.GrayscaleSoftcopyPresentationState | hd.pr.ColorSoftcopyPresentationState:

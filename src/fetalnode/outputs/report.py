@@ -72,7 +72,7 @@ def head_geometry(ellipse: Ellipse, spacing_mm: tuple[float, float] | None) -> H
 
 
 def _measurement_groups(
-    source: Dataset, result: AnalysisResult, decoded: DecodedImage, sr_instance_uid: str
+    source: Dataset, result: AnalysisResult, decoded: DecodedImage, sr_instance_uid: str, routed: bool = True
 ) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations | hd.sr.MeasurementsAndQualitativeEvaluations]:
     """The head group (TID 1410 with the ELLIPSE, or TID 1501 when no head was found), then the
     contour and calliper groups (TID 1410, POLYLINE) that viewers drawing only polylines can show."""
@@ -108,7 +108,9 @@ def _measurement_groups(
                 finding_type=fc.HEAD_STRUCTURE,
                 algorithm_id=algorithm,
                 source_images=[source_image],
-                qualitative_evaluations=[hd.sr.QualitativeEvaluation(fc.AI_ASSESSMENT, fc.NOT_ANALYSED)],
+                qualitative_evaluations=[
+                    hd.sr.QualitativeEvaluation(fc.AI_ASSESSMENT, fc.NOT_ANALYSED if routed else fc.NO_APPLICATION)
+                ],
             )
         ]
     geometry = head_geometry(result.ellipse, decoded.spacing_mm)
@@ -185,7 +187,7 @@ def report_comments(result: AnalysisResult, frame_number: int | None, n_frames: 
 
 
 # Revision 1: HC coded 11984-2 (was 11779-6, a delivery-date concept), head contour and calliper POLYLINEs.
-@register_output("sr", applications=["fetal-head"], revision=1)
+@register_output("sr", applications=["fetal-head", "view-router"], revision=1)
 def build_report(ctx: OutputContext) -> hd.sr.Comprehensive3DSR:
     """Build the SR; raises :class:`EncodingError` with the reason if highdicom refuses the content."""
     source, result, decoded = ctx.source, ctx.result_as(AnalysisResult), ctx.analysis.decoded
@@ -201,7 +203,9 @@ def build_report(ctx: OutputContext) -> hd.sr.Comprehensive3DSR:
         report = hd.sr.MeasurementReport(
             observation_context=observation,
             procedure_reported=fc.OB_ULTRASOUND,
-            imaging_measurements=_measurement_groups(source, result, decoded, ctx.uids.instance),
+            imaging_measurements=_measurement_groups(
+                source, result, decoded, ctx.uids.instance, routed=ctx.analysis.application != "view-router"
+            ),
         )
         container = hd.sr.ContainerContentItem(
             name=fc.QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
@@ -210,6 +214,7 @@ def build_report(ctx: OutputContext) -> hd.sr.Comprehensive3DSR:
             [
                 _text(fc.COMMENT, line)
                 for line in report_comments(result, frame_number, decoded.n_frames, decoded.spacing_source)
+                + ([ctx.analysis.view.line()] if ctx.analysis.view else [])
             ]
         )
         report[0].ContentSequence.append(container)

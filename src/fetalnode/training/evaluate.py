@@ -75,7 +75,13 @@ def evaluate_labour(model: Path, data: Path, out: Path, split: str) -> dict[str,
 
 
 def evaluate_bundle(
-    model: Path, data: Path, out: Path, seg_model: Path | None = None, split: str = "all"
+    model: Path,
+    data: Path,
+    out: Path,
+    seg_model: Path | None = None,
+    split: str = "all",
+    models_dir: Path | None = None,
+    node_check: bool = True,
 ) -> dict[str, Any]:
     meta = read_metadata(model)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -87,6 +93,10 @@ def evaluate_bundle(
     }
     if meta["task"] == "multiclass-segmentation":
         report.update(evaluate_labour(model, data, out, split))
+    if meta["task"] == "view":
+        from fetalnode.training.view import evaluate_view
+
+        report["view"] = evaluate_view(model, data, split, models_dir, node_check)
     elif meta["task"] == "segmentation":
         bundle = load_bundle(model, "segmentation")
         rows = training_split(meta, read_labels(data), split)

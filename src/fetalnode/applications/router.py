@@ -1,0 +1,152 @@
+"""The view router: recognise what an image shows, then run the application registered for that view.
+
+The view model (``models.view``, a ``task: view`` bundle from ``fetalnode train view``) names the view
+of every image; ``[router] applications`` maps views to application names of the registry. A view
+without an application, an application that is not registered, and the model's abstention
+(:attr:`View.UNKNOWN`) all end the same way: an :class:`Analysis` of this application that says
+"not analysed: <view>, no application for this view", with no finding and no measurement. The routed
+application keeps its own checks (the fetal head's plausibility gate).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+
+from fetalnode.applications.base import Analysis, Application
+from fetalnode.applications.registry import APPLICATIONS, register_application
+from fetalnode.config import Settings
+from fetalnode.errors import ConfigError, InferenceError
+from fetalnode.inference import AnalysisResult
+from fetalnode.inference.bundle import load_bundle
+from fetalnode.inference.view import ViewModel, ViewPrediction
+from fetalnode.intake import DecodedImage, decode_for_analysis
+from fetalnode.vocab import View
+
+log = logging.getLogger(__name__)
+NAME = "view-router"
+NO_APPLICATION = "no application for this view"
+
+
+def not_analysed_reason(view: View) -> str:
+    return f"not analysed: {view.words}, {NO_APPLICATION}"
+
+
+@dataclass
+class ViewRouter:
+    """The view model and one application per routed view (views absent from ``routes`` have none)."""
+
+    view_model: ViewModel
+    routes: dict[View, Application]
+    models_dir: Path
+    max_pixels: int
+    max_frames: int
+    name: str = NAME
+    # This one and every routed application's names (the writers are checked against them at start-up).
+    applications: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        names = [NAME]
+        for application in self.routes.values():
+            names += [a for a in application.applications if a not in names]
+        self.applications = tuple(names)
+
+    def classify(self, decoded: DecodedImage) -> ViewPrediction:
+        try:
+            return self.view_model.predict(decoded.gray)
+        except InferenceError:
+            raise
+        except Exception as exc:
+            raise InferenceError(f"view model: {type(exc).__name__}: {exc}") from exc
+
+    def analyse(self, ds: Dataset) -> Analysis:
+        decoded = decode_for_analysis(ds, self.max_pixels, self.max_frames)
+        view = self.classify(decoded)
+        model = view.model
+        application = self.routes.get(view.label)
+        if application is None:
+            result = AnalysisResult(
+                analysed=False,
+                reason=not_analysed_reason(view.label),
+                seg_model=model,
+                cls_model=model,
+                fused_rgb=decoded.display_rgb.copy(),
+            )
+            return Analysis(NAME, result, decoded, (model,), view=view)
+        analysis = application.analyse(ds)
+        # The view model decided which application ran: it is one of the models behind every output.
+        return dataclasses.replace(analysis, view=view, models=(*analysis.models, model))
+
+    def _distinct(self) -> list[Application]:
+        """Each routed application once (several views may share one)."""
+        out: list[Application] = []
+        for application in self.routes.values():
+            if not any(application is a for a in out):
+                out.append(application)
+        return out
+
+    def bundle_paths(self) -> list[Path]:
+        paths = [self.view_model.bundle.path]
+        for application in self._distinct():
+            paths += application.bundle_paths()
+        return paths
+
+    def describe(self) -> dict[str, str]:
+        out = {"view": f"{self.view_model.name} {self.view_model.version}"}
+        out["routes"] = ", ".join(f"{view} -> {app.name}" for view, app in self.routes.items()) or "none"
+        for application in self._distinct():
+            for role, bundle in application.describe().items():
+                out[role if role not in out else f"{application.name} {role}"] = bundle
+        return out
+
+
+def router_routes(settings: Settings) -> dict[View, str]:
+    """``[router] applications`` as views -> application names (empty names dropped), checked."""
+    routes: dict[View, str] = {}
+    for key, name in settings.router.applications.items():
+        try:
+            view = View(key)
+        except ValueError:
+            known = ", ".join(v for v in View if v is not View.UNKNOWN)
+            raise ConfigError(f"router.applications: unknown view {key!r} (views: {known})") from None
+        if view is View.UNKNOWN:
+            raise ConfigError("router.applications: 'unknown' is the view model's abstention; it has no application")
+        if name == NAME:
+            raise ConfigError(f"router.applications: {key} cannot be routed to the router itself")
+        if name:
+            routes[view] = name
+    return routes
+
+
+@register_application(NAME)
+def load(settings: Settings) -> ViewRouter:
+    """Load the view bundle and build each routed application once by its registered name.
+
+    A route to an application that is not registered (another build's ``labour-progress``, a plugin
+    not installed) is dropped with a warning: those images get "no application for this view".
+    """
+    models_dir = Path(settings.models.dir)
+    view_model = ViewModel(load_bundle(models_dir / settings.models.view, "view"))
+    built: dict[str, Application] = {}
+    routes: dict[View, Application] = {}
+    for view, name in router_routes(settings).items():
+        factory = APPLICATIONS.find(name)
+        if factory is None:
+            log.warning(
+                "router: application %r for %s is not registered (known: %s); those images get %r",
+                name,
+                view.words,
+                ", ".join(n for n in APPLICATIONS.names() if n != NAME),
+                not_analysed_reason(view),
+            )
+            continue
+        if name not in built:
+            built[name] = factory(settings)
+        routes[view] = built[name]
+    unrouted = [v.words for v in view_model.labels if v not in routes]
+    log.info("router: %s; no application for: %s", ", ".join(f"{v} -> {routes[v].name}" for v in routes), unrouted)
+    return ViewRouter(view_model, routes, models_dir, settings.worker.max_pixels, settings.worker.max_frames)

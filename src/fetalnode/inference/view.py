@@ -1,0 +1,126 @@
+"""The view classifier: which kind of ultrasound image this is, so the router can pick an application.
+
+One code path for training and inference: :func:`view_input` turns any grayscale frame into the
+network's square input, :class:`ViewModel` runs a ``task: view`` bundle and applies its abstain
+threshold (a top probability below it, or below the stricter threshold of the head view, answers
+:attr:`View.UNKNOWN`). No pydicom in here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fetalnode.errors import BundleError, InferenceError
+from fetalnode.inference.bundle import Bundle
+from fetalnode.inference.preprocess import resize, to_unit_range
+from fetalnode.vocab import View
+
+
+def view_input(gray: np.ndarray, size: int) -> np.ndarray:
+    """The whole image, scaled to [0, 1] by its percentiles, centred on a zero square, ``size`` x ``size``.
+
+    The aspect ratio is kept (a letterbox centred on both sides), so no view is told by where the
+    padding is.
+    """
+    img = to_unit_range(gray)
+    h, w = img.shape
+    side = max(h, w)
+    square = np.zeros((side, side), dtype=np.float32)
+    y0, x0 = (side - h) // 2, (side - w) // 2
+    square[y0 : y0 + h, x0 : x0 + w] = img
+    return resize(square, (size, size))
+
+
+@dataclass(frozen=True)
+class ViewPrediction:
+    """What the view model says about one image.
+
+    ``label`` is the routed view: the most probable class, or :attr:`View.UNKNOWN` when its
+    probability is below the bundle's abstain threshold (``top`` then says what it would have been).
+    """
+
+    label: View
+    probability: float
+    top: View
+    model: tuple[str, str]
+    probabilities: dict[str, float]
+
+    @property
+    def words(self) -> str:
+        return self.label.words
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "label": str(self.label),
+            "probability": round(self.probability, 4),
+            "top": str(self.top),
+            "model": "/".join(self.model),
+        }
+
+    def line(self) -> str:
+        """One sentence for the reports: the recognised view, its probability and the model."""
+        model = f"view model {self.model[0]} {self.model[1]}"
+        if self.label is View.UNKNOWN:
+            return f"View not recognised (most probable: {self.top.words}, {100 * self.probability:.0f}%; {model})."
+        return f"Recognised view: {self.words} ({100 * self.probability:.0f}%; {model})."
+
+
+class ViewModel:
+    """A loaded ``task: view`` bundle with its labels, input size and abstain threshold."""
+
+    def __init__(self, bundle: Bundle) -> None:
+        if bundle.task != "view":
+            raise BundleError(f"bundle {bundle.path}: task is {bundle.task!r}, expected 'view'")
+        meta = bundle.metadata
+        try:
+            self.labels = [View(v) for v in meta["labels"]]
+            self.size = int(meta["input"]["size"])
+            self.threshold = float(meta["abstain_threshold"])
+            # A stricter threshold for some views (the head: the application that measures).
+            self.class_thresholds = {View(k): float(v) for k, v in meta.get("class_thresholds", {}).items()}
+        except (KeyError, ValueError, TypeError) as exc:
+            raise BundleError(f"bundle {bundle.path}: view metadata is incomplete: {exc}") from exc
+        if View.UNKNOWN in self.labels:
+            raise BundleError(f"bundle {bundle.path}: 'unknown' is the abstention, not a class")
+        self.bundle = bundle
+
+    @property
+    def name(self) -> str:
+        return self.bundle.name
+
+    @property
+    def version(self) -> str:
+        return self.bundle.version
+
+    def probabilities(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities of a batch of :func:`view_input` arrays, (N, size, size) -> (N, classes)."""
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(x), 64):
+                logits = self.bundle.infer(torch.from_numpy(np.ascontiguousarray(x[i : i + 64]))[:, None])
+                out.append(torch.softmax(logits, dim=1).numpy())
+        return np.concatenate(out) if out else np.zeros((0, len(self.labels)), dtype=np.float32)
+
+    def threshold_of(self, view: View) -> float:
+        """The probability ``view`` needs to be routed: the abstain threshold, or its own when stricter."""
+        return max(self.threshold, self.class_thresholds.get(view, 0.0))
+
+    def decide(self, probs: np.ndarray) -> ViewPrediction:
+        """The routed view of one probability vector."""
+        top = int(np.argmax(probs))
+        p = float(probs[top])
+        return ViewPrediction(
+            label=self.labels[top] if p >= self.threshold_of(self.labels[top]) else View.UNKNOWN,
+            probability=p,
+            top=self.labels[top],
+            model=(self.name, self.version),
+            probabilities={str(v): float(q) for v, q in zip(self.labels, probs, strict=True)},
+        )
+
+    def predict(self, gray: np.ndarray) -> ViewPrediction:
+        if gray.ndim != 2 or min(gray.shape) < 16:
+            raise InferenceError(f"expected a 2D image of at least 16x16 pixels, got shape {gray.shape}")
+        return self.decide(self.probabilities(view_input(gray, self.size)[None])[0])

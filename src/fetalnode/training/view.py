@@ -1,0 +1,854 @@
+"""Train the view classifier (``fetalnode train view``) on the dataset folders as they are.
+
+Each folder's format tells the view of its images (:func:`folder_rows`): HC18 and
+fetal_brain_abnormalities are second-trimester axial heads, PSFHS intrapartum transperineal,
+first_trimester_sagittal first-trimester mid-sagittal, FETAL_PLANES_DB its brain planes heads and every
+other plane "other fetal plane", a folder of DICOM files (no ``labels.csv``) ultrasound that is not
+fetal. Every folder is split by its grouping column (never by image), HC18 and the brain abnormalities
+exactly as the head bundles split them (same seed), so their test heads stay unseen by every model.
+Classes are balanced by sampling; the abstain threshold is chosen on the validation split.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from fetalnode.inference.analyzer import AnalysisResult
+from fetalnode.inference.bundle import save_bundle
+from fetalnode.inference.networks import build_view_net
+from fetalnode.inference.view import view_input
+from fetalnode.training.data import Row, bootstrap_ci, case_split, group_split, load_gray, read_labels, subject_split
+from fetalnode.training.metrics import balanced_accuracy, confusion, per_class
+from fetalnode.training.reference import REPO
+from fetalnode.vocab import View
+
+log = logging.getLogger(__name__)
+
+CLASSES: list[View] = [v for v in View if v is not View.UNKNOWN]
+FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
+PYDICOM_TESTDATA = "pydicom-testdata"
+BRAIN_PLANE = "Fetal brain"
+VIEW_IMAGES = REPO / "tests" / "data" / "view_mini"
+
+# Dataset formats, told by the columns of labels.csv (a folder without one holds DICOM files).
+FORMATS: dict[str, dict[str, Any]] = {
+    "hc18": {
+        "columns": {"subject_group", "hc_mm"},
+        "group": "subject_group",
+        "name": "HC18 (van den Heuvel et al., PLoS ONE 2018, doi:10.5281/zenodo.1327317)",
+        "licence": "CC BY 4.0",
+    },
+    "fetal_brain_abnormalities": {
+        "columns": {"case_group", "label"},
+        "group": "case_group",
+        "name": "Fetal Brain Abnormalities Ultrasound v1 (Roboflow Universe; normals from FETAL_PLANES_DB)",
+        "licence": "CC BY 4.0 (as stated by the Roboflow export)",
+    },
+    "psfhs": {
+        "columns": {"id_block", "aop_deg"},
+        "group": "id_block",
+        "name": "PSFHS (Chen et al., Sci Data 11:436 (2024), doi:10.5281/zenodo.10969427)",
+        "licence": "CC BY 4.0",
+    },
+    "first_trimester_sagittal": {
+        "columns": {"image_id", "view", "nt_box"},
+        "group": "image_block",
+        "name": "Dataset for Fetus Framework (Mendeley Data, doi:10.17632/n2rbrb9t4f.1)",
+        "licence": "CC BY 4.0",
+    },
+    "fetal_planes_db": {
+        "columns": {"plane", "brain_plane", "patient_id"},
+        "group": "patient_id",
+        "name": "FETAL_PLANES_DB (Burgos-Artizzu et al., Sci Rep 10:10200 (2020), Zenodo 3904280)",
+        "licence": "CC BY 4.0",
+    },
+    "dicom": {
+        "columns": set(),
+        "group": "device_group",
+        "name": "real ultrasound DICOM files without a fetus (pydicom-data / the pydicom wheel's test files)",
+        "licence": "MIT (pydicom-data); pydicom's own licence for its wheel's files",
+    },
+}
+# first_trimester_sagittal has no patient ids: neighbouring image numbers may be one fetus.
+IMAGE_BLOCK = 20
+
+
+@dataclass
+class ViewRecipe:
+    size: int = 112
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    strides: tuple[int, ...] = (2, 2, 2, 2)
+    num_res_units: int = 2
+    dropout: float = 0.1
+    epochs: int = 40
+    # Class-balanced sampling: this many draws of each class per epoch (within a class, each source
+    # folder weighs the same, and within a folder each group).
+    per_class_per_epoch: int = 500
+    batch_size: int = 32
+    lr: float = 2e-3
+    label_smoothing: float = 0.05
+    patience: int = 10
+    max_minutes: float = 40.0
+    seed: int = 20261124
+    limit: int = 0
+    # The abstain threshold minimises, on validation, wrong routings + this x abstentions on images the
+    # model had right (a wrong application is worse than none); never below min_threshold.
+    abstain_cost: float = 0.2
+    min_threshold: float = 0.5
+
+
+def detect_format(folder: Path) -> str:
+    """The dataset format of a folder, from its labels.csv columns (none: a folder of DICOM files)."""
+    if str(folder) == PYDICOM_TESTDATA or not (folder / "labels.csv").is_file():
+        return "dicom"
+    columns = set(read_labels(folder)[0]) if read_labels(folder) else set()
+    for name, spec in FORMATS.items():
+        if spec["columns"] and spec["columns"] <= columns:
+            return name
+    raise ValueError(f"{folder}: labels.csv has columns {sorted(columns)}, which match no known dataset format")
+
+
+def pydicom_testdata_dirs() -> list[Path]:
+    """The local folders of pydicom's test data: the wheel's ``test_files`` and pydicom-data's store."""
+    import pydicom.data
+
+    dirs = [Path(pydicom.data.__file__).parent / "test_files"]
+    try:
+        dirs.append(Path(pydicom.data.get_testdata_file("US1_UNCR.dcm") or "").parent)
+    except Exception:  # pydicom-data not installed: only the wheel's files
+        log.warning("pydicom-data is not installed: only the pydicom wheel's test files are used")
+    return [d for d in dict.fromkeys(dirs) if d.is_dir()]
+
+
+def dicom_rows(folder: Path) -> list[Row]:
+    """Ultrasound DICOM files of a folder (``pydicom-testdata``: pydicom's local test data) as rows.
+
+    Every file whose Modality is US and whose SOP class the node analyses is one image of view
+    ``not_fetal``; its group is the device and the body part of its Image Type, so that copies of one
+    picture (the same file in several transfer syntaxes) never end up in two splits.
+    """
+    from pydicom import dcmread
+
+    from fetalnode.intake import ANALYSABLE_SOP_CLASSES
+
+    dirs = pydicom_testdata_dirs() if str(folder) == PYDICOM_TESTDATA else [folder]
+    rows: list[Row] = []
+    for path in sorted(p for d in dirs for p in d.glob("*.dcm")):
+        try:
+            ds = dcmread(path, stop_before_pixels=True)
+        except Exception:
+            continue
+        if str(ds.get("Modality", "")) != "US" or ds.get("SOPClassUID") not in ANALYSABLE_SOP_CLASSES:
+            continue
+        image_type = [*ds.get("ImageType", []), "", "", ""]
+        device = f"{ds.get('Manufacturer', '')}/{image_type[2]}".strip()
+        rows.append({"filename": str(path), "device_group": device})
+    if not rows:
+        raise ValueError(f"{folder}: no labels.csv and no ultrasound DICOM files")
+    return rows
+
+
+def dicom_gray(path: Path) -> np.ndarray:
+    """The analysis frame of a DICOM file, decoded exactly as the node decodes a received image."""
+    from pydicom import dcmread
+
+    from fetalnode.intake import decode_for_analysis
+
+    return decode_for_analysis(dcmread(path), 10**9, 10**6).gray
+
+
+@dataclass(frozen=True)
+class ViewImage:
+    """One image of a dataset folder with its view and its group (``<format>:<group>``)."""
+
+    path: Path
+    view: View
+    group: str
+    source: str
+    detail: str = ""
+    pixel_size_mm: float | None = None
+    dicom: bool = False
+
+    def gray(self) -> np.ndarray:
+        return dicom_gray(self.path) if self.dicom else load_gray(self.path)
+
+
+def folder_rows(folder: Path) -> tuple[str, list[Row]]:
+    """The format of a folder and its usable rows, each with ``_view`` and ``_group`` added."""
+    fmt = detect_format(folder)
+    rows = dicom_rows(folder) if fmt == "dicom" else read_labels(folder)
+    if fmt == "fetal_brain_abnormalities":
+        rows = [r for r in rows if r.get("label_conflict", "0") != "1"]  # as the classifier's split
+    for row in rows:
+        if fmt == "fetal_planes_db":
+            row["_view"] = View.SECOND_TRIMESTER_HEAD if row["plane"] == BRAIN_PLANE else View.OTHER_FETAL_PLANE
+        elif fmt == "first_trimester_sagittal":
+            row["_view"] = View(row["view"])
+            row["image_block"] = f"ft_b{int(row['image_id']) // IMAGE_BLOCK:03d}"
+        elif fmt == "psfhs":
+            row["_view"] = View.INTRAPARTUM_TRANSPERINEAL
+        elif fmt == "dicom":
+            row["_view"] = View.NOT_FETAL
+        else:
+            row["_view"] = View.SECOND_TRIMESTER_HEAD
+        row["_group"] = f"{fmt}:{row[FORMATS[fmt]['group']]}"
+    return fmt, rows
+
+
+def split_rows(fmt: str, rows: list[Row], seed: int) -> dict[str, list[Row]]:
+    """Train/val/test by the folder's grouping column; HC18 and the brain abnormalities as the head
+    bundles split them (same function, same seed)."""
+    if fmt == "hc18":
+        return subject_split(rows, seed)
+    if fmt == "fetal_brain_abnormalities":
+        return case_split(rows, seed)
+    return group_split(rows, FORMATS[fmt]["group"], FRACTIONS, seed, "_view")
+
+
+def pooled_dicom_split(folders: list[tuple[Path, list[Row]]], seed: int) -> dict[str, str]:
+    """Device groups of all DICOM folders -> split, drawn once over their union (a file present in two
+    folders, as pydicom-data's and dicom_samples' copies are, is one image of one group). Duplicate
+    files (same bytes) are removed from all but the first folder's rows."""
+    import hashlib
+
+    seen: set[str] = set()
+    pooled: list[Row] = []
+    for _, rows in folders:
+        keep = []
+        for row in rows:
+            digest = hashlib.sha256(Path(row["filename"]).read_bytes()).hexdigest()
+            if digest not in seen:
+                seen.add(digest)
+                keep.append(row)
+        rows[:] = keep
+        pooled += keep
+    split = group_split(pooled, "_group", FRACTIONS, seed) if pooled else {}
+    return {row["_group"]: name for name, part in split.items() for row in part}
+
+
+def to_image(folder: Path, fmt: str, row: Row) -> ViewImage:
+    path = Path(row["filename"]) if fmt == "dicom" else folder / row["filename"]
+    detail = row.get("plane") or row.get("label") or ""
+    size = row.get("pixel_size_mm")
+    return ViewImage(
+        path=path,
+        view=View(row["_view"]),
+        group=row["_group"],
+        source=fmt,
+        detail=detail,
+        pixel_size_mm=float(size) if size else None,
+        dicom=fmt == "dicom",
+    )
+
+
+def folder_images(folder: Path, split: str, meta: dict[str, Any]) -> tuple[str, list[ViewImage]]:
+    """The images of one folder: all of them, or one part of the split the bundle ``meta`` was trained
+    with (its seed; for DICOM folders its stored device-group splits, a group it never saw is test)."""
+    fmt, rows = folder_rows(folder)
+    if split != "all":
+        if fmt == "dicom":
+            known = meta.get("dicom_group_splits", {})
+            rows = [r for r in rows if known.get(r["_group"], "test") == split]
+        else:
+            rows = split_rows(fmt, rows, int(meta["training_data"][0]["seed"]))[split]
+    return fmt, [to_image(folder, fmt, r) for r in rows]
+
+
+@dataclass
+class ViewSet:
+    """Network inputs of some images, their class indices, groups and source folders."""
+
+    x: np.ndarray
+    y: np.ndarray
+    groups: np.ndarray
+    sources: np.ndarray
+    images: list[ViewImage] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+def load_set(images: list[ViewImage], size: int, desc: str) -> ViewSet:
+    x = np.zeros((len(images), size, size), dtype=np.float32)
+    for i, image in enumerate(tqdm(images, desc=desc, leave=False)):
+        x[i] = view_input(image.gray(), size)
+    return ViewSet(
+        x,
+        np.array([CLASSES.index(im.view) for im in images], dtype=np.int64),
+        np.array([im.group for im in images]),
+        np.array([im.source for im in images]),
+        images,
+    )
+
+
+def sampling_weights(data: ViewSet) -> np.ndarray:
+    """Per-image draw probability within its class: each source folder of the class weighs the same,
+    within a folder each group, within a group each image."""
+    w = np.zeros(len(data), dtype=np.float64)
+    for c in np.unique(data.y):
+        idx = np.nonzero(data.y == c)[0]
+        sources = Counter(data.sources[idx].tolist())
+        groups = Counter(data.groups[idx].tolist())
+        for i in idx:
+            w[i] = 1.0 / len(sources) / _groups_in(data, idx, data.sources[i]) / groups[data.groups[i]]
+    return w
+
+
+def _groups_in(data: ViewSet, idx: np.ndarray, source: str) -> int:
+    return len(set(data.groups[idx][data.sources[idx] == source].tolist()))
+
+
+def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random rotation (±15°), zoom (0.8–1.25), aspect (±20%), shift (±10%), mirror; gamma, contrast,
+    brightness and noise: no view should be told by a scanner's framing or grey levels."""
+    n = x.shape[0]
+
+    def uniform(lo: float, hi: float) -> torch.Tensor:
+        return torch.empty(n).uniform_(lo, hi, generator=gen)
+
+    angle = torch.deg2rad(uniform(-15, 15))
+    zoom = torch.exp(uniform(math.log(0.8), math.log(1.25)))
+    aspect = torch.exp(uniform(-0.2, 0.2))
+    mirror = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)
+    sx, sy = mirror * aspect / zoom, 1 / (aspect * zoom)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.stack(
+        [
+            torch.stack([cos * sx, -sin * sy, uniform(-0.1, 0.1)], 1),
+            torch.stack([sin * sx, cos * sy, uniform(-0.1, 0.1)], 1),
+        ],
+        1,
+    )
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    inside = out > 0
+    gamma = torch.exp(uniform(-0.4, 0.4)).view(n, 1, 1, 1)
+    out = out.clamp(0, 1) ** gamma
+    out = out * uniform(0.75, 1.25).view(n, 1, 1, 1) + uniform(-0.1, 0.1).view(n, 1, 1, 1) * inside
+    noise = torch.randn(out.shape, generator=gen) * uniform(0, 0.04).view(n, 1, 1, 1)
+    return (out + noise * inside).clamp(0, 1)
+
+
+def view_params(recipe: ViewRecipe) -> dict[str, Any]:
+    return {
+        "size": recipe.size,
+        "channels": list(recipe.channels),
+        "strides": list(recipe.strides),
+        "num_res_units": recipe.num_res_units,
+        "dropout": recipe.dropout,
+        "n_classes": len(CLASSES),
+    }
+
+
+def predict(net: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+    net.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(x), 64):
+            out.append(torch.softmax(net(torch.from_numpy(x[i : i + 64])[:, None]), dim=1).numpy())
+    return np.concatenate(out) if out else np.zeros((0, len(CLASSES)), dtype=np.float32)
+
+
+def balanced_nll(probs: np.ndarray, y: np.ndarray) -> float:
+    """Mean over the classes present of the mean negative log-likelihood of the true class."""
+    nll = -np.log(np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0))
+    return float(np.mean([nll[y == c].mean() for c in np.unique(y)]))
+
+
+def fit(train: ViewSet, val: ViewSet, recipe: ViewRecipe) -> tuple[torch.nn.Module, list[dict[str, float]]]:
+    """Class-balanced draws each epoch; early stopping on the validation NLL over images.
+
+    Not on the class-balanced NLL: two of its classes have 1-5 validation images, and it jumped by a
+    factor of 3 between neighbouring epochs (the first run stopped at epoch 12 with its best at 4).
+    """
+    torch.manual_seed(recipe.seed)
+    gen = torch.Generator().manual_seed(recipe.seed)
+    rng = np.random.default_rng(recipe.seed)
+    net = build_view_net(view_params(recipe))
+    opt = torch.optim.AdamW(net.parameters(), lr=recipe.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=recipe.epochs)
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+    weights = sampling_weights(train)
+    xtr, ytr = torch.from_numpy(train.x)[:, None], torch.from_numpy(train.y)
+    best: tuple[float, dict[str, torch.Tensor]] | None = None
+    stale, history = 0, []
+    start = time.monotonic()
+    for epoch in range(1, recipe.epochs + 1):
+        net.train()
+        draws = []
+        for c in np.unique(train.y):
+            idx = np.nonzero(train.y == c)[0]
+            p = weights[idx] / weights[idx].sum()
+            draws.append(rng.choice(idx, size=recipe.per_class_per_epoch, replace=True, p=p))
+        order = rng.permutation(np.concatenate(draws))
+        losses = []
+        for i in tqdm(range(0, len(order), recipe.batch_size), desc=f"view epoch {epoch}", leave=False):
+            idx_t = torch.from_numpy(order[i : i + recipe.batch_size])
+            if len(idx_t) < 2:
+                continue
+            opt.zero_grad()
+            loss = loss_fn(net(augment(xtr[idx_t], gen)), ytr[idx_t])
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        sched.step()
+        pv = predict(net, val.x)
+        record = {
+            "epoch": epoch,
+            "loss": float(np.mean(losses)),
+            "val_nll": float(-np.log(np.clip(pv[np.arange(len(val.y)), val.y], 1e-7, 1.0)).mean()),
+            "val_balanced_nll": balanced_nll(pv, val.y),
+            "val_balanced_accuracy": balanced_accuracy(val.y, pv.argmax(1), len(CLASSES)),
+            "minutes": round((time.monotonic() - start) / 60, 2),
+        }
+        if best is None or record["val_nll"] < best[0]:
+            best = (record["val_nll"], {k: v.clone() for k, v in net.state_dict().items()})
+            stale = 0
+        else:
+            stale += 1
+        history.append(record)
+        log.info("epoch %s", {k: round(v, 4) for k, v in record.items()})
+        if stale >= recipe.patience or time.monotonic() - start > recipe.max_minutes * 60:
+            break
+    if best is not None:
+        net.load_state_dict(best[1])
+    net.eval()
+    return net, history
+
+
+def class_thresholds(threshold: float, strict: dict[str, float] | None = None) -> np.ndarray:
+    """The probability each class needs to be routed: ``threshold``, or a stricter one of ``strict``."""
+    return np.array([max(threshold, (strict or {}).get(str(c), 0.0)) for c in CLASSES])
+
+
+def routed(probs: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Class index of each image, or -1 (unknown) where the top probability is below its class's threshold."""
+    top = probs.argmax(1)
+    return np.where(probs.max(1) >= thresholds[top], top, -1)
+
+
+def correct_route(route: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Routed to its own view; for an image that is not fetal, "unknown" is right too (no application
+    either way)."""
+    return (route == y) | ((route == -1) & (y == CLASSES.index(View.NOT_FETAL)))
+
+
+def choose_threshold(probs: np.ndarray, y: np.ndarray, recipe: ViewRecipe) -> dict[str, Any]:
+    """The abstain threshold minimising, on validation, wrong routings + ``abstain_cost`` x abstentions on
+    images the model had right; each image weighted 1 / (images of its class), ties to the lowest."""
+    weight = 1.0 / np.bincount(y, minlength=len(CLASSES))[y]
+    best: tuple[float, float] | None = None
+    not_fetal = CLASSES.index(View.NOT_FETAL)
+    for t in np.round(np.arange(recipe.min_threshold, 0.991, 0.01), 2):
+        route = routed(probs, class_thresholds(float(t)))
+        wrong = (route != -1) & (route != y)
+        lost = (route == -1) & (probs.argmax(1) == y) & (y != not_fetal)
+        cost = float((weight * (wrong + recipe.abstain_cost * lost)).sum())
+        if best is None or cost < best[1] - 1e-12:
+            best = (float(t), cost)
+    assert best is not None
+    t = best[0]
+    # The head application measures: no validation image of another view may reach it.
+    head = CLASSES.index(View.SECOND_TRIMESTER_HEAD)
+    others = probs[y != head, head]
+    worst = float(others.max()) if len(others) else 0.0
+    t_head = min(0.99, max(t, math.floor(worst * 100 + 1) / 100))
+    strict = {str(View.SECOND_TRIMESTER_HEAD): t_head} if t_head > t else {}
+    route = routed(probs, class_thresholds(t, strict))
+    return {
+        "abstain_threshold": t,
+        "class_thresholds": strict,
+        "rule": f"minimises wrong routings + {recipe.abstain_cost} x abstentions on images the model had right "
+        f"(class-balanced), on the validation split, searched {recipe.min_threshold}-0.99; the head view "
+        "needs more than the highest head probability of any validation image of another view",
+        "val_highest_head_probability_of_other_views": round(worst, 4),
+        "val_cost": round(best[1], 4),
+        "val_coverage": float((route != -1).mean()),
+        "val_routed_accuracy": float(correct_route(route, y).mean()),
+    }
+
+
+def view_metrics(
+    probs: np.ndarray, y: np.ndarray, groups: np.ndarray, sources: np.ndarray, thresholds: np.ndarray
+) -> dict[str, Any]:
+    """Accuracy (argmax), routed accuracy (with the abstention), coverage, per class and per source,
+    each headline with a 95% CI from a bootstrap of whole groups."""
+    k = len(CLASSES)
+    pred = probs.argmax(1)
+    route = routed(probs, thresholds)
+    ok = correct_route(route, y)
+    head = CLASSES.index(View.SECOND_TRIMESTER_HEAD)
+    cm = confusion(y, pred, k)
+    routed_cm = np.zeros((k, k + 1), dtype=np.int64)
+    np.add.at(routed_cm, (y, np.where(route == -1, k, route)), 1)
+    precision, recall, _ = per_class(cm)
+    present = np.unique(y)
+    out: dict[str, Any] = {
+        "n": len(y),
+        "n_groups": len(np.unique(groups)),
+        "accuracy": float((pred == y).mean()),
+        "accuracy_ci95": bootstrap_ci(pred == y, groups, lambda i: (pred[i] == y[i]).mean()),
+        "routed_accuracy": float(ok.mean()),
+        "routed_accuracy_ci95": bootstrap_ci(ok, groups, lambda i: ok[i].mean()),
+        "coverage": float((route != -1).mean()),
+        "abstained": int((route == -1).sum()),
+        "other_views_routed_to_head": int(((route == head) & (y != head)).sum()),
+        "per_class": {
+            str(CLASSES[c]): {
+                "support": int(cm[c].sum()),
+                "groups": len(np.unique(groups[y == c])),
+                "recall": _num(recall[c]),
+                "precision": _num(precision[c]),
+                "routed_correct": int(ok[y == c].sum()),
+                "abstained": int((route[y == c] == -1).sum()),
+            }
+            for c in range(k)
+            if cm[c].sum() or cm[:, c].sum()
+        },
+        "per_source": {
+            str(s): {
+                "n": int((sources == s).sum()),
+                "accuracy": float((pred == y)[sources == s].mean()),
+                "routed_accuracy": float(ok[sources == s].mean()),
+            }
+            for s in np.unique(sources)
+        },
+        "confusion_matrix": cm.tolist(),
+        "confusion_labels": [str(c) for c in CLASSES],
+        "routed_confusion_matrix": routed_cm.tolist(),
+        "routed_confusion_columns": [*(str(c) for c in CLASSES), str(View.UNKNOWN)],
+    }
+    if len(present) > 1:
+        out["balanced_accuracy"] = balanced_accuracy(y, pred, k)
+        out["balanced_accuracy_ci95"] = bootstrap_ci(y, groups, lambda i: balanced_accuracy(y[i], pred[i], k))
+    return out
+
+
+def _num(v: float) -> float | None:
+    return None if math.isnan(v) else float(v)
+
+
+def node_check(view_bundle: Path, images: list[ViewImage], models_dir: Path) -> dict[str, Any]:
+    """The whole node analysis (router -> routed application) on each image wrapped as a US DICOM
+    instance, as a scanner would send it: how many images of another view get a head finding or an HC.
+
+    ``models_dir`` holds the head bundles (``hc18-headseg``, ``fba-classifier``); the view model is
+    ``view_bundle``. HC18 images carry their pixel size, so a head finding on them has an HC.
+    """
+    from pydicom import dcmread
+
+    from fetalnode.applications.fetal_head import NAME as HEAD
+    from fetalnode.applications.fetal_head import load as load_head
+    from fetalnode.applications.router import ViewRouter
+    from fetalnode.config import Settings
+    from fetalnode.inference.bundle import load_bundle
+    from fetalnode.inference.view import ViewModel
+    from fetalnode.wrap import wrap_png
+
+    settings = Settings()
+    settings.models.dir = str(models_dir)
+    router = ViewRouter(
+        ViewModel(load_bundle(view_bundle, "view")),
+        {View.SECOND_TRIMESTER_HEAD: load_head(settings)},
+        models_dir,
+        settings.worker.max_pixels,
+        settings.worker.max_frames,
+    )
+    counts: dict[str, Counter[str]] = {}
+    examples: list[dict[str, Any]] = []
+    for image in tqdm(images, desc="node check", leave=False):
+        ds = dcmread(image.path) if image.dicom else wrap_png(image.path, pixel_size_mm=image.pixel_size_mm)
+        analysis = router.analyse(ds)
+        c = counts.setdefault(str(image.view), Counter())
+        c["images"] += 1
+        c[f"routed_to_{analysis.application}"] += 1
+        if analysis.application == HEAD:
+            result = analysis.result
+            assert isinstance(result, AnalysisResult)
+            c["head_finding"] += int(result.analysed)
+            c["hc_reported"] += int(result.analysed and result.biometry is not None)
+            c["head_gate_refused"] += int(not result.analysed)
+            if result.analysed and image.view is not View.SECOND_TRIMESTER_HEAD:
+                examples.append({"image": str(image.path), "view": str(image.view), "detail": image.detail})
+    others = [v for v in counts if v != View.SECOND_TRIMESTER_HEAD]
+    return {
+        "models": router.describe(),
+        "by_true_view": {v: dict(c) for v, c in counts.items()},
+        "other_view_images": sum(counts[v]["images"] for v in others),
+        "other_views_head_findings": sum(counts[v]["head_finding"] for v in others),
+        "other_views_hc_reported": sum(counts[v]["hc_reported"] for v in others),
+        "other_views_with_head_finding": examples,
+    }
+
+
+def view_reference(net: torch.nn.Module, size: int) -> list[dict[str, Any]]:
+    """Class probabilities of the shipped test images (``tests/data``), re-checked on every bundle load."""
+    paths = sorted((REPO / "tests" / "data" / "hc18_mini" / "images").glob("*.png"))[:2]
+    if VIEW_IMAGES.is_dir():
+        paths += sorted(VIEW_IMAGES.glob("*/images/*.png"))
+    x = np.stack([view_input(load_gray(p), size) for p in paths]) if paths else np.zeros((0, size, size), np.float32)
+    probs = predict(net, x)
+    return [
+        {"image": str(p.relative_to(REPO)), "probabilities": [round(float(v), 6) for v in q]}
+        for p, q in zip(paths, probs, strict=True)
+    ]
+
+
+def train_view(
+    folders: list[Path],
+    out: Path,
+    recipe: ViewRecipe,
+    name: str,
+    version: str,
+    models_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Train, choose the abstain threshold on validation, measure the test split (and, with the head
+    bundles in ``models_dir``, the whole node on its images of other views), write the bundle."""
+    recipe_start = time.monotonic()
+    parts: dict[str, list[ViewImage]] = {"train": [], "val": [], "test": []}
+    sources: list[dict[str, Any]] = []
+    loaded = [(folder, *folder_rows(folder)) for folder in folders]
+    dicom_splits = pooled_dicom_split([(f, r) for f, fmt, r in loaded if fmt == "dicom"], recipe.seed)
+    for folder, fmt, rows in loaded:
+        if fmt == "dicom":
+            splits = {k: [r for r in rows if dicom_splits.get(r["_group"]) == k] for k in FRACTIONS}
+        else:
+            splits = split_rows(fmt, rows, recipe.seed)
+        splits = {k: v[: recipe.limit or None] for k, v in splits.items()}
+        for split, part in splits.items():
+            parts[split] += [to_image(folder, fmt, r) for r in part]
+        counts = {
+            split: {
+                "images": len(r),
+                "groups": len({x["_group"] for x in r}),
+                "views": dict(Counter(str(x["_view"]) for x in r)),
+            }
+            for split, r in splits.items()
+        }
+        spec = FORMATS[fmt]
+        sources.append(
+            {"folder": str(folder), "format": fmt, "name": spec["name"], "licence": spec["licence"], "splits": counts}
+        )
+        log.info("%s (%s): %s", folder, fmt, {k: v["images"] for k, v in counts.items()})
+    missing = [str(c) for c in CLASSES if not any(im.view is c for im in parts["train"])]
+    if missing:
+        raise ValueError(f"no training images of {', '.join(missing)}: give a folder of each view")
+    sets = {split: load_set(images, recipe.size, f"images ({split})") for split, images in parts.items()}
+    fit_start = time.monotonic()
+    net, history = fit(sets["train"], sets["val"], recipe)
+    minutes = (time.monotonic() - fit_start) / 60
+    val_probs = predict(net, sets["val"].x)
+    threshold = choose_threshold(val_probs, sets["val"].y, recipe)
+    thresholds = class_thresholds(threshold["abstain_threshold"], threshold["class_thresholds"])
+    test = sets["test"]
+    test_probs = predict(net, test.x)
+    metrics = view_metrics(test_probs, test.y, test.groups, test.sources, thresholds)
+    metrics["split"] = "test (held-out groups of every folder)"
+    metrics["validation"] = view_metrics(val_probs, sets["val"].y, sets["val"].groups, sets["val"].sources, thresholds)
+    metadata: dict[str, Any] = {
+        "name": name,
+        "version": version,
+        "task": "view",
+        "description": "Which kind of ultrasound image this is: the view router's classifier.",
+        "intended_use": "RESEARCH USE ONLY, NOT FOR DIAGNOSIS",
+        "network": {"class": "monai.networks.nets.Classifier", "params": view_params(recipe)},
+        "input": {
+            "size": recipe.size,
+            "preprocess": "whole frame, 0.5-99.5 percentile scaling, centred on a zero square, resized",
+        },
+        "labels": [str(c) for c in CLASSES],
+        "abstain_threshold": threshold["abstain_threshold"],
+        "class_thresholds": threshold["class_thresholds"],
+        "abstention": threshold,
+        "training_data": [{**s, "seed": recipe.seed, "split_by": FORMATS[s["format"]]["group"]} for s in sources],
+        # DICOM folders are split together, by device group: the split of each group, for `evaluate --split`.
+        "dicom_group_splits": dicom_splits,
+        "training": {
+            "epochs_run": len(history),
+            "minutes": round(minutes, 1),
+            "device": "cpu",
+            "threads": torch.get_num_threads(),
+            "recipe": {k: (list(v) if isinstance(v, tuple) else v) for k, v in recipe.__dict__.items()},
+            "history": history,
+            "images": {k: len(v) for k, v in sets.items()},
+        },
+        "metrics": metrics,
+    }
+    metadata["reference_outputs"] = view_reference(net, recipe.size)
+    metadata = save_bundle(out, net, metadata, view_model_card)
+    if models_dir is not None and (models_dir / "hc18-headseg").is_dir():
+        others = [im for im in test.images if im.view is not View.SECOND_TRIMESTER_HEAD]
+        metadata["metrics"]["node_check"] = node_check(out, others, models_dir)
+        metadata["metrics"]["node_check"]["split"] = "test, images of every view but the head"
+    metadata["training"]["recipe_minutes"] = round((time.monotonic() - recipe_start) / 60, 1)
+    (out / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+    (out / "docs" / "README.md").write_text(view_model_card(metadata), encoding="utf-8")
+    return metadata
+
+
+def _ci(v: Any) -> str:
+    return "n/a" if not v or any(math.isnan(x) for x in v) else f"{v[0]:.3f}–{v[1]:.3f}"
+
+
+def _f(v: Any) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def confusion_table(m: dict[str, Any]) -> str:
+    cols = m["routed_confusion_columns"]
+    lines = ["| truth \\ routed | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for label, row in zip(m["confusion_labels"], m["routed_confusion_matrix"], strict=True):
+        if sum(row):
+            lines.append(f"| {label} | " + " | ".join(str(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def node_check_lines(m: dict[str, Any]) -> str:
+    nc = m.get("node_check")
+    if not nc:
+        return "Not measured (the head bundles were not in the models folder at training time)."
+    by = ", ".join(
+        f"{v}: {c.get('images', 0)} images, {c.get('routed_to_fetal-head', 0)} routed to fetal-head, "
+        f"{c.get('head_finding', 0)} head findings"
+        for v, c in nc["by_true_view"].items()
+    )
+    return (
+        f"The whole node analysis (view router -> fetal-head with its plausibility gate) on the "
+        f"{nc['other_view_images']} test images of views other than the head, each wrapped as US DICOM: "
+        f"**{nc['other_views_head_findings']} head findings, {nc['other_views_hc_reported']} HC** ({by})."
+    )
+
+
+def head_threshold_line(meta: dict[str, Any]) -> str:
+    t = meta.get("class_thresholds", {}).get(str(View.SECOND_TRIMESTER_HEAD))
+    if t is None:
+        return ""
+    worst = meta["abstention"].get("val_highest_head_probability_of_other_views")
+    return (
+        f"; an image goes to the head application only with a head probability of at least **{t:.2f}** (the "
+        f"highest head probability of a validation image of another view was {worst})"
+    )
+
+
+def view_model_card(meta: dict[str, Any]) -> str:
+    m = meta["metrics"]
+    p = meta["network"]["params"]
+    rows = []
+    for s in meta["training_data"]:
+        sp = s["splits"]
+        views = ", ".join(sorted({v for part in sp.values() for v in part["views"]}))
+        rows.append(
+            f"| {s['format']} | {views} | "
+            + " | ".join(f"{sp[k]['images']} / {sp[k]['groups']}" for k in ("train", "val", "test"))
+            + f" | {s['split_by']} | {s['licence']} |"
+        )
+    per_class = "\n".join(
+        f"| {label} | {c['support']} / {c['groups']} | {_f(c['recall'])} | {_f(c['precision'])} | "
+        f"{c['routed_correct']} | {c['abstained']} |"
+        for label, c in m["per_class"].items()
+    )
+    ab = meta["abstention"]
+    tr = meta["training"]
+    return f"""# {meta["name"]} {meta["version"]} — ultrasound view classifier (the view router's model)
+
+**{meta["intended_use"]}.** It decides which application looks at an image; it makes no finding itself.
+
+## What it does
+The whole frame (0.5–99.5 percentile scaling, centred on a square, {p["size"]}×{p["size"]}) goes through a
+MONAI `Classifier` (residual units {p["channels"]}, strides {p["strides"]}, dropout {p["dropout"]}) with
+{len(meta["labels"])} classes: {", ".join(meta["labels"])}. When the top probability is below the abstain
+threshold **{meta["abstain_threshold"]:.2f}** the router answers `unknown` (no application){head_threshold_line(meta)}.
+Threshold rule: {ab["rule"]}; on validation it keeps {ab["val_coverage"]:.3f} of the images routed.
+
+## Training data
+Each folder's format tells its view; each is split 70/15/15 by its grouping column (seed
+{meta["training_data"][0]["seed"]}), HC18 and the brain-abnormality images exactly as the head bundles split
+them, so their test heads are unseen by every model. Images / groups:
+
+| format | views | train | val | test | grouped by | licence |
+|---|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+Classes are balanced by sampling ({tr["recipe"]["per_class_per_epoch"]} draws of each class per epoch; within
+a class each source folder weighs the same, within a folder each group), with random rotation, zoom, aspect,
+shift, mirroring, gamma, contrast and noise. Training: {tr["epochs_run"]} epochs (early stopping on the
+validation NLL), {tr["minutes"]} minutes of fitting on {tr["device"]} ({tr["threads"]} threads)
+{f"; the whole recipe took {tr['recipe_minutes']} minutes" if tr.get("recipe_minutes") else ""}.
+
+## Metrics ({m["split"]})
+| metric | value | 95% CI (bootstrap by group) |
+|---|---|---|
+| n images / groups | {m["n"]} / {m["n_groups"]} | |
+| accuracy (top class, no abstention) | {_f(m["accuracy"])} | {_ci(m["accuracy_ci95"])} |
+| routed accuracy (abstention counted wrong, except on not-fetal images) | {_f(m["routed_accuracy"])} | {_ci(m["routed_accuracy_ci95"])} |
+| balanced accuracy | {_f(m.get("balanced_accuracy"))} | {_ci(m.get("balanced_accuracy_ci95"))} |
+| coverage (routed, not unknown) | {_f(m["coverage"])} | |
+| images of another view routed to the head application | {m["other_views_routed_to_head"]} | |
+
+| class | test images / groups | recall | precision | routed right | abstained |
+|---|---|---|---|---|---|
+{per_class}
+
+Routed views (rows: truth; columns: what the router answered):
+
+{confusion_table(m)}
+
+## Head findings on other views
+{node_check_lines(m)}
+
+## What it can and cannot claim
+- The view and the source coincide for most classes (each view comes from one or two datasets, one or two
+  hospitals): the model may recognise a dataset's look rather than the anatomy. An image from a scanner
+  unlike these may be routed wrongly; the abstain threshold and the head application's own plausibility
+  gate are the two guards behind it.
+- `other_fetal_plane` rests on the ~22 non-brain images of a 33-image FETAL_PLANES_DB sample and `not_fetal`
+  on a handful of real non-fetal ultrasound DICOM files (a few devices): their test figures are a few
+  images each, anecdotes more than validation.
+- Not covered at all: other trimester views of the head (coronal, sagittal), cardiac and Doppler fetal
+  views beyond those samples, 3D renderings, screens with several images.
+"""
+
+
+def evaluate_view(
+    model: Path, data: Path, split: str = "all", models_dir: Path | None = None, node: bool = True
+) -> dict[str, Any]:
+    """``fetalnode evaluate`` of a view bundle on one dataset folder: its format tells the true view.
+
+    Accuracy, routed accuracy and coverage with group-bootstrap 95% CIs, the confusion, and (``node``,
+    with the head bundles in ``models_dir``) the whole node analysis on the folder's images: how many
+    images of another view get a head finding or an HC, and how many heads are analysed.
+    """
+    from fetalnode.inference.bundle import load_bundle
+    from fetalnode.inference.view import ViewModel
+
+    view_model = ViewModel(load_bundle(model, "view"))
+    fmt, images = folder_images(data, split, view_model.bundle.metadata)
+    if not images:
+        raise ValueError(f"{data}: no images in split {split!r}")
+    x = load_set(images, view_model.size, "images")
+    probs = view_model.probabilities(x.x)
+    thresholds = np.array([view_model.threshold_of(c) for c in CLASSES])
+    metrics = view_metrics(probs, x.y, x.groups, x.sources, thresholds)
+    metrics["format"] = fmt
+    metrics["abstain_threshold"] = view_model.threshold
+    metrics["class_thresholds"] = {str(k): v for k, v in view_model.class_thresholds.items()}
+    metrics["true_views"] = dict(Counter(str(im.view) for im in images))
+    if node:
+        folder = models_dir or Path("models")
+        if (folder / "hc18-headseg").is_dir():
+            metrics["node_check"] = node_check(model, images, folder)
+        else:
+            metrics["node_check"] = {"skipped": f"no head bundles in {folder} (give --models-dir)"}
+    return metrics

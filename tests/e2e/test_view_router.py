@@ -1,0 +1,73 @@
+"""The view router on real peers: dataset images of other views, wrapped as US DICOM by `fetalnode wrap`, sent
+with DCMTK storescu to a real node, reach Orthanc as reports that say "no application for this view" and hold
+no measurement; a head sent beside them still gets its HC."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydicom import dcmread
+
+from fetalnode.vocab import View
+from harness.node import cli
+from tests.conftest import DATA, SAMPLES, send
+from tests.e2e.helpers import outputs_in_study, sr_content
+
+pytestmark = pytest.mark.e2e
+VIEW_MINI = DATA / "view_mini"
+# FETAL_PLANES_DB test-split images the view model never saw: a femur and a maternal cervix (issue 19: a
+# femur plane once came back as a normal head with an HC), and a first-trimester mid-sagittal view.
+NO_APPLICATION = {
+    "Patient01672_Plane5_2_of_2": View.OTHER_FETAL_PLANE,
+    "Patient01679_Plane4_3_of_9": View.OTHER_FETAL_PLANE,
+    "ff_0060": View.FIRST_TRIMESTER_MIDSAGITTAL,
+}
+
+
+def test_images_of_other_views_get_no_application_and_no_numbers(make_node, orthanc, tmp_path) -> None:
+    pngs = [
+        VIEW_MINI / "fetal_planes_db" / "images" / "Patient01672_Plane5_2_of_2.png",
+        VIEW_MINI / "fetal_planes_db" / "images" / "Patient01679_Plane4_3_of_9.png",
+        VIEW_MINI / "first_trimester_sagittal" / "images" / "ff_0060.png",
+    ]
+    wrapped = cli("wrap", *map(str, pngs), "--out", str(tmp_path / "wrapped"), "--pixel-size-mm", "0.2", check=True)
+    files = [tmp_path / "wrapped" / f"{p.stem}.dcm" for p in pngs]
+    assert wrapped.stdout.split() == list(map(str, files))
+    head = SAMPLES / "hc18_104_HC.dcm"
+    node = make_node().start()
+    for path in [*files, head]:
+        assert send(node.port, path).returncode == 0
+    node.wait_all(len(files) + 1, {"delivered"})
+    jobs = {j.sop_uid: j for j in node.jobs.jobs()}
+    for path in files:
+        src = dcmread(path, stop_before_pixels=True)
+        job = jobs[src.SOPInstanceUID]
+        view = NO_APPLICATION[path.stem]
+        # its own view, or "view not recognised" when the view model is not sure (naming it as most probable)
+        assert job.result["view"]["top"] == view, job.result
+        words, line = (
+            (View.UNKNOWN.words, f"View not recognised (most probable: {view.words}")
+            if job.result["view"]["label"] == View.UNKNOWN
+            else (view.words, f"Recognised view: {view.words}")
+        )
+        reason = f"not analysed: {words}, no application for this view"
+        assert job.result["application"] == "view-router" and job.result["reason"] == reason, job.result
+        assert job.result["hc_mm"] is None and job.result["finding"] == ""
+        [sr], [sc] = outputs_in_study(orthanc, src.StudyInstanceUID)
+        content = sr_content(sr)
+        assert content["evaluations"] == {"AI assessment of fetal head": "Not analysed: no application for this view"}
+        assert content["measurements"] == {} and content["regions"] == {}, "no number, nothing drawn"
+        assert content["comments"][0].startswith("RESEARCH USE ONLY")
+        assert reason[:1].upper() + reason[1:] in content["comments"]
+        assert any(c.startswith(line) for c in content["comments"]), content["comments"]
+        assert reason.upper() in sc.ImageComments and "HC " not in sc.ImageComments
+    src = dcmread(head, stop_before_pixels=True)
+    job = jobs[src.SOPInstanceUID]
+    assert job.result["application"] == "fetal-head" and job.result["view"]["label"] == "second_trimester_head"
+    [sr], _ = outputs_in_study(orthanc, src.StudyInstanceUID)
+    content = sr_content(sr)
+    assert "Head Circumference" in content["measurements"]
+    assert any(c.startswith("Recognised view: second-trimester axial fetal head") for c in content["comments"])
+    status = json.loads(cli("status", "--config", str(node.config), check=True).stdout)
+    assert status["counts"]["delivered"] == len(files) + 1

@@ -1,0 +1,214 @@
+"""The view router with the shipped view bundle: heads go to fetal-head, other views get a clear "no
+application" in every output and never a finding or a measurement."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+from fetalnode.applications.base import Analysis
+from fetalnode.applications.registry import APPLICATIONS, build_application, register_application
+from fetalnode.applications.router import NAME, ViewRouter, router_routes
+from fetalnode.config import Settings, load_settings
+from fetalnode.errors import ConfigError
+from fetalnode.inference import AnalysisResult
+from fetalnode.inference.bundle import load_bundle
+from fetalnode.inference.view import ViewModel, view_input
+from fetalnode.intake import decode_for_analysis
+from fetalnode.orthanc.findings import read_finding
+from fetalnode.outputs import codes as fc
+from fetalnode.runner import Received, Runtime, Verdict, run_job
+from fetalnode.runtime import build_runtime
+from fetalnode.training.data import load_gray
+from fetalnode.vocab import View
+from fetalnode.wrap import wrap_png
+from harness.node import MODELS
+from tests.conftest import DATA, SAMPLES
+
+pytestmark = pytest.mark.unit
+VIEW = MODELS / "fetal-view"
+FEMUR = DATA / "view_mini" / "fetal_planes_db" / "images" / "Patient01672_Plane5_2_of_2.png"
+PSFHS = DATA / "view_mini" / "psfhs" / "images" / "psfhs_03920.png"
+FIRST_TRIMESTER = DATA / "view_mini" / "first_trimester_sagittal" / "images" / "ff_0060.png"
+OTHER_VIEWS = {
+    FEMUR: View.OTHER_FETAL_PLANE,
+    PSFHS: View.INTRAPARTUM_TRANSPERINEAL,
+    FIRST_TRIMESTER: View.FIRST_TRIMESTER_MIDSAGITTAL,
+}
+
+
+def settings(**overrides: object) -> Settings:
+    return load_settings(None, env={}, overrides={"models.dir": str(MODELS), **overrides})
+
+
+@pytest.fixture(scope="module")
+def runtime() -> Runtime:
+    """The default node: worker.application is the view router; SR, SC, GSPS, SEG and OB-GYN SR enabled."""
+    s = settings()
+    s.output.enabled = ["sr", "sc", "gsps", "seg", "obsr"]
+    return build_runtime(s, destinations=[])
+
+
+def run(runtime: Runtime, ds: Dataset) -> tuple[dict, dict[str, Dataset]]:
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    data = buffer.getvalue()
+    outcome = run_job(Received(0, "", hashlib.sha256(data).hexdigest(), lambda: data, "TEST"), runtime)
+    assert outcome.verdict is Verdict.DELIVERED, outcome.reason
+    return outcome.summary, {k: dcmread(BytesIO(v)) for k, v in outcome.built.items()}
+
+
+def test_view_bundle_is_small_complete_and_reproduces_its_reference() -> None:
+    bundle = load_bundle(VIEW, "view")
+    assert (VIEW / "models" / "model.pt").stat().st_size < 8 * 2**20
+    meta = bundle.metadata
+    assert meta["intended_use"].startswith("RESEARCH USE ONLY") and (VIEW / "docs" / "README.md").is_file()
+    assert meta["labels"] == [str(v) for v in View if v is not View.UNKNOWN]
+    assert 0.5 <= meta["abstain_threshold"] < 1
+    assert meta["metrics"]["n"] > 0 and "test" in meta["metrics"]["split"]
+    model = ViewModel(bundle)
+    stored = meta["reference_outputs"]
+    assert len(stored) >= 5
+    x = np.stack([view_input(load_gray(MODELS.parent / r["image"]), model.size) for r in stored])
+    np.testing.assert_allclose(model.probabilities(x), [r["probabilities"] for r in stored], atol=1e-4)
+
+
+def test_samples_route_to_the_head_application_with_their_view(runtime: Runtime) -> None:
+    for path in sorted(SAMPLES.glob("*.dcm")):
+        analysis = runtime.application.analyse(dcmread(path))
+        assert analysis.application == "fetal-head", (path.name, analysis.view)
+        assert analysis.view is not None and analysis.view.label is View.SECOND_TRIMESTER_HEAD
+        assert analysis.models[-1] == ("fetal-view", load_bundle(VIEW).version), "the view model is named"
+        assert analysis.summary()["view"]["label"] == "second_trimester_head"
+
+
+def said_view(view: View, label: str) -> tuple[str, str]:
+    """The reason and the view line for an image of ``view`` the router answered with ``label``: its own
+    view, or "view not recognised" (below the abstain threshold) naming it as the most probable."""
+    if label == View.UNKNOWN:
+        return View.UNKNOWN.words, f"View not recognised (most probable: {view.words}"
+    return view.words, f"Recognised view: {view.words}"
+
+
+def test_other_views_are_not_analysed_in_any_output(runtime: Runtime) -> None:
+    for png, view in OTHER_VIEWS.items():
+        summary, built = run(runtime, wrap_png(png, pixel_size_mm=0.1))
+        assert summary["view"]["label"] in {view, View.UNKNOWN} and summary["view"]["top"] == view, summary
+        words, line = said_view(view, summary["view"]["label"])
+        reason = f"not analysed: {words}, no application for this view"
+        assert summary["application"] == NAME and summary["reason"] == reason, summary
+        assert summary["view"]["model"].startswith("fetal-view/")
+        assert not summary["analysed"] and summary["finding"] == "" and summary["hc_mm"] is None
+        assert set(built) == {"sr", "sc", "gsps"}, "no SEG or OB-GYN report for an image no application looked at"
+        found = read_finding(built["sr"])
+        assert found["readable"], found
+        assert found["assessment"] == fc.NO_APPLICATION.meaning
+        assert (found["hc_mm"], found["bpd_mm"], found["confidence_pct"], found["malformation_type"]) == (
+            None,
+            None,
+            None,
+            "",
+        )
+        assert reason[:1].upper() + reason[1:] in found["comments"]
+        assert any(c.startswith(line) for c in found["comments"]), found["comments"]
+        sc = built["sc"]
+        assert reason.upper() in sc.ImageComments and line in sc.ImageComments
+        assert "HC " not in sc.ImageComments and "AI FINDING" not in sc.ImageComments
+        [annotation] = built["gsps"].GraphicAnnotationSequence
+        assert "GraphicObjectSequence" not in annotation, "nothing drawn"
+        assert reason[:1].upper() + reason[1:] in annotation.TextObjectSequence[0].UnformattedTextValue
+
+
+def test_a_head_keeps_its_finding_and_says_its_view(runtime: Runtime) -> None:
+    summary, built = run(runtime, dcmread(SAMPLES / "hc18_104_HC.dcm"))
+    assert summary["application"] == "fetal-head" and summary["analysed"] and summary["hc_mm"]
+    assert set(built) == {"sr", "sc", "gsps", "seg", "obsr"}
+    found = read_finding(built["sr"])
+    assert found["hc_mm"] == pytest.approx(summary["hc_mm"], abs=0.05)
+    assert any(c.startswith(f"Recognised view: {View.SECOND_TRIMESTER_HEAD.words}") for c in found["comments"])
+    assert "Recognised view" in built["sc"].ImageComments
+
+
+def test_below_the_abstain_threshold_the_view_is_unknown(runtime: Runtime) -> None:
+    router = runtime.application
+    assert isinstance(router, ViewRouter)
+    unsure = ViewModel(router.view_model.bundle)
+    unsure.threshold = 1.01
+    analysis = dataclasses.replace(router, view_model=unsure).analyse(dcmread(SAMPLES / "hc18_104_HC.dcm"))
+    assert analysis.application == NAME and analysis.view is not None
+    assert analysis.view.label is View.UNKNOWN and analysis.view.top is View.SECOND_TRIMESTER_HEAD
+    assert analysis.result.reason == "not analysed: view not recognised, no application for this view"
+    assert not analysis.result.analysed and analysis.result.biometry is None
+
+
+class Stub:
+    """A registered application standing in for one this build may not have (labour-progress)."""
+
+    name = "test-labour"
+    applications = ("test-labour",)
+
+    def analyse(self, ds: Dataset) -> Analysis:
+        decoded = decode_for_analysis(ds, 10**8, 10)
+        result = AnalysisResult(analysed=False, reason="stub", seg_model=("stub", "0"), cls_model=("stub", "0"))
+        return Analysis(self.name, result, decoded, (("stub", "0"),))
+
+    def bundle_paths(self) -> list[Path]:
+        return []
+
+    def describe(self) -> dict[str, str]:
+        return {"segmentation": "stub 0"}
+
+
+def test_a_route_to_an_unregistered_application_is_dropped_with_a_warning(caplog) -> None:
+    routes = {"second_trimester_head": "fetal-head", "intrapartum_transperineal": "no-such-application"}
+    with caplog.at_level(logging.WARNING, logger="fetalnode.applications.router"):
+        router = build_application(settings(**{"router.applications": routes}))
+    assert "'no-such-application'" in caplog.text and "not registered" in caplog.text
+    assert isinstance(router, ViewRouter) and set(router.routes) == {View.SECOND_TRIMESTER_HEAD}
+    analysis = router.analyse(wrap_png(PSFHS, pixel_size_mm=None))
+    assert analysis.application == NAME
+    assert (
+        analysis.result.reason == f"not analysed: {View.INTRAPARTUM_TRANSPERINEAL.words}, no application for this view"
+    )
+
+
+def test_a_registered_application_gets_its_view(caplog) -> None:
+    if APPLICATIONS.find("test-labour") is None:
+        register_application("test-labour")(lambda s: Stub())
+    routes = {"second_trimester_head": "fetal-head", "intrapartum_transperineal": "test-labour"}
+    router = build_application(settings(**{"router.applications": routes}))
+    assert isinstance(router, ViewRouter)
+    assert router.applications == (NAME, "fetal-head", "test-labour")
+    assert router.describe()["test-labour segmentation"] == "stub 0"
+    analysis = router.analyse(wrap_png(PSFHS, pixel_size_mm=None))
+    assert analysis.application == "test-labour" and analysis.view is not None
+    assert analysis.view.label is View.INTRAPARTUM_TRANSPERINEAL
+    assert analysis.models == (("stub", "0"), ("fetal-view", router.view_model.version))
+    assert router.analyse(wrap_png(FIRST_TRIMESTER, pixel_size_mm=None)).application == NAME
+
+
+def test_router_configuration_is_checked(tmp_path: Path) -> None:
+    cfg = tmp_path / "node.toml"
+    cfg.write_text('[router.applications]\nsecond_trimester_head = "fetal-head"\nnot_fetal = ""\n')
+    s = load_settings(cfg, env={})
+    assert s.router.applications == {"second_trimester_head": "fetal-head", "not_fetal": ""}
+    assert router_routes(s) == {View.SECOND_TRIMESTER_HEAD: "fetal-head"}
+    env = {"FETALNODE__ROUTER__APPLICATIONS": "intrapartum_transperineal=labour-progress"}
+    assert load_settings(None, env=env).router.applications == {"intrapartum_transperineal": "labour-progress"}
+    with pytest.raises(ConfigError, match="key=value"):
+        load_settings(None, env={"FETALNODE__ROUTER__APPLICATIONS": "fetal-head"})
+    for routes, why in (
+        ({"femur": "fetal-head"}, "unknown view 'femur'"),
+        ({"unknown": "fetal-head"}, "abstention"),
+        ({"not_fetal": NAME}, "router itself"),
+    ):
+        with pytest.raises(ConfigError, match=why):
+            router_routes(settings(**{"router.applications": routes}))
