@@ -38,9 +38,9 @@ VIEW = MODELS / "fetal-view"
 FEMUR = DATA / "view_mini" / "fetal_planes_db" / "images" / "Patient01672_Plane5_2_of_2.png"
 PSFHS = DATA / "view_mini" / "psfhs" / "images" / "psfhs_03920.png"
 FIRST_TRIMESTER = DATA / "view_mini" / "first_trimester_sagittal" / "images" / "ff_0060.png"
+# Views no application handles by default (intrapartum transperineal images go to labour-progress).
 OTHER_VIEWS = {
     FEMUR: View.OTHER_FETAL_PLANE,
-    PSFHS: View.INTRAPARTUM_TRANSPERINEAL,
     FIRST_TRIMESTER: View.FIRST_TRIMESTER_MIDSAGITTAL,
 }
 
@@ -125,6 +125,16 @@ def test_other_views_are_not_analysed_in_any_output(runtime: Runtime) -> None:
         [annotation] = built["gsps"].GraphicAnnotationSequence
         assert "GraphicObjectSequence" not in annotation, "nothing drawn"
         assert reason[:1].upper() + reason[1:] in annotation.TextObjectSequence[0].UnformattedTextValue
+
+
+def test_a_transperineal_image_goes_to_labour_progress(runtime: Runtime) -> None:
+    summary, built = run(runtime, wrap_png(PSFHS, pixel_size_mm=0.1))
+    assert summary["view"]["label"] == View.INTRAPARTUM_TRANSPERINEAL, summary
+    assert summary["application"] == "labour-progress" and summary["analysed"], summary
+    assert summary["aop_deg"] is not None and summary["hsd_mm"] is not None and summary.get("hc_mm") is None
+    assert set(built) == {"sr", "sc", "gsps", "seg"}, "no OB-GYN fetal biometry report for a labour image"
+    found = read_finding(built["sr"])
+    assert found["application"] == "labour-progress" and round(found["aop_deg"], 1) == summary["aop_deg"]
 
 
 def test_a_head_keeps_its_finding_and_says_its_view(runtime: Runtime) -> None:

@@ -240,7 +240,8 @@ OUTPUTS = ["sr", "sc", "gsps", "obsr"]
 
 @pytest.fixture(scope="module")
 def runtime() -> Runtime:
-    settings = load_settings(None, env={}, overrides={"models.dir": str(MODELS)})
+    # The head application itself (behind the view router in the default configuration).
+    settings = load_settings(None, env={}, overrides={"models.dir": str(MODELS), "worker.application": "fetal-head"})
     rt = build_runtime(settings, destinations=[])
     return dataclasses.replace(rt, writers=enabled_writers(OUTPUTS, rt.application.applications))
 

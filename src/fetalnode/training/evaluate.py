@@ -93,7 +93,7 @@ def evaluate_bundle(
     }
     if meta["task"] == "multiclass-segmentation":
         report.update(evaluate_labour(model, data, out, split))
-    if meta["task"] == "view":
+    elif meta["task"] == "view":
         from fetalnode.training.view import evaluate_view
 
         report["view"] = evaluate_view(model, data, split, models_dir, node_check)
