@@ -113,11 +113,35 @@ def burn_banner(rgb: np.ndarray, lines: list[str]) -> np.ndarray:
 @register_output("sc", applications=["fetal-head", "view-router"])
 def build_heatmap_capture(ctx: OutputContext) -> hd.sc.SCImage:
     """An RGB Secondary Capture in the source study: fused Grad-CAM heatmap, ROI ellipse and banner."""
-    source, result = ctx.source, ctx.result_as(AnalysisResult)
+    result = ctx.result_as(AnalysisResult)
     if result.fused_rgb is None:
         raise EncodingError("analysis produced no image to capture")
     lines = banner_lines(result, ctx.analysis.view.line() if ctx.analysis.view else "")
     pixels = burn_banner(result.fused_rgb, lines)
+    return secondary_capture(
+        ctx,
+        pixels,
+        series_number=9102,
+        description="fetalnode AI heatmap - research use only",
+        comments=" / ".join(lines),
+        derivation="Grad-CAM saliency of the fetalnode classifier fused over the source image",
+        frame_number=None,
+    )
+
+
+def secondary_capture(
+    ctx: OutputContext,
+    pixels: np.ndarray,
+    *,
+    series_number: int,
+    description: str,
+    comments: str,
+    derivation: str,
+    frame_number: int | None,
+) -> hd.sc.SCImage:
+    """An RGB Secondary Capture of ``pixels`` (text burnt in) in the source study, derived from the source
+    image (and ``frame_number`` of a multi-frame source); every capture writer builds its object here."""
+    source = ctx.source
     try:
         sc = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=source,
@@ -129,18 +153,21 @@ def build_heatmap_capture(ctx: OutputContext) -> hd.sc.SCImage:
             coordinate_system="PATIENT",
             patient_orientation=("A", "F"),
             transfer_syntax_uid=ExplicitVRLittleEndian,
-            **identity(ctx, series_number=9102),
+            **identity(ctx, series_number=series_number),
         )
     except (ValueError, TypeError, AttributeError) as exc:
         raise EncodingError(f"Secondary Capture could not be built: {exc}") from exc
-    sc.SeriesDescription = "fetalnode AI heatmap - research use only"
-    sc.ImageComments = " / ".join(lines)[:10240]
+    sc.SeriesDescription = description
+    sc.ImageComments = comments[:10240]
     sc.BurnedInAnnotation = "YES"
     sc.PatientOrientation = ""  # type: ignore[assignment]
     sc.Laterality = ""
     sc.ImageType = ["DERIVED", "SECONDARY"]
-    sc.DerivationDescription = "Grad-CAM saliency of the fetalnode classifier fused over the source image"
-    sc.SourceImageSequence = [_reference(source)]
+    sc.DerivationDescription = derivation
+    reference = _reference(source)
+    if frame_number:
+        reference.ReferencedFrameNumber = frame_number
+    sc.SourceImageSequence = [reference]
     return sc
 
 

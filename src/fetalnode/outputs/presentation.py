@@ -172,23 +172,49 @@ def build_presentation_state(
             graphic_objects=graphics,
             text_objects=[text_object(annotation_lines(result))],
         )
-        common = {
-            "referenced_images": [reference],
-            "manufacturer_model_name": "fetalnode",
-            "software_versions": __version__,
-            "device_serial_number": None,  # Type 3 (General Equipment); highdicom omits it when None
-            "content_label": CONTENT_LABEL,
-            "content_description": f"fetalnode AI annotations - {RESEARCH_NOTICE.lower()}"[:64],
-            "graphic_annotations": [annotation],
-            "graphic_layers": [layer],
-            "institution_name": ctx.settings.institution_name or None,
-            **identity(ctx, series_number=9103),
-        }
-        pr: hd.pr.GrayscaleSoftcopyPresentationState | hd.pr.ColorSoftcopyPresentationState
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise EncodingError(f"Presentation State could not be built: {exc}") from exc
+    return presentation_state(
+        ctx,
+        reference,
+        layer,
+        annotation,
+        grayscale=grayscale,
+        content_description=f"fetalnode AI annotations - {RESEARCH_NOTICE.lower()}",
+        series_number=9103,
+    )
+
+
+def presentation_state(
+    ctx: OutputContext,
+    reference: Dataset,
+    layer: hd.pr.GraphicLayer,
+    annotation: hd.pr.GraphicAnnotation,
+    *,
+    grayscale: bool,
+    content_description: str,
+    series_number: int,
+) -> hd.pr.GrayscaleSoftcopyPresentationState | hd.pr.ColorSoftcopyPresentationState:
+    """A Grayscale (grayscale source) or Color (colour source) Softcopy Presentation State of one graphic
+    annotation on the referenced image, in the source study; every presentation writer builds it here."""
+    common = {
+        "referenced_images": [reference],
+        "manufacturer_model_name": "fetalnode",
+        "software_versions": __version__,
+        "device_serial_number": None,  # Type 3 (General Equipment); highdicom omits it when None
+        "content_label": CONTENT_LABEL,
+        "content_description": content_description[:64],
+        "graphic_annotations": [annotation],
+        "graphic_layers": [layer],
+        "institution_name": ctx.settings.institution_name or None,
+        **identity(ctx, series_number=series_number),
+    }
+    pr: hd.pr.GrayscaleSoftcopyPresentationState | hd.pr.ColorSoftcopyPresentationState
+    try:
         if grayscale:
             pr = hd.pr.GrayscaleSoftcopyPresentationState(**common)
         else:
-            pr = hd.pr.ColorSoftcopyPresentationState(icc_profile=icc_profile(source), **common)
+            pr = hd.pr.ColorSoftcopyPresentationState(icc_profile=icc_profile(ctx.source), **common)
     except (ValueError, TypeError, AttributeError) as exc:
         raise EncodingError(f"Presentation State could not be built: {exc}") from exc
     pr.SeriesDescription = "fetalnode AI annotations - research use only"

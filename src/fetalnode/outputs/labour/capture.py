@@ -14,14 +14,12 @@ import math
 import highdicom as hd
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
-from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian
 
 from fetalnode import RESEARCH_NOTICE
 from fetalnode.errors import EncodingError
 from fetalnode.inference.labour import LabourResult
 from fetalnode.outputs import codes as fc
-from fetalnode.outputs.common import identity
+from fetalnode.outputs.capture import secondary_capture
 from fetalnode.outputs.labour.geometry import LabourGraphics, angle_deg, hsd_text, labour_graphics, not_analysed_reason
 from fetalnode.outputs.registry import OutputContext, register_output
 
@@ -139,34 +137,15 @@ def capture_pixels(result: LabourResult, display_rgb: np.ndarray) -> np.ndarray:
 @register_output("sc", applications=[APPLICATION])
 def build_labour_capture(ctx: OutputContext) -> hd.sc.SCImage:
     """An RGB Secondary Capture in the source study (series 9102) with the angle drawn and the banner."""
-    source, result = ctx.source, ctx.result_as(LabourResult)
+    result = ctx.result_as(LabourResult)
     pixels = capture_pixels(result, ctx.analysis.decoded.display_rgb)
-    try:
-        sc = hd.sc.SCImage.from_ref_dataset(
-            ref_dataset=source,
-            pixel_array=np.ascontiguousarray(pixels),
-            photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
-            bits_allocated=8,
-            # As the head capture: highdicom needs an orientation; an ultrasound still has none (emptied below).
-            coordinate_system="PATIENT",
-            patient_orientation=("A", "F"),
-            transfer_syntax_uid=ExplicitVRLittleEndian,
-            **identity(ctx, series_number=SERIES_NUMBER),
-        )
-    except (ValueError, TypeError, AttributeError) as exc:
-        raise EncodingError(f"Secondary Capture could not be built: {exc}") from exc
     lines = banner_lines(result, fc.AOP_REFERENCE_ASCII)
-    sc.SeriesDescription = "fetalnode AI angle of progression - research use only"
-    sc.ImageComments = " / ".join(line.replace("\u00b0", " deg") for line in lines)[:10240]
-    sc.BurnedInAnnotation = "YES"
-    sc.PatientOrientation = ""  # type: ignore[assignment]
-    sc.Laterality = ""
-    sc.ImageType = ["DERIVED", "SECONDARY"]
-    sc.DerivationDescription = "fetalnode labour progress: angle of progression drawn over the source image"
-    reference = Dataset()
-    reference.ReferencedSOPClassUID = source.SOPClassUID
-    reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
-    if ctx.analysis.decoded.frame_number:
-        reference.ReferencedFrameNumber = ctx.analysis.decoded.frame_number
-    sc.SourceImageSequence = [reference]
-    return sc
+    return secondary_capture(
+        ctx,
+        pixels,
+        series_number=SERIES_NUMBER,
+        description="fetalnode AI angle of progression - research use only",
+        comments=" / ".join(line.replace("\u00b0", " deg") for line in lines),
+        derivation="fetalnode labour progress: angle of progression drawn over the source image",
+        frame_number=ctx.analysis.decoded.frame_number,
+    )

@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import highdicom as hd
 
-from fetalnode import RESEARCH_NOTICE, __version__
+from fetalnode import RESEARCH_NOTICE
 from fetalnode.errors import EncodingError
 from fetalnode.inference.labour import LabourResult
 from fetalnode.outputs import codes as fc
-from fetalnode.outputs.common import identity
 from fetalnode.outputs.labour.geometry import hsd_text, labour_graphics, not_analysed_reason
 from fetalnode.outputs.presentation import (
-    CONTENT_LABEL,
     GRAYSCALE,
     LAYER,
-    icc_profile,
     presentation_reference,
+    presentation_state,
     text_object,
 )
 from fetalnode.outputs.registry import OutputContext, register_output
@@ -89,25 +87,14 @@ def build_labour_presentation_state(
             graphic_objects=graphics,
             text_objects=texts,
         )
-        common = {
-            "referenced_images": [reference],
-            "manufacturer_model_name": "fetalnode",
-            "software_versions": __version__,
-            "device_serial_number": None,
-            "content_label": CONTENT_LABEL,
-            "content_description": f"fetalnode AI angle of progression - {RESEARCH_NOTICE.lower()}"[:64],
-            "graphic_annotations": [annotation],
-            "graphic_layers": [layer],
-            "institution_name": ctx.settings.institution_name or None,
-            **identity(ctx, series_number=SERIES_NUMBER),
-        }
-        pr: hd.pr.GrayscaleSoftcopyPresentationState | hd.pr.ColorSoftcopyPresentationState
-        if grayscale:
-            pr = hd.pr.GrayscaleSoftcopyPresentationState(**common)
-        else:
-            pr = hd.pr.ColorSoftcopyPresentationState(icc_profile=icc_profile(source), **common)
     except (ValueError, TypeError, AttributeError) as exc:
         raise EncodingError(f"Presentation State could not be built: {exc}") from exc
-    pr.SeriesDescription = "fetalnode AI annotations - research use only"
-    pr.Laterality = ""
-    return pr
+    return presentation_state(
+        ctx,
+        reference,
+        layer,
+        annotation,
+        grayscale=grayscale,
+        content_description=f"fetalnode AI angle of progression - {RESEARCH_NOTICE.lower()}",
+        series_number=SERIES_NUMBER,
+    )
