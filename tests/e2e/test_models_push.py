@@ -22,7 +22,7 @@ def push(node, bundle, models) -> subprocess.CompletedProcess[str]:
 
 def test_push_new_classifier_to_running_node(make_node, orthanc, tmp_path) -> None:
     models = tmp_path / "models"
-    for name in ("hc18-headseg", "fba-classifier", "fetal-view"):
+    for name in ("hc18-headseg", "fba-classifier", "fetal-view", "psfhs-seg"):
         shutil.copytree(MODELS / name, models / name)
     node = make_node(models__dir=str(models)).start()
     files = [SAMPLES / n for n in SAMPLE_INFO if SAMPLE_INFO[n]["dataset"] == "hc18"]

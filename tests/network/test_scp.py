@@ -154,7 +154,7 @@ def test_spool_full_answers_a700_and_recovers_when_space_returns(make_node, tmp_
 
 def test_node_refuses_to_start_with_a_corrupt_bundle(make_node, tmp_path) -> None:
     models = tmp_path / "models"
-    for name in ("hc18-headseg", "fba-classifier", "fetal-view"):
+    for name in ("hc18-headseg", "fba-classifier", "fetal-view", "psfhs-seg"):
         shutil.copytree(MODELS / name, models / name)
     weights = models / "fba-classifier" / "models" / "model.pt"
     weights.write_bytes(weights.read_bytes()[:1000])
