@@ -10,6 +10,7 @@ import highdicom as hd
 from pydicom.sr.codedict import codes
 
 from fetalnode import RESEARCH_NOTICE, __version__
+from fetalnode.outputs import codes as fc
 from fetalnode.outputs.registry import OutputContext
 from fetalnode.outputs.uids import DEVICE_UID
 
@@ -65,5 +66,17 @@ def device_observer(ctx: OutputContext) -> hd.sr.ObserverContext:
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
             uid=DEVICE_UID, name="fetalnode", manufacturer_name=ctx.settings.manufacturer, model_name="fetalnode"
+        ),
+    )
+
+
+def fetus_observation(ctx: OutputContext) -> hd.sr.ObservationContext:
+    """TID 1001 of a TID 1500 report: the node as device observer (TID 1002/1004) and fetus 1 as the
+    subject (TID 1008, subject class Fetus)."""
+    return hd.sr.ObservationContext(
+        observer_device_context=device_observer(ctx),
+        subject_context=hd.sr.SubjectContext(
+            subject_class=fc.FETUS,
+            subject_class_specific_context=hd.sr.SubjectContextFetus(subject_id="1"),
         ),
     )

@@ -155,12 +155,7 @@ def build_presentation_state(
     grayscale = photometric in GRAYSCALE
     reference = presentation_reference(source, grayscale)
     frame = decoded.frame_number if decoded.n_frames > 1 and decoded.frame_number else None
-    layer = hd.pr.GraphicLayer(
-        layer_name=LAYER,
-        order=1,
-        description=f"fetalnode AI head annotation - {RESEARCH_NOTICE.lower()}"[:64],
-        display_color=hd.color.CIELabColor(97.0, -21.0, 94.0),  # yellow
-    )
+    layer = graphic_layer("fetalnode AI head annotation")
     try:
         graphics = (
             head_graphics(result.ellipse, rows, columns) if result.analysed and result.ellipse is not None else None
@@ -182,6 +177,16 @@ def build_presentation_state(
         grayscale=grayscale,
         content_description=f"fetalnode AI annotations - {RESEARCH_NOTICE.lower()}",
         series_number=9103,
+    )
+
+
+def graphic_layer(description: str) -> hd.pr.GraphicLayer:
+    """fetalnode's one graphic layer (yellow), described with the research-use notice."""
+    return hd.pr.GraphicLayer(
+        layer_name=LAYER,
+        order=1,
+        description=f"{description} - {RESEARCH_NOTICE.lower()}"[:64],
+        display_color=hd.color.CIELabColor(97.0, -21.0, 94.0),  # yellow
     )
 
 

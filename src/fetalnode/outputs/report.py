@@ -23,7 +23,7 @@ from fetalnode.inference import AnalysisResult
 from fetalnode.inference.ellipse import Ellipse
 from fetalnode.intake import DecodedImage
 from fetalnode.outputs import codes as fc
-from fetalnode.outputs.common import device_observer, report_kwargs
+from fetalnode.outputs.common import fetus_observation, report_kwargs
 from fetalnode.outputs.registry import OutputContext, register_output
 from fetalnode.outputs.uids import derive_uid
 
@@ -193,13 +193,7 @@ def build_report(ctx: OutputContext) -> hd.sr.Comprehensive3DSR:
     source, result, decoded = ctx.source, ctx.result_as(AnalysisResult), ctx.analysis.decoded
     frame_number = decoded.frame_number
     try:
-        observation = hd.sr.ObservationContext(
-            observer_device_context=device_observer(ctx),
-            subject_context=hd.sr.SubjectContext(
-                subject_class=fc.FETUS,
-                subject_class_specific_context=hd.sr.SubjectContextFetus(subject_id="1"),
-            ),
-        )
+        observation = fetus_observation(ctx)
         report = hd.sr.MeasurementReport(
             observation_context=observation,
             procedure_reported=fc.OB_ULTRASOUND,

@@ -19,6 +19,7 @@ from fetalnode import RESEARCH_NOTICE
 from fetalnode.errors import EncodingError
 from fetalnode.inference.labour import LabourResult
 from fetalnode.outputs import codes as fc
+from fetalnode.outputs.capture import _font as banner_font
 from fetalnode.outputs.capture import secondary_capture
 from fetalnode.outputs.labour.geometry import LabourGraphics, angle_deg, hsd_text, labour_graphics, not_analysed_reason
 from fetalnode.outputs.registry import OutputContext, register_output
@@ -42,15 +43,6 @@ def banner_lines(result: LabourResult, reference: str = fc.AOP_REFERENCE) -> lis
     return [first, LEGEND, f"Reference: {reference}", notice]
 
 
-def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    for name in ("DejaVuSans-Bold.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"):
-        try:
-            return ImageFont.truetype(name, size)
-        except OSError:
-            continue
-    return ImageFont.load_default(size=size)
-
-
 def wrap(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: float) -> list[str]:
     """``text`` broken at spaces into lines no wider than ``width`` pixels (a longer word stands alone)."""
     draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
@@ -67,7 +59,7 @@ def burn_wrapped_banner(rgb: np.ndarray, lines: list[str]) -> np.ndarray:
     """A black banner above the image with ``lines`` wrapped to its width (the first in yellow)."""
     h, w = rgb.shape[:2]
     size = max(12, min(28, w // 40))
-    font, pad = _font(size), max(4, size // 2)
+    font, pad = banner_font(size), max(4, size // 2)
     rows = [(text, i == 0) for i, line in enumerate(lines) for text in wrap(line, font, w - 2 * pad)]
     banner_h = pad + len(rows) * (size + pad // 2) + pad // 2
     canvas = Image.new("RGB", (w, h + banner_h), (0, 0, 0))
@@ -103,7 +95,7 @@ def draw_angle(rgb: np.ndarray, graphics: LabourGraphics, aop_deg: float, scale:
     box = (vertex[0] - radius, vertex[1] - radius, vertex[0] + radius, vertex[1] + radius)
     draw.arc(box, start, start + (stop - start) % 360, fill=YELLOW, width=width)
     middle = math.radians(start + ((stop - start) % 360) / 2)
-    font = _font(max(12, min(28, image.size[0] // 32)))
+    font = banner_font(max(12, min(28, image.size[0] // 32)))
     label = f"{aop_deg:.1f}\u00b0"
     left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
     x = vertex[0] + 1.5 * radius * math.cos(middle) - (right - left) / 2

@@ -20,7 +20,7 @@ from fetalnode.outputs import codes as fc
 from fetalnode.outputs.labour.geometry import hsd_text, labour_graphics, not_analysed_reason
 from fetalnode.outputs.presentation import (
     GRAYSCALE,
-    LAYER,
+    graphic_layer,
     presentation_reference,
     presentation_state,
     text_object,
@@ -60,12 +60,7 @@ def build_labour_presentation_state(
     grayscale = str(source.get("PhotometricInterpretation", "")).strip() in GRAYSCALE
     reference = presentation_reference(source, grayscale)
     frame = decoded.frame_number if decoded.n_frames > 1 and decoded.frame_number else None
-    layer = hd.pr.GraphicLayer(
-        layer_name=LAYER,
-        order=1,
-        description=f"fetalnode AI angle of progression - {RESEARCH_NOTICE.lower()}"[:64],
-        display_color=hd.color.CIELabColor(97.0, -21.0, 94.0),  # yellow
-    )
+    layer = graphic_layer("fetalnode AI angle of progression")
     try:
         graphics = None
         texts = [text_object(annotation_lines(result))]

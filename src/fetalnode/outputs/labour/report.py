@@ -21,7 +21,7 @@ from fetalnode.errors import EncodingError
 from fetalnode.inference.labour import LabourResult
 from fetalnode.intake import DecodedImage
 from fetalnode.outputs import codes as fc
-from fetalnode.outputs.common import device_observer, report_kwargs
+from fetalnode.outputs.common import fetus_observation, report_kwargs
 from fetalnode.outputs.labour.geometry import labour_graphics, not_analysed_reason
 from fetalnode.outputs.registry import OutputContext, register_output
 from fetalnode.outputs.uids import derive_uid
@@ -155,13 +155,7 @@ def build_labour_report(ctx: OutputContext) -> hd.sr.Comprehensive3DSR:
     """Build the SR; raises :class:`EncodingError` with the reason if the content is refused."""
     source, result, decoded = ctx.source, ctx.result_as(LabourResult), ctx.analysis.decoded
     try:
-        observation = hd.sr.ObservationContext(
-            observer_device_context=device_observer(ctx),
-            subject_context=hd.sr.SubjectContext(
-                subject_class=fc.FETUS,
-                subject_class_specific_context=hd.sr.SubjectContextFetus(subject_id="1"),
-            ),
-        )
+        observation = fetus_observation(ctx)
         report = hd.sr.MeasurementReport(
             observation_context=observation,
             procedure_reported=fc.OB_ULTRASOUND,
