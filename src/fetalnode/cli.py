@@ -21,13 +21,14 @@ from fetalnode.vocab import JobState, Role
 log = logging.getLogger("fetalnode")
 
 
-def _setup_logging(level: str) -> None:
+def setup_logging(level: str, third_party: str = "WARNING") -> None:
+    """Log to stderr at ``level`` (the libraries at ``third_party``); a worker process of ``serve`` calls it too."""
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    _third_party_level("WARNING")
+    _third_party_level(third_party)
 
 
 def _third_party_level(level: str) -> None:
@@ -66,7 +67,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return run_worker(settings, build_runtime(settings))
     from fetalnode.node import Node
 
-    node = Node(settings, with_worker=settings.worker.enabled and not args.no_worker)
+    node = Node(settings, with_worker=settings.worker.enabled and not args.no_worker, log_level=args.log_level)
     signal.signal(signal.SIGTERM, lambda *_: node.stop())
     signal.signal(signal.SIGINT, lambda *_: node.stop())
     node.run()
@@ -651,7 +652,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.log_level)
+    setup_logging(args.log_level)
     try:
         return int(args.func(args))
     except NodeError as exc:

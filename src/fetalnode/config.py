@@ -72,6 +72,8 @@ class WorkerSettings:
     max_pixels: int = 40_000_000
     max_frames: int = 2000
     torch_threads: int = 2
+    # ``serve`` (role all): analysis worker processes beside the SCP's (0: one worker thread inside it).
+    processes: int = 2
     application: str = "view-router"
 
 

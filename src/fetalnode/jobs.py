@@ -1,7 +1,7 @@
 """The durable record of every received instance, and the journal of what became of it.
 
 SQLite in WAL mode with ``synchronous=FULL``: a committed row survives a crash. A state change and its
-audit event are one call (:meth:`JobStore.apply`, :meth:`JobStore.queue_received`, :meth:`JobStore.resend`):
+audit event are one call (:meth:`JobStore.receive`, :meth:`JobStore.apply`, :meth:`JobStore.resend`):
 the guarded UPDATE, then the audit line, then COMMIT. :data:`TRANSITIONS` lists the allowed changes::
 
     received -> queued -> analysing -> delivering -> delivered
@@ -19,18 +19,19 @@ import json
 import os
 import socket
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from fetalnode.audit import AuditLog
 from fetalnode.errors import NodeError
 from fetalnode.runner import Delivery, Outcome, Verdict, deliveries_from_json, deliveries_to_json
-from fetalnode.vocab import AuditEvent, DeliveryStatus, JobState
+from fetalnode.vocab import AuditEvent, DeliveryStatus, JobState, RouteAction
 
 S = JobState
 # Allowed state changes. queued -> delivered/failed/rejected: a scale-out worker's result can overtake
@@ -134,6 +135,15 @@ class PreNotification:
 
 
 @dataclass(frozen=True)
+class Receipt:
+    """What :meth:`JobStore.receive` recorded: the new job's id, or the job of the identical object already
+    received (a duplicate: nothing new recorded)."""
+
+    job_id: int | None
+    duplicate_of: Job | None
+
+
+@dataclass(frozen=True)
 class Job:
     id: int
     state: JobState
@@ -224,6 +234,7 @@ class JobStore:
     def __init__(self, path: Path, audit: AuditLog | None = None) -> None:
         self.path = path
         self._audit_log = audit
+        self._local = threading.local()
         path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(path, timeout=30.0)
         try:
@@ -232,65 +243,128 @@ class JobStore:
         finally:
             db.close()
 
+    def _connection(self) -> sqlite3.Connection:
+        """This thread's connection, kept open: opening and closing one per transaction cost more than the
+        transaction (closing the last connection of a WAL database checkpoints it). A forked child opens its own."""
+        held = getattr(self._local, "db", None)
+        if held is not None and held[0] == os.getpid():
+            return cast(sqlite3.Connection, held[1])
+        db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=True)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA synchronous=FULL")  # per connection; WAL mode is persistent (set in __init__)
+        self._local.db = (os.getpid(), db)
+        return db
+
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-        db.row_factory = sqlite3.Row
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT): durable when the block ends."""
+        db = self._connection()
+        db.execute("BEGIN IMMEDIATE")
         try:
-            db.execute("PRAGMA synchronous=FULL")  # per connection; WAL mode is persistent (set in __init__)
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """A read-only snapshot (deferred transaction: takes no write lock)."""
+        db = self._connection()
+        db.execute("BEGIN")
+        try:
+            yield db
         finally:
-            db.close()
+            db.execute("COMMIT")
+
+    @staticmethod
+    def _same(db: sqlite3.Connection, sop_uid: str, sha256: str) -> Job | None:
+        row = db.execute(
+            "SELECT * FROM jobs WHERE sop_uid=? AND sha256=? ORDER BY id LIMIT 1", (sop_uid, sha256)
+        ).fetchone()
+        return Job.from_row(row) if row else None
+
+    @staticmethod
+    def _conflicting(db: sqlite3.Connection, sop_uid: str, sha256: str) -> int:
+        return int(
+            db.execute("SELECT COUNT(*) FROM jobs WHERE sop_uid=? AND sha256<>?", (sop_uid, sha256)).fetchone()[0]
+        )
 
     def find_same(self, sop_uid: str, sha256: str) -> Job | None:
         """A job for the identical object (same SOP Instance UID and content), if any."""
-        with self._tx() as db:
-            row = db.execute(
-                "SELECT * FROM jobs WHERE sop_uid=? AND sha256=? ORDER BY id LIMIT 1", (sop_uid, sha256)
-            ).fetchone()
-        return Job.from_row(row) if row else None
+        with self._read() as db:
+            return self._same(db, sop_uid, sha256)
 
     def conflicting(self, sop_uid: str, sha256: str) -> int:
         """How many jobs hold a *different* object under the same SOP Instance UID."""
+        with self._read() as db:
+            return self._conflicting(db, sop_uid, sha256)
+
+    def receive(self, note: PreNotification, route_action: RouteAction, **fields: Any) -> Receipt:
+        """Record a received instance in one transaction (one commit): the pre-notification, then
+        received -> queued with its ``instance-received`` event (``ignored`` with the ``ignored`` event for
+        a routing rule's IGNORE). An identical object already recorded is a duplicate (nothing written
+        but the ``instance-duplicate`` event); a different object under a used SOP Instance UID is flagged
+        in ``extra["uid_conflict"]`` (its outputs get their own UIDs: :attr:`Job.variant`).
+        ``fields``: who sent what, for the audit event."""
         with self._tx() as db:
-            return int(
-                db.execute("SELECT COUNT(*) FROM jobs WHERE sop_uid=? AND sha256<>?", (sop_uid, sha256)).fetchone()[0]
-            )
+            same = self._same(db, note.sop_uid, note.sha256)
+            if same is not None:
+                self.audit.event(
+                    AuditEvent.INSTANCE_DUPLICATE,
+                    calling_ae=note.calling_ae,
+                    address=note.peer,
+                    sop_uid=note.sop_uid,
+                    job=same.id,
+                    state=same.state,
+                )
+                return Receipt(None, same)
+            conflicts = self._conflicting(db, note.sop_uid, note.sha256)
+            if conflicts:
+                flag = f"{conflicts} different object(s) already received with this SOP Instance UID"
+                note = replace(note, extra={**note.extra, "uid_conflict": flag})
+                fields["flag"] = flag
+            job_id = self._insert(db, note)
+            if route_action is RouteAction.IGNORE:
+                self._move(db, job_id, S.IGNORED, frozenset({S.RECEIVED}))
+                self.audit.event(AuditEvent.IGNORED, job=job_id, **fields)
+            else:
+                self._move(db, job_id, S.QUEUED, frozenset({S.RECEIVED}))
+                self.audit.event(AuditEvent.INSTANCE_RECEIVED, job=job_id, **fields)
+        return Receipt(job_id, None)
 
     def prenotify(self, note: PreNotification) -> int:
-        """Record the pre-notification (state ``received``); returns the job id."""
+        """Record the pre-notification alone (state ``received``); returns the job id."""
         with self._tx() as db:
-            cur = db.execute(
-                """INSERT INTO jobs (state, source, spool_path, sha256, size, calling_ae, called_ae, peer,
-                   station_name, received_at, study_uid, series_uid, sop_uid, sop_class_uid, transfer_syntax,
-                   extra_json, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
-                (
-                    str(S.RECEIVED),
-                    note.source,
-                    note.spool_path,
-                    note.sha256,
-                    note.size,
-                    note.calling_ae,
-                    note.called_ae,
-                    note.peer,
-                    note.station_name,
-                    _now(),
-                    note.study_uid,
-                    note.series_uid,
-                    note.sop_uid,
-                    note.sop_class_uid,
-                    note.transfer_syntax,
-                    json.dumps(note.extra),
-                    _now(),
-                ),
-            )
-            return int(cur.lastrowid or 0)
+            return self._insert(db, note)
+
+    @staticmethod
+    def _insert(db: sqlite3.Connection, note: PreNotification) -> int:
+        cur = db.execute(
+            """INSERT INTO jobs (state, source, spool_path, sha256, size, calling_ae, called_ae, peer,
+               station_name, received_at, study_uid, series_uid, sop_uid, sop_class_uid, transfer_syntax,
+               extra_json, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
+            (
+                str(S.RECEIVED),
+                note.source,
+                note.spool_path,
+                note.sha256,
+                note.size,
+                note.calling_ae,
+                note.called_ae,
+                note.peer,
+                note.station_name,
+                _now(),
+                note.study_uid,
+                note.series_uid,
+                note.sop_uid,
+                note.sop_class_uid,
+                note.transfer_syntax,
+                json.dumps(note.extra),
+                _now(),
+            ),
+        )
+        return int(cur.lastrowid or 0)
 
     # -- the journal: every state change with its audit event ------------------------------------
     @property
@@ -313,18 +387,6 @@ class JobStore:
             [*cols.values(), str(target), _now(), job_id, *map(str, allowed)],
         )
         return cur.rowcount == 1
-
-    def queue_received(self, job_id: int, **fields: Any) -> None:
-        """received -> queued, with the ``instance-received`` event (``fields``: who sent what)."""
-        with self._tx() as db:
-            if self._move(db, job_id, S.QUEUED, frozenset({S.RECEIVED})):
-                self.audit.event(AuditEvent.INSTANCE_RECEIVED, job=job_id, **fields)
-
-    def ignore_received(self, job_id: int, **fields: Any) -> None:
-        """received -> ignored (a routing rule says so), with the ``ignored`` event."""
-        with self._tx() as db:
-            if self._move(db, job_id, S.IGNORED, frozenset({S.RECEIVED})):
-                self.audit.event(AuditEvent.IGNORED, job=job_id, **fields)
 
     def apply(
         self,
@@ -445,7 +507,7 @@ class JobStore:
     def delivery_counts(self, destinations: list[str]) -> dict[str, dict[str, int]]:
         """Per destination: how many jobs are delivered, pending (or not yet analysed) and dead letters."""
         counts = {name: {str(s): 0 for s in DeliveryStatus} for name in destinations}
-        with self._tx() as db:
+        with self._read() as db:
             rows = db.execute(
                 "SELECT state, delivered_json FROM jobs WHERE state NOT IN (?,?)", (S.REJECTED, S.IGNORED)
             )
@@ -502,17 +564,17 @@ class JobStore:
 
     # -- reads ---------------------------------------------------------------------------------
     def jobs_in_state(self, state: JobState, limit: int) -> list[Job]:
-        with self._tx() as db:
+        with self._read() as db:
             rows = db.execute("SELECT * FROM jobs WHERE state=? ORDER BY id LIMIT ?", (str(state), limit)).fetchall()
         return [Job.from_row(r) for r in rows]
 
     def get(self, job_id: int) -> Job | None:
-        with self._tx() as db:
+        with self._read() as db:
             row = db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
         return Job.from_row(row) if row else None
 
     def jobs(self, state: JobState | None = None) -> list[Job]:
-        with self._tx() as db:
+        with self._read() as db:
             if state:
                 rows = db.execute("SELECT * FROM jobs WHERE state=? ORDER BY id", (str(state),)).fetchall()
             else:
@@ -520,7 +582,7 @@ class JobStore:
         return [Job.from_row(r) for r in rows]
 
     def counts(self) -> dict[str, int]:
-        with self._tx() as db:
+        with self._read() as db:
             rows = db.execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state").fetchall()
         out = {str(s): 0 for s in JobState}
         out.update({r["state"]: r["n"] for r in rows})
@@ -529,7 +591,7 @@ class JobStore:
     def oldest_pending_age(self) -> float | None:
         """Seconds since the oldest job not yet delivered/failed/rejected was received."""
         marks = ",".join("?" * len(PENDING))
-        with self._tx() as db:
+        with self._read() as db:
             row = db.execute(
                 f"SELECT MIN(received_at) FROM jobs WHERE state IN ({marks})", [str(s) for s in PENDING]
             ).fetchone()

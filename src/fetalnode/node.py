@@ -1,5 +1,6 @@
 """Assembles a running node from settings: job store (with its audit journal), spool, SCP, and either
-the embedded worker (role ``all``) or the broker publisher and results collector (role ``terminal``)."""
+the analysis workers (role ``all``: worker processes, ``fetalnode.pool``) or the broker publisher and
+results collector (role ``terminal``)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from fetalnode.jobs import JobStore
 from fetalnode.scp.server import Terminal, start_scp
 from fetalnode.scp.spool import Spool
 from fetalnode.vocab import AuditEvent, Role
-from fetalnode.worker import Worker
+from fetalnode.worker import WakeEvent, Worker
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +29,9 @@ def open_store(settings: Settings, writable: bool = True) -> JobStore:
     return JobStore(settings.data_path / "jobs.sqlite", open_audit(settings) if writable else None)
 
 
-def build_worker(settings: Settings, jobs: JobStore) -> Worker:
-    """Load the application's bundles (raising BundleError if any is unusable) and wire the embedded worker."""
+def build_worker(settings: Settings, jobs: JobStore, wake: WakeEvent | None = None) -> Worker:
+    """Load the application's bundles (raising BundleError if any is unusable) and wire a worker on the
+    node's job store (``wake``: the event the SCP sets when it queues a job)."""
     from fetalnode.runtime import ModelWatcher, build_runtime
 
     runtime = build_runtime(settings)
@@ -40,31 +42,41 @@ def build_worker(settings: Settings, jobs: JobStore) -> Worker:
         settings.worker.poll_interval,
         settings.worker.lease_seconds,
         reload=ModelWatcher(settings, runtime, jobs.audit),
+        wake=wake,
     )
 
 
 @dataclass
 class Node:
-    """SCP plus (optionally) an in-process worker."""
+    """SCP plus (optionally) the analysis worker: ``worker.processes`` worker processes, or with 0 one
+    worker thread in the SCP's process."""
 
     settings: Settings
     with_worker: bool = True
+    log_level: str = "INFO"
     _stopped: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
-        """Role ``all``: SCP + in-process worker on the SQLite queue. Role ``terminal``: SCP + publisher
+        """Role ``all``: SCP + analysis workers on the SQLite queue. Role ``terminal``: SCP + publisher
         to the broker + collector of the workers' results (``fetalnode.distributed``)."""
+        from fetalnode.pool import WorkerPool
+
         jobs = open_store(self.settings)
         audit = jobs.audit
-        terminal_role = self.settings.node.role == Role.TERMINAL
-        worker = build_worker(self.settings, jobs) if self.with_worker and not terminal_role else None
         spool = Spool(self.settings.data_path / "spool", self.settings.scp.min_free_bytes)
         recovered = jobs.recover()
         if recovered:
             log.info("recovered %d job(s) interrupted by a previous stop", recovered)
+        analyse_here = self.with_worker and self.settings.node.role != Role.TERMINAL
+        pool = worker = None
+        if analyse_here and self.settings.worker.processes > 0:
+            pool = WorkerPool(self.settings, self.settings.worker.processes, audit, self.log_level)
+            pool.start()  # raises (and stops them) if a worker cannot load its bundles
+        elif analyse_here:
+            worker = build_worker(self.settings, jobs)
         threads: list[Any] = []
-        on_queued = worker.wake if worker else None
-        if terminal_role:
+        on_queued = pool.wake if pool else worker.wake if worker else None
+        if self.settings.node.role == Role.TERMINAL:
             from fetalnode.distributed import Collector, Publisher, make_app
 
             publisher = Publisher(self.settings, jobs, audit, make_app(self.settings))
@@ -79,18 +91,26 @@ class Node:
 
             metrics = start_metrics_server(self.settings, jobs)
         terminal = Terminal(self.settings, spool, jobs, audit, on_queued=on_queued)
-        servers = start_scp(self.settings, terminal)
+        try:
+            servers = start_scp(self.settings, terminal)
+        except BaseException:
+            if pool is not None:
+                pool.stop()
+            raise
         audit.event(
             AuditEvent.NODE_STARTED,
             ae_title=self.settings.node.ae_title,
             port=self.settings.node.port,
             role=self.settings.node.role,
-            worker=worker is not None,
+            worker=analyse_here,
+            worker_processes=len(pool.pids()) if pool else 0,
         )
         if worker is not None:
             worker.start()
         try:
-            self._stopped.wait()
+            while not self._stopped.wait(1.0):
+                if pool is not None:
+                    pool.supervise()
         finally:
             for server in servers:
                 server.shutdown()
@@ -98,6 +118,8 @@ class Node:
                 part.stop()
             if metrics is not None:
                 metrics.shutdown()
+            if pool is not None:
+                pool.stop()
             if worker is not None:
                 worker.stop()
             audit.event(AuditEvent.NODE_STOPPED)

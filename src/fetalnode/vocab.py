@@ -68,6 +68,7 @@ class AuditEvent(StrEnum):
 
     NODE_STARTED = "node-started"
     NODE_STOPPED = "node-stopped"
+    WORKER_RESTARTED = "worker-restarted"
     ASSOCIATION_ACCEPTED = "association-accepted"
     ASSOCIATION_REJECTED = "association-rejected"
     STORE_REFUSED = "store-refused"

@@ -8,6 +8,7 @@ import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from fetalnode.jobs import Job, JobStore, worker_identity
 from fetalnode.runner import Outcome, Received, Runtime, crashed, run_job
@@ -16,6 +17,14 @@ from fetalnode.vocab import JobState, RouteAction
 
 log = logging.getLogger(__name__)
 CLAIMED = frozenset({JobState.ANALYSING, JobState.DELIVERING})
+
+
+class WakeEvent(Protocol):
+    """``threading.Event`` (a worker thread) or ``multiprocessing.Event`` (worker processes of ``serve``)."""
+
+    def set(self) -> None: ...
+    def clear(self) -> None: ...
+    def wait(self, timeout: float | None = None) -> bool: ...
 
 
 def received_from_job(job: Job) -> Received:
@@ -55,6 +64,7 @@ class Worker:
         poll_interval: float,
         lease_seconds: float,
         reload: Callable[[], None] | None = None,
+        wake: WakeEvent | None = None,
     ) -> None:
         self.runtime = runtime
         self.jobs = jobs
@@ -64,7 +74,7 @@ class Worker:
         self.reload = reload
         self.owner = worker_identity()
         self._stop = threading.Event()
-        self._wake = threading.Event()
+        self._wake: WakeEvent = wake if wake is not None else threading.Event()
         self._thread: threading.Thread | None = None
 
     def wake(self) -> None:
@@ -110,8 +120,12 @@ class Worker:
         self._thread = threading.Thread(target=self.run_forever, name="fetalnode-worker", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def request_stop(self) -> None:
+        """Stop after the job in hand (a signal handler may call it)."""
         self._stop.set()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.request_stop()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)

@@ -10,7 +10,7 @@ from fetalnode.audit import AuditLog
 from fetalnode.errors import NodeError
 from fetalnode.jobs import TRANSITIONS, Job, JobStore, PreNotification, TransitionRefused
 from fetalnode.runner import Delivery, Outcome, Verdict, crashed
-from fetalnode.vocab import AuditEvent, DeliveryStatus, JobState, Stage
+from fetalnode.vocab import AuditEvent, DeliveryStatus, JobState, RouteAction, Stage
 
 pytestmark = pytest.mark.unit
 
@@ -54,8 +54,7 @@ def delivered(**receipts: str) -> Delivery:
 
 def claimed(store: JobStore, tmp: Path, uid: str) -> Job:
     """A received, queued and claimed job."""
-    job_id = store.prenotify(note(tmp, uid))
-    store.queue_received(job_id)
+    job_id = store.receive(note(tmp, uid), RouteAction.ANALYSE).job_id
     job = store.claim("w:1", 60)
     assert job is not None and job.id == job_id
     return job
@@ -63,10 +62,11 @@ def claimed(store: JobStore, tmp: Path, uid: str) -> Job:
 
 def test_lifecycle_each_change_with_its_audit_event(tmp_path: Path) -> None:
     store = store_in(tmp_path)
-    a = store.prenotify(note(tmp_path, "1.1"))
+    b = store.prenotify(note(tmp_path, "1.0"))  # a pre-notification alone, as a crash mid-receipt leaves it
     assert store.counts()["received"] == 1
     assert store.claim("w:1", 60) is None, "a received (not yet queued) job must not run"
-    store.queue_received(a, calling_ae="US1")
+    a = store.receive(note(tmp_path, "1.1"), RouteAction.ANALYSE, calling_ae="US1").job_id
+    assert a is not None and a != b
     assert [e["event"] for e in events(tmp_path)] == ["instance-received"]
     job = store.claim("w:1", 60)
     assert job is not None and job.id == a and job.state == JobState.ANALYSING
@@ -119,20 +119,30 @@ def test_crash_path_is_audited_and_a_read_only_store_cannot_write(tmp_path: Path
 
 
 def test_duplicate_and_conflict_lookup(tmp_path: Path) -> None:
-    store = JobStore(tmp_path / "j.sqlite")
-    store.prenotify(note(tmp_path, "1.5", "aa" * 32))
+    store = store_in(tmp_path)
+    first = store.receive(note(tmp_path, "1.5", "aa" * 32), RouteAction.ANALYSE)
+    assert first.job_id is not None and first.duplicate_of is None
     assert store.find_same("1.5", "aa" * 32) is not None
     assert store.find_same("1.5", "bb" * 32) is None
     assert store.conflicting("1.5", "bb" * 32) == 1
+    again = store.receive(note(tmp_path, "1.5", "aa" * 32), RouteAction.ANALYSE)
+    assert again.job_id is None and again.duplicate_of is not None and again.duplicate_of.id == first.job_id
+    other = store.receive(note(tmp_path, "1.5", "bb" * 32), RouteAction.ANALYSE)
+    assert other.job_id is not None
+    flagged = store.get(other.job_id)
+    assert flagged is not None and "uid_conflict" in flagged.extra and flagged.variant == "bb" * 8
+    ignored = store.receive(note(tmp_path, "1.6"), RouteAction.IGNORE, route="drop")
+    assert ignored.job_id is not None and store.counts()["ignored"] == 1
+    kinds = [e["event"] for e in events(tmp_path)]
+    assert kinds == ["instance-received", "instance-duplicate", "instance-received", "ignored"]
 
 
 def test_recover_releases_dead_worker_lease(tmp_path: Path) -> None:
     store = store_in(tmp_path)
-    job_id = store.prenotify(note(tmp_path, "1.7"))
+    job_id = store.receive(note(tmp_path, "1.7"), RouteAction.ANALYSE).job_id
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     owner = f"{os.uname().nodename}:{dead.pid}"
-    store.queue_received(job_id)
     assert store.claim(owner, 3600) is not None
     assert store.claim("other:1", 60) is None
     assert store.recover() == 1
@@ -153,8 +163,8 @@ def test_terminal_applies_worker_results_and_drops_what_can_never_apply(tmp_path
 
     store = store_in(tmp_path)
     collector = Collector(Settings(), store, store.audit)
-    a = store.prenotify(note(tmp_path, "2.1"))
-    store.queue_received(a)
+    a = store.receive(note(tmp_path, "2.1"), RouteAction.ANALYSE).job_id
+    assert a is not None
     store.mark_published(a)
     done = Outcome(Verdict.DELIVERED, Stage.DELIVER, "", {"finding": "normal"}, deliveries={"o": delivered(sr="1")})
     for body in (

@@ -231,8 +231,8 @@ class Terminal:
         Returns the DICOM status and the job id (``None`` for a duplicate or a refusal).
         """
         digest = hashlib.sha256(data).hexdigest()
-        same = self.jobs.find_same(sop_uid, digest)
-        if same is not None:
+        same = self.jobs.find_same(sop_uid, digest)  # a read: no write lock, no commit
+        if same is not None:  # an identical re-send: answered, not recorded again
             self.audit.event(
                 AuditEvent.INSTANCE_DUPLICATE,
                 calling_ae=calling,
@@ -242,7 +242,6 @@ class Terminal:
                 state=same.state,
             )
             return Status.SUCCESS, None
-        conflicts = self.jobs.conflicting(sop_uid, digest)
         try:
             path, digest, _ = self.spool.store(data, sop_uid, digest)
         except SpoolFull as exc:
@@ -255,46 +254,35 @@ class Terminal:
                 reason=str(exc),
             )
             return Status.OUT_OF_RESOURCES, None
-        extra = dict(extra)
-        if conflicts:
-            extra["uid_conflict"] = f"{conflicts} different object(s) already received with this SOP Instance UID"
-        job_id = self.jobs.prenotify(
-            PreNotification(
-                source=source,
-                spool_path=str(path),
-                sha256=digest,
-                size=len(data),
-                calling_ae=calling,
-                called_ae=called,
-                peer=peer,
-                station_name=self.station_for(calling),
-                study_uid=study_uid,
-                series_uid=series_uid,
-                sop_uid=sop_uid,
-                sop_class_uid=sop_class,
-                transfer_syntax=transfer_syntax,
-                extra=extra,
-            )
-        )
-        if extra.get("action") == RouteAction.IGNORE:
-            self.jobs.ignore_received(job_id, calling_ae=calling, address=peer, sop_uid=sop_uid, route=extra["route"])
-            return Status.SUCCESS, job_id
-        self.jobs.queue_received(
-            job_id,
+        note = PreNotification(
             source=source,
-            calling_ae=calling,
-            address=peer,
-            sop_uid=sop_uid,
-            sop_class=sop_class,
-            transfer_syntax=transfer_syntax,
-            bytes=len(data),
+            spool_path=str(path),
             sha256=digest,
-            **{k: extra[k] for k in ("route", "action") if k in extra},
-            **({"flag": extra["uid_conflict"]} if "uid_conflict" in extra else {}),
+            size=len(data),
+            calling_ae=calling,
+            called_ae=called,
+            peer=peer,
+            station_name=self.station_for(calling),
+            study_uid=study_uid,
+            series_uid=series_uid,
+            sop_uid=sop_uid,
+            sop_class_uid=sop_class,
+            transfer_syntax=transfer_syntax,
+            extra=dict(extra),
         )
-        if self.on_queued is not None:
+        action = RouteAction(extra.get("action", RouteAction.ANALYSE))
+        fields: dict[str, Any] = {"calling_ae": calling, "address": peer, "sop_uid": sop_uid}
+        if action is RouteAction.IGNORE:
+            fields["route"] = extra["route"]
+        else:
+            fields.update(source=source, sop_class=sop_class, transfer_syntax=transfer_syntax, bytes=len(data))
+            fields.update(sha256=digest, **{k: extra[k] for k in ("route", "action") if k in extra})
+        # One transaction: the duplicate check again (a concurrent identical send), the pre-notification and
+        # received -> queued (or ignored) with its audit event, durable at its commit.
+        receipt = self.jobs.receive(note, action, **fields)
+        if receipt.job_id is not None and action is not RouteAction.IGNORE and self.on_queued is not None:
             self.on_queued()
-        return Status.SUCCESS, job_id
+        return Status.SUCCESS, receipt.job_id
 
 
 def build_ae(settings: Settings) -> AE:

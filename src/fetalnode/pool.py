@@ -1,0 +1,153 @@
+"""The analysis worker processes of ``serve`` (role ``all``).
+
+The SCP keeps its process, and Python's GIL, to itself: a worker building DICOM objects (pure Python)
+in the SCP's process would hold the GIL while a modality waits for its C-STORE or C-ECHO answer.
+``worker.processes`` workers each claim jobs from the same SQLite store (leases keep a job in one
+worker) and run them with :func:`~fetalnode.runner.run_job`.
+
+- Start-up: every worker loads the application's bundles and says so; a bundle that does not load
+  stops ``serve`` with the worker's error, as the in-process worker did.
+- The SCP wakes the workers when it queues a job (a shared event); they also poll the store.
+- A worker that dies is started again (audited), at most once per ``RESTART_DELAY`` seconds per slot.
+- The workers die with ``serve`` (Linux ``PR_SET_PDEATHSIG``): a SIGKILL of the node stops the
+  analysis as a power cut would, and the restarted node takes over their leases (dead owners).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import sys
+import time
+from multiprocessing.process import BaseProcess
+from multiprocessing.synchronize import Event
+
+from fetalnode.audit import AuditLog
+from fetalnode.config import Settings
+from fetalnode.errors import NodeError
+from fetalnode.vocab import AuditEvent
+
+log = logging.getLogger(__name__)
+
+RESTART_DELAY = 5.0
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """SIGKILL this process when its parent dies (Linux); exit now if the parent is already gone."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def worker_process(
+    settings: Settings, wake: Event, parent_pid: int, log_level: str, ready: multiprocessing.connection.Connection
+) -> None:
+    """One worker process: load the bundles, report ready (or the error), run until SIGTERM."""
+    _die_with_parent(parent_pid)
+    from fetalnode.cli import setup_logging
+    from fetalnode.node import build_worker, open_store
+
+    setup_logging(log_level, settings.logging.third_party)
+    try:
+        worker = build_worker(settings, open_store(settings), wake=wake)
+    except NodeError as exc:
+        ready.send(f"{type(exc).__name__}: {exc}")
+        sys.exit(2)
+    ready.send("")
+    ready.close()
+    signal.signal(signal.SIGTERM, lambda *_: worker.request_stop())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: serve stops its workers
+    worker.run_forever()
+
+
+class WorkerPool:
+    """``processes`` worker processes on this node's job store, restarted when they die."""
+
+    def __init__(self, settings: Settings, processes: int, audit: AuditLog, log_level: str = "INFO") -> None:
+        self.settings = settings
+        self.audit = audit
+        self.log_level = log_level
+        self._ctx = multiprocessing.get_context("spawn")  # a clean interpreter: no inherited threads or locks
+        self._wake = self._ctx.Event()
+        self._procs: list[BaseProcess | None] = [None] * max(1, processes)
+        self._started_at = [0.0] * len(self._procs)
+
+    def _spawn(self, slot: int) -> multiprocessing.connection.Connection:
+        receive, send = self._ctx.Pipe(duplex=False)
+        proc = self._ctx.Process(
+            target=worker_process,
+            args=(self.settings, self._wake, os.getpid(), self.log_level, send),
+            name=f"fetalnode-worker-{slot}",
+        )
+        proc.start()
+        send.close()
+        self._procs[slot], self._started_at[slot] = proc, time.monotonic()
+        return receive
+
+    def start(self, timeout: float = 600.0) -> None:
+        """Start every worker and wait until each has loaded its bundles; a load error stops them all."""
+        pipes = [self._spawn(slot) for slot in range(len(self._procs))]
+        errors = []
+        for slot, pipe in enumerate(pipes):
+            message = self._ready(slot, pipe, timeout)
+            if message:
+                errors.append(message)
+        if errors:
+            self.stop()
+            raise NodeError(f"analysis worker failed to start: {errors[0]}")
+        log.info("%d analysis worker process(es) ready", len(self._procs))
+
+    def _ready(self, slot: int, pipe: multiprocessing.connection.Connection, timeout: float) -> str:
+        proc = self._procs[slot]
+        try:
+            if pipe.poll(timeout):
+                return str(pipe.recv())
+            return f"worker {slot} did not load its models within {timeout:.0f} s"
+        except EOFError:  # it died before saying anything
+            if proc is not None:
+                proc.join(5)
+            return f"worker {slot} exited with {proc.exitcode if proc else '?'} while starting"
+        finally:
+            pipe.close()
+
+    def wake(self) -> None:
+        """A job was queued: the waiting workers look for it now rather than at their next poll."""
+        self._wake.set()
+
+    def supervise(self) -> None:
+        """Start again any worker that has died (a crash, the OOM killer, a SIGKILL)."""
+        for slot, proc in enumerate(self._procs):
+            if proc is None or proc.is_alive():
+                continue
+            if time.monotonic() - self._started_at[slot] < RESTART_DELAY:
+                continue
+            log.error("analysis worker %d (pid %s) exited with %s; starting it again", slot, proc.pid, proc.exitcode)
+            self.audit.event(AuditEvent.WORKER_RESTARTED, slot=slot, pid=proc.pid, exit_code=proc.exitcode)
+            pipe = self._spawn(slot)
+            message = self._ready(slot, pipe, 600.0)
+            if message:
+                log.error("analysis worker %d failed to start again: %s", slot, message)
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._procs if p is not None and p.pid is not None]
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM every worker (each finishes its job first), SIGKILL after ``timeout`` seconds."""
+        alive = [p for p in self._procs if p is not None and p.is_alive()]
+        for proc in alive:
+            proc.terminate()
+        deadline = time.monotonic() + timeout
+        for proc in alive:
+            proc.join(max(0.1, deadline - time.monotonic()))
+            if proc.is_alive():
+                log.warning("analysis worker pid %s did not stop within %.0f s: killed", proc.pid, timeout)
+                proc.kill()
+                proc.join(5)
+        self._procs = [None] * len(self._procs)
