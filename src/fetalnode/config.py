@@ -46,6 +46,11 @@ class ScpSettings:
     dimse_timeout: float = 30.0
     network_timeout: float = 60.0
     maximum_associations: int = 10
+    # Largest P-DATA PDU a peer may send us (bytes; DICOM's usual 16382 makes a 300 kB image ~20 PDUs).
+    maximum_pdu_size: int = 1_048_576
+    # pynetdicom's DUL thread sleeps this long when its socket is idle (its default 1 ms: the wait,
+    # not the work, bounded one sender to ~300 objects/s; pydicom/pynetdicom#650). Lower: faster, more idle CPU.
+    dul_loop_delay: float = 0.0001
     min_free_bytes: int = 200_000_000
     tls_port: int = 0
     tls_certificate: str = ""

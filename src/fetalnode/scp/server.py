@@ -95,6 +95,10 @@ class Terminal:
         return calling_ae.strip()
 
     # -- handlers ---------------------------------------------------------------------------
+    def handle_conn_open(self, event: evt.Event) -> None:
+        """A TCP connection is open: set its DUL reactor's idle sleep (``scp.dul_loop_delay``)."""
+        event.assoc.dul._run_loop_delay = self.settings.scp.dul_loop_delay
+
     def handle_echo(self, event: evt.Event) -> int:
         return Status.SUCCESS
 
@@ -297,6 +301,7 @@ def build_ae(settings: Settings) -> AE:
     ae.dimse_timeout = scp.dimse_timeout
     ae.network_timeout = scp.network_timeout
     ae.maximum_associations = scp.maximum_associations
+    ae.maximum_pdu_size = scp.maximum_pdu_size
     ae.require_called_aet = scp.check_called_aet
     ae.add_supported_context(Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     for context in StoragePresentationContexts:
@@ -317,6 +322,7 @@ def start_scp(settings: Settings, terminal: Terminal) -> list[ThreadedAssociatio
     """
     ae = build_ae(settings)
     handlers: list[Any] = [
+        (evt.EVT_CONN_OPEN, terminal.handle_conn_open),
         (evt.EVT_REQUESTED, terminal.handle_requested),
         (evt.EVT_C_ECHO, terminal.handle_echo),
         (evt.EVT_C_STORE, terminal.handle_store),
