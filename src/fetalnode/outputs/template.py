@@ -42,7 +42,7 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset, validate_file_meta
 from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_data_element
+from pydicom.filewriter import correct_ambiguous_vr, write_data_element
 from pydicom.multival import MultiValue
 from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.valuerep import DS
@@ -220,6 +220,7 @@ def _compile(
     ds: Dataset, slot_of: Callable[[DataElement, bytes], str | None]
 ) -> tuple[list[bytes], list[tuple[str, int, str]], list[bytes], list[tuple[str, int, str]]]:
     encodings, _ = _encodings(ds)
+    correct_ambiguous_vr(ds, is_little_endian=True)
     meta = _Writer(encodings, slot_of)
     meta.dataset(_meta(ds))
     body = _Writer(encodings, slot_of)
@@ -369,7 +370,7 @@ def compile_template(ds: Dataset, slots: Slots, now: datetime, tokens: Mapping[s
     by_bytes: dict[bytes, list[str]] = {}
     for name, (keyword, value) in named.items():
         tag = tag_for_keyword(keyword)
-        vr = dictionary_VR(tag) if tag is not None else ""
+        vr = dictionary_VR(tag).split(" or ")[0] if tag is not None else ""  # OB or OW: OB (8-bit, 1-bit)
         if tag is None or vr not in _TEXT_VRS | set(_STRUCT) | {"OB", "OW", "UN"}:
             raise SlotError(f"slot {name}: no encoding for {keyword} ({vr or 'unknown'})")
         by_bytes.setdefault(encode_value(tag, vr, value, codec), []).append(name)
