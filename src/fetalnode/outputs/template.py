@@ -4,8 +4,9 @@ builder, so validated once) and encoded once, the values of each job filled into
 A writer that registers a :class:`FastPath` gives two functions of its :class:`OutputContext`:
 
 * ``key(ctx)``: everything that changes the *shape* of its object (analysed or not, a finding, how many
-  comment lines, the models...). The source's attributes are added to it here (:func:`source_key`), all of
-  them except those this module perturbs (below).
+  comment lines...). Added to it here: the application, its models, the calling station and the output
+  settings (:func:`context_key`), and the source's attributes (:func:`source_key`), all of them except
+  those this module perturbs (below).
 * ``slots(ctx)``: ``name -> (keyword, value)`` for every value of the job in the object (UIDs, numbers,
   coordinates, text, pixels); the same name may stand at several places of the object (the same keyword
   and value at each).
@@ -274,6 +275,13 @@ def source_key(source: Dataset) -> tuple[Any, ...]:
     return tuple(parts)
 
 
+def context_key(ctx: OutputContext) -> tuple[Any, ...]:
+    """What every object may name besides the source and the result: the application and its models,
+    the calling station, the output settings (manufacturer, institution)."""
+    analysis = ctx.analysis
+    return (analysis.application, analysis.models, analysis.model_version, ctx.station_name, repr(ctx.settings))
+
+
 def _token(elem: DataElement, i: int) -> str:
     vr, n = str(elem.VR), max(1, elem.VM)
     if vr == "UI":
@@ -441,7 +449,7 @@ class Templates:
         """The job's Part 10 bytes and SOP Instance UID: rendered from an active template of its key, else
         built by the reference path (and learnt from)."""
         try:
-            key: Hashable | None = (self.fast.key(ctx), source_key(ctx.source))
+            key: Hashable | None = (self.fast.key(ctx), context_key(ctx), source_key(ctx.source))
             hash(key)
         except Exception as exc:  # a key that cannot be made: this job is the reference path's
             log.debug("no template key: %s", exc)
