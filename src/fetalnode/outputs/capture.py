@@ -131,6 +131,7 @@ def capture_slots(pixels: np.ndarray, comments: str) -> dict[str, tuple[str, obj
     return {
         "pixels": ("PixelData", data.tobytes()),
         "rows": ("Rows", int(data.shape[0])),
+        "columns": ("Columns", int(data.shape[1])),
         "comments": ("ImageComments", comments[:10240]),
     }
 

@@ -449,8 +449,7 @@ class Templates:
         """The job's Part 10 bytes and SOP Instance UID: rendered from an active template of its key, else
         built by the reference path (and learnt from)."""
         try:
-            key: Hashable | None = (self.fast.key(ctx), context_key(ctx), source_key(ctx.source))
-            hash(key)
+            key: Hashable | None = template_key(self.fast, ctx)
         except Exception as exc:  # a key that cannot be made: this job is the reference path's
             log.debug("no template key: %s", exc)
             key = None
@@ -478,12 +477,7 @@ class Templates:
         uid = str(ctx.source.SOPInstanceUID)
         try:
             if state.template is None:
-                source, tokens = perturbed(ctx.source)
-                other = context_for(source)
-                template = compile_template(reference(other, build), self.fast.slots(other), other.now, tokens)
-                if template.render(job_values(ctx, self.fast.slots(ctx))) != data:
-                    raise SlotError("the template compiled from the perturbed source does not render this job")
-                state.template, state.learnt_from = template, uid
+                state.template, state.learnt_from = compile_for(self.fast, ctx, build, context_for, data), uid
             elif uid != state.learnt_from:
                 if state.template.render(job_values(ctx, self.fast.slots(ctx))) != data:
                     raise SlotError("the template does not render a second job of its key")
@@ -493,6 +487,29 @@ class Templates:
             state.template, state.failures = None, state.failures + 1
             level = logging.WARNING if state.failures >= MAX_FAILURES else logging.DEBUG
             log.log(level, "no template for %r (%d): %s: %s", key, state.failures, type(exc).__name__, exc)
+
+
+def template_key(fast: FastPath, ctx: OutputContext) -> Hashable:
+    """The key of a job's template: the writer's, :func:`context_key` and :func:`source_key`."""
+    key = (fast.key(ctx), context_key(ctx), source_key(ctx.source))
+    hash(key)
+    return key
+
+
+def compile_for(
+    fast: FastPath, ctx: OutputContext, build: Build, context_for: Context, data: bytes | None = None
+) -> Template:
+    """The template of ``ctx``'s key, compiled from the reference object of the job with a perturbed
+    source and checked to render the job itself as its reference path does (``data``: those bytes, when
+    already built); :class:`SlotError` if it does not."""
+    source, tokens = perturbed(ctx.source)
+    other = context_for(source)
+    template = compile_template(reference(other, build), fast.slots(other), other.now, tokens)
+    if data is None:
+        data = encode(reference(ctx, build))
+    if template.render(job_values(ctx, fast.slots(ctx))) != data:
+        raise SlotError("the template compiled from the perturbed source does not render the job")
+    return template
 
 
 def identity_slots(ctx: OutputContext) -> dict[str, tuple[str, Any]]:
