@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -33,6 +34,7 @@ def banner_lines(result: AnalysisResult, view_line: str = "") -> list[str]:
     return [*lines, view_line] if view_line else lines
 
 
+@functools.cache  # loading the face costs more than drawing a banner line
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     for name in ("DejaVuSans-Bold.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"):
         try:
