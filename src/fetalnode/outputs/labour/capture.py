@@ -9,6 +9,7 @@ AoP / HSD, a colour legend, the literature reference (Kalache et al. 2009) and t
 
 from __future__ import annotations
 
+import functools
 import math
 
 import highdicom as hd
@@ -46,6 +47,11 @@ def banner_lines(result: LabourResult, reference: str = fc.AOP_REFERENCE) -> lis
 
 def wrap(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: float) -> list[str]:
     """``text`` broken at spaces into lines no wider than ``width`` pixels (a longer word stands alone)."""
+    return list(_wrap(text, font, width))
+
+
+@functools.lru_cache(maxsize=256)  # the legend, reference and notice lines are the same on every image
+def _wrap(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: float) -> tuple[str, ...]:
     draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     lines: list[str] = []
     for word in text.split():
@@ -53,7 +59,7 @@ def wrap(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: f
             lines[-1] += f" {word}"
         else:
             lines.append(word)
-    return lines or [""]
+    return tuple(lines or [""])
 
 
 def burn_wrapped_banner(rgb: np.ndarray, lines: list[str]) -> np.ndarray:

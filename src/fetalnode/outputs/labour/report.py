@@ -159,7 +159,14 @@ def _shape(ctx: OutputContext) -> tuple[object, ...]:
         graphics = labour_graphics(result, int(ctx.source.Rows), int(ctx.source.Columns))
         regions = tuple(g is not None for g in (graphics.hsd, graphics.ps_contour, graphics.fh_contour))
     hsd = "mm" if result.hsd_mm is not None else "px" if result.hsd_px is not None else None
-    return (result.analysed, regions, hsd, decoded.frame_number, len(report_comments(result, decoded)), result.seg_model)
+    return (
+        result.analysed,
+        regions,
+        hsd,
+        decoded.frame_number,
+        len(report_comments(result, decoded)),
+        result.seg_model,
+    )
 
 
 def _slots(ctx: OutputContext) -> dict[str, tuple[str, object]]:
