@@ -17,9 +17,10 @@ in which each of them has a unique token value (:func:`perturbed`); every elemen
 is a token is a slot filled from that source attribute. The clock (:data:`CLOCK_KEYWORDS`) is a slot too: the
 reference path stamps ``ctx.now`` (:func:`stamp_clock`), the fast path writes the same.
 
+The first job of a key is only remembered (a key seen once costs nothing more than the reference path).
 A template becomes active only after two checks, each byte for byte against the reference path's own
-bytes: compiled from the perturbed copy, it renders the real job exactly; and it renders the next job with
-the same key (another source instance) exactly. Until then, and for a key that failed
+bytes: compiled from the perturbed copy of the key's second job (another source instance), it renders that
+job exactly; and it renders the next job with the key (another instance again) exactly. Until then, and for a key that failed
 :data:`MAX_FAILURES` times, and whenever a job's slots do not fit (a name missing or extra, a value
 that cannot be encoded), the job goes the reference path. Sequences and items are written with
 undefined length (the reference path encodes its dataset the same way, :func:`encode`), so a slot
@@ -32,6 +33,7 @@ import hashlib
 import logging
 import struct
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -56,6 +58,7 @@ log = logging.getLogger(__name__)
 Slots = Mapping[str, tuple[str, Any]]
 
 MAX_FAILURES = 3
+MAX_KEYS = 256  # templates (and keys seen) kept per writer and application, least recently used dropped
 PREAMBLE = bytes(128) + b"DICM"
 PIXEL_DATA = 0x7FE00010
 
@@ -252,6 +255,9 @@ def encode(ds: Dataset) -> bytes:
 
 
 def _perturbable(elem: DataElement) -> bool:
+    """Whether the attribute gets a token (an empty one does not: whether it is empty is in the key)."""
+    if elem.value is None or elem.value == "" or (isinstance(elem.value, list | MultiValue) and not elem.value):
+        return False
     if elem.VR == "IS":
         return elem.keyword in _PERTURBED_IS
     if elem.VR == "UI":
@@ -426,8 +432,9 @@ class FastPath:
 
 @dataclass
 class _State:
+    seen: str = ""  # source SOP Instance UID of the key's first job (a key seen once costs nothing more)
     template: Template | None = None
-    learnt_from: str = ""  # source SOP Instance UID the candidate was checked on
+    learnt_from: str = ""  # source SOP Instance UID the candidate was compiled from
     active: bool = False
     failures: int = 0
 
@@ -441,7 +448,7 @@ class Templates:
     """The templates of one writer and application, learnt from the reference path."""
 
     fast: FastPath
-    states: dict[Hashable, _State] = field(default_factory=dict)
+    states: OrderedDict[Hashable, _State] = field(default_factory=OrderedDict)  # least recently used first
     lock: threading.Lock = field(default_factory=threading.Lock)
     rendered: int = 0  # jobs written by the fast path (tests and the benchmark read it)
 
@@ -454,6 +461,8 @@ class Templates:
             log.debug("no template key: %s", exc)
             key = None
         state = self.states.get(key) if key is not None else None
+        if state is not None:
+            self.states.move_to_end(key)
         if state is not None and state.active and state.template is not None:
             try:
                 data = state.template.render(job_values(ctx, self.fast.slots(ctx)))
@@ -471,10 +480,17 @@ class Templates:
         return data, str(ds.SOPInstanceUID)
 
     def _learn(self, key: Hashable, ctx: OutputContext, data: bytes, build: Build, context_for: Context) -> None:
-        state = self.states.setdefault(key, _State())
-        if state.active or state.failures >= MAX_FAILURES:
-            return
+        """First job of a key: remembered. The next (another instance): a template compiled from it (and
+        checked on it). The next: the template checked on it, then active."""
         uid = str(ctx.source.SOPInstanceUID)
+        state = self.states.get(key)
+        if state is None:
+            self.states[key] = _State(seen=uid)
+            while len(self.states) > MAX_KEYS:
+                self.states.popitem(last=False)
+            return
+        if state.active or state.failures >= MAX_FAILURES or uid == state.seen:
+            return
         try:
             if state.template is None:
                 state.template, state.learnt_from = compile_for(self.fast, ctx, build, context_for, data), uid
