@@ -120,12 +120,14 @@ def other_patient(job: Job) -> Job:
     ds = Dataset()
     ds.update({e.tag: e for e in job.source})
     ds.file_meta = job.source.file_meta
-    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Other^Patient", "OTHER-1", "19900102", "F"
+    ds.PatientName, ds.PatientID = "Other^Patient", "OTHER-1"
+    if ds.get("PatientBirthDate"):  # an empty attribute stays empty (whether it is is part of the key)
+        ds.PatientBirthDate = "19900102"
     ds.StudyInstanceUID = generate_uid(entropy_srcs=[job.source.StudyInstanceUID])
     ds.SeriesInstanceUID = generate_uid(entropy_srcs=[job.source.SeriesInstanceUID])
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[job.source.SOPInstanceUID])
-    ds.StudyDate, ds.StudyTime, ds.AccessionNumber, ds.StudyID = "20250102", "101010", "ACC77", "77"
-    ds.ReferringPhysicianName, ds.StudyDescription, ds.InstanceNumber = "Doctor^Other", "Other study", 7
+    ds.StudyDate, ds.StudyTime, ds.StudyID = "20250102", "101010", "77"
+    ds.StudyDescription, ds.InstanceNumber = "Other study", 7
     return dataclasses.replace(job, label=job.label + "+patient", source=_reread(ds))
 
 
@@ -197,13 +199,15 @@ def test_a_template_renders_every_job_of_its_key_as_the_reference_path(name: str
         if check_pair(writer, a, b):
             checked.append((a.label, b.label))
     labels = {a for a, _ in checked}
-    assert len(checked) >= 3 * len(labels) and len(labels) >= 6, checked
-    # Another patient and another station always share the key of the job: the no-leak case is covered.
-    assert all(f"{label}+patient" in {b for _, b in checked} for label in labels)
+    assert len(labels) >= 6, checked
+    # Another patient always shares the key of the job: the no-leak case is covered for every job. (Another
+    # station or other settings share it only if the key forgot them: then the bytes would differ.)
+    assert all(f"{label}+patient" in {b for _, b in checked} for label in labels), checked
 
 
 def test_the_writer_takes_the_fast_path_once_a_key_is_checked_and_writes_the_reference_bytes(jobs: list[Job]) -> None:
     hc18 = [j for j in jobs if j.label.startswith("hc18")]
+    hc18 += [other_patient(j) for j in hc18]  # one sample is RLE-compressed: a key of its own
     for name in NAMES:
         writer = dataclasses.replace(writer_of(name), templates={})
         for i, job in enumerate(hc18 * 2):
@@ -214,7 +218,8 @@ def test_the_writer_takes_the_fast_path_once_a_key_is_checked_and_writes_the_ref
             assert build is not None
             expected = encode(reference(context(writer, job, now), build))
             assert encoded == (expected, context(writer, job, now).uids.instance), (name, job.label)
-        assert sum(t.rendered for t in writer.templates.values()) >= len(hc18), name
+        # each key: seen, compiled, checked, then rendered (the later half of the jobs, about)
+        assert sum(t.rendered for t in writer.templates.values()) >= len(hc18) // 2, name
 
 
 def test_a_fast_path_missing_a_slot_never_becomes_active(jobs: list[Job]) -> None:
@@ -243,6 +248,7 @@ def test_a_fast_path_missing_a_slot_never_becomes_active(jobs: list[Job]) -> Non
 def test_a_job_whose_slots_do_not_fit_its_template_takes_the_reference_path(jobs: list[Job]) -> None:
     writer = dataclasses.replace(writer_of("sr"), templates={})
     hc18 = [j for j in jobs if j.label.startswith("hc18")]
+    hc18 += [other_patient(j) for j in hc18]
     for i, job in enumerate(hc18):
         writer.encode(job.source, job.analysis, job.settings, job.station, "", T0 + timedelta(seconds=i))
     templates = writer.templates["fetal-head"]

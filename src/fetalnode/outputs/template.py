@@ -269,7 +269,8 @@ def source_key(source: Dataset) -> tuple[Any, ...]:
     """Every source attribute that is not perturbed (so not a slot), with its value: a writer may copy
     any of them (the character set, the orientation, a sequence), so a template serves only a source
     that has the same ones. Pixel data is left out (no writer copies it; a writer's pixels are its slot)."""
-    parts: list[Any] = []
+    meta = getattr(source, "file_meta", None)
+    parts: list[Any] = [str(meta.get("TransferSyntaxUID", "")) if meta else ""]
     for elem in source:
         if elem.tag == PIXEL_DATA or _perturbable(elem):
             parts.append(elem.tag)
@@ -468,8 +469,8 @@ class Templates:
                 data = state.template.render(job_values(ctx, self.fast.slots(ctx)))
                 self.rendered += 1
                 return data, ctx.uids.instance
-            except (SlotError, ValueError, TypeError, UnicodeError) as exc:
-                log.warning("template of %r does not fit this job (%s): reference path", key, exc)
+            except Exception as exc:  # the reference path decides (and raises the builder's own error, if any)
+                log.warning("template does not fit this job (%s: %s): reference path", type(exc).__name__, exc)
         ds = reference(ctx, build)
         if not encodable(ds):
             return _save_as(ds), str(ds.SOPInstanceUID)
@@ -489,7 +490,7 @@ class Templates:
             while len(self.states) > MAX_KEYS:
                 self.states.popitem(last=False)
             return
-        if state.active or state.failures >= MAX_FAILURES or uid == state.seen:
+        if state.active or state.failures >= MAX_FAILURES or (state.template is None and uid == state.seen):
             return
         try:
             if state.template is None:
