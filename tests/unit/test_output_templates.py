@@ -80,9 +80,10 @@ def jobs(tmp_path_factory: pytest.TempPathFactory) -> list[Job]:
     for path in sorted(SAMPLES.glob("*.dcm")):
         add(path.stem, read_dataset(path.read_bytes()))
     hc18 = next(j for j in out if j.label.startswith("hc18"))
-    plain = Dataset()
-    plain.update({e.tag: e for e in hc18.source if e.keyword not in {"SequenceOfUltrasoundRegions", "PixelSpacing"}})
-    plain.file_meta = hc18.source.file_meta
+    plain = _reread(hc18.source)  # a copy: Dataset.update would share (and setattr change) the elements
+    for keyword in ("SequenceOfUltrasoundRegions", "PixelSpacing"):
+        if keyword in plain:
+            delattr(plain, keyword)
     plain.SOPInstanceUID = plain.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=["uncalibrated"])
     uncalibrated = add("uncalibrated", _reread(plain))
     assert isinstance(uncalibrated.analysis.result, AnalysisResult) and uncalibrated.analysis.result.biometry is None
@@ -117,9 +118,7 @@ def jobs(tmp_path_factory: pytest.TempPathFactory) -> list[Job]:
 
 
 def other_patient(job: Job) -> Job:
-    ds = Dataset()
-    ds.update({e.tag: e for e in job.source})
-    ds.file_meta = job.source.file_meta
+    ds = _reread(job.source)  # a copy: the job's own source must not change
     ds.PatientName, ds.PatientID = "Other^Patient", "OTHER-1"
     if ds.get("PatientBirthDate"):  # an empty attribute stays empty (whether it is is part of the key)
         ds.PatientBirthDate = "19900102"
