@@ -295,15 +295,14 @@ def _build(
         warnings.filterwarnings("ignore", message=".*intended person name.*")
         for writer in runtime.writers:
             try:
-                ds = writer.write(source, analysis, runtime.output, received.station_name, received.variant)
-                if ds is None:  # the writer has nothing for this application (a head SEG of a labour image)
+                encoded = writer.encode(source, analysis, runtime.output, received.station_name, received.variant)
+                if encoded is None:  # the writer has nothing for this application (a head SEG of a labour image)
                     continue
-                built[writer.name] = encode_dataset(ds)
+                built[writer.name], uids[writer.name] = encoded
             except EncodingError:
                 raise
             except Exception as exc:
                 raise EncodingError(f"output {writer.name!r} could not be built: {type(exc).__name__}: {exc}") from exc
-            uids[writer.name] = str(ds.SOPInstanceUID)
     summary = analysis.summary()
     summary["outputs"] = uids
     return built, summary

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ from fetalnode.errors import EncodingError
 from fetalnode.inference import AnalysisResult
 from fetalnode.outputs.common import identity
 from fetalnode.outputs.registry import OutputContext, register_output
+from fetalnode.outputs.template import FastPath
 
 
 def banner_lines(result: AnalysisResult, view_line: str = "") -> list[str]:
@@ -32,6 +34,7 @@ def banner_lines(result: AnalysisResult, view_line: str = "") -> list[str]:
     return [*lines, view_line] if view_line else lines
 
 
+@functools.cache  # loading the face costs more than drawing a banner line
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     for name in ("DejaVuSans-Bold.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"):
         try:
@@ -110,20 +113,49 @@ def burn_banner(rgb: np.ndarray, lines: list[str]) -> np.ndarray:
     return np.asarray(canvas)
 
 
-@register_output("sc", applications=["fetal-head", "view-router"])
-def build_heatmap_capture(ctx: OutputContext) -> hd.sc.SCImage:
-    """An RGB Secondary Capture in the source study: fused Grad-CAM heatmap, ROI ellipse and banner."""
+def _heatmap(ctx: OutputContext) -> tuple[np.ndarray, str]:
+    """The capture's pixels (heatmap and banner) and its Image Comments."""
     result = ctx.result_as(AnalysisResult)
     if result.fused_rgb is None:
         raise EncodingError("analysis produced no image to capture")
     lines = banner_lines(result, ctx.analysis.view.line() if ctx.analysis.view else "")
-    pixels = burn_banner(result.fused_rgb, lines)
+    return burn_banner(result.fused_rgb, lines), " / ".join(lines)
+
+
+def capture_shape(ctx: OutputContext, *shape: object) -> tuple[object, ...]:
+    """The fast path's key of a capture: the writer's ``shape`` and what the object names (models, node)."""
+    return (*shape, ctx.analysis.application, tuple(ctx.analysis.models), ctx.settings.manufacturer, ctx.station_name)
+
+
+def capture_slots(pixels: np.ndarray, comments: str) -> dict[str, tuple[str, object]]:
+    """The values of one capture: its pixels (RGB, 8 bits, native) and their size, the comments."""
+    data = np.ascontiguousarray(pixels, dtype=np.uint8)
+    return {
+        "pixels": ("PixelData", data.tobytes()),
+        "rows": ("Rows", int(data.shape[0])),
+        "columns": ("Columns", int(data.shape[1])),
+        "comments": ("ImageComments", comments[:10240]),
+    }
+
+
+def _heatmap_slots(ctx: OutputContext) -> dict[str, tuple[str, object]]:
+    return capture_slots(*_heatmap(ctx))
+
+
+def _heatmap_shape(ctx: OutputContext) -> tuple[object, ...]:
+    return capture_shape(ctx, "head", ctx.result_as(AnalysisResult).cls_model)
+
+
+@register_output("sc", applications=["fetal-head", "view-router"], fast=FastPath(_heatmap_shape, _heatmap_slots))
+def build_heatmap_capture(ctx: OutputContext) -> hd.sc.SCImage:
+    """An RGB Secondary Capture in the source study: fused Grad-CAM heatmap, ROI ellipse and banner."""
+    pixels, comments = _heatmap(ctx)
     return secondary_capture(
         ctx,
         pixels,
         series_number=9102,
         description="fetalnode AI heatmap - research use only",
-        comments=" / ".join(lines),
+        comments=comments,
         derivation="Grad-CAM saliency of the fetalnode classifier fused over the source image",
         frame_number=None,
     )

@@ -39,6 +39,7 @@ from fetalnode.outputs import codes as fc
 from fetalnode.outputs.common import device_observer, report_kwargs
 from fetalnode.outputs.registry import OutputContext, register_output
 from fetalnode.outputs.report import _algorithm, report_comments  # the same TID 4019 and comments as `sr`
+from fetalnode.outputs.template import FastPath
 
 SERIES_NUMBER = 9105
 # Digits written: mm to 0.01 (as the TID 1500 report), weeks to 0.01 (about 0.1 day).
@@ -124,23 +125,60 @@ def _fetal_biometry_section(result: AnalysisResult) -> hd.sr.ContainerContentIte
     return _container(fc.FETAL_BIOMETRY, items)
 
 
-@register_output("obsr", applications=["fetal-head"])
+def _summary_lines(ctx: OutputContext) -> list[str]:
+    result, decoded = ctx.result_as(AnalysisResult), ctx.analysis.decoded
+    return report_comments(result, decoded.frame_number, decoded.n_frames, decoded.spacing_source)
+
+
+def _shape(ctx: OutputContext) -> tuple[object, ...]:
+    """What shapes the report (the fast path's key)."""
+    result = ctx.result_as(AnalysisResult)
+    return (
+        ctx.analysis.application,
+        result.biometry is not None,
+        no_biometry_reason(result) is not None,
+        len(_summary_lines(ctx)),
+        result.seg_model,
+        result.cls_model,
+        tuple(ctx.analysis.models),
+        ctx.settings.manufacturer,
+        ctx.settings.institution_name,
+        ctx.station_name,
+    )
+
+
+def _slots(ctx: OutputContext) -> dict[str, tuple[str, object]]:
+    """The values of one report: the summary, the biometry (with the GA) or why there is none."""
+    result = ctx.result_as(AnalysisResult)
+    slots: dict[str, tuple[str, object]] = {
+        f"comment.{i}": ("TextValue", line[:1024]) for i, line in enumerate(_summary_lines(ctx))
+    }
+    reason = no_biometry_reason(result)
+    if reason is not None:
+        slots["reason"] = ("TextValue", reason[:1024])
+    if result.biometry is not None:
+        hc = round(result.biometry.hc_mm, MM_DIGITS)
+        numbers = {
+            "hc": hc,
+            "ga": gestational_age_weeks(hc),
+            "bpd": round(result.biometry.bpd_mm, MM_DIGITS),
+            "ofd": round(result.biometry.ofd_mm, MM_DIGITS),
+        }
+        for name, value in numbers.items():
+            slots[f"number.{name}"] = ("NumericValue", value)
+            slots[f"float.{name}"] = ("FloatingPointValue", value)
+    return slots
+
+
+@register_output("obsr", applications=["fetal-head"], fast=FastPath(_shape, _slots))
 def build_obgyn_report(ctx: OutputContext) -> hd.sr.ComprehensiveSR:
     """Build the OB-GYN report; raises :class:`EncodingError` with the reason if highdicom refuses it."""
-    result, decoded = ctx.result_as(AnalysisResult), ctx.analysis.decoded
+    result = ctx.result_as(AnalysisResult)
     try:
         observation = hd.sr.ObservationContext(
             observer_device_context=device_observer(ctx),
         )
-        summary = _container(
-            fc.SUMMARY,
-            hd.sr.ContentSequence(
-                [
-                    _comment(line)
-                    for line in report_comments(result, decoded.frame_number, decoded.n_frames, decoded.spacing_source)
-                ]
-            ),
-        )
+        summary = _container(fc.SUMMARY, hd.sr.ContentSequence([_comment(line) for line in _summary_lines(ctx)]))
         root = hd.sr.ContainerContentItem(name=fc.OBGYN_REPORT, template_id="5000")
         root.ContentSequence = hd.sr.ContentSequence(
             [

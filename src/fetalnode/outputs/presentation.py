@@ -31,6 +31,7 @@ from fetalnode.inference import AnalysisResult
 from fetalnode.inference.ellipse import Ellipse
 from fetalnode.outputs.common import identity
 from fetalnode.outputs.registry import OutputContext, register_output
+from fetalnode.outputs.template import FastPath
 
 LAYER = "FETALNODE"
 CONTENT_LABEL = "FETALNODE_AI"
@@ -65,24 +66,33 @@ def _pixel_units(points: np.ndarray, rows: int, columns: int) -> np.ndarray:
     return np.column_stack([np.clip(shifted[:, 0], 0.0, columns), np.clip(shifted[:, 1], 0.0, rows)])
 
 
-def head_graphics(ellipse: Ellipse, rows: int, columns: int) -> list[hd.pr.GraphicObject]:
-    """Closed head contour, then the OFD (major axis) and BPD (minor axis) calliper lines."""
+def head_graphic_data(ellipse: Ellipse, rows: int, columns: int) -> list[np.ndarray]:
+    """Closed head contour, then the OFD (major axis) and BPD (minor axis) calliper lines (PIXEL units)."""
     outline = ellipse.outline(CONTOUR_POINTS)
     contour = _pixel_units(np.vstack([outline, outline[:1]]), rows, columns)
     ends = _pixel_units(ellipse.axis_endpoints(), rows, columns)
+    return [contour, ends[0:2], ends[2:4]]
+
+
+def head_graphics(ellipse: Ellipse, rows: int, columns: int) -> list[hd.pr.GraphicObject]:
+    """:func:`head_graphic_data` as open or closed POLYLINEs."""
     polyline = hd.pr.GraphicTypeValues.POLYLINE
     pixel = hd.pr.AnnotationUnitsValues.PIXEL
     return [
-        hd.pr.GraphicObject(graphic_type=polyline, graphic_data=contour, units=pixel),
-        hd.pr.GraphicObject(graphic_type=polyline, graphic_data=ends[0:2], units=pixel),
-        hd.pr.GraphicObject(graphic_type=polyline, graphic_data=ends[2:4], units=pixel),
+        hd.pr.GraphicObject(graphic_type=polyline, graphic_data=data, units=pixel)
+        for data in head_graphic_data(ellipse, rows, columns)
     ]
 
 
+def text_value(lines: list[str]) -> str:
+    """The text box's lines as one value (ST allows CR LF between lines)."""
+    return "\r\n".join(lines)[:1024]
+
+
 def text_object(lines: list[str]) -> hd.pr.TextObject:
-    # DISPLAY units keep the box on screen whatever the zoom; ST allows CR LF between lines.
+    # DISPLAY units keep the box on screen whatever the zoom.
     return hd.pr.TextObject(
-        text_value="\r\n".join(lines)[:1024],
+        text_value=text_value(lines),
         units=hd.pr.AnnotationUnitsValues.DISPLAY,
         bounding_box=(0.02, 0.02, 0.98, 0.2),
         text_justification=hd.pr.TextJustificationValues.LEFT,
@@ -144,7 +154,38 @@ def icc_profile(source: Dataset) -> bytes:
     return bytes(profile) if profile else srgb_input_profile()
 
 
-@register_output("gsps", applications=["fetal-head", "view-router"])
+def presentation_shape(ctx: OutputContext, *shape: object) -> tuple[object, ...]:
+    """The fast path's key of a presentation state: the writer's ``shape``, grayscale or colour, the frame
+    and what the object names (models, node)."""
+    decoded = ctx.analysis.decoded
+    return (
+        *shape,
+        str(ctx.source.get("PhotometricInterpretation", "")).strip() in GRAYSCALE,
+        decoded.frame_number if decoded.n_frames > 1 else None,
+        ctx.analysis.application,
+        tuple(ctx.analysis.models),
+        ctx.settings.manufacturer,
+        ctx.settings.institution_name,
+    )
+
+
+def _shape(ctx: OutputContext) -> tuple[object, ...]:
+    result = ctx.result_as(AnalysisResult)
+    return presentation_shape(ctx, "head", result.analysed and result.ellipse is not None)
+
+
+def _slots(ctx: OutputContext) -> dict[str, tuple[str, object]]:
+    """The values of one presentation state: the text box and the head's graphics."""
+    result = ctx.result_as(AnalysisResult)
+    slots: dict[str, tuple[str, object]] = {"text": ("UnformattedTextValue", text_value(annotation_lines(result)))}
+    if result.analysed and result.ellipse is not None:
+        graphics = head_graphic_data(result.ellipse, int(ctx.source.Rows), int(ctx.source.Columns))
+        for name, data in zip(("contour", "ofd", "bpd"), graphics, strict=True):
+            slots[f"graphic.{name}"] = ("GraphicData", data.ravel())
+    return slots
+
+
+@register_output("gsps", applications=["fetal-head", "view-router"], fast=FastPath(_shape, _slots))
 def build_presentation_state(
     ctx: OutputContext,
 ) -> hd.pr.GrayscaleSoftcopyPresentationState | hd.pr.ColorSoftcopyPresentationState:

@@ -9,7 +9,8 @@ can register more with :func:`register_output`.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydicom.dataset import Dataset
@@ -21,6 +22,7 @@ from fetalnode.registry import Registry
 if TYPE_CHECKING:
     from fetalnode.applications.base import Analysis
     from fetalnode.config import OutputSettings
+    from fetalnode.outputs.template import FastPath, Templates
 
 R = TypeVar("R")
 
@@ -34,6 +36,7 @@ class OutputContext:
     uids: ObjectUids
     settings: OutputSettings
     station_name: str
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))  # the object's clock (dates, times)
 
     def result_as(self, kind: type[R]) -> R:
         """The analysis result as the type a builder reads (``AnalysisResult`` of ``fetal-head``,
@@ -55,22 +58,30 @@ class OutputWriter:
 
     ``builders`` maps an application name to its builder; the key ``""`` builds for any application.
     A writer with no builder for an analysis's application writes nothing for that image (a SEG of the
-    head for a labour-progress image, say): :meth:`write` returns ``None``.
+    head for a labour-progress image, say): :meth:`write` returns ``None``. A builder with a fast path
+    (``fast``, :mod:`fetalnode.outputs.template`) is encoded by :meth:`encode` from a template of its
+    object once the reference path (the builder) has checked it.
     """
 
     name: str
     builders: dict[str, Build] = field(default_factory=dict)
     revisions: dict[str, int] = field(default_factory=dict)
+    fast: dict[str, FastPath] = field(default_factory=dict)
+    templates: dict[str, Templates] = field(default_factory=dict)
 
     def builder_for(self, application: str) -> Build | None:
         return self.builders.get(application) or self.builders.get(ANY_APPLICATION)
 
-    def write(
-        self, source: Dataset, analysis: Analysis, settings: OutputSettings, station_name: str, variant: str
-    ) -> Dataset | None:
-        build = self.builder_for(analysis.application)
-        if build is None:
-            return None
+    def context(
+        self,
+        source: Dataset,
+        analysis: Analysis,
+        settings: OutputSettings,
+        station_name: str,
+        variant: str,
+        now: datetime | None = None,
+    ) -> OutputContext:
+        """The context of one job (the clock ``now`` when given, e.g. by a test)."""
         application = analysis.application if analysis.application in self.builders else ANY_APPLICATION
         uids = object_uids(
             self.name,
@@ -80,20 +91,62 @@ class OutputWriter:
             variant,
             self.revisions.get(application, 0),
         )
-        return build(OutputContext(source, analysis, uids, settings, station_name))
+        ctx = OutputContext(source, analysis, uids, settings, station_name)
+        return ctx if now is None else replace(ctx, now=now)
+
+    def write(
+        self, source: Dataset, analysis: Analysis, settings: OutputSettings, station_name: str, variant: str
+    ) -> Dataset | None:
+        """The reference path: the builder's dataset (its clock stamped to the context's)."""
+        build = self.builder_for(analysis.application)
+        if build is None:
+            return None
+        from fetalnode.outputs.template import reference
+
+        return reference(self.context(source, analysis, settings, station_name, variant), build)
+
+    def encode(
+        self,
+        source: Dataset,
+        analysis: Analysis,
+        settings: OutputSettings,
+        station_name: str,
+        variant: str,
+        now: datetime | None = None,
+    ) -> tuple[bytes, str] | None:
+        """The object as Part 10 bytes with its SOP Instance UID (``None``: nothing for this application)."""
+        build = self.builder_for(analysis.application)
+        if build is None:
+            return None
+        from fetalnode.outputs.template import Templates, encode_reference
+
+        ctx = self.context(source, analysis, settings, station_name, variant, now)
+        application = analysis.application if analysis.application in self.builders else ANY_APPLICATION
+        fast = self.fast.get(application)
+        if fast is None:
+            return encode_reference(ctx, build)
+        templates = self.templates.setdefault(application, Templates(fast))
+
+        def context_for(other: Dataset) -> OutputContext:
+            return replace(self.context(other, analysis, settings, station_name, variant), now=ctx.now)
+
+        return templates.write(ctx, build, context_for)
 
 
 ANY_APPLICATION = ""
 OUTPUTS: Registry[OutputWriter] = Registry("output")
 
 
-def register_output(name: str, *, applications: Sequence[str] = (), revision: int = 0) -> Callable[[Build], Build]:
+def register_output(
+    name: str, *, applications: Sequence[str] = (), revision: int = 0, fast: FastPath | None = None
+) -> Callable[[Build], Build]:
     """Decorator registering ``build(ctx) -> Dataset`` as the output ``name`` for ``applications`` (none
     named: any). Several builders may share one output name, one per application.
 
     ``revision``: raise it whenever the builder's object changes for the same input and models (a code
     corrected, an item added): it is part of the SOP Instance UID, so the changed object is a new instance
     and never hides behind the UID of the old one (:func:`~fetalnode.outputs.uids.object_uids`).
+    ``fast``: the builder's fast path (:class:`~fetalnode.outputs.template.FastPath`), checked against it.
     """
 
     def add(build: Build) -> Build:
@@ -104,6 +157,8 @@ def register_output(name: str, *, applications: Sequence[str] = (), revision: in
                 raise ConfigError(f"output {name!r} is registered twice for application {application or 'any'!r}")
             writer.builders[application] = build
             writer.revisions[application] = revision
+            if fast is not None:
+                writer.fast[application] = fast
         return build
 
     return add

@@ -25,6 +25,7 @@ from fetalnode.intake import DecodedImage
 from fetalnode.outputs import codes as fc
 from fetalnode.outputs.common import fetus_observation, report_kwargs
 from fetalnode.outputs.registry import OutputContext, register_output
+from fetalnode.outputs.template import FastPath
 from fetalnode.outputs.uids import derive_uid
 
 
@@ -186,12 +187,74 @@ def report_comments(result: AnalysisResult, frame_number: int | None, n_frames: 
     return lines
 
 
+def _comment_lines(ctx: OutputContext) -> list[str]:
+    result, decoded = ctx.result_as(AnalysisResult), ctx.analysis.decoded
+    lines = report_comments(result, decoded.frame_number, decoded.n_frames, decoded.spacing_source)
+    return [*lines, ctx.analysis.view.line()] if ctx.analysis.view else lines
+
+
+def _numbers(result: AnalysisResult) -> dict[str, float]:
+    """The report's numbers as written (the names of their slots)."""
+    numbers = {"confidence": round(100 * result.confidence, 2)}
+    if result.biometry is not None:
+        bio = result.biometry
+        numbers |= {"hc": round(bio.hc_mm, 2), "bpd": round(bio.bpd_mm, 2), "ofd": round(bio.ofd_mm, 2)}
+    if result.finding == "abnormal" and result.malformation_type:
+        numbers["type-confidence"] = round(100 * result.type_probability, 2)
+    return numbers
+
+
+def _shape(ctx: OutputContext) -> tuple[object, ...]:
+    """What shapes the report (the fast path's key): the content tree, the models, the node's names."""
+    result, decoded = ctx.result_as(AnalysisResult), ctx.analysis.decoded
+    drawn = result.analysed and result.ellipse is not None
+    return (
+        ctx.analysis.application,
+        drawn,
+        result.biometry is not None if drawn else None,
+        result.finding if drawn else None,
+        result.malformation_type if drawn and result.finding == "abnormal" else None,
+        decoded.frame_number,
+        len(_comment_lines(ctx)),
+        result.seg_model,
+        result.cls_model,
+        tuple(ctx.analysis.models),
+        ctx.settings.manufacturer,
+        ctx.settings.institution_name,
+        ctx.station_name,
+    )
+
+
+def _slots(ctx: OutputContext) -> dict[str, tuple[str, object]]:
+    """The values of one report: comments, tracking UIDs, numbers and graphics."""
+    result, decoded = ctx.result_as(AnalysisResult), ctx.analysis.decoded
+    slots: dict[str, tuple[str, object]] = {
+        f"comment.{i}": ("TextValue", line[:1024]) for i, line in enumerate(_comment_lines(ctx))
+    }
+    if not result.analysed or result.ellipse is None:
+        slots["uid.tracking"] = ("UID", derive_uid("tracking", ctx.uids.instance))
+        return slots
+    for kind in ("tracking", "tracking-contour", "tracking-bpd", "tracking-ofd"):
+        slots[f"uid.{kind}"] = ("UID", derive_uid(kind, ctx.uids.instance))
+    geometry = head_geometry(result.ellipse, decoded.spacing_mm)
+    for name, data in (
+        ("ellipse", geometry.ellipse),
+        ("contour", geometry.contour),
+        ("bpd", geometry.bpd),
+        ("ofd", geometry.ofd),
+    ):
+        slots[f"graphic.{name}"] = ("GraphicData", data.ravel())
+    for name, value in _numbers(result).items():
+        slots[f"number.{name}"] = ("NumericValue", value)
+        slots[f"float.{name}"] = ("FloatingPointValue", value)
+    return slots
+
+
 # Revision 1: HC coded 11984-2 (was 11779-6, a delivery-date concept), head contour and calliper POLYLINEs.
-@register_output("sr", applications=["fetal-head", "view-router"], revision=1)
+@register_output("sr", applications=["fetal-head", "view-router"], revision=1, fast=FastPath(_shape, _slots))
 def build_report(ctx: OutputContext) -> hd.sr.Comprehensive3DSR:
     """Build the SR; raises :class:`EncodingError` with the reason if highdicom refuses the content."""
     source, result, decoded = ctx.source, ctx.result_as(AnalysisResult), ctx.analysis.decoded
-    frame_number = decoded.frame_number
     try:
         observation = fetus_observation(ctx)
         report = hd.sr.MeasurementReport(
@@ -204,13 +267,7 @@ def build_report(ctx: OutputContext) -> hd.sr.Comprehensive3DSR:
         container = hd.sr.ContainerContentItem(
             name=fc.QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
         )
-        container.ContentSequence = hd.sr.ContentSequence(
-            [
-                _text(fc.COMMENT, line)
-                for line in report_comments(result, frame_number, decoded.n_frames, decoded.spacing_source)
-                + ([ctx.analysis.view.line()] if ctx.analysis.view else [])
-            ]
-        )
+        container.ContentSequence = hd.sr.ContentSequence([_text(fc.COMMENT, line) for line in _comment_lines(ctx)])
         report[0].ContentSequence.append(container)
         sr = hd.sr.Comprehensive3DSR(
             content=report[0],

@@ -29,6 +29,7 @@ from fetalnode.inference import AnalysisResult
 from fetalnode.outputs import codes
 from fetalnode.outputs.common import identity
 from fetalnode.outputs.registry import OutputContext, register_output
+from fetalnode.outputs.template import FastPath
 from fetalnode.outputs.uids import derive_uid
 
 SERIES_NUMBER = 9104
@@ -81,15 +82,56 @@ def refer_to_frame(ds: Dataset, source: Dataset, frame_number: int) -> None:
                 item.ReferencedSOPClassUID = source.SOPClassUID
 
 
-@register_output("seg", applications=["fetal-head"])
-def build_head_segmentation(ctx: OutputContext) -> hd.seg.Segmentation:
-    """A binary Segmentation of the fetal head in the source study (series 9104)."""
-    source, analysis = ctx.source, ctx.analysis
+def segmentation_slots(ctx: OutputContext, frames: np.ndarray, comments: str) -> dict[str, tuple[str, object]]:
+    """The values of one Segmentation: its frames (bits packed as highdicom packs them, frame after frame),
+    the Dimension Organization UID, the comments."""
+    data = hd.frame.pack_bits(np.asarray(frames, dtype=bool).ravel(), pad=False)
+    if len(data) % 2:
+        data += b"0"  # as highdicom pads an odd Pixel Data
+    return {
+        "pixels": ("PixelData", data),
+        "dimension-organization": ("DimensionOrganizationUID", dimension_organization_uid(ctx)),
+        "comments": ("ImageComments", comments),
+    }
+
+
+def dimension_organization_uid(ctx: OutputContext) -> str:
+    # highdicom draws a random Dimension Organization UID: derive it so that a retry writes the same object.
+    return derive_uid("seg-dimension-organization", ctx.uids.instance)
+
+
+def _comments(ctx: OutputContext) -> str:
     result = ctx.result_as(AnalysisResult)
+    found = result.head_mask is not None
+    return f"{RESEARCH_NOTICE}. " + (
+        "Fetal head as segmented by the model" if found else result.reason or "no fetal head found"
+    )
+
+
+def _mask(ctx: OutputContext) -> np.ndarray:
+    result, source = ctx.result_as(AnalysisResult), ctx.source
     shape = (int(source.Rows), int(source.Columns))
     mask = result.head_mask if result.head_mask is not None else np.zeros(shape, dtype=bool)
     if mask.shape != shape:
         raise EncodingError(f"head mask has shape {mask.shape}, the source image {shape}")
+    return mask
+
+
+def _shape(ctx: OutputContext) -> tuple[object, ...]:
+    result = ctx.result_as(AnalysisResult)
+    return ("head", result.head_mask is not None, result.seg_model, ctx.analysis.decoded.frame_number)
+
+
+def _slots(ctx: OutputContext) -> dict[str, tuple[str, object]]:
+    return segmentation_slots(ctx, _mask(ctx)[None], _comments(ctx))
+
+
+@register_output("seg", applications=["fetal-head"], fast=FastPath(_shape, _slots))
+def build_head_segmentation(ctx: OutputContext) -> hd.seg.Segmentation:
+    """A binary Segmentation of the fetal head in the source study (series 9104)."""
+    source, analysis = ctx.source, ctx.analysis
+    result = ctx.result_as(AnalysisResult)
+    mask = _mask(ctx)
     multiframe = source.SOPClassUID == UltrasoundMultiFrameImageStorage
     frame_number = analysis.decoded.frame_number or 1
     found = result.head_mask is not None
@@ -112,14 +154,11 @@ def build_head_segmentation(ctx: OutputContext) -> hd.seg.Segmentation:
         raise EncodingError(f"Segmentation could not be built: {exc}") from exc
     if multiframe:
         refer_to_frame(seg, source, frame_number)
-    # highdicom draws a random Dimension Organization UID: derive it so that a retry writes the same object.
-    dimension_uid = derive_uid("seg-dimension-organization", ctx.uids.instance)
+    dimension_uid = dimension_organization_uid(ctx)
     for item in (*seg.DimensionOrganizationSequence, *seg.DimensionIndexSequence):
         item.DimensionOrganizationUID = dimension_uid
     seg.SeriesDescription = "fetalnode AI head segmentation - research use only"
-    seg.ImageComments = f"{RESEARCH_NOTICE}. " + (
-        "Fetal head as segmented by the model" if found else result.reason or "no fetal head found"
-    )
+    seg.ImageComments = _comments(ctx)
     # Type 2C in General Image when there is no Image Plane module (ultrasound): empty unless the source has it.
     seg.PatientOrientation = source.get("PatientOrientation", "")
     return seg

@@ -9,6 +9,7 @@ AoP / HSD, a colour legend, the literature reference (Kalache et al. 2009) and t
 
 from __future__ import annotations
 
+import functools
 import math
 
 import highdicom as hd
@@ -20,9 +21,10 @@ from fetalnode.errors import EncodingError
 from fetalnode.inference.labour import LabourResult
 from fetalnode.outputs import codes as fc
 from fetalnode.outputs.capture import _font as banner_font
-from fetalnode.outputs.capture import secondary_capture
+from fetalnode.outputs.capture import capture_shape, capture_slots, secondary_capture
 from fetalnode.outputs.labour.geometry import LabourGraphics, angle_deg, hsd_text, labour_graphics, not_analysed_reason
 from fetalnode.outputs.registry import OutputContext, register_output
+from fetalnode.outputs.template import FastPath
 
 APPLICATION = "labour-progress"
 SERIES_NUMBER = 9102
@@ -45,6 +47,11 @@ def banner_lines(result: LabourResult, reference: str = fc.AOP_REFERENCE) -> lis
 
 def wrap(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: float) -> list[str]:
     """``text`` broken at spaces into lines no wider than ``width`` pixels (a longer word stands alone)."""
+    return list(_wrap(text, font, width))
+
+
+@functools.lru_cache(maxsize=256)  # the legend, reference and notice lines are the same on every image
+def _wrap(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: float) -> tuple[str, ...]:
     draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     lines: list[str] = []
     for word in text.split():
@@ -52,7 +59,7 @@ def wrap(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: f
             lines[-1] += f" {word}"
         else:
             lines.append(word)
-    return lines or [""]
+    return tuple(lines or [""])
 
 
 def burn_wrapped_banner(rgb: np.ndarray, lines: list[str]) -> np.ndarray:
@@ -126,18 +133,32 @@ def capture_pixels(result: LabourResult, display_rgb: np.ndarray) -> np.ndarray:
     return burn_wrapped_banner(pixels, banner_lines(result))
 
 
-@register_output("sc", applications=[APPLICATION])
+def _capture(ctx: OutputContext) -> tuple[np.ndarray, str]:
+    """The capture's pixels and its Image Comments."""
+    result = ctx.result_as(LabourResult)
+    lines = banner_lines(result, fc.AOP_REFERENCE_ASCII)
+    comments = " / ".join(line.replace("\u00b0", " deg") for line in lines)
+    return capture_pixels(result, ctx.analysis.decoded.display_rgb), comments
+
+
+def _shape(ctx: OutputContext) -> tuple[object, ...]:
+    return capture_shape(ctx, "labour", ctx.result_as(LabourResult).seg_model, ctx.analysis.decoded.frame_number)
+
+
+def _slots(ctx: OutputContext) -> dict[str, tuple[str, object]]:
+    return capture_slots(*_capture(ctx))
+
+
+@register_output("sc", applications=[APPLICATION], fast=FastPath(_shape, _slots))
 def build_labour_capture(ctx: OutputContext) -> hd.sc.SCImage:
     """An RGB Secondary Capture in the source study (series 9102) with the angle drawn and the banner."""
-    result = ctx.result_as(LabourResult)
-    pixels = capture_pixels(result, ctx.analysis.decoded.display_rgb)
-    lines = banner_lines(result, fc.AOP_REFERENCE_ASCII)
+    pixels, comments = _capture(ctx)
     return secondary_capture(
         ctx,
         pixels,
         series_number=SERIES_NUMBER,
         description="fetalnode AI angle of progression - research use only",
-        comments=" / ".join(line.replace("\u00b0", " deg") for line in lines),
+        comments=comments,
         derivation="fetalnode labour progress: angle of progression drawn over the source image",
         frame_number=ctx.analysis.decoded.frame_number,
     )

@@ -22,10 +22,13 @@ from fetalnode.outputs.presentation import (
     GRAYSCALE,
     graphic_layer,
     presentation_reference,
+    presentation_shape,
     presentation_state,
     text_object,
+    text_value,
 )
 from fetalnode.outputs.registry import OutputContext, register_output
+from fetalnode.outputs.template import FastPath
 
 APPLICATION = "labour-progress"
 SERIES_NUMBER = 9103
@@ -50,7 +53,32 @@ def labour_graphic_objects(result: LabourResult, rows: int, columns: int) -> lis
     return [hd.pr.GraphicObject(graphic_type=polyline, graphic_data=s, units=pixel) for s in shapes if s is not None]
 
 
-@register_output("gsps", applications=[APPLICATION])
+def _shape(ctx: OutputContext) -> tuple[object, ...]:
+    """Analysed or not, which lines and outlines are drawn and how many points the outlines have."""
+    result = ctx.result_as(LabourResult)
+    if not result.analysed:
+        return presentation_shape(ctx, "labour", False, result.seg_model)
+    graphics = labour_graphics(result, int(ctx.source.Rows), int(ctx.source.Columns))
+    counts = [None if g is None else len(g) for g in (graphics.hsd, graphics.ps_contour, graphics.fh_contour)]
+    return presentation_shape(ctx, "labour", True, result.seg_model, *counts)
+
+
+def _slots(ctx: OutputContext) -> dict[str, tuple[str, object]]:
+    """The values of one presentation state: the text box, the lines and outlines, the angle at the vertex."""
+    result = ctx.result_as(LabourResult)
+    slots: dict[str, tuple[str, object]] = {"text": ("UnformattedTextValue", text_value(annotation_lines(result)))}
+    if result.analysed:
+        graphics = labour_graphics(result, int(ctx.source.Rows), int(ctx.source.Columns))
+        shapes = {"angle": graphics.angle, "hsd": graphics.hsd, "ps": graphics.ps_contour, "fh": graphics.fh_contour}
+        for name, data in shapes.items():
+            if data is not None:
+                slots[f"graphic.{name}"] = ("GraphicData", data.ravel())
+        slots["aop"] = ("UnformattedTextValue", f"AoP {result.aop_deg:.1f} deg")
+        slots["anchor"] = ("AnchorPoint", [float(graphics.angle[1][0]), float(graphics.angle[1][1])])
+    return slots
+
+
+@register_output("gsps", applications=[APPLICATION], fast=FastPath(_shape, _slots))
 def build_labour_presentation_state(
     ctx: OutputContext,
 ) -> hd.pr.GrayscaleSoftcopyPresentationState | hd.pr.ColorSoftcopyPresentationState:

@@ -24,6 +24,7 @@ from fetalnode.outputs import codes as fc
 from fetalnode.outputs.common import fetus_observation, report_kwargs
 from fetalnode.outputs.labour.geometry import labour_graphics, not_analysed_reason
 from fetalnode.outputs.registry import OutputContext, register_output
+from fetalnode.outputs.template import FastPath
 from fetalnode.outputs.uids import derive_uid
 
 APPLICATION = "labour-progress"
@@ -150,7 +151,55 @@ def report_comments(result: LabourResult, decoded: DecodedImage) -> list[str]:
     return lines
 
 
-@register_output("sr", applications=[APPLICATION])
+def _shape(ctx: OutputContext) -> tuple[object, ...]:
+    """Analysed or not, which regions are drawn, the HSD's unit, the frame, how many comments."""
+    result, decoded = ctx.result_as(LabourResult), ctx.analysis.decoded
+    regions: tuple[bool, ...] = ()
+    if result.analysed:
+        graphics = labour_graphics(result, int(ctx.source.Rows), int(ctx.source.Columns))
+        regions = tuple(g is not None for g in (graphics.hsd, graphics.ps_contour, graphics.fh_contour))
+    hsd = "mm" if result.hsd_mm is not None else "px" if result.hsd_px is not None else None
+    return (
+        result.analysed,
+        regions,
+        hsd,
+        decoded.frame_number,
+        len(report_comments(result, decoded)),
+        result.seg_model,
+    )
+
+
+def _slots(ctx: OutputContext) -> dict[str, tuple[str, object]]:
+    """The values of one report: comments, tracking UIDs, the AoP and HSD, the graphics."""
+    result, decoded = ctx.result_as(LabourResult), ctx.analysis.decoded
+    slots: dict[str, tuple[str, object]] = {
+        f"comment.{i}": ("TextValue", line[:1024]) for i, line in enumerate(report_comments(result, decoded))
+    }
+    if not result.analysed:
+        slots["uid.tracking"] = ("UID", derive_uid("labour-tracking", ctx.uids.instance))
+        return slots
+    graphics = labour_graphics(result, int(ctx.source.Rows), int(ctx.source.Columns))
+    regions = {
+        "aop": graphics.angle,
+        "hsd": graphics.hsd,
+        "axis": graphics.symphysis_axis,
+        "tangent": graphics.tangent,
+        "ps": graphics.ps_contour,
+        "fh": graphics.fh_contour,
+    }
+    for kind, data in regions.items():
+        if data is not None:
+            slots[f"uid.{kind}"] = ("UID", derive_uid(f"labour-{kind}", ctx.uids.instance))
+            slots[f"graphic.{kind}"] = ("GraphicData", data.ravel())
+    numbers = {"aop": result.aop_deg, "hsd": result.hsd_mm if result.hsd_mm is not None else result.hsd_px}
+    for name, value in numbers.items():
+        if value is not None:
+            slots[f"number.{name}"] = ("NumericValue", round(value, 2))
+            slots[f"float.{name}"] = ("FloatingPointValue", round(value, 2))
+    return slots
+
+
+@register_output("sr", applications=[APPLICATION], fast=FastPath(_shape, _slots))
 def build_labour_report(ctx: OutputContext) -> hd.sr.Comprehensive3DSR:
     """Build the SR; raises :class:`EncodingError` with the reason if the content is refused."""
     source, result, decoded = ctx.source, ctx.result_as(LabourResult), ctx.analysis.decoded

@@ -23,8 +23,14 @@ from fetalnode.outputs import codes
 from fetalnode.outputs.common import identity
 from fetalnode.outputs.labour.geometry import not_analysed_reason
 from fetalnode.outputs.registry import OutputContext, register_output
-from fetalnode.outputs.segmentation import SERIES_NUMBER, refer_to_frame, source_header
-from fetalnode.outputs.uids import derive_uid
+from fetalnode.outputs.segmentation import (
+    SERIES_NUMBER,
+    dimension_organization_uid,
+    refer_to_frame,
+    segmentation_slots,
+    source_header,
+)
+from fetalnode.outputs.template import FastPath
 
 APPLICATION = "labour-progress"
 SEGMENTS: tuple[tuple[int, str, Code], ...] = (
@@ -59,15 +65,42 @@ def _mask(mask: np.ndarray | None, shape: tuple[int, int], label: str) -> np.nda
     return np.asarray(mask).astype(bool)
 
 
-@register_output("seg", applications=[APPLICATION])
+def _masks(ctx: OutputContext) -> np.ndarray:
+    """(rows, columns, 2): the symphysis and head masks."""
+    result, source = ctx.result_as(LabourResult), ctx.source
+    shape = (int(source.Rows), int(source.Columns))
+    return np.stack(
+        [_mask(result.ps_mask, shape, "pubic symphysis"), _mask(result.fh_mask, shape, "fetal head")], axis=-1
+    )
+
+
+def _comments(result: LabourResult, found: bool) -> str:
+    comments = [RESEARCH_NOTICE]
+    if found:
+        comments.append("Pubic symphysis and fetal head as segmented by the model")
+    if not result.analysed:
+        comments.append(f"Not analysed: {not_analysed_reason(result)}")
+    return ". ".join(comments)
+
+
+def _shape(ctx: OutputContext) -> tuple[object, ...]:
+    """Found or not, analysed or not, the segments overlapping or not (highdicom's Segments Overlap)."""
+    result, masks = ctx.result_as(LabourResult), _masks(ctx)
+    overlap = bool(np.any(masks[..., 0] & masks[..., 1]))
+    return ("labour", bool(masks.any()), result.analysed, overlap, result.seg_model, ctx.analysis.decoded.frame_number)
+
+
+def _slots(ctx: OutputContext) -> dict[str, tuple[str, object]]:
+    result, masks = ctx.result_as(LabourResult), _masks(ctx)
+    return segmentation_slots(ctx, np.moveaxis(masks, -1, 0), _comments(result, bool(masks.any())))
+
+
+@register_output("seg", applications=[APPLICATION], fast=FastPath(_shape, _slots))
 def build_labour_segmentation(ctx: OutputContext) -> hd.seg.Segmentation:
     """A binary Segmentation with the two structures in the source study (series 9104)."""
     source, analysis = ctx.source, ctx.analysis
     result = ctx.result_as(LabourResult)
-    shape = (int(source.Rows), int(source.Columns))
-    masks = np.stack(
-        [_mask(result.ps_mask, shape, "pubic symphysis"), _mask(result.fh_mask, shape, "fetal head")], axis=-1
-    )
+    masks = _masks(ctx)
     multiframe = source.SOPClassUID == UltrasoundMultiFrameImageStorage
     found = bool(masks.any())
     try:
@@ -89,16 +122,10 @@ def build_labour_segmentation(ctx: OutputContext) -> hd.seg.Segmentation:
         raise EncodingError(f"Segmentation could not be built: {exc}") from exc
     if multiframe:
         refer_to_frame(seg, source, analysis.decoded.frame_number or 1)
-    # highdicom draws a random Dimension Organization UID: derive it so that a retry writes the same object.
-    dimension_uid = derive_uid("seg-dimension-organization", ctx.uids.instance)
+    dimension_uid = dimension_organization_uid(ctx)
     for item in (*seg.DimensionOrganizationSequence, *seg.DimensionIndexSequence):
         item.DimensionOrganizationUID = dimension_uid
     seg.SeriesDescription = "fetalnode AI labour segmentation - research use only"
-    comments = [RESEARCH_NOTICE]
-    if found:
-        comments.append("Pubic symphysis and fetal head as segmented by the model")
-    if not result.analysed:
-        comments.append(f"Not analysed: {not_analysed_reason(result)}")
-    seg.ImageComments = ". ".join(comments)
+    seg.ImageComments = _comments(result, found)
     seg.PatientOrientation = source.get("PatientOrientation", "")
     return seg
