@@ -1,7 +1,7 @@
 """Scale-out throughput and broker overhead, side by side in one run on this machine.
 
 - Delivered images/s for 200 images from 4 concurrent senders: embedded mode (one ``serve``, SQLite
-  queue, one in-process worker) and terminal + 1, 2, 4 Celery workers on a private RabbitMQ.
+  queue, its ``worker.processes`` worker processes) and terminal + 1, 2, 4 Celery workers on a private RabbitMQ.
   Per worker = delivered/s divided by workers; with more workers than CPU cores the machine, not
   fetalnode, is the limit, which is what the per-worker figure shows for projecting N machines.
 - Broker overhead per job: 30 images sent one at a time (no queueing), receipt-to-delivery latency

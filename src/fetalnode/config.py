@@ -76,7 +76,9 @@ class WorkerSettings:
     lease_seconds: float = 300.0
     max_pixels: int = 40_000_000
     max_frames: int = 2000
-    torch_threads: int = 2
+    # Threads of torch / ONNX Runtime per worker process. processes x torch_threads above the CPU cores
+    # thrashes (2 x 2 on 2 cores: 1.7 images/s against 13.1 for 2 x 1; docs/operations.md).
+    torch_threads: int = 1
     # ``serve`` (role all): analysis worker processes beside the SCP's (0: one worker thread inside it).
     processes: int = 2
     application: str = "view-router"

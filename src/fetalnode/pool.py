@@ -93,6 +93,14 @@ class WorkerPool:
 
     def start(self, timeout: float = 600.0) -> None:
         """Start every worker and wait until each has loaded its bundles; a load error stops them all."""
+        threads, cores = len(self._procs) * self.settings.worker.torch_threads, os.cpu_count() or 1
+        if threads > cores:
+            log.warning(
+                "worker.processes x worker.torch_threads = %d threads for %d CPU cores: inference threads will "
+                "thrash (measured 8x slower at 4 threads on 2 cores); lower worker.torch_threads",
+                threads,
+                cores,
+            )
         pipes = [self._spawn(slot) for slot in range(len(self._procs))]
         errors = []
         for slot, pipe in enumerate(pipes):
