@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Protocol
 
 from fetalnode.jobs import Job, JobStore, worker_identity
-from fetalnode.runner import Outcome, Received, Runtime, crashed, run_job
+from fetalnode.runner import Outcome, Received, Runtime, Verdict, crashed, run_job
 from fetalnode.scp.spool import atomic_write
 from fetalnode.vocab import JobState, RouteAction
 
@@ -97,8 +97,10 @@ class Worker:
         return True
 
     def _keep(self, job: Job, outcome: Outcome) -> list[str] | None:
-        """Write freshly built outputs to ``outbox/<job>/<name>.dcm`` (atomically); their paths."""
-        if not outcome.summary or not outcome.built:
+        """Write freshly built outputs to ``outbox/<job>/<name>.dcm`` (atomically) when a delivery is still to be
+        retried: the retry sends them without analysing again. A job that ended needs no outbox (a resent one
+        is analysed again, with the same UIDs), so a delivered job writes nothing here."""
+        if not outcome.summary or not outcome.built or outcome.verdict is not Verdict.RETRY:
             return None
         paths = []
         for name, data in outcome.built.items():
