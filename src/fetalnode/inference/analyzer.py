@@ -15,7 +15,7 @@ from fetalnode.inference.bundle import Bundle, load_bundle
 from fetalnode.inference.calibration import Calibration, TypeRule, calibrated
 from fetalnode.inference.ellipse import Biometry, Ellipse, biometry, fit_ellipse, head_region
 from fetalnode.inference.preprocess import letterbox, roi_crop, to_unit_range
-from fetalnode.inference.saliency import draw_roi, fuse, grad_cam
+from fetalnode.inference.saliency import CamModel, class_score, draw_roi, fuse
 from fetalnode.vocab import TypeNote
 
 NOT_A_HEAD = "not analysed: no fetal head found"
@@ -215,6 +215,8 @@ class Analyzer:
         self.threshold = float(classifier.metadata.get("abnormal_threshold", 0.5))
         self.calibration = Calibration.from_metadata(classifier.metadata)
         self.type_rule = TypeRule.from_metadata(classifier.metadata)
+        # One forward pass gives the probabilities and what Grad-CAM needs (hooks registered once).
+        self.cam_model = CamModel(classifier.net, classifier.net.cam_layer)  # type: ignore[arg-type]
 
     @classmethod
     def from_dir(cls, models_dir: str | Path, seg_name: str, cls_name: str, heatmap_alpha: float = 0.6) -> Analyzer:
@@ -277,8 +279,8 @@ class Analyzer:
         params = self.cls.metadata["input"]
         crop, crop_box = roi_crop(img01, ellipse.box(), int(params["roi_size"]), float(params["roi_margin"]))
         x = torch.from_numpy(crop)[None, None]
-        with torch.no_grad():
-            logits = self.cls.net(x)[0].numpy().astype(np.float64)
+        forward = self.cam_model.forward(x)
+        logits = forward.probabilities_input()[0]
         p_abnormal, type_probs = calibrated(logits[None], self.normal_index, self.calibration)
         result.p_abnormal = float(p_abnormal[0])
         abnormal = [i for i in range(len(self.labels)) if i != self.normal_index]
@@ -298,7 +300,7 @@ class Analyzer:
         t2 = time.perf_counter()
         result.timings_ms["classification"] = (t2 - t1) * 1000
         target = top if result.finding == "abnormal" else self.normal_index
-        cam = grad_cam(self.cls.net, self.cls.net.cam_layer, x, target)  # type: ignore[arg-type]
+        cam = forward.cam(class_score(forward.logits, target))
         result.heatmap = crop_box.to_source(cam, img01.shape)
         result.fused_rgb = draw_roi(fuse(display_rgb, result.heatmap, self.alpha), ellipse)
         result.timings_ms["gradcam"] = (time.perf_counter() - t2) * 1000

@@ -1,0 +1,55 @@
+"""Grad-CAM of the classifier: one forward pass gives the probabilities and the map, equal to MONAI's
+GradCAM run on its own; the map explains what the node reports."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from pydicom import dcmread
+
+from fetalnode.inference.analyzer import find_head, seg_settings
+from fetalnode.inference.bundle import Bundle, load_bundle
+from fetalnode.inference.preprocess import roi_crop, to_unit_range
+from fetalnode.inference.saliency import CamModel, class_score, grad_cam
+from fetalnode.intake import decode_for_analysis
+from harness.node import MODELS
+from tests.conftest import SAMPLES
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(scope="module")
+def classifier() -> Bundle:
+    return load_bundle(MODELS / "fba-classifier", "classification")
+
+
+def head_crop(name: str) -> torch.Tensor:
+    """The classifier input of a sample image, as the analyzer builds it."""
+    seg = load_bundle(MODELS / "hc18-headseg", "segmentation")
+    cls_input = load_bundle(MODELS / "fba-classifier").metadata["input"]
+    img01 = to_unit_range(decode_for_analysis(dcmread(SAMPLES / name), 10**8, 10).gray)
+    head = find_head(seg.infer, seg_settings(seg), img01)
+    assert head.ellipse is not None
+    crop, _ = roi_crop(img01, head.ellipse.box(), int(cls_input["roi_size"]), float(cls_input["roi_margin"]))
+    return torch.from_numpy(crop)[None, None]
+
+
+def inputs() -> list[torch.Tensor]:
+    noise = [torch.rand(1, 1, 128, 128, generator=torch.Generator().manual_seed(s)) for s in (0, 1)]
+    return [head_crop("hc18_669_HC.dcm"), *noise]
+
+
+def test_one_forward_gives_the_classifier_logits_and_monais_gradcam(classifier: Bundle) -> None:
+    net = classifier.net
+    cam_model = CamModel(net, net.cam_layer)  # type: ignore[arg-type]
+    for x in inputs():
+        forward = cam_model.forward(x)
+        with torch.no_grad():
+            reference_logits = net(x)
+        assert torch.allclose(forward.logits.detach(), reference_logits, atol=1e-6)
+        for k in (0, 3, int(reference_logits.argmax())):
+            reference = grad_cam(net, net.cam_layer, x, k)  # MONAI GradCAM: its own forward and backward
+            fused = forward.cam(class_score(forward.logits, k))  # the same forward, several targets
+            assert fused.shape == reference.shape == tuple(x.shape[2:])
+            assert np.allclose(fused, reference, atol=1e-6), (k, float(np.abs(fused - reference).max()))
