@@ -53,3 +53,20 @@ def test_one_forward_gives_the_classifier_logits_and_monais_gradcam(classifier: 
             fused = forward.cam(class_score(forward.logits, k))  # the same forward, several targets
             assert fused.shape == reference.shape == tuple(x.shape[2:])
             assert np.allclose(fused, reference, atol=1e-6), (k, float(np.abs(fused - reference).max()))
+
+
+def test_the_most_salient_pixel_is_the_hottest(classifier: Bundle) -> None:
+    """1 where the gradient-weighted activation is largest, 0 where it is smallest (MONAI's default
+    normaliser maps them the other way round)."""
+    net = classifier.net
+    x = head_crop("hc18_669_HC.dcm")
+    forward = CamModel(net, net.cam_layer).forward(x)  # type: ignore[arg-type]
+    k = int(forward.logits.argmax())
+    heat = forward.cam(class_score(forward.logits, k))
+    (grad,) = torch.autograd.grad(forward.logits[0, k], forward.activation)
+    raw = torch.relu((grad.mean((2, 3), keepdim=True) * forward.activation.detach()).sum(1, keepdim=True))
+    up = torch.nn.functional.interpolate(raw, size=tuple(x.shape[2:]), mode="bilinear", align_corners=False)[0, 0]
+    assert float(up.max()) > float(up.min())
+    assert heat.flat[int(up.argmax())] == pytest.approx(1.0)
+    assert heat.flat[int(up.argmin())] == pytest.approx(0.0)
+    assert heat.min() == pytest.approx(0.0) and heat.max() == pytest.approx(1.0)

@@ -9,7 +9,6 @@ import numpy as np
 import torch
 from monai.transforms import ScaleIntensity
 from monai.visualize import GradCAM, ModelWithHooks
-from monai.visualize.class_activation_maps import default_normalizer
 from monai.visualize.visualizer import default_upsampler
 from PIL import Image, ImageDraw
 from torch import nn
@@ -49,7 +48,7 @@ def grad_cam(net: nn.Module, layer: str, x: torch.Tensor, class_idx: int) -> np.
     The reference :class:`CamForward` is tested against; the node uses :class:`CamForward` (one forward
     for the probabilities and the map). Registers hooks on ``net`` on every call: not for a loop.
     """
-    cam = GradCAM(nn_module=net, target_layers=layer)
+    cam = GradCAM(nn_module=net, target_layers=layer, postprocessing=cam_normalizer)
     with torch.enable_grad():
         out = cam(x=x, class_idx=class_idx)
     return np.asarray(out.detach()[0, 0].cpu().numpy(), dtype=np.float32)
@@ -95,7 +94,7 @@ class CamForward:
         b, c, *spatial = grad.shape
         weights = grad.view(b, c, -1).mean(2).view(b, c, *[1] * len(spatial))
         acti_map = F.relu((weights * acti).sum(1, keepdim=True))
-        out = default_normalizer(default_upsampler(list(self.input_hw))(acti_map))
+        out = cam_normalizer(default_upsampler(list(self.input_hw))(acti_map))
         return np.asarray(out[0, 0].cpu().numpy(), dtype=np.float32)
 
 
