@@ -3,14 +3,19 @@ GradCAM run on its own; the map explains what the node reports."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 from pydicom import dcmread
+from torch import nn
 
+from fetalnode.inference import Analyzer
 from fetalnode.inference.analyzer import find_head, seg_settings
 from fetalnode.inference.bundle import Bundle, load_bundle
-from fetalnode.inference.preprocess import roi_crop, to_unit_range
+from fetalnode.inference.preprocess import RoiCrop, roi_crop, to_unit_range
 from fetalnode.inference.saliency import CamModel, class_score, grad_cam
 from fetalnode.intake import decode_for_analysis
 from harness.node import MODELS
@@ -26,13 +31,18 @@ def classifier() -> Bundle:
 
 def head_crop(name: str) -> torch.Tensor:
     """The classifier input of a sample image, as the analyzer builds it."""
+    return head_crop_and_box(name)[0]
+
+
+def head_crop_and_box(name: str) -> tuple[torch.Tensor, RoiCrop, tuple[int, int]]:
+    """The classifier input of a sample image, where it lies in the image, and the image size."""
     seg = load_bundle(MODELS / "hc18-headseg", "segmentation")
     cls_input = load_bundle(MODELS / "fba-classifier").metadata["input"]
     img01 = to_unit_range(decode_for_analysis(dcmread(SAMPLES / name), 10**8, 10).gray)
     head = find_head(seg.infer, seg_settings(seg), img01)
     assert head.ellipse is not None
-    crop, _ = roi_crop(img01, head.ellipse.box(), int(cls_input["roi_size"]), float(cls_input["roi_margin"]))
-    return torch.from_numpy(crop)[None, None]
+    crop, box = roi_crop(img01, head.ellipse.box(), int(cls_input["roi_size"]), float(cls_input["roi_margin"]))
+    return torch.from_numpy(crop)[None, None], box, img01.shape
 
 
 def inputs() -> list[torch.Tensor]:
@@ -70,3 +80,56 @@ def test_the_most_salient_pixel_is_the_hottest(classifier: Bundle) -> None:
     assert heat.flat[int(up.argmax())] == pytest.approx(1.0)
     assert heat.flat[int(up.argmin())] == pytest.approx(0.0)
     assert heat.min() == pytest.approx(0.0) and heat.max() == pytest.approx(1.0)
+
+
+ABNORMAL = "fba_ventriculomegaly_moderate_fba_01465.dcm"  # called abnormal by the shipped models
+
+
+class WithAbnormalLogOdds(nn.Module):
+    """The classifier with one more output, the log-odds of abnormal: MONAI's GradCAM can target it."""
+
+    def __init__(self, net: nn.Module, normal: int) -> None:
+        super().__init__()
+        self.net, self.normal = net, normal
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.net(x)
+        others = [i for i in range(logits.shape[1]) if i != self.normal]
+        z = torch.logsumexp(logits[:, others], dim=1) - logits[:, self.normal]
+        return torch.cat([logits, z[:, None]], dim=1)
+
+
+def analyse(seg: Bundle, cls: Bundle, name: str):  # type: ignore[no-untyped-def]
+    decoded = decode_for_analysis(dcmread(SAMPLES / name), 10**8, 10)
+    return Analyzer(seg, cls).analyze(decoded.gray, decoded.spacing_mm)
+
+
+def test_the_heatmap_explains_the_reported_finding(classifier: Bundle) -> None:
+    seg = load_bundle(MODELS / "hc18-headseg", "segmentation")
+    labels = list(classifier.metadata["labels"])
+    normal = labels.index("normal")
+    x, box, hw = head_crop_and_box(ABNORMAL)
+    layer = "net." + classifier.net.cam_layer  # type: ignore[operator]
+
+    # The shipped rule names no type: the map explains "abnormal", not the most probable type.
+    untyped = analyse(seg, classifier, ABNORMAL)
+    assert untyped.finding == "abnormal" and not untyped.malformation_type
+    assert untyped.heatmap_target == "abnormal" and untyped.heatmap is not None
+    wrapped = WithAbnormalLogOdds(copy.deepcopy(classifier.net), normal)
+    reference = box.to_source(grad_cam(wrapped, layer, x, len(labels)), hw)
+    assert np.allclose(untyped.heatmap, reference, atol=1e-5)
+
+    # A rule that names the most probable type: the map explains that type.
+    types = {k: v for k, v in untyped.class_probabilities.items() if k != "normal"}
+    top = max(types, key=types.__getitem__)
+    meta = copy.deepcopy(classifier.metadata)
+    meta["type_reporting"] = {"reportable_types": [top], "type_probability_threshold": 0.0}
+    typed = analyse(seg, dataclasses.replace(classifier, metadata=meta), ABNORMAL)
+    assert typed.malformation_type == top and typed.heatmap_target == top and typed.heatmap is not None
+    reference = box.to_source(grad_cam(classifier.net, classifier.net.cam_layer, x, labels.index(top)), hw)
+    assert np.allclose(typed.heatmap, reference, atol=1e-5)
+    assert float(np.abs(typed.heatmap - untyped.heatmap).max()) > 0.05, "the target changed, the map did not"
+
+    # A normal finding: the normal class.
+    normal_result = analyse(seg, classifier, "fba_normal_fba_00786.dcm")
+    assert normal_result.finding == "normal" and normal_result.heatmap_target == "normal"

@@ -15,7 +15,7 @@ from fetalnode.inference.bundle import Bundle, load_bundle
 from fetalnode.inference.calibration import Calibration, TypeRule, calibrated
 from fetalnode.inference.ellipse import Biometry, Ellipse, biometry, fit_ellipse, head_region
 from fetalnode.inference.preprocess import letterbox, roi_crop, to_unit_range
-from fetalnode.inference.saliency import CamModel, class_score, draw_roi, fuse
+from fetalnode.inference.saliency import CamModel, class_score, draw_roi, fuse, log_odds_score
 from fetalnode.vocab import TypeNote
 
 NOT_A_HEAD = "not analysed: no fetal head found"
@@ -32,6 +32,9 @@ class AnalysisResult:
     When the finding is abnormal, either ``malformation_type`` names a type the bundle's reporting rule
     allows (with its P(type | abnormal) in ``type_probability``), or it is empty and ``type_note`` says
     "type not determined".
+    ``heatmap`` (Grad-CAM, [0, 1]) explains ``heatmap_target``: the named type's logit, "abnormal" (the
+    log-odds of abnormal, logsumexp of the malformation logits minus the normal logit) when the finding
+    is abnormal and no type is named, or the normal class's logit.
     """
 
     analysed: bool
@@ -50,6 +53,7 @@ class AnalysisResult:
     type_probability: float = 0.0
     class_probabilities: dict[str, float] = field(default_factory=dict)
     heatmap: np.ndarray | None = None
+    heatmap_target: str = ""
     fused_rgb: np.ndarray | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
 
@@ -299,8 +303,18 @@ class Analyzer:
                 result.type_note = TypeNote.NOT_DETERMINED.value
         t2 = time.perf_counter()
         result.timings_ms["classification"] = (t2 - t1) * 1000
-        target = top if result.finding == "abnormal" else self.normal_index
-        cam = forward.cam(class_score(forward.logits, target))
+        # The map explains what the node reports: the named type, else the abnormal finding as a whole
+        # (the log-odds behind P(abnormal)), else the normal class.
+        if result.malformation_type:
+            result.heatmap_target = result.malformation_type
+            score = class_score(forward.logits, top)
+        elif result.finding == "abnormal":
+            result.heatmap_target = "abnormal"
+            score = log_odds_score(forward.logits, abnormal, self.normal_index)
+        else:
+            result.heatmap_target = self.labels[self.normal_index]
+            score = class_score(forward.logits, self.normal_index)
+        cam = forward.cam(score)
         result.heatmap = crop_box.to_source(cam, img01.shape)
         result.fused_rgb = draw_roi(fuse(display_rgb, result.heatmap, self.alpha), ellipse)
         result.timings_ms["gradcam"] = (time.perf_counter() - t2) * 1000
