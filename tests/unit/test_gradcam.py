@@ -16,7 +16,7 @@ from fetalnode.inference import Analyzer
 from fetalnode.inference.analyzer import find_head, seg_settings
 from fetalnode.inference.bundle import Bundle, load_bundle
 from fetalnode.inference.preprocess import RoiCrop, roi_crop, to_unit_range
-from fetalnode.inference.saliency import CamModel, class_score, grad_cam
+from fetalnode.inference.saliency import CamModel, class_score, fuse, grad_cam, pseudo_colour
 from fetalnode.intake import decode_for_analysis
 from harness.node import MODELS
 from tests.conftest import SAMPLES
@@ -133,3 +133,22 @@ def test_the_heatmap_explains_the_reported_finding(classifier: Bundle) -> None:
     # A normal finding: the normal class.
     normal_result = analyse(seg, classifier, "fba_normal_fba_00786.dcm")
     assert normal_result.finding == "normal" and normal_result.heatmap_target == "normal"
+
+
+def blend_everywhere(display_rgb: np.ndarray, heatmap: np.ndarray, alpha: float) -> np.ndarray:
+    """The fusion computed on every pixel (what :func:`fuse` did before it skipped zero saliency)."""
+    weight = (alpha * np.clip(heatmap, 0.0, 1.0) ** 2)[..., None]
+    out = display_rgb.astype(np.float32) * (1 - weight) + pseudo_colour(heatmap).astype(np.float32) * weight
+    return np.clip(out, 0, 255).round().astype(np.uint8)
+
+
+def test_fusing_only_the_salient_box_gives_the_same_pixels() -> None:
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    heat = np.zeros((90, 120), np.float32)
+    heat[20:61, 35:100] = rng.random((41, 65), dtype=np.float32)
+    heat[30, 40] = 0.0
+    cases = [heat, np.zeros_like(heat), rng.random((90, 120), dtype=np.float32) * 1.2 - 0.1]
+    for h in cases:
+        assert np.array_equal(fuse(rgb, h, 0.6), blend_everywhere(rgb, h, 0.6))
+    assert not np.array_equal(fuse(rgb, heat, 0.6), rgb)

@@ -118,14 +118,24 @@ def pseudo_colour(values: np.ndarray) -> np.ndarray:
 
 
 def fuse(display_rgb: np.ndarray, heatmap: np.ndarray | None, alpha: float) -> np.ndarray:
-    """Blend the pseudo-coloured heatmap over the image; opacity follows the saliency (max ``alpha``)."""
-    base = display_rgb.astype(np.float32)
+    """Blend the pseudo-coloured heatmap over the image; opacity follows the saliency (max ``alpha``).
+
+    Only the box around the positive saliency is computed: elsewhere the opacity is 0 and the image is
+    unchanged (the same pixels as blending everywhere, tested).
+    """
+    out = display_rgb.copy()
     if heatmap is None:
-        return display_rgb.copy()
+        return out
+    rows, cols = np.flatnonzero((heatmap > 0).any(axis=1)), np.flatnonzero((heatmap > 0).any(axis=0))
+    if not len(rows):
+        return out
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    heat, base = heatmap[box], display_rgb[box].astype(np.float32)
     # Opacity grows with the square of the saliency: the image stays readable where the CAM is low.
-    weight = (alpha * np.clip(heatmap, 0.0, 1.0) ** 2)[..., None]
-    out = base * (1 - weight) + pseudo_colour(heatmap).astype(np.float32) * weight
-    return np.clip(out, 0, 255).round().astype(np.uint8)
+    weight = (alpha * np.clip(heat, 0.0, 1.0) ** 2)[..., None]
+    blended = base * (1 - weight) + pseudo_colour(heat).astype(np.float32) * weight
+    out[box] = np.clip(blended, 0, 255).round().astype(np.uint8)
+    return out
 
 
 def draw_roi(rgb: np.ndarray, ellipse: Ellipse | None) -> np.ndarray:
