@@ -167,19 +167,30 @@ def seg_settings(seg: Bundle) -> SegSettings:
 
 def ellipse_agreement(prob: np.ndarray, ellipse: Ellipse) -> tuple[float, float, float]:
     """IoU of the ellipse with the thresholded mask, mean probability inside the ellipse, and the
-    fraction of the image inside the ellipse."""
+    fraction of the image inside the ellipse.
+
+    Pixel tests run on the ellipse's bounding box only (no pixel outside it is inside the ellipse);
+    the mask's pixels outside the box enter the union by count.
+    """
     h, w = prob.shape
-    yy, xx = np.mgrid[0:h, 0:w]
+    x0, y0, x1, y1 = ellipse.box()
+    r0, r1 = max(int(np.floor(y0)) - 1, 0), min(int(np.ceil(y1)) + 2, h)
+    c0, c1 = max(int(np.floor(x0)) - 1, 0), min(int(np.ceil(x1)) + 2, w)
+    mask = prob >= 0.5
+    n_mask = int(mask.sum())
+    if r1 <= r0 or c1 <= c0:
+        return 0.0, 0.0, 0.0
+    yy, xx = np.mgrid[r0:r1, c0:c1]
     t = np.radians(ellipse.angle_deg)
     dx, dy = xx - ellipse.cx, yy - ellipse.cy
     u = (dx * np.cos(t) + dy * np.sin(t)) / ellipse.a
     v = (-dx * np.sin(t) + dy * np.cos(t)) / max(ellipse.b, 1e-6)
     inside = u * u + v * v <= 1.0
-    mask = prob >= 0.5
-    union = float((inside | mask).sum())
-    iou = float((inside & mask).sum()) / union if union else 0.0
-    confidence = float(prob[inside].mean()) if inside.any() else 0.0
-    return iou, confidence, float(inside.sum()) / (h * w)
+    n_inside, n_both = int(inside.sum()), int((inside & mask[r0:r1, c0:c1]).sum())
+    union = n_inside + n_mask - n_both
+    iou = n_both / union if union else 0.0
+    confidence = float(prob[r0:r1, c0:c1][inside].mean()) if n_inside else 0.0
+    return iou, confidence, n_inside / (h * w)
 
 
 def head_plausibility(prob: np.ndarray, ellipse: Ellipse | None, settings: SegSettings) -> tuple[float, str]:
