@@ -2,11 +2,12 @@
 
 .venv/bin/python -m benchmarks.inference [--rounds 20] [--threads 1,2] [--throughput]
 
-Before (commit bfcce80): view classifier in torch; classifier forward under ``no_grad`` then MONAI
-``GradCAM`` (its own forward and a full backward) on the most probable type or normal. After (the node
-now): view classifier in onnxruntime (the bundle's ``runtime``); one classifier forward for the
-probabilities and Grad-CAM, backward from the reported target to the CAM layer only. Segmentation
-(onnxruntime) and the overlay are the same code in both. Every thread count runs in a fresh process
+Before (commit bfcce80, rebuilt here from its pieces): view classifier in torch; ellipse agreement on
+every pixel; classifier forward under ``no_grad`` then MONAI ``GradCAM`` (its own forward and a full
+backward) on the most probable type or normal; the overlay blended on every pixel. After (the node now):
+view classifier in onnxruntime (the bundle's ``runtime``); agreement on the ellipse's box; one classifier
+forward for the probabilities and Grad-CAM, backward from the reported target to the CAM layer only; the
+overlay blended where the saliency is positive. The segmentation network (onnxruntime) is the same. Every thread count runs in a fresh process
 (torch and onnxruntime take it at start); within it, before and after alternate image by image so that
 load from other processes on the machine falls on both. ``--throughput`` also runs the after path in
 1 process x 2 threads and 2 processes x 1 thread at once, and prints images/s.
@@ -34,6 +35,31 @@ ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("view", "segmentation", "classification", "gradcam")
 
 
+def agreement_every_pixel(prob: np.ndarray, e: Any) -> tuple[float, float, float]:
+    """``analyzer.ellipse_agreement`` before: the ellipse test on every pixel of the image."""
+    h, w = prob.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    t = np.radians(e.angle_deg)
+    dx, dy = xx - e.cx, yy - e.cy
+    u = (dx * np.cos(t) + dy * np.sin(t)) / e.a
+    v = (-dx * np.sin(t) + dy * np.cos(t)) / max(e.b, 1e-6)
+    inside = u * u + v * v <= 1.0
+    mask = prob >= 0.5
+    union = float((inside | mask).sum())
+    iou = float((inside & mask).sum()) / union if union else 0.0
+    confidence = float(prob[inside].mean()) if inside.any() else 0.0
+    return iou, confidence, float(inside.sum()) / (h * w)
+
+
+def fuse_every_pixel(display_rgb: np.ndarray, heatmap: np.ndarray, alpha: float) -> np.ndarray:
+    """``saliency.fuse`` before: blended on every pixel."""
+    from fetalnode.inference.saliency import pseudo_colour
+
+    weight = (alpha * np.clip(heatmap, 0.0, 1.0) ** 2)[..., None]
+    out = display_rgb.astype(np.float32) * (1 - weight) + pseudo_colour(heatmap).astype(np.float32) * weight
+    return np.clip(out, 0, 255).round().astype(np.uint8)
+
+
 @dataclass
 class Image:
     gray: np.ndarray
@@ -56,11 +82,12 @@ def pipelines() -> tuple[Callable[[Image], dict[str, float]], Callable[[Image], 
     from monai.visualize import GradCAM
 
     from fetalnode.inference import Analyzer
+    from fetalnode.inference import analyzer as analyzer_module
     from fetalnode.inference.analyzer import find_head, seg_settings
     from fetalnode.inference.bundle import load_bundle
     from fetalnode.inference.calibration import calibrated
     from fetalnode.inference.preprocess import roi_crop, to_unit_range
-    from fetalnode.inference.saliency import draw_roi, fuse
+    from fetalnode.inference.saliency import draw_roi
     from fetalnode.inference.view import ViewModel
 
     models = ROOT / "models"
@@ -72,13 +99,18 @@ def pipelines() -> tuple[Callable[[Image], dict[str, float]], Callable[[Image], 
     settings = seg_settings(seg)
     cls_net = copy.deepcopy(analyzer.cls.net)  # MONAI GradCAM adds hooks on every call: not on the node's copy
     params = analyzer.cls.metadata["input"]
+    agreement_now = analyzer_module.ellipse_agreement
 
     def before(img: Image) -> dict[str, float]:
         t = [time.perf_counter()]
         view_before.predict(img.gray)
         t.append(time.perf_counter())
         img01 = to_unit_range(img.gray)
-        head = find_head(seg.infer, settings, img01)
+        analyzer_module.ellipse_agreement = agreement_every_pixel  # type: ignore[assignment]
+        try:
+            head = find_head(seg.infer, settings, img01)
+        finally:
+            analyzer_module.ellipse_agreement = agreement_now  # type: ignore[assignment]
         assert head.ellipse is not None, "benchmark images are heads"
         t.append(time.perf_counter())
         crop, box = roi_crop(img01, head.ellipse.box(), int(params["roi_size"]), float(params["roi_margin"]))
@@ -92,7 +124,7 @@ def pipelines() -> tuple[Callable[[Image], dict[str, float]], Callable[[Image], 
         with torch.enable_grad():
             cam = GradCAM(nn_module=cls_net, target_layers=cls_net.cam_layer)(x=x, class_idx=target)  # type: ignore[arg-type]
         heat = box.to_source(np.asarray(cam.detach()[0, 0].numpy(), np.float32), img01.shape)
-        draw_roi(fuse(img.display_rgb, heat, analyzer.alpha), head.ellipse)
+        draw_roi(fuse_every_pixel(img.display_rgb, heat, analyzer.alpha), head.ellipse)
         t.append(time.perf_counter())
         return {s: (b - a) * 1000 for s, a, b in zip(STAGES, t[:-1], t[1:], strict=True)}
 
