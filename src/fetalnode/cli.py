@@ -339,9 +339,18 @@ def cmd_models_push(args: argparse.Namespace) -> int:
 def cmd_models_finalize(args: argparse.Namespace) -> int:
     import torch
 
+    from fetalnode.inference.bundle import read_metadata
     from fetalnode.training.segmentation import finalize_segmentation_bundle
 
     torch.set_num_threads(args.threads)
+    if read_metadata(Path(args.bundle))["task"] == "view":
+        if args.gate:
+            raise SystemExit("--gate is for segmentation bundles")
+        from fetalnode.training.view import finalize_view_bundle
+
+        meta = finalize_view_bundle(Path(args.bundle))
+        print(json.dumps({"runtime": meta["runtime"], "runtime_comparison": meta["runtime_comparison"]}, indent=2))
+        return 0
     if args.gate:
         from fetalnode.training.segmentation import set_gate
 
@@ -627,8 +636,10 @@ def build_parser() -> argparse.ArgumentParser:
     mp.set_defaults(func=cmd_models_push)
     mf = msub.add_parser(
         "finalize",
-        help="segmentation bundle: export ONNX, measure torch vs onnxruntime and "
-        "record the faster, store reference outputs (the last step of `train`; weights untouched)",
+        help="segmentation or view bundle: export ONNX, measure torch vs onnxruntime and "
+        "record the faster, store reference outputs (the last step of `train`; weights untouched; a view "
+        "bundle keeps its torch reference outputs and takes onnxruntime only if it reproduces them within 1e-4 "
+        "and is faster, else the ONNX file is removed)",
     )
     mf.add_argument("bundle")
     mf.add_argument(

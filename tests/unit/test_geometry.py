@@ -112,3 +112,38 @@ def test_sr_head_geometry(ellipse: Ellipse, spacing: tuple[float, float] | None,
         assert np.linalg.norm((g.bpd[1] - g.bpd[0]) * scale) == pytest.approx(bio.bpd_mm)
         assert np.linalg.norm((g.ofd[1] - g.ofd[0]) * scale) == pytest.approx(bio.ofd_mm)
         assert bio.ofd_mm >= bio.bpd_mm
+
+
+def agreement_on_every_pixel(prob: np.ndarray, e: Ellipse) -> tuple[float, float, float]:
+    """ellipse_agreement as it was: the ellipse test on every pixel of the image."""
+    h, w = prob.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    t = np.radians(e.angle_deg)
+    dx, dy = xx - e.cx, yy - e.cy
+    u = (dx * np.cos(t) + dy * np.sin(t)) / e.a
+    v = (-dx * np.sin(t) + dy * np.cos(t)) / max(e.b, 1e-6)
+    inside = u * u + v * v <= 1.0
+    mask = prob >= 0.5
+    union = float((inside | mask).sum())
+    iou = float((inside & mask).sum()) / union if union else 0.0
+    confidence = float(prob[inside].mean()) if inside.any() else 0.0
+    return iou, confidence, float(inside.sum()) / (h * w)
+
+
+def test_ellipse_agreement_on_its_box_equals_every_pixel() -> None:
+    """Same IoU, confidence and area fraction, bit for bit, for ellipses inside, across and outside the
+    image edge, any angle, with mask pixels away from the ellipse."""
+    from fetalnode.inference.analyzer import ellipse_agreement
+
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        h, w = rng.integers(20, 120, 2)
+        prob = rng.random((h, w), dtype=np.float32)
+        e = Ellipse(
+            float(rng.uniform(-30, w + 30)),
+            float(rng.uniform(-30, h + 30)),
+            float(rng.uniform(4, 60)),
+            float(rng.uniform(0.5, 60)),
+            float(rng.uniform(-180, 180)),
+        )
+        assert ellipse_agreement(prob, e) == agreement_on_every_pixel(prob, e), e

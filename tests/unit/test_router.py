@@ -81,6 +81,23 @@ def test_view_bundle_is_small_complete_and_reproduces_its_reference() -> None:
     np.testing.assert_allclose(model.probabilities(x), [r["probabilities"] for r in stored], atol=1e-4)
 
 
+def test_view_bundle_runs_in_onnxruntime_with_the_torch_networks_answers() -> None:
+    """The shipped ONNX graph (the runtime the bundle records) gives torch's class probabilities within 1e-4
+    and the same top class on the samples and tests/data/view_mini, one image at a time and batched."""
+    bundle = load_bundle(VIEW, "view")
+    assert bundle.metadata["runtime"] == "onnxruntime" and bundle.infer is not bundle.net
+    model = ViewModel(bundle)
+    grays = [decode_for_analysis(dcmread(p), 10**8, 10).gray for p in sorted(SAMPLES.glob("*.dcm"))]
+    grays += [load_gray(p) for p in sorted((DATA / "view_mini").glob("*/images/*.png"))]
+    assert len(grays) >= 14
+    x = np.stack([view_input(g, model.size) for g in grays])
+    torch_model = ViewModel(dataclasses.replace(bundle, infer=bundle.net))
+    expected = torch_model.probabilities(x)
+    for got in (model.probabilities(x), np.concatenate([model.probabilities(x[i : i + 1]) for i in range(len(x))])):
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+        assert (got.argmax(1) == expected.argmax(1)).all()
+
+
 def test_samples_route_to_the_head_application_with_their_view(runtime: Runtime) -> None:
     for path in sorted(SAMPLES.glob("*.dcm")):
         analysis = runtime.application.analyse(dcmread(path))

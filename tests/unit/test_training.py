@@ -402,6 +402,9 @@ def test_tiny_view_training_run_and_evaluate(tmp_path: Path) -> None:
     assert meta["task"] == "view" and meta["labels"] == [str(v) for v in View if v is not View.UNKNOWN]
     assert meta["training"]["images"]["train"] >= 5 and 0.5 <= meta["abstain_threshold"] <= 0.99
     assert set(meta["dicom_group_splits"].values()) <= {"train", "val", "test"}
+    # Finalised: the measured runtime; the ONNX file is shipped only when it is the one used.
+    assert meta["runtime"] in {"torch", "onnxruntime"} and meta["runtime_comparison"]["max_abs_diff"] <= 1e-4
+    assert (tmp_path / "view" / "models" / "model.onnx").is_file() == (meta["runtime"] == "onnxruntime")
     for source in meta["training_data"]:
         groups = [source["splits"][k]["groups"] for k in ("train", "val", "test")]
         assert sum(groups) >= 1

@@ -15,7 +15,7 @@ from fetalnode.inference.bundle import Bundle, load_bundle
 from fetalnode.inference.calibration import Calibration, TypeRule, calibrated
 from fetalnode.inference.ellipse import Biometry, Ellipse, biometry, fit_ellipse, head_region
 from fetalnode.inference.preprocess import letterbox, roi_crop, to_unit_range
-from fetalnode.inference.saliency import draw_roi, fuse, grad_cam
+from fetalnode.inference.saliency import CamModel, class_score, draw_roi, fuse, log_odds_score
 from fetalnode.vocab import TypeNote
 
 NOT_A_HEAD = "not analysed: no fetal head found"
@@ -32,6 +32,9 @@ class AnalysisResult:
     When the finding is abnormal, either ``malformation_type`` names a type the bundle's reporting rule
     allows (with its P(type | abnormal) in ``type_probability``), or it is empty and ``type_note`` says
     "type not determined".
+    ``heatmap`` (Grad-CAM, [0, 1]) explains ``heatmap_target``: the named type's logit, "abnormal" (the
+    log-odds of abnormal, logsumexp of the malformation logits minus the normal logit) when the finding
+    is abnormal and no type is named, or the normal class's logit.
     """
 
     analysed: bool
@@ -50,6 +53,7 @@ class AnalysisResult:
     type_probability: float = 0.0
     class_probabilities: dict[str, float] = field(default_factory=dict)
     heatmap: np.ndarray | None = None
+    heatmap_target: str = ""
     fused_rgb: np.ndarray | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
 
@@ -163,19 +167,30 @@ def seg_settings(seg: Bundle) -> SegSettings:
 
 def ellipse_agreement(prob: np.ndarray, ellipse: Ellipse) -> tuple[float, float, float]:
     """IoU of the ellipse with the thresholded mask, mean probability inside the ellipse, and the
-    fraction of the image inside the ellipse."""
+    fraction of the image inside the ellipse.
+
+    Pixel tests run on the ellipse's bounding box only (no pixel outside it is inside the ellipse);
+    the mask's pixels outside the box enter the union by count.
+    """
     h, w = prob.shape
-    yy, xx = np.mgrid[0:h, 0:w]
+    x0, y0, x1, y1 = ellipse.box()
+    r0, r1 = max(int(np.floor(y0)) - 1, 0), min(int(np.ceil(y1)) + 2, h)
+    c0, c1 = max(int(np.floor(x0)) - 1, 0), min(int(np.ceil(x1)) + 2, w)
+    mask = prob >= 0.5
+    n_mask = int(mask.sum())
+    if r1 <= r0 or c1 <= c0:
+        return 0.0, 0.0, 0.0
+    yy, xx = np.mgrid[r0:r1, c0:c1]
     t = np.radians(ellipse.angle_deg)
     dx, dy = xx - ellipse.cx, yy - ellipse.cy
     u = (dx * np.cos(t) + dy * np.sin(t)) / ellipse.a
     v = (-dx * np.sin(t) + dy * np.cos(t)) / max(ellipse.b, 1e-6)
     inside = u * u + v * v <= 1.0
-    mask = prob >= 0.5
-    union = float((inside | mask).sum())
-    iou = float((inside & mask).sum()) / union if union else 0.0
-    confidence = float(prob[inside].mean()) if inside.any() else 0.0
-    return iou, confidence, float(inside.sum()) / (h * w)
+    n_inside, n_both = int(inside.sum()), int((inside & mask[r0:r1, c0:c1]).sum())
+    union = n_inside + n_mask - n_both
+    iou = n_both / union if union else 0.0
+    confidence = float(prob[r0:r1, c0:c1][inside].mean()) if n_inside else 0.0
+    return iou, confidence, n_inside / (h * w)
 
 
 def head_plausibility(prob: np.ndarray, ellipse: Ellipse | None, settings: SegSettings) -> tuple[float, str]:
@@ -215,6 +230,8 @@ class Analyzer:
         self.threshold = float(classifier.metadata.get("abnormal_threshold", 0.5))
         self.calibration = Calibration.from_metadata(classifier.metadata)
         self.type_rule = TypeRule.from_metadata(classifier.metadata)
+        # One forward pass gives the probabilities and what Grad-CAM needs (hooks registered once).
+        self.cam_model = CamModel(classifier.net, classifier.net.cam_layer)  # type: ignore[arg-type]
 
     @classmethod
     def from_dir(cls, models_dir: str | Path, seg_name: str, cls_name: str, heatmap_alpha: float = 0.6) -> Analyzer:
@@ -277,8 +294,8 @@ class Analyzer:
         params = self.cls.metadata["input"]
         crop, crop_box = roi_crop(img01, ellipse.box(), int(params["roi_size"]), float(params["roi_margin"]))
         x = torch.from_numpy(crop)[None, None]
-        with torch.no_grad():
-            logits = self.cls.net(x)[0].numpy().astype(np.float64)
+        forward = self.cam_model.forward(x)
+        logits = forward.probabilities_input()[0]
         p_abnormal, type_probs = calibrated(logits[None], self.normal_index, self.calibration)
         result.p_abnormal = float(p_abnormal[0])
         abnormal = [i for i in range(len(self.labels)) if i != self.normal_index]
@@ -297,8 +314,18 @@ class Analyzer:
                 result.type_note = TypeNote.NOT_DETERMINED.value
         t2 = time.perf_counter()
         result.timings_ms["classification"] = (t2 - t1) * 1000
-        target = top if result.finding == "abnormal" else self.normal_index
-        cam = grad_cam(self.cls.net, self.cls.net.cam_layer, x, target)  # type: ignore[arg-type]
+        # The map explains what the node reports: the named type, else the abnormal finding as a whole
+        # (the log-odds behind P(abnormal)), else the normal class.
+        if result.malformation_type:
+            result.heatmap_target = result.malformation_type
+            score = class_score(forward.logits, top)
+        elif result.finding == "abnormal":
+            result.heatmap_target = "abnormal"
+            score = log_odds_score(forward.logits, abnormal, self.normal_index)
+        else:
+            result.heatmap_target = self.labels[self.normal_index]
+            score = class_score(forward.logits, self.normal_index)
+        cam = forward.cam(score)
         result.heatmap = crop_box.to_source(cam, img01.shape)
         result.fused_rgb = draw_roi(fuse(display_rgb, result.heatmap, self.alpha), ellipse)
         result.timings_ms["gradcam"] = (time.perf_counter() - t2) * 1000

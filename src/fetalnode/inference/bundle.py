@@ -143,8 +143,13 @@ def onnx_runner(path: Path, meta: dict[str, Any]) -> Callable[[torch.Tensor], to
     return run
 
 
-def export_onnx(net: nn.Module, input_shape: tuple[int, ...], target: Path, repeats: int = 20) -> dict[str, Any]:
-    """Export ``net`` to ONNX and measure it against torch eager on the same input (2 threads).
+def export_onnx(
+    net: nn.Module, input_shape: tuple[int, ...], target: Path, repeats: int = 20, batch_axis: bool = False
+) -> dict[str, Any]:
+    """Export ``net`` to ONNX and measure it against torch eager on the same input (torch's thread count).
+
+    ``batch_axis``: the first dimension is left free (batches of any size); otherwise it is fixed to
+    ``input_shape[0]``.
 
     Returns the largest absolute output difference and the median latencies of both runtimes;
     ``runtime`` is onnxruntime only when it is faster *and* equal within 1e-4.
@@ -155,7 +160,14 @@ def export_onnx(net: nn.Module, input_shape: tuple[int, ...], target: Path, repe
     x = torch.rand(*input_shape, generator=torch.Generator().manual_seed(0))
     target.parent.mkdir(parents=True, exist_ok=True)
     torch.onnx.export(
-        net, (x,), str(target), input_names=["image"], output_names=["logits"], dynamo=False, opset_version=17
+        net,
+        (x,),
+        str(target),
+        input_names=["image"],
+        output_names=["logits"],
+        dynamo=False,
+        opset_version=17,
+        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}} if batch_axis else None,
     )
     session = ort.InferenceSession(str(target), ort_options(), providers=["CPUExecutionProvider"])
 

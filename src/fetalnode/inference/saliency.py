@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numpy as np
 import torch
-from monai.visualize import GradCAM
+from monai.transforms import ScaleIntensity
+from monai.visualize import GradCAM, ModelWithHooks
+from monai.visualize.visualizer import default_upsampler
 from PIL import Image, ImageDraw
 from torch import nn
+from torch.nn import functional as F
 
 from fetalnode.inference.ellipse import Ellipse
 
@@ -24,12 +30,84 @@ _JET = np.array(
 )
 
 
+def cam_normalizer(x: torch.Tensor) -> torch.Tensor:
+    """Min-max scaling of each map to [0, 1], the most salient pixel 1 (a constant map becomes 0).
+
+    MONAI's ``default_normalizer`` maps (min, max) to (1, 0): it flips the magnitudes (its docstring
+    says so; Project-MONAI/tutorials#1796), which painted the least salient pixels hottest.
+    """
+    scaler = ScaleIntensity(minv=0.0, maxv=1.0)
+    data = x.detach().cpu().numpy()
+    return torch.as_tensor(np.stack([np.asarray(scaler(i)) for i in data], axis=0), device=x.device)
+
+
 def grad_cam(net: nn.Module, layer: str, x: torch.Tensor, class_idx: int) -> np.ndarray:
-    """Grad-CAM of ``class_idx`` at ``layer`` (MONAI), upsampled to the input size, in [0, 1]."""
-    cam = GradCAM(nn_module=net, target_layers=layer)
+    """Grad-CAM of the logit ``class_idx`` at ``layer`` with MONAI's :class:`GradCAM` (its own forward and
+    a full backward), upsampled to the input size, in [0, 1].
+
+    The reference :class:`CamForward` is tested against; the node uses :class:`CamForward` (one forward
+    for the probabilities and the map). Registers hooks on ``net`` on every call: not for a loop.
+    """
+    cam = GradCAM(nn_module=net, target_layers=layer, postprocessing=cam_normalizer)
     with torch.enable_grad():
         out = cam(x=x, class_idx=class_idx)
     return np.asarray(out.detach()[0, 0].cpu().numpy(), dtype=np.float32)
+
+
+class CamModel:
+    """A classifier with a MONAI forward hook on its Grad-CAM layer, registered once.
+
+    :meth:`forward` is the classifier's forward pass (its logits give the probabilities) that also keeps
+    what Grad-CAM needs, so the map of any score of those logits costs a backward pass from the score
+    to the layer only (not through the layers before it, not to the weights).
+    """
+
+    def __init__(self, net: nn.Module, layer: str) -> None:
+        self.layer = layer
+        self.hooks = ModelWithHooks(net, layer, register_forward=True, register_backward=False)
+
+    def forward(self, x: torch.Tensor) -> CamForward:
+        with torch.enable_grad():
+            logits, activations, _ = self.hooks(x)
+        self.hooks.activations.clear()  # the result holds it; the hook does not keep the graph alive
+        return CamForward(logits=logits, activation=activations[-1], input_hw=tuple(x.shape[2:]))
+
+
+@dataclass(frozen=True)
+class CamForward:
+    """One classifier forward pass: ``logits`` (N, K, graph attached) and the CAM layer's activation."""
+
+    logits: torch.Tensor
+    activation: torch.Tensor
+    input_hw: Sequence[int]
+
+    def probabilities_input(self) -> np.ndarray:
+        """The logits as float64 numpy (N, K), for the calibrated probabilities."""
+        return np.asarray(self.logits.detach().cpu().numpy(), dtype=np.float64)
+
+    def cam(self, score: torch.Tensor) -> np.ndarray:
+        """Grad-CAM (Selvaraju et al. 2017, MONAI's formula) of ``score`` (N,), a function of ``logits``:
+        ReLU of the activation weighted by its spatially averaged gradient, bilinearly upsampled to the
+        input, min-max scaled to [0, 1] (:func:`cam_normalizer`). First image of the batch."""
+        (grad,) = torch.autograd.grad(score.sum(), self.activation, retain_graph=True)
+        acti = self.activation.detach()
+        b, c, *spatial = grad.shape
+        weights = grad.view(b, c, -1).mean(2).view(b, c, *[1] * len(spatial))
+        acti_map = F.relu((weights * acti).sum(1, keepdim=True))
+        out = cam_normalizer(default_upsampler(list(self.input_hw))(acti_map))
+        return np.asarray(out[0, 0].cpu().numpy(), dtype=np.float32)
+
+
+def class_score(logits: torch.Tensor, index: int) -> torch.Tensor:
+    """The logit of one class (MONAI GradCAM's ``class_idx`` score)."""
+    return logits[:, index]
+
+
+def log_odds_score(logits: torch.Tensor, positive: Sequence[int], negative: int) -> torch.Tensor:
+    """log(P(positive classes) / P(negative class)) under the softmax: logsumexp of the positive logits
+    minus the negative logit. With the abnormal classes against ``normal`` it is the log-odds whose
+    sigmoid (after the bundle's temperature) is the reported P(abnormal)."""
+    return torch.logsumexp(logits[:, list(positive)], dim=1) - logits[:, negative]
 
 
 def pseudo_colour(values: np.ndarray) -> np.ndarray:
@@ -40,14 +118,24 @@ def pseudo_colour(values: np.ndarray) -> np.ndarray:
 
 
 def fuse(display_rgb: np.ndarray, heatmap: np.ndarray | None, alpha: float) -> np.ndarray:
-    """Blend the pseudo-coloured heatmap over the image; opacity follows the saliency (max ``alpha``)."""
-    base = display_rgb.astype(np.float32)
+    """Blend the pseudo-coloured heatmap over the image; opacity follows the saliency (max ``alpha``).
+
+    Only the box around the positive saliency is computed: elsewhere the opacity is 0 and the image is
+    unchanged (the same pixels as blending everywhere, tested).
+    """
+    out = display_rgb.copy()
     if heatmap is None:
-        return display_rgb.copy()
+        return out
+    rows, cols = np.flatnonzero((heatmap > 0).any(axis=1)), np.flatnonzero((heatmap > 0).any(axis=0))
+    if not len(rows):
+        return out
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    heat, base = heatmap[box], display_rgb[box].astype(np.float32)
     # Opacity grows with the square of the saliency: the image stays readable where the CAM is low.
-    weight = (alpha * np.clip(heatmap, 0.0, 1.0) ** 2)[..., None]
-    out = base * (1 - weight) + pseudo_colour(heatmap).astype(np.float32) * weight
-    return np.clip(out, 0, 255).round().astype(np.uint8)
+    weight = (alpha * np.clip(heat, 0.0, 1.0) ** 2)[..., None]
+    blended = base * (1 - weight) + pseudo_colour(heat).astype(np.float32) * weight
+    out[box] = np.clip(blended, 0, 255).round().astype(np.uint8)
+    return out
 
 
 def draw_roi(rgb: np.ndarray, ellipse: Ellipse | None) -> np.ndarray:

@@ -1023,7 +1023,7 @@ On the head ROI found by `{meta["input"]["segmentation_bundle"]}` ({meta["input"
 a residual CNN base ({meta["network"]["params"]["channels"]}) extended with {len(meta["network"]["params"]["fc"])}
 extra fully-connected layers ({meta["network"]["params"]["fc"]}) outputs {len(meta["labels"])} classes:
 {", ".join(meta["labels"])}. The node reports abnormal when its calibrated P(abnormal) >= {meta["abnormal_threshold"]};
-{what_type_line(meta)} Grad-CAM (MONAI) on the last base stage gives the heatmap.
+{what_type_line(meta)} Grad-CAM on the last base stage gives the heatmap, of what is reported: the named type's logit, the log-odds of abnormal when no type is named, the normal logit for a normal finding.
 {base_init_line(meta)}
 
 ## Training data

@@ -26,12 +26,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from fetalnode.inference.analyzer import AnalysisResult
-from fetalnode.inference.bundle import save_bundle
+from fetalnode.inference.bundle import ONNX, export_onnx, load_bundle, save_bundle, sha256_file, write_metadata
 from fetalnode.inference.networks import build_view_net
-from fetalnode.inference.view import view_input
+from fetalnode.inference.view import ViewModel, view_input
 from fetalnode.training.data import Row, bootstrap_ci, case_split, group_split, load_gray, read_labels, subject_split
 from fetalnode.training.metrics import balanced_accuracy, confusion, per_class
 from fetalnode.training.reference import REPO
+from fetalnode.training.segmentation import runtime_line
 from fetalnode.vocab import View
 
 log = logging.getLogger(__name__)
@@ -606,6 +607,39 @@ def view_reference(net: torch.nn.Module, size: int) -> list[dict[str, Any]]:
     ]
 
 
+def finalize_view_bundle(path: Path) -> dict[str, Any]:
+    """Export ONNX and keep it only where onnxruntime is faster and gives the stored reference outputs.
+
+    The runtime is measured against torch on one image (``export_onnx``); onnxruntime is recorded as the
+    bundle's ``runtime`` only when it is faster, equal within 1e-4 on a random input, and, through the
+    node's own code path (:class:`ViewModel`), reproduces the bundle's ``reference_outputs`` (made with
+    torch at training time, left unchanged) within 1e-4 with the same top class on each image. Otherwise
+    the ONNX file is removed (no second copy of the weights). Weights are not touched; the model card is
+    rewritten. The last step of ``train view``; also ``fetalnode models finalize`` on a shipped bundle.
+    """
+    bundle = load_bundle(path, "view")
+    size = int(bundle.metadata["input"]["size"])
+    comparison = export_onnx(bundle.net, (1, 1, size, size), path / ONNX, batch_axis=True)
+    metadata = dict(bundle.metadata, runtime=comparison["runtime"], runtime_comparison=comparison)
+    metadata["onnx_sha256"] = sha256_file(path / ONNX)
+    if comparison["runtime"] == "onnxruntime":
+        write_metadata(path, metadata)
+        stored = metadata.get("reference_outputs") or []
+        if stored:
+            model = ViewModel(load_bundle(path, "view"))
+            x = np.stack([view_input(load_gray(REPO / r["image"]), size) for r in stored])
+            now, then = model.probabilities(x), np.array([r["probabilities"] for r in stored])
+            comparison["reference_max_abs_diff"] = float(np.abs(now - then).max())
+            if comparison["reference_max_abs_diff"] > 1e-4 or (now.argmax(1) != then.argmax(1)).any():
+                comparison["runtime"] = metadata["runtime"] = "torch"
+    if metadata["runtime"] != "onnxruntime":
+        (path / ONNX).unlink()
+        metadata.pop("onnx_sha256")
+    write_metadata(path, metadata)
+    (path / "docs" / "README.md").write_text(view_model_card(metadata), encoding="utf-8")
+    return metadata
+
+
 def train_view(
     folders: list[Path],
     out: Path,
@@ -695,7 +729,7 @@ def train_view(
     metadata["training"]["recipe_minutes"] = round((time.monotonic() - recipe_start) / 60, 1)
     (out / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
     (out / "docs" / "README.md").write_text(view_model_card(metadata), encoding="utf-8")
-    return metadata
+    return finalize_view_bundle(out)
 
 
 def _ci(v: Any) -> str:
@@ -771,6 +805,7 @@ MONAI `Classifier` (residual units {p["channels"]}, strides {p["strides"]}, drop
 {len(meta["labels"])} classes: {", ".join(meta["labels"])}. When the top probability is below the abstain
 threshold **{meta["abstain_threshold"]:.2f}** the router answers `unknown` (no application){head_threshold_line(meta)}.
 Threshold rule: {ab["rule"]}; on validation it keeps {ab["val_coverage"]:.3f} of the images routed.
+{runtime_line(meta)}
 
 ## Training data
 Each folder's format tells its view; each is split 70/15/15 by its grouping column (seed

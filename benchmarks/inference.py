@@ -1,0 +1,214 @@
+"""Per-stage CPU latency of one head image, the path before issue 20 and the node's path side by side.
+
+.venv/bin/python -m benchmarks.inference [--rounds 20] [--threads 1,2] [--throughput]
+
+Before (commit bfcce80, rebuilt here from its pieces): view classifier in torch; ellipse agreement on
+every pixel; classifier forward under ``no_grad`` then MONAI ``GradCAM`` (its own forward and a full
+backward) on the most probable type or normal; the overlay blended on every pixel. After (the node now):
+view classifier in onnxruntime (the bundle's ``runtime``); agreement on the ellipse's box; one classifier
+forward for the probabilities and Grad-CAM, backward from the reported target to the CAM layer only; the
+overlay blended where the saliency is positive. The segmentation network (onnxruntime) is the same. Every thread count runs in a fresh process
+(torch and onnxruntime take it at start); within it, before and after alternate image by image so that
+load from other processes on the machine falls on both. ``--throughput`` also runs the after path in
+1 process x 2 threads and 2 processes x 1 thread at once, and prints images/s.
+Input: the decoded ``samples/*.dcm`` (decoding is not timed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydicom import dcmread
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ("view", "segmentation", "classification", "gradcam")
+
+
+def agreement_every_pixel(prob: np.ndarray, e: Any) -> tuple[float, float, float]:
+    """``analyzer.ellipse_agreement`` before: the ellipse test on every pixel of the image."""
+    h, w = prob.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    t = np.radians(e.angle_deg)
+    dx, dy = xx - e.cx, yy - e.cy
+    u = (dx * np.cos(t) + dy * np.sin(t)) / e.a
+    v = (-dx * np.sin(t) + dy * np.cos(t)) / max(e.b, 1e-6)
+    inside = u * u + v * v <= 1.0
+    mask = prob >= 0.5
+    union = float((inside | mask).sum())
+    iou = float((inside & mask).sum()) / union if union else 0.0
+    confidence = float(prob[inside].mean()) if inside.any() else 0.0
+    return iou, confidence, float(inside.sum()) / (h * w)
+
+
+def fuse_every_pixel(display_rgb: np.ndarray, heatmap: np.ndarray, alpha: float) -> np.ndarray:
+    """``saliency.fuse`` before: blended on every pixel."""
+    from fetalnode.inference.saliency import pseudo_colour
+
+    weight = (alpha * np.clip(heatmap, 0.0, 1.0) ** 2)[..., None]
+    out = display_rgb.astype(np.float32) * (1 - weight) + pseudo_colour(heatmap).astype(np.float32) * weight
+    return np.clip(out, 0, 255).round().astype(np.uint8)
+
+
+@dataclass
+class Image:
+    gray: np.ndarray
+    spacing_mm: tuple[float, float] | None
+    display_rgb: np.ndarray
+
+
+def load_images() -> list[Image]:
+    from fetalnode.intake import decode_for_analysis
+
+    out = []
+    for path in sorted((ROOT / "samples").glob("*.dcm")):
+        d = decode_for_analysis(dcmread(path), 10**8, 10)
+        out.append(Image(d.gray, d.spacing_mm, d.display_rgb))
+    return out
+
+
+def pipelines() -> tuple[Callable[[Image], dict[str, float]], Callable[[Image], dict[str, float]]]:
+    """The before and after paths, each returning its stage times in ms."""
+    from monai.visualize import GradCAM
+
+    from fetalnode.inference import Analyzer
+    from fetalnode.inference import analyzer as analyzer_module
+    from fetalnode.inference.analyzer import find_head, seg_settings
+    from fetalnode.inference.bundle import load_bundle
+    from fetalnode.inference.calibration import calibrated
+    from fetalnode.inference.preprocess import roi_crop, to_unit_range
+    from fetalnode.inference.saliency import draw_roi
+    from fetalnode.inference.view import ViewModel
+
+    models = ROOT / "models"
+    view_bundle = load_bundle(models / "fetal-view", "view")
+    view_after = ViewModel(view_bundle)
+    view_before = ViewModel(replace(view_bundle, infer=view_bundle.net))  # torch
+    analyzer = Analyzer.from_dir(models, "hc18-headseg", "fba-classifier")
+    seg = analyzer.seg
+    settings = seg_settings(seg)
+    cls_net = copy.deepcopy(analyzer.cls.net)  # MONAI GradCAM adds hooks on every call: not on the node's copy
+    params = analyzer.cls.metadata["input"]
+    agreement_now = analyzer_module.ellipse_agreement
+
+    def before(img: Image) -> dict[str, float]:
+        t = [time.perf_counter()]
+        view_before.predict(img.gray)
+        t.append(time.perf_counter())
+        img01 = to_unit_range(img.gray)
+        analyzer_module.ellipse_agreement = agreement_every_pixel  # type: ignore[assignment]
+        try:
+            head = find_head(seg.infer, settings, img01)
+        finally:
+            analyzer_module.ellipse_agreement = agreement_now  # type: ignore[assignment]
+        assert head.ellipse is not None, "benchmark images are heads"
+        t.append(time.perf_counter())
+        crop, box = roi_crop(img01, head.ellipse.box(), int(params["roi_size"]), float(params["roi_margin"]))
+        x = torch.from_numpy(crop)[None, None]
+        with torch.no_grad():
+            logits = cls_net(x)[0].numpy().astype(np.float64)
+        p_abnormal, type_probs = calibrated(logits[None], analyzer.normal_index, analyzer.calibration)
+        abnormal = [i for i in range(len(analyzer.labels)) if i != analyzer.normal_index]
+        target = abnormal[int(type_probs[0].argmax())] if p_abnormal[0] >= analyzer.threshold else analyzer.normal_index
+        t.append(time.perf_counter())
+        with torch.enable_grad():
+            cam = GradCAM(nn_module=cls_net, target_layers=cls_net.cam_layer)(x=x, class_idx=target)  # type: ignore[arg-type]
+        heat = box.to_source(np.asarray(cam.detach()[0, 0].numpy(), np.float32), img01.shape)
+        draw_roi(fuse_every_pixel(img.display_rgb, heat, analyzer.alpha), head.ellipse)
+        t.append(time.perf_counter())
+        return {s: (b - a) * 1000 for s, a, b in zip(STAGES, t[:-1], t[1:], strict=True)}
+
+    def after(img: Image) -> dict[str, float]:
+        t0 = time.perf_counter()
+        view_after.predict(img.gray)
+        view_ms = (time.perf_counter() - t0) * 1000
+        result = analyzer.analyze(img.gray, img.spacing_mm, img.display_rgb)
+        assert result.analysed, "benchmark images are heads"
+        return {"view": view_ms, **result.timings_ms}
+
+    return before, after
+
+
+def child(rounds: int, mode: str) -> dict[str, Any]:
+    images = load_images()
+    before, after = pipelines()
+    for img in images:  # warm-up
+        before(img)
+        after(img)
+    if mode == "throughput":
+        t0 = time.perf_counter()
+        for _ in range(rounds):
+            for img in images:
+                after(img)
+        return {"images": rounds * len(images), "seconds": time.perf_counter() - t0}
+    rows: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
+    for r in range(rounds):
+        for i, img in enumerate(images):
+            order = ("before", "after") if (r + i) % 2 == 0 else ("after", "before")
+            for name in order:
+                rows[name].append((before if name == "before" else after)(img))
+    out: dict[str, Any] = {}
+    for name, runs in rows.items():
+        stage = {s: float(np.median([r[s] for r in runs])) for s in STAGES}
+        totals = [sum(r[s] for s in STAGES) for r in runs]
+        out[name] = {**stage, "total_p50": float(np.median(totals)), "total_p95": float(np.percentile(totals, 95))}
+    return out
+
+
+def spawn(threads: int, rounds: int, mode: str) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-m", "benchmarks.inference", "--child", mode, "--threads", str(threads)]
+    return subprocess.Popen([*cmd, "--rounds", str(rounds)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+
+
+def collect(proc: subprocess.Popen[str]) -> dict[str, Any]:
+    stdout, _ = proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"benchmark child failed ({proc.returncode})")
+    return dict(json.loads(stdout.strip().splitlines()[-1]))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=20, help="passes over the samples (default 20)")
+    ap.add_argument("--threads", default="1,2", help="torch / onnxruntime threads per process, comma-separated")
+    ap.add_argument("--throughput", action="store_true", help="also images/s of 1x2 and 2x1 processes x threads")
+    ap.add_argument("--child", choices=["latency", "throughput"], help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        torch.set_num_threads(int(args.threads))
+        print(json.dumps(child(args.rounds, args.child)))
+        return 0
+    report: dict[str, Any] = {"images": len(load_images()), "rounds": args.rounds, "latency_ms_p50": {}}
+    print(f"{'stage (ms, p50)':<22}" + "".join(f"{f'{t} thr before':>16}{f'{t} thr after':>15}" for t in args.threads.split(",")))
+    results = {int(t): collect(spawn(int(t), args.rounds, "latency")) for t in args.threads.split(",")}
+    for stage in (*STAGES, "total_p50", "total_p95"):
+        cells = "".join(f"{r['before'][stage]:>16.1f}{r['after'][stage]:>15.1f}" for r in results.values())
+        print(f"{stage:<22}{cells}")
+    report["latency_ms_p50"] = {t: {k: {s: round(v, 1) for s, v in r[k].items()} for k in r} for t, r in results.items()}
+    if args.throughput:
+        rate = {}
+        for processes, threads in ((1, 2), (2, 1)):
+            procs = [spawn(threads, args.rounds, "throughput") for _ in range(processes)]
+            t0 = time.perf_counter()
+            done = [collect(p) for p in procs]
+            wall = time.perf_counter() - t0  # includes start-up and warm-up: per-process rates below do not
+            per_process = [d["images"] / d["seconds"] for d in done]
+            rate[f"{processes}x{threads}"] = {"images_per_s": round(sum(per_process), 1), "wall_s": round(wall, 1)}
+            print(f"after, {processes} process(es) x {threads} thread(s): {sum(per_process):.1f} images/s")
+        report["throughput"] = rate
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
