@@ -189,12 +189,17 @@ def main() -> int:
         print(json.dumps(child(args.rounds, args.child)))
         return 0
     report: dict[str, Any] = {"images": len(load_images()), "rounds": args.rounds, "latency_ms_p50": {}}
-    print(f"{'stage (ms, p50)':<22}" + "".join(f"{f'{t} thr before':>16}{f'{t} thr after':>15}" for t in args.threads.split(",")))
+    print(
+        f"{'stage (ms, p50)':<22}"
+        + "".join(f"{f'{t} thr before':>16}{f'{t} thr after':>15}" for t in args.threads.split(","))
+    )
     results = {int(t): collect(spawn(int(t), args.rounds, "latency")) for t in args.threads.split(",")}
     for stage in (*STAGES, "total_p50", "total_p95"):
         cells = "".join(f"{r['before'][stage]:>16.1f}{r['after'][stage]:>15.1f}" for r in results.values())
         print(f"{stage:<22}{cells}")
-    report["latency_ms_p50"] = {t: {k: {s: round(v, 1) for s, v in r[k].items()} for k in r} for t, r in results.items()}
+    report["latency_ms_p50"] = {
+        t: {k: {s: round(v, 1) for s, v in r[k].items()} for k in r} for t, r in results.items()
+    }
     if args.throughput:
         rate = {}
         for processes, threads in ((1, 2), (2, 1)):

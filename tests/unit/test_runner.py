@@ -105,6 +105,11 @@ def test_delivered_every_enabled_output_to_every_destination(runtime: Runtime, t
         == object_uids("sr", source.SOPInstanceUID, source.SeriesInstanceUID, version, revision=1).instance
     )
     assert sr.SOPInstanceUID != old.instance, "the corrected SR (HC 11984-2) must not reuse the wrong one's UID"
+    sc = dcmread(outcome.receipts["b"]["sc"])
+    sc_uids = [object_uids("sc", source.SOPInstanceUID, source.SeriesInstanceUID, version, revision=r) for r in (0, 1)]
+    assert sc.SOPInstanceUID == sc_uids[1].instance != sc_uids[0].instance, (
+        "the SC whose heatmap was inverted (revision 0) must not share its UID with the corrected one"
+    )
     assert hd.sr.Comprehensive3DSR.from_dataset(sr).SOPInstanceUID == sr.SOPInstanceUID
     assert outcome.summary["finding"] in {"normal", "abnormal"} and outcome.summary["hc_mm"] > 0
 
