@@ -81,6 +81,8 @@ class WorkerSettings:
     torch_threads: int = 1
     # ``serve`` (role all): analysis worker processes beside the SCP's (0: one worker thread inside it).
     processes: int = 2
+    # Niceness added to those worker processes (0-19): the SCP, whose answers a modality waits for, comes first.
+    nice: int = 10
     application: str = "view-router"
 
 

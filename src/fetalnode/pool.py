@@ -51,6 +51,8 @@ def worker_process(
 ) -> None:
     """One worker process: load the bundles, report ready (or the error), run until SIGTERM."""
     _die_with_parent(parent_pid)
+    if settings.worker.nice:
+        os.nice(settings.worker.nice)  # analysis yields the CPU to the SCP: a modality waits on the SCP's answers
     from fetalnode.cli import setup_logging
     from fetalnode.node import build_worker, open_store
 
