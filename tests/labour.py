@@ -25,7 +25,7 @@ from fetalnode.config import load_settings
 from fetalnode.inference.aop import measure_label_map
 from fetalnode.inference.labour import LabourResult
 from fetalnode.inference.labour_analyzer import fill
-from fetalnode.intake import decode_for_analysis
+from fetalnode.intake import DecodedImage, decode_for_analysis
 from fetalnode.outputs.registry import enabled_writers
 from fetalnode.runner import Outcome, Received, Runtime, Verdict, run_job
 from fetalnode.wrap import wrap_png
@@ -61,8 +61,8 @@ class GroundTruthLabour:
     applications: tuple[str, ...] = (APPLICATION,)
     answers: list[Analysis] = field(default_factory=list)
 
-    def analyse(self, ds: Dataset) -> Analysis:
-        decoded = decode_for_analysis(ds, 40_000_000, 2000)
+    def analyse(self, ds: Dataset, decoded: DecodedImage | None = None) -> Analysis:
+        decoded = decoded or decode_for_analysis(ds, 40_000_000, 2000)
         result = ground_truth(self.image_id, decoded.spacing_mm) if self.analysed else not_analysed()
         self.answers.append(Analysis(APPLICATION, result, decoded, (SEG_MODEL,)))
         return self.answers[-1]

@@ -22,7 +22,7 @@ from fetalnode.errors import ConfigError
 from fetalnode.inference import AnalysisResult
 from fetalnode.inference.bundle import load_bundle
 from fetalnode.inference.view import ViewModel, view_input
-from fetalnode.intake import decode_for_analysis
+from fetalnode.intake import DecodedImage, decode_for_analysis
 from fetalnode.orthanc.findings import read_finding
 from fetalnode.outputs import codes as fc
 from fetalnode.runner import Received, Runtime, Verdict, run_job
@@ -181,9 +181,11 @@ class Stub:
 
     name = "test-labour"
     applications = ("test-labour",)
+    given: DecodedImage | None = None  # the decoded image the router handed over
 
-    def analyse(self, ds: Dataset) -> Analysis:
-        decoded = decode_for_analysis(ds, 10**8, 10)
+    def analyse(self, ds: Dataset, decoded: DecodedImage | None = None) -> Analysis:
+        self.given = decoded
+        decoded = decoded or decode_for_analysis(ds, 10**8, 10)
         result = AnalysisResult(analysed=False, reason="stub", seg_model=("stub", "0"), cls_model=("stub", "0"))
         return Analysis(self.name, result, decoded, (("stub", "0"),))
 
@@ -219,6 +221,8 @@ def test_a_registered_application_gets_its_view(caplog) -> None:
     assert analysis.application == "test-labour" and analysis.view is not None
     assert analysis.view.label is View.INTRAPARTUM_TRANSPERINEAL
     assert analysis.models == (("stub", "0"), ("fetal-view", router.view_model.version))
+    stub = router.routes[View.INTRAPARTUM_TRANSPERINEAL]
+    assert isinstance(stub, Stub) and stub.given is analysis.decoded, "the image is decoded once, by the router"
     assert router.analyse(wrap_png(FIRST_TRIMESTER, pixel_size_mm=None)).application == NAME
 
 

@@ -18,6 +18,7 @@ from fetalnode.config import load_settings
 from fetalnode.destinations.base import Item, Receipt
 from fetalnode.destinations.folder import folder_destination
 from fetalnode.errors import ConfigError, DeliveryError, InferenceError, IntakeRejected, TransferError
+from fetalnode.intake import DecodedImage
 from fetalnode.outputs.registry import OUTPUTS, OutputContext, OutputWriter, enabled_writers, register_output
 from fetalnode.outputs.uids import object_uids
 from fetalnode.runner import Delivery, Outcome, Received, RetryPolicy, Runtime, Verdict, run_job, stage_of
@@ -36,9 +37,9 @@ class Counting:
     def __init__(self, inner) -> None:
         self.inner, self.calls, self.name, self.applications = inner, 0, inner.name, inner.applications
 
-    def analyse(self, ds: Dataset) -> Analysis:
+    def analyse(self, ds: Dataset, decoded: DecodedImage | None = None) -> Analysis:
         self.calls += 1
-        return self.inner.analyse(ds)
+        return self.inner.analyse(ds, decoded)
 
     def bundle_paths(self) -> list[Path]:
         return self.inner.bundle_paths()
@@ -193,7 +194,7 @@ def test_model_failure_and_unexpected_errors_fail_at_infer(runtime: Runtime) -> 
         def __init__(self, exc: Exception) -> None:
             self.exc, self.name = exc, "broken"
 
-        def analyse(self, ds: Dataset) -> Analysis:
+        def analyse(self, ds: Dataset, decoded: DecodedImage | None = None) -> Analysis:
             raise self.exc
 
     for exc, reason in ((InferenceError("CUDA? no"), "CUDA? no"), (KeyError("x"), "KeyError: 'x'")):

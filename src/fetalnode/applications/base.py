@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from pydicom.dataset import Dataset
 
@@ -55,7 +56,9 @@ class Application(Protocol):
     # are checked against them at start-up.
     applications: tuple[str, ...]
 
-    def analyse(self, ds: Dataset) -> Analysis: ...
+    def analyse(self, ds: Dataset, decoded: DecodedImage | None = None) -> Analysis:
+        """``decoded``: the frame a router has already decoded from ``ds`` (decode it here when ``None``)."""
+        ...
 
     def bundle_paths(self) -> list[Path]:
         """The model bundles it loaded (watched for ``fetalnode models push``)."""
@@ -64,3 +67,20 @@ class Application(Protocol):
     def describe(self) -> dict[str, str]:
         """Its bundles as ``{role: "name version"}`` for the log and the audit."""
         ...
+
+
+R = TypeVar("R")
+
+
+def run_models(call: Callable[[], R], what: str = "") -> R:
+    """An application's model call: an :class:`~fetalnode.errors.InferenceError` passes, any other exception
+    (a bug, a broken bundle) becomes one, named after ``what`` when given."""
+    from fetalnode.errors import InferenceError
+
+    try:
+        return call()
+    except InferenceError:
+        raise
+    except Exception as exc:
+        prefix = f"{what}: " if what else ""
+        raise InferenceError(f"{prefix}{type(exc).__name__}: {exc}") from exc

@@ -8,12 +8,11 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from fetalnode.applications.base import Analysis
+from fetalnode.applications.base import Analysis, run_models
 from fetalnode.applications.registry import register_application
 from fetalnode.config import Settings
-from fetalnode.errors import InferenceError
 from fetalnode.inference import Analyzer
-from fetalnode.intake import decode_for_analysis
+from fetalnode.intake import DecodedImage, decode_for_analysis
 
 log = logging.getLogger(__name__)
 NAME = "fetal-head"
@@ -31,14 +30,10 @@ class FetalHead:
     name: str = NAME
     applications: tuple[str, ...] = (NAME,)
 
-    def analyse(self, ds: Dataset) -> Analysis:
-        decoded = decode_for_analysis(ds, self.max_pixels, self.max_frames)
-        try:
-            result = self.analyzer.analyze(decoded.gray, decoded.spacing_mm, decoded.display_rgb, decoded.spacing_note)
-        except InferenceError:
-            raise
-        except Exception as exc:
-            raise InferenceError(f"{type(exc).__name__}: {exc}") from exc
+    def analyse(self, ds: Dataset, decoded: DecodedImage | None = None) -> Analysis:
+        decoded = decoded or decode_for_analysis(ds, self.max_pixels, self.max_frames)
+        d = decoded
+        result = run_models(lambda: self.analyzer.analyze(d.gray, d.spacing_mm, d.display_rgb, d.spacing_note))
         return Analysis(self.name, result, decoded, (result.seg_model, result.cls_model))
 
     def bundle_paths(self) -> list[Path]:

@@ -10,12 +10,11 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from fetalnode.applications.base import Analysis
+from fetalnode.applications.base import Analysis, run_models
 from fetalnode.applications.registry import register_application
 from fetalnode.config import Settings
-from fetalnode.errors import InferenceError
 from fetalnode.inference.labour_analyzer import LabourAnalyzer, load_labour_bundle
-from fetalnode.intake import decode_for_analysis
+from fetalnode.intake import DecodedImage, decode_for_analysis
 
 log = logging.getLogger(__name__)
 NAME = "labour-progress"
@@ -33,14 +32,10 @@ class LabourProgress:
     name: str = NAME
     applications: tuple[str, ...] = (NAME,)
 
-    def analyse(self, ds: Dataset) -> Analysis:
-        decoded = decode_for_analysis(ds, self.max_pixels, self.max_frames)
-        try:
-            result = self.analyzer.analyze(decoded.gray, decoded.spacing_mm, decoded.spacing_note)
-        except InferenceError:
-            raise
-        except Exception as exc:
-            raise InferenceError(f"{type(exc).__name__}: {exc}") from exc
+    def analyse(self, ds: Dataset, decoded: DecodedImage | None = None) -> Analysis:
+        decoded = decoded or decode_for_analysis(ds, self.max_pixels, self.max_frames)
+        d = decoded
+        result = run_models(lambda: self.analyzer.analyze(d.gray, d.spacing_mm, d.spacing_note))
         return Analysis(self.name, result, decoded, (result.seg_model,))
 
     def bundle_paths(self) -> list[Path]:

@@ -17,10 +17,10 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from fetalnode.applications.base import Analysis, Application
+from fetalnode.applications.base import Analysis, Application, run_models
 from fetalnode.applications.registry import APPLICATIONS, register_application
 from fetalnode.config import Settings
-from fetalnode.errors import ConfigError, InferenceError
+from fetalnode.errors import ConfigError
 from fetalnode.inference import AnalysisResult
 from fetalnode.inference.bundle import load_bundle
 from fetalnode.inference.view import ViewModel, ViewPrediction
@@ -56,15 +56,10 @@ class ViewRouter:
         self.applications = tuple(names)
 
     def classify(self, decoded: DecodedImage) -> ViewPrediction:
-        try:
-            return self.view_model.predict(decoded.gray)
-        except InferenceError:
-            raise
-        except Exception as exc:
-            raise InferenceError(f"view model: {type(exc).__name__}: {exc}") from exc
+        return run_models(lambda: self.view_model.predict(decoded.gray), "view model")
 
-    def analyse(self, ds: Dataset) -> Analysis:
-        decoded = decode_for_analysis(ds, self.max_pixels, self.max_frames)
+    def analyse(self, ds: Dataset, decoded: DecodedImage | None = None) -> Analysis:
+        decoded = decoded or decode_for_analysis(ds, self.max_pixels, self.max_frames)
         view = self.classify(decoded)
         model = view.model
         application = self.routes.get(view.label)
@@ -77,7 +72,7 @@ class ViewRouter:
                 fused_rgb=decoded.display_rgb.copy(),
             )
             return Analysis(NAME, result, decoded, (model,), view=view)
-        analysis = application.analyse(ds)
+        analysis = application.analyse(ds, decoded)  # decoded once for the view model and the application
         # The view model decided which application ran: it is one of the models behind every output.
         return dataclasses.replace(analysis, view=view, models=(*analysis.models, model))
 

@@ -146,7 +146,9 @@ def _heatmap_shape(ctx: OutputContext) -> tuple[object, ...]:
     return capture_shape(ctx, "head", ctx.result_as(AnalysisResult).cls_model)
 
 
-@register_output("sc", applications=["fetal-head", "view-router"], revision=1, fast=FastPath(_heatmap_shape, _heatmap_slots))
+@register_output(
+    "sc", applications=["fetal-head", "view-router"], revision=1, fast=FastPath(_heatmap_shape, _heatmap_slots)
+)
 def build_heatmap_capture(ctx: OutputContext) -> hd.sc.SCImage:
     """An RGB Secondary Capture in the source study: fused Grad-CAM heatmap, ROI ellipse and banner."""
     pixels, comments = _heatmap(ctx)
