@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pytest
 
+from benchmarks.inference import agreement_every_pixel  # the check as it was before issue 20
 from fetalnode.inference.ellipse import Ellipse, biometry, fit_ellipse, head_region, ramanujan_perimeter
 from fetalnode.inference.preprocess import letterbox, roi_crop
 
@@ -114,22 +115,6 @@ def test_sr_head_geometry(ellipse: Ellipse, spacing: tuple[float, float] | None,
         assert bio.ofd_mm >= bio.bpd_mm
 
 
-def agreement_on_every_pixel(prob: np.ndarray, e: Ellipse) -> tuple[float, float, float]:
-    """ellipse_agreement as it was: the ellipse test on every pixel of the image."""
-    h, w = prob.shape
-    yy, xx = np.mgrid[0:h, 0:w]
-    t = np.radians(e.angle_deg)
-    dx, dy = xx - e.cx, yy - e.cy
-    u = (dx * np.cos(t) + dy * np.sin(t)) / e.a
-    v = (-dx * np.sin(t) + dy * np.cos(t)) / max(e.b, 1e-6)
-    inside = u * u + v * v <= 1.0
-    mask = prob >= 0.5
-    union = float((inside | mask).sum())
-    iou = float((inside & mask).sum()) / union if union else 0.0
-    confidence = float(prob[inside].mean()) if inside.any() else 0.0
-    return iou, confidence, float(inside.sum()) / (h * w)
-
-
 def test_ellipse_agreement_on_its_box_equals_every_pixel() -> None:
     """Same IoU, confidence and area fraction, bit for bit, for ellipses inside, across and outside the
     image edge, any angle, with mask pixels away from the ellipse."""
@@ -146,4 +131,4 @@ def test_ellipse_agreement_on_its_box_equals_every_pixel() -> None:
             float(rng.uniform(0.5, 60)),
             float(rng.uniform(-180, 180)),
         )
-        assert ellipse_agreement(prob, e) == agreement_on_every_pixel(prob, e), e
+        assert ellipse_agreement(prob, e) == agreement_every_pixel(prob, e), e

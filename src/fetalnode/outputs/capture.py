@@ -122,11 +122,6 @@ def _heatmap(ctx: OutputContext) -> tuple[np.ndarray, str]:
     return burn_banner(result.fused_rgb, lines), " / ".join(lines)
 
 
-def capture_shape(ctx: OutputContext, *shape: object) -> tuple[object, ...]:
-    """The fast path's key of a capture: the writer's ``shape`` and what the object names (models, node)."""
-    return (*shape, ctx.analysis.application, tuple(ctx.analysis.models), ctx.settings.manufacturer, ctx.station_name)
-
-
 def capture_slots(pixels: np.ndarray, comments: str) -> dict[str, tuple[str, object]]:
     """The values of one capture: its pixels (RGB, 8 bits, native) and their size, the comments."""
     data = np.ascontiguousarray(pixels, dtype=np.uint8)
@@ -143,7 +138,7 @@ def _heatmap_slots(ctx: OutputContext) -> dict[str, tuple[str, object]]:
 
 
 def _heatmap_shape(ctx: OutputContext) -> tuple[object, ...]:
-    return capture_shape(ctx, "head", ctx.result_as(AnalysisResult).cls_model)
+    return ("head", ctx.result_as(AnalysisResult).cls_model)  # + template.context_key
 
 
 @register_output(

@@ -162,11 +162,7 @@ def presentation_shape(ctx: OutputContext, *shape: object) -> tuple[object, ...]
         *shape,
         str(ctx.source.get("PhotometricInterpretation", "")).strip() in GRAYSCALE,
         decoded.frame_number if decoded.n_frames > 1 else None,
-        ctx.analysis.application,
-        tuple(ctx.analysis.models),
-        ctx.settings.manufacturer,
-        ctx.settings.institution_name,
-    )
+    )  # the application, its models, the station and the settings: template.context_key
 
 
 def _shape(ctx: OutputContext) -> tuple[object, ...]:

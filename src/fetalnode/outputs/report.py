@@ -216,13 +216,7 @@ def _shape(ctx: OutputContext) -> tuple[object, ...]:
         result.malformation_type if drawn and result.finding == "abnormal" else None,
         decoded.frame_number,
         len(_comment_lines(ctx)),
-        result.seg_model,
-        result.cls_model,
-        tuple(ctx.analysis.models),
-        ctx.settings.manufacturer,
-        ctx.settings.institution_name,
-        ctx.station_name,
-    )
+    )  # the application, its models, the station and the settings: template.context_key
 
 
 def _slots(ctx: OutputContext) -> dict[str, tuple[str, object]]:

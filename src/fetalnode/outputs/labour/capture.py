@@ -21,7 +21,7 @@ from fetalnode.errors import EncodingError
 from fetalnode.inference.labour import LabourResult
 from fetalnode.outputs import codes as fc
 from fetalnode.outputs.capture import _font as banner_font
-from fetalnode.outputs.capture import capture_shape, capture_slots, secondary_capture
+from fetalnode.outputs.capture import capture_slots, secondary_capture
 from fetalnode.outputs.labour.geometry import LabourGraphics, angle_deg, hsd_text, labour_graphics, not_analysed_reason
 from fetalnode.outputs.registry import OutputContext, register_output
 from fetalnode.outputs.template import FastPath
@@ -142,7 +142,7 @@ def _capture(ctx: OutputContext) -> tuple[np.ndarray, str]:
 
 
 def _shape(ctx: OutputContext) -> tuple[object, ...]:
-    return capture_shape(ctx, "labour", ctx.result_as(LabourResult).seg_model, ctx.analysis.decoded.frame_number)
+    return ("labour", ctx.result_as(LabourResult).seg_model, ctx.analysis.decoded.frame_number)  # + context_key
 
 
 def _slots(ctx: OutputContext) -> dict[str, tuple[str, object]]:
