@@ -6,7 +6,7 @@ other on the same machine, then a table of target, before and after.
     .venv/bin/python -m benchmarks.compare --before /tmp/before [--n 200] [--rounds 2] [--load-n 1000]
 
 The before tree runs with this virtual environment's interpreter and packages (``PYTHONPATH`` puts its
-``src`` and harness first); ``throughput.py`` is copied into it when it has none.
+``src`` and harness first); this tree's ``throughput.py`` is copied into it, so both run the same benchmark.
 """
 
 from __future__ import annotations
@@ -35,9 +35,8 @@ ROWS = [
 
 
 def run(tree: Path, args: argparse.Namespace) -> dict[str, object]:
-    script = tree / "benchmarks" / "throughput.py"
-    if not script.exists():
-        shutil.copy(ROOT / "benchmarks" / "throughput.py", script)
+    if tree != ROOT:  # this version of the benchmark on both trees
+        shutil.copy(ROOT / "benchmarks" / "throughput.py", tree / "benchmarks" / "throughput.py")
     env = {**os.environ, "PYTHONPATH": f"{tree / 'src'}{os.pathsep}{tree}"}
     cmd = [sys.executable, "-m", "benchmarks.throughput", "--n", str(args.n), "--rounds", str(args.rounds)]
     out = subprocess.run(
