@@ -399,7 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--data-dir", help="spool, outbox, job store and audit log folder (node.data_dir)")
         sp.add_argument("--models-dir", help="folder of model bundles (models.dir)")
 
-    sp = sub.add_parser("serve", help="run the DICOM SCP (C-ECHO, C-STORE) and the analysis worker")
+    sp = sub.add_parser(
+        "serve", help="run the DICOM SCP (C-ECHO, C-STORE, print) and its analysis worker processes (worker.processes)"
+    )
     node_opts(sp)
     sp.add_argument("--host", help="listen address (node.host, default 127.0.0.1)")
     sp.add_argument("--port", type=int, help="listen port (node.port)")
