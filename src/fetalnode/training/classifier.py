@@ -39,6 +39,7 @@ from fetalnode.training.calibration import (
     type_precision,
 )
 from fetalnode.training.data import Row, bootstrap_ci, case_split, load_gray, read_labels, subject_split
+from fetalnode.training.early_stopping import EarlyStopping
 from fetalnode.training.metrics import auroc, balanced_accuracy, confusion, macro_f1, per_class
 from fetalnode.training.pretrain import PretrainRecipe, pretrain_base
 from fetalnode.training.reference import CLS_IMAGES, REPO
@@ -326,9 +327,7 @@ def fit(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=recipe.epochs)
     xtr = torch.from_numpy(train.x)[:, None]
     ytr = torch.from_numpy(train.y)
-    best: tuple[float, dict[str, torch.Tensor]] | None = None
-    stale, history = 0, []
-    start = time.monotonic()
+    stopping, history = EarlyStopping(recipe.patience, recipe.max_minutes), []
     for epoch in range(1, recipe.epochs + 1):
         net.train()
         perm = torch.randperm(len(xtr), generator=gen)
@@ -352,18 +351,12 @@ def fit(
                 nll = abnormal_nll(log_pv, torch.from_numpy(val.y != normal), normal).mean()
                 record["val_loss"] += recipe.abnormal_weight * float(nll)
             record["val_bacc"] = balanced_accuracy(val.y, pv.argmax(1), n_classes)
-            if best is None or record["val_loss"] < best[0]:
-                best = (record["val_loss"], {k: v.clone() for k, v in net.state_dict().items()})
-                stale = 0
-            else:
-                stale += 1
+            stopping.update(record["val_loss"], epoch, net)
         history.append(record)
         log.info("epoch %s", {k: round(v, 4) for k, v in record.items()})
-        if stale >= recipe.patience or time.monotonic() - start > recipe.max_minutes * 60:
+        if stopping.stop():
             break
-    if best is not None:
-        net.load_state_dict(best[1])
-    net.eval()
+    stopping.restore(net)
     return net, history
 
 

@@ -37,6 +37,7 @@ from fetalnode.inference.labour_analyzer import (
 from fetalnode.inference.networks import build_segmentation_net
 from fetalnode.inference.preprocess import letterbox, resize, to_unit_range
 from fetalnode.training.data import Row, block_split, bootstrap_ci, load_gray, read_labels
+from fetalnode.training.early_stopping import EarlyStopping
 
 log = logging.getLogger(__name__)
 
@@ -295,9 +296,7 @@ def train_labour_segmentation(data: Path, out: Path, recipe: LabourRecipe, name:
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=recipe.epochs)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     provisional = LabourSettings(recipe.canvas_hw, LabourGate(min_confidence=0.0))
-    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
-    stale = 0
-    stopped = "the last epoch"
+    stopping = EarlyStopping(recipe.patience, recipe.max_minutes, start)
     history: list[dict[str, Any]] = []
     for epoch in range(1, recipe.epochs + 1):
         net.train()
@@ -341,22 +340,11 @@ def train_labour_segmentation(data: Path, out: Path, recipe: LabourRecipe, name:
             score,
             elapsed,
         )
-        if best is None or score < best[0]:
-            best = (score, epoch, {k: v.clone() for k, v in net.state_dict().items()})
-            stale = 0
-        else:
-            stale += 1
-        if stale >= recipe.patience:
-            log.info("early stop: no validation improvement for %d epochs", stale)
-            stopped = "early stopping"
+        stopping.update(score, epoch, net)
+        if stopping.stop():
             break
-        if elapsed > recipe.max_minutes * 60:
-            log.info("stopping: time budget of %.0f minutes reached", recipe.max_minutes)
-            stopped = "the time budget"
-            break
-    assert best is not None
-    net.load_state_dict(best[2])
-    net.eval()
+    assert stopping.seen
+    stopping.restore(net)
     train_minutes = (time.monotonic() - start) / 60
     # The gate: area limits from the training masks, the confidence limit from the validation images.
     val_scores = score_images(net, provisional, data, splits["val"])
@@ -400,8 +388,8 @@ def train_labour_segmentation(data: Path, out: Path, recipe: LabourRecipe, name:
         ],
         "training": {
             "epochs_run": len(history),
-            "best_epoch": best[1],
-            "stopped": stopped,
+            "best_epoch": stopping.epoch,
+            "stopped": stopping.reason,
             "minutes": round(train_minutes, 1),
             "device": "cpu",
             "threads": torch.get_num_threads(),

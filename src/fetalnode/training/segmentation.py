@@ -35,6 +35,7 @@ from fetalnode.inference.ellipse import fit_ellipse, ramanujan_perimeter
 from fetalnode.inference.networks import build_segmentation_net
 from fetalnode.inference.preprocess import letterbox, to_unit_range
 from fetalnode.training.data import Row, bootstrap_ci, load_gray, read_labels, subject_split
+from fetalnode.training.early_stopping import EarlyStopping
 from fetalnode.training.reference import segmentation_reference
 
 log = logging.getLogger(__name__)
@@ -207,9 +208,8 @@ def train_segmentation(data: Path, out: Path, recipe: SegRecipe, name: str, vers
     opt = torch.optim.AdamW(net.parameters(), lr=recipe.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=recipe.epochs)
     loss_fn = DiceCELoss(sigmoid=True)
-    best: tuple[float, dict[str, torch.Tensor]] | None = None
-    stale = 0
-    start = time.monotonic()
+    stopping = EarlyStopping(recipe.patience, recipe.max_minutes)
+    start = stopping.start
     history = []
     swa = WeightAverage()
 
@@ -251,19 +251,10 @@ def train_segmentation(data: Path, out: Path, recipe: SegRecipe, name: str, vers
         )
         if recipe.swa_from and epoch >= recipe.swa_from:
             swa.add(net)
-        score = val_hc - 100 * val_dice
-        if best is None or score < best[0]:
-            best = (score, {k: v.clone() for k, v in net.state_dict().items()})
-            stale = 0
-        else:
-            stale += 1
-        if stale >= recipe.patience:
-            log.info("early stop: no validation improvement for %d epochs", stale)
+        stopping.update(val_hc - 100 * val_dice, epoch, net)
+        if stopping.stop():
             break
-        if elapsed > recipe.max_minutes * 60:
-            log.info("stopping: time budget of %.0f minutes reached", recipe.max_minutes)
-            break
-    assert best is not None
+    assert stopping.seen
     swa_info: dict[str, Any] = {}
     if swa.count:
         # The average of the weights of the epochs from swa_from on, with batch-norm statistics
@@ -271,7 +262,7 @@ def train_segmentation(data: Path, out: Path, recipe: SegRecipe, name: str, vers
         # best single epoch (the same score as early stopping).
         swa.apply(net, xtr, recipe.batch_size)
         swa_dice, swa_hc = validate()
-        chosen = "weight average" if swa_hc - 100 * swa_dice < best[0] else "best epoch"
+        chosen = "weight average" if swa_hc - 100 * swa_dice < stopping.score else "best epoch"
         best_epoch = min(history, key=lambda h: h["val_hc_mae_mm"] - 100 * h["val_dice"])
         swa_info = {
             "epochs_averaged": swa.count,
@@ -283,7 +274,7 @@ def train_segmentation(data: Path, out: Path, recipe: SegRecipe, name: str, vers
         }
         log.info("weight average of %d epochs: val dice %.4f HC MAE %.2f mm -> %s", swa.count, swa_dice, swa_hc, chosen)
     if swa_info.get("chosen") != "weight average":
-        net.load_state_dict(best[1])
+        stopping.restore(net)
     train_minutes = (time.monotonic() - start) / 60
     stages.append(
         {

@@ -30,6 +30,7 @@ from fetalnode.inference.bundle import ONNX, export_onnx, load_bundle, save_bund
 from fetalnode.inference.networks import build_view_net
 from fetalnode.inference.view import ViewModel, view_input
 from fetalnode.training.data import Row, bootstrap_ci, case_split, group_split, load_gray, read_labels, subject_split
+from fetalnode.training.early_stopping import EarlyStopping
 from fetalnode.training.metrics import balanced_accuracy, confusion, per_class
 from fetalnode.training.reference import REPO
 from fetalnode.training.segmentation import runtime_line
@@ -383,9 +384,7 @@ def fit(train: ViewSet, val: ViewSet, recipe: ViewRecipe) -> tuple[torch.nn.Modu
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     weights = sampling_weights(train)
     xtr, ytr = torch.from_numpy(train.x)[:, None], torch.from_numpy(train.y)
-    best: tuple[float, dict[str, torch.Tensor]] | None = None
-    stale, history = 0, []
-    start = time.monotonic()
+    stopping, history = EarlyStopping(recipe.patience, recipe.max_minutes), []
     for epoch in range(1, recipe.epochs + 1):
         net.train()
         draws = []
@@ -412,20 +411,14 @@ def fit(train: ViewSet, val: ViewSet, recipe: ViewRecipe) -> tuple[torch.nn.Modu
             "val_nll": float(-np.log(np.clip(pv[np.arange(len(val.y)), val.y], 1e-7, 1.0)).mean()),
             "val_balanced_nll": balanced_nll(pv, val.y),
             "val_balanced_accuracy": balanced_accuracy(val.y, pv.argmax(1), len(CLASSES)),
-            "minutes": round((time.monotonic() - start) / 60, 2),
+            "minutes": round((time.monotonic() - stopping.start) / 60, 2),
         }
-        if best is None or record["val_nll"] < best[0]:
-            best = (record["val_nll"], {k: v.clone() for k, v in net.state_dict().items()})
-            stale = 0
-        else:
-            stale += 1
+        stopping.update(record["val_nll"], epoch, net)
         history.append(record)
         log.info("epoch %s", {k: round(v, 4) for k, v in record.items()})
-        if stale >= recipe.patience or time.monotonic() - start > recipe.max_minutes * 60:
+        if stopping.stop():
             break
-    if best is not None:
-        net.load_state_dict(best[1])
-    net.eval()
+    stopping.restore(net)
     return net, history
 
 
