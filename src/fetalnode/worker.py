@@ -1,6 +1,6 @@
-"""The embedded worker (roles ``all`` and ``fetalnode worker``): claims jobs from the SQLite store,
-hands each to :func:`~fetalnode.runner.run_job`, keeps built outputs in the outbox for a retry and
-applies the outcome through the job store's journal."""
+"""The embedded worker (``serve``'s worker processes in role ``all``, and ``fetalnode worker``): claims jobs
+from the SQLite store, hands each to :func:`~fetalnode.runner.run_job`, keeps built outputs in the outbox
+for a retry and applies the outcome through the job store's journal."""
 
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ class Worker:
         self._thread: threading.Thread | None = None
 
     def wake(self) -> None:
-        """A job was queued: stop waiting for the next poll (in-process SCP)."""
+        """A job was queued: stop waiting for the next poll (the SCP of a worker thread in serve)."""
         self._wake.set()
 
     def run_once(self) -> bool:
