@@ -22,7 +22,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -255,6 +255,14 @@ class JobStore:
         self._local.db = (os.getpid(), db)
         return db
 
+    def _discard(self, db: sqlite3.Connection) -> None:
+        """After a failure inside a transaction (or of its COMMIT: a full disk, an I/O error): roll back and
+        close this thread's connection, so the next call starts clean on a new one."""
+        with suppress(sqlite3.Error):  # nothing to roll back when BEGIN or COMMIT itself failed
+            db.execute("ROLLBACK")
+        db.close()
+        self._local.db = None
+
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """One write transaction (BEGIN IMMEDIATE ... COMMIT): durable when the block ends."""
@@ -262,10 +270,10 @@ class JobStore:
         db.execute("BEGIN IMMEDIATE")
         try:
             yield db
+            db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            self._discard(db)
             raise
-        db.execute("COMMIT")
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -274,8 +282,10 @@ class JobStore:
         db.execute("BEGIN")
         try:
             yield db
-        finally:
             db.execute("COMMIT")
+        except BaseException:
+            self._discard(db)
+            raise
 
     @staticmethod
     def _same(db: sqlite3.Connection, sop_uid: str, sha256: str) -> Job | None:

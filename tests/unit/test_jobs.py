@@ -1,7 +1,9 @@
 import json
 import os
+import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -212,3 +214,33 @@ def test_dead_letters_are_audited_once_counted_per_destination_and_resent_per_de
     assert again.deliveries["pacs"].status is DeliveryStatus.PENDING and again.deliveries["pacs"].attempts == 0
     assert again.receipts["orthanc"] == {"sr": "x"}, "what orthanc holds is kept: it is not sent again"
     assert events(tmp_path)[-1]["event"] == "resend" and events(tmp_path)[-1]["destination"] == "pacs"
+
+
+def test_a_failed_commit_leaves_the_store_usable(tmp_path: Path) -> None:
+    """A COMMIT that fails (here a deferred constraint; in life a full disk) must not leave this thread's
+    kept connection inside the transaction: the next state change would fail too."""
+    store = store_in(tmp_path)
+    db = store._connection()
+    db.execute("PRAGMA foreign_keys=ON")
+    db.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+    db.execute("CREATE TABLE child (p INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED)")
+    with pytest.raises(sqlite3.IntegrityError), store._tx() as tx:
+        tx.execute("INSERT INTO child VALUES (42)")  # checked only at COMMIT
+    first = store.receive(note(tmp_path, "4.1"), RouteAction.ANALYSE)
+    assert first.job_id is not None and store.counts()["queued"] == 1
+
+
+def test_threads_record_concurrently_on_their_own_connections(tmp_path: Path) -> None:
+    store = store_in(tmp_path)
+
+    def send(k: int) -> None:
+        for i in range(10):
+            assert store.receive(note(tmp_path, f"5.{k}.{i}"), RouteAction.ANALYSE).job_id is not None
+
+    threads = [threading.Thread(target=send, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert store.counts()["queued"] == 40
+    assert [e["event"] for e in events(tmp_path)].count("instance-received") == 40
