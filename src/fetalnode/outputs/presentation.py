@@ -18,6 +18,7 @@ coordinates with pixel centres at integers (:class:`~fetalnode.inference.ellipse
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import highdicom as hd
 import numpy as np
@@ -186,32 +187,18 @@ def build_presentation_state(
     ctx: OutputContext,
 ) -> hd.pr.GrayscaleSoftcopyPresentationState | hd.pr.ColorSoftcopyPresentationState:
     """GSPS for a grayscale source, Color Softcopy Presentation State otherwise, in the source study."""
-    source, result, decoded = ctx.source, ctx.result_as(AnalysisResult), ctx.analysis.decoded
-    photometric = str(source.get("PhotometricInterpretation", "")).strip()
-    rows, columns = int(source.Rows), int(source.Columns)
-    grayscale = photometric in GRAYSCALE
-    reference = presentation_reference(source, grayscale)
-    frame = decoded.frame_number if decoded.n_frames > 1 and decoded.frame_number else None
-    layer = graphic_layer("fetalnode AI head annotation")
-    try:
+    result = ctx.result_as(AnalysisResult)
+
+    def annotate(rows: int, columns: int) -> Annotations:
         graphics = (
             head_graphics(result.ellipse, rows, columns) if result.analysed and result.ellipse is not None else None
         )
-        annotation = hd.pr.GraphicAnnotation(
-            referenced_images=[reference],
-            graphic_layer=layer,
-            referenced_frame_number=frame,
-            graphic_objects=graphics,
-            text_objects=[text_object(annotation_lines(result))],
-        )
-    except (ValueError, TypeError, AttributeError) as exc:
-        raise EncodingError(f"Presentation State could not be built: {exc}") from exc
+        return graphics, [text_object(annotation_lines(result))]
+
     return presentation_state(
         ctx,
-        reference,
-        layer,
-        annotation,
-        grayscale=grayscale,
+        "fetalnode AI head annotation",
+        annotate,
         content_description=f"fetalnode AI annotations - {RESEARCH_NOTICE.lower()}",
         series_number=9103,
     )
@@ -227,18 +214,36 @@ def graphic_layer(description: str) -> hd.pr.GraphicLayer:
     )
 
 
+# A writer's graphics (``None``: none) and text boxes for an image of ``rows`` x ``columns`` pixels.
+Annotations = tuple[list[hd.pr.GraphicObject] | None, list[hd.pr.TextObject]]
+
+
 def presentation_state(
     ctx: OutputContext,
-    reference: Dataset,
-    layer: hd.pr.GraphicLayer,
-    annotation: hd.pr.GraphicAnnotation,
+    layer_description: str,
+    annotate: Callable[[int, int], Annotations],
     *,
-    grayscale: bool,
     content_description: str,
     series_number: int,
 ) -> hd.pr.GrayscaleSoftcopyPresentationState | hd.pr.ColorSoftcopyPresentationState:
     """A Grayscale (grayscale source) or Color (colour source) Softcopy Presentation State of one graphic
-    annotation on the referenced image, in the source study; every presentation writer builds it here."""
+    annotation (``annotate``'s graphics and texts, on one layer) on the source image (its analysed frame of a
+    cine), in the source study; every presentation writer builds it here."""
+    source, decoded = ctx.source, ctx.analysis.decoded
+    grayscale = str(source.get("PhotometricInterpretation", "")).strip() in GRAYSCALE
+    reference = presentation_reference(source, grayscale)
+    layer = graphic_layer(layer_description)
+    try:
+        graphics, texts = annotate(int(source.Rows), int(source.Columns))
+        annotation = hd.pr.GraphicAnnotation(
+            referenced_images=[reference],
+            graphic_layer=layer,
+            referenced_frame_number=decoded.frame_number if decoded.n_frames > 1 and decoded.frame_number else None,
+            graphic_objects=graphics,
+            text_objects=texts,
+        )
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise EncodingError(f"Presentation State could not be built: {exc}") from exc
     common = {
         "referenced_images": [reference],
         "manufacturer_model_name": "fetalnode",

@@ -72,6 +72,10 @@ class OutputWriter:
     def builder_for(self, application: str) -> Build | None:
         return self.builders.get(application) or self.builders.get(ANY_APPLICATION)
 
+    def _registered_as(self, analysis: Analysis) -> str:
+        """The key its builder, revision and fast path are registered under for this analysis."""
+        return analysis.application if analysis.application in self.builders else ANY_APPLICATION
+
     def context(
         self,
         source: Dataset,
@@ -82,7 +86,7 @@ class OutputWriter:
         now: datetime | None = None,
     ) -> OutputContext:
         """The context of one job (the clock ``now`` when given, e.g. by a test)."""
-        application = analysis.application if analysis.application in self.builders else ANY_APPLICATION
+        application = self._registered_as(analysis)
         uids = object_uids(
             self.name,
             str(source.SOPInstanceUID),
@@ -121,7 +125,7 @@ class OutputWriter:
         from fetalnode.outputs.template import Templates, encode_reference
 
         ctx = self.context(source, analysis, settings, station_name, variant, now)
-        application = analysis.application if analysis.application in self.builders else ANY_APPLICATION
+        application = self._registered_as(analysis)
         fast = self.fast.get(application)
         if fast is None:
             return encode_reference(ctx, build)

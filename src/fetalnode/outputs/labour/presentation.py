@@ -14,14 +14,11 @@ from __future__ import annotations
 import highdicom as hd
 
 from fetalnode import RESEARCH_NOTICE
-from fetalnode.errors import EncodingError
 from fetalnode.inference.labour import LabourResult
 from fetalnode.outputs import codes as fc
 from fetalnode.outputs.labour.geometry import hsd_text, labour_graphics, not_analysed_reason
 from fetalnode.outputs.presentation import (
-    GRAYSCALE,
-    graphic_layer,
-    presentation_reference,
+    Annotations,
     presentation_shape,
     presentation_state,
     text_object,
@@ -83,41 +80,27 @@ def build_labour_presentation_state(
     ctx: OutputContext,
 ) -> hd.pr.GrayscaleSoftcopyPresentationState | hd.pr.ColorSoftcopyPresentationState:
     """GSPS for a grayscale source, Color Softcopy Presentation State otherwise, in the source study."""
-    source, result, decoded = ctx.source, ctx.result_as(LabourResult), ctx.analysis.decoded
-    rows, columns = int(source.Rows), int(source.Columns)
-    grayscale = str(source.get("PhotometricInterpretation", "")).strip() in GRAYSCALE
-    reference = presentation_reference(source, grayscale)
-    frame = decoded.frame_number if decoded.n_frames > 1 and decoded.frame_number else None
-    layer = graphic_layer("fetalnode AI angle of progression")
-    try:
-        graphics = None
+    result = ctx.result_as(LabourResult)
+
+    def annotate(rows: int, columns: int) -> Annotations:
         texts = [text_object(annotation_lines(result))]
-        if result.analysed:
-            graphics = labour_graphic_objects(result, rows, columns)
-            vertex = labour_graphics(result, rows, columns).angle[1]
-            texts.append(
-                hd.pr.TextObject(
-                    text_value=f"AoP {result.aop_deg:.1f} deg",
-                    units=hd.pr.AnnotationUnitsValues.PIXEL,
-                    anchor_point=(float(vertex[0]), float(vertex[1])),
-                    anchor_point_visible=True,
-                )
+        if not result.analysed:
+            return None, texts
+        vertex = labour_graphics(result, rows, columns).angle[1]
+        texts.append(
+            hd.pr.TextObject(
+                text_value=f"AoP {result.aop_deg:.1f} deg",
+                units=hd.pr.AnnotationUnitsValues.PIXEL,
+                anchor_point=(float(vertex[0]), float(vertex[1])),
+                anchor_point_visible=True,
             )
-        annotation = hd.pr.GraphicAnnotation(
-            referenced_images=[reference],
-            graphic_layer=layer,
-            referenced_frame_number=frame,
-            graphic_objects=graphics,
-            text_objects=texts,
         )
-    except (ValueError, TypeError, AttributeError) as exc:
-        raise EncodingError(f"Presentation State could not be built: {exc}") from exc
+        return labour_graphic_objects(result, rows, columns), texts
+
     return presentation_state(
         ctx,
-        reference,
-        layer,
-        annotation,
-        grayscale=grayscale,
+        "fetalnode AI angle of progression",
+        annotate,
         content_description=f"fetalnode AI angle of progression - {RESEARCH_NOTICE.lower()}",
         series_number=SERIES_NUMBER,
     )
