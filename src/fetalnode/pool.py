@@ -8,7 +8,10 @@ worker) and run them with :func:`~fetalnode.runner.run_job`.
 - Start-up: every worker loads the application's bundles and says so; a bundle that does not load
   stops ``serve`` with the worker's error, as the in-process worker did.
 - The SCP wakes the workers when it queues a job (a shared event); they also poll the store.
-- A worker that dies is started again (audited), at most once per ``RESTART_DELAY`` seconds per slot.
+- A worker that dies is started again (audited). The restart never blocks ``serve``'s loop: the new
+  worker's ready message is read on a later :meth:`WorkerPool.supervise`. A worker that keeps failing
+  (say a pushed bundle that does not load) is retried ever more slowly: ``RESTART_DELAY`` seconds after
+  it started, doubled for each start in a row that failed, at most ``MAX_RESTART_DELAY``.
 - The workers die with ``serve`` (Linux ``PR_SET_PDEATHSIG``): a SIGKILL of the node stops the
   analysis as a power cut would, and the restarted node takes over their leases (dead owners).
 """
@@ -34,6 +37,8 @@ from fetalnode.vocab import AuditEvent
 log = logging.getLogger(__name__)
 
 RESTART_DELAY = 5.0
+MAX_RESTART_DELAY = 300.0
+RESTART_READY_TIMEOUT = 600.0
 _PR_SET_PDEATHSIG = 1
 
 
@@ -80,11 +85,16 @@ class WorkerPool:
         self._wake = self._ctx.Event()
         self._procs: list[BaseProcess | None] = [None] * max(1, processes)
         self._started_at = [0.0] * len(self._procs)
+        # A restarted worker's ready pipe and the time by which it must answer, per slot.
+        self._pending: dict[int, tuple[multiprocessing.connection.Connection, float]] = {}
+        self._failed_starts = [0] * len(self._procs)
+
+    target = staticmethod(worker_process)
 
     def _spawn(self, slot: int) -> multiprocessing.connection.Connection:
         receive, send = self._ctx.Pipe(duplex=False)
         proc = self._ctx.Process(
-            target=worker_process,
+            target=self.target,
             args=(self.settings, self._wake, os.getpid(), self.log_level, send),
             name=f"fetalnode-worker-{slot}",
         )
@@ -132,18 +142,45 @@ class WorkerPool:
         self._wake.set()
 
     def supervise(self) -> None:
-        """Start again any worker that has died (a crash, the OOM killer, a SIGKILL)."""
+        """Start again any worker that has died (a crash, the OOM killer, a SIGKILL); read the ready
+        message of one started earlier. Returns at once: nothing here waits for a worker."""
+        now = time.monotonic()
         for slot, proc in enumerate(self._procs):
+            if slot in self._pending:
+                self._check_restarted(slot, now)
+                continue
             if proc is None or proc.is_alive():
                 continue
-            if time.monotonic() - self._started_at[slot] < RESTART_DELAY:
+            delay = min(MAX_RESTART_DELAY, RESTART_DELAY * 2 ** self._failed_starts[slot])
+            if now - self._started_at[slot] < delay:
                 continue
             log.error("analysis worker %d (pid %s) exited with %s; starting it again", slot, proc.pid, proc.exitcode)
             self.audit.event(AuditEvent.WORKER_RESTARTED, slot=slot, pid=proc.pid, exit_code=proc.exitcode)
-            pipe = self._spawn(slot)
-            message = self._ready(slot, pipe, 600.0)
-            if message:
-                log.error("analysis worker %d failed to start again: %s", slot, message)
+            self._pending[slot] = (self._spawn(slot), now + RESTART_READY_TIMEOUT)
+
+    def _check_restarted(self, slot: int, now: float) -> None:
+        pipe, deadline = self._pending[slot]
+        proc = self._procs[slot]
+        try:
+            if not pipe.poll(0):
+                if now < deadline:
+                    return
+                message = f"did not load its models within {RESTART_READY_TIMEOUT:.0f} s"
+                if proc is not None:
+                    proc.kill()
+            else:
+                message = str(pipe.recv())
+        except EOFError:  # it died before saying anything
+            message = f"exited with {proc.exitcode if proc else '?'} while starting"
+        del self._pending[slot]
+        pipe.close()
+        if message:
+            self._failed_starts[slot] += 1
+            delay = min(MAX_RESTART_DELAY, RESTART_DELAY * 2 ** self._failed_starts[slot])
+            log.error("analysis worker %d failed to start again (%s); next try in %.0f s", slot, message, delay)
+        else:
+            self._failed_starts[slot] = 0
+            log.info("analysis worker %d started again and ready", slot)
 
     def pids(self) -> list[int]:
         return [p.pid for p in self._procs if p is not None and p.pid is not None]
@@ -160,4 +197,7 @@ class WorkerPool:
                 log.warning("analysis worker pid %s did not stop within %.0f s: killed", proc.pid, timeout)
                 proc.kill()
                 proc.join(5)
+        for pipe, _ in self._pending.values():
+            pipe.close()
+        self._pending.clear()
         self._procs = [None] * len(self._procs)
