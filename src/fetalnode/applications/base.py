@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from pydicom.dataset import Dataset
 
 if TYPE_CHECKING:
+    from fetalnode.config import Settings
     from fetalnode.inference import AnalysisResult
     from fetalnode.inference.labour import LabourResult
     from fetalnode.inference.view import ViewPrediction
@@ -42,6 +43,26 @@ class Analysis:
         if self.view is not None:
             summary["view"] = self.view.summary()
         return summary
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every application takes from the settings: the folder of its bundles and the intake limits
+    of the frame it analyses."""
+
+    models_dir: Path
+    max_pixels: int
+    max_frames: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> Setup:
+        return cls(Path(settings.models.dir), settings.worker.max_pixels, settings.worker.max_frames)
+
+    def decode(self, ds: Dataset, decoded: DecodedImage | None = None) -> DecodedImage:
+        """``decoded`` when a router has decoded the frame already, else the frame of ``ds``."""
+        from fetalnode.intake import decode_for_analysis
+
+        return decoded or decode_for_analysis(ds, self.max_pixels, self.max_frames)
 
 
 class Application(Protocol):

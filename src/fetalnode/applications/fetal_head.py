@@ -8,11 +8,11 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from fetalnode.applications.base import Analysis, run_models
+from fetalnode.applications.base import Analysis, Setup, run_models
 from fetalnode.applications.registry import register_application
 from fetalnode.config import Settings
 from fetalnode.inference import Analyzer
-from fetalnode.intake import DecodedImage, decode_for_analysis
+from fetalnode.intake import DecodedImage
 
 log = logging.getLogger(__name__)
 NAME = "fetal-head"
@@ -23,21 +23,18 @@ class FetalHead:
     """Bundles ``models.segmentation`` + ``models.classifier`` from ``models.dir``."""
 
     analyzer: Analyzer
-    models_dir: Path
+    setup: Setup
     bundles: tuple[str, str]
-    max_pixels: int
-    max_frames: int
     name: str = NAME
     applications: tuple[str, ...] = (NAME,)
 
     def analyse(self, ds: Dataset, decoded: DecodedImage | None = None) -> Analysis:
-        decoded = decoded or decode_for_analysis(ds, self.max_pixels, self.max_frames)
-        d = decoded
+        d = decoded = self.setup.decode(ds, decoded)
         result = run_models(lambda: self.analyzer.analyze(d.gray, d.spacing_mm, d.display_rgb, d.spacing_note))
         return Analysis(self.name, result, decoded, (result.seg_model, result.cls_model))
 
     def bundle_paths(self) -> list[Path]:
-        return [self.models_dir / name for name in self.bundles]
+        return [self.setup.models_dir / name for name in self.bundles]
 
     def describe(self) -> dict[str, str]:
         seg, cls = self.analyzer.seg, self.analyzer.cls
@@ -48,6 +45,4 @@ class FetalHead:
 def load(settings: Settings) -> FetalHead:
     m = settings.models
     analyzer = Analyzer.from_dir(m.dir, m.segmentation, m.classifier, settings.output.heatmap_alpha)
-    return FetalHead(
-        analyzer, Path(m.dir), (m.segmentation, m.classifier), settings.worker.max_pixels, settings.worker.max_frames
-    )
+    return FetalHead(analyzer, Setup.of(settings), (m.segmentation, m.classifier))

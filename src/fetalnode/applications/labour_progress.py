@@ -10,11 +10,11 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from fetalnode.applications.base import Analysis, run_models
+from fetalnode.applications.base import Analysis, Setup, run_models
 from fetalnode.applications.registry import register_application
 from fetalnode.config import Settings
 from fetalnode.inference.labour_analyzer import LabourAnalyzer, load_labour_bundle
-from fetalnode.intake import DecodedImage, decode_for_analysis
+from fetalnode.intake import DecodedImage
 
 log = logging.getLogger(__name__)
 NAME = "labour-progress"
@@ -25,21 +25,18 @@ class LabourProgress:
     """Bundle ``models.labour_segmentation`` from ``models.dir``."""
 
     analyzer: LabourAnalyzer
-    models_dir: Path
+    setup: Setup
     bundle: str
-    max_pixels: int
-    max_frames: int
     name: str = NAME
     applications: tuple[str, ...] = (NAME,)
 
     def analyse(self, ds: Dataset, decoded: DecodedImage | None = None) -> Analysis:
-        decoded = decoded or decode_for_analysis(ds, self.max_pixels, self.max_frames)
-        d = decoded
+        d = decoded = self.setup.decode(ds, decoded)
         result = run_models(lambda: self.analyzer.analyze(d.gray, d.spacing_mm, d.spacing_note))
         return Analysis(self.name, result, decoded, (result.seg_model,))
 
     def bundle_paths(self) -> list[Path]:
-        return [self.models_dir / self.bundle]
+        return [self.setup.models_dir / self.bundle]
 
     def describe(self) -> dict[str, str]:
         seg = self.analyzer.bundle
@@ -49,11 +46,6 @@ class LabourProgress:
 @register_application(NAME)
 def load(settings: Settings) -> LabourProgress:
     m = settings.models
-    bundle = load_labour_bundle(Path(m.dir) / m.labour_segmentation)
-    return LabourProgress(
-        LabourAnalyzer(bundle),
-        Path(m.dir),
-        m.labour_segmentation,
-        settings.worker.max_pixels,
-        settings.worker.max_frames,
-    )
+    setup = Setup.of(settings)
+    bundle = load_labour_bundle(setup.models_dir / m.labour_segmentation)
+    return LabourProgress(LabourAnalyzer(bundle), setup, m.labour_segmentation)

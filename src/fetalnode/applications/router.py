@@ -17,14 +17,14 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from fetalnode.applications.base import Analysis, Application, run_models
+from fetalnode.applications.base import Analysis, Application, Setup, run_models
 from fetalnode.applications.registry import APPLICATIONS, register_application
 from fetalnode.config import Settings
 from fetalnode.errors import ConfigError
 from fetalnode.inference import AnalysisResult
 from fetalnode.inference.bundle import load_bundle
 from fetalnode.inference.view import ViewModel, ViewPrediction
-from fetalnode.intake import DecodedImage, decode_for_analysis
+from fetalnode.intake import DecodedImage
 from fetalnode.vocab import View
 
 log = logging.getLogger(__name__)
@@ -42,9 +42,7 @@ class ViewRouter:
 
     view_model: ViewModel
     routes: dict[View, Application]
-    models_dir: Path
-    max_pixels: int
-    max_frames: int
+    setup: Setup
     name: str = NAME
     # This one and every routed application's names (the writers are checked against them at start-up).
     applications: tuple[str, ...] = field(init=False)
@@ -59,7 +57,7 @@ class ViewRouter:
         return run_models(lambda: self.view_model.predict(decoded.gray), "view model")
 
     def analyse(self, ds: Dataset, decoded: DecodedImage | None = None) -> Analysis:
-        decoded = decoded or decode_for_analysis(ds, self.max_pixels, self.max_frames)
+        decoded = self.setup.decode(ds, decoded)
         view = self.classify(decoded)
         model = view.model
         application = self.routes.get(view.label)
@@ -124,8 +122,8 @@ def load(settings: Settings) -> ViewRouter:
     A route to an application that is not registered (another build's ``labour-progress``, a plugin
     not installed) is dropped with a warning: those images get "no application for this view".
     """
-    models_dir = Path(settings.models.dir)
-    view_model = ViewModel(load_bundle(models_dir / settings.models.view, "view"))
+    setup = Setup.of(settings)
+    view_model = ViewModel(load_bundle(setup.models_dir / settings.models.view, "view"))
     built: dict[str, Application] = {}
     routes: dict[View, Application] = {}
     for view, name in router_routes(settings).items():
@@ -144,4 +142,4 @@ def load(settings: Settings) -> ViewRouter:
         routes[view] = built[name]
     unrouted = [v.words for v in view_model.labels if v not in routes]
     log.info("router: %s; no application for: %s", ", ".join(f"{v} -> {routes[v].name}" for v in routes), unrouted)
-    return ViewRouter(view_model, routes, models_dir, settings.worker.max_pixels, settings.worker.max_frames)
+    return ViewRouter(view_model, routes, setup)

@@ -543,6 +543,7 @@ def node_check(view_bundle: Path, images: list[ViewImage], models_dir: Path) -> 
     """
     from pydicom import dcmread
 
+    from fetalnode.applications.base import Setup
     from fetalnode.applications.fetal_head import NAME as HEAD
     from fetalnode.applications.fetal_head import load as load_head
     from fetalnode.applications.router import ViewRouter
@@ -556,9 +557,7 @@ def node_check(view_bundle: Path, images: list[ViewImage], models_dir: Path) -> 
     router = ViewRouter(
         ViewModel(load_bundle(view_bundle, "view")),
         {View.SECOND_TRIMESTER_HEAD: load_head(settings)},
-        models_dir,
-        settings.worker.max_pixels,
-        settings.worker.max_frames,
+        Setup.of(settings),
     )
     counts: dict[str, Counter[str]] = {}
     examples: list[dict[str, Any]] = []
