@@ -193,7 +193,7 @@ def test_labour_progress_in_panel_and_triage(display_orthanc, browser, tmp_path)
     built = build(wrapped(HIGH_AOP, tmp_path), GroundTruthLabour(HIGH_AOP), outputs=["sr", "sc"])
     for data in (built.src.read_bytes(), built.outcome.built["sr"], built.outcome.built["sc"]):
         rest(display_orthanc, "POST", "/instances", content=data)
-    aop = f"{built.analysis.result.aop_deg:.1f}"
+    aop = f"{built.analysis.result.geometry.aop_deg:.1f}"
     study = study_id(display_orthanc, built.src)
 
     def labour_findings() -> list[dict]:

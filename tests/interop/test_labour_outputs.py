@@ -79,7 +79,7 @@ def test_highdicom_reads_the_report_back(written: tuple[Built, Path]) -> None:
     if result.analysed:
         [group] = sr.content.get_planar_roi_measurement_groups(tracking_uid=None, graphic_type=None)[:1]
         [aop] = group.get_measurements(name=fc.ANGLE_OF_PROGRESSION)
-        assert aop.value == pytest.approx(result.aop_deg, abs=0.005)
+        assert aop.value == pytest.approx(result.geometry.aop_deg, abs=0.005)
     finding = read_finding(built.dataset("sr"))
     assert finding["readable"] and finding["analysed"] is result.analysed
 

@@ -4,6 +4,7 @@ the Secondary Capture's drawing and banner, the SEG's masks, the Presentation St
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import highdicom as hd
@@ -59,8 +60,8 @@ def test_the_ground_truth_stand_in_matches_the_dataset_labels(high: Built, low: 
     """The fixture's geometry is the dataset's (FH-PS-AOP convention, moment instead of OpenCV fits)."""
     for built, image_id in ((high, HIGH_AOP), (low, LOW_AOP)):
         result = built.analysis.result
-        assert result.aop_deg == pytest.approx(float(LABELS[image_id]["aop_deg"]), abs=0.5)
-        assert result.hsd_px == pytest.approx(float(LABELS[image_id]["hsd_px"]), abs=1.0)
+        assert result.geometry.aop_deg == pytest.approx(float(LABELS[image_id]["aop_deg"]), abs=0.5)
+        assert result.geometry.hsd_px == pytest.approx(float(LABELS[image_id]["hsd_px"]), abs=1.0)
 
 
 @pytest.mark.parametrize("which", ["high", "low"])
@@ -77,9 +78,9 @@ def test_sr_carries_aop_and_hsd_by_code(which: str, request: pytest.FixtureReque
         "fetal head contour",
     ]
     [aop] = by_name["angle of progression"].get_measurements(name=fc.ANGLE_OF_PROGRESSION)
-    assert aop.value == pytest.approx(result.aop_deg, abs=0.005) and aop.unit == fc.DEGREE
+    assert aop.value == pytest.approx(result.geometry.aop_deg, abs=0.005) and aop.unit == fc.DEGREE
     [hsd] = by_name["head-symphysis distance"].get_measurements(name=fc.HEAD_SYMPHYSIS_DISTANCE)
-    assert hsd.value == pytest.approx(result.hsd_px, abs=0.005) and hsd.unit == fc.PIXELS
+    assert hsd.value == pytest.approx(result.geometry.hsd_px, abs=0.005) and hsd.unit == fc.PIXELS
     [evaluation] = by_name["angle of progression"].get_qualitative_evaluations(name=fc.LABOUR_ASSESSMENT)
     assert evaluation.value == fc.LABOUR_MEASURED
     for name, group in by_name.items():
@@ -104,12 +105,12 @@ def test_sr_lines_are_the_measured_geometry(high: Built) -> None:
     by_name = groups(high)
     result = high.analysis.result
     angle = by_name["angle of progression"].roi.value
-    assert angle.shape == (3, 2) and angle_deg(angle) == pytest.approx(result.aop_deg, abs=0.01)
-    np.testing.assert_allclose(angle[1], np.add(result.vertex, 0.5), atol=1e-4)
+    assert angle.shape == (3, 2) and angle_deg(angle) == pytest.approx(result.geometry.aop_deg, abs=0.01)
+    np.testing.assert_allclose(angle[1], np.add(result.geometry.vertex, 0.5), atol=1e-4)
     np.testing.assert_allclose(by_name["pubic symphysis axis"].roi.value, angle[:2], atol=1e-4)
     np.testing.assert_allclose(by_name["tangent to the fetal head"].roi.value, angle[1:], atol=1e-4)
     hsd = by_name["head-symphysis distance"].roi.value
-    assert np.linalg.norm(hsd[1] - hsd[0]) == pytest.approx(result.hsd_px, abs=0.01)
+    assert np.linalg.norm(hsd[1] - hsd[0]) == pytest.approx(result.geometry.hsd_px, abs=0.01)
     for name in ("pubic symphysis contour", "fetal head contour"):
         contour = by_name[name].roi.value
         assert len(contour) > 10 and np.array_equal(contour[0], contour[-1]), name
@@ -119,18 +120,17 @@ def test_sr_lines_are_the_measured_geometry(high: Built) -> None:
 def test_a_line_running_out_of_the_image_is_shortened_along_itself(high: Built) -> None:
     """A tangent point beyond the image edge: the line ends at the border, the angle is unchanged."""
     result = high.analysis.result
-    vertex = np.asarray(result.vertex)
-    far = vertex + 10 * (np.asarray(result.tangent_point) - vertex)
-    moved = labour_graphics(
-        type(result)(**{**result.__dict__, "tangent_point": (float(far[0]), float(far[1]))}), 256, 256
-    )
+    vertex = np.asarray(result.geometry.vertex)
+    far = vertex + 10 * (np.asarray(result.geometry.tangent_point) - vertex)
+    geometry = dataclasses.replace(result.geometry, tangent_point=(float(far[0]), float(far[1])))
+    moved = labour_graphics(dataclasses.replace(result, geometry=geometry), 256, 256)
     assert moved.angle.max() <= 256 and moved.angle.min() >= 0
-    assert angle_deg(moved.angle) == pytest.approx(result.aop_deg, abs=1e-6)
+    assert angle_deg(moved.angle) == pytest.approx(result.geometry.aop_deg, abs=1e-6)
 
 
 def test_calibrated_hsd_is_written_in_mm(calibrated: Built) -> None:
     result = calibrated.analysis.result
-    assert result.hsd_mm == pytest.approx(result.hsd_px * PIXEL_SIZE_MM)
+    assert result.hsd_mm == pytest.approx(result.geometry.hsd_px * PIXEL_SIZE_MM)
     [hsd] = groups(calibrated)["head-symphysis distance"].get_measurements(name=fc.HEAD_SYMPHYSIS_DISTANCE)
     assert hsd.unit == fc.MM and hsd.value == pytest.approx(result.hsd_mm, abs=0.005)
     finding = read_finding(calibrated.dataset("sr"))
@@ -154,7 +154,7 @@ def test_the_reader_goes_by_code_not_by_meaning(high: Built) -> None:
     for item in _items(sr):
         for concept in item.get("ConceptNameCodeSequence", []):
             concept.CodeMeaning = "something else"
-    assert read_finding(sr)["aop_deg"] == pytest.approx(high.analysis.result.aop_deg, abs=0.005)
+    assert read_finding(sr)["aop_deg"] == pytest.approx(high.analysis.result.geometry.aop_deg, abs=0.005)
     for item in _items(sr):
         for concept in item.get("ConceptNameCodeSequence", []):
             if concept.CodeValue == fc.ANGLE_OF_PROGRESSION.value:
@@ -183,14 +183,14 @@ def test_capture_draws_the_angle_and_the_banner(high: Built) -> None:
     assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" and sc.BurnedInAnnotation == "YES"
     assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == high.source.SOPInstanceUID
     comments = sc.ImageComments
-    assert f"ANGLE OF PROGRESSION {high.analysis.result.aop_deg:.1f} deg" in comments
-    hsd = high.analysis.result.hsd_px
+    assert f"ANGLE OF PROGRESSION {high.analysis.result.geometry.aop_deg:.1f} deg" in comments
+    hsd = high.analysis.result.geometry.hsd_px
     assert f"HSD {hsd:.1f} px" in comments and "Kalache et al." in comments and RESEARCH_NOTICE in comments
     pixels = sc.pixel_array
     assert pixels.shape[1] == MIN_WIDTH and pixels.shape[0] > MIN_WIDTH  # enlarged 2x, banner above
     banner = pixels.shape[0] - MIN_WIDTH
     # The yellow lines of the angle pass through the vertex (source pixel units, enlarged 2x).
-    vertex = (np.add(high.analysis.result.vertex, 0.5) * 2).round().astype(int)
+    vertex = (np.add(high.analysis.result.geometry.vertex, 0.5) * 2).round().astype(int)
     patch = pixels[banner + vertex[1] - 3 : banner + vertex[1] + 4, vertex[0] - 3 : vertex[0] + 4]
     assert (patch == YELLOW).all(axis=-1).any()
     assert (pixels[:banner] == YELLOW).all(axis=-1).any()  # the highlighted first banner line
@@ -221,9 +221,9 @@ def test_presentation_state_draws_the_angle_and_outlines(high: Built) -> None:
     [annotation] = pr.GraphicAnnotationSequence
     shapes = [np.reshape(g.GraphicData, (-1, 2)) for g in annotation.GraphicObjectSequence]
     assert [len(s) for s in shapes[:2]] == [3, 2] and all(np.array_equal(s[0], s[-1]) for s in shapes[2:])
-    assert angle_deg(shapes[0]) == pytest.approx(high.analysis.result.aop_deg, abs=0.01)
+    assert angle_deg(shapes[0]) == pytest.approx(high.analysis.result.geometry.aop_deg, abs=0.01)
     texts = [t.UnformattedTextValue for t in annotation.TextObjectSequence]
-    assert texts[1] == f"AoP {high.analysis.result.aop_deg:.1f} deg" and RESEARCH_NOTICE in texts[0]
+    assert texts[1] == f"AoP {high.analysis.result.geometry.aop_deg:.1f} deg" and RESEARCH_NOTICE in texts[0]
 
 
 def test_uids_are_deterministic_and_differ_from_the_heads(high: Built, folder: Path) -> None:

@@ -94,20 +94,22 @@ def test_calibrated_image_gets_aop_and_hsd_in_mm_with_every_field_filled(app) ->
         assert getattr(result, field.name) is not None, field.name
     assert result.ps_mask.shape == result.fh_mask.shape == (256, 256)
     assert result.ps_mask.any() and result.fh_mask.any() and not (result.ps_mask & result.fh_mask).any()
-    assert result.ps_contour.shape[1] == 2 and result.fh_contour.shape[1] == 2
-    assert result.vertex[0] > result.ps_axis_end[0]  # the vertex is the right-most end of the symphysis axis
+    assert result.geometry.ps.contour.shape[1] == 2 and result.geometry.fh.contour.shape[1] == 2
+    assert (
+        result.geometry.vertex[0] > result.geometry.ps_axis_end[0]
+    )  # the vertex is the right-most end of the symphysis axis
     ref = reference(name)
-    assert result.aop_deg == pytest.approx(float(ref["aop_deg"]), abs=10.0)
-    assert result.hsd_mm == pytest.approx(0.2 * result.hsd_px, rel=1e-6)
+    assert result.geometry.aop_deg == pytest.approx(float(ref["aop_deg"]), abs=10.0)
+    assert result.hsd_mm == pytest.approx(0.2 * result.geometry.hsd_px, rel=1e-6)
     assert result.measurement_note == ""
     assert {"segmentation", "measurement"} <= set(result.timings_ms)
     summary = analysis.summary()
-    assert summary["application"] == "labour-progress" and summary["aop_deg"] == round(result.aop_deg, 1)
+    assert summary["application"] == "labour-progress" and summary["aop_deg"] == round(result.geometry.aop_deg, 1)
 
 
 def test_uncalibrated_image_gets_hsd_in_pixels_only_with_a_note(app) -> None:
     result = labour(app.analyse(wrapped("psfhs_04152.png", None)))
-    assert result.analysed and result.hsd_px is not None and result.hsd_mm is None
+    assert result.analysed and result.geometry.hsd_px is not None and result.hsd_mm is None
     assert "pixels only" in result.measurement_note
 
 
@@ -116,7 +118,7 @@ def test_an_image_without_the_structures_is_not_analysed(app) -> None:
     ds.PixelData = np.zeros((ds.Rows, ds.Columns), dtype=np.uint8).tobytes()
     result = labour(app.analyse(ds))
     assert not result.analysed and result.reason.startswith("not analysed: ")
-    assert result.aop_deg is None
+    assert result.geometry.aop_deg is None
     assert result.summary()["analysed"] is False
 
 

@@ -12,9 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fetalnode.inference.ellipse import Ellipse
-
-Point = tuple[float, float]
+from fetalnode.inference.aop import LabourGeometry
 
 
 @dataclass
@@ -22,9 +20,9 @@ class LabourResult:
     """Angle of progression and head-symphysis distance of one transperineal image.
 
     ``analysed`` is false (with ``reason``) when the structures were not found well enough to measure.
-    ``vertex`` is the inferior apex of the pubic symphysis (the AoP vertex); ``ps_axis_end`` the other end of
-    the symphysis major axis; ``tangent_point`` where the line from the vertex touches the far side of the
-    head ellipse; ``hsd_point`` the head-contour point nearest the vertex.
+    ``geometry`` is the AoP construction (:class:`~fetalnode.inference.aop.LabourGeometry`: both
+    structures' contours and ellipses, the vertex at the inferior apex of the symphysis, the tangent
+    point, the nearest head point, AoP and HSD in pixels); ``hsd_mm`` is the HSD where the image is calibrated.
     """
 
     analysed: bool
@@ -32,16 +30,7 @@ class LabourResult:
     seg_model: tuple[str, str]
     ps_mask: np.ndarray | None = None
     fh_mask: np.ndarray | None = None
-    ps_ellipse: Ellipse | None = None
-    fh_ellipse: Ellipse | None = None
-    ps_contour: np.ndarray | None = None  # (N, 2) x, y, closed polygon
-    fh_contour: np.ndarray | None = None
-    vertex: Point | None = None
-    ps_axis_end: Point | None = None
-    tangent_point: Point | None = None
-    hsd_point: Point | None = None
-    aop_deg: float | None = None
-    hsd_px: float | None = None
+    geometry: LabourGeometry = field(default_factory=lambda: LabourGeometry(reason="not measured"))
     hsd_mm: float | None = None
     measurement_note: str = ""
     timings_ms: dict[str, float] = field(default_factory=dict)
@@ -50,8 +39,8 @@ class LabourResult:
         return {
             "analysed": self.analysed,
             "reason": self.reason,
-            "aop_deg": round(self.aop_deg, 1) if self.aop_deg is not None else None,
-            "hsd_px": round(self.hsd_px, 1) if self.hsd_px is not None else None,
+            "aop_deg": round(g.aop_deg, 1) if (g := self.geometry).aop_deg is not None else None,
+            "hsd_px": round(g.hsd_px, 1) if g.hsd_px is not None else None,
             "hsd_mm": round(self.hsd_mm, 1) if self.hsd_mm is not None else None,
             "measurement_note": self.measurement_note,
             "models": {"segmentation": "/".join(self.seg_model)},

@@ -180,14 +180,8 @@ class LabourAnalyzer:
 def fill(
     result: LabourResult, geometry: LabourGeometry, spacing_mm: tuple[float, float] | None, spacing_note: str = ""
 ) -> None:
-    """Copy a geometry into a result: measurements, construction points, contours and ellipses."""
-    if geometry.ps is not None:
-        result.ps_ellipse, result.ps_contour = geometry.ps.ellipse, geometry.ps.contour
-    if geometry.fh is not None:
-        result.fh_ellipse, result.fh_contour = geometry.fh.ellipse, geometry.fh.contour
-    result.vertex, result.ps_axis_end = geometry.vertex, geometry.ps_axis_end
-    result.tangent_point, result.hsd_point = geometry.tangent_point, geometry.hsd_point
-    result.aop_deg, result.hsd_px = geometry.aop_deg, geometry.hsd_px
+    """Put a geometry into a result, with the HSD in mm where the image is calibrated and the verdict."""
+    result.geometry = geometry
     if geometry.hsd_px is not None and geometry.vertex is not None and geometry.fh is not None:
         if spacing_mm is not None:
             dy, dx = spacing_mm

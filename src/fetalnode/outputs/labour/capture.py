@@ -39,7 +39,7 @@ def banner_lines(result: LabourResult, reference: str = fc.AOP_REFERENCE) -> lis
     if not result.analysed:
         reason = not_analysed_reason(result)
         return [f"NOT ANALYSED: {reason}".upper(), notice]
-    first = f"ANGLE OF PROGRESSION {result.aop_deg:.1f}\u00b0"
+    first = f"ANGLE OF PROGRESSION {result.geometry.aop_deg:.1f}\u00b0"
     if hsd := hsd_text(result):
         first += f"   {hsd}"
     return [first, LEGEND, f"Reference: {reference}", notice]
@@ -122,13 +122,13 @@ def capture_pixels(result: LabourResult, display_rgb: np.ndarray) -> np.ndarray:
         image = image.resize((columns * scale, rows * scale), Image.Resampling.BICUBIC)
     pixels = np.asarray(image.convert("RGB"))
     if result.analysed:
-        if result.aop_deg is None:
+        if result.geometry.aop_deg is None:
             raise EncodingError("an analysed labour result has no angle of progression")
         graphics = labour_graphics(result, rows, columns)
-        pixels = draw_angle(pixels, graphics, result.aop_deg, scale)
-        if abs(angle_deg(graphics.angle) - result.aop_deg) > 0.5:
+        pixels = draw_angle(pixels, graphics, result.geometry.aop_deg, scale)
+        if abs(angle_deg(graphics.angle) - result.geometry.aop_deg) > 0.5:
             raise EncodingError(
-                f"the drawn angle ({angle_deg(graphics.angle):.1f} deg) is not the measured AoP ({result.aop_deg:.1f})"
+                f"the drawn angle ({angle_deg(graphics.angle):.1f} deg) is not the measured AoP ({result.geometry.aop_deg:.1f})"
             )
     return burn_wrapped_banner(pixels, banner_lines(result))
 

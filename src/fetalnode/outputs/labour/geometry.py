@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from fetalnode.errors import EncodingError
-from fetalnode.inference.labour import LabourResult, Point
+from fetalnode.inference.aop import Point
+from fetalnode.inference.labour import LabourResult
 
 PIXEL_CENTRE = 0.5
 MAX_CONTOUR_POINTS = 128  # a closed contour is written with at most this many points (+ the first repeated)
@@ -71,19 +72,20 @@ def closed_contour(points: np.ndarray, rows: int, columns: int) -> np.ndarray:
 
 def labour_graphics(result: LabourResult, rows: int, columns: int) -> LabourGraphics:
     """The graphics of an analysed result; :class:`EncodingError` if it lacks the points of its angle."""
-    if result.vertex is None or result.ps_axis_end is None or result.tangent_point is None:
+    g = result.geometry
+    if g.vertex is None or g.ps_axis_end is None or g.tangent_point is None:
         raise EncodingError("an analysed labour result needs the vertex, the symphysis axis end and the tangent point")
-    vertex = _pixel(result.vertex, rows, columns)
-    axis_end = _towards(vertex, result.ps_axis_end, rows, columns)
-    tangent = _towards(vertex, result.tangent_point, rows, columns)
-    hsd = None if result.hsd_point is None else np.vstack([vertex, _towards(vertex, result.hsd_point, rows, columns)])
+    vertex = _pixel(g.vertex, rows, columns)
+    axis_end = _towards(vertex, g.ps_axis_end, rows, columns)
+    tangent = _towards(vertex, g.tangent_point, rows, columns)
+    hsd = None if g.hsd_point is None else np.vstack([vertex, _towards(vertex, g.hsd_point, rows, columns)])
     return LabourGraphics(
         angle=np.vstack([axis_end, vertex, tangent]),
         symphysis_axis=np.vstack([axis_end, vertex]),
         tangent=np.vstack([vertex, tangent]),
         hsd=hsd,
-        ps_contour=None if result.ps_contour is None else closed_contour(result.ps_contour, rows, columns),
-        fh_contour=None if result.fh_contour is None else closed_contour(result.fh_contour, rows, columns),
+        ps_contour=None if g.ps is None else closed_contour(g.ps.contour, rows, columns),
+        fh_contour=None if g.fh is None else closed_contour(g.fh.contour, rows, columns),
     )
 
 
@@ -98,8 +100,8 @@ def hsd_text(result: LabourResult) -> str:
     """The distance as shown: ``HSD 7.1 mm``, else ``HSD 23.4 px``, else empty."""
     if result.hsd_mm is not None:
         return f"HSD {result.hsd_mm:.1f} mm"
-    if result.hsd_px is not None:
-        return f"HSD {result.hsd_px:.1f} px"
+    if result.geometry.hsd_px is not None:
+        return f"HSD {result.geometry.hsd_px:.1f} px"
     return ""
 
 

@@ -36,7 +36,7 @@ def annotation_lines(result: LabourResult) -> list[str]:
     if not result.analysed:
         reason = not_analysed_reason(result)
         return [f"Not analysed: {reason}", RESEARCH_NOTICE]
-    first = f"Angle of progression {result.aop_deg:.1f} deg"
+    first = f"Angle of progression {result.geometry.aop_deg:.1f} deg"
     if hsd := hsd_text(result):
         first += f"  {hsd}"
     return [first, f"Reference: {fc.AOP_REFERENCE_ASCII}", RESEARCH_NOTICE]
@@ -70,7 +70,7 @@ def _slots(ctx: OutputContext) -> dict[str, tuple[str, object]]:
         for name, data in shapes.items():
             if data is not None:
                 slots[f"graphic.{name}"] = ("GraphicData", data.ravel())
-        slots["aop"] = ("UnformattedTextValue", f"AoP {result.aop_deg:.1f} deg")
+        slots["aop"] = ("UnformattedTextValue", f"AoP {result.geometry.aop_deg:.1f} deg")
         slots["anchor"] = ("AnchorPoint", [float(graphics.angle[1][0]), float(graphics.angle[1][1])])
     return slots
 
@@ -89,7 +89,7 @@ def build_labour_presentation_state(
         vertex = labour_graphics(result, rows, columns).angle[1]
         texts.append(
             hd.pr.TextObject(
-                text_value=f"AoP {result.aop_deg:.1f} deg",
+                text_value=f"AoP {result.geometry.aop_deg:.1f} deg",
                 units=hd.pr.AnnotationUnitsValues.PIXEL,
                 anchor_point=(float(vertex[0]), float(vertex[1])),
                 anchor_point_visible=True,

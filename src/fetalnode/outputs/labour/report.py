@@ -73,7 +73,7 @@ def _measurement_groups(
                 qualitative_evaluations=[hd.sr.QualitativeEvaluation(fc.LABOUR_ASSESSMENT, fc.LABOUR_NOT_ANALYSED)],
             )
         ]
-    if result.aop_deg is None:
+    if result.geometry.aop_deg is None:
         raise EncodingError("an analysed labour result has no angle of progression")
     graphics = labour_graphics(result, int(source.Rows), int(source.Columns))
 
@@ -94,8 +94,8 @@ def _measurement_groups(
     hsd: list[hd.sr.Measurement] = []
     if result.hsd_mm is not None:
         hsd = number(fc.HEAD_SYMPHYSIS_DISTANCE, result.hsd_mm, fc.MM)
-    elif result.hsd_px is not None:
-        hsd = number(fc.HEAD_SYMPHYSIS_DISTANCE, result.hsd_px, fc.PIXELS)
+    elif result.geometry.hsd_px is not None:
+        hsd = number(fc.HEAD_SYMPHYSIS_DISTANCE, result.geometry.hsd_px, fc.PIXELS)
     # (tracking kind, identifier, finding, finding sites, region, measurements, evaluations, purpose)
     groups: list[tuple[str, str, Code, list[hd.sr.FindingSite] | None, np.ndarray | None, list, list, Code | None]]
     groups = [
@@ -105,7 +105,7 @@ def _measurement_groups(
             fc.FETAL_HEAD,
             symphysis,
             graphics.angle,
-            number(fc.ANGLE_OF_PROGRESSION, result.aop_deg, fc.DEGREE),
+            number(fc.ANGLE_OF_PROGRESSION, result.geometry.aop_deg, fc.DEGREE),
             [hd.sr.QualitativeEvaluation(fc.LABOUR_ASSESSMENT, fc.LABOUR_MEASURED)],
             None,
         ),
@@ -138,13 +138,15 @@ def report_comments(result: LabourResult, decoded: DecodedImage) -> list[str]:
         reason = not_analysed_reason(result)
         lines.append(f"Not analysed: {reason}.")
     else:
-        lines.append(f"Angle of progression {result.aop_deg:.1f} degrees ({AOP_CONVENTION}).")
+        lines.append(f"Angle of progression {result.geometry.aop_deg:.1f} degrees ({AOP_CONVENTION}).")
         if result.hsd_mm is not None:
             lines.append(f"Head-symphysis distance {result.hsd_mm:.1f} mm ({HSD_CONVENTION}).")
             lines.append(f"Calibration from {decoded.spacing_source}.")
-        elif result.hsd_px is not None:
+        elif result.geometry.hsd_px is not None:
             why = result.measurement_note or decoded.spacing_note or "no calibration"
-            lines.append(f"Head-symphysis distance {result.hsd_px:.1f} pixels ({HSD_CONVENTION}); no mm: {why}.")
+            lines.append(
+                f"Head-symphysis distance {result.geometry.hsd_px:.1f} pixels ({HSD_CONVENTION}); no mm: {why}."
+            )
         lines.append(f"Reference: {fc.AOP_REFERENCE_ASCII}.")
     if decoded.n_frames > 1 and decoded.frame_number:
         lines.append(f"Analysed frame {decoded.frame_number} of {decoded.n_frames}.")
@@ -158,7 +160,7 @@ def _shape(ctx: OutputContext) -> tuple[object, ...]:
     if result.analysed:
         graphics = labour_graphics(result, int(ctx.source.Rows), int(ctx.source.Columns))
         regions = tuple(g is not None for g in (graphics.hsd, graphics.ps_contour, graphics.fh_contour))
-    hsd = "mm" if result.hsd_mm is not None else "px" if result.hsd_px is not None else None
+    hsd = "mm" if result.hsd_mm is not None else "px" if result.geometry.hsd_px is not None else None
     return (
         result.analysed,
         regions,
@@ -191,7 +193,10 @@ def _slots(ctx: OutputContext) -> dict[str, tuple[str, object]]:
         if data is not None:
             slots[f"uid.{kind}"] = ("UID", derive_uid(f"labour-{kind}", ctx.uids.instance))
             slots[f"graphic.{kind}"] = ("GraphicData", data.ravel())
-    numbers = {"aop": result.aop_deg, "hsd": result.hsd_mm if result.hsd_mm is not None else result.hsd_px}
+    numbers = {
+        "aop": result.geometry.aop_deg,
+        "hsd": result.hsd_mm if result.hsd_mm is not None else result.geometry.hsd_px,
+    }
     for name, value in numbers.items():
         if value is not None:
             slots[f"number.{name}"] = ("NumericValue", round(value, 2))
