@@ -293,10 +293,10 @@ def _view_folders(args: argparse.Namespace) -> list[Path]:
         folders += sorted(p for p in Path(args.data_root).iterdir() if p.is_dir() and not p.name.startswith("."))
     folders += [Path(d) for d in args.data or []]
     if not folders:
-        raise SystemExit("train view: give dataset folders with --data (repeatable) and/or --data-root")
+        raise SystemExit("view: give dataset folders with --data (repeatable) and/or --data-root")
     missing = [str(f) for f in folders if str(f) != "pydicom-testdata" and not f.is_dir()]
     if missing:
-        raise SystemExit(f"train view: not a folder: {', '.join(missing)}")
+        raise SystemExit(f"view: not a folder: {', '.join(missing)}")
     return folders
 
 
@@ -346,23 +346,33 @@ def cmd_models_finalize(args: argparse.Namespace) -> int:
     if read_metadata(Path(args.bundle))["task"] == "view":
         if args.gate:
             raise SystemExit("--gate is for segmentation bundles")
-        from fetalnode.training.view import finalize_view_bundle
+        from fetalnode.training.view import finalize_view_bundle, remeasure_node_check
 
+        if args.data or args.data_root:
+            try:
+                check = remeasure_node_check(Path(args.bundle), _view_folders(args), Path(args.models_dir))
+            except ValueError as exc:
+                log.error("%s", exc)
+                return 2
+            print(json.dumps({"node_check": check}, indent=2, default=str))
+            return 0
         meta = finalize_view_bundle(Path(args.bundle))
         print(json.dumps({"runtime": meta["runtime"], "runtime_comparison": meta["runtime_comparison"]}, indent=2))
         return 0
+    if args.data_root:
+        raise SystemExit("--data-root is for view bundles")
     if args.gate:
         from fetalnode.training.segmentation import set_gate
 
-        if not args.data:
+        if not args.data or len(args.data) > 1:
             raise SystemExit(
-                "--gate needs --data: the folder the bundle was trained on (its test metrics are re-measured)"
+                "--gate needs one --data: the folder the bundle was trained on (its test metrics are re-measured)"
             )
         try:
             iou, conf = (float(v) for v in args.gate.split(","))
         except ValueError:
             raise SystemExit(f"--gate: expected IOU,CONFIDENCE such as 0.896,0.943, got {args.gate!r}") from None
-        set_gate(Path(args.bundle), iou, conf, Path(args.data))
+        set_gate(Path(args.bundle), iou, conf, Path(args.data[0]))
     meta = finalize_segmentation_bundle(Path(args.bundle))
     print(json.dumps({"runtime": meta["runtime"], "runtime_comparison": meta["runtime_comparison"]}, indent=2))
     return 0
@@ -649,7 +659,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="IOU,CONFIDENCE: replace the bundle's learnt gate thresholds (the old ones are kept in the metadata) "
         "and re-measure its test metrics through them; needs --data",
     )
-    mf.add_argument("--data", help="with --gate: the dataset folder the bundle was trained on")
+    mf.add_argument(
+        "--data",
+        action="append",
+        help="segmentation bundle with --gate: the dataset folder it was trained on; view bundle (repeatable, "
+        "as in `train view`): measure the whole-node check on its test images of other views again with this "
+        "build's router (nothing else is changed; the earlier figure is kept)",
+    )
+    mf.add_argument("--data-root", help="view bundle: also every sub-folder of this folder, as in `train view`")
+    mf.add_argument(
+        "--models-dir", default="models", help="view bundle with --data: the applications' bundles (default models)"
+    )
     mf.add_argument("--threads", type=int, default=2)
     mf.set_defaults(func=cmd_models_finalize)
 

@@ -109,9 +109,16 @@ class RouterSettings:
     Keys are views of the view model (``fetalnode.vocab.View``), values application names; a view
     that is missing, maps to ``""`` or to an application that is not registered gets "not analysed:
     <view>, no application for this view" (a warning at start-up names an unregistered one).
+
+    ``cross_check_probability``: an application that can recognise its own view (labour-progress: a
+    pubic symphysis and a fetal head passing its gate) is asked about an image routed to another
+    application whenever the view model gives its view at least this probability; when it recognises
+    the image, the view is uncertain and no application answers. 0.01 is 35 times below the lowest
+    probability of the intrapartum view on any validation image of that view (0.35); 1.0 turns it off.
     """
 
     applications: dict[str, str] = field(default_factory=_default_routes)
+    cross_check_probability: float = 0.01
 
 
 @dataclass
@@ -386,6 +393,10 @@ def load_settings(
         raise ConfigError("set orthanc.password or orthanc.password_file, not both")
     if settings.node.role not in set(Role):
         raise ConfigError(f"node.role must be one of {', '.join(Role)}, not {settings.node.role!r}")
+    if not 0.0 <= settings.router.cross_check_probability <= 1.0:
+        raise ConfigError(
+            f"router.cross_check_probability must be between 0 and 1, not {settings.router.cross_check_probability}"
+        )
     if settings.logging.third_party.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
         raise ConfigError(
             f"logging.third_party must be DEBUG, INFO, WARNING or ERROR, not {settings.logging.third_party!r}"

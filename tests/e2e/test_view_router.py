@@ -1,6 +1,7 @@
 """The view router on real peers: dataset images of other views, wrapped as US DICOM by `fetalnode wrap`, sent
 with DCMTK storescu to a real node, reach Orthanc as reports that say "no application for this view" and hold
-no measurement; a head sent beside them still gets its HC."""
+no measurement; so does a transperineal image the view model calls a head (the router's cross-check); a head
+sent beside them still gets its HC."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from tests.e2e.helpers import outputs_in_study, sr_content
 
 pytestmark = pytest.mark.e2e
 VIEW_MINI = DATA / "view_mini"
+HARD_PSFHS = DATA / "view_hard" / "psfhs_04616.png"
 # FETAL_PLANES_DB test-split images the view model never saw: a femur and a maternal cervix (issue 19: a
 # femur plane once came back as a normal head with an HC), and a first-trimester mid-sagittal view.
 NO_APPLICATION = {
@@ -34,11 +36,13 @@ def test_images_of_other_views_get_no_application_and_no_numbers(make_node, orth
     wrapped = cli("wrap", *map(str, pngs), "--out", str(tmp_path / "wrapped"), "--pixel-size-mm", "0.2", check=True)
     files = [tmp_path / "wrapped" / f"{p.stem}.dcm" for p in pngs]
     assert wrapped.stdout.split() == list(map(str, files))
+    cli("wrap", str(HARD_PSFHS), "--out", str(tmp_path / "hard"), "--pixel-size-mm", "0.1", check=True)
+    hard = tmp_path / "hard" / f"{HARD_PSFHS.stem}.dcm"
     head = SAMPLES / "hc18_104_HC.dcm"
     node = make_node().start()
-    for path in [*files, head]:
+    for path in [*files, hard, head]:
         assert send(node.port, path).returncode == 0
-    node.wait_all(len(files) + 1, {"delivered"})
+    node.wait_all(len(files) + 2, {"delivered"})
     jobs = {j.sop_uid: j for j in node.jobs.jobs()}
     for path in files:
         src = dcmread(path, stop_before_pixels=True)
@@ -62,6 +66,18 @@ def test_images_of_other_views_get_no_application_and_no_numbers(make_node, orth
         assert reason[:1].upper() + reason[1:] in content["comments"]
         assert any(c.startswith(line) for c in content["comments"]), content["comments"]
         assert reason.upper() in sc.ImageComments and "HC " not in sc.ImageComments
+    # A held-out transperineal image the view model calls a head (83%): the labour model finds its symphysis.
+    src = dcmread(hard, stop_before_pixels=True)
+    job = jobs[src.SOPInstanceUID]
+    assert job.result["view"]["top"] == View.SECOND_TRIMESTER_HEAD and job.result["view"]["label"] == View.UNKNOWN
+    assert job.result["reason"] == "not analysed: view uncertain, no application for this view", job.result
+    assert job.result["hc_mm"] is None and job.result["finding"] == ""
+    [sr], [sc] = outputs_in_study(orthanc, src.StudyInstanceUID)
+    content = sr_content(sr)
+    assert content["evaluations"] == {"AI assessment of fetal head": "Not analysed: no application for this view"}
+    assert content["measurements"] == {} and content["regions"] == {}, "no number, nothing drawn"
+    assert any(c.startswith("View uncertain: the view model says") for c in content["comments"]), content
+    assert "HC " not in sc.ImageComments
     src = dcmread(head, stop_before_pixels=True)
     job = jobs[src.SOPInstanceUID]
     assert job.result["application"] == "fetal-head" and job.result["view"]["label"] == "second_trimester_head"
@@ -73,4 +89,4 @@ def test_images_of_other_views_get_no_application_and_no_numbers(make_node, orth
     assert "Head Circumference" in content["measurements"]
     assert any(c.startswith("Recognised view: second-trimester axial fetal head") for c in content["comments"])
     status = json.loads(cli("status", "--config", str(node.config), check=True).stdout)
-    assert status["counts"]["delivered"] == len(files) + 1
+    assert status["counts"]["delivered"] == len(files) + 2

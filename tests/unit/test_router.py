@@ -176,6 +176,63 @@ def test_below_the_abstain_threshold_the_view_is_unknown(runtime: Runtime) -> No
     assert not analysis.result.analysed and analysis.result.biometry is None
 
 
+HARD_PSFHS = DATA / "view_hard" / "psfhs_04616.png"
+
+
+class FixedViewModel(ViewModel):
+    """The shipped view bundle answering given probabilities: a view model's mistake on demand."""
+
+    def __init__(self, model: ViewModel, probabilities: dict[View, float]) -> None:
+        super().__init__(model.bundle)
+        self.fixed = np.array([probabilities.get(v, 0.0) for v in self.labels], dtype=np.float32)
+
+    def probabilities(self, x: np.ndarray) -> np.ndarray:
+        return np.repeat(self.fixed[None], len(x), axis=0)
+
+
+def test_a_transperineal_image_the_view_model_calls_a_head_gets_no_head_finding(runtime: Runtime) -> None:
+    """A held-out PSFHS image that fetal-view 0.1.0 calls a second-trimester head (83%, intrapartum 16%):
+    the labour model finds its pubic symphysis, so the view is uncertain and nothing is measured."""
+    summary, built = run(runtime, wrap_png(HARD_PSFHS, pixel_size_mm=0.1))
+    view = summary["view"]
+    assert view["top"] == View.SECOND_TRIMESTER_HEAD and view["label"] == View.UNKNOWN, view
+    assert "pubic symphysis" in view["conflict"] and "psfhs-seg" in view["conflict"]
+    assert summary["application"] == NAME and not summary["analysed"]
+    assert summary.get("hc_mm") is None and summary.get("finding") == "" and summary.get("aop_deg") is None
+    assert summary["reason"] == "not analysed: view uncertain, no application for this view"
+    found = read_finding(built["sr"])
+    assert any(c.startswith("View uncertain: the view model says second-trimester") for c in found["comments"])
+    assert "VIEW UNCERTAIN" in built["sc"].ImageComments.upper() and "HC " not in built["sc"].ImageComments
+
+
+def test_the_cross_check_leaves_a_head_to_the_head_application(runtime: Runtime) -> None:
+    """A real head with a sizeable intrapartum probability: the labour model finds no symphysis."""
+    router = runtime.application
+    assert isinstance(router, ViewRouter)
+    unsure = FixedViewModel(router.view_model, {View.SECOND_TRIMESTER_HEAD: 0.7, View.INTRAPARTUM_TRANSPERINEAL: 0.3})
+    analysis = dataclasses.replace(router, view_model=unsure).analyse(dcmread(SAMPLES / "hc18_104_HC.dcm"))
+    assert analysis.application == "fetal-head" and analysis.result.analysed
+    assert analysis.view is not None and analysis.view.label is View.SECOND_TRIMESTER_HEAD
+    assert not analysis.view.conflict
+
+
+def test_the_cross_check_runs_only_above_its_probability(runtime: Runtime) -> None:
+    router = runtime.application
+    assert isinstance(router, ViewRouter)
+    probs = {View.SECOND_TRIMESTER_HEAD: 0.9, View.INTRAPARTUM_TRANSPERINEAL: 0.005, View.NOT_FETAL: 0.095}
+    wrong = dataclasses.replace(router, view_model=FixedViewModel(router.view_model, probs))
+    psfhs = wrap_png(PSFHS, pixel_size_mm=None)
+    # below router.cross_check_probability (0.01) the labour model is not asked: the head application answers
+    assert wrong.classify(decode_for_analysis(psfhs, 10**8, 10)).label is View.SECOND_TRIMESTER_HEAD
+    asked = dataclasses.replace(wrong, cross_check_probability=0.004)
+    view = asked.classify(decode_for_analysis(psfhs, 10**8, 10))
+    assert view.label is View.UNKNOWN and "pubic symphysis" in view.conflict
+    never = dataclasses.replace(router, cross_check_probability=1.0)
+    assert never.classify(decode_for_analysis(wrap_png(HARD_PSFHS, pixel_size_mm=None), 10**8, 10)).label is (
+        View.SECOND_TRIMESTER_HEAD
+    )
+
+
 class Stub:
     """A registered application standing in for one this build may not have (labour-progress)."""
 
@@ -243,3 +300,9 @@ def test_router_configuration_is_checked(tmp_path: Path) -> None:
     ):
         with pytest.raises(ConfigError, match=why):
             router_routes(settings(**{"router.applications": routes}))
+    assert (
+        load_settings(None, env={"FETALNODE__ROUTER__CROSS_CHECK_PROBABILITY": "0.2"}).router.cross_check_probability
+        == 0.2
+    )
+    with pytest.raises(ConfigError, match="cross_check_probability must be between 0 and 1"):
+        settings(**{"router.cross_check_probability": 1.5})

@@ -370,7 +370,7 @@ def test_labour_segmentation_trains_splits_by_block_and_evaluates(tmp_path: Path
 def test_tiny_view_training_run_and_evaluate(tmp_path: Path) -> None:
     """`train view` on the shipped minis: every view present, splits by group, a working bundle, evaluate."""
     from fetalnode.inference.view import ViewModel
-    from fetalnode.training.view import ViewRecipe, evaluate_view, folder_rows, train_view
+    from fetalnode.training.view import ViewRecipe, evaluate_view, folder_images, folder_rows, train_view
     from fetalnode.vocab import View
     from tests.conftest import dicom_testfile
 
@@ -420,3 +420,23 @@ def test_tiny_view_training_run_and_evaluate(tmp_path: Path) -> None:
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert json.loads((tmp_path / "r.json").read_text())["view"]["true_views"] == {"not_fetal": 4}
+    # The whole-node check measured again with this build's router and the shipped application bundles: every
+    # test image of another view is counted once, the earlier figure (none: trained without --head-models) kept.
+    out = cli(
+        "models", "finalize", str(tmp_path / "view"), "--data", str(view_mini / "psfhs"),
+        "--data", str(view_mini / "first_trimester_sagittal"), "--data", str(view_mini / "fetal_planes_db"),
+        "--models-dir", str(MODELS), "--threads", "1",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    check = json.loads(out.stdout)["node_check"]
+    meta = json.loads((tmp_path / "view" / "configs" / "metadata.json").read_text())
+    assert meta["metrics"]["node_check"] == check and check["remeasured"]
+    test_others = [
+        im
+        for folder in ("psfhs", "first_trimester_sagittal", "fetal_planes_db")
+        for im in folder_images(view_mini / folder, "test", meta)[1]
+        if im.view is not View.SECOND_TRIMESTER_HEAD
+    ]
+    assert check["other_view_images"] == len(test_others) == sum(c["images"] for c in check["by_true_view"].values())
+    assert "labour_segmentation" in check["models"] and check["cross_check_probability"] == 0.01
+    assert "re-measured" in (tmp_path / "view" / "docs" / "README.md").read_text()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from pydicom.dataset import Dataset
 
@@ -87,6 +87,18 @@ class Application(Protocol):
 
     def describe(self) -> dict[str, str]:
         """Its bundles as ``{role: "name version"}`` for the log and the audit."""
+        ...
+
+
+@runtime_checkable
+class RecognisesItsView(Protocol):
+    """An application that can tell, from structures only its view shows, that an image is of its view
+    (the view router asks it about images it would give another application)."""
+
+    name: str
+
+    def recognises(self, decoded: DecodedImage) -> str:
+        """What it found, as a clause ("a pubic symphysis ... were found by ..."); "" when nothing."""
         ...
 
 

@@ -35,6 +35,12 @@ class LabourProgress:
         result = run_models(lambda: self.analyzer.analyze(d.gray, d.spacing_mm, d.spacing_note))
         return Analysis(self.name, result, decoded, (result.seg_model,))
 
+    def recognises(self, decoded: DecodedImage) -> str:
+        """What of an intrapartum transperineal view the image shows, with the model ("" when nothing)."""
+        found = run_models(lambda: self.analyzer.recognise(decoded.gray), f"{self.name} cross-check")
+        seg = self.analyzer.bundle
+        return f"{found} by the labour model {seg.name} {seg.version}" if found else ""
+
     def bundle_paths(self) -> list[Path]:
         return [self.setup.models_dir / self.bundle]
 

@@ -6,6 +6,14 @@ without an application, an application that is not registered, and the model's a
 (:attr:`View.UNKNOWN`) all end the same way: an :class:`Analysis` of this application that says
 "not analysed: <view>, no application for this view", with no finding and no measurement. The routed
 application keeps its own checks (the fetal head's plausibility gate).
+
+Cross-check: before an image goes to its application, each other routed application that recognises its
+own view from structures only that view shows (:class:`RecognisesItsView`: labour-progress finds a pubic
+symphysis and a fetal head passing its gate) looks at it, when the view model gives that view at least
+``router.cross_check_probability``. If it recognises the image, the two models disagree: the view is
+uncertain (:attr:`View.UNKNOWN`, the view's ``conflict`` says what was found) and no application answers.
+A transperineal image shows a whole fetal head; the view model called two such held-out images a
+second-trimester head, and the head application measured them.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from fetalnode.applications.base import Analysis, Application, Setup, run_models
+from fetalnode.applications.base import Analysis, Application, RecognisesItsView, Setup, run_models
 from fetalnode.applications.registry import APPLICATIONS, register_application
 from fetalnode.config import Settings
 from fetalnode.errors import ConfigError
@@ -32,8 +40,9 @@ NAME = "view-router"
 NO_APPLICATION = "no application for this view"
 
 
-def not_analysed_reason(view: View) -> str:
-    return f"not analysed: {view.words}, {NO_APPLICATION}"
+def not_analysed_reason(view: View, uncertain: bool = False) -> str:
+    """Why an image got no application: its view, or "view uncertain" when the cross-check disagreed."""
+    return f"not analysed: {'view uncertain' if uncertain else view.words}, {NO_APPLICATION}"
 
 
 @dataclass
@@ -43,6 +52,7 @@ class ViewRouter:
     view_model: ViewModel
     routes: dict[View, Application]
     setup: Setup
+    cross_check_probability: float = 0.01
     name: str = NAME
     # This one and every routed application's names (the writers are checked against them at start-up).
     applications: tuple[str, ...] = field(init=False)
@@ -54,7 +64,20 @@ class ViewRouter:
         self.applications = tuple(names)
 
     def classify(self, decoded: DecodedImage) -> ViewPrediction:
-        return run_models(lambda: self.view_model.predict(decoded.gray), "view model")
+        """The view model's answer, with the cross-check of the applications that recognise their view."""
+        view = run_models(lambda: self.view_model.predict(decoded.gray), "view model")
+        if view.label not in self.routes:
+            return view
+        for other, application in self.routes.items():
+            if other is view.label or not isinstance(application, RecognisesItsView):
+                continue
+            if view.probability_of(other) < self.cross_check_probability:
+                continue
+            found = application.recognises(decoded)
+            if found:
+                log.info("view uncertain: the view model says %s, but %s", view.label, found)
+                return dataclasses.replace(view, label=View.UNKNOWN, conflict=found)
+        return view
 
     def analyse(self, ds: Dataset, decoded: DecodedImage | None = None) -> Analysis:
         decoded = self.setup.decode(ds, decoded)
@@ -64,7 +87,7 @@ class ViewRouter:
         if application is None:
             result = AnalysisResult(
                 analysed=False,
-                reason=not_analysed_reason(view.label),
+                reason=not_analysed_reason(view.label, bool(view.conflict)),
                 seg_model=model,
                 cls_model=model,
                 fused_rgb=decoded.display_rgb.copy(),
@@ -142,4 +165,4 @@ def load(settings: Settings) -> ViewRouter:
         routes[view] = built[name]
     unrouted = [v.words for v in view_model.labels if v not in routes]
     log.info("router: %s; no application for: %s", ", ".join(f"{v} -> {routes[v].name}" for v in routes), unrouted)
-    return ViewRouter(view_model, routes, setup)
+    return ViewRouter(view_model, routes, setup, settings.router.cross_check_probability)

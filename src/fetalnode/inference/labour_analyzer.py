@@ -20,7 +20,7 @@ from fetalnode.errors import BundleError, InferenceError
 from fetalnode.inference.aop import LabourGeometry, measure, nearest_point
 from fetalnode.inference.bundle import Bundle, load_bundle
 from fetalnode.inference.labour import LabourResult
-from fetalnode.inference.preprocess import letterbox, to_unit_range
+from fetalnode.inference.preprocess import Letterbox, letterbox, to_unit_range
 
 TASK = "multiclass-segmentation"
 BACKGROUND, PS, FH = 0, 1, 2
@@ -64,14 +64,22 @@ class Structures:
         return float(self.probs[label][mask].mean()) if mask.any() else 0.0
 
 
+def content_probabilities(
+    net: Callable[[torch.Tensor], torch.Tensor], canvas_hw: tuple[int, int], img01: np.ndarray
+) -> tuple[np.ndarray, Letterbox]:
+    """Softmax probabilities on the letterboxed image without its padding, (classes, h, w), and the box."""
+    canvas, box = letterbox(img01, canvas_hw)
+    with torch.no_grad():
+        logits = net(torch.from_numpy(canvas)[None, None])
+    h, w = box.content_hw
+    return torch.softmax(logits, dim=1)[0, :, :h, :w].numpy(), box
+
+
 def class_probabilities(
     net: Callable[[torch.Tensor], torch.Tensor], canvas_hw: tuple[int, int], img01: np.ndarray
 ) -> np.ndarray:
     """Softmax probabilities on the source grid, (classes, H, W) (the network sees a letterboxed canvas)."""
-    canvas, box = letterbox(img01, canvas_hw)
-    with torch.no_grad():
-        logits = net(torch.from_numpy(canvas)[None, None])
-    probs = torch.softmax(logits, dim=1)[0].numpy()
+    probs, box = content_probabilities(net, canvas_hw, img01)
     if box.src_hw == tuple(canvas_hw) and box.scale == 1.0:
         return probs
     back = np.stack([box.to_source(p) for p in probs])
@@ -175,6 +183,23 @@ class LabourAnalyzer:
         fill(result, geometry, spacing_mm, spacing_note)
         result.timings_ms["measurement"] = (time.perf_counter() - t1) * 1000
         return result
+
+    def recognise(self, gray: np.ndarray) -> str:
+        """Whether ``gray`` shows the structures of a transperineal view, as :func:`recognised` (the view
+        router's cross-check of an image it would give another application)."""
+        if gray.ndim != 2 or min(gray.shape) < 16:
+            raise InferenceError(f"expected a 2D image of at least 16x16 pixels, got shape {gray.shape}")
+        # On the network's grid (no mapping back to the source: a third of the time on an 800x540 image);
+        # the gate's areas are fractions of the image, which scaling keeps.
+        probs, _ = content_probabilities(self.bundle.infer, self.settings.canvas_hw, to_unit_range(gray))
+        return recognised(structures_from_probabilities(probs), self.settings.gate)
+
+
+def recognised(structures: Structures, limits: LabourGate) -> str:
+    """What an image shows of a transperineal view ("" when the gate refuses its segmentation)."""
+    if gate(structures, limits):
+        return ""
+    return f"a pubic symphysis (confidence {structures.confidence(PS):.2f}) and a fetal head were found"
 
 
 def fill(

@@ -39,7 +39,8 @@ class ViewPrediction:
     """What the view model says about one image.
 
     ``label`` is the routed view: the most probable class, or :attr:`View.UNKNOWN` when its
-    probability is below the bundle's abstain threshold (``top`` then says what it would have been).
+    probability is below the bundle's abstain threshold (``top`` then says what it would have been) or
+    when another application recognised its own view in the image (``conflict`` says what it found).
     """
 
     label: View
@@ -47,22 +48,34 @@ class ViewPrediction:
     top: View
     model: tuple[str, str]
     probabilities: dict[str, float]
+    conflict: str = ""
+
+    def probability_of(self, view: View) -> float:
+        return self.probabilities.get(str(view), 0.0)
 
     @property
     def words(self) -> str:
         return self.label.words
 
     def summary(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "label": str(self.label),
             "probability": round(self.probability, 4),
             "top": str(self.top),
             "model": "/".join(self.model),
         }
+        if self.conflict:
+            out["conflict"] = self.conflict
+        return out
 
     def line(self) -> str:
         """One sentence for the reports: the recognised view, its probability and the model."""
         model = f"view model {self.model[0]} {self.model[1]}"
+        if self.conflict:
+            return (
+                f"View uncertain: the view model says {self.top.words} ({100 * self.probability:.0f}%; {model}), "
+                f"but {self.conflict}."
+            )
         if self.label is View.UNKNOWN:
             return f"View not recognised (most probable: {self.top.words}, {100 * self.probability:.0f}%; {model})."
         return f"Recognised view: {self.words} ({100 * self.probability:.0f}%; {model})."

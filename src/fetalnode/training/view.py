@@ -26,7 +26,15 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from fetalnode.inference.analyzer import AnalysisResult
-from fetalnode.inference.bundle import ONNX, export_onnx, load_bundle, save_bundle, sha256_file, write_metadata
+from fetalnode.inference.bundle import (
+    ONNX,
+    export_onnx,
+    load_bundle,
+    read_metadata,
+    save_bundle,
+    sha256_file,
+    write_metadata,
+)
 from fetalnode.inference.networks import build_view_net
 from fetalnode.inference.view import ViewModel, view_input
 from fetalnode.training.data import Row, bootstrap_ci, case_split, group_split, load_gray, read_labels, subject_split
@@ -535,55 +543,95 @@ def _num(v: float) -> float | None:
 
 
 def node_check(view_bundle: Path, images: list[ViewImage], models_dir: Path) -> dict[str, Any]:
-    """The whole node analysis (router -> routed application) on each image wrapped as a US DICOM
-    instance, as a scanner would send it: how many images of another view get a head finding or an HC.
+    """The whole node analysis (the default view router -> routed application) on each image wrapped as a
+    US DICOM instance, as a scanner would send it: how many images of another view get a head finding or an
+    HC, how many images not of the transperineal view get an AoP, and what the router's cross-check vetoed.
 
-    ``models_dir`` holds the head bundles (``hc18-headseg``, ``fba-classifier``); the view model is
-    ``view_bundle``. HC18 images carry their pixel size, so a head finding on them has an HC.
+    ``models_dir`` holds the applications' bundles (``hc18-headseg``, ``fba-classifier``, ``psfhs-seg`` when
+    there); the view model is ``view_bundle``. HC18 images carry their pixel size, so a head finding on them
+    has an HC.
     """
     from pydicom import dcmread
 
-    from fetalnode.applications.base import Setup
     from fetalnode.applications.fetal_head import NAME as HEAD
-    from fetalnode.applications.fetal_head import load as load_head
+    from fetalnode.applications.labour_progress import NAME as LABOUR
     from fetalnode.applications.router import ViewRouter
+    from fetalnode.applications.router import load as load_router
     from fetalnode.config import Settings
-    from fetalnode.inference.bundle import load_bundle
-    from fetalnode.inference.view import ViewModel
+    from fetalnode.inference.labour import LabourResult
     from fetalnode.wrap import wrap_png
 
     settings = Settings()
     settings.models.dir = str(models_dir)
-    router = ViewRouter(
-        ViewModel(load_bundle(view_bundle, "view")),
-        {View.SECOND_TRIMESTER_HEAD: load_head(settings)},
-        Setup.of(settings),
-    )
+    settings.models.view = str(view_bundle.resolve())
+    if not (models_dir / settings.models.labour_segmentation).is_dir():
+        settings.router.applications.pop(str(View.INTRAPARTUM_TRANSPERINEAL), None)
+    router = load_router(settings)
+    assert isinstance(router, ViewRouter)
     counts: dict[str, Counter[str]] = {}
-    examples: list[dict[str, Any]] = []
+    head_examples: list[dict[str, Any]] = []
+    aop_examples: list[dict[str, Any]] = []
     for image in tqdm(images, desc="node check", leave=False):
         ds = dcmread(image.path) if image.dicom else wrap_png(image.path, pixel_size_mm=image.pixel_size_mm)
         analysis = router.analyse(ds)
+        example = {"image": str(image.path), "view": str(image.view), "detail": image.detail}
         c = counts.setdefault(str(image.view), Counter())
         c["images"] += 1
         c[f"routed_to_{analysis.application}"] += 1
+        if analysis.view is not None and analysis.view.conflict:
+            c["cross_check_view_uncertain"] += 1
+        result = analysis.result
         if analysis.application == HEAD:
-            result = analysis.result
             assert isinstance(result, AnalysisResult)
             c["head_finding"] += int(result.analysed)
             c["hc_reported"] += int(result.analysed and result.biometry is not None)
             c["head_gate_refused"] += int(not result.analysed)
             if result.analysed and image.view is not View.SECOND_TRIMESTER_HEAD:
-                examples.append({"image": str(image.path), "view": str(image.view), "detail": image.detail})
+                head_examples.append(example)
+        elif analysis.application == LABOUR:
+            assert isinstance(result, LabourResult)
+            c["aop_reported"] += int(result.analysed)
+            if result.analysed and image.view is not View.INTRAPARTUM_TRANSPERINEAL:
+                aop_examples.append(example)
     others = [v for v in counts if v != View.SECOND_TRIMESTER_HEAD]
+    not_labour = [v for v in counts if v != View.INTRAPARTUM_TRANSPERINEAL]
     return {
         "models": router.describe(),
+        "cross_check_probability": router.cross_check_probability,
         "by_true_view": {v: dict(c) for v, c in counts.items()},
         "other_view_images": sum(counts[v]["images"] for v in others),
         "other_views_head_findings": sum(counts[v]["head_finding"] for v in others),
         "other_views_hc_reported": sum(counts[v]["hc_reported"] for v in others),
-        "other_views_with_head_finding": examples,
+        "non_transperineal_aop_reported": sum(counts[v]["aop_reported"] for v in not_labour),
+        "other_views_with_head_finding": head_examples,
+        "non_transperineal_with_aop": aop_examples,
     }
+
+
+def remeasure_node_check(bundle: Path, folders: list[Path], models_dir: Path) -> dict[str, Any]:
+    """The whole-node check of a view bundle on its test images of views other than the head, measured again
+    with this build's router and the bundles in ``models_dir`` (``fetalnode models finalize BUNDLE --data ...``).
+
+    The test images are those of the bundle's own split (its seed, its DICOM device groups); the weights and
+    every other metric are untouched; the previous figure is kept in ``metrics.node_check_history``.
+    """
+    meta = read_metadata(bundle)
+    others: list[ViewImage] = []
+    for folder in folders:
+        _, images = folder_images(folder, "test", meta)
+        others += [im for im in images if im.view is not View.SECOND_TRIMESTER_HEAD]
+    if not others:
+        raise ValueError("no test images of views other than the head in these folders")
+    check = node_check(bundle, others, models_dir)
+    check["split"] = "test, images of every view but the head"
+    check["remeasured"] = time.strftime("%Y-%m-%d")
+    metrics = meta["metrics"]
+    if metrics.get("node_check"):
+        metrics.setdefault("node_check_history", []).append(metrics["node_check"])
+    metrics["node_check"] = check
+    write_metadata(bundle, meta)
+    (bundle / "docs" / "README.md").write_text(view_model_card(meta), encoding="utf-8")
+    return check
 
 
 def view_reference(net: torch.nn.Module, size: int) -> list[dict[str, Any]]:
@@ -747,13 +795,33 @@ def node_check_lines(m: dict[str, Any]) -> str:
         return "Not measured (the head bundles were not in the models folder at training time)."
     by = ", ".join(
         f"{v}: {c.get('images', 0)} images, {c.get('routed_to_fetal-head', 0)} routed to fetal-head, "
-        f"{c.get('head_finding', 0)} head findings"
+        f"{c.get('head_finding', 0)} head findings, {c.get('aop_reported', 0)} AoP, "
+        f"{c.get('cross_check_view_uncertain', 0)} made uncertain by the cross-check"
         for v, c in nc["by_true_view"].items()
     )
+    cross = nc.get("cross_check_probability")
+    router = (
+        f"the default view router (cross-check at probability {cross}) -> its applications"
+        if cross is not None
+        else "view router -> fetal-head with its plausibility gate"
+    )
+    aop = nc.get("non_transperineal_aop_reported")
+    aop_words = f"; images of views other than the transperineal one with an AoP: **{aop}**" if aop is not None else ""
+    when = f" (re-measured {nc['remeasured']} with this build's router)" if nc.get("remeasured") else ""
+    earlier = "".join(
+        f" Earlier{' (' + old['remeasured'] + ')' if old.get('remeasured') else ' (at training)'}: "
+        f"{old['other_views_head_findings']} head findings, {old['other_views_hc_reported']} HC."
+        for old in m.get("node_check_history", [])
+    )
+    if earlier:
+        earlier += (
+            " A re-measured figure comes after the earlier one on the same test images was seen (and, here, acted"
+            " on): it is not a blind held-out measurement."
+        )
     return (
-        f"The whole node analysis (view router -> fetal-head with its plausibility gate) on the "
-        f"{nc['other_view_images']} test images of views other than the head, each wrapped as US DICOM: "
-        f"**{nc['other_views_head_findings']} head findings, {nc['other_views_hc_reported']} HC** ({by})."
+        f"The whole node analysis ({router}){when} on the {nc['other_view_images']} test images of views other "
+        f"than the head, each wrapped as US DICOM: **{nc['other_views_head_findings']} head findings, "
+        f"{nc['other_views_hc_reported']} HC**{aop_words} ({by}).{earlier}"
     )
 
 
@@ -838,8 +906,9 @@ Routed views (rows: truth; columns: what the router answered):
 ## What it can and cannot claim
 - The view and the source coincide for most classes (each view comes from one or two datasets, one or two
   hospitals): the model may recognise a dataset's look rather than the anatomy. An image from a scanner
-  unlike these may be routed wrongly; the abstain threshold and the head application's own plausibility
-  gate are the two guards behind it.
+  unlike these may be routed wrongly; the guards behind it are the abstain threshold, the router's
+  cross-check (an image routed to the head in which the labour model finds a pubic symphysis and a fetal
+  head is "view uncertain") and the head application's own plausibility gate.
 - `other_fetal_plane` rests on the ~22 non-brain images of a 33-image FETAL_PLANES_DB sample and `not_fetal`
   on a handful of real non-fetal ultrasound DICOM files (a few devices): their test figures are a few
   images each, anecdotes more than validation.
