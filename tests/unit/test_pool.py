@@ -22,6 +22,8 @@ from fetalnode.config import Settings
 from fetalnode.errors import NodeError
 from fetalnode.pool import WorkerPool
 
+pytestmark = pytest.mark.unit
+
 
 def slow_worker(
     settings: Settings, wake: Event, parent_pid: int, log_level: str, ready: multiprocessing.connection.Connection
