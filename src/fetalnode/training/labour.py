@@ -38,6 +38,7 @@ from fetalnode.inference.networks import build_segmentation_net
 from fetalnode.inference.preprocess import letterbox, resize, to_unit_range
 from fetalnode.training.data import Row, block_split, bootstrap_ci, load_gray, read_labels
 from fetalnode.training.early_stopping import EarlyStopping
+from fetalnode.training.segmentation import UNetRecipe
 
 log = logging.getLogger(__name__)
 
@@ -47,24 +48,15 @@ REFERENCE_IMAGES = REPO / "tests" / "data" / "psfhs_mini"
 
 
 @dataclass
-class LabourRecipe:
+class LabourRecipe(UNetRecipe):
     canvas_hw: tuple[int, int] = (256, 256)
     # Five levels (bottom at 1/16 of the canvas) with a 128-channel bottom: 0.93 M parameters, ~30 s per
     # epoch of 780 images on 2 cores, as fast as four levels (16..128) and a wider view; 16..256 costs 20% more.
     channels: tuple[int, ...] = (16, 32, 64, 128, 128)
-    strides: tuple[int, ...] = (2, 2, 2, 2)
-    num_res_units: int = 2
     epochs: int = 75
-    batch_size: int = 16
-    lr: float = 2e-3
-    patience: int = 15
-    max_minutes: float = 50.0
     # No flips: the AoP convention reads the image's orientation (the vertex is the right-most end of
     # the symphysis) and every PSFHS image has the symphysis upper left of the head.
-    rotate_deg: float = 10.0
     scale_jitter: float = 0.1
-    seed: int = 20261124
-    limit: int = 0
 
 
 def load_label_map(path: Path) -> np.ndarray:

@@ -42,7 +42,27 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class SegRecipe:
+class UNetRecipe:
+    """What every segmentation recipe sets (MONAI UNet on a letterboxed canvas, rotation/scale augmentation,
+    early stopping, a time cap); :class:`SegRecipe` and the labour recipe set their own values."""
+
+    canvas_hw: tuple[int, int] = (256, 256)
+    channels: tuple[int, ...] = (16, 32, 64, 128, 256)
+    strides: tuple[int, ...] = (2, 2, 2, 2)
+    num_res_units: int = 2
+    epochs: int = 60
+    batch_size: int = 16
+    lr: float = 2e-3
+    patience: int = 15
+    max_minutes: float = 50.0
+    rotate_deg: float = 10.0
+    scale_jitter: float = 0.15
+    seed: int = 20261124
+    limit: int = 0
+
+
+@dataclass
+class SegRecipe(UNetRecipe):
     # The shipped hc18-headseg 0.3.0 recipe (docs/models.md): a five-level UNet at 256x384 with
     # rotation/scale augmentation, cosine over 60 epochs (then `fetalnode models finalize --gate
     # 0.896,0.943`: the learnt gate refused real heads for no validation gain). 0.2.0 was the same
@@ -54,22 +74,10 @@ class SegRecipe:
     # epochs 80 (HC 2.003 mm on 98.4% under 0.3.0's gate, but that gate then accepted a non-brain plane:
     # benchmarks.gate 21/22 refused).
     canvas_hw: tuple[int, int] = (256, 384)
-    channels: tuple[int, ...] = (16, 32, 64, 128, 256)
-    strides: tuple[int, ...] = (2, 2, 2, 2)
-    num_res_units: int = 2
-    epochs: int = 60
-    batch_size: int = 16
-    lr: float = 2e-3
-    patience: int = 15
-    max_minutes: float = 50.0
-    rotate_deg: float = 10.0
-    scale_jitter: float = 0.15
     # >1: draw training heads whose reference HC is at least large_head_mm this many times as often
     # (weighted sampling with replacement, same number of draws per epoch); 1: plain permutation.
     large_head_weight: float = 1.0
     large_head_mm: float = 200.0
-    seed: int = 20261124
-    limit: int = 0
     # A segmentation bundle to start from (its architecture replaces channels/strides/num_res_units):
     # a second, fine-tuning stage at another canvas. Its training minutes count towards this recipe's.
     init_from: str = ""
