@@ -486,8 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--head-models",
         default="models",
-        help="view only: folder with the head bundles (hc18-headseg, fba-classifier) for the whole-node check "
-        "on the test images of other views (default models)",
+        help="view only: folder with the applications' bundles (hc18-headseg, fba-classifier, psfhs-seg) for the "
+        "whole-node check on the test images of other views (default models)",
     )
     sp.add_argument("--size", type=int, help="view only: network input side in pixels (default 112)")
     sp.add_argument("--out", required=True, help="bundle folder to write, e.g. models/hc18-headseg")
@@ -613,8 +613,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--models-dir",
         default="models",
-        help="view only: folder of the head bundles for the whole-node check (router -> fetal-head on every "
-        "image, wrapped as US DICOM: head findings and HCs on images of other views; default models)",
+        help="view only: folder of the applications' bundles (hc18-headseg, fba-classifier, psfhs-seg) for the "
+        "whole-node check (the default view router with its cross-check on every image, wrapped as US DICOM: "
+        "head findings, HCs and AoPs on images of other views; default models)",
     )
     sp.add_argument(
         "--node-check",
@@ -664,11 +665,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         help="segmentation bundle with --gate: the dataset folder it was trained on; view bundle (repeatable, "
         "as in `train view`): measure the whole-node check on its test images of other views again with this "
-        "build's router (nothing else is changed; the earlier figure is kept)",
+        "build's router (weights and other metrics unchanged; the metadata keeps the earlier figure and the "
+        "model card is rewritten)",
     )
     mf.add_argument("--data-root", help="view bundle: also every sub-folder of this folder, as in `train view`")
     mf.add_argument(
-        "--models-dir", default="models", help="view bundle with --data: the applications' bundles (default models)"
+        "--models-dir",
+        default="models",
+        help="view bundle with --data/--data-root: the applications' bundles (default models; without psfhs-seg "
+        "there, the check runs without the labour route and its cross-check)",
     )
     mf.add_argument("--threads", type=int, default=2)
     mf.set_defaults(func=cmd_models_finalize)

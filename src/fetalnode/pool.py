@@ -151,12 +151,16 @@ class WorkerPool:
                 continue
             if proc is None or proc.is_alive():
                 continue
-            delay = min(MAX_RESTART_DELAY, RESTART_DELAY * 2 ** self._failed_starts[slot])
-            if now - self._started_at[slot] < delay:
+            if now - self._started_at[slot] < self._delay(slot):
                 continue
             log.error("analysis worker %d (pid %s) exited with %s; starting it again", slot, proc.pid, proc.exitcode)
             self.audit.event(AuditEvent.WORKER_RESTARTED, slot=slot, pid=proc.pid, exit_code=proc.exitcode)
             self._pending[slot] = (self._spawn(slot), now + RESTART_READY_TIMEOUT)
+
+    def _delay(self, slot: int) -> float:
+        """Seconds from a worker's last start (or failed start) to the next: RESTART_DELAY doubled per
+        failed start in a row, at most MAX_RESTART_DELAY."""
+        return min(MAX_RESTART_DELAY, RESTART_DELAY * 2 ** min(self._failed_starts[slot], 16))
 
     def _check_restarted(self, slot: int, now: float) -> None:
         pipe, deadline = self._pending[slot]
@@ -171,13 +175,17 @@ class WorkerPool:
             else:
                 message = str(pipe.recv())
         except EOFError:  # it died before saying anything
+            if proc is not None:
+                proc.join(1)
             message = f"exited with {proc.exitcode if proc else '?'} while starting"
         del self._pending[slot]
         pipe.close()
         if message:
             self._failed_starts[slot] += 1
-            delay = min(MAX_RESTART_DELAY, RESTART_DELAY * 2 ** self._failed_starts[slot])
-            log.error("analysis worker %d failed to start again (%s); next try in %.0f s", slot, message, delay)
+            self._started_at[slot] = now  # the wait counts from the failure (a start may hang for minutes)
+            log.error(
+                "analysis worker %d failed to start again (%s); next try in %.0f s", slot, message, self._delay(slot)
+            )
         else:
             self._failed_starts[slot] = 0
             log.info("analysis worker %d started again and ready", slot)

@@ -123,6 +123,8 @@ def test_a_worker_that_keeps_failing_is_retried_ever_more_slowly(
         # after n failed starts in a row the next one waits 0.3 x 2^n s from the last start, at most 1.2 s
         for n, gap in enumerate(gaps, start=1):
             assert gap >= min(1.2, 0.3 * 2**n) - 0.05, gaps
+        pool._failed_starts[0] = 5000  # weeks of failed starts: still the longest wait, no overflow
+        assert pool._delay(0) == 1.2
     finally:
         pool.stop(timeout=5)
 

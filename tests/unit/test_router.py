@@ -18,7 +18,7 @@ from fetalnode.applications.base import Analysis
 from fetalnode.applications.registry import APPLICATIONS, build_application, register_application
 from fetalnode.applications.router import NAME, ViewRouter, router_routes
 from fetalnode.config import Settings, load_settings
-from fetalnode.errors import ConfigError
+from fetalnode.errors import ConfigError, InferenceError
 from fetalnode.inference import AnalysisResult
 from fetalnode.inference.bundle import load_bundle
 from fetalnode.inference.view import ViewModel, view_input
@@ -152,6 +152,9 @@ def test_a_transperineal_image_goes_to_labour_progress(runtime: Runtime) -> None
     assert set(built) == {"sr", "sc", "gsps", "seg"}, "no OB-GYN fetal biometry report for a labour image"
     found = read_finding(built["sr"])
     assert found["application"] == "labour-progress" and round(found["aop_deg"], 1) == summary["aop_deg"]
+    view_line = f"Recognised view: {View.INTRAPARTUM_TRANSPERINEAL.words}"
+    assert any(c.startswith(view_line) for c in found["comments"]), found["comments"]
+    assert view_line in built["sc"].ImageComments
 
 
 def test_a_head_keeps_its_finding_and_says_its_view(runtime: Runtime) -> None:
@@ -197,6 +200,10 @@ def test_a_transperineal_image_the_view_model_calls_a_head_gets_no_head_finding(
     view = summary["view"]
     assert view["top"] == View.SECOND_TRIMESTER_HEAD and view["label"] == View.UNKNOWN, view
     assert "pubic symphysis" in view["conflict"] and "psfhs-seg" in view["conflict"]
+    router = runtime.application
+    assert isinstance(router, ViewRouter)
+    models = router.analyse(wrap_png(HARD_PSFHS, pixel_size_mm=0.1)).models
+    assert [name for name, _ in models] == ["fetal-view", "psfhs-seg"], "the labour model that vetoed is named"
     assert summary["application"] == NAME and not summary["analysed"]
     assert summary.get("hc_mm") is None and summary.get("finding") == "" and summary.get("aop_deg") is None
     assert summary["reason"] == "not analysed: view uncertain, no application for this view"
@@ -231,6 +238,43 @@ def test_the_cross_check_runs_only_above_its_probability(runtime: Runtime) -> No
     assert never.classify(decode_for_analysis(wrap_png(HARD_PSFHS, pixel_size_mm=None), 10**8, 10)).label is (
         View.SECOND_TRIMESTER_HEAD
     )
+
+
+def test_an_application_is_not_cross_checked_by_itself_and_a_failed_check_is_uncertain(runtime: Runtime) -> None:
+    router = runtime.application
+    assert isinstance(router, ViewRouter)
+    labour = router.routes[View.INTRAPARTUM_TRANSPERINEAL]
+    # labour-progress routed from two views: an image routed to it is not shown to it again (it would veto itself)
+    routes = {**router.routes, View.FIRST_TRIMESTER_MIDSAGITTAL: labour}
+    probs = {View.INTRAPARTUM_TRANSPERINEAL: 0.9, View.FIRST_TRIMESTER_MIDSAGITTAL: 0.1}
+    twice = dataclasses.replace(router, routes=routes, view_model=FixedViewModel(router.view_model, probs))
+    analysis = twice.analyse(wrap_png(PSFHS, pixel_size_mm=None))
+    assert analysis.application == "labour-progress" and analysis.view is not None and not analysis.view.conflict
+
+    class Broken:
+        """labour-progress whose model fails during the cross-check."""
+
+        name = "labour-progress"
+        applications = ("labour-progress",)
+
+        def recognises(self, decoded: DecodedImage) -> None:
+            raise InferenceError("labour model: RuntimeError: out of memory")
+
+        def analyse(self, ds: Dataset, decoded: DecodedImage | None = None) -> Analysis:
+            raise AssertionError("not routed here")
+
+        def bundle_paths(self) -> list[Path]:
+            return []
+
+        def describe(self) -> dict[str, str]:
+            return {}
+
+    broken_routes = {**router.routes, View.INTRAPARTUM_TRANSPERINEAL: Broken()}
+    unsure = FixedViewModel(router.view_model, {View.SECOND_TRIMESTER_HEAD: 0.8, View.INTRAPARTUM_TRANSPERINEAL: 0.2})
+    broken = dataclasses.replace(router, routes=broken_routes, view_model=unsure)
+    analysis = broken.analyse(dcmread(SAMPLES / "hc18_104_HC.dcm"))
+    assert analysis.application == NAME and analysis.view is not None and analysis.view.label is View.UNKNOWN
+    assert "cross-check by labour-progress failed" in analysis.view.conflict and not analysis.result.analysed
 
 
 class Stub:

@@ -90,6 +90,15 @@ class Application(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Recognition:
+    """What an application found of its own view in an image, and the model that found it (``None``: the
+    check itself failed)."""
+
+    found: str  # a clause: "a pubic symphysis (confidence 0.98) and a fetal head were found by ..."
+    model: tuple[str, str] | None
+
+
 @runtime_checkable
 class RecognisesItsView(Protocol):
     """An application that can tell, from structures only its view shows, that an image is of its view
@@ -97,8 +106,8 @@ class RecognisesItsView(Protocol):
 
     name: str
 
-    def recognises(self, decoded: DecodedImage) -> str:
-        """What it found, as a clause ("a pubic symphysis ... were found by ..."); "" when nothing."""
+    def recognises(self, decoded: DecodedImage) -> Recognition | None:
+        """What it found (``None``: nothing of its view); raises InferenceError when its model fails."""
         ...
 
 

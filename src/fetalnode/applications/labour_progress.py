@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from fetalnode.applications.base import Analysis, Setup, run_models
+from fetalnode.applications.base import Analysis, Recognition, Setup, run_models
 from fetalnode.applications.registry import register_application
 from fetalnode.config import Settings
 from fetalnode.inference.labour_analyzer import LabourAnalyzer, load_labour_bundle
@@ -35,11 +35,15 @@ class LabourProgress:
         result = run_models(lambda: self.analyzer.analyze(d.gray, d.spacing_mm, d.spacing_note))
         return Analysis(self.name, result, decoded, (result.seg_model,))
 
-    def recognises(self, decoded: DecodedImage) -> str:
-        """What of an intrapartum transperineal view the image shows, with the model ("" when nothing)."""
+    def recognises(self, decoded: DecodedImage) -> Recognition | None:
+        """What of an intrapartum transperineal view the image shows (``None`` when nothing)."""
         found = run_models(lambda: self.analyzer.recognise(decoded.gray), f"{self.name} cross-check")
         seg = self.analyzer.bundle
-        return f"{found} by the labour model {seg.name} {seg.version}" if found else ""
+        return (
+            Recognition(f"{found} by the labour model {seg.name} {seg.version}", (seg.name, seg.version))
+            if found
+            else None
+        )
 
     def bundle_paths(self) -> list[Path]:
         return [self.setup.models_dir / self.bundle]

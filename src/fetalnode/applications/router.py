@@ -25,10 +25,10 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from fetalnode.applications.base import Analysis, Application, RecognisesItsView, Setup, run_models
+from fetalnode.applications.base import Analysis, Application, RecognisesItsView, Recognition, Setup, run_models
 from fetalnode.applications.registry import APPLICATIONS, register_application
 from fetalnode.config import Settings
-from fetalnode.errors import ConfigError
+from fetalnode.errors import ConfigError, InferenceError
 from fetalnode.inference import AnalysisResult
 from fetalnode.inference.bundle import load_bundle
 from fetalnode.inference.view import ViewModel, ViewPrediction
@@ -64,19 +64,34 @@ class ViewRouter:
         self.applications = tuple(names)
 
     def classify(self, decoded: DecodedImage) -> ViewPrediction:
-        """The view model's answer, with the cross-check of the applications that recognise their view."""
+        """The view model's answer, with the cross-check of the applications that recognise their view.
+
+        Each other routed application that recognises its view is asked once, when the view model gives
+        one of its views at least ``cross_check_probability``. A check that fails (its model raised) makes
+        the view uncertain too: the image was not shown to be free of that view.
+        """
         view = run_models(lambda: self.view_model.predict(decoded.gray), "view model")
-        if view.label not in self.routes:
+        routed = self.routes.get(view.label)
+        if routed is None:
             return view
-        for other, application in self.routes.items():
-            if other is view.label or not isinstance(application, RecognisesItsView):
+        for application in self._distinct():
+            if application is routed or not isinstance(application, RecognisesItsView):
                 continue
-            if view.probability_of(other) < self.cross_check_probability:
+            views = [v for v, a in self.routes.items() if a is application]
+            if max(view.probability_of(v) for v in views) < self.cross_check_probability:
                 continue
-            found = application.recognises(decoded)
-            if found:
-                log.info("view uncertain: the view model says %s, but %s", view.label, found)
-                return dataclasses.replace(view, label=View.UNKNOWN, conflict=found)
+            try:
+                recognition = application.recognises(decoded)
+            except InferenceError as exc:
+                log.error(
+                    "view router: the cross-check by %s failed (%s); the view is uncertain", application.name, exc
+                )
+                recognition = Recognition(f"the cross-check by {application.name} failed ({exc})", None)
+            if recognition is not None:
+                log.info("view uncertain: the view model says %s, but %s", view.label, recognition.found)
+                return dataclasses.replace(
+                    view, label=View.UNKNOWN, conflict=recognition.found, conflict_model=recognition.model
+                )
         return view
 
     def analyse(self, ds: Dataset, decoded: DecodedImage | None = None) -> Analysis:
@@ -92,7 +107,9 @@ class ViewRouter:
                 cls_model=model,
                 fused_rgb=decoded.display_rgb.copy(),
             )
-            return Analysis(NAME, result, decoded, (model,), view=view)
+            # A cross-check's model decided too: it is one of the models behind every output.
+            models = (model, view.conflict_model) if view.conflict_model else (model,)
+            return Analysis(NAME, result, decoded, models, view=view)
         analysis = application.analyse(ds, decoded)  # decoded once for the view model and the application
         # The view model decided which application ran: it is one of the models behind every output.
         return dataclasses.replace(analysis, view=view, models=(*analysis.models, model))

@@ -49,6 +49,7 @@ class ViewPrediction:
     model: tuple[str, str]
     probabilities: dict[str, float]
     conflict: str = ""
+    conflict_model: tuple[str, str] | None = None  # the model that found it (a cross-check's)
 
     def probability_of(self, view: View) -> float:
         return self.probabilities.get(str(view), 0.0)

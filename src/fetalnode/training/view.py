@@ -616,10 +616,11 @@ def remeasure_node_check(bundle: Path, folders: list[Path], models_dir: Path) ->
     every other metric are untouched; the previous figure is kept in ``metrics.node_check_history``.
     """
     meta = read_metadata(bundle)
+    limit = int(meta.get("training", {}).get("recipe", {}).get("limit", 0))  # as train_view took them
     others: list[ViewImage] = []
     for folder in folders:
         _, images = folder_images(folder, "test", meta)
-        others += [im for im in images if im.view is not View.SECOND_TRIMESTER_HEAD]
+        others += [im for im in images[: limit or None] if im.view is not View.SECOND_TRIMESTER_HEAD]
     if not others:
         raise ValueError("no test images of views other than the head in these folders")
     check = node_check(bundle, others, models_dir)
@@ -890,7 +891,7 @@ validation NLL), {tr["minutes"]} minutes of fitting on {tr["device"]} ({tr["thre
 | routed accuracy (abstention counted wrong, except on not-fetal images) | {_f(m["routed_accuracy"])} | {_ci(m["routed_accuracy_ci95"])} |
 | balanced accuracy | {_f(m.get("balanced_accuracy"))} | {_ci(m.get("balanced_accuracy_ci95"))} |
 | coverage (routed, not unknown) | {_f(m["coverage"])} | |
-| images of another view routed to the head application | {m["other_views_routed_to_head"]} | |
+| images of another view the view model routes to the head application (before the router's cross-check) | {m["other_views_routed_to_head"]} | |
 
 | class | test images / groups | recall | precision | routed right | abstained |
 |---|---|---|---|---|---|

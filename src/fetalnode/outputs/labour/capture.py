@@ -33,16 +33,18 @@ YELLOW, CYAN, GREEN, ORANGE, WHITE = (255, 255, 0), (0, 255, 255), (0, 230, 0), 
 LEGEND = "yellow: symphysis axis and tangent to the head; cyan: pubic symphysis; green: fetal head; orange: HSD"
 
 
-def banner_lines(result: LabourResult, reference: str = fc.AOP_REFERENCE) -> list[str]:
-    """What the banner says, first line the result (highlighted), last the research notice."""
+def banner_lines(result: LabourResult, reference: str = fc.AOP_REFERENCE, view_line: str = "") -> list[str]:
+    """What the banner says, first line the result (highlighted), then the research notice and the view line."""
     notice = f"{RESEARCH_NOTICE} - fetalnode {result.seg_model[0]} {result.seg_model[1]}"
     if not result.analysed:
         reason = not_analysed_reason(result)
-        return [f"NOT ANALYSED: {reason}".upper(), notice]
-    first = f"ANGLE OF PROGRESSION {result.geometry.aop_deg:.1f}\u00b0"
-    if hsd := hsd_text(result):
-        first += f"   {hsd}"
-    return [first, LEGEND, f"Reference: {reference}", notice]
+        lines = [f"NOT ANALYSED: {reason}".upper(), notice]
+    else:
+        first = f"ANGLE OF PROGRESSION {result.geometry.aop_deg:.1f}\u00b0"
+        if hsd := hsd_text(result):
+            first += f"   {hsd}"
+        lines = [first, LEGEND, f"Reference: {reference}", notice]
+    return [*lines, view_line] if view_line else lines
 
 
 def wrap(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: float) -> list[str]:
@@ -113,7 +115,7 @@ def draw_angle(rgb: np.ndarray, graphics: LabourGraphics, aop_deg: float, scale:
     return np.asarray(image)
 
 
-def capture_pixels(result: LabourResult, display_rgb: np.ndarray) -> np.ndarray:
+def capture_pixels(result: LabourResult, display_rgb: np.ndarray, view_line: str = "") -> np.ndarray:
     """The Secondary Capture's pixels: the enlarged source, the drawing when analysed, the banner."""
     rows, columns = display_rgb.shape[:2]
     scale = max(1, math.ceil(MIN_WIDTH / columns))
@@ -130,15 +132,16 @@ def capture_pixels(result: LabourResult, display_rgb: np.ndarray) -> np.ndarray:
             raise EncodingError(
                 f"the drawn angle ({angle_deg(graphics.angle):.1f} deg) is not the measured AoP ({result.geometry.aop_deg:.1f})"
             )
-    return burn_wrapped_banner(pixels, banner_lines(result))
+    return burn_wrapped_banner(pixels, banner_lines(result, view_line=view_line))
 
 
 def _capture(ctx: OutputContext) -> tuple[np.ndarray, str]:
     """The capture's pixels and its Image Comments."""
     result = ctx.result_as(LabourResult)
-    lines = banner_lines(result, fc.AOP_REFERENCE_ASCII)
+    view_line = ctx.analysis.view.line() if ctx.analysis.view else ""
+    lines = banner_lines(result, fc.AOP_REFERENCE_ASCII, view_line)
     comments = " / ".join(line.replace("\u00b0", " deg") for line in lines)
-    return capture_pixels(result, ctx.analysis.decoded.display_rgb), comments
+    return capture_pixels(result, ctx.analysis.decoded.display_rgb, view_line), comments
 
 
 def _shape(ctx: OutputContext) -> tuple[object, ...]:
@@ -149,7 +152,8 @@ def _slots(ctx: OutputContext) -> dict[str, tuple[str, object]]:
     return capture_slots(*_capture(ctx))
 
 
-@register_output("sc", applications=[APPLICATION], fast=FastPath(_shape, _slots))
+# Revision 1: the view line under the research notice (banner and Image Comments).
+@register_output("sc", applications=[APPLICATION], revision=1, fast=FastPath(_shape, _slots))
 def build_labour_capture(ctx: OutputContext) -> hd.sc.SCImage:
     """An RGB Secondary Capture in the source study (series 9102) with the angle drawn and the banner."""
     pixels, comments = _capture(ctx)

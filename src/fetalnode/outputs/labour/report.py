@@ -153,6 +153,12 @@ def report_comments(result: LabourResult, decoded: DecodedImage) -> list[str]:
     return lines
 
 
+def comment_lines(ctx: OutputContext) -> list[str]:
+    """The report's comments, then the view line when the view router chose the application."""
+    lines = report_comments(ctx.result_as(LabourResult), ctx.analysis.decoded)
+    return [*lines, ctx.analysis.view.line()] if ctx.analysis.view else lines
+
+
 def _shape(ctx: OutputContext) -> tuple[object, ...]:
     """Analysed or not, which regions are drawn, the HSD's unit, the frame, how many comments."""
     result, decoded = ctx.result_as(LabourResult), ctx.analysis.decoded
@@ -166,16 +172,16 @@ def _shape(ctx: OutputContext) -> tuple[object, ...]:
         regions,
         hsd,
         decoded.frame_number,
-        len(report_comments(result, decoded)),
+        len(comment_lines(ctx)),
         result.seg_model,
     )
 
 
 def _slots(ctx: OutputContext) -> dict[str, tuple[str, object]]:
     """The values of one report: comments, tracking UIDs, the AoP and HSD, the graphics."""
-    result, decoded = ctx.result_as(LabourResult), ctx.analysis.decoded
+    result = ctx.result_as(LabourResult)
     slots: dict[str, tuple[str, object]] = {
-        f"comment.{i}": ("TextValue", line[:1024]) for i, line in enumerate(report_comments(result, decoded))
+        f"comment.{i}": ("TextValue", line[:1024]) for i, line in enumerate(comment_lines(ctx))
     }
     if not result.analysed:
         slots["uid.tracking"] = ("UID", derive_uid("labour-tracking", ctx.uids.instance))
@@ -204,7 +210,8 @@ def _slots(ctx: OutputContext) -> dict[str, tuple[str, object]]:
     return slots
 
 
-@register_output("sr", applications=[APPLICATION], fast=FastPath(_shape, _slots))
+# Revision 1: the view line ("Recognised view: intrapartum transperineal view (97%; ...)") added to the comments.
+@register_output("sr", applications=[APPLICATION], revision=1, fast=FastPath(_shape, _slots))
 def build_labour_report(ctx: OutputContext) -> hd.sr.Comprehensive3DSR:
     """Build the SR; raises :class:`EncodingError` with the reason if the content is refused."""
     source, result, decoded = ctx.source, ctx.result_as(LabourResult), ctx.analysis.decoded
@@ -223,7 +230,7 @@ def build_labour_report(ctx: OutputContext) -> hd.sr.Comprehensive3DSR:
                 hd.sr.TextContentItem(
                     name=fc.COMMENT, value=line[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
                 )
-                for line in report_comments(result, decoded)
+                for line in comment_lines(ctx)
             ]
         )
         report[0].ContentSequence.append(container)
