@@ -1,4 +1,5 @@
-"""``make demo``: Orthanc + a node on loopback, the samples sent by DCMTK, a table of findings.
+"""``make demo``: Orthanc + a node on loopback, the samples (and an image of two other views) sent by DCMTK,
+a table of findings.
 
 Run as ``python -m harness.demo [--exit] [--samples DIR] [--run-dir DIR]`` from the repository root.
 """
@@ -13,6 +14,7 @@ import subprocess
 import sys
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from pydicom import dcmread
 
@@ -22,8 +24,30 @@ from harness.node import FINAL, ROOT, NodeProcess, prepare_node
 from harness.orthanc import OrthancProcess
 from harness.processes import HarnessError, wait_for
 
+# Dataset images of the other views the view router tells apart (tests/data/README.md gives their sources and
+# licences), wrapped as US DICOM by the demo: an intrapartum transperineal image (labour-progress: AoP) and a
+# femur plane (no application for its view).
+OTHER_VIEWS = (
+    ROOT / "tests" / "data" / "view_mini" / "psfhs" / "images" / "psfhs_03920.png",
+    ROOT / "tests" / "data" / "view_mini" / "fetal_planes_db" / "images" / "Patient01672_Plane5_2_of_2.png",
+)
 
-def run_demo(samples: Path, run_dir: Path | None, exit_after: bool) -> int:
+
+def wrap_other_views(folder: Path) -> list[Path]:
+    """The OTHER_VIEWS images as US DICOM files in ``folder`` (uncalibrated, as the datasets give them)."""
+    from fetalnode.wrap import wrap_png
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for png in OTHER_VIEWS:
+        if png.is_file():
+            path = folder / f"{png.stem}.dcm"
+            wrap_png(png, pixel_size_mm=None).save_as(path, enforce_file_format=True)
+            out.append(path)
+    return out
+
+
+def run_demo(samples: Path, run_dir: Path | None, exit_after: bool, other_views: bool = True) -> int:
     for tool in ("dcmsend", "echoscu"):
         if shutil.which(tool) is None:
             raise HarnessError(f"DCMTK's {tool} is missing (Debian package dcmtk); run `make deps`")
@@ -32,6 +56,8 @@ def run_demo(samples: Path, run_dir: Path | None, exit_after: bool) -> int:
         raise HarnessError(f"no sample DICOM files in {samples}")
     run_dir = (run_dir or ROOT / ".run" / datetime.now().strftime("demo-%Y%m%d-%H%M%S")).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
+    if other_views:
+        files += wrap_other_views(run_dir / "other-views")
     orthanc = OrthancProcess(run_dir / "orthanc", ohif=True).start()
     try:
         node = prepare_node(run_dir, orthanc, node__station_name="fetalnode-demo", source_to_orthanc=True)
@@ -79,21 +105,36 @@ def send_and_report(node: NodeProcess, orthanc: OrthancProcess, files: list[Path
     return 0 if ok else 1
 
 
+def describe_result(r: dict[str, Any], error: str) -> tuple[str, str, str, str]:
+    """A job summary as the table shows it: the application, the finding, its confidence, the measurement."""
+    if not r:
+        return "-", error[:40], "-", "-"
+    application = r.get("application", "-")
+    if r.get("aop_deg") is not None:  # labour-progress
+        hsd = (
+            f", HSD {r['hsd_mm']:.1f} mm"
+            if r.get("hsd_mm") is not None
+            else (f", HSD {r['hsd_px']:.1f} px" if r.get("hsd_px") is not None else "")
+        )
+        return application, "angle of progression", "-", f"AoP {r['aop_deg']:.1f} deg{hsd}"
+    finding = r.get("finding") or r.get("reason") or "not analysed"
+    if r.get("malformation_type") or r.get("type_note"):
+        finding += f": {r.get('malformation_type') or r['type_note']}"
+    conf = f"{r['confidence']:.2f}" if r.get("confidence") is not None else "-"
+    hc = f"HC {r['hc_mm']:.1f} mm" if r.get("hc_mm") is not None else "-"
+    return application, finding, conf, hc
+
+
 def print_table(jobs: JobStore, expected: dict[str, str], orthanc: OrthancProcess) -> None:
-    rows = [("source", "state", "finding", "conf.", "HC mm", "source / SR / heatmap in Orthanc")]
+    rows = [("source", "state", "application", "finding", "conf.", "measurement", "source / SR / heatmap in Orthanc")]
     for job in jobs.jobs():
-        r = job.result
-        finding = r.get("finding") or ("not analysed" if r else job.error[:40])
-        if r.get("malformation_type") or r.get("type_note"):
-            finding += f": {r.get('malformation_type') or r['type_note']}"
-        conf = f"{r['confidence']:.2f}" if r.get("confidence") is not None else "-"
-        hc = f"{r['hc_mm']:.1f}" if r.get("hc_mm") is not None else "-"
         held = job.receipts.get("orthanc", {})  # the Orthanc destination's receipts: output -> instance ID
         links = " ".join(f"{orthanc.url}/app/explorer.html#instance?uuid={i}" for i in held.values()) or "-"
-        rows.append((expected.get(job.sop_uid, job.sop_uid[-12:]), job.state, finding, conf, hc, links))
-    widths = [max(len(str(row[i])) for row in rows) for i in range(5)]
+        name = expected.get(job.sop_uid, job.sop_uid[-12:])
+        rows.append((name, job.state, *describe_result(job.result, job.error), links))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(6)]
     for row in rows:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row[:5], widths, strict=True)) + "  " + row[5])
+        print("  ".join(str(c).ljust(w) for c, w in zip(row[:6], widths, strict=True)) + "  " + row[6])
 
 
 def print_ohif_links(jobs: JobStore, expected: dict[str, str], orthanc: OrthancProcess) -> None:
@@ -117,9 +158,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", default=str(ROOT / "samples"), help="folder of sample DICOM files")
     ap.add_argument("--run-dir", help="working folder (default: a new folder under .run/)")
     ap.add_argument("--exit", action="store_true", help="exit after the table instead of serving until Ctrl-C")
+    ap.add_argument(
+        "--no-other-views",
+        action="store_true",
+        help="send only the samples (not also a transperineal image and a femur plane, wrapped as US DICOM)",
+    )
     args = ap.parse_args(argv)
     try:
-        return run_demo(Path(args.samples), Path(args.run_dir) if args.run_dir else None, exit_after=args.exit)
+        return run_demo(
+            Path(args.samples),
+            Path(args.run_dir) if args.run_dir else None,
+            exit_after=args.exit,
+            other_views=not args.no_other_views,
+        )
     except HarnessError as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 2
