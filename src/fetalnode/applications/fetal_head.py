@@ -30,7 +30,9 @@ class FetalHead:
 
     def analyse(self, ds: Dataset, decoded: DecodedImage | None = None) -> Analysis:
         d = decoded = self.setup.decode(ds, decoded)
-        result = run_models(lambda: self.analyzer.analyze(d.gray, d.spacing_mm, d.display_rgb, d.spacing_note))
+        result = run_models(
+            lambda: self.analyzer.analyze(d.gray, d.spacing_mm, d.display_rgb, d.spacing_note, img01=d.gray01)
+        )
         return Analysis(self.name, result, decoded, (result.seg_model, result.cls_model))
 
     def bundle_paths(self) -> list[Path]:

@@ -32,12 +32,12 @@ class LabourProgress:
 
     def analyse(self, ds: Dataset, decoded: DecodedImage | None = None) -> Analysis:
         d = decoded = self.setup.decode(ds, decoded)
-        result = run_models(lambda: self.analyzer.analyze(d.gray, d.spacing_mm, d.spacing_note))
+        result = run_models(lambda: self.analyzer.analyze(d.gray, d.spacing_mm, d.spacing_note, img01=d.gray01))
         return Analysis(self.name, result, decoded, (result.seg_model,))
 
     def recognises(self, decoded: DecodedImage) -> Recognition | None:
         """What of an intrapartum transperineal view the image shows (``None`` when nothing)."""
-        found = run_models(lambda: self.analyzer.recognise(decoded.gray), f"{self.name} cross-check")
+        found = run_models(lambda: self.analyzer.recognise(decoded.gray, decoded.gray01), f"{self.name} cross-check")
         seg = self.analyzer.bundle
         return (
             Recognition(f"{found} by the labour model {seg.name} {seg.version}", (seg.name, seg.version))

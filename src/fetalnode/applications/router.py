@@ -70,7 +70,7 @@ class ViewRouter:
         one of its views at least ``cross_check_probability``. A check that fails (its model raised) makes
         the view uncertain too: the image was not shown to be free of that view.
         """
-        view = run_models(lambda: self.view_model.predict(decoded.gray), "view model")
+        view = run_models(lambda: self.view_model.predict(decoded.gray, decoded.gray01), "view model")
         routed = self.routes.get(view.label)
         if routed is None:
             return view

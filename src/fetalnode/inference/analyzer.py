@@ -248,6 +248,7 @@ class Analyzer:
         spacing_mm: tuple[float, float] | None,
         display_rgb: np.ndarray | None = None,
         spacing_note: str = "",
+        img01: np.ndarray | None = None,
     ) -> AnalysisResult:
         """Analyse one 2D grayscale frame.
 
@@ -262,11 +263,14 @@ class Analyzer:
             ``gray`` when not given.
         spacing_note
             Why there is no spacing, reported with the result.
+        img01
+            ``to_unit_range(gray)`` when the caller has it already (the node computes it once per image).
         """
         if gray.ndim != 2 or min(gray.shape) < 16:
             raise InferenceError(f"expected a 2D image of at least 16x16 pixels, got shape {gray.shape}")
         t0 = time.perf_counter()
-        img01 = to_unit_range(gray)
+        if img01 is None:
+            img01 = to_unit_range(gray)
         if display_rgb is None:
             display_rgb = np.repeat((img01 * 255).round().astype(np.uint8)[..., None], 3, axis=2)
         result = AnalysisResult(

@@ -163,12 +163,20 @@ class LabourAnalyzer:
         self.bundle = bundle
         self.settings = labour_settings(bundle)
 
-    def analyze(self, gray: np.ndarray, spacing_mm: tuple[float, float] | None, spacing_note: str = "") -> LabourResult:
-        """Analyse one 2D grayscale frame; ``spacing_mm`` is (row, column) mm per pixel or ``None``."""
+    def analyze(
+        self,
+        gray: np.ndarray,
+        spacing_mm: tuple[float, float] | None,
+        spacing_note: str = "",
+        img01: np.ndarray | None = None,
+    ) -> LabourResult:
+        """Analyse one 2D grayscale frame; ``spacing_mm`` is (row, column) mm per pixel or ``None``;
+        ``img01`` its ``to_unit_range`` when already computed."""
         if gray.ndim != 2 or min(gray.shape) < 16:
             raise InferenceError(f"expected a 2D image of at least 16x16 pixels, got shape {gray.shape}")
         t0 = time.perf_counter()
-        structures = segment_structures(self.bundle.infer, self.settings.canvas_hw, to_unit_range(gray))
+        img01 = to_unit_range(gray) if img01 is None else img01
+        structures = segment_structures(self.bundle.infer, self.settings.canvas_hw, img01)
         t1 = time.perf_counter()
         result = LabourResult(
             analysed=False,
@@ -184,14 +192,15 @@ class LabourAnalyzer:
         result.timings_ms["measurement"] = (time.perf_counter() - t1) * 1000
         return result
 
-    def recognise(self, gray: np.ndarray) -> str:
+    def recognise(self, gray: np.ndarray, img01: np.ndarray | None = None) -> str:
         """Whether ``gray`` shows the structures of a transperineal view, as :func:`recognised` (the view
         router's cross-check of an image it would give another application)."""
         if gray.ndim != 2 or min(gray.shape) < 16:
             raise InferenceError(f"expected a 2D image of at least 16x16 pixels, got shape {gray.shape}")
         # On the network's grid (no mapping back to the source: a third of the time on an 800x540 image);
         # the gate's areas are fractions of the image, which scaling keeps.
-        probs, _ = content_probabilities(self.bundle.infer, self.settings.canvas_hw, to_unit_range(gray))
+        img01 = to_unit_range(gray) if img01 is None else img01
+        probs, _ = content_probabilities(self.bundle.infer, self.settings.canvas_hw, img01)
         return recognised(structures_from_probabilities(probs), self.settings.gate)
 
 

@@ -19,13 +19,13 @@ from fetalnode.inference.preprocess import resize, to_unit_range
 from fetalnode.vocab import View
 
 
-def view_input(gray: np.ndarray, size: int) -> np.ndarray:
+def view_input(gray: np.ndarray, size: int, img01: np.ndarray | None = None) -> np.ndarray:
     """The whole image, scaled to [0, 1] by its percentiles, centred on a zero square, ``size`` x ``size``.
 
     The aspect ratio is kept (a letterbox centred on both sides), so no view is told by where the
     padding is.
     """
-    img = to_unit_range(gray)
+    img = to_unit_range(gray) if img01 is None else img01  # img01: to_unit_range(gray) done already
     h, w = img.shape
     side = max(h, w)
     square = np.zeros((side, side), dtype=np.float32)
@@ -134,7 +134,8 @@ class ViewModel:
             probabilities={str(v): float(q) for v, q in zip(self.labels, probs, strict=True)},
         )
 
-    def predict(self, gray: np.ndarray) -> ViewPrediction:
+    def predict(self, gray: np.ndarray, img01: np.ndarray | None = None) -> ViewPrediction:
+        """The view of one frame (``img01``: its :func:`to_unit_range`, when already computed)."""
         if gray.ndim != 2 or min(gray.shape) < 16:
             raise InferenceError(f"expected a 2D image of at least 16x16 pixels, got shape {gray.shape}")
-        return self.decide(self.probabilities(view_input(gray, self.size)[None])[0])
+        return self.decide(self.probabilities(view_input(gray, self.size, img01)[None])[0])
