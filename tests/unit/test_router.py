@@ -208,6 +208,7 @@ def test_a_transperineal_image_the_view_model_calls_a_head_gets_no_head_finding(
     assert summary.get("hc_mm") is None and summary.get("finding") == "" and summary.get("aop_deg") is None
     assert summary["reason"] == "not analysed: view uncertain, no application for this view"
     found = read_finding(built["sr"])
+    assert found["application"] == "view-router" and found["hc_mm"] is None
     assert any(c.startswith("View uncertain: the view model says second-trimester") for c in found["comments"])
     assert "VIEW UNCERTAIN" in built["sc"].ImageComments.upper() and "HC " not in built["sc"].ImageComments
 

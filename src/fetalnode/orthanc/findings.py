@@ -177,7 +177,8 @@ def read_finding(ds: Dataset) -> dict[str, Any]:
             malformation = None
         hc = found.number(fc.HEAD_CIRCUMFERENCE, fc.MM)
         return {
-            "application": "fetal-head",
+            # "no application for this view": the view router answered, no application looked at the image
+            "application": "view-router" if assessment == fc.NO_APPLICATION else "fetal-head",
             "assessment": assessment.meaning,
             "abnormal": assessment == fc.ABNORMAL,
             "malformation_type": str(malformation.get("CodeMeaning", "")) if malformation is not None else "",
