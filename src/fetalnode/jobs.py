@@ -22,7 +22,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -264,10 +264,10 @@ class JobStore:
         self._local.db = None
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (BEGIN IMMEDIATE ... COMMIT): durable when the block ends."""
+    def _transaction(self, begin: str) -> Iterator[sqlite3.Connection]:
+        """``begin`` ... COMMIT on this thread's connection; any failure discards the connection."""
         db = self._connection()
-        db.execute("BEGIN IMMEDIATE")
+        db.execute(begin)
         try:
             yield db
             db.execute("COMMIT")
@@ -275,17 +275,13 @@ class JobStore:
             self._discard(db)
             raise
 
-    @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT): durable when the block ends."""
+        return self._transaction("BEGIN IMMEDIATE")
+
+    def _read(self) -> AbstractContextManager[sqlite3.Connection]:
         """A read-only snapshot (deferred transaction: takes no write lock)."""
-        db = self._connection()
-        db.execute("BEGIN")
-        try:
-            yield db
-            db.execute("COMMIT")
-        except BaseException:
-            self._discard(db)
-            raise
+        return self._transaction("BEGIN")
 
     @staticmethod
     def _same(db: sqlite3.Connection, sop_uid: str, sha256: str) -> Job | None:
