@@ -125,17 +125,23 @@ class WorkerPool:
         log.info("%d analysis worker process(es) ready", len(self._procs))
 
     def _ready(self, slot: int, pipe: multiprocessing.connection.Connection, timeout: float) -> str:
-        proc = self._procs[slot]
+        """Wait up to ``timeout`` seconds for a starting worker's answer ("" ready, else why not)."""
         try:
-            if pipe.poll(timeout):
-                return str(pipe.recv())
-            return f"worker {slot} did not load its models within {timeout:.0f} s"
+            answer = self._answer(slot, pipe, timeout)
+        finally:
+            pipe.close()
+        return f"worker {slot} did not load its models within {timeout:.0f} s" if answer is None else answer
+
+    def _answer(self, slot: int, pipe: multiprocessing.connection.Connection, wait: float) -> str | None:
+        """A starting worker's ready message ("" ready, else its error), why it died before sending one, or
+        ``None`` while it has said nothing within ``wait`` seconds."""
+        try:
+            return str(pipe.recv()) if pipe.poll(wait) else None
         except EOFError:  # it died before saying anything
+            proc = self._procs[slot]
             if proc is not None:
                 proc.join(5)
             return f"worker {slot} exited with {proc.exitcode if proc else '?'} while starting"
-        finally:
-            pipe.close()
 
     def wake(self) -> None:
         """A job was queued: the waiting workers look for it now rather than at their next poll."""
@@ -164,20 +170,14 @@ class WorkerPool:
 
     def _check_restarted(self, slot: int, now: float) -> None:
         pipe, deadline = self._pending[slot]
-        proc = self._procs[slot]
-        try:
-            if not pipe.poll(0):
-                if now < deadline:
-                    return
-                message = f"did not load its models within {RESTART_READY_TIMEOUT:.0f} s"
-                if proc is not None:
-                    proc.kill()
-            else:
-                message = str(pipe.recv())
-        except EOFError:  # it died before saying anything
+        message = self._answer(slot, pipe, 0)
+        if message is None:
+            if now < deadline:
+                return
+            message = f"worker {slot} did not load its models within {RESTART_READY_TIMEOUT:.0f} s"
+            proc = self._procs[slot]
             if proc is not None:
-                proc.join(1)
-            message = f"exited with {proc.exitcode if proc else '?'} while starting"
+                proc.kill()
         del self._pending[slot]
         pipe.close()
         if message:
