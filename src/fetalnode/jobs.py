@@ -301,6 +301,27 @@ class JobStore:
         with self._read() as db:
             return self._same(db, sop_uid, sha256)
 
+    def find_duplicate(self, sop_uid: str, sha256: str, calling_ae: str, address: str) -> Job | None:
+        """The job of the identical object already received, with the ``instance-duplicate`` event (a read:
+        no write lock), or ``None``."""
+        with self._read() as db:
+            return self._duplicate(db, sop_uid, sha256, calling_ae, address)
+
+    def _duplicate(
+        self, db: sqlite3.Connection, sop_uid: str, sha256: str, calling_ae: str, address: str
+    ) -> Job | None:
+        same = self._same(db, sop_uid, sha256)
+        if same is not None:
+            self.audit.event(
+                AuditEvent.INSTANCE_DUPLICATE,
+                calling_ae=calling_ae,
+                address=address,
+                sop_uid=sop_uid,
+                job=same.id,
+                state=same.state,
+            )
+        return same
+
     def conflicting(self, sop_uid: str, sha256: str) -> int:
         """How many jobs hold a *different* object under the same SOP Instance UID."""
         with self._read() as db:
@@ -314,16 +335,8 @@ class JobStore:
         in ``extra["uid_conflict"]`` (its outputs get their own UIDs: :attr:`Job.variant`).
         ``fields``: who sent what, for the audit event."""
         with self._tx() as db:
-            same = self._same(db, note.sop_uid, note.sha256)
+            same = self._duplicate(db, note.sop_uid, note.sha256, note.calling_ae, note.peer)
             if same is not None:
-                self.audit.event(
-                    AuditEvent.INSTANCE_DUPLICATE,
-                    calling_ae=note.calling_ae,
-                    address=note.peer,
-                    sop_uid=note.sop_uid,
-                    job=same.id,
-                    state=same.state,
-                )
                 return Receipt(None, same)
             conflicts = self._conflicting(db, note.sop_uid, note.sha256)
             if conflicts:

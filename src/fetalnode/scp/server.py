@@ -235,17 +235,8 @@ class Terminal:
         Returns the DICOM status and the job id (``None`` for a duplicate or a refusal).
         """
         digest = hashlib.sha256(data).hexdigest()
-        same = self.jobs.find_same(sop_uid, digest)  # a read: no write lock, no commit
-        if same is not None:  # an identical re-send: answered, not recorded again
-            self.audit.event(
-                AuditEvent.INSTANCE_DUPLICATE,
-                calling_ae=calling,
-                address=peer,
-                sop_uid=sop_uid,
-                job=same.id,
-                state=same.state,
-            )
-            return Status.SUCCESS, None
+        if self.jobs.find_duplicate(sop_uid, digest, calling, peer) is not None:
+            return Status.SUCCESS, None  # an identical re-send: answered, not recorded again
         try:
             path, digest, _ = self.spool.store(data, sop_uid, digest)
         except SpoolFull as exc:
