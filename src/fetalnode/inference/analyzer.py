@@ -14,7 +14,7 @@ from fetalnode.errors import InferenceError
 from fetalnode.inference.bundle import Bundle, load_bundle
 from fetalnode.inference.calibration import Calibration, TypeRule, calibrated
 from fetalnode.inference.ellipse import Biometry, Ellipse, biometry, fit_ellipse, head_region
-from fetalnode.inference.preprocess import letterbox, roi_crop, to_unit_range
+from fetalnode.inference.preprocess import frame01, letterbox, roi_crop
 from fetalnode.inference.saliency import CamModel, class_score, draw_roi, fuse, log_odds_score
 from fetalnode.vocab import TypeNote
 
@@ -266,11 +266,8 @@ class Analyzer:
         img01
             ``to_unit_range(gray)`` when the caller has it already (the node computes it once per image).
         """
-        if gray.ndim != 2 or min(gray.shape) < 16:
-            raise InferenceError(f"expected a 2D image of at least 16x16 pixels, got shape {gray.shape}")
         t0 = time.perf_counter()
-        if img01 is None:
-            img01 = to_unit_range(gray)
+        img01 = frame01(gray, img01)
         if display_rgb is None:
             display_rgb = np.repeat((img01 * 255).round().astype(np.uint8)[..., None], 3, axis=2)
         result = AnalysisResult(

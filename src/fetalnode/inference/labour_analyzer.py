@@ -20,7 +20,7 @@ from fetalnode.errors import BundleError, InferenceError
 from fetalnode.inference.aop import LabourGeometry, measure, nearest_point
 from fetalnode.inference.bundle import Bundle, load_bundle
 from fetalnode.inference.labour import LabourResult
-from fetalnode.inference.preprocess import Letterbox, letterbox, to_unit_range
+from fetalnode.inference.preprocess import Letterbox, frame01, letterbox
 
 TASK = "multiclass-segmentation"
 BACKGROUND, PS, FH = 0, 1, 2
@@ -172,10 +172,8 @@ class LabourAnalyzer:
     ) -> LabourResult:
         """Analyse one 2D grayscale frame; ``spacing_mm`` is (row, column) mm per pixel or ``None``;
         ``img01`` its ``to_unit_range`` when already computed."""
-        if gray.ndim != 2 or min(gray.shape) < 16:
-            raise InferenceError(f"expected a 2D image of at least 16x16 pixels, got shape {gray.shape}")
         t0 = time.perf_counter()
-        img01 = to_unit_range(gray) if img01 is None else img01
+        img01 = frame01(gray, img01)
         structures = segment_structures(self.bundle.infer, self.settings.canvas_hw, img01)
         t1 = time.perf_counter()
         result = LabourResult(
@@ -195,12 +193,9 @@ class LabourAnalyzer:
     def recognise(self, gray: np.ndarray, img01: np.ndarray | None = None) -> str:
         """Whether ``gray`` shows the structures of a transperineal view, as :func:`recognised` (the view
         router's cross-check of an image it would give another application)."""
-        if gray.ndim != 2 or min(gray.shape) < 16:
-            raise InferenceError(f"expected a 2D image of at least 16x16 pixels, got shape {gray.shape}")
         # On the network's grid (no mapping back to the source: a third of the time on an 800x540 image);
         # the gate's areas are fractions of the image, which scaling keeps.
-        img01 = to_unit_range(gray) if img01 is None else img01
-        probs, _ = content_probabilities(self.bundle.infer, self.settings.canvas_hw, img01)
+        probs, _ = content_probabilities(self.bundle.infer, self.settings.canvas_hw, frame01(gray, img01))
         return recognised(structures_from_probabilities(probs), self.settings.gate)
 
 

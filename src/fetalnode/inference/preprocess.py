@@ -8,6 +8,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fetalnode.errors import InferenceError
+
 
 def to_unit_range(gray: np.ndarray) -> np.ndarray:
     """Scale a grayscale image to [0, 1] using its 0.5th and 99.5th percentiles."""
@@ -16,6 +18,14 @@ def to_unit_range(gray: np.ndarray) -> np.ndarray:
     if hi - lo < 1e-6:
         return np.zeros_like(img, dtype=np.float32)
     return np.clip((img - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def frame01(gray: np.ndarray, img01: np.ndarray | None = None) -> np.ndarray:
+    """A frame the models take, scaled by :func:`to_unit_range` (``img01``: that scaling, when the caller
+    has it already); :class:`InferenceError` unless it is 2D and at least 16x16 pixels."""
+    if gray.ndim != 2 or min(gray.shape) < 16:
+        raise InferenceError(f"expected a 2D image of at least 16x16 pixels, got shape {gray.shape}")
+    return to_unit_range(gray) if img01 is None else img01
 
 
 def resize(img: np.ndarray, out_hw: tuple[int, int], mode: str = "bilinear") -> np.ndarray:

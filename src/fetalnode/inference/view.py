@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fetalnode.errors import BundleError, InferenceError
+from fetalnode.errors import BundleError
 from fetalnode.inference.bundle import Bundle
-from fetalnode.inference.preprocess import resize, to_unit_range
+from fetalnode.inference.preprocess import frame01, resize, to_unit_range
 from fetalnode.vocab import View
 
 
@@ -136,6 +136,4 @@ class ViewModel:
 
     def predict(self, gray: np.ndarray, img01: np.ndarray | None = None) -> ViewPrediction:
         """The view of one frame (``img01``: its :func:`to_unit_range`, when already computed)."""
-        if gray.ndim != 2 or min(gray.shape) < 16:
-            raise InferenceError(f"expected a 2D image of at least 16x16 pixels, got shape {gray.shape}")
-        return self.decide(self.probabilities(view_input(gray, self.size, img01)[None])[0])
+        return self.decide(self.probabilities(view_input(gray, self.size, frame01(gray, img01))[None])[0])
