@@ -35,7 +35,7 @@ def banner_lines(result: AnalysisResult, view_line: str = "") -> list[str]:
 
 
 @functools.cache  # loading the face costs more than drawing a banner line
-def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+def banner_font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     for name in ("DejaVuSans-Bold.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"):
         try:
             return ImageFont.truetype(name, size)
@@ -84,7 +84,7 @@ def banner_layout(lines: list[str], width: int) -> BannerLayout:
     text readable instead of cutting it at the right edge."""
     size = max(12, min(28, width // 48))
     while True:
-        font, pad = _font(size), size // 2
+        font, pad = banner_font(size), size // 2
         room = width - 2 * pad
 
         def fits(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont = font, room: int = room) -> bool:
@@ -102,7 +102,7 @@ def burn_banner(rgb: np.ndarray, lines: list[str]) -> np.ndarray:
     h, w = rgb.shape[:2]
     layout = banner_layout(lines, w)
     size, pad = layout.size, layout.pad
-    font = _font(size)
+    font = banner_font(size)
     banner_h = pad + len(layout.lines) * (size + pad)
     canvas = Image.new("RGB", (w, h + banner_h), (0, 0, 0))
     canvas.paste(Image.fromarray(rgb), (0, banner_h))

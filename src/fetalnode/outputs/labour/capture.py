@@ -20,8 +20,7 @@ from fetalnode import RESEARCH_NOTICE
 from fetalnode.errors import EncodingError
 from fetalnode.inference.labour import LabourResult
 from fetalnode.outputs import codes as fc
-from fetalnode.outputs.capture import _font as banner_font
-from fetalnode.outputs.capture import capture_slots, secondary_capture
+from fetalnode.outputs.capture import banner_font, capture_slots, secondary_capture
 from fetalnode.outputs.labour.geometry import LabourGraphics, angle_deg, hsd_text, labour_graphics, not_analysed_reason
 from fetalnode.outputs.registry import OutputContext, register_output
 from fetalnode.outputs.template import FastPath
