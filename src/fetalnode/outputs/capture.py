@@ -21,7 +21,7 @@ from fetalnode.outputs.registry import OutputContext, register_output
 from fetalnode.outputs.template import FastPath
 
 
-def banner_lines(result: AnalysisResult, view_line: str = "") -> list[str]:
+def banner_lines(result: AnalysisResult) -> list[str]:
     if not result.analysed:
         first = result.reason.upper()
     else:
@@ -30,8 +30,7 @@ def banner_lines(result: AnalysisResult, view_line: str = "") -> list[str]:
             first += f" - {result.type_words()}"
         if result.biometry:
             first += f"  HC {result.biometry.hc_mm:.1f} mm"
-    lines = [first, f"{RESEARCH_NOTICE} - fetalnode {result.cls_model[0]} {result.cls_model[1]}"]
-    return [*lines, view_line] if view_line else lines
+    return [first, f"{RESEARCH_NOTICE} - fetalnode {result.cls_model[0]} {result.cls_model[1]}"]
 
 
 @functools.cache  # loading the face costs more than drawing a banner line
@@ -118,7 +117,7 @@ def _heatmap(ctx: OutputContext) -> tuple[np.ndarray, str]:
     result = ctx.result_as(AnalysisResult)
     if result.fused_rgb is None:
         raise EncodingError("analysis produced no image to capture")
-    lines = banner_lines(result, ctx.analysis.view.line() if ctx.analysis.view else "")
+    lines = ctx.with_view_line(banner_lines(result))
     return burn_banner(result.fused_rgb, lines), " / ".join(lines)
 
 

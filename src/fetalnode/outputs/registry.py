@@ -48,6 +48,11 @@ class OutputContext:
             )
         return result
 
+    def with_view_line(self, lines: list[str]) -> list[str]:
+        """``lines``, then the view router's line ("Recognised view: ...", "View uncertain: ...") when a
+        router chose the application: the reports' comments and the captures' banners end with it."""
+        return [*lines, self.analysis.view.line()] if self.analysis.view else lines
+
 
 Build = Callable[[OutputContext], Dataset]
 

@@ -32,18 +32,16 @@ YELLOW, CYAN, GREEN, ORANGE, WHITE = (255, 255, 0), (0, 255, 255), (0, 230, 0), 
 LEGEND = "yellow: symphysis axis and tangent to the head; cyan: pubic symphysis; green: fetal head; orange: HSD"
 
 
-def banner_lines(result: LabourResult, reference: str = fc.AOP_REFERENCE, view_line: str = "") -> list[str]:
-    """What the banner says, first line the result (highlighted), then the research notice and the view line."""
+def banner_lines(result: LabourResult, reference: str = fc.AOP_REFERENCE) -> list[str]:
+    """What the banner says, first line the result (highlighted), last the research notice."""
     notice = f"{RESEARCH_NOTICE} - fetalnode {result.seg_model[0]} {result.seg_model[1]}"
     if not result.analysed:
         reason = not_analysed_reason(result)
-        lines = [f"NOT ANALYSED: {reason}".upper(), notice]
-    else:
-        first = f"ANGLE OF PROGRESSION {result.geometry.aop_deg:.1f}\u00b0"
-        if hsd := hsd_text(result):
-            first += f"   {hsd}"
-        lines = [first, LEGEND, f"Reference: {reference}", notice]
-    return [*lines, view_line] if view_line else lines
+        return [f"NOT ANALYSED: {reason}".upper(), notice]
+    first = f"ANGLE OF PROGRESSION {result.geometry.aop_deg:.1f}\u00b0"
+    if hsd := hsd_text(result):
+        first += f"   {hsd}"
+    return [first, LEGEND, f"Reference: {reference}", notice]
 
 
 def wrap(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: float) -> list[str]:
@@ -114,8 +112,8 @@ def draw_angle(rgb: np.ndarray, graphics: LabourGraphics, aop_deg: float, scale:
     return np.asarray(image)
 
 
-def capture_pixels(result: LabourResult, display_rgb: np.ndarray, view_line: str = "") -> np.ndarray:
-    """The Secondary Capture's pixels: the enlarged source, the drawing when analysed, the banner."""
+def capture_pixels(result: LabourResult, display_rgb: np.ndarray, banner: list[str]) -> np.ndarray:
+    """The Secondary Capture's pixels: the enlarged source, the drawing when analysed, the ``banner`` lines."""
     rows, columns = display_rgb.shape[:2]
     scale = max(1, math.ceil(MIN_WIDTH / columns))
     image = Image.fromarray(np.ascontiguousarray(display_rgb, dtype=np.uint8))
@@ -131,16 +129,16 @@ def capture_pixels(result: LabourResult, display_rgb: np.ndarray, view_line: str
             raise EncodingError(
                 f"the drawn angle ({angle_deg(graphics.angle):.1f} deg) is not the measured AoP ({result.geometry.aop_deg:.1f})"
             )
-    return burn_wrapped_banner(pixels, banner_lines(result, view_line=view_line))
+    return burn_wrapped_banner(pixels, banner)
 
 
 def _capture(ctx: OutputContext) -> tuple[np.ndarray, str]:
     """The capture's pixels and its Image Comments."""
     result = ctx.result_as(LabourResult)
-    view_line = ctx.analysis.view.line() if ctx.analysis.view else ""
-    lines = banner_lines(result, fc.AOP_REFERENCE_ASCII, view_line)
+    lines = ctx.with_view_line(banner_lines(result, fc.AOP_REFERENCE_ASCII))
     comments = " / ".join(line.replace("\u00b0", " deg") for line in lines)
-    return capture_pixels(result, ctx.analysis.decoded.display_rgb, view_line), comments
+    pixels = capture_pixels(result, ctx.analysis.decoded.display_rgb, ctx.with_view_line(banner_lines(result)))
+    return pixels, comments
 
 
 def _shape(ctx: OutputContext) -> tuple[object, ...]:
