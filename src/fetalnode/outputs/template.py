@@ -50,6 +50,8 @@ from pydicom.multival import MultiValue
 from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.valuerep import DS
 
+from fetalnode.runner import encode_dataset
+
 if TYPE_CHECKING:
     from fetalnode.outputs.registry import OutputContext
 
@@ -473,7 +475,7 @@ class Templates:
                 log.warning("template does not fit this job (%s: %s): reference path", type(exc).__name__, exc)
         ds = reference(ctx, build)
         if not encodable(ds):
-            return _save_as(ds), str(ds.SOPInstanceUID)
+            return encode_dataset(ds), str(ds.SOPInstanceUID)
         data = encode(ds)
         if key is not None:
             with self.lock:
@@ -541,7 +543,7 @@ def identity_slots(ctx: OutputContext) -> dict[str, tuple[str, Any]]:
 def encode_reference(ctx: OutputContext, build: Build) -> tuple[bytes, str]:
     """The reference path of a writer without a fast path: its dataset as pydicom writes it."""
     ds = reference(ctx, build)
-    return _save_as(ds), str(ds.SOPInstanceUID)
+    return encode_dataset(ds), str(ds.SOPInstanceUID)
 
 
 def reference(ctx: OutputContext, build: Build) -> Dataset:
@@ -549,12 +551,6 @@ def reference(ctx: OutputContext, build: Build) -> Dataset:
     ds = build(ctx)
     stamp_clock(ds, ctx.now)
     return ds
-
-
-def _save_as(ds: Dataset) -> bytes:
-    buffer = BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 def walk(ds: Dataset) -> Iterator[DataElement]:
