@@ -198,8 +198,13 @@ def export_onnx(
     }
 
 
-def write_metadata(path: Path, metadata: dict[str, Any]) -> None:
+def write_metadata(
+    path: Path, metadata: dict[str, Any], model_card: Callable[[dict[str, Any]], str] | None = None
+) -> None:
+    """Write a bundle's metadata and, given its ``model_card`` renderer, the model card made from it."""
     (path / METADATA).write_text(json.dumps(metadata, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    if model_card is not None:
+        (path / "docs" / "README.md").write_text(model_card(metadata), encoding="utf-8")
 
 
 def save_bundle(
@@ -221,8 +226,7 @@ def save_bundle(
         metadata.update(
             runtime=comparison["runtime"], runtime_comparison=comparison, onnx_sha256=sha256_file(path / ONNX)
         )
-    write_metadata(path, metadata)
-    (path / "docs" / "README.md").write_text(model_card(metadata), encoding="utf-8")
+    write_metadata(path, metadata, model_card)
     return metadata
 
 

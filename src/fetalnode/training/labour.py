@@ -415,8 +415,7 @@ def finalize_labour_bundle(path: Path) -> dict[str, Any]:
         metadata.pop("onnx_sha256")
     write_metadata(path, metadata)
     metadata["reference_outputs"] = labour_reference(load_bundle(path, TASK))
-    write_metadata(path, metadata)
-    (path / "docs" / "README.md").write_text(labour_model_card(metadata), encoding="utf-8")
+    write_metadata(path, metadata, labour_model_card)
     return metadata
 
 

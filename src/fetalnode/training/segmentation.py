@@ -414,8 +414,7 @@ def finalize_segmentation_bundle(path: Path) -> dict[str, Any]:
     write_metadata(path, metadata)
     # Reference outputs through the runtime the node will use (onnxruntime or torch).
     metadata["reference_outputs"] = segmentation_reference(load_bundle(path, "segmentation"))
-    write_metadata(path, metadata)
-    (path / "docs" / "README.md").write_text(seg_model_card(metadata), encoding="utf-8")
+    write_metadata(path, metadata, seg_model_card)
     return metadata
 
 

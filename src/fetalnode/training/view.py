@@ -11,7 +11,6 @@ Classes are balanced by sampling; the abstain threshold is chosen on the validat
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -630,8 +629,7 @@ def remeasure_node_check(bundle: Path, folders: list[Path], models_dir: Path) ->
     if metrics.get("node_check"):
         metrics.setdefault("node_check_history", []).append(metrics["node_check"])
     metrics["node_check"] = check
-    write_metadata(bundle, meta)
-    (bundle / "docs" / "README.md").write_text(view_model_card(meta), encoding="utf-8")
+    write_metadata(bundle, meta, view_model_card)
     return check
 
 
@@ -676,8 +674,7 @@ def finalize_view_bundle(path: Path) -> dict[str, Any]:
     if metadata["runtime"] != "onnxruntime":
         (path / ONNX).unlink()
         metadata.pop("onnx_sha256")
-    write_metadata(path, metadata)
-    (path / "docs" / "README.md").write_text(view_model_card(metadata), encoding="utf-8")
+    write_metadata(path, metadata, view_model_card)
     return metadata
 
 
@@ -768,8 +765,7 @@ def train_view(
         metadata["metrics"]["node_check"] = node_check(out, others, models_dir)
         metadata["metrics"]["node_check"]["split"] = "test, images of every view but the head"
     metadata["training"]["recipe_minutes"] = round((time.monotonic() - recipe_start) / 60, 1)
-    (out / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
-    (out / "docs" / "README.md").write_text(view_model_card(metadata), encoding="utf-8")
+    write_metadata(out, metadata, view_model_card)
     return finalize_view_bundle(out)
 
 
