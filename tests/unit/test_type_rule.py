@@ -21,7 +21,7 @@ from fetalnode.inference.calibration import Calibration, TypeRule, abnormal_logi
 from fetalnode.intake import decode_for_analysis
 from fetalnode.orthanc.findings import read_finding
 from fetalnode.outputs import codes as fc
-from fetalnode.outputs.capture import _font, banner_layout, burn_banner
+from fetalnode.outputs.capture import banner_font, banner_layout, burn_banner
 from fetalnode.outputs.registry import enabled_writers
 from fetalnode.runner import Received, Runtime, run_job
 from fetalnode.runtime import build_runtime
@@ -333,7 +333,7 @@ def test_the_banner_wraps_on_a_320_pixel_wide_image() -> None:
     ]
     width = 320
     layout = banner_layout(lines, width)
-    font = _font(layout.size)
+    font = banner_font(layout.size)
     assert len(layout.lines) > len(lines), "the first line does not fit in 320 pixels: it must wrap"
     for _, line in layout.lines:
         assert font.getlength(line) <= width - 2 * layout.pad, line
