@@ -237,6 +237,7 @@ def test_replace_policy_delivers_outputs_only_where_the_archive_replaced_the_ima
     from fetalnode.config import DestinationSettings
     from harness.orthanc import OrthancProcess
 
+    node: NodeProcess | None = None
     keeps = OrthancProcess(tmp_path / "keeps", webviewer=False).start()
     replaces = OrthancProcess(tmp_path / "replaces", webviewer=False, options={"OverwriteInstances": True}).start()
     try:
@@ -293,7 +294,8 @@ def test_replace_policy_delivers_outputs_only_where_the_archive_replaced_the_ima
         )
         sc_uid = two.result["outputs"]["sc"]
         assert at_keeps[sc_uid] != at_replaces[sc_uid], "the archive that replaced the image holds the new capture"
-        node.stop()
     finally:
+        if node is not None:
+            node.stop()
         keeps.stop()
         replaces.stop()

@@ -14,8 +14,9 @@ Three guards sit where pynetdicom offers no hook of its own:
   all. When all are taken, the association idle the longest (at least ``scp.idle_eviction_seconds``) is
   aborted to make room, so silent associations never lock a modality out.
 - **Peer faults are one line, with the reason kept for the audit** (:class:`PeerFaults`): pynetdicom
-  logs a peer's undecodable or truncated PDU with a traceback; the filter logs it as one WARNING and
-  records it on the association, whose closing writes the ``association-aborted`` event with it.
+  logs a peer's undecodable or truncated PDU with a traceback; the log writes it as one WARNING line
+  (:mod:`fetalnode.logs`) and the filter records it on the association, whose end writes the
+  ``association-aborted`` event with it.
 
 A PDU longer than the node accepts ends the association as soon as its header is read
 (:class:`NodeSocket`); a PDU that stops arriving mid-way ends it after ``scp.stall_timeout`` seconds (a
@@ -40,19 +41,11 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from fetalnode.dicom_status import Status
+from fetalnode.logs import PEER_LOGGERS
 
 log = logging.getLogger(__name__)
 
 VERIFICATION = UID("1.2.840.10008.1.1")
-# The loggers pynetdicom reports a peer's malformed PDUs and messages on.
-PEER_LOGGERS = (
-    "pynetdicom.dul",
-    "pynetdicom.fsm",
-    "pynetdicom.dimse",
-    "pynetdicom.acse",
-    "pynetdicom.association",
-    "pynetdicom.utils",
-)
 
 
 @dataclass(frozen=True)
@@ -287,21 +280,14 @@ def evict(assoc: Association) -> None:
 
 
 class PeerFaults(logging.Filter):
-    """pynetdicom's records of a peer's malformed PDUs and messages: one WARNING line without the traceback
-    (the peer's bytes, not a bug of this node), the first one kept on the :class:`NodeAssociation` as the
-    reason its end is audited with."""
+    """Keeps pynetdicom's first record of a peer's malformed PDU or message on the :class:`NodeAssociation`
+    as the reason its end is audited with (and the exception behind it). It changes no record: other
+    handlers read them as pynetdicom wrote them (the DICOM destination classifies its failures so);
+    the log writes them as one line (:class:`fetalnode.logs.PeerFaultLines`)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        detail = ""
-        if record.exc_info:
-            exc = record.exc_info[1]
-            detail = str(exc)
-            record.msg = f"{record.getMessage()} ({type(exc).__name__})" if exc is not None else record.getMessage()
-            record.args = ()
-            record.exc_info = None
-            record.exc_text = None
-        if record.levelno > logging.WARNING:
-            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        exc = record.exc_info[1] if record.exc_info else None
+        detail = str(exc) if exc is not None else ""
         thread = threading.current_thread()
         assoc = thread if isinstance(thread, NodeAssociation) else getattr(thread, "assoc", None)
         if isinstance(assoc, NodeAssociation):
