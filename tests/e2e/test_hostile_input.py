@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 from pydicom import dcmread
+from pydicom.uid import generate_uid
 
 from harness.config import NODE_AET
 from harness.corpus import HEADER_REFUSED, base, corrupt_jpeg, dataset_offset, unknown_character_set
@@ -134,6 +135,8 @@ def test_hostile_requests_are_answered_at_once_and_audited(node: NodeProcess, or
     # The next good image, from another modality.
     good = tmp_path / "good.dcm"
     good_ds = dcmread(SAMPLES / "hc18_669_HC.dcm")
+    good_ds.StudyInstanceUID, good_ds.SeriesInstanceUID = generate_uid(), generate_uid()  # the session's Orthanc
+    good_ds.SOPInstanceUID = good_ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()  # holds the sample's study
     good_ds.save_as(good, enforce_file_format=True)
     assert storescu(node.port, good, aet=GOOD).returncode == 0
     node.wait_all(4, timeout=240)
