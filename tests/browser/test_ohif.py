@@ -3,14 +3,15 @@
 Orthanc serves the prebuilt viewer through fetalnode's plugin (``/ohif/``) and the studies through its
 DICOMweb plugin. The study of an image the node analysed must open with the ultrasound image drawn
 and fetalnode's report and heatmap series listed. Opened on the SR series (``initialSeriesInstanceUID``),
-OHIF's SR viewport draws the report's TID 1410 regions on the ultrasound image and labels each with the NUMs
-of its group: for three studies the node analysed (a calibrated head, the demo's abnormal uncalibrated head,
-a labour image) the labels must read as a person would write them, from the report's own values read back
-by code: HC, BPD and OFD in mm, the finding beside its confidence, the angle of progression in degrees; no
-label may show a code value or a UCUM annotation, no two labels may overlap and each must lie inside the
-viewport. OHIF draws with WebGL: Chromium runs SwiftShader (software GL), so the first image takes tens of
-seconds. The window is a full-HD reading screen (1920 x 1080). Screenshots under ``.run/test-artifacts/``:
-``ohif-study.png`` (study opened), ``ohif-sr-head.png``, ``ohif-sr-abnormal.png``, ``ohif-sr-labour.png``.
+OHIF's SR viewport draws the report's TID 1410 regions on the ultrasound image and labels each with the
+NUMs of its group. For the studies the node analysed (a calibrated head, the demo's abnormal uncalibrated
+head, a labour image, and the same labour image with a calibration) the labels must read as a person would
+write them, from the report's own values read back by code: HC, BPD and OFD in mm, the finding beside its
+confidence, the angle of progression in degrees (and the HSD in mm when calibrated); no label may show a
+code value or a UCUM annotation, no two labels may overlap and each must lie inside the viewport. OHIF
+draws with WebGL: Chromium runs SwiftShader (software GL), so the first image takes tens of seconds. The
+window is a full-HD reading screen (1920 x 1080). Screenshots under ``.run/test-artifacts/``:
+``ohif-study.png`` (study opened) and ``ohif-sr-<study>.png`` (head, abnormal, labour, labour-calibrated).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from pydicom import dcmread
+from pydicom.uid import generate_uid
 
 from fetalnode.outputs import codes as fc
 from fetalnode.wrap import wrap_png
@@ -116,7 +118,9 @@ IMAGES = {
     "head": SAMPLES / "hc18_316_HC.dcm",  # calibrated (the ultrasound region's spacing)
     "abnormal": SAMPLES / "fba_ventriculomegaly_moderate_fba_01465.dcm",  # no calibration; the demo's abnormal sample
     "labour": OTHER_VIEWS[0],  # the demo's intrapartum transperineal image (PSFHS), wrapped without calibration
+    "labour-calibrated": OTHER_VIEWS[0],  # the same, another study, with a made-up pixel size: the HSD in mm
 }
+LABOUR_PIXEL_MM = 0.25  # PSFHS has no calibration; this only exercises the mm label
 
 
 @pytest.fixture(scope="module")
@@ -134,9 +138,14 @@ def studies(ohif_orthanc: OrthancProcess, tmp_path_factory: pytest.TempPathFacto
     source image to the OHIF Orthanc."""
     folder = tmp_path_factory.mktemp("ohif-node")
     files = dict(IMAGES)
-    png = files["labour"]
-    files["labour"] = folder / f"{png.stem}.dcm"
-    wrap_png(png, pixel_size_mm=None).save_as(files["labour"], enforce_file_format=True)
+    for name, pixel_mm in (("labour", None), ("labour-calibrated", LABOUR_PIXEL_MM)):
+        ds = wrap_png(IMAGES[name], pixel_size_mm=pixel_mm)
+        if pixel_mm is not None:  # a study of its own: new study, series and instance UIDs
+            for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+                setattr(ds, keyword, generate_uid(entropy_srcs=[str(ds[keyword].value), "calibrated"]))
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        files[name] = folder / f"{name}.dcm"
+        ds.save_as(files[name], enforce_file_format=True)
     node = prepare_node(folder / "node", ohif_orthanc, calling_aets=(MODALITY, *TOOL_AETS), source_to_orthanc=True)
     node.start()
     try:
@@ -264,10 +273,13 @@ def test_ohif_shows_the_image_and_lists_fetalnode_series(ohif_orthanc, studies, 
 
 def expected_labels(name: str, report: Report) -> list[list[str]]:
     """What OHIF must write, from the report's own values: one label box, its lines."""
-    if name == "labour":
+    if name.startswith("labour"):
         aop = report.number(fc.ANGLE_OF_PROGRESSION)
-        assert aop is not None and report.numbers[str(fc.HEAD_SYMPHYSIS_DISTANCE.value)][1] == fc.PIXELS.value
-        return [[f"Angle of progression: {aop:.2f} deg"]]  # the HSD in pixels is not a label
+        hsd, unit = report.numbers[str(fc.HEAD_SYMPHYSIS_DISTANCE.value)]
+        assert aop is not None and unit == (fc.MM.value if name == "labour-calibrated" else fc.PIXELS.value)
+        if unit == fc.PIXELS.value:  # the HSD in pixels is not a label
+            return [[f"Angle of progression: {aop:.2f} deg"]]
+        return [[f"Angle of progression: {aop:.2f} deg", f"Head-symphysis distance: {hsd:.2f} mm"]]
     finding = report.codes[str(fc.AI_ASSESSMENT.value)][1]  # "Normal" / "Abnormal", as coded
     if report.codes.get(str(fc.MALFORMATION_TYPE.value), ("", ""))[0] == fc.TYPE_NOT_DETERMINED.value:
         finding += ", type not determined"
@@ -300,17 +312,17 @@ def test_ohif_labels_the_report_as_a_reader_writes_it(name, ohif_orthanc, studie
     finally:
         save_artifacts(browser, f"ohif-sr-{name}")
     shown = [label["lines"] for label in labels]
+    words = {w for lines in shown for line in lines for w in re.split(r"[\s:,()]+", line)}
+    assert not words & report.concept_values, f"code values in the labels: {words & report.concept_values}"
+    assert not [line for lines in shown for line in lines if "{" in line], shown
+    boxes = [label["box"] for label in labels]
+    for i, a in enumerate(boxes):
+        assert rect[0] <= a[0] and a[2] <= rect[2] and rect[1] <= a[1] and a[3] <= rect[3], (shown[i], a, rect)
+        assert not [b for b in boxes[i + 1 :] if overlaps(a, b)], (shown, boxes)
     assert shown == expected
     if name == "head":
         assert re.fullmatch(r"Head Circumference: \d+\.\d\d mm", shown[0][0])
-    if name == "labour":
+    if name.startswith("labour"):
         assert re.fullmatch(r"Angle of progression: \d+\.\d\d deg", shown[0][0])
-    words = {w for lines in shown for line in lines for w in re.split(r"[\s:,()]+", line)}
-    assert not words & report.concept_values, f"code values in the labels: {words & report.concept_values}"
-    assert not [line for lines in shown for line in lines if "{" in line]
-    boxes = [label["box"] for label in labels]
-    for i, a in enumerate(boxes):
-        assert rect[0] <= a[0] and a[2] <= rect[2] and rect[1] <= a[1] and a[3] <= rect[3], (a, rect)  # not cut
-        assert not [b for b in boxes[i + 1 :] if overlaps(a, b)]
     # The research-use notice is one click from the report: its series, as the study browser lists it.
     assert "research use only" in study.sr_description and study.sr_description in page_text(browser)
