@@ -232,5 +232,5 @@ def prepare_node(
         calling_aets=calling_aets,
     )
     if source_to_orthanc:
-        settings.destinations = [orthanc_destination(settings, ["source", *settings.output.enabled])]
+        settings.destinations = [orthanc_destination(settings, ["source", "outputs"])]
     return NodeProcess.write(folder, override(settings, **fields), env=env)

@@ -1,6 +1,6 @@
 """Command line of fetalnode. Research use only, not for diagnosis.
 
-Logging handlers are configured here and nowhere else.
+Logging handlers are configured by :func:`fetalnode.logs.setup_logging`, which ``main`` calls first.
 """
 
 from __future__ import annotations
@@ -14,27 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from fetalnode import RESEARCH_NOTICE, __version__
-from fetalnode.config import THIRD_PARTY_LOGGERS, Settings, load_settings
+from fetalnode.config import Settings, load_settings
 from fetalnode.errors import NodeError
+from fetalnode.logs import setup_logging, third_party_level
 from fetalnode.vocab import JobState, Role
 
 log = logging.getLogger("fetalnode")
-
-
-def setup_logging(level: str, third_party: str = "WARNING") -> None:
-    """Log to stderr at ``level`` (the libraries at ``third_party``); a worker process of ``serve`` calls it too."""
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    _third_party_level(third_party)
-
-
-def _third_party_level(level: str) -> None:
-    """The libraries' loggers (highdicom logs seven INFO lines per object it builds) at ``level``."""
-    for name in THIRD_PARTY_LOGGERS:
-        logging.getLogger(name).setLevel(getattr(logging, level.upper()))
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -53,7 +38,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         if value is not None:
             overrides[key] = value
     settings = load_settings(args.config, overrides=overrides)
-    _third_party_level(settings.logging.third_party)
+    third_party_level(settings.logging.third_party)
     return settings
 
 
@@ -126,7 +111,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if outcome.verdict is not Verdict.DELIVERED:
         log.error("%s: %s at stage %s: %s", source.name, outcome.verdict, outcome.stage, outcome.reason)
         return 2
-    files = [folder.path_of(name) for name in outcome.built]
+    files = [Path(path) for path in outcome.receipts[folder.name].values()]
     if "sc" in outcome.built:
         heatmap = out / "heatmap.png"
         Image.fromarray(dcmread(BytesIO(outcome.built["sc"])).pixel_array).save(heatmap)
@@ -173,7 +158,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         }
     if args.failed:
         report["failed"] = [
-            {"id": j.id, "sop_uid": j.sop_uid, "stage": j.stage, "error": j.error, "calling_ae": j.calling_ae}
+            {
+                "id": j.id,
+                "sop_uid": j.sop_uid,
+                "stage": j.stage,
+                "error": j.error,
+                "permanent": j.permanent,
+                "calling_ae": j.calling_ae,
+            }
             for j in jobs.jobs(JobState.FAILED)
         ]
         report["rejected"] = [
@@ -186,7 +178,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_resend(args: argparse.Namespace) -> int:
     from fetalnode.node import open_store
 
-    n = open_store(_settings(args)).resend(args.job or None, args.destination)
+    n = open_store(_settings(args)).resend(args.job or None, args.destination, args.permanent)
     print(json.dumps({"requeued": n}))
     return 0
 
@@ -464,6 +456,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--destination",
         help="replay only this destination's dead letters (of every job, or of --job); what other "
         "destinations hold is not sent again",
+    )
+    sp.add_argument(
+        "--permanent",
+        action="store_true",
+        help="also replay permanent failures (an output that could not be built, bytes that differ from the "
+        "pre-notification, a bug), which a replay on the same software can only repeat: after an update",
     )
     sp.set_defaults(func=cmd_resend)
 

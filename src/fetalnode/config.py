@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from fetalnode.errors import ConfigError
-from fetalnode.vocab import Role
+from fetalnode.vocab import Role, UidConflict
 
 ENV_PREFIX = "FETALNODE__"
 
@@ -42,10 +42,20 @@ class ScpSettings:
     allowed_sources: list[str] = field(default_factory=list)
     station_names: list[str] = field(default_factory=list)
     check_called_aet: bool = True
-    acse_timeout: float = 30.0
+    # The ARTIM timer: a connection that sends no A-ASSOCIATE-RQ within this many seconds is closed.
+    acse_timeout: float = 10.0
     dimse_timeout: float = 30.0
+    # An association that receives nothing for this long is aborted.
     network_timeout: float = 60.0
-    maximum_associations: int = 10
+    # A PDU that stops arriving for this long (a stalled or lying peer) ends the association.
+    stall_timeout: float = 10.0
+    # Negotiated associations in all, and from one address; when all are taken, the one idle the longest
+    # (at least idle_eviction_seconds) is aborted to make room for a new one.
+    maximum_associations: int = 16
+    maximum_associations_per_address: int = 8
+    idle_eviction_seconds: float = 2.0
+    # A different object under an already received SOP Instance UID: "refuse" (0x0111) or "replace".
+    uid_conflict: str = "refuse"
     # Largest P-DATA PDU a peer may send us (bytes; DICOM's usual 16382 makes a 300 kB image ~20 PDUs).
     maximum_pdu_size: int = 1_048_576
     # pynetdicom's DUL thread sleeps this long when its socket is idle (its default 1 ms: the wait,
@@ -140,7 +150,8 @@ class DestinationSettings:
     """One ``[[destinations]]`` table: where a job's objects go, and which of them (``send``).
 
     ``kind``: ``dicom`` (C-STORE SCU, optional DICOM TLS), ``dicomweb`` (STOW-RS), ``orthanc`` (REST),
-    ``folder`` (Part 10 files in ``folder``).
+    ``folder`` (Part 10 files in ``folder``, named as ``layout`` says: ``archive``, the default,
+    ``<Study>/<Series>/<SOP Instance UID>.dcm``; ``names``, ``<output name>.dcm``).
     ``send``: ``source`` (the received image, forwarded unchanged), ``outputs`` (every enabled output: the
     default) and/or enabled output names.
     ``max_attempts`` 0: retry transient failures until the destination takes the objects.
@@ -161,6 +172,7 @@ class DestinationSettings:
     password: str = ""
     password_file: str = ""
     folder: str = ""
+    layout: str = "archive"
     timeout: float = 30.0
     max_attempts: int = 0
     retry_initial: float = 1.0
@@ -393,6 +405,11 @@ def load_settings(
         raise ConfigError("set orthanc.password or orthanc.password_file, not both")
     if settings.node.role not in set(Role):
         raise ConfigError(f"node.role must be one of {', '.join(Role)}, not {settings.node.role!r}")
+    if settings.scp.uid_conflict not in set(UidConflict):
+        raise ConfigError(f"scp.uid_conflict must be one of {', '.join(UidConflict)}, not {settings.scp.uid_conflict!r}")
+    scp = settings.scp
+    if scp.maximum_associations < 1 or scp.maximum_associations_per_address < 1:
+        raise ConfigError("scp.maximum_associations and scp.maximum_associations_per_address must be at least 1")
     if not 0.0 <= settings.router.cross_check_probability <= 1.0:
         raise ConfigError(
             f"router.cross_check_probability must be between 0 and 1, not {settings.router.cross_check_probability}"

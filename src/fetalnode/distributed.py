@@ -122,7 +122,7 @@ class Publisher:
                 "station_name": job.station_name,
                 "calling_ae": job.calling_ae,
                 "received_at": job.received_at,
-                "variant": job.variant,
+                "replaces": job.replaces,
                 "action": job.extra.get("action", RouteAction.ANALYSE),
                 "deliveries": deliveries_to_json(job.deliveries),
                 "data": base64.b64encode(data).decode("ascii"),
@@ -225,7 +225,7 @@ def received_from_payload(payload: dict[str, Any]) -> Received:
         sha256=payload["sha256"],
         read=lambda: data,
         station_name=payload["station_name"],
-        variant=payload["variant"],
+        replaces=bool(payload.get("replaces", False)),
         deliveries=deliveries_from_json(payload.get("deliveries")),
         action=RouteAction(payload.get("action", RouteAction.ANALYSE)),
     )

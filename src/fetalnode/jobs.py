@@ -31,7 +31,7 @@ from typing import Any, cast
 from fetalnode.audit import AuditLog
 from fetalnode.errors import NodeError
 from fetalnode.runner import Delivery, Outcome, Verdict, deliveries_from_json, deliveries_to_json
-from fetalnode.vocab import AuditEvent, DeliveryStatus, JobState, RouteAction
+from fetalnode.vocab import AuditEvent, DeliveryStatus, JobState, RouteAction, UidConflict
 
 S = JobState
 # Allowed state changes. queued -> delivered/failed/rejected: a scale-out worker's result can overtake
@@ -83,7 +83,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     result_json TEXT NOT NULL DEFAULT '{}',
     outputs_json TEXT NOT NULL DEFAULT '[]',
     delivered_json TEXT NOT NULL DEFAULT '[]',
-    updated_at TEXT NOT NULL
+    updated_at TEXT NOT NULL,
+    permanent INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS jobs_sop ON jobs(sop_uid, sha256);
@@ -137,10 +138,12 @@ class PreNotification:
 @dataclass(frozen=True)
 class Receipt:
     """What :meth:`JobStore.receive` recorded: the new job's id, or the job of the identical object already
-    received (a duplicate: nothing new recorded)."""
+    received (a duplicate: nothing new recorded), or how many other objects hold its SOP Instance UID when
+    the policy refuses them (nothing recorded)."""
 
     job_id: int | None
     duplicate_of: Job | None
+    conflicts: int = 0
 
 
 @dataclass(frozen=True)
@@ -166,6 +169,8 @@ class Job:
     outputs: list[str]
     deliveries: dict[str, Delivery]
     updated_at: str = ""
+    # A failure that replaying the job as it is can only repeat: `fetalnode resend` skips it.
+    permanent: bool = False
 
     @property
     def receipts(self) -> dict[str, dict[str, str]]:
@@ -173,9 +178,9 @@ class Job:
         return {name: dict(d.receipts) for name, d in self.deliveries.items()}
 
     @property
-    def variant(self) -> str:
-        """Output UID variant: the content hash of an object received under an already used SOP Instance UID."""
-        return self.sha256[:16] if "uid_conflict" in self.extra else ""
+    def replaces(self) -> bool:
+        """The object replaces another received under its SOP Instance UID (``scp.uid_conflict = "replace"``)."""
+        return "uid_conflict" in self.extra
 
     @property
     def latency_s(self) -> float | None:
@@ -208,6 +213,7 @@ class Job:
             outputs=json.loads(row["outputs_json"]),
             deliveries=_deliveries(json.loads(row["delivered_json"])),
             updated_at=row["updated_at"],
+            permanent=bool(row["permanent"]),
         )
 
 
@@ -240,6 +246,9 @@ class JobStore:
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+            if "permanent" not in columns:  # a store written before permanent failures were told apart
+                db.execute("ALTER TABLE jobs ADD COLUMN permanent INTEGER NOT NULL DEFAULT 0")
         finally:
             db.close()
 
@@ -327,20 +336,29 @@ class JobStore:
         with self._read() as db:
             return self._conflicting(db, sop_uid, sha256)
 
-    def receive(self, note: PreNotification, route_action: RouteAction, **fields: Any) -> Receipt:
+    def receive(
+        self,
+        note: PreNotification,
+        route_action: RouteAction,
+        uid_conflict: UidConflict = UidConflict.REFUSE,
+        **fields: Any,
+    ) -> Receipt:
         """Record a received instance in one transaction (one commit): the pre-notification, then
         received -> queued with its ``instance-received`` event (``ignored`` with the ``ignored`` event for
         a routing rule's IGNORE). An identical object already recorded is a duplicate (nothing written
-        but the ``instance-duplicate`` event); a different object under a used SOP Instance UID is flagged
-        in ``extra["uid_conflict"]`` (its outputs get their own UIDs: :attr:`Job.variant`).
-        ``fields``: who sent what, for the audit event."""
+        but the ``instance-duplicate`` event). A different object under a used SOP Instance UID is not
+        recorded when ``uid_conflict`` refuses it (the caller answers 0x0111 and audits); when it replaces,
+        it is flagged in ``extra["uid_conflict"]`` (:attr:`Job.replaces`). ``fields``: who sent what, for
+        the audit event."""
         with self._tx() as db:
             same = self._duplicate(db, note.sop_uid, note.sha256, note.calling_ae, note.peer)
             if same is not None:
                 return Receipt(None, same)
             conflicts = self._conflicting(db, note.sop_uid, note.sha256)
+            if conflicts and uid_conflict is UidConflict.REFUSE:
+                return Receipt(None, None, conflicts)
             if conflicts:
-                flag = f"{conflicts} different object(s) already received with this SOP Instance UID"
+                flag = f"replaces {conflicts} different object(s) received with this SOP Instance UID"
                 note = replace(note, extra={**note.extra, "uid_conflict": flag})
                 fields["flag"] = flag
             job_id = self._insert(db, note)
@@ -474,8 +492,13 @@ class JobStore:
             target, cols["error"] = S.REJECTED, outcome.reason
             events.append((AuditEvent.REJECTED, {**base, "stage": str(outcome.stage), "reason": outcome.reason}))
         else:
-            target, cols["error"] = S.FAILED, outcome.reason
-            events.append((AuditEvent.FAILED, {**base, "stage": str(outcome.stage), "reason": outcome.reason}))
+            target, cols["error"], cols["permanent"] = S.FAILED, outcome.reason, int(outcome.permanent)
+            events.append(
+                (
+                    AuditEvent.FAILED,
+                    {**base, "stage": str(outcome.stage), "reason": outcome.reason, "permanent": outcome.permanent},
+                )
+            )
         with self._tx() as db:
             if not self._move(db, job.id, target, expect, **cols):
                 return None
@@ -485,18 +508,23 @@ class JobStore:
                 self.audit.event(kind, **event_fields)
         return target
 
-    def resend(self, job_ids: list[int] | None = None, destination: str | None = None) -> int:
+    def resend(
+        self, job_ids: list[int] | None = None, destination: str | None = None, permanent: bool = False
+    ) -> int:
         """Queue jobs again, with one ``resend`` event; returns how many.
 
         Without ``destination``: every failed job (or the given ids) -> queued, its dead letters pending
         again. With ``destination``: the jobs whose delivery to it is a dead letter; that delivery is
         pending again (a failed job -> queued). A job is analysed again with the same UIDs; what a
-        destination already holds is not sent again (its receipts are kept).
+        destination already holds is not sent again (its receipts are kept). A permanent failure (one a
+        replay can only repeat) is skipped unless ``permanent`` (after a software update).
         """
         with self._tx() as db:
             # a delivering job under a worker's lease is skipped: that worker's outcome would overwrite the reset
             query = "SELECT id, state, delivered_json FROM jobs WHERE (state=? OR (state=? AND lease_until<?))"
             args: list[Any] = [str(S.FAILED), str(S.DELIVERING), time.time()]
+            if not permanent:
+                query += " AND permanent=0"
             if job_ids:
                 query += f" AND id IN ({','.join('?' * len(job_ids))})"
                 args += job_ids
@@ -514,12 +542,19 @@ class JobStore:
                     deliveries[name] = Delivery(receipts=deliveries[name].receipts)
                 cols = {"delivered_json": json.dumps(deliveries_to_json(deliveries)), "error": ""}
                 if row["state"] == S.FAILED:
-                    self._move(db, row["id"], S.QUEUED, frozenset({S.FAILED}), attempts=0, next_attempt_at=0, **cols)
+                    self._move(
+                        db, row["id"], S.QUEUED, frozenset({S.FAILED}), attempts=0, next_attempt_at=0, permanent=0, **cols
+                    )
                 else:
                     db.execute("UPDATE jobs SET delivered_json=? WHERE id=?", (cols["delivered_json"], row["id"]))
                 ids.append(int(row["id"]))
             self.audit.event(
-                AuditEvent.RESEND, jobs=ids, requested=job_ids or "all", destination=destination, count=len(ids)
+                AuditEvent.RESEND,
+                jobs=ids,
+                requested=job_ids or "all",
+                destination=destination,
+                permanent=permanent,
+                count=len(ids),
             )
         return len(ids)
 

@@ -43,6 +43,20 @@ class RouteAction(StrEnum):
     IGNORE = "ignore"  # acknowledge and record only
 
 
+class UidConflict(StrEnum):
+    """What the SCP does with a different object received under an already used SOP Instance UID."""
+
+    REFUSE = "refuse"  # C-STORE 0x0111: the archive keeps the first object and its reports
+    REPLACE = "replace"  # accept it: analyse it and deliver it before its outputs, so the archive replaces both
+
+
+class FolderLayout(StrEnum):
+    """How a ``folder`` destination names its files."""
+
+    ARCHIVE = "archive"  # <StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm: one file per object
+    NAMES = "names"  # <output name>.dcm: one job's objects (fetalnode analyze --out)
+
+
 class Stage(StrEnum):
     """The step of a job an outcome belongs to."""
 
@@ -71,7 +85,10 @@ class AuditEvent(StrEnum):
     WORKER_RESTARTED = "worker-restarted"
     ASSOCIATION_ACCEPTED = "association-accepted"
     ASSOCIATION_REJECTED = "association-rejected"
+    ASSOCIATION_ABORTED = "association-aborted"
+    ASSOCIATION_EVICTED = "association-evicted"
     STORE_REFUSED = "store-refused"
+    REQUEST_REFUSED = "request-refused"
     INSTANCE_RECEIVED = "instance-received"
     INSTANCE_DUPLICATE = "instance-duplicate"
     PRINT_SESSION = "print-session"

@@ -35,7 +35,7 @@ def received_from_job(job: Job) -> Received:
         sha256=job.sha256,
         read=lambda: Path(job.spool_path).read_bytes(),
         station_name=job.station_name or job.calling_ae,
-        variant=job.variant,
+        replaces=job.replaces,
         built=_outbox(job),
         deliveries=job.deliveries,
         action=RouteAction(job.extra.get("action", RouteAction.ANALYSE)),
@@ -93,7 +93,11 @@ class Worker:
         except Exception as exc:  # keep the worker alive; the job fails with its reason, audited
             log.exception("job %d crashed", job.id)
             state = self.jobs.apply(job, crashed(exc), CLAIMED)
-        log.info("job %d -> %s", job.id, state)
+            return True
+        if outcome.verdict in (Verdict.REJECTED, Verdict.FAILED):  # one line with the reason (a bug logged its traceback)
+            log.warning("job %d -> %s at %s: %s", job.id, state, outcome.stage, outcome.reason)
+        else:
+            log.info("job %d -> %s", job.id, state)
         return True
 
     def _keep(self, job: Job, outcome: Outcome) -> list[str] | None:

@@ -240,3 +240,25 @@ def test_scale_out_worker_delivers_to_the_same_destinations(make_node, own_ortha
         for job in node.jobs.jobs():
             assert set(job.receipts["pacs"]) == {"source", "sr", "sc"} and set(job.receipts["orthanc"]) == {"sr", "sc"}
             assert store.received(job.sop_uid) is not None and in_orthanc(own_orthanc, job.sop_uid) == 0
+
+
+def test_folder_destination_keeps_one_file_per_object(make_node, tmp_path: Path) -> None:
+    """An archive drop folder: 20 images, every output and the source in its own file, none overwritten."""
+    from tests.conftest import sample_copies
+
+    drop = tmp_path / "drop"
+    folder = DestinationSettings(name="archive", kind="folder", folder=str(drop), send=["source", "outputs"])
+    node = make_node(destinations=[folder], **RELIABILITY_OUTPUTS).start()
+    images = sample_copies(20, tmp_path / "in")
+    for path in images:
+        assert send(node.port, path).returncode == 0
+    node.wait_all(20, timeout=300)
+    assert [j.state for j in node.jobs.jobs()] == ["delivered"] * 20
+    files = sorted(drop.rglob("*.dcm"))
+    assert len(files) == 20 * (1 + len(RELIABILITY_OUTPUTS["output__enabled"]))  # type: ignore[arg-type]
+    for path in files:
+        ds = dcmread(path, stop_before_pixels=True)
+        assert path.relative_to(drop).parts == (ds.StudyInstanceUID, ds.SeriesInstanceUID, f"{ds.SOPInstanceUID}.dcm")
+    sources = {dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in images}
+    assert sources <= {p.stem for p in files}
+    assert not list(drop.rglob("*.tmp*")), "every file written atomically (no temporary left)"

@@ -10,9 +10,9 @@ import pytest
 
 from fetalnode.audit import AuditLog
 from fetalnode.errors import NodeError
-from fetalnode.jobs import TRANSITIONS, Job, JobStore, PreNotification, TransitionRefused
+from fetalnode.jobs import TRANSITIONS, Job, JobStore, PreNotification, Receipt, TransitionRefused
 from fetalnode.runner import Delivery, Outcome, Verdict, crashed
-from fetalnode.vocab import AuditEvent, DeliveryStatus, JobState, RouteAction, Stage
+from fetalnode.vocab import AuditEvent, DeliveryStatus, JobState, RouteAction, Stage, UidConflict
 
 pytestmark = pytest.mark.unit
 
@@ -115,6 +115,7 @@ def test_crash_path_is_audited_and_a_read_only_store_cannot_write(tmp_path: Path
         "sop_uid": "1.3",
         "stage": "worker",
         "reason": "MemoryError: ",
+        "permanent": False,
     }
     with pytest.raises(NodeError, match="read-only"):
         JobStore(tmp_path / "j.sqlite").resend()
@@ -129,10 +130,12 @@ def test_duplicate_and_conflict_lookup(tmp_path: Path) -> None:
     assert store.conflicting("1.5", "bb" * 32) == 1
     again = store.receive(note(tmp_path, "1.5", "aa" * 32), RouteAction.ANALYSE)
     assert again.job_id is None and again.duplicate_of is not None and again.duplicate_of.id == first.job_id
-    other = store.receive(note(tmp_path, "1.5", "bb" * 32), RouteAction.ANALYSE)
+    refused = store.receive(note(tmp_path, "1.5", "bb" * 32), RouteAction.ANALYSE)
+    assert refused == Receipt(None, None, conflicts=1), "a conflicting object is not recorded by default"
+    other = store.receive(note(tmp_path, "1.5", "bb" * 32), RouteAction.ANALYSE, UidConflict.REPLACE)
     assert other.job_id is not None
     flagged = store.get(other.job_id)
-    assert flagged is not None and "uid_conflict" in flagged.extra and flagged.variant == "bb" * 8
+    assert flagged is not None and flagged.replaces and not store.get(first.job_id).replaces
     ignored = store.receive(note(tmp_path, "1.6"), RouteAction.IGNORE, route="drop")
     assert ignored.job_id is not None and store.counts()["ignored"] == 1
     kinds = [e["event"] for e in events(tmp_path)]

@@ -263,7 +263,7 @@ def test_a_head_writer_without_labour_builder_is_refused_and_builders_check_the_
         enabled_writers(["obsr"], ["labour-progress"])
     head_like = Analysis("labour-progress", object(), high.analysis.decoded, (SEG_MODEL,))  # type: ignore[arg-type]
     with pytest.raises(EncodingError, match="not a LabourResult"):
-        OUTPUTS.get("sr", "test").write(high.source, head_like, _settings(), "TEST", "")
+        OUTPUTS.get("sr", "test").write(high.source, head_like, _settings(), "TEST")
 
 
 def _settings():  # type: ignore[no-untyped-def]

@@ -48,10 +48,12 @@ class OutputContext:
             )
         return result
 
-    def with_view_line(self, lines: list[str]) -> list[str]:
-        """``lines``, then the view router's line ("Recognised view: ...", "View uncertain: ...") when a
-        router chose the application: the reports' comments and the captures' banners end with it."""
-        return [*lines, self.analysis.view.line()] if self.analysis.view else lines
+    def with_context_lines(self, lines: list[str]) -> list[str]:
+        """``lines``, then what the intake had to assume about the header (an unknown character set) and the
+        view router's line ("Recognised view: ...", "View uncertain: ...") when a router chose the
+        application: the reports' comments and the captures' banners end with them."""
+        view = [self.analysis.view.line()] if self.analysis.view else []
+        return [*lines, *self.analysis.decoded.notes, *view]
 
 
 Build = Callable[[OutputContext], Dataset]
@@ -87,7 +89,6 @@ class OutputWriter:
         analysis: Analysis,
         settings: OutputSettings,
         station_name: str,
-        variant: str,
         now: datetime | None = None,
     ) -> OutputContext:
         """The context of one job (the clock ``now`` when given, e.g. by a test)."""
@@ -97,14 +98,13 @@ class OutputWriter:
             str(source.SOPInstanceUID),
             str(source.SeriesInstanceUID),
             analysis.model_version,
-            variant,
             self.revisions.get(application, 0),
         )
         ctx = OutputContext(source, analysis, uids, settings, station_name)
         return ctx if now is None else replace(ctx, now=now)
 
     def write(
-        self, source: Dataset, analysis: Analysis, settings: OutputSettings, station_name: str, variant: str
+        self, source: Dataset, analysis: Analysis, settings: OutputSettings, station_name: str
     ) -> Dataset | None:
         """The reference path: the builder's dataset (its clock stamped to the context's)."""
         build = self.builder_for(analysis.application)
@@ -112,7 +112,7 @@ class OutputWriter:
             return None
         from fetalnode.outputs.template import reference
 
-        return reference(self.context(source, analysis, settings, station_name, variant), build)
+        return reference(self.context(source, analysis, settings, station_name), build)
 
     def encode(
         self,
@@ -120,7 +120,6 @@ class OutputWriter:
         analysis: Analysis,
         settings: OutputSettings,
         station_name: str,
-        variant: str,
         now: datetime | None = None,
     ) -> tuple[bytes, str] | None:
         """The object as Part 10 bytes with its SOP Instance UID (``None``: nothing for this application)."""
@@ -129,7 +128,7 @@ class OutputWriter:
             return None
         from fetalnode.outputs.template import Templates, encode_reference
 
-        ctx = self.context(source, analysis, settings, station_name, variant, now)
+        ctx = self.context(source, analysis, settings, station_name, now)
         application = self._registered_as(analysis)
         fast = self.fast.get(application)
         if fast is None:
@@ -137,7 +136,7 @@ class OutputWriter:
         templates = self.templates.setdefault(application, Templates(fast))
 
         def context_for(other: Dataset) -> OutputContext:
-            return replace(self.context(other, analysis, settings, station_name, variant), now=ctx.now)
+            return replace(self.context(other, analysis, settings, station_name), now=ctx.now)
 
         return templates.write(ctx, build, context_for)
 

@@ -200,7 +200,7 @@ def report_comments(result: AnalysisResult, frame_number: int | None, n_frames: 
 def _comment_lines(ctx: OutputContext) -> list[str]:
     result, decoded = ctx.result_as(AnalysisResult), ctx.analysis.decoded
     lines = report_comments(result, decoded.frame_number, decoded.n_frames, decoded.spacing_source)
-    return ctx.with_view_line(lines)
+    return ctx.with_context_lines(lines)
 
 
 def _numbers(result: AnalysisResult) -> dict[str, float]:

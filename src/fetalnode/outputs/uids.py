@@ -35,21 +35,19 @@ def object_uids(
     source_sop_uid: str,
     source_series_uid: str,
     model_version: str,
-    variant: str = "",
     revision: int = 0,
 ) -> ObjectUids:
     """UIDs of the output ``kind`` (``sr``, ``sc``, ...) of one source instance.
 
     The series UID depends on the source series, the instance UID on the source instance, both on the
-    model versions. ``variant`` distinguishes a *different* object received under an already used SOP
-    Instance UID (its content hash), so its outputs do not replace the first one's. ``revision`` is the
+    model versions: an object that replaces another under the same SOP Instance UID (``scp.uid_conflict =
+    "replace"``) gets the same output UIDs, so its outputs replace the first one's too. ``revision`` is the
     writer's content revision: a writer whose object changes for the same input and models (a corrected
     code) raises it, so the corrected object gets a new SOP Instance UID (a PACS that keeps the first
     copy of a UID would otherwise keep the wrong one); revision 0 derives the UIDs of the releases before
     revisions existed.
     """
-    instance_key = f"{source_sop_uid}#{variant}" if variant else source_sop_uid
-    parts = [kind, instance_key, model_version] + ([f"revision {revision}"] if revision else [])
+    parts = [kind, source_sop_uid, model_version] + ([f"revision {revision}"] if revision else [])
     return ObjectUids(
         series=derive_uid(f"{kind}-series", source_series_uid, model_version),
         instance=derive_uid(*parts),

@@ -201,7 +201,7 @@ def report_comments(result: LabourResult, decoded: DecodedImage) -> list[str]:
 def comment_lines(ctx: OutputContext) -> list[str]:
     """The report's comments, then the view line when the view router chose the application."""
     lines = report_comments(ctx.result_as(LabourResult), ctx.analysis.decoded)
-    return ctx.with_view_line(lines)
+    return ctx.with_context_lines(lines)
 
 
 def _shape(ctx: OutputContext) -> tuple[object, ...]:
