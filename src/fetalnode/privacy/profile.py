@@ -5,10 +5,12 @@ The actions of Table E.1-1 come from ``dicom-anonymizer`` (its copy of the table
 
 - UIDs (action U, and UIDs that a D action would replace): kept here, then replaced by keyed
   pseudonyms (:mod:`fetalnode.privacy.keys`); the library's own UIDs are random and unkeyed.
-- Sequences whose action is D, Z/D, X/D, X/Z/D or X/Z/U*: removed (X), which the profile allows
-  for these Type 3 attributes of the ultrasound and Secondary Capture IODs; the library would
-  otherwise write "ANONYMIZED" into every item and random UIDs into references.
-- Sequences whose action is Z: emptied (zero items).
+- The conditional actions (X/Z, X/D, X/Z/D, X/Z/U*, Z/D) are decided as the standard says, from the
+  attribute's Type in the image's IOD (highdicom's tables of PS3.3): remove (X) when it is Type 3 or
+  not in the IOD, zero-length (Z) when Type 2, replace (D) only when Type 1. The library would
+  replace them all, with "ANONYMIZED" in names and random UIDs in references.
+- Other sequences whose action is D are removed (none is in the image IODs the node accepts); Z
+  sequences get zero items.
 - Dates and times the library empties or replaces get a zero-length value instead of its dummy
   ``00010101`` / ``000000.00`` (which validators refuse as dates); no image IOD the node accepts has
   a Type 1 date.
@@ -25,7 +27,8 @@ from typing import Any
 
 import dicomanonymizer.simpledicomanonymizer as library
 from dicomanonymizer.dicomfields_selector import dicom_anonymization_database_selector
-from pydicom.datadict import dictionary_VR, tag_for_keyword
+from highdicom._standard_utils import get_iod_module_map, get_module_attribute_map, get_sop_class_iod_map
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
@@ -88,21 +91,51 @@ def _vr(tag: tuple[int, ...]) -> str:
         return ""
 
 
+def _attribute_types(sop_class_uid: str) -> dict[str, str]:
+    """Type ("1", "1C", "2", "2C", "3") of each top-level attribute of the IOD of ``sop_class_uid``."""
+    iod = get_sop_class_iod_map().get(sop_class_uid)
+    if iod is None:
+        return {}
+    attributes = get_module_attribute_map()
+    types: dict[str, str] = {}
+    for module in get_iod_module_map()[iod]:
+        for attribute in attributes[module["key"]]:
+            if not attribute["path"]:
+                # An attribute in several modules keeps its strictest type.
+                old, new = types.get(attribute["keyword"], "3"), str(attribute["type"])
+                types[attribute["keyword"]] = min(old, new)
+    return types
+
+
+def _conditional(tag: tuple[int, ...], group: str, required: str) -> Action:
+    """The action of an X/Z, X/D, X/Z/D, X/Z/U* or Z/D attribute of Type ``required`` ("" if not in the IOD)."""
+    vr = _vr(tag)
+    if required.startswith("1") and group != "X_Z_TAGS":
+        return library.keep if vr == "UI" else library.delete if vr == "SQ" else library.replace
+    if required.startswith("2") or group == "Z_D_TAGS":
+        return _empty_sequence if vr == "SQ" else library.empty
+    return library.delete
+
+
 @functools.cache
-def overrides() -> dict[tuple[int, ...], Action]:
-    """The node's overrides of the library's actions, by tag."""
+def overrides(sop_class_uid: str) -> dict[tuple[int, ...], Action]:
+    """The node's overrides of the library's actions for images of ``sop_class_uid``, by tag."""
     table = dicom_anonymization_database_selector(TABLE)
+    types = _attribute_types(sop_class_uid)
     rules: dict[tuple[int, ...], Action] = {}
     for tag in table["U_TAGS"]:
         rules[tag] = library.keep
-    for group in ("D_TAGS", "Z_D_TAGS", "X_D_TAGS", "X_Z_D_TAGS", "X_Z_U_STAR_TAGS"):
+    for tag in table["D_TAGS"]:
+        vr = _vr(tag)
+        if vr == "SQ":
+            rules[tag] = library.delete
+        elif vr == "UI":
+            rules[tag] = library.keep
+    for group in ("X_Z_TAGS", "X_D_TAGS", "X_Z_D_TAGS", "X_Z_U_STAR_TAGS", "Z_D_TAGS"):
         for tag in table[group]:
-            vr = _vr(tag)
-            if vr == "SQ":
-                rules[tag] = library.delete
-            elif vr == "UI":
-                rules[tag] = library.keep
-    for tag in table["Z_TAGS"] + table["X_Z_TAGS"]:
+            if len(tag) == 2:
+                rules[tag] = _conditional(tag, group, types.get(keyword_for_tag((tag[0] << 16) | tag[1]), ""))
+    for tag in table["Z_TAGS"]:
         if _vr(tag) == "SQ":
             rules[tag] = _empty_sequence
     for keyword in KEEP:
@@ -129,7 +162,10 @@ def apply_profile(ds: Dataset) -> None:
         library.dictionary.clear()
         try:
             library.anonymize_dataset(
-                ds, extra_anonymization_rules=overrides(), delete_private_tags=True, base_rules_gen=base_rules
+                ds,
+                extra_anonymization_rules=overrides(str(ds.get("SOPClassUID", ""))),
+                delete_private_tags=True,
+                base_rules_gen=base_rules,
             )
         except (NotImplementedError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise PrivacyError(f"the confidentiality profile could not be applied: {exc}") from exc

@@ -6,6 +6,8 @@ source (highdicom's ``copy_patient_and_study_information``), so an object re-ide
 the one the embedded mode writes from the real source. Every UID found in the map is replaced
 wherever it is (SR evidence and content items, referenced series, source images, frame of
 reference, the file meta) by a generic walk, and text that quotes a pseudonym quotes the original.
+The Contributing Equipment item that describes the source's scanner (Acquisition Equipment) is made
+again from the source, as highdicom makes it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import copy
 import functools
 from collections.abc import Mapping
 
+import highdicom as hd
 from highdicom._standard_utils import get_iod_module_map, get_module_attribute_map, get_sop_class_iod_map
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
@@ -22,6 +25,8 @@ from pydicom.uid import UID
 
 from fetalnode.errors import PrivacyError
 
+# DCM 109101 Acquisition Equipment (CID 7005): the item that describes the source's scanner.
+_ACQUISITION = ("109101", "DCM")
 # Value representations whose text may quote a UID.
 _TEXT_VRS = {"LO", "LT", "SH", "ST", "UT", "UC", "UR", "AE", "CS", "DS", "IS", "PN"}
 
@@ -69,11 +74,34 @@ def reidentify(obj: Dataset, source: Dataset, uid_map: Mapping[str, str]) -> Dat
             out[keyword] = copy.deepcopy(source[keyword])
         elif keyword in out:
             del out[keyword]
+    _acquisition_equipment(out, source)
     _character_set(out, source)
     left = _pseudonyms_in(out, uid_map)
     if left:
         raise PrivacyError(f"{len(left)} element(s) still hold a pseudonym after re-identification: {sorted(left)}")
     return out
+
+
+def _acquisition_equipment(out: Dataset, source: Dataset) -> None:
+    """The source's scanner as highdicom describes it (``ContributingEquipment.for_image_acquisition``),
+    in place of the Contributing Equipment item the writer made from the pseudonymised image."""
+    items = out.get("ContributingEquipmentSequence")
+    if not items:
+        return
+    try:
+        acquisition: Dataset | None = hd.ContributingEquipment.for_image_acquisition(source)
+    except Exception:  # highdicom leaves the item out when the source does not describe its scanner
+        acquisition = None
+    kept = []
+    for item in items:
+        purpose = item.get("PurposeOfReferenceCodeSequence")
+        if purpose and (purpose[0].get("CodeValue"), purpose[0].get("CodingSchemeDesignator")) == _ACQUISITION:
+            if acquisition is not None:
+                kept.append(acquisition)
+                acquisition = None
+            continue
+        kept.append(item)
+    out.ContributingEquipmentSequence = kept
 
 
 def _restore(element: DataElement, uid_map: Mapping[str, str]) -> None:
