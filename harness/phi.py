@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -375,3 +376,48 @@ def probe(data: bytes, phi: Iterable[str], kept: Sequence[Rect]) -> ProbeResult:
         keep[y0 : y1 + 1, x0 : x1 + 1] = True
     outside = arr[:, ~keep, :]
     return ProbeResult(tuple(dict.fromkeys(found)), int(np.count_nonzero(outside)), int(outside.size))
+
+
+@dataclass(frozen=True)
+class RoundTrip:
+    """One image through both paths: the embedded outputs from the real image, and the cloud outputs
+    (built from the pseudonymised image) re-identified against it."""
+
+    source: Dataset
+    pseudonymised: Dataset
+    uid_map: dict[str, str]
+    embedded: dict[str, Dataset]
+    cloud: dict[str, Dataset]
+    reidentified: dict[str, Dataset]
+
+
+def _outputs(runtime: Any, data: bytes) -> dict[str, Dataset]:
+    """Every enabled output of ``data``, as the job runner builds them (no destination)."""
+    import hashlib
+
+    from fetalnode.runner import Received, Verdict, run_job
+
+    outcome = run_job(Received(0, "", hashlib.sha256(data).hexdigest(), lambda: data, "TEST"), runtime)
+    if outcome.verdict is not Verdict.DELIVERED:
+        raise RuntimeError(f"the job was not analysed: {outcome.verdict} at {outcome.stage}: {outcome.reason}")
+    return {name: dcmread(io.BytesIO(encoded)) for name, encoded in outcome.built.items()}
+
+
+def round_trip(runtime: Any, pseudonymiser: Any, data: bytes) -> RoundTrip:
+    """Analyse ``data`` embedded, and pseudonymised then re-identified (``runtime``: a
+    :class:`fetalnode.runner.Runtime` without destinations).
+
+    The UID map is extended with each output's Series and SOP Instance UID (pseudonymous -> the
+    embedded mode's), as the terminal extends it from the real source's derived output UIDs.
+    """
+    from fetalnode.privacy import reidentify
+
+    source = dcmread(io.BytesIO(data))
+    result = pseudonymiser.pseudonymise(source)
+    embedded, cloud = _outputs(runtime, data), _outputs(runtime, result.data)
+    uid_map = dict(result.uid_map)
+    for name, obj in cloud.items():
+        uid_map[str(obj.SOPInstanceUID)] = str(embedded[name].SOPInstanceUID)
+        uid_map[str(obj.SeriesInstanceUID)] = str(embedded[name].SeriesInstanceUID)
+    reidentified = {name: reidentify(obj, source, uid_map) for name, obj in cloud.items()}
+    return RoundTrip(source, result.dataset, uid_map, embedded, cloud, reidentified)
