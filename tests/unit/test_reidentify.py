@@ -3,7 +3,9 @@ back the real patient, study and every UID the embedded mode writes, and keep no
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import io
 
 import pytest
 from pydicom.dataset import Dataset
@@ -97,7 +99,7 @@ def test_the_source_scanner_is_the_acquisition_equipment_again(trip: phi.RoundTr
 def test_text_quoting_a_pseudonym_is_restored_and_a_leftover_is_refused(trip: phi.RoundTrip) -> None:
     obj = next(iter(trip.cloud.values()))
     pseudonym = str(trip.pseudonymised.SOPInstanceUID)
-    quoted = obj.copy()
+    quoted = copy.deepcopy(obj)
     quoted.ImageComments = f"derived from {pseudonym}"
     out = reidentify(quoted, trip.source, trip.uid_map)
     assert out.ImageComments == f"derived from {trip.source.SOPInstanceUID}"
@@ -108,3 +110,15 @@ def test_text_quoting_a_pseudonym_is_restored_and_a_leftover_is_refused(trip: ph
     broken[pseudonym] = pseudonym + ".1"  # a map whose target still holds the pseudonym
     with pytest.raises(PrivacyError, match="still hold a pseudonym"):
         reidentify(obj, trip.source, broken)
+
+
+def test_reidentify_all_takes_and_gives_part10_bytes(trip: phi.RoundTrip) -> None:
+    from pydicom import dcmread
+
+    from fetalnode.privacy import reidentify_all
+    from fetalnode.runner import encode_dataset
+
+    returned = {name: encode_dataset(obj) for name, obj in trip.cloud.items()}
+    out = reidentify_all(returned, trip.source, trip.uid_map)
+    for name, data in out.items():
+        assert dcmread(io.BytesIO(data)) == trip.reidentified[name], name

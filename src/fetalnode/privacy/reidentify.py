@@ -15,9 +15,11 @@ from __future__ import annotations
 import copy
 import functools
 from collections.abc import Mapping
+from io import BytesIO
 
 import highdicom as hd
 from highdicom._standard_utils import get_iod_module_map, get_module_attribute_map, get_sop_class_iod_map
+from pydicom import dcmread
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -64,7 +66,30 @@ def reidentify(obj: Dataset, source: Dataset, uid_map: Mapping[str, str]) -> Dat
     PrivacyError
         A pseudonym is still in the object after re-identification.
     """
-    out = copy.deepcopy(obj)
+    return _reidentify(copy.deepcopy(obj), source, uid_map, _acquisition_of(source))
+
+
+def reidentify_all(objects: Mapping[str, bytes], source: Dataset, uid_map: Mapping[str, str]) -> dict[str, bytes]:
+    """:func:`reidentify` of the Part 10 objects a worker returned (name -> bytes, as the runner's
+    ``built``), each parsed once and encoded again; the source's scanner is described once."""
+    acquisition = _acquisition_of(source)
+    out = {}
+    for name, data in objects.items():
+        buffer = BytesIO()
+        _reidentify(dcmread(BytesIO(data)), source, uid_map, acquisition).save_as(buffer, enforce_file_format=True)
+        out[name] = buffer.getvalue()
+    return out
+
+
+def _acquisition_of(source: Dataset) -> Dataset | None:
+    """The source's scanner as highdicom describes it (``ContributingEquipment.for_image_acquisition``)."""
+    try:
+        return hd.ContributingEquipment.for_image_acquisition(source)
+    except Exception:  # highdicom leaves the item out when the source does not describe its scanner
+        return None
+
+
+def _reidentify(out: Dataset, source: Dataset, uid_map: Mapping[str, str], acquisition: Dataset | None) -> Dataset:
     out.decode()  # every text value decoded with the object's own character set, before it may change
     out.walk(lambda _, element: _restore(element, uid_map))
     if hasattr(out, "file_meta"):
@@ -74,7 +99,7 @@ def reidentify(obj: Dataset, source: Dataset, uid_map: Mapping[str, str]) -> Dat
             out[keyword] = copy.deepcopy(source[keyword])
         elif keyword in out:
             del out[keyword]
-    _acquisition_equipment(out, source)
+    _acquisition_equipment(out, acquisition)
     _character_set(out, source)
     left = _pseudonyms_in(out, uid_map)
     if left:
@@ -82,16 +107,13 @@ def reidentify(obj: Dataset, source: Dataset, uid_map: Mapping[str, str]) -> Dat
     return out
 
 
-def _acquisition_equipment(out: Dataset, source: Dataset) -> None:
-    """The source's scanner as highdicom describes it (``ContributingEquipment.for_image_acquisition``),
-    in place of the Contributing Equipment item the writer made from the pseudonymised image."""
+def _acquisition_equipment(out: Dataset, acquisition: Dataset | None) -> None:
+    """``acquisition`` (a copy) in place of the Contributing Equipment item the writer made from the
+    pseudonymised image's scanner."""
     items = out.get("ContributingEquipmentSequence")
     if not items:
         return
-    try:
-        acquisition: Dataset | None = hd.ContributingEquipment.for_image_acquisition(source)
-    except Exception:  # highdicom leaves the item out when the source does not describe its scanner
-        acquisition = None
+    acquisition = copy.deepcopy(acquisition)
     kept = []
     for item in items:
         purpose = item.get("PurposeOfReferenceCodeSequence")
