@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from fetalnode.errors import ConfigError
-from fetalnode.vocab import Role, UidConflict
+from fetalnode.vocab import PixelCleaning, Role, UidConflict
 
 ENV_PREFIX = "FETALNODE__"
 
@@ -228,6 +228,44 @@ class BrokerSettings:
 
 
 @dataclass
+class MaskSettings:
+    """One ``[[privacy.masks]]`` table: where the image is on a screen or film that has no ultrasound regions.
+
+    ``rectangles`` are the areas KEPT, ``[x0, y0, x1, y1]`` in pixels, corners included (as the
+    Sequence of Ultrasound Regions gives them); every pixel outside them is blanked. An entry matches an
+    image when each non-empty criterion equals the image's Manufacturer, Manufacturer's Model Name
+    and Station Name (case and surrounding spaces ignored); an empty criterion matches anything.
+    ``name`` only labels the entry in the audit.
+    """
+
+    name: str = ""
+    manufacturer: str = ""
+    model: str = ""
+    station: str = ""
+    rectangles: list[list[int]] = field(default_factory=list)
+
+
+@dataclass
+class PrivacySettings:
+    """Pseudonymisation at the terminal before an image leaves the site (docs/security.md).
+
+    ``pseudonymise`` unset (``None``): on for role ``terminal``, off for the other roles (see
+    :meth:`enabled_for`); ``false`` on a terminal sends identified images, same site only.
+    ``secret_file``: the per-site key of the UID pseudonyms (at least 32 bytes, never logged).
+    ``pixels``: a :class:`fetalnode.vocab.PixelCleaning` value.
+    """
+
+    pseudonymise: bool | None = None
+    secret_file: str = ""
+    pixels: str = PixelCleaning.REGIONS
+    masks: list[MaskSettings] = field(default_factory=list)
+
+    def enabled_for(self, role: str) -> bool:
+        """Whether images are pseudonymised before they leave a node of ``role``."""
+        return self.pseudonymise if self.pseudonymise is not None else role == Role.TERMINAL
+
+
+@dataclass
 class OutputSettings:
     """Which output objects the node writes (``enabled``, by registered name) and how."""
 
@@ -271,6 +309,7 @@ class Settings:
     broker: BrokerSettings = field(default_factory=BrokerSettings)
     output: OutputSettings = field(default_factory=OutputSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    privacy: PrivacySettings = field(default_factory=PrivacySettings)
     destinations: list[DestinationSettings] = field(default_factory=list)
     routing: RoutingSettings = field(default_factory=RoutingSettings)
     routes: list[RouteSettings] = field(default_factory=list)
@@ -292,6 +331,11 @@ class Settings:
 
 
 def _coerce(value: Any, typ: Any, where: str) -> Any:
+    if typ == bool | None:
+        # Unset: the role decides; "" or "auto" from the environment unsets it.
+        if isinstance(value, str) and value.strip().lower() in {"", "auto"}:
+            return None
+        return _coerce(value, bool, where)
     if typ is bool:
         if isinstance(value, bool):
             return value
@@ -326,7 +370,32 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
         if isinstance(value, dict) and all(isinstance(v, str) for v in value.values()):
             return {str(k): v for k, v in value.items()}
         raise ConfigError(f"{where}: expected a table of strings, got {value!r}")
+    if typ == list[list[int]]:
+        if not isinstance(value, list) or not all(isinstance(row, list) for row in value):
+            raise ConfigError(f"{where}: expected a list of lists of integers, e.g. [[0, 60, 639, 479]], got {value!r}")
+        return [[_coerce(v, int, f"{where}[{i}]") for v in row] for i, row in enumerate(value)]
+    item_type = getattr(typ, "__args__", (None,))[0]
+    if getattr(typ, "__origin__", None) is list and dataclasses.is_dataclass(item_type):
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected an array of tables [[...]] in the config file, got {value!r}")
+        return _tables(item_type, value, where)
     raise ConfigError(f"{where}: unsupported type {typ}")
+
+
+def _tables(item_type: Any, items: list[Any], where: str) -> list[Any]:
+    """Each table of a TOML array of tables as one ``item_type`` dataclass, its keys typed."""
+    hints, known = get_type_hints(item_type), {f.name for f in fields(item_type)}
+    parsed = []
+    for i, table in enumerate(items):
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where} item {i + 1}: expected a table")
+        values = {}
+        for key, value in table.items():
+            if key not in known:
+                raise ConfigError(f"{where} item {i + 1}: unknown key {key!r}")
+            values[key] = _coerce(value, hints[key], f"{where} item {i + 1} {key}")
+        parsed.append(item_type(**values))
+    return parsed
 
 
 def _table_list(settings: Settings, name: str, items: list[Any], where: str) -> None:
@@ -335,19 +404,7 @@ def _table_list(settings: Settings, name: str, items: list[Any], where: str) -> 
     item_type: Any = getattr(hint, "__args__", (None,))[0]
     if not dataclasses.is_dataclass(item_type):
         raise ConfigError(f"{where}: {name!r} must be a [table], not an array of tables")
-    parsed = []
-    for i, table in enumerate(items):
-        if not isinstance(table, dict):
-            raise ConfigError(f"{where}: [[{name}]] item {i + 1} must be a table")
-        hints, known = get_type_hints(item_type), {f.name for f in fields(item_type)}
-        values = {}
-        for key, value in table.items():
-            if key not in known:
-                raise ConfigError(f"{where}: unknown key {key!r} in [[{name}]] item {i + 1}")
-            values[key] = _coerce(value, hints[key], f"{where} [[{name}]] item {i + 1} {key}")
-        make: Any = item_type
-        parsed.append(make(**values))
-    setattr(settings, name, parsed)
+    setattr(settings, name, _tables(item_type, items, f"{where}: [[{name}]]"))
 
 
 def _apply(settings: Settings, section: str, key: str, value: Any, where: str) -> None:
@@ -414,8 +471,28 @@ def load_settings(
         raise ConfigError(
             f"router.cross_check_probability must be between 0 and 1, not {settings.router.cross_check_probability}"
         )
+    _check_privacy(settings.privacy)
     if settings.logging.third_party.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
         raise ConfigError(
             f"logging.third_party must be DEBUG, INFO, WARNING or ERROR, not {settings.logging.third_party!r}"
         )
     return settings
+
+
+def _check_privacy(privacy: PrivacySettings) -> None:
+    """``privacy.pixels`` is a known value and every mask rectangle is four corners in order.
+
+    The secret is not read here (``fetalnode.privacy.read_secret`` does, when a pseudonymiser starts).
+    """
+    if privacy.pixels not in set(PixelCleaning):
+        raise ConfigError(f"privacy.pixels must be one of {', '.join(PixelCleaning)}, not {privacy.pixels!r}")
+    for i, mask in enumerate(privacy.masks):
+        label = f"[[privacy.masks]] item {i + 1}" + (f" ({mask.name})" if mask.name else "")
+        if not mask.rectangles:
+            raise ConfigError(f"{label}: rectangles is empty; list the areas to keep as [[x0, y0, x1, y1], ...]")
+        for rect in mask.rectangles:
+            if len(rect) != 4:
+                raise ConfigError(f"{label}: rectangle {rect} must be [x0, y0, x1, y1]")
+            x0, y0, x1, y1 = rect
+            if min(rect) < 0 or x1 < x0 or y1 < y0:
+                raise ConfigError(f"{label}: rectangle {rect} must have 0 <= x0 <= x1 and 0 <= y0 <= y1")

@@ -52,3 +52,14 @@ class DeliveryError(NodeError):
     def __init__(self, message: str, *, transient: bool) -> None:
         super().__init__(message)
         self.transient = transient
+
+
+class PrivacyError(NodeError):
+    """An object cannot be pseudonymised or re-identified safely; nothing of it may leave the site."""
+
+
+class BurnedInTextNotRemoved(PrivacyError):
+    """Burned-in text could not be removed: no ultrasound region and no ``[[privacy.masks]]`` entry
+    matches the image, so it is not sent for analysis (its outputs say :attr:`OUTCOME`)."""
+
+    OUTCOME = "not analysed: burned-in text could not be removed"

@@ -109,6 +109,16 @@ class AuditEvent(StrEnum):
     IGNORED = "ignored"
 
 
+class PixelCleaning(StrEnum):
+    """How the terminal removes burned-in text before an image leaves the site (``privacy.pixels``)."""
+
+    # Keep the tissue and colour-flow regions of the Sequence of Ultrasound Regions; an image without
+    # such a region gets the rectangles of the first matching ``[[privacy.masks]]`` entry.
+    REGIONS = "regions"
+    # Only the masks: the ultrasound regions are not trusted (a scanner that writes them wrong).
+    MASKS = "masks"
+
+
 class TypeNote(StrEnum):
     """Why an abnormal finding names no malformation type (every output says it in these words)."""
 
