@@ -54,6 +54,8 @@ class RabbitMQProcess:
     require_client_certificates: bool = False
     port: int = 0
     pki: dict[str, Path] = field(default_factory=dict)
+    # seconds of the last start: config_and_ca_s (TLS), listening_s, rabbitmqctl_s (TLS, first start)
+    timings: dict[str, float] = field(default_factory=dict)
     _dist_port: int = 0
     _epmd_port: int = 0
     _provisioned: bool = False
@@ -152,24 +154,36 @@ class RabbitMQProcess:
         self._dist_port = self._dist_port or free_port()
         self._epmd_port = self._epmd_port or free_port()
         if self.tls:
+            began = time.monotonic()
             self._write_tls_config()
+            self.timings["config_and_ca_s"] = time.monotonic() - began
         else:
             self._write_secret("guest", "guest")
+        began = time.monotonic()
         self._proc = spawn([str(SERVER)], self.workdir / "rabbitmq.out", env=self._env())
+        try:
+            self._wait_listening(self._proc, timeout)
+            self.timings["listening_s"] = time.monotonic() - began
+            if self.tls and not self._provisioned:
+                began = time.monotonic()
+                self._provision()
+                self.timings["rabbitmqctl_s"] = time.monotonic() - began
+        except BaseException:
+            self.stop()  # never leave a half-started broker behind
+            raise
+        return self
+
+    def _wait_listening(self, proc: subprocess.Popen[bytes], timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise HarnessError(f"RabbitMQ exited with {self._proc.returncode}; see {self.workdir}")
+            if proc.poll() is not None:
+                raise HarnessError(f"RabbitMQ exited with {proc.returncode}; see {self.workdir}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    break
+                    return
             except OSError:
                 time.sleep(0.3)
-        else:
-            raise HarnessError(f"RabbitMQ did not listen within {timeout:.0f} s")
-        if self.tls and not self._provisioned:
-            self._provision()
-        return self
+        raise HarnessError(f"RabbitMQ did not listen within {timeout:.0f} s")
 
     def _write_secret(self, user: str, password: str) -> Path:
         folder = self.workdir / "secrets"

@@ -259,7 +259,11 @@ def connect(b: BrokerSettings) -> Connection:
         conn.connect()
     except ssl.SSLError as exc:
         conn.release()
-        raise BrokerError(f"TLS with the broker {_where(b)} failed: {exc}", transient=False) from exc
+        hint = ""
+        if isinstance(exc, ssl.SSLEOFError) and not b.certificate:
+            # TLS 1.3: a broker that wants a client certificate may just close, without its alert.
+            hint = " (does the broker require a client certificate? broker.certificate, broker.private_key)"
+        raise BrokerError(f"TLS with the broker {_where(b)} failed: {exc}{hint}", transient=False) from exc
     except (amqp.exceptions.AccessRefused, amqp.exceptions.NotAllowed) as exc:
         conn.release()
         raise BrokerError(
@@ -361,6 +365,11 @@ def _publish(
             headers=dict(headers or {}),
             **properties,
         )
+    except amqp.exceptions.MessageNacked as exc:
+        raise BrokerError(
+            f"publishing to {exchange}: the broker did not take the message (nack: a queue length limit?)",
+            transient=True,
+        ) from exc
     except (amqp.exceptions.AMQPError, *conn.connection_errors, OSError) as exc:
         raise _refused(f"publishing to {exchange or 'the default exchange'}", exc) from exc
 
@@ -467,9 +476,12 @@ def _run_in_thread(conn: Connection, call: Callable[[], Any], tick: float) -> An
 
     thread = threading.Thread(target=target, name="fetalnode-broker-handler", daemon=True)
     thread.start()
-    while thread.is_alive():
+    while True:
+        thread.join(tick)  # returns as soon as the handler is done
+        if not thread.is_alive():
+            break
         with contextlib.suppress(TimeoutError):
-            conn.drain_events(timeout=tick)  # prefetch 1: only heartbeats or a close can arrive here
+            conn.drain_events(timeout=0.01)  # prefetch 1: only heartbeats or a close can arrive here
         conn.heartbeat_check()
     if "error" in box:
         raise box["error"]
@@ -502,15 +514,17 @@ def _serve(
             )
             consumer.consume()
         while not stop.is_set():
-            if not pending:
-                with contextlib.suppress(TimeoutError):
-                    conn.drain_events(timeout=tick)
-                conn.heartbeat_check()
-                if idle is not None:
-                    idle()
+            if pending:
+                site, message = pending.pop(0)
+                _handle_one(conn, site, message, handle, replies, tick)
                 continue
-            site, message = pending.pop(0)
-            _handle_one(conn, site, message, handle, replies, tick)
+            if idle is not None:
+                idle()
+                if pending:  # delivered while idle() waited for its publisher confirms
+                    continue
+            with contextlib.suppress(TimeoutError):
+                conn.drain_events(timeout=tick)
+            conn.heartbeat_check()
     except BrokerError:
         raise
     except (amqp.exceptions.AMQPError, *conn.connection_errors, OSError) as exc:
