@@ -364,3 +364,34 @@ def test_a_full_site_queue_refuses_more_jobs_and_the_terminal_is_told(link, rabb
         assert depth(link[WORKER], B.jobs_queue) == 1
     finally:
         rabbit.rabbitmqctl("clear_policy", "-p", "fetalnode", "test-limit")
+
+
+def test_run_connected_comes_back_after_a_broker_restart(rabbit: RabbitMQProcess) -> None:
+    with broker.connect(rabbit.settings(WORKER)) as worker:
+        broker.declare_site(worker, A.site)
+    events: list[str] = []
+    got: list[bytes] = []
+    stop = threading.Event()
+
+    def work(conn: Connection) -> None:
+        broker.consume_results(conn, lambda delivery: got.append(delivery.body), stop=stop)
+
+    link_thread = threading.Thread(
+        target=broker.run_connected,
+        args=(rabbit.settings("site-a"), work, stop),
+        kwargs={"retry_seconds": 0.5, "on_down": lambda reason: events.append("down"),
+                "on_up": lambda seconds: events.append("up")},
+    )  # fmt: skip
+    link_thread.start()
+    try:
+        rabbit.stop()
+        wait_for(lambda: events == ["down"], 30, "the link to notice the broker is gone")
+        rabbit.start()
+        wait_for(lambda: events == ["down", "up"], 60, "the link back")
+        with broker.connect(rabbit.settings(WORKER)) as worker:
+            broker.publish_result(worker, A.site, b"after the restart")
+        wait_for(lambda: got == [b"after the restart"], 30, "the result taken on the new connection")
+    finally:
+        stop.set()
+        link_thread.join(30)
+    assert not link_thread.is_alive()
