@@ -19,13 +19,15 @@ the return exchanges; it cannot read a results queue. A job's site is the queue 
 never the message: only S's user can write to ``fetalnode.S.submit``, and the ``user_id`` property,
 which the broker checks against the publishing connection's user, must name S as well.
 
-Typical use (one thread each; kombu connections are not shared between threads)::
+Typical use (one thread each; a kombu connection is used by one thread only)::
 
-    # terminal of site S: results in, jobs out, on one connection
-    run_connected(settings.broker, lambda conn: consume_results(conn, site_of(settings.broker), apply,
-                  stop=stop, idle=lambda: publish_queued(conn)), stop)
-    # worker: every site's jobs, one at a time; handle(delivery) returns the result messages
-    run_connected(settings.broker, lambda conn: consume_jobs(conn, settings.broker.sites, handle, stop=stop), stop)
+    # terminal of its site: results in, jobs out, on one connection
+    def link(conn):
+        consume_results(conn, apply_result, stop=stop, idle=lambda: publish_queued_jobs(conn))
+    run_connected(settings.broker, link, stop, on_down=audit_down, on_up=audit_up)
+
+    # worker: every site's jobs, one at a time; analyse(delivery) returns the result messages (Reply)
+    run_connected(settings.broker, lambda conn: consume_jobs(conn, settings.broker.sites, analyse, stop=stop), stop)
 """
 
 from __future__ import annotations
@@ -253,6 +255,8 @@ def connect(b: BrokerSettings) -> Connection:
     Raises BrokerError: transient when the broker cannot be reached; not transient when TLS fails (the
     broker's certificate not trusted or not for the URL's host, no client certificate where one is
     required) or the broker refuses the login or the virtual host. ConfigError: the password file.
+    Heartbeats go out while :func:`consume_jobs` or :func:`consume_results` runs; a connection that only
+    publishes must call ``conn.heartbeat_check()`` at least every ``heartbeat / 2`` seconds.
     """
     conn = connection(b)
     try:
@@ -591,12 +595,14 @@ def consume_jobs(
     """Worker: take jobs from the queues of ``sites`` (``broker.sites``), one at a time across all of them,
     until ``stop`` is set.
 
-    Declares each site's exchanges and queues first. ``handle(delivery)`` runs in a thread of its own while
-    this one keeps the connection's heartbeats; the :class:`Reply` messages it returns are published to the
-    job's site, each confirmed by the broker, and only then is the job acknowledged (a worker killed before
-    that: the broker gives the job to another worker). A job whose ``user_id`` is not its site's user is
-    dropped. ``handle`` raising :class:`Drop`: the job is dropped; raising anything else: it is requeued once,
-    dropped on its second failure. Raises BrokerError when the connection fails or the broker refuses.
+    Declares each site's exchanges and queues first. ``handle(delivery)`` runs in a thread of its own (it
+    must not use ``conn``) while this one keeps the connection's heartbeats; the :class:`Reply` messages it
+    returns are published to the job's site, each confirmed by the broker, and only then is the job
+    acknowledged (a worker killed before that: the broker gives the job to another worker). A job whose
+    ``user_id`` is not its site's user is dropped. ``handle`` raising :class:`Drop`: the job is dropped;
+    raising anything else: it is requeued once, dropped on its second failure (``delivery.redelivered``
+    already set, e.g. after a killed worker: dropped at once). Raises BrokerError when the connection fails
+    or the broker refuses.
     """
     queues = {site: declare_site(conn, site).jobs_queue for site in sites}
     if not queues:
@@ -615,8 +621,9 @@ def consume_results(
     """Terminal: take its site's results (the connection's user) until ``stop`` is set.
 
     ``handle(delivery)`` returning: acknowledged; raising :class:`Drop`: dropped; raising anything else:
-    requeued once, then dropped. ``idle()`` is called in this thread at least every ``timeout`` seconds and
-    may publish on ``conn`` (:func:`publish_job`): one connection carries the jobs out and the results in.
+    requeued once, then dropped. ``handle`` runs in a thread of its own and must not use ``conn``.
+    ``idle()`` is called in this thread whenever no result is waiting, at least every ``timeout`` seconds,
+    and may publish on ``conn`` (:func:`publish_job`): one connection carries the jobs out and the results in.
     Raises BrokerError (transient when the results queue is not declared yet: no worker has served the site).
     """
     site = _user(conn)
