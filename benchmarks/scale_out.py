@@ -35,7 +35,7 @@ def setup(
     """A node configuration (fresh data folder): embedded queue, or the broker's when ``broker`` is given."""
     fields: dict[str, object] = {"worker__torch_threads": torch_threads}
     if broker is not None:
-        fields["broker__url"] = broker.url
+        fields.update(broker.node_fields())
     return prepare_node(work / name, orthanc, **fields)
 
 

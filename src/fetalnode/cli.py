@@ -45,6 +45,10 @@ def _settings(args: argparse.Namespace) -> Settings:
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     log.info("fetalnode %s (%s) effective config: %s", __version__, RESEARCH_NOTICE, json.dumps(settings.masked()))
+    if settings.node.role in (Role.TERMINAL, Role.WORKER):
+        from fetalnode.broker import check
+
+        check(settings.broker)  # the password and TLS files, before anything starts
     if settings.node.role == Role.WORKER:
         from fetalnode.distributed import run_worker
         from fetalnode.runtime import build_runtime
@@ -416,7 +420,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="node.role: all (SCP + worker, SQLite queue; default), terminal (SCP + spool + publish to the "
         "broker), worker (consume from the broker, analyse, deliver to the destinations)",
     )
-    sp.add_argument("--broker-url", help="broker.url, e.g. amqp://user:pass@host:5672// (roles terminal, worker)")
+    sp.add_argument(
+        "--broker-url",
+        help="broker.url, e.g. amqps://site-a@broker.example.org:5671/fetalnode (roles terminal, worker; the "
+        "password comes from broker.password_file)",
+    )
     sp.set_defaults(func=cmd_serve)
 
     sp = sub.add_parser("worker", help="run only the analysis worker on the node's job store")

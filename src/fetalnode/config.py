@@ -6,6 +6,7 @@ Model parameters are not here: they live in each bundle's ``configs/metadata.jso
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -13,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
+from urllib.parse import urlsplit
 
 from fetalnode.errors import ConfigError
 from fetalnode.vocab import PixelCleaning, Role, UidConflict
@@ -218,9 +220,23 @@ class RoutingSettings:
 
 @dataclass
 class BrokerSettings:
-    """Scale-out (roles terminal/worker): Celery over RabbitMQ. Empty ``url``: embedded SQLite queue."""
+    """Scale-out (roles terminal/worker) over RabbitMQ. Empty ``url``: embedded SQLite queue.
+
+    ``url``: ``amqps://USER@HOST:PORT/VHOST``, never with a password (``password_file`` holds it; the
+    user of a terminal is its site's name on the broker). Plain ``amqp://`` only to a broker on this
+    machine. ``ca_certificates``: the CA(s) the broker's certificate is checked against (empty: the
+    system's trust store); ``certificate`` + ``private_key``: this node's client certificate, for a broker
+    that requires one. ``sites``: role worker, the sites whose jobs it takes (``fetalnode.broker``).
+    """
 
     url: str = ""
+    password_file: str = ""
+    ca_certificates: str = ""
+    certificate: str = ""
+    private_key: str = ""
+    sites: list[str] = field(default_factory=list)
+    heartbeat: float = 60.0
+    connect_timeout: float = 10.0
     queue: str = "fetalnode.jobs"
     results_queue: str = "fetalnode.results"
     publish_batch: int = 50
@@ -472,6 +488,7 @@ def load_settings(
             f"router.cross_check_probability must be between 0 and 1, not {settings.router.cross_check_probability}"
         )
     _check_privacy(settings.privacy)
+    _check_broker(settings.broker)
     if settings.logging.third_party.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
         raise ConfigError(
             f"logging.third_party must be DEBUG, INFO, WARNING or ERROR, not {settings.logging.third_party!r}"
@@ -496,3 +513,54 @@ def _check_privacy(privacy: PrivacySettings) -> None:
             x0, y0, x1, y1 = rect
             if min(rect) < 0 or x1 < x0 or y1 < y0:
                 raise ConfigError(f"{label}: rectangle {rect} must have 0 <= x0 <= x1 and 0 <= y0 <= y1")
+
+
+# A site is a RabbitMQ user and part of its queue names (fetalnode.broker): lower case, digits, hyphens.
+SITE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine: ``localhost`` or a loopback address."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_broker(b: BrokerSettings) -> None:
+    """``[broker]`` as the broker link needs it (``fetalnode.broker``); files are read at start, not here."""
+    for site in b.sites:
+        if not SITE_NAME.fullmatch(site):
+            raise ConfigError(f"broker.sites: {site!r} is not a site name (lower-case letters, digits and hyphens)")
+    if not b.url:
+        return
+    try:
+        parts = urlsplit(b.url)
+        _ = parts.port  # raises ValueError on a port that is not a number
+    except ValueError as exc:
+        raise ConfigError(f"broker.url is not a URL: {exc}") from None
+    if parts.scheme not in {"amqp", "amqps"}:
+        raise ConfigError(f"broker.url must start with amqps:// (or amqp:// to this machine), not {parts.scheme}://")
+    if parts.password is not None:
+        raise ConfigError(
+            "broker.url must not hold a password: write amqps://USER@HOST:PORT/VHOST and put the password "
+            "in the file named by broker.password_file"
+        )
+    if not parts.username or not parts.hostname:
+        raise ConfigError("broker.url needs a user and a host: amqps://USER@HOST:PORT/VHOST")
+    if not b.password_file:
+        raise ConfigError("broker.password_file is empty: the broker user's password is read from that file")
+    if bool(b.certificate) != bool(b.private_key):
+        raise ConfigError("broker.certificate and broker.private_key go together (a client certificate and its key)")
+    if parts.scheme == "amqp":
+        if not is_loopback(parts.hostname):
+            raise ConfigError(
+                f"broker.url: plain amqp:// is unencrypted and allowed only to a broker on this machine, not "
+                f"{parts.hostname}; use amqps:// with broker.ca_certificates"
+            )
+        if b.ca_certificates or b.certificate:
+            raise ConfigError("broker.ca_certificates/certificate/private_key are TLS settings: use an amqps:// URL")
+    if b.heartbeat < 0 or b.connect_timeout <= 0:
+        raise ConfigError("broker.heartbeat must be >= 0 and broker.connect_timeout > 0")

@@ -37,11 +37,11 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
-from kombu import Connection, Exchange, Queue
+from kombu import Exchange, Queue
 
 from fetalnode.audit import AuditLog
+from fetalnode.broker import celery_config, connect
 from fetalnode.config import Settings
-from fetalnode.errors import NodeError
 from fetalnode.jobs import JobStore, TransitionRefused, worker_identity
 from fetalnode.runner import (
     Outcome,
@@ -62,10 +62,9 @@ TASK = "fetalnode.analyse"
 def make_app(settings: Settings) -> Celery:
     """The Celery application of a node: at-least-once delivery of jobs, JSON only, no result backend."""
     b = settings.broker
-    if not b.url:
-        raise NodeError("broker.url is empty: roles terminal and worker need a broker (e.g. amqp://…)")
-    app = Celery("fetalnode", broker=b.url)
+    app = Celery("fetalnode")
     app.conf.update(
+        **celery_config(b),  # TLS, password from broker.password_file, heartbeat (fetalnode.broker)
         task_serializer="json",
         accept_content=["json"],
         task_ignore_result=True,
@@ -76,7 +75,6 @@ def make_app(settings: Settings) -> Celery:
         task_queues=[Queue(b.queue, Exchange(b.queue), routing_key=b.queue, durable=True)],
         task_default_delivery_mode="persistent",
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"confirm_publish": True},
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
     )
@@ -86,7 +84,7 @@ def make_app(settings: Settings) -> Celery:
 def queue_depth(settings: Settings) -> int | None:
     """Messages waiting in the jobs queue (None when the broker cannot be reached)."""
     try:
-        with Connection(settings.broker.url, connect_timeout=3) as conn:
+        with connect(settings.broker) as conn:
             _, count, _ = conn.default_channel.queue_declare(settings.broker.queue, durable=True, passive=True)
             return int(count)
     except Exception:
@@ -195,12 +193,13 @@ class Collector:
         b = self.settings.broker
         while not self._stop.is_set():
             try:
-                with Connection(b.url, connect_timeout=5, heartbeat=10) as conn:
+                with connect(b) as conn:
                     queue = conn.SimpleQueue(b.results_queue, queue_opts={"durable": True})
                     while not self._stop.is_set():
                         try:
                             message = queue.get(block=True, timeout=1)
                         except queue.Empty:
+                            conn.heartbeat_check()
                             continue
                         self.handle(message.payload)
                         message.ack()

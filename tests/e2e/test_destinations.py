@@ -230,7 +230,7 @@ def test_scale_out_worker_delivers_to_the_same_destinations(make_node, own_ortha
             own_orthanc,
             **RELIABILITY_OUTPUTS,
             node__role="terminal",
-            broker__url=broker.url,
+            **broker.node_fields(),
             destinations=[pacs(store.port), rest(own_orthanc, tmp_path, ("sr", "sc"))],
         ).start()
         node.start_broker_worker()

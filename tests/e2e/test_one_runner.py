@@ -57,7 +57,7 @@ def test_extra_output_delivered_and_objects_identical_in_every_role(make_node, o
         [job] = embedded.jobs.jobs()
         assert set(job.result["outputs"]) == set(job.receipts["orthanc"]) == OUTPUTS
 
-        terminal = make_node(own_orthanc, node__role="terminal", broker__url=broker.url, **FIELDS).start()
+        terminal = make_node(own_orthanc, node__role="terminal", **broker.node_fields(), **FIELDS).start()
         terminal.start_broker_worker()
         assert send(terminal.port, sample).returncode == 0
         terminal.wait_all(1, {"delivered"})

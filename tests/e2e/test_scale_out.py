@@ -24,7 +24,7 @@ def terminal_and_workers(make_node, orthanc, broker, n_workers: int, **fields: o
     node = make_node(
         orthanc,
         node__role="terminal",
-        broker__url=broker.url,
+        **broker.node_fields(),
         node__metrics_port=metrics,
         **{**RELIABILITY_OUTPUTS, **fields},
     ).start()
