@@ -104,6 +104,12 @@ def jobs(tmp_path_factory: pytest.TempPathFactory) -> list[Job]:
         hc18.analysis.result, analysed=False, reason="no fetal head found", ellipse=None, head_mask=None, biometry=None
     )
     out.append(dataclasses.replace(hc18, label="no-head", analysis=dataclasses.replace(hc18.analysis, result=no_head)))
+    # A source with a multi-valued text attribute the writers copy (a pseudonymised image's
+    # De-identification Method): its value is a slot like a single-valued one.
+    deidentified = _reread(hc18.source)
+    deidentified.PatientIdentityRemoved = "YES"
+    deidentified.DeidentificationMethod = ["DICOM PS3.15 Basic Application Confidentiality Profile", "Clean Pixel Data"]
+    out.append(dataclasses.replace(hc18, label="multi-valued-text", source=_reread(deidentified)))
     femur = add("no-application", _reread(wrap_png(FEMUR, pixel_size_mm=None)))
     assert femur.analysis.application == "view-router"
     labour = add("labour-model", _reread(wrap_png(PSFHS, pixel_size_mm=None)))
