@@ -83,6 +83,10 @@ class OutputWriter:
         """The key its builder, revision and fast path are registered under for this analysis."""
         return analysis.application if analysis.application in self.builders else ANY_APPLICATION
 
+    def revision_for(self, analysis: Analysis) -> int:
+        """The content revision of the object it writes for this analysis (part of its UIDs)."""
+        return self.revisions.get(self._registered_as(analysis), 0)
+
     def context(
         self,
         source: Dataset,
@@ -92,13 +96,12 @@ class OutputWriter:
         now: datetime | None = None,
     ) -> OutputContext:
         """The context of one job (the clock ``now`` when given, e.g. by a test)."""
-        application = self._registered_as(analysis)
         uids = object_uids(
             self.name,
             str(source.SOPInstanceUID),
             str(source.SeriesInstanceUID),
             analysis.model_version,
-            self.revisions.get(application, 0),
+            self.revision_for(analysis),
         )
         ctx = OutputContext(source, analysis, uids, settings, station_name)
         return ctx if now is None else replace(ctx, now=now)
@@ -188,6 +191,12 @@ def enabled_writers(names: Sequence[str], applications: Sequence[str]) -> list[O
     if not writers:
         raise ConfigError("output.enabled is empty: a job would have nothing to deliver")
     return writers
+
+
+def writers_for(names: Sequence[str], application: str) -> list[OutputWriter]:
+    """The writers of ``output.enabled`` that have a builder for ``application``, in that order."""
+    _load_builtin()
+    return [w for w in (OUTPUTS.get(n, "output.enabled") for n in names) if w.builder_for(application)]
 
 
 def _load_builtin() -> Any:

@@ -34,7 +34,7 @@ from fetalnode.outputs import codes as fc
 from fetalnode.outputs.common import fetus_observation, report_kwargs
 from fetalnode.outputs.registry import OutputContext, register_output
 from fetalnode.outputs.template import FastPath
-from fetalnode.outputs.uids import derive_uid
+from fetalnode.outputs.uids import instance_derived
 
 
 def _text(name: Code, value: str) -> hd.sr.TextContentItem:
@@ -89,7 +89,7 @@ def _measurement_groups(
     frame_number = decoded.frame_number
 
     def tracking(kind: str, identifier: str) -> hd.sr.TrackingIdentifier:
-        return hd.sr.TrackingIdentifier(uid=derive_uid(kind, sr_instance_uid), identifier=identifier)
+        return hd.sr.TrackingIdentifier(uid=instance_derived(kind, sr_instance_uid), identifier=identifier)
 
     def region(graphic_type: hd.sr.GraphicTypeValues, data: np.ndarray) -> hd.sr.ImageRegion:
         return hd.sr.ImageRegion(
@@ -236,10 +236,10 @@ def _slots(ctx: OutputContext) -> dict[str, tuple[str, object]]:
         f"comment.{i}": ("TextValue", line[:1024]) for i, line in enumerate(_comment_lines(ctx))
     }
     if not result.analysed or result.ellipse is None:
-        slots["uid.tracking"] = ("UID", derive_uid("tracking", ctx.uids.instance))
+        slots["uid.tracking"] = ("UID", ctx.uids.derived("tracking"))
         return slots
     for kind in ("tracking", "tracking-ellipse", "tracking-bpd", "tracking-ofd"):
-        slots[f"uid.{kind}"] = ("UID", derive_uid(kind, ctx.uids.instance))
+        slots[f"uid.{kind}"] = ("UID", ctx.uids.derived(kind))
     geometry = head_geometry(result.ellipse, decoded.spacing_mm)
     for name, data in (
         ("ellipse", geometry.ellipse),

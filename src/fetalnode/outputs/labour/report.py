@@ -34,7 +34,7 @@ from fetalnode.outputs.common import fetus_observation, report_kwargs
 from fetalnode.outputs.labour.geometry import labour_graphics, not_analysed_reason
 from fetalnode.outputs.registry import OutputContext, register_output
 from fetalnode.outputs.template import FastPath
-from fetalnode.outputs.uids import derive_uid
+from fetalnode.outputs.uids import instance_derived
 
 APPLICATION = "labour-progress"
 SERIES_NUMBER = 9101  # the series of the output ``sr``, whatever the application
@@ -63,7 +63,7 @@ def _measurement_groups(
     symphysis = [hd.sr.FindingSite(fc.SYMPHYSIS_PUBIS)]
 
     def tracking(kind: str, identifier: str) -> hd.sr.TrackingIdentifier:
-        return hd.sr.TrackingIdentifier(uid=derive_uid(f"labour-{kind}", sr_instance_uid), identifier=identifier)
+        return hd.sr.TrackingIdentifier(uid=instance_derived(f"labour-{kind}", sr_instance_uid), identifier=identifier)
 
     if not result.analysed:
         return [
@@ -229,13 +229,13 @@ def _slots(ctx: OutputContext) -> dict[str, tuple[str, object]]:
         f"comment.{i}": ("TextValue", line[:1024]) for i, line in enumerate(comment_lines(ctx))
     }
     if not result.analysed:
-        slots["uid.tracking"] = ("UID", derive_uid("labour-tracking", ctx.uids.instance))
+        slots["uid.tracking"] = ("UID", ctx.uids.derived("labour-tracking"))
         return slots
     graphics = labour_graphics(result, int(ctx.source.Rows), int(ctx.source.Columns))
     regions = {"aop": graphics.angle, "hsd": graphics.hsd, "ps": graphics.ps_contour, "fh": graphics.fh_contour}
     for kind, data in regions.items():
         if data is not None:
-            slots[f"uid.{kind}"] = ("UID", derive_uid(f"labour-{kind}", ctx.uids.instance))
+            slots[f"uid.{kind}"] = ("UID", ctx.uids.derived(f"labour-{kind}"))
             slots[f"graphic.{kind}"] = ("GraphicData", data.ravel())
     numbers = {
         "aop": result.geometry.aop_deg,
