@@ -8,9 +8,15 @@ the guarded UPDATE, then the audit line, then COMMIT. :data:`TRANSITIONS` lists 
                               |             |
                               +-> rejected  +-> failed   (resend: failed -> queued)
 
-With a broker (role terminal), a worker elsewhere analyses and delivers::
+With a broker (role terminal), a worker in the cloud analyses the pseudonymised image and returns the
+objects; the terminal re-identifies them and delivers them itself::
 
-    received -> queued -> published -> delivered | failed | rejected
+    received -> queued -> published -> delivering -> delivered | failed     (the cloud's objects)
+                   |          +-> failed | rejected                         (the cloud could not)
+                   +-> delivering                                           (forwarded, or built here)
+
+The pseudonym -> original UID map of a published job lives in the ``pseudonyms`` table of its job and
+nowhere else; it is deleted once the job's objects are re-identified, or the job ends.
 """
 
 from __future__ import annotations
@@ -34,12 +40,12 @@ from fetalnode.runner import Delivery, Outcome, Verdict, deliveries_from_json, d
 from fetalnode.vocab import AuditEvent, DeliveryStatus, JobState, RouteAction, UidConflict
 
 S = JobState
-# Allowed state changes. queued -> delivered/failed/rejected: a scale-out worker's result can overtake
+# Allowed state changes. queued -> delivered/failed/rejected: a cloud worker's result can overtake
 # the terminal's own "published" mark.
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     S.RECEIVED: frozenset({S.QUEUED, S.IGNORED}),
-    S.QUEUED: frozenset({S.ANALYSING, S.PUBLISHED, S.DELIVERED, S.FAILED, S.REJECTED}),
-    S.PUBLISHED: frozenset({S.DELIVERED, S.FAILED, S.REJECTED}),
+    S.QUEUED: frozenset({S.ANALYSING, S.PUBLISHED, S.DELIVERING, S.DELIVERED, S.FAILED, S.REJECTED}),
+    S.PUBLISHED: frozenset({S.DELIVERING, S.FAILED, S.REJECTED}),
     S.ANALYSING: frozenset({S.DELIVERING, S.DELIVERED, S.FAILED, S.REJECTED}),
     S.DELIVERING: frozenset({S.DELIVERING, S.DELIVERED, S.FAILED}),
     S.DELIVERED: frozenset(),
@@ -88,6 +94,12 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS jobs_sop ON jobs(sop_uid, sha256);
+CREATE TABLE IF NOT EXISTS pseudonyms (
+    job_id INTEGER NOT NULL REFERENCES jobs(id),
+    pseudonym TEXT NOT NULL,
+    original TEXT NOT NULL,
+    PRIMARY KEY (job_id, pseudonym)
+);
 """
 
 
@@ -504,6 +516,8 @@ class JobStore:
                 return None
             if outcome.verdict is Verdict.RETRY:
                 db.execute("UPDATE jobs SET attempts=attempts+1 WHERE id=?", (job.id,))
+            if target.final:
+                db.execute("DELETE FROM pseudonyms WHERE job_id=?", (job.id,))
             for kind, event_fields in events:
                 self.audit.event(kind, **event_fields)
         return target
@@ -575,10 +589,57 @@ class JobStore:
                         counts[name][str(DeliveryStatus.PENDING)] += 1
         return counts
 
-    def mark_published(self, job_id: int) -> None:
-        """Handed to the broker (role terminal); a worker's result will finish it."""
+    def record_pseudonyms(self, job_id: int, uid_map: dict[str, str]) -> None:
+        """Keep a job's pseudonym -> original UID map (before its image is published)."""
         with self._tx() as db:
-            self._move(db, job_id, S.PUBLISHED, frozenset({S.QUEUED}))
+            db.executemany(
+                "INSERT OR REPLACE INTO pseudonyms (job_id, pseudonym, original) VALUES (?,?,?)",
+                [(job_id, pseudonym, original) for pseudonym, original in uid_map.items()],
+            )
+
+    def pseudonyms(self, job_id: int) -> dict[str, str]:
+        """A job's pseudonym -> original UID map (empty once its objects are re-identified or it ended)."""
+        with self._read() as db:
+            rows = db.execute("SELECT pseudonym, original FROM pseudonyms WHERE job_id=?", (job_id,)).fetchall()
+        return {row["pseudonym"]: row["original"] for row in rows}
+
+    def mark_published(self, job_id: int, **fields: Any) -> None:
+        """Handed to the broker (role terminal), with the ``published`` event; a worker's result goes on."""
+        with self._tx() as db:
+            if self._move(db, job_id, S.PUBLISHED, frozenset({S.QUEUED})):
+                self.audit.event(AuditEvent.PUBLISHED, job=job_id, **fields)
+
+    def hand_over(
+        self,
+        job: Job,
+        expect: frozenset[JobState],
+        outputs: list[str],
+        summary: dict[str, Any] | None = None,
+        **fields: Any,
+    ) -> JobState | None:
+        """To ``delivering`` for the terminal's own delivery (role terminal): the objects a cloud worker
+        returned, re-identified, or ones built here, kept at ``outputs`` (none: a forwarded source).
+        With ``summary``, the ``analysed`` event; the job's pseudonyms are no longer needed and go.
+        Returns the new state, or ``None`` when the job had moved on (a result delivered twice)."""
+        cols: dict[str, Any] = {"outputs_json": json.dumps(outputs), "next_attempt_at": 0}
+        if summary is not None:
+            cols["result_json"] = json.dumps(summary)
+        with self._tx() as db:
+            if not self._move(db, job.id, S.DELIVERING, expect, **cols):
+                return None
+            db.execute("DELETE FROM pseudonyms WHERE job_id=?", (job.id,))
+            if summary is not None:
+                self.audit.event(
+                    AuditEvent.ANALYSED,
+                    job=job.id,
+                    sop_uid=job.sop_uid,
+                    application=summary.get("application"),
+                    analysed=summary.get("analysed"),
+                    finding=summary.get("finding") or None,
+                    models=summary.get("models"),
+                    **fields,
+                )
+        return S.DELIVERING
 
     def recover(self) -> int:
         """After a crash: queue ``received`` jobs whose spool file exists, release dead workers' leases."""
@@ -597,14 +658,18 @@ class JobStore:
                     n += 1
         return n
 
-    def claim(self, owner: str, lease_seconds: float) -> Job | None:
-        """Take the oldest runnable job under a lease (expired leases are taken over)."""
+    def claim(
+        self, owner: str, lease_seconds: float, states: tuple[JobState, ...] = (S.QUEUED, S.ANALYSING, S.DELIVERING)
+    ) -> Job | None:
+        """Take the oldest runnable job in ``states`` under a lease (expired leases are taken over). A
+        terminal's own worker only delivers: its queued jobs are the cloud's."""
         now = time.time()
+        marks = ",".join("?" * len(states))
         with self._tx() as db:
             row = db.execute(
-                """SELECT * FROM jobs WHERE lease_until<? AND next_attempt_at<=?
-                   AND state IN (?,?,?) ORDER BY id LIMIT 1""",
-                (now, now, str(S.QUEUED), str(S.ANALYSING), str(S.DELIVERING)),
+                f"""SELECT * FROM jobs WHERE lease_until<? AND next_attempt_at<=?
+                   AND state IN ({marks}) ORDER BY id LIMIT 1""",
+                (now, now, *map(str, states)),
             ).fetchone()
             if row is None:
                 return None

@@ -1,6 +1,6 @@
 """The one job runner: a received instance in, one :class:`Outcome` out.
 
-Every role calls :func:`run_job`: the embedded worker (``worker.py``), the Celery worker
+Every role calls :func:`run_job`: the embedded worker (``worker.py``), the cloud worker
 (``distributed.py``) and ``fetalnode analyze`` (``cli.py``). The roles only move bytes and apply the
 outcome (the job store's :meth:`~fetalnode.jobs.JobStore.apply`). This module is the only place that
 maps an exception to a stage and the only retry policy.
@@ -19,14 +19,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from io import BytesIO
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from fetalnode.destinations.base import ALL_OUTPUTS, SOURCE, Item
-from fetalnode.errors import DeliveryError, EncodingError, InferenceError, IntakeRejected, TransferError
+from fetalnode.errors import DeliveryError, EncodingError, InferenceError, IntakeRejected, PrivacyError, TransferError
 from fetalnode.vocab import DeliveryStatus, RouteAction, Stage
 
 if TYPE_CHECKING:
@@ -54,6 +54,7 @@ _STAGE_OF: tuple[tuple[type[Exception], Stage], ...] = (
     (InferenceError, Stage.INFER),
     (EncodingError, Stage.ENCODE),
     (DeliveryError, Stage.DELIVER),
+    (PrivacyError, Stage.PRIVACY),
 )
 
 
@@ -70,7 +71,7 @@ def never_succeeds(exc: BaseException) -> bool:
     """A failure that a replay of the same job on the same software can only repeat: the bytes differ from
     the pre-notification, an output cannot be built from this input, or a bug. (Models can be pushed and
     destinations mended, so those failures stay replayable.)"""
-    return _mapped_stage(exc) is None or isinstance(exc, TransferError | EncodingError)
+    return _mapped_stage(exc) is None or isinstance(exc, TransferError | EncodingError | PrivacyError)
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,8 @@ class Outcome:
     receipts: object -> the destination's reference). ``retry`` comes back when a destination is still
     pending: ``retry_in`` is the wait until the first one is due. ``permanent``: a failure that replaying
     the job as it is can only repeat (:func:`never_succeeds`); ``fetalnode resend`` leaves it alone.
+    ``derivation``: what the outputs' UIDs were derived from besides the source (``model_version``, the
+    writers' ``revisions``), so that a terminal can derive them again from the real source.
     """
 
     verdict: Verdict
@@ -171,6 +174,7 @@ class Outcome:
     retry_in: float = 0.0
     analysed_ms: float | None = None
     permanent: bool = False
+    derivation: dict[str, Any] = field(default_factory=dict)
 
     @property
     def receipts(self) -> dict[str, dict[str, str]]:
@@ -187,6 +191,7 @@ class Outcome:
             "retry_in": self.retry_in,
             "analysed_ms": self.analysed_ms,
             "permanent": self.permanent,
+            "derivation": self.derivation,
         }
 
     @classmethod
@@ -200,6 +205,7 @@ class Outcome:
             retry_in=float(body.get("retry_in", 0.0)),
             analysed_ms=body.get("analysed_ms"),
             permanent=bool(body.get("permanent", False)),
+            derivation=dict(body.get("derivation") or {}),
         )
 
 
@@ -236,21 +242,10 @@ def run_job(received: Received, runtime: Runtime, clock: Callable[[], float] = t
     """
     stage = Stage.TRANSFER
     summary: dict[str, Any] = {}
+    derivation: dict[str, Any] = {}
     analysed_ms: float | None = None
     deliveries = {name: replace(d, receipts=dict(d.receipts)) for name, d in received.deliveries.items()}
-    source_bytes: list[bytes] = []
-
-    def source() -> bytes:
-        """The received bytes, read once and checked against the pre-notification."""
-        if not source_bytes:
-            try:
-                data = received.read()
-            except OSError as exc:  # the spool file is gone or unreadable: the image is lost to this job
-                raise TransferError(f"cannot read the received object: {exc}") from exc
-            if hashlib.sha256(data).hexdigest() != received.sha256:
-                raise TransferError("image bytes differ from the announced SHA-256")
-            source_bytes.append(data)
-        return source_bytes[0]
+    source = _checked_source(received)
 
     try:
         built = dict(received.built) if received.built is not None else None
@@ -266,25 +261,22 @@ def run_job(received: Received, runtime: Runtime, clock: Callable[[], float] = t
             analysis = runtime.application.analyse(ds)
             stage = Stage.ENCODE
             built, summary = _build(ds, analysis, runtime, received)
+            derivation = {
+                "model_version": analysis.model_version,
+                "revisions": {w.name: w.revision_for(analysis) for w in runtime.writers if w.name in built},
+            }
             analysed_ms = round((time.perf_counter() - started) * 1000, 1)
         stage = Stage.DELIVER
         _deliver(built, source, deliveries, runtime.destinations, clock, received.replaces)
     except Exception as exc:
-        mapped = _mapped_stage(exc)
-        if mapped is None:  # a bug, not a property of the input: keep the traceback in the log
-            log.exception("job %s: unexpected error during %s", received.job_id, stage)
-        reason = str(exc) if mapped else f"{type(exc).__name__}: {exc}"
-        verdict = Verdict.REJECTED if isinstance(exc, IntakeRejected) else Verdict.FAILED
-        return Outcome(
-            verdict,
-            mapped or stage,
-            reason,
-            summary,
-            deliveries=deliveries,
-            analysed_ms=analysed_ms,
-            permanent=verdict is Verdict.FAILED and never_succeeds(exc),
-        )
-    common: dict[str, Any] = {"summary": summary, "built": built, "deliveries": deliveries, "analysed_ms": analysed_ms}
+        return _failure(received, exc, stage, summary=summary, deliveries=deliveries, analysed_ms=analysed_ms)
+    common: dict[str, Any] = {
+        "summary": summary,
+        "built": built,
+        "deliveries": deliveries,
+        "analysed_ms": analysed_ms,
+        "derivation": derivation,
+    }
     pending = {n: d for n, d in deliveries.items() if d.status is DeliveryStatus.PENDING}
     dead = {n: d for n, d in deliveries.items() if d.status is DeliveryStatus.DEAD}
     if pending:
@@ -299,6 +291,49 @@ def run_job(received: Received, runtime: Runtime, clock: Callable[[], float] = t
     if dead:
         return Outcome(Verdict.FAILED, Stage.DELIVER, "; ".join(f"{n}: {d.error}" for n, d in dead.items()), **common)
     return Outcome(Verdict.DELIVERED, Stage.DELIVER, **common)
+
+
+def _checked_source(received: Received) -> Callable[[], bytes]:
+    """The received bytes, read once (at the first call) and checked against the pre-notification."""
+    source_bytes: list[bytes] = []
+
+    def source() -> bytes:
+        if not source_bytes:
+            try:
+                data = received.read()
+            except OSError as exc:  # the spool file is gone or unreadable: the image is lost to this job
+                raise TransferError(f"cannot read the received object: {exc}") from exc
+            if hashlib.sha256(data).hexdigest() != received.sha256:
+                raise TransferError("image bytes differ from the announced SHA-256")
+            source_bytes.append(data)
+        return source_bytes[0]
+
+    return source
+
+
+def _failure(received: Received, exc: Exception, running: Stage, **fields: Any) -> Outcome:
+    """The outcome of a job that failed with ``exc`` while ``running``."""
+    mapped = _mapped_stage(exc)
+    if mapped is None:  # a bug, not a property of the input: keep the traceback in the log
+        log.exception("job %s: unexpected error during %s", received.job_id, running)
+    reason = str(exc) if mapped else f"{type(exc).__name__}: {exc}"
+    verdict = Verdict.REJECTED if isinstance(exc, IntakeRejected) else Verdict.FAILED
+    permanent = verdict is Verdict.FAILED and never_succeeds(exc)
+    return Outcome(verdict, mapped or running, reason, permanent=permanent, **fields)
+
+
+R = TypeVar("R")
+
+
+def at_terminal(received: Received, step: Callable[[bytes], R]) -> R | Outcome:
+    """A site terminal's own step of a job (pseudonymising its image before the cloud, re-identifying what
+    came back): ``step`` on the received bytes, checked against the pre-notification. A failure is the
+    job's outcome, mapped as :func:`run_job` maps one (the privacy layer's errors: stage ``privacy``,
+    permanent)."""
+    try:
+        return step(_checked_source(received)())
+    except Exception as exc:
+        return _failure(received, exc, Stage.PRIVACY)
 
 
 def crashed(exc: BaseException) -> Outcome:

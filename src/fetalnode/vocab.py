@@ -63,6 +63,7 @@ class Stage(StrEnum):
     RECEIVE = "receive"
     TRANSFER = "transfer"
     INTAKE = "intake"
+    PRIVACY = "privacy"  # a site terminal pseudonymising an image, or re-identifying the cloud's objects
     INFER = "infer"
     ENCODE = "encode"
     DELIVER = "deliver"
@@ -91,6 +92,7 @@ class AuditEvent(StrEnum):
     REQUEST_REFUSED = "request-refused"
     INSTANCE_RECEIVED = "instance-received"
     INSTANCE_DUPLICATE = "instance-duplicate"
+    PUBLISHED = "published"
     PRINT_SESSION = "print-session"
     PRINT_REFUSED = "print-refused"
     PRINT_FAILED = "print-failed"

@@ -65,6 +65,7 @@ class Worker:
         lease_seconds: float,
         reload: Callable[[], None] | None = None,
         wake: WakeEvent | None = None,
+        claims: tuple[JobState, ...] = (JobState.QUEUED, JobState.ANALYSING, JobState.DELIVERING),
     ) -> None:
         self.runtime = runtime
         self.jobs = jobs
@@ -72,6 +73,7 @@ class Worker:
         self.poll_interval = poll_interval
         self.lease_seconds = lease_seconds
         self.reload = reload
+        self.claims = claims
         self.owner = worker_identity()
         self._stop = threading.Event()
         self._wake: WakeEvent = wake if wake is not None else threading.Event()
@@ -84,7 +86,7 @@ class Worker:
     def run_once(self) -> bool:
         if self.reload is not None:
             self.reload()
-        job = self.jobs.claim(self.owner, self.lease_seconds)
+        job = self.jobs.claim(self.owner, self.lease_seconds, self.claims)
         if job is None:
             return False
         try:
