@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 import amqp.exceptions
 from kombu import Connection, Consumer, Exchange, Producer, Queue
@@ -277,22 +277,6 @@ def connect(b: BrokerSettings) -> Connection:
         conn.release()
         raise BrokerError(f"broker {_where(b)} unreachable: {type(exc).__name__}: {exc}", transient=True) from exc
     return conn
-
-
-def celery_config(b: BrokerSettings) -> dict[str, Any]:
-    """Celery settings for ``[broker]``: ``broker_url`` with the password from the file (Celery masks it
-    in its own output), ``broker_use_ssl``, heartbeat, connect timeout, publisher confirms."""
-    parts = _url(b)
-    user = quote(unquote(parts.username or ""), safe="")
-    host = parts.hostname if ":" not in (parts.hostname or "") else f"[{parts.hostname}]"
-    netloc = f"{user}:{quote(read_password(b), safe='')}@{host}" + (f":{parts.port}" if parts.port else "")
-    return {
-        "broker_url": urlunsplit((parts.scheme, netloc, parts.path, "", "")),
-        "broker_use_ssl": tls_options(b) or False,
-        "broker_heartbeat": b.heartbeat,
-        "broker_connection_timeout": b.connect_timeout,
-        "broker_transport_options": {"confirm_publish": True},
-    }
 
 
 # -- declaring and publishing -------------------------------------------------------------------

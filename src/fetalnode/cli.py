@@ -50,10 +50,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         check(settings.broker)  # the password and TLS files, before anything starts
     if settings.node.role == Role.WORKER:
+        import threading
+
         from fetalnode.distributed import run_worker
         from fetalnode.runtime import build_runtime
 
-        return run_worker(settings, build_runtime(settings))
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        return run_worker(settings, build_runtime(settings, destinations=[]), stop)
     from fetalnode.node import Node
 
     node = Node(settings, with_worker=settings.worker.enabled and not args.no_worker, log_level=args.log_level)
@@ -150,11 +155,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     counts = jobs.delivery_counts([d.name for d in destinations])
     report["destinations"] = [{**d.probe(), "jobs": counts[d.name]} for d in destinations]
     if settings.broker.url:
+        from fetalnode.broker import SiteTopology, site_of
         from fetalnode.distributed import queue_depth
 
         published = jobs.jobs(JobState.PUBLISHED)
         report["broker"] = {
-            "queue": settings.broker.queue,
+            "queue": SiteTopology(site_of(settings.broker)).jobs_queue,
             "queue_depth": queue_depth(settings),  # None: broker unreachable
             # sent to the broker, no worker's answer yet (the oldest first)
             "published_unanswered": len(published),

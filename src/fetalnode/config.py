@@ -220,7 +220,7 @@ class RoutingSettings:
 
 @dataclass
 class BrokerSettings:
-    """Scale-out (roles terminal/worker) over RabbitMQ. Empty ``url``: embedded SQLite queue.
+    """The cloud path (roles terminal/worker) over RabbitMQ. Empty ``url``: embedded SQLite queue.
 
     ``url``: ``amqps://USER@HOST:PORT/VHOST``, never with a password (``password_file`` holds it; the
     user of a terminal is its site's name on the broker). Plain ``amqp://`` only to a broker on this
@@ -237,8 +237,6 @@ class BrokerSettings:
     sites: list[str] = field(default_factory=list)
     heartbeat: float = 60.0
     connect_timeout: float = 10.0
-    queue: str = "fetalnode.jobs"
-    results_queue: str = "fetalnode.results"
     publish_batch: int = 50
     retry_seconds: float = 2.0
 
@@ -303,7 +301,6 @@ THIRD_PARTY_LOGGERS = (
     "pynetdicom",
     "httpx",
     "httpcore",
-    "celery",
     "kombu",
     "amqp",
     "onnxruntime",
