@@ -391,8 +391,9 @@ class RoundTrip:
     reidentified: dict[str, Dataset]
 
 
-def _outputs(runtime: Any, data: bytes) -> dict[str, Dataset]:
-    """Every enabled output of ``data``, as the job runner builds them (no destination)."""
+def _outputs(runtime: Any, data: bytes) -> tuple[dict[str, Dataset], dict[str, Any]]:
+    """Every enabled output of ``data``, as the job runner builds them (no destination), and what their UIDs
+    were derived from."""
     import hashlib
 
     from fetalnode.runner import Received, Verdict, run_job
@@ -400,24 +401,25 @@ def _outputs(runtime: Any, data: bytes) -> dict[str, Dataset]:
     outcome = run_job(Received(0, "", hashlib.sha256(data).hexdigest(), lambda: data, "TEST"), runtime)
     if outcome.verdict is not Verdict.DELIVERED:
         raise RuntimeError(f"the job was not analysed: {outcome.verdict} at {outcome.stage}: {outcome.reason}")
-    return {name: dcmread(io.BytesIO(encoded)) for name, encoded in outcome.built.items()}
+    return {name: dcmread(io.BytesIO(encoded)) for name, encoded in outcome.built.items()}, outcome.derivation
 
 
 def round_trip(runtime: Any, pseudonymiser: Any, data: bytes) -> RoundTrip:
     """Analyse ``data`` embedded, and pseudonymised then re-identified (``runtime``: a
     :class:`fetalnode.runner.Runtime` without destinations).
 
-    The UID map is extended with each output's Series and SOP Instance UID (pseudonymous -> the
-    embedded mode's), as the terminal extends it from the real source's derived output UIDs.
+    The UID map is extended as a terminal extends it: every UID each output derives from the source,
+    derived again from the real source (:func:`fetalnode.outputs.uids.output_uid_map`).
     """
+    from fetalnode.outputs.uids import output_uid_map
     from fetalnode.privacy import reidentify
 
     source = dcmread(io.BytesIO(data))
     result = pseudonymiser.pseudonymise(source)
-    embedded, cloud = _outputs(runtime, data), _outputs(runtime, result.data)
-    uid_map = dict(result.uid_map)
-    for name, obj in cloud.items():
-        uid_map[str(obj.SOPInstanceUID)] = str(embedded[name].SOPInstanceUID)
-        uid_map[str(obj.SeriesInstanceUID)] = str(embedded[name].SeriesInstanceUID)
+    (embedded, _), (cloud, derivation) = _outputs(runtime, data), _outputs(runtime, result.data)
+    sop, series = str(source.SOPInstanceUID), str(source.SeriesInstanceUID)
+    pseudonym = pseudonymiser.pseudonym
+    _, derived = output_uid_map(cloud, (pseudonym(sop), sop), (pseudonym(series), series), derivation)
+    uid_map = {**result.uid_map, **derived}
     reidentified = {name: reidentify(obj, source, uid_map) for name, obj in cloud.items()}
     return RoundTrip(source, result.dataset, uid_map, embedded, cloud, reidentified)

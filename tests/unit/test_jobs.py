@@ -162,36 +162,46 @@ def test_recover_queues_received_with_spool_file(tmp_path: Path) -> None:
     assert store.counts()["queued"] == 1
 
 
-def test_terminal_applies_worker_results_and_drops_what_can_never_apply(tmp_path: Path) -> None:
+def test_terminal_applies_cloud_results_and_drops_what_can_never_apply(tmp_path: Path) -> None:
+    """A site terminal's link (no broker: the results as the broker hands them over): a result for a job it
+    never published, or one naming another SOP Instance UID, or unreadable, is dropped and audited; the
+    worker's rejection is applied; a second result for a job that moved on changes nothing."""
+    import threading
+
+    from fetalnode.broker import Delivery as Message
+    from fetalnode.broker import Drop
     from fetalnode.config import Settings
-    from fetalnode.distributed import Collector
+    from fetalnode.distributed import CloudTerminal
+    from fetalnode.runner import Runtime
+
+    def result(body: dict) -> Message:
+        return Message("site-a", json.dumps(body).encode(), "application/json", {}, None, "fetalnode-worker", False)
 
     store = store_in(tmp_path)
-    collector = Collector(Settings(), store, store.audit)
+    none = Runtime(application=None, writers=[], destinations=[], output=Settings().output)  # type: ignore[arg-type]
+    terminal = CloudTerminal(Settings(), store, store.audit, None, none, tmp_path / "outbox", wake=threading.Event().set)
     a = store.receive(note(tmp_path, "2.1"), RouteAction.ANALYSE).job_id
     assert a is not None
-    store.mark_published(a)
-    done = Outcome(Verdict.DELIVERED, Stage.DELIVER, "", {"finding": "normal"}, deliveries={"o": delivered(sr="1")})
+    store.record_pseudonyms(a, {"2.25.9": "2.1"})
+    store.mark_published(a, bytes=1, pixels="test")
+    rejected = Outcome(Verdict.REJECTED, Stage.INTAKE, "pixel data cannot be decoded").to_message()
     for body in (
         {"job": "x", "outcome": {}},  # unreadable
         {"job": a, "sop_uid": "2.1", "outcome": {"verdict": "maybe", "stage": "deliver"}},  # unknown verdict
-        {
-            "job": a,
-            "sop_uid": "2.1",
-            "outcome": Outcome(Verdict.RETRY, Stage.DELIVER).to_message(),
-        },  # not for a terminal
-        {"job": 99, "sop_uid": "9.9", "outcome": done.to_message()},  # never announced
+        {"job": 99, "sop_uid": "9.9", "outcome": rejected},  # never published
+        {"job": a, "sop_uid": "2.25.8", "outcome": rejected},  # another image's result
     ):
-        collector.handle(body)  # returns: the message is acknowledged, never redelivered for ever
+        with pytest.raises(Drop):
+            terminal.apply_result(result(body))
     assert store.get(a).state == JobState.PUBLISHED  # type: ignore[union-attr]
-    assert events(tmp_path)[-1]["event"] == "result-unknown-job"
-    collector.handle({"job": a, "sop_uid": "2.1", "worker": "w:7", "outcome": done.to_message()})
+    assert [e["event"] for e in events(tmp_path)].count("result-unknown-job") == 4
+    terminal.apply_result(result({"job": a, "sop_uid": "2.1", "worker": "w:7", "outcome": rejected}))
     job = store.get(a)
-    assert job is not None and job.state == JobState.DELIVERED and job.result == {"finding": "normal"}
-    assert [e["event"] for e in events(tmp_path)[-2:]] == ["analysed", "delivered"]
-    assert events(tmp_path)[-1]["worker"] == "w:7" and events(tmp_path)[-1]["receipts"] == {"o": {"sr": "1"}}
-    collector.handle({"job": a, "sop_uid": "2.1", "outcome": done.to_message()})  # redelivered: nothing written
-    assert len([e for e in events(tmp_path) if e["event"] == "delivered"]) == 1
+    assert job is not None and job.state == JobState.REJECTED and job.error == "pixel data cannot be decoded"
+    assert events(tmp_path)[-1]["event"] == "rejected" and events(tmp_path)[-1]["worker"] == "w:7"
+    assert store.pseudonyms(a) == {}, "the pseudonym map goes with the job"
+    terminal.apply_result(result({"job": a, "sop_uid": "2.1", "outcome": rejected}))  # again: nothing written
+    assert [e["event"] for e in events(tmp_path)].count("rejected") == 1
 
 
 def test_dead_letters_are_audited_once_counted_per_destination_and_resent_per_destination(tmp_path: Path) -> None:
