@@ -23,10 +23,10 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from fetalnode import dicomio
 from fetalnode.applications.base import Analysis
 from fetalnode.config import load_settings
 from fetalnode.outputs.template import encode, reference
-from fetalnode.runner import encode_dataset, read_dataset
 from fetalnode.runtime import build_runtime
 from fetalnode.wrap import wrap_png
 
@@ -41,7 +41,7 @@ def _bytes(ds: Dataset) -> bytes:
 
 
 def another_patient(ds: Dataset, i: int) -> Dataset:
-    copy = read_dataset(_bytes(ds))
+    copy = dicomio.read(_bytes(ds))
     copy.PatientName, copy.PatientID = f"Other^Patient{i}", f"OTHER-{i}"
     copy.StudyInstanceUID, copy.SeriesInstanceUID = generate_uid(), generate_uid()
     copy.SOPInstanceUID = copy.file_meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -56,9 +56,9 @@ def main() -> None:
     settings.output.enabled = NAMES
     runtime = build_runtime(settings, destinations=[])
     images = {
-        "fetal-head": [read_dataset(p.read_bytes()) for p in sorted((ROOT / "samples").glob("*.dcm"))],
+        "fetal-head": [dicomio.read(p.read_bytes()) for p in sorted((ROOT / "samples").glob("*.dcm"))],
         "labour-progress": [
-            read_dataset(_bytes(wrap_png(p, pixel_size_mm=None)))
+            dicomio.read(_bytes(wrap_png(p, pixel_size_mm=None)))
             for p in sorted((ROOT / "tests/data/psfhs_mini/images").glob("*.png"))[:5]
         ],
     }
@@ -87,7 +87,7 @@ def main() -> None:
                     built = writer.write(ds, analysis, runtime.output, "BENCH", "")
                     if built is None:
                         continue
-                    encode_dataset(built)
+                    dicomio.encode(built)
                     t1 = time.perf_counter()
                     encoded = writer.encode(ds, analysis, runtime.output, "BENCH", "", now)
                     t2 = time.perf_counter()

@@ -21,9 +21,9 @@ from pathlib import Path
 import pydicom.data
 from pydicom import dcmread
 
+from fetalnode import dicomio
 from fetalnode.config import MaskSettings, load_settings
 from fetalnode.privacy import Pseudonymiser, reidentify_all
-from fetalnode.runner import encode_dataset
 from fetalnode.runtime import build_runtime
 from harness import phi
 
@@ -80,7 +80,7 @@ def main() -> None:
         if case is not None:
             trip = phi.round_trip(runtime, pseudonymiser, data)
             source = dcmread(io.BytesIO(data))
-            returned = {name: encode_dataset(obj) for name, obj in trip.cloud.items()}
+            returned = {name: dicomio.encode(obj) for name, obj in trip.cloud.items()}
             r_ms = timed(
                 lambda returned=returned, source=source, m=trip.uid_map: reidentify_all(returned, source, m), rounds
             )

@@ -35,22 +35,21 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 from kombu import Connection
-from pydicom import dcmread
 
+from fetalnode import dicomio
 from fetalnode.audit import AuditLog
 from fetalnode.broker import Delivery, Drop, Reply, SiteTopology, connect, consume_jobs, consume_results, publish_job
 from fetalnode.broker import run_connected as run_link
 from fetalnode.config import Settings
 from fetalnode.errors import BrokerError, BurnedInTextNotRemoved, NodeError
+from fetalnode.files import atomic_write
 from fetalnode.jobs import Job, JobStore, worker_identity
 from fetalnode.outputs.uids import DEVICE_UID, output_uid_map
 from fetalnode.runner import Outcome, Received, Runtime, Verdict, at_terminal, crashed, run_job
-from fetalnode.scp.spool import atomic_write
 from fetalnode.vocab import AuditEvent, JobState, RouteAction
 from fetalnode.worker import received_from_job
 
@@ -199,7 +198,7 @@ class CloudTerminal:
     ) -> tuple[list[str], dict[str, Any]]:
         """The worker's objects with the real patient, study and UIDs (``data``: the source), kept in the outbox;
         the job's summary. A pseudonym left in an object is a PrivacyError."""
-        source = dcmread(BytesIO(data))
+        source = dicomio.read(data)
         sop, series = str(source.SOPInstanceUID), str(source.SeriesInstanceUID)
         real_outputs, derived = output_uid_map(
             objects, (self._pseudonym(sop), sop), (self._pseudonym(series), series), outcome.derivation
@@ -220,15 +219,13 @@ class CloudTerminal:
 def of_this_site(data: bytes, station: str, institution: str) -> bytes:
     """The object with this site's names, which no worker knows (they say where the patient was): the
     station in fetalnode's own Contributing Equipment item, and ``output.institution_name`` when set."""
-    ds = dcmread(BytesIO(data))
+    ds = dicomio.read(data)
     for item in ds.get("ContributingEquipmentSequence", []):
         if item.get("DeviceUID") == DEVICE_UID:
             item.StationName = station[:16]
     if institution:
         ds.InstitutionName = institution[:64]
-    buffer = BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
+    return dicomio.encode(ds)
 
 
 # -- worker -------------------------------------------------------------------------------------

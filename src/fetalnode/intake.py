@@ -10,15 +10,14 @@ import functools
 import logging
 import warnings
 from dataclasses import dataclass
-from io import BytesIO
 
 import numpy as np
-from pydicom import dcmread
 from pydicom.charset import python_encoding
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, pixel_array
 from pydicom.uid import UID
 
+from fetalnode import dicomio
 from fetalnode.dicom_status import Status
 from fetalnode.errors import IntakeRejected
 
@@ -139,11 +138,11 @@ class ImageHeader:
 
 def read_received(data: bytes) -> Dataset:
     """Parse a received object (file meta + dataset) and its identifying UIDs, or refuse it (0xC210)."""
+    ds = dicomio.read(data)
     try:
-        ds = dcmread(BytesIO(data))
         for keyword in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
             str(ds[keyword].value)
-    except Exception as exc:  # untrusted bytes: pydicom may raise anything
+    except Exception as exc:  # a data set whose header pydicom parses lazily may fail only here
         raise IntakeRejected(f"cannot parse dataset: {exc}", Status.CANNOT_UNDERSTAND) from exc
     if not all(UID(str(ds[k].value)).is_valid for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")):
         raise IntakeRejected("invalid Study, Series or SOP Instance UID", Status.CANNOT_UNDERSTAND)

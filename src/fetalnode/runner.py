@@ -18,13 +18,11 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
-from io import BytesIO
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 
+from fetalnode import dicomio
 from fetalnode.destinations.base import ALL_OUTPUTS, SOURCE, Item
 from fetalnode.errors import DeliveryError, EncodingError, InferenceError, IntakeRejected, PrivacyError, TransferError
 from fetalnode.vocab import DeliveryStatus, RouteAction, Stage
@@ -219,21 +217,6 @@ class Runtime:
     output: OutputSettings
 
 
-def read_dataset(data: bytes) -> Dataset:
-    """Parse received bytes; bytes that are not (or no longer) DICOM are rejected."""
-    try:
-        return dcmread(BytesIO(data))
-    except (InvalidDicomError, ValueError, EOFError, OSError) as exc:
-        raise IntakeRejected(f"cannot read the received object: {exc}") from exc
-
-
-def encode_dataset(ds: Dataset) -> bytes:
-    """A dataset as DICOM Part 10 bytes (what the outbox holds and destinations receive)."""
-    buffer = BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
 def run_job(received: Received, runtime: Runtime, clock: Callable[[], float] = time.time) -> Outcome:
     """Analyse (unless ``received.built`` or a forward), encode every enabled output, deliver to every
     destination what its ``send`` names and it does not hold yet.
@@ -256,7 +239,7 @@ def run_job(received: Received, runtime: Runtime, clock: Callable[[], float] = t
             data = source()
             started = time.perf_counter()
             stage = Stage.INTAKE
-            ds = read_dataset(data)
+            ds = dicomio.read(data)
             stage = Stage.INFER
             analysis = runtime.application.analyse(ds)
             stage = Stage.ENCODE

@@ -10,9 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from fetalnode.files import atomic_write
 from fetalnode.jobs import Job, JobStore, worker_identity
 from fetalnode.runner import Outcome, Received, Runtime, Verdict, crashed, run_job
-from fetalnode.scp.spool import atomic_write
 from fetalnode.vocab import JobState, RouteAction
 
 log = logging.getLogger(__name__)

@@ -12,10 +12,10 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from fetalnode import dicomio
 from fetalnode.applications.base import Analysis
 from fetalnode.config import load_settings
 from fetalnode.outputs.registry import OUTPUTS, enabled_writers
-from fetalnode.runner import read_dataset
 from fetalnode.runtime import build_runtime
 from harness.node import MODELS
 from tests.conftest import SAMPLES, need
@@ -28,7 +28,7 @@ NAMES = ["sr", "sc", "gsps", "seg", "obsr"]
 def another_instance(ds: Dataset, i: int) -> Dataset:
     buffer = BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
-    copy = read_dataset(buffer.getvalue())
+    copy = dicomio.read(buffer.getvalue())
     copy.PatientName, copy.PatientID = f"Other^Patient{i}", f"OTHER-{i}"
     copy.SOPInstanceUID = copy.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     return copy
@@ -77,13 +77,13 @@ def check(paths: list[Path]) -> None:
 def test_fast_path_head_objects_pass_dciodvfy_and_dsrdump(tmp_path: Path) -> None:
     settings = load_settings(None, env={}, overrides={"models.dir": str(MODELS)})
     runtime = build_runtime(settings, destinations=[])
-    sources = [read_dataset(p.read_bytes()) for p in sorted(SAMPLES.glob("*.dcm"))]
+    sources = [dicomio.read(p.read_bytes()) for p in sorted(SAMPLES.glob("*.dcm"))]
     check(fast_objects([(ds, runtime.application.analyse(ds)) for ds in sources], tmp_path))
 
 
 def test_fast_path_labour_objects_pass_dciodvfy_and_dsrdump(tmp_path: Path) -> None:
     jobs = []
     for image_id, size in ((HIGH_AOP, None), (LOW_AOP, 0.1)):
-        ds = read_dataset(wrapped(image_id, tmp_path, size).read_bytes())
+        ds = dicomio.read(wrapped(image_id, tmp_path, size).read_bytes())
         jobs.append((ds, GroundTruthLabour(image_id).analyse(ds)))
     check(fast_objects(jobs, tmp_path))

@@ -22,6 +22,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from fetalnode import dicomio
 from fetalnode.applications.base import Analysis
 from fetalnode.config import OutputSettings, load_settings
 from fetalnode.inference import AnalysisResult
@@ -36,7 +37,6 @@ from fetalnode.outputs.template import (
     reference,
     template_key,
 )
-from fetalnode.runner import read_dataset
 from fetalnode.runtime import build_runtime
 from fetalnode.wrap import wrap_png
 from harness.node import MODELS
@@ -63,7 +63,7 @@ class Job:
 def _reread(ds: Dataset) -> Dataset:
     buffer = BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
-    return read_dataset(buffer.getvalue())
+    return dicomio.read(buffer.getvalue())
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def jobs(tmp_path_factory: pytest.TempPathFactory) -> list[Job]:
         return out[-1]
 
     for path in sorted(SAMPLES.glob("*.dcm")):
-        add(path.stem, read_dataset(path.read_bytes()))
+        add(path.stem, dicomio.read(path.read_bytes()))
     hc18 = next(j for j in out if j.label.startswith("hc18"))
     plain = _reread(hc18.source)  # a copy: Dataset.update would share (and setattr change) the elements
     for keyword in ("SequenceOfUltrasoundRegions", "PixelSpacing"):
@@ -116,9 +116,9 @@ def jobs(tmp_path_factory: pytest.TempPathFactory) -> list[Job]:
     assert labour.analysis.application == "labour-progress"
     folder = tmp_path_factory.mktemp("labour")
     for image_id, size in ((HIGH_AOP, None), (LOW_AOP, None), (HIGH_AOP, 0.1)):
-        ds = read_dataset(wrapped(image_id, folder, size).read_bytes())
+        ds = dicomio.read(wrapped(image_id, folder, size).read_bytes())
         out.append(Job(f"labour-{image_id}-{size}", ds, GroundTruthLabour(image_id).analyse(ds), settings.output))
-    ds = read_dataset(wrapped(LOW_AOP, folder).read_bytes())
+    ds = dicomio.read(wrapped(LOW_AOP, folder).read_bytes())
     out.append(Job("labour-not-analysed", ds, GroundTruthLabour(LOW_AOP, False).analyse(ds), settings.output))
     return out
 

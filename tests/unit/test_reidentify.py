@@ -111,10 +111,10 @@ def test_text_quoting_a_pseudonym_is_restored_and_a_leftover_is_refused(trip: ph
 def test_reidentify_all_takes_and_gives_part10_bytes(trip: phi.RoundTrip) -> None:
     from pydicom import dcmread
 
+    from fetalnode import dicomio
     from fetalnode.privacy import reidentify_all
-    from fetalnode.runner import encode_dataset
 
-    returned = {name: encode_dataset(obj) for name, obj in trip.cloud.items()}
+    returned = {name: dicomio.encode(obj) for name, obj in trip.cloud.items()}
     out = reidentify_all(returned, trip.source, trip.uid_map)
     for name, data in out.items():
         assert dcmread(io.BytesIO(data)) == trip.reidentified[name], name

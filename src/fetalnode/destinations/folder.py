@@ -19,7 +19,7 @@ from pydicom import dcmread
 from fetalnode.config import DestinationSettings, Settings
 from fetalnode.destinations.base import Destination, Item, Receipt, destination_kind
 from fetalnode.errors import ConfigError, DeliveryError
-from fetalnode.scp.spool import atomic_write
+from fetalnode.files import atomic_write
 from fetalnode.vocab import FolderLayout
 
 _UID_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")

@@ -19,6 +19,7 @@ from pydicom.sr.coding import Code
 
 from fetalnode import RESEARCH_NOTICE
 from fetalnode.outputs import codes as fc
+from fetalnode.outputs.gestation import hadlock_ga_weeks
 from fetalnode.outputs.uids import DEVICE_UID
 from fetalnode.vocab import TypeNote
 
@@ -51,15 +52,6 @@ def made_by_fetalnode(tags: Dataset | Mapping[str, Any]) -> bool:
     """
     items = tags.get("ContributingEquipmentSequence") or []
     return any(isinstance(item, Dataset | Mapping) and str(item.get("DeviceUID", "")) == DEVICE_UID for item in items)
-
-
-def hadlock_ga_weeks(hc_mm: float) -> float:
-    """Gestational age (weeks) from head circumference by Hadlock et al., Radiology 1984;152:497-501.
-
-    GA = 8.96 + 0.540 * HC + 0.0003 * HC^3, HC in cm. An estimate; valid for about 14-40 weeks.
-    """
-    hc = hc_mm / 10.0
-    return 8.96 + 0.540 * hc + 0.0003 * hc**3
 
 
 @dataclass

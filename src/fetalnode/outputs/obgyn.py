@@ -34,9 +34,9 @@ from pydicom.sr.coding import Code
 
 from fetalnode.errors import EncodingError
 from fetalnode.inference import AnalysisResult
-from fetalnode.orthanc.findings import hadlock_ga_weeks
 from fetalnode.outputs import codes as fc
 from fetalnode.outputs.common import device_observer, report_kwargs
+from fetalnode.outputs.gestation import hadlock_ga_weeks
 from fetalnode.outputs.registry import OutputContext, register_output
 from fetalnode.outputs.report import _algorithm, report_comments  # the same TID 4019 and comments as `sr`
 from fetalnode.outputs.template import FastPath

@@ -50,7 +50,7 @@ from pydicom.multival import MultiValue
 from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.valuerep import DS
 
-from fetalnode.runner import encode_dataset
+from fetalnode import dicomio
 
 if TYPE_CHECKING:
     from fetalnode.outputs.registry import OutputContext
@@ -475,7 +475,7 @@ class Templates:
                 log.warning("template does not fit this job (%s: %s): reference path", type(exc).__name__, exc)
         ds = reference(ctx, build)
         if not encodable(ds):
-            return encode_dataset(ds), str(ds.SOPInstanceUID)
+            return dicomio.encode(ds), str(ds.SOPInstanceUID)
         data = encode(ds)
         if key is not None:
             with self.lock:
@@ -543,7 +543,7 @@ def identity_slots(ctx: OutputContext) -> dict[str, tuple[str, Any]]:
 def encode_reference(ctx: OutputContext, build: Build) -> tuple[bytes, str]:
     """The reference path of a writer without a fast path: its dataset as pydicom writes it."""
     ds = reference(ctx, build)
-    return encode_dataset(ds), str(ds.SOPInstanceUID)
+    return dicomio.encode(ds), str(ds.SOPInstanceUID)
 
 
 def reference(ctx: OutputContext, build: Build) -> Dataset:

@@ -10,16 +10,13 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
-from io import BytesIO
 
-from pydicom import dcmread
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-from fetalnode import __version__
+from fetalnode import __version__, dicomio
 from fetalnode.config import MaskSettings, PrivacySettings
 from fetalnode.errors import IntakeRejected, PrivacyError
 from fetalnode.privacy.keys import UidPseudonyms, is_registered, names_a_kind, read_secret
@@ -92,11 +89,7 @@ class Pseudonymiser:
 
     def pseudonymise_bytes(self, data: bytes) -> Pseudonymised:
         """:meth:`pseudonymise` of a Part 10 object (a spool file's bytes)."""
-        try:
-            ds = dcmread(BytesIO(data))
-        except (InvalidDicomError, ValueError, EOFError, OSError) as exc:
-            raise IntakeRejected(f"cannot read the received object: {exc}") from exc
-        return self.pseudonymise(ds)
+        return self.pseudonymise(dicomio.read(data))
 
     def pseudonymise(self, source: Dataset) -> Pseudonymised:
         """A pseudonymised copy of ``source`` (which is not changed).
@@ -125,12 +118,11 @@ class Pseudonymiser:
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds = _fresh(ds)
         ds.file_meta = meta
-        buffer = BytesIO()
         try:
-            ds.save_as(buffer, enforce_file_format=True)
+            data = dicomio.encode(ds)
         except (ValueError, TypeError, OverflowError) as exc:
             raise PrivacyError(f"the pseudonymised object could not be encoded: {exc}") from exc
-        return Pseudonymised(ds, buffer.getvalue(), uid_map, report)
+        return Pseudonymised(ds, data, uid_map, report)
 
     def _map(self, element: DataElement, uid_map: dict[str, str]) -> None:
         if element.VR != "UI" or element.value in (None, "") or names_a_kind(element):

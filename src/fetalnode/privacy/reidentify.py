@@ -15,16 +15,15 @@ from __future__ import annotations
 import copy
 import functools
 from collections.abc import Mapping
-from io import BytesIO
 
 import highdicom as hd
 from highdicom._standard_utils import get_iod_module_map, get_module_attribute_map, get_sop_class_iod_map
-from pydicom import dcmread
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
+from fetalnode import dicomio
 from fetalnode.errors import PrivacyError
 
 # DCM 109101 Acquisition Equipment (CID 7005): the item that describes the source's scanner.
@@ -75,9 +74,7 @@ def reidentify_all(objects: Mapping[str, bytes], source: Dataset, uid_map: Mappi
     acquisition = _acquisition_of(source)
     out = {}
     for name, data in objects.items():
-        buffer = BytesIO()
-        _reidentify(dcmread(BytesIO(data)), source, uid_map, acquisition).save_as(buffer, enforce_file_format=True)
-        out[name] = buffer.getvalue()
+        out[name] = dicomio.encode(_reidentify(dicomio.read(data), source, uid_map, acquisition))
     return out
 
 

@@ -15,7 +15,6 @@ import re
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime
-from io import BytesIO
 from typing import Any
 
 import numpy as np
@@ -23,7 +22,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import evt
 
-from fetalnode import __version__
+from fetalnode import __version__, dicomio
 from fetalnode.dicom_status import Status
 from fetalnode.intake import SECONDARY_CAPTURE
 from fetalnode.outputs.uids import derive_uid
@@ -334,10 +333,8 @@ class PrintScp:
                 continue
             shape = state.luts.get(box.lut_uid or film.lut_uid or session.lut_uid, "IDENTITY")
             ds = capture_dataset(self.terminal, state, session, film, box, shape)
-            buffer = BytesIO()
-            ds.save_as(buffer, enforce_file_format=True)
             self.terminal.accept_instance(
-                buffer.getvalue(),
+                dicomio.encode(ds),
                 calling=state.calling,
                 peer=state.peer,
                 called=str(event.assoc.acceptor.ae_title).strip(),
