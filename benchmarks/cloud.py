@@ -84,9 +84,10 @@ def throughput(terminals: list[NodeProcess], files: list[Path], work: Path) -> f
 
 def privacy_costs(images: list[Path], rounds: int) -> dict[str, float]:
     """Pseudonymisation of each image and re-identification of its five outputs, in this process."""
+    from fetalnode.outcomes import Received
     from fetalnode.outputs.uids import output_uid_map
     from fetalnode.privacy import Pseudonymiser, reidentify_all
-    from fetalnode.runner import Received, run_job
+    from fetalnode.runner import run_job
     from fetalnode.runtime import build_runtime
 
     runtime = build_runtime(load_settings(None, env={}, overrides={"models.dir": str(MODELS)}), destinations=[])

@@ -396,7 +396,8 @@ def _outputs(runtime: Any, data: bytes) -> tuple[dict[str, Dataset], dict[str, A
     were derived from."""
     import hashlib
 
-    from fetalnode.runner import Received, Verdict, run_job
+    from fetalnode.outcomes import Received, Verdict
+    from fetalnode.runner import run_job
 
     outcome = run_job(Received(0, "", hashlib.sha256(data).hexdigest(), lambda: data, "TEST"), runtime)
     if outcome.verdict is not Verdict.DELIVERED:

@@ -26,8 +26,9 @@ from fetalnode.inference.aop import measure_label_map
 from fetalnode.inference.labour import LabourResult
 from fetalnode.inference.labour_analyzer import fill
 from fetalnode.intake import DecodedImage, decode_for_analysis
+from fetalnode.outcomes import Outcome, Received, Verdict
 from fetalnode.outputs.registry import enabled_writers
-from fetalnode.runner import Outcome, Received, Runtime, Verdict, run_job
+from fetalnode.runner import Runtime, run_job
 from fetalnode.wrap import wrap_png
 
 APPLICATION = "labour-progress"

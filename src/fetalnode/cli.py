@@ -99,7 +99,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from pydicom import dcmread
 
     from fetalnode.destinations.folder import folder_destination
-    from fetalnode.runner import Received, Verdict, run_job
+    from fetalnode.outcomes import Received, Verdict
+    from fetalnode.runner import run_job
     from fetalnode.runtime import build_runtime
 
     settings = _settings(args)

@@ -48,8 +48,9 @@ from fetalnode.config import Settings
 from fetalnode.errors import BrokerError, BurnedInTextNotRemoved, NodeError
 from fetalnode.files import atomic_write
 from fetalnode.jobs import Job, JobStore, worker_identity
+from fetalnode.outcomes import Outcome, Received, Verdict
 from fetalnode.outputs.uids import DEVICE_UID, output_uid_map
-from fetalnode.runner import Outcome, Received, Runtime, Verdict, at_terminal, crashed, run_job
+from fetalnode.runner import Runtime, at_terminal, crashed, run_job
 from fetalnode.vocab import AuditEvent, JobState, RouteAction
 from fetalnode.worker import received_from_job
 

@@ -36,7 +36,7 @@ from typing import Any, cast
 
 from fetalnode.audit import AuditLog
 from fetalnode.errors import NodeError
-from fetalnode.runner import Delivery, Outcome, Verdict, deliveries_from_json, deliveries_to_json
+from fetalnode.outcomes import Delivery, Outcome, Verdict, deliveries_from_json, deliveries_to_json
 from fetalnode.vocab import AuditEvent, DeliveryStatus, JobState, RouteAction, UidConflict
 
 S = JobState

@@ -12,7 +12,8 @@ from typing import Protocol
 
 from fetalnode.files import atomic_write
 from fetalnode.jobs import Job, JobStore, worker_identity
-from fetalnode.runner import Outcome, Received, Runtime, Verdict, crashed, run_job
+from fetalnode.outcomes import Outcome, Received, Verdict
+from fetalnode.runner import Runtime, crashed, run_job
 from fetalnode.vocab import JobState, RouteAction
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ import pytest
 from pydicom import dcmread
 
 from fetalnode.broker import SiteTopology, connect, declare_site, publish_result
-from fetalnode.runner import Outcome, Verdict
+from fetalnode.outcomes import Outcome, Verdict
 from fetalnode.vocab import Stage
 from harness import phi
 from harness.cloud import prepare_terminal, prepare_worker

@@ -18,10 +18,11 @@ from pydicom.sr.coding import Code
 
 from fetalnode import RESEARCH_NOTICE
 from fetalnode.config import load_settings
+from fetalnode.outcomes import Outcome, Received, Verdict
 from fetalnode.outputs import codes as fc
 from fetalnode.outputs.gestation import hadlock_ga_weeks
 from fetalnode.outputs.uids import DEVICE_UID
-from fetalnode.runner import Outcome, Received, Runtime, Verdict, run_job
+from fetalnode.runner import Runtime, run_job
 from fetalnode.runtime import build_runtime
 from harness import corpus
 from harness.node import MODELS

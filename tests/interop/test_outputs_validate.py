@@ -16,8 +16,9 @@ from pydicom import dcmread
 from fetalnode.config import load_settings
 from fetalnode.destinations.folder import folder_destination
 from fetalnode.intake import physical_spacing
+from fetalnode.outcomes import Outcome, Received, Verdict
 from fetalnode.outputs import codes as fc
-from fetalnode.runner import Outcome, Received, Runtime, Verdict, run_job
+from fetalnode.runner import Runtime, run_job
 from fetalnode.runtime import build_runtime
 from harness import corpus
 from harness.node import MODELS

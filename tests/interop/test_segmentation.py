@@ -18,8 +18,9 @@ from pydicom.uid import SecondaryCaptureImageStorage
 
 from fetalnode.applications.base import Analysis
 from fetalnode.config import load_settings
+from fetalnode.outcomes import Outcome, Received, Verdict
 from fetalnode.outputs import codes
-from fetalnode.runner import Outcome, Received, Runtime, Verdict, run_job
+from fetalnode.runner import Runtime, run_job
 from fetalnode.runtime import build_runtime
 from harness import corpus
 from harness.node import MODELS

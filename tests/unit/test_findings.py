@@ -17,9 +17,10 @@ from pydicom.sr._concepts_dict import concepts
 
 from fetalnode.config import load_settings
 from fetalnode.orthanc.findings import NOTICE, is_obgyn_report, made_by_fetalnode, read_finding
+from fetalnode.outcomes import Received
 from fetalnode.outputs import codes as fc
 from fetalnode.outputs.uids import DEVICE_UID
-from fetalnode.runner import Received, Runtime, run_job
+from fetalnode.runner import Runtime, run_job
 from fetalnode.runtime import build_runtime
 from harness.node import MODELS
 from tests.conftest import SAMPLES

@@ -11,7 +11,8 @@ import pytest
 from fetalnode.audit import AuditLog
 from fetalnode.errors import NodeError
 from fetalnode.jobs import TRANSITIONS, Job, JobStore, PreNotification, Receipt, TransitionRefused
-from fetalnode.runner import Delivery, Outcome, Verdict, crashed
+from fetalnode.outcomes import Delivery, Outcome, Verdict
+from fetalnode.runner import crashed
 from fetalnode.vocab import AuditEvent, DeliveryStatus, JobState, RouteAction, Stage, UidConflict
 
 pytestmark = pytest.mark.unit

@@ -28,9 +28,10 @@ from fetalnode.inference.labour_analyzer import (
     labour_settings,
     structures_from_probabilities,
 )
+from fetalnode.outcomes import Received, Verdict
 from fetalnode.outputs.registry import OutputContext
 from fetalnode.outputs.uids import object_uids
-from fetalnode.runner import Received, Verdict, run_job
+from fetalnode.runner import run_job
 from fetalnode.runtime import build_runtime
 from fetalnode.training.data import read_labels
 from fetalnode.training.evaluate import evaluate_bundle

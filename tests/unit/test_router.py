@@ -24,8 +24,9 @@ from fetalnode.inference.bundle import load_bundle
 from fetalnode.inference.view import ViewModel, view_input
 from fetalnode.intake import DecodedImage, decode_for_analysis
 from fetalnode.orthanc.findings import read_finding
+from fetalnode.outcomes import Received, Verdict
 from fetalnode.outputs import codes as fc
-from fetalnode.runner import Received, Runtime, Verdict, run_job
+from fetalnode.runner import Runtime, run_job
 from fetalnode.runtime import build_runtime
 from fetalnode.training.data import load_gray
 from fetalnode.vocab import View

@@ -19,9 +19,10 @@ from fetalnode.destinations.base import Item, Receipt
 from fetalnode.destinations.folder import folder_destination
 from fetalnode.errors import ConfigError, DeliveryError, InferenceError, IntakeRejected, TransferError
 from fetalnode.intake import DecodedImage
+from fetalnode.outcomes import Delivery, Outcome, Received, Verdict
 from fetalnode.outputs.registry import OUTPUTS, OutputContext, OutputWriter, enabled_writers, register_output
 from fetalnode.outputs.uids import object_uids
-from fetalnode.runner import Delivery, Outcome, Received, RetryPolicy, Runtime, Verdict, run_job, stage_of
+from fetalnode.runner import RetryPolicy, Runtime, run_job, stage_of
 from fetalnode.runtime import build_runtime
 from fetalnode.vocab import DeliveryStatus, RouteAction, Stage
 from harness.node import MODELS

@@ -20,10 +20,11 @@ from fetalnode.inference.bundle import Bundle, load_bundle
 from fetalnode.inference.calibration import Calibration, TypeRule, abnormal_logit, calibrated, sigmoid, softmax
 from fetalnode.intake import decode_for_analysis
 from fetalnode.orthanc.findings import read_finding
+from fetalnode.outcomes import Received
 from fetalnode.outputs import codes as fc
 from fetalnode.outputs.capture import banner_font, banner_layout, burn_banner
 from fetalnode.outputs.registry import enabled_writers
-from fetalnode.runner import Received, Runtime, run_job
+from fetalnode.runner import Runtime, run_job
 from fetalnode.runtime import build_runtime
 from fetalnode.training.calibration import (
     MIN_CORRECT_GROUPS,
