@@ -71,7 +71,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     import threading
 
-    from fetalnode.node import build_worker, open_store
+    from fetalnode.jobs import open_store
+    from fetalnode.worker import build_worker
 
     settings = _settings(args)
     log.info("fetalnode worker %s effective config: %s", __version__, json.dumps(settings.masked()))
@@ -139,8 +140,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from fetalnode.destinations.base import build_destinations
-    from fetalnode.jobs import PENDING
-    from fetalnode.node import open_store
+    from fetalnode.jobs import PENDING, open_store
 
     settings = _settings(args)
     jobs = open_store(settings, writable=False)
@@ -187,7 +187,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_resend(args: argparse.Namespace) -> int:
-    from fetalnode.node import open_store
+    from fetalnode.jobs import open_store
 
     n = open_store(_settings(args)).resend(args.job or None, args.destination, args.permanent)
     print(json.dumps({"requeued": n}))

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from fetalnode.audit import AuditLog
+from fetalnode.config import Settings
 from fetalnode.errors import NodeError
 from fetalnode.outcomes import Delivery, Outcome, Verdict, deliveries_from_json, deliveries_to_json
 from fetalnode.vocab import AuditEvent, DeliveryStatus, JobState, RouteAction, UidConflict
@@ -240,6 +241,13 @@ def _deliveries(value: Any) -> dict[str, Delivery]:
 
 class TransitionRefused(NodeError):
     """A state change that :data:`TRANSITIONS` does not allow from the job's current state."""
+
+
+def open_store(settings: Settings, writable: bool = True) -> JobStore:
+    """The node's job store in ``node.data_dir``; ``writable`` opens it with the audit log (every state change
+    is audited), else it only reads (``fetalnode status``)."""
+    audit = AuditLog(settings.data_path / "audit.jsonl") if writable else None
+    return JobStore(settings.data_path / "jobs.sqlite", audit)
 
 
 class JobStore:

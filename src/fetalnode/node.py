@@ -9,41 +9,14 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from fetalnode.audit import AuditLog
 from fetalnode.config import Settings
-from fetalnode.jobs import JobStore
+from fetalnode.jobs import JobStore, open_store
 from fetalnode.scp.server import Terminal, start_scp
 from fetalnode.scp.spool import Spool
 from fetalnode.vocab import AuditEvent, JobState, Role
-from fetalnode.worker import WakeEvent, Worker
+from fetalnode.worker import Worker, build_worker
 
 log = logging.getLogger(__name__)
-
-
-def open_audit(settings: Settings) -> AuditLog:
-    return AuditLog(settings.data_path / "audit.jsonl")
-
-
-def open_store(settings: Settings, writable: bool = True) -> JobStore:
-    """The node's job store; ``writable`` opens it with the audit log (every state change is audited)."""
-    return JobStore(settings.data_path / "jobs.sqlite", open_audit(settings) if writable else None)
-
-
-def build_worker(settings: Settings, jobs: JobStore, wake: WakeEvent | None = None) -> Worker:
-    """Load the application's bundles (raising BundleError if any is unusable) and wire a worker on the
-    node's job store (``wake``: the event the SCP sets when it queues a job)."""
-    from fetalnode.runtime import ModelWatcher, build_runtime
-
-    runtime = build_runtime(settings)
-    return Worker(
-        runtime,
-        jobs,
-        settings.data_path / "outbox",
-        settings.worker.poll_interval,
-        settings.worker.lease_seconds,
-        reload=ModelWatcher(settings, runtime, jobs.audit),
-        wake=wake,
-    )
 
 
 def build_terminal(settings: Settings, jobs: JobStore) -> tuple[Worker, Any]:

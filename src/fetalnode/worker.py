@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from fetalnode.config import Settings
 from fetalnode.files import atomic_write
 from fetalnode.jobs import Job, JobStore, worker_identity
 from fetalnode.outcomes import Outcome, Received, Verdict
@@ -52,6 +53,23 @@ def _outbox(job: Job) -> dict[str, bytes] | None:
     except OSError as exc:
         log.warning("job %d: outbox unreadable (%s); analysing again", job.id, exc)
         return None
+
+
+def build_worker(settings: Settings, jobs: JobStore, wake: WakeEvent | None = None) -> Worker:
+    """Load the application's bundles (raising BundleError if any is unusable) and wire a worker on the
+    node's job store (``wake``: the event the SCP sets when it queues a job)."""
+    from fetalnode.runtime import ModelWatcher, build_runtime
+
+    runtime = build_runtime(settings)
+    return Worker(
+        runtime,
+        jobs,
+        settings.data_path / "outbox",
+        settings.worker.poll_interval,
+        settings.worker.lease_seconds,
+        reload=ModelWatcher(settings, runtime, jobs.audit),
+        wake=wake,
+    )
 
 
 class Worker:
