@@ -55,6 +55,7 @@ def build_terminal(settings: Settings, jobs: JobStore) -> tuple[Worker, Any]:
         writers_for(settings.output.enabled, ROUTER),
         [],
         settings.output,
+        audit=jobs.audit,
     )
     cloud = CloudTerminal(settings, jobs, jobs.audit, pseudonymiser, withheld, outbox, wake=worker.wake)
     return worker, cloud

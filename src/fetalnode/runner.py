@@ -25,13 +25,15 @@ from fetalnode import dicomio
 from fetalnode.destinations.base import ALL_OUTPUTS, SOURCE, Item
 from fetalnode.errors import DeliveryError, EncodingError, InferenceError, IntakeRejected, PrivacyError, TransferError
 from fetalnode.outcomes import Delivery, Outcome, Received, Verdict
-from fetalnode.vocab import DeliveryStatus, RouteAction, Stage
+from fetalnode.vocab import AuditEvent, DeliveryStatus, RouteAction, Stage
 
 if TYPE_CHECKING:
     from fetalnode.applications.base import Analysis, Application
+    from fetalnode.audit import AuditLog
     from fetalnode.config import DestinationSettings, OutputSettings
     from fetalnode.destinations.base import Destination
     from fetalnode.outputs.registry import OutputWriter
+    from fetalnode.outputs.template import Disabled
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +89,15 @@ class RetryPolicy:
 
 @dataclass
 class Runtime:
-    """What a worker holds between jobs: the application, the enabled writers, the destinations."""
+    """What a worker holds between jobs: the application, the enabled writers, the destinations, and the
+    audit log of what a job notices beyond its outcome (a writer's templates turned off); ``None`` where
+    the role keeps none (a cloud worker, ``fetalnode analyze``): the ERROR in the log stays."""
 
     application: Application
     writers: list[OutputWriter]
     destinations: list[Destination]
     output: OutputSettings
+    audit: AuditLog | None = None
 
 
 def run_job(received: Received, runtime: Runtime, clock: Callable[[], float] = time.time) -> Outcome:
@@ -208,12 +213,26 @@ def _build(
 ) -> tuple[dict[str, bytes], dict[str, Any]]:
     built: dict[str, bytes] = {}
     uids: dict[str, str] = {}
+
+    def disabled(notice: Disabled) -> None:
+        """A writer's run-time check found a rendered object unlike its reference: audited with this job."""
+        if runtime.audit is not None:
+            runtime.audit.event(
+                AuditEvent.OUTPUT_TEMPLATES_DISABLED,
+                job=received.job_id,
+                sop_uid=received.sop_uid,
+                output=notice.output,
+                application=notice.application,
+                element=notice.element,
+                renders=notice.renders,
+            )
+
     with warnings.catch_warnings():
         # highdicom's person-name warnings quote the patient's name: keep it out of the logs.
         warnings.filterwarnings("ignore", message=".*intended person name.*")
         for writer in runtime.writers:
             try:
-                encoded = writer.encode(source, analysis, runtime.output, received.station_name)
+                encoded = writer.encode(source, analysis, runtime.output, received.station_name, observer=disabled)
                 if encoded is None:  # the writer has nothing for this application (a head SEG of a labour image)
                     continue
                 built[writer.name], uids[writer.name] = encoded

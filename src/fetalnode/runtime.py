@@ -30,9 +30,12 @@ def load_plugins(settings: Settings) -> None:
             raise ConfigError(f"node.plugins: cannot import {name!r}: {exc}") from exc
 
 
-def build_runtime(settings: Settings, destinations: list[Destination] | None = None) -> Runtime:
+def build_runtime(
+    settings: Settings, destinations: list[Destination] | None = None, audit: AuditLog | None = None
+) -> Runtime:
     """Load the application's bundles (a broken bundle raises BundleError), the enabled writers and the
-    destinations (``destinations`` replaces the configured ones, as ``analyze`` does with a folder)."""
+    destinations (``destinations`` replaces the configured ones, as ``analyze`` does with a folder);
+    ``audit``: where the runner writes what a job notices beyond its outcome (the node's audit log)."""
     import torch
 
     torch.set_num_threads(max(1, settings.worker.torch_threads))
@@ -44,6 +47,7 @@ def build_runtime(settings: Settings, destinations: list[Destination] | None = N
         writers=enabled_writers(settings.output.enabled, application.applications),
         destinations=build_destinations(settings) if destinations is None else destinations,
         output=settings.output,
+        audit=audit,
     )
 
 

@@ -107,6 +107,7 @@ class AuditEvent(StrEnum):
     RESULT_UNKNOWN_JOB = "result-unknown-job"
     MODELS_RELOADED = "models-reloaded"
     MODELS_RELOAD_FAILED = "models-reload-failed"
+    OUTPUT_TEMPLATES_DISABLED = "output-templates-disabled"
     DEAD_LETTER = "dead-letter"
     IGNORED = "ignored"
 

@@ -60,7 +60,7 @@ def build_worker(settings: Settings, jobs: JobStore, wake: WakeEvent | None = No
     node's job store (``wake``: the event the SCP sets when it queues a job)."""
     from fetalnode.runtime import ModelWatcher, build_runtime
 
-    runtime = build_runtime(settings)
+    runtime = build_runtime(settings, audit=jobs.audit)
     return Worker(
         runtime,
         jobs,

@@ -22,7 +22,7 @@ from fetalnode.registry import Registry
 if TYPE_CHECKING:
     from fetalnode.applications.base import Analysis
     from fetalnode.config import OutputSettings
-    from fetalnode.outputs.template import FastPath, Templates
+    from fetalnode.outputs.template import FastPath, Observer, Templates
 
 R = TypeVar("R")
 
@@ -67,7 +67,8 @@ class OutputWriter:
     A writer with no builder for an analysis's application writes nothing for that image (a SEG of the
     head for a labour-progress image, say): :meth:`write` returns ``None``. A builder with a fast path
     (``fast``, :mod:`fetalnode.outputs.template`) is encoded by :meth:`encode` from a template of its
-    object once the reference path (the builder) has checked it.
+    object once the reference path (the builder) has checked it, and checked again by sample while it
+    serves (``templates``: per application, turned off on the first difference).
     """
 
     name: str
@@ -124,8 +125,10 @@ class OutputWriter:
         settings: OutputSettings,
         station_name: str,
         now: datetime | None = None,
+        observer: Observer | None = None,
     ) -> tuple[bytes, str] | None:
-        """The object as Part 10 bytes with its SOP Instance UID (``None``: nothing for this application)."""
+        """The object as Part 10 bytes with its SOP Instance UID (``None``: nothing for this application).
+        ``observer`` is told when a run-time check of the fast path turns this writer's templates off."""
         build = self.builder_for(analysis.application)
         if build is None:
             return None
@@ -136,12 +139,14 @@ class OutputWriter:
         fast = self.fast.get(application)
         if fast is None:
             return encode_reference(ctx, build)
-        templates = self.templates.setdefault(application, Templates(fast))
+        templates = self.templates.get(application)
+        if templates is None:
+            templates = self.templates.setdefault(application, Templates(fast, self.name, application))
 
         def context_for(other: Dataset) -> OutputContext:
             return replace(self.context(other, analysis, settings, station_name), now=ctx.now)
 
-        return templates.write(ctx, build, context_for)
+        return templates.write(ctx, build, context_for, observer)
 
 
 ANY_APPLICATION = ""

@@ -25,11 +25,21 @@ job exactly; and it renders the next job with the key (another instance again) e
 that cannot be encoded), the job goes the reference path. Sequences and items are written with
 undefined length (the reference path encodes its dataset the same way, :func:`encode`), so a slot
 changes no length but its own element's; the file meta group length is computed per object.
+
+The cache fails closed: a value a writer forgot to declare as a slot is fixed bytes of the template,
+and the two checks miss it when both jobs had the same value (a saturated confidence, a rounded
+distance). So an active template is checked again at run time: the first :data:`VERIFY_FIRST` renders
+of each key, then one in :data:`VERIFY_EVERY`, are built on the reference path too and compared byte
+for byte. On the first difference every template of that writer and application is turned off for the
+rest of the process (:attr:`Templates.disabled`), an ERROR is logged (names, counts and the keyword of
+the first differing element, never a value), the caller's observer is told (:class:`Disabled`: the job
+runner writes the ``output-templates-disabled`` audit event) and the job gets the reference bytes.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import struct
 import threading
@@ -41,6 +51,7 @@ from io import BytesIO
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from pydicom import dcmread
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset, validate_file_meta
@@ -60,6 +71,10 @@ log = logging.getLogger(__name__)
 Slots = Mapping[str, tuple[str, Any]]
 
 MAX_FAILURES = 3
+# Run-time re-verification (the cost: benchmarks/objects.py): the first VERIFY_FIRST renders of each key,
+# then one render in VERIFY_EVERY, are compared with the reference path's bytes.
+VERIFY_FIRST = 8
+VERIFY_EVERY = 64
 MAX_KEYS = 256  # templates (and keys seen) kept per writer and application, least recently used dropped
 PREAMBLE = bytes(128) + b"DICM"
 PIXEL_DATA = 0x7FE00010
@@ -440,8 +455,21 @@ class _State:
     learnt_from: str = ""  # source SOP Instance UID the candidate was compiled from
     active: bool = False
     failures: int = 0
+    renders: int = 0  # jobs rendered from the active template (the sample to verify counts them)
 
 
+@dataclass(frozen=True)
+class Disabled:
+    """A writer's templates were turned off: a rendered object differed from its reference path's bytes.
+    What it says is fit for a log and the audit trail (no value of the object, so no patient data)."""
+
+    output: str  # the writer's name
+    application: str  # the application its builder is registered for ("" for any)
+    element: str  # keyword (or tag) of the first element that differed, "" if none could be named
+    renders: int  # renders of the key's template so far, the one that differed included
+
+
+Observer = Callable[[Disabled], None]
 Build = Callable[["OutputContext"], Dataset]
 Context = Callable[[Dataset], "OutputContext"]  # the job's context for another source (the perturbed one)
 
@@ -451,13 +479,24 @@ class Templates:
     """The templates of one writer and application, learnt from the reference path."""
 
     fast: FastPath
+    output: str = ""  # the writer's name and application, for the log and :class:`Disabled`
+    application: str = ""
     states: OrderedDict[Hashable, _State] = field(default_factory=OrderedDict)  # least recently used first
     lock: threading.Lock = field(default_factory=threading.Lock)
+    verify_first: int = VERIFY_FIRST
+    verify_every: int = VERIFY_EVERY
+    disabled: bool = False  # a render differed from the reference: every job is the reference path's
     rendered: int = 0  # jobs written by the fast path (tests and the benchmark read it)
+    verified: int = 0  # of those, the ones also built by the reference path and found equal
 
-    def write(self, ctx: OutputContext, build: Build, context_for: Context) -> tuple[bytes, str]:
-        """The job's Part 10 bytes and SOP Instance UID: rendered from an active template of its key, else
-        built by the reference path (and learnt from)."""
+    def write(
+        self, ctx: OutputContext, build: Build, context_for: Context, observer: Observer | None = None
+    ) -> tuple[bytes, str]:
+        """The job's Part 10 bytes and SOP Instance UID: rendered from an active template of its key (and
+        checked against the reference path when sampled), else built by the reference path (and learnt
+        from). ``observer`` is told if this job's check turns the templates off."""
+        if self.disabled:
+            return _encoded(reference(ctx, build))
         try:
             key: Hashable | None = template_key(self.fast, ctx)
         except Exception as exc:  # a key that cannot be made: this job is the reference path's
@@ -469,10 +508,10 @@ class Templates:
         if state is not None and state.active and state.template is not None:
             try:
                 data = state.template.render(job_values(ctx, self.fast.slots(ctx)))
-                self.rendered += 1
-                return data, ctx.uids.instance
             except Exception as exc:  # the reference path decides (and raises the builder's own error, if any)
                 log.warning("template does not fit this job (%s: %s): reference path", type(exc).__name__, exc)
+            else:
+                return self._verified(ctx, build, state, data, observer)
         ds = reference(ctx, build)
         if not encodable(ds):
             return dicomio.encode(ds), str(ds.SOPInstanceUID)
@@ -481,6 +520,49 @@ class Templates:
             with self.lock:
                 self._learn(key, ctx, data, build, context_for)
         return data, str(ds.SOPInstanceUID)
+
+    def due(self, renders: int) -> bool:
+        """Whether the ``renders``-th render of a key is checked against the reference path."""
+        after = renders - self.verify_first
+        return after <= 0 or (self.verify_every > 0 and after % self.verify_every == 0)
+
+    def _verified(
+        self, ctx: OutputContext, build: Build, state: _State, data: bytes, observer: Observer | None
+    ) -> tuple[bytes, str]:
+        """A rendered job's bytes; when it is one of the sample, built by the reference path too, and the
+        reference bytes if they differ (then every template of this writer and application is off)."""
+        with self.lock:
+            state.renders += 1
+            renders = state.renders
+        if self.due(renders):
+            expected, uid = _encoded(reference(ctx, build))  # a builder's error is the job's, as without templates
+            if expected != data:
+                self._disable(data, expected, renders, observer)
+                return expected, uid
+            self.verified += 1
+        self.rendered += 1
+        return data, ctx.uids.instance
+
+    def _disable(self, rendered: bytes, expected: bytes, renders: int, observer: Observer | None) -> None:
+        with self.lock:
+            first, self.disabled = not self.disabled, True
+        if not first:  # another thread found it at the same time and told
+            return
+        notice = Disabled(self.output, self.application, first_difference(rendered, expected), renders)
+        log.error(
+            "output %r (application %r): a rendered object differed from the reference path at %s (render %d "
+            "of its key): a value without a slot; its templates are off for the rest of this process, the "
+            "reference path writes every object",
+            notice.output,
+            notice.application or "any",
+            notice.element or "an unnamed element",
+            renders,
+        )
+        if observer is not None:
+            try:
+                observer(notice)
+            except Exception:  # the job still gets its reference bytes; the ERROR above is the record
+                log.exception("output %r: the templates' observer failed", notice.output)
 
     def _learn(self, key: Hashable, ctx: OutputContext, data: bytes, build: Build, context_for: Context) -> None:
         """First job of a key: remembered. The next (another instance): a template compiled from it (and
@@ -506,6 +588,28 @@ class Templates:
             state.template, state.failures = None, state.failures + 1
             level = logging.WARNING if state.failures >= MAX_FAILURES else logging.DEBUG
             log.log(level, "no template for %r (%d): %s: %s", key, state.failures, type(exc).__name__, exc)
+
+
+def _encoded(ds: Dataset) -> tuple[bytes, str]:
+    """The reference path's bytes of a writer with a fast path (:func:`encode`, pydicom's where it cannot)."""
+    return (encode(ds) if encodable(ds) else dicomio.encode(ds)), str(ds.SOPInstanceUID)
+
+
+def first_difference(a: bytes, b: bytes) -> str:
+    """The keyword (or tag) of the first element whose value differs between two objects; "" when none can
+    be named (an encoding difference, an object that does not parse)."""
+    try:
+        x, y = (dcmread(BytesIO(data), force=True) for data in (a, b))
+        pairs = itertools.zip_longest(
+            itertools.chain(walk(x.file_meta), walk(x)), itertools.chain(walk(y.file_meta), walk(y))
+        )
+        for p, q in pairs:
+            if p is None or q is None or p.tag != q.tag or (p.VR != "SQ" and p.value != q.value):
+                elem = p if p is not None else q
+                return (elem.keyword or f"({elem.tag.group:04X},{elem.tag.element:04X})") if elem is not None else ""
+    except Exception as exc:  # naming it is a courtesy; the bytes differ either way
+        log.debug("cannot name the differing element: %s", exc)
+    return ""
 
 
 def template_key(fast: FastPath, ctx: OutputContext) -> Hashable:
