@@ -18,6 +18,7 @@ coordinates with pixel centres at integers (:class:`~fetalnode.inference.ellipse
 from __future__ import annotations
 
 import functools
+import struct
 from collections.abc import Callable
 
 import highdicom as hd
@@ -141,10 +142,12 @@ def srgb_input_profile() -> bytes:
     PS3.3 C.11.15.1.1 wants the profile of the source colour space as an Input ("scnr") or ColorSpace
     ("spac") profile; littlecms makes sRGB a display ("mntr") profile. A matrix/TRC profile is a valid
     Input profile (ICC.1 8.3), so only the class is changed and the Profile ID (an MD5 over the header)
-    is zeroed, which means "not computed".
+    is zeroed, which means "not computed". littlecms stamps the creation date and time of the process's
+    first call: a fixed one instead, so that a retry in another process writes the same object.
     """
     data = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
     data[12:16] = b"scnr"
+    data[24:36] = struct.pack(">6H", 2024, 1, 1, 0, 0, 0)  # dateTimeNumber: year, month, day, h, min, s
     data[84:100] = bytes(16)
     return bytes(data)
 
