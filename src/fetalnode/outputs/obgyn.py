@@ -138,6 +138,8 @@ def _shape(ctx: OutputContext) -> tuple[object, ...]:
         result.biometry is not None,
         no_biometry_reason(result) is not None,
         len(_summary_lines(ctx)),
+        result.seg_model,  # named by the algorithm identification (the analysis's models are in context_key)
+        result.cls_model,
     )  # the application, its models, the station and the settings: template.context_key
 
 

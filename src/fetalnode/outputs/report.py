@@ -226,6 +226,8 @@ def _shape(ctx: OutputContext) -> tuple[object, ...]:
         result.malformation_type if drawn and result.finding == "abnormal" else None,
         decoded.frame_number,
         len(_comment_lines(ctx)),
+        result.seg_model,  # named by the algorithm identification (the analysis's models are in context_key)
+        result.cls_model,
     )  # the application, its models, the station and the settings: template.context_key
 
 
