@@ -11,8 +11,9 @@ from typing import Any
 
 from fetalnode.config import Settings
 from fetalnode.jobs import JobStore, open_store
-from fetalnode.scp.server import Terminal, start_scp
+from fetalnode.scp.server import start_scp
 from fetalnode.scp.spool import Spool
+from fetalnode.scp.terminal import Terminal
 from fetalnode.vocab import AuditEvent, JobState, Role
 from fetalnode.worker import Worker, build_worker
 

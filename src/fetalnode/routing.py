@@ -2,7 +2,7 @@
 
 Evaluated by the SCP on the parsed header, before the analysability checks (a forwarded CT image is
 accepted; an analysed one is refused with its C-STORE status as before). The chosen rule and action
-are recorded with the job (``extra``) and in the ``instance-received`` / ``ignored`` audit events.
+are recorded with the job (its ``route`` and ``action``) and in the ``instance-received`` / ``ignored`` audit events.
 """
 
 from __future__ import annotations
