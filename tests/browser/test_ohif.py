@@ -40,7 +40,7 @@ from harness.processes import wait_for
 from tests.browser.conftest import chromium
 from tests.conftest import MODALITY, SAMPLES, need, send
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.browser
 ARTIFACTS = ROOT / ".run" / "test-artifacts"
 SR_SERIES_NUMBER = 9101  # fetalnode's TID 1500 report, whatever the application
 SR_SERIES = "fetalnode AI report"

@@ -12,12 +12,13 @@ if TYPE_CHECKING:
     from fetalnode.config import Settings
 
 Factory = Callable[["Settings"], "Application"]
-APPLICATIONS: Registry[Factory] = Registry("application")
+APPLICATIONS: Registry[Factory] = Registry(
+    "application",
+    builtins=("fetalnode.applications.fetal_head", "fetalnode.applications.labour_progress", "fetalnode.applications.router"),
+)
 register_application = APPLICATIONS.register  # @register_application("name") on factory(settings) -> Application
 
 
 def build_application(settings: Settings) -> Application:
     """Load the configured application (its bundles load here: a broken bundle fails start-up)."""
-    from fetalnode.applications import fetal_head, labour_progress, router  # noqa: F401  (register the built-ins)
-
     return APPLICATIONS.get(settings.worker.application, "worker.application")(settings)
