@@ -99,14 +99,15 @@ class ModelSettings:
 
 
 def _default_routes() -> dict[str, str]:
-    return {"second_trimester_head": "fetal-head", "intrapartum_transperineal": "labour-progress"}
+    return {"axial_fetal_head": "fetal-head", "intrapartum_transperineal": "labour-progress"}
 
 
 @dataclass
 class RouterSettings:
     """The view router (``worker.application = "view-router"``): the application of each view.
 
-    Keys are views of the view model (``fetalnode.vocab.View``), values application names; a view
+    Keys are views of the view model (``fetalnode.vocab.View``; a view's earlier name, such as
+    ``second_trimester_head``, is read with a deprecation warning), values application names; a view
     that is missing, maps to ``""`` or to an application that is not registered gets "not analysed:
     <view>, no application for this view" (a warning at start-up names an unregistered one).
 

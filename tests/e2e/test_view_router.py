@@ -69,7 +69,7 @@ def test_images_of_other_views_get_no_application_and_no_numbers(make_node, orth
     # A held-out transperineal image the view model calls a head (83%): the labour model finds its symphysis.
     src = dcmread(hard, stop_before_pixels=True)
     job = jobs[src.SOPInstanceUID]
-    assert job.result["view"]["top"] == View.SECOND_TRIMESTER_HEAD and job.result["view"]["label"] == View.UNKNOWN
+    assert job.result["view"]["top"] == View.AXIAL_FETAL_HEAD and job.result["view"]["label"] == View.UNKNOWN
     assert job.result["reason"] == "not analysed: view uncertain, no application for this view", job.result
     assert job.result["hc_mm"] is None and job.result["finding"] == ""
     [sr], [sc] = outputs_in_study(orthanc, src.StudyInstanceUID)
@@ -80,13 +80,13 @@ def test_images_of_other_views_get_no_application_and_no_numbers(make_node, orth
     assert "HC " not in sc.ImageComments
     src = dcmread(head, stop_before_pixels=True)
     job = jobs[src.SOPInstanceUID]
-    assert job.result["application"] == "fetal-head" and job.result["view"]["label"] == "second_trimester_head"
+    assert job.result["application"] == "fetal-head" and job.result["view"]["label"] == "axial_fetal_head"
     # Other tests send the same head sample to this Orthanc: read this job's report.
     [sr] = [
         d for d in outputs_in_study(orthanc, src.StudyInstanceUID)[0] if d.SOPInstanceUID == job.result["outputs"]["sr"]
     ]
     content = sr_content(sr)
     assert "Head Circumference" in content["measurements"]
-    assert any(c.startswith("Recognised view: second-trimester axial fetal head") for c in content["comments"])
+    assert any(c.startswith("Recognised view: axial fetal head") for c in content["comments"])
     status = json.loads(cli("status", "--config", str(node.config), check=True).stdout)
     assert status["counts"]["delivered"] == len(files) + 2

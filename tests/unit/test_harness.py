@@ -35,7 +35,7 @@ def non_default_settings() -> Settings:
     s.orthanc.password_file = "/run/secrets/orthanc"
     s.broker.url = "amqp://u:p@127.0.0.1:5672//"
     s.output.institution_name = "Clinic \u00e9 \U0001f476 \x7f\x00"
-    s.router.applications = {"second_trimester_head": "fetal-head", "not_fetal": "", "other view": 'x"y'}
+    s.router.applications = {"axial_fetal_head": "fetal-head", "not_fetal": "", "other view": 'x"y'}
     return s
 
 

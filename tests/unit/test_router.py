@@ -71,7 +71,7 @@ def test_view_bundle_is_small_complete_and_reproduces_its_reference() -> None:
     assert (VIEW / "models" / "model.pt").stat().st_size < 8 * 2**20
     meta = bundle.metadata
     assert meta["intended_use"].startswith("RESEARCH USE ONLY") and (VIEW / "docs" / "README.md").is_file()
-    assert meta["labels"] == [str(v) for v in View if v is not View.UNKNOWN]
+    assert [View.named(v) for v in meta["labels"]] == [v for v in View if v is not View.UNKNOWN]
     assert 0.5 <= meta["abstain_threshold"] < 1
     assert meta["metrics"]["n"] > 0 and "test" in meta["metrics"]["split"]
     model = ViewModel(bundle)
@@ -102,9 +102,9 @@ def test_samples_route_to_the_head_application_with_their_view(runtime: Runtime)
     for path in sorted(SAMPLES.glob("*.dcm")):
         analysis = runtime.application.analyse(dcmread(path))
         assert analysis.application == "fetal-head", (path.name, analysis.view)
-        assert analysis.view is not None and analysis.view.label is View.SECOND_TRIMESTER_HEAD
+        assert analysis.view is not None and analysis.view.label is View.AXIAL_FETAL_HEAD
         assert analysis.models[-1] == ("fetal-view", load_bundle(VIEW).version), "the view model is named"
-        assert analysis.summary()["view"]["label"] == "second_trimester_head"
+        assert analysis.summary()["view"]["label"] == "axial_fetal_head"
 
 
 def said_view(view: View, label: str) -> tuple[str, str]:
@@ -163,7 +163,7 @@ def test_a_head_keeps_its_finding_and_says_its_view(runtime: Runtime) -> None:
     assert set(built) == {"sr", "sc", "gsps", "seg", "obsr"}
     found = read_finding(built["sr"])
     assert found["hc_mm"] == pytest.approx(summary["hc_mm"], abs=0.05)
-    assert any(c.startswith(f"Recognised view: {View.SECOND_TRIMESTER_HEAD.words}") for c in found["comments"])
+    assert any(c.startswith(f"Recognised view: {View.AXIAL_FETAL_HEAD.words}") for c in found["comments"])
     assert "Recognised view" in built["sc"].ImageComments
 
 
@@ -174,7 +174,7 @@ def test_below_the_abstain_threshold_the_view_is_unknown(runtime: Runtime) -> No
     unsure.threshold = 1.01
     analysis = dataclasses.replace(router, view_model=unsure).analyse(dcmread(SAMPLES / "hc18_104_HC.dcm"))
     assert analysis.application == NAME and analysis.view is not None
-    assert analysis.view.label is View.UNKNOWN and analysis.view.top is View.SECOND_TRIMESTER_HEAD
+    assert analysis.view.label is View.UNKNOWN and analysis.view.top is View.AXIAL_FETAL_HEAD
     assert analysis.result.reason == "not analysed: view not recognised, no application for this view"
     assert not analysis.result.analysed and analysis.result.biometry is None
 
@@ -194,11 +194,11 @@ class FixedViewModel(ViewModel):
 
 
 def test_a_transperineal_image_the_view_model_calls_a_head_gets_no_head_finding(runtime: Runtime) -> None:
-    """A held-out PSFHS image that fetal-view 0.1.0 calls a second-trimester head (83%, intrapartum 16%):
+    """A held-out PSFHS image that fetal-view 0.1.0 calls an axial head (83%, intrapartum 16%):
     the labour model finds its pubic symphysis, so the view is uncertain and nothing is measured."""
     summary, built = run(runtime, wrap_png(HARD_PSFHS, pixel_size_mm=0.1))
     view = summary["view"]
-    assert view["top"] == View.SECOND_TRIMESTER_HEAD and view["label"] == View.UNKNOWN, view
+    assert view["top"] == View.AXIAL_FETAL_HEAD and view["label"] == View.UNKNOWN, view
     assert "pubic symphysis" in view["conflict"] and "psfhs-seg" in view["conflict"]
     router = runtime.application
     assert isinstance(router, ViewRouter)
@@ -209,7 +209,7 @@ def test_a_transperineal_image_the_view_model_calls_a_head_gets_no_head_finding(
     assert summary["reason"] == "not analysed: view uncertain, no application for this view"
     found = read_finding(built["sr"])
     assert found["application"] == "view-router" and found["hc_mm"] is None
-    assert any(c.startswith("View uncertain: the view model says second-trimester") for c in found["comments"])
+    assert any(c.startswith("View uncertain: the view model says axial fetal head") for c in found["comments"])
     assert "VIEW UNCERTAIN" in built["sc"].ImageComments.upper() and "HC " not in built["sc"].ImageComments
 
 
@@ -217,27 +217,27 @@ def test_the_cross_check_leaves_a_head_to_the_head_application(runtime: Runtime)
     """A real head with a sizeable intrapartum probability: the labour model finds no symphysis."""
     router = runtime.application
     assert isinstance(router, ViewRouter)
-    unsure = FixedViewModel(router.view_model, {View.SECOND_TRIMESTER_HEAD: 0.7, View.INTRAPARTUM_TRANSPERINEAL: 0.3})
+    unsure = FixedViewModel(router.view_model, {View.AXIAL_FETAL_HEAD: 0.7, View.INTRAPARTUM_TRANSPERINEAL: 0.3})
     analysis = dataclasses.replace(router, view_model=unsure).analyse(dcmread(SAMPLES / "hc18_104_HC.dcm"))
     assert analysis.application == "fetal-head" and analysis.result.analysed
-    assert analysis.view is not None and analysis.view.label is View.SECOND_TRIMESTER_HEAD
+    assert analysis.view is not None and analysis.view.label is View.AXIAL_FETAL_HEAD
     assert not analysis.view.conflict
 
 
 def test_the_cross_check_runs_only_above_its_probability(runtime: Runtime) -> None:
     router = runtime.application
     assert isinstance(router, ViewRouter)
-    probs = {View.SECOND_TRIMESTER_HEAD: 0.9, View.INTRAPARTUM_TRANSPERINEAL: 0.005, View.NOT_FETAL: 0.095}
+    probs = {View.AXIAL_FETAL_HEAD: 0.9, View.INTRAPARTUM_TRANSPERINEAL: 0.005, View.NOT_FETAL: 0.095}
     wrong = dataclasses.replace(router, view_model=FixedViewModel(router.view_model, probs))
     psfhs = wrap_png(PSFHS, pixel_size_mm=None)
     # below router.cross_check_probability (0.01) the labour model is not asked: the head application answers
-    assert wrong.classify(decode_for_analysis(psfhs, 10**8, 10)).label is View.SECOND_TRIMESTER_HEAD
+    assert wrong.classify(decode_for_analysis(psfhs, 10**8, 10)).label is View.AXIAL_FETAL_HEAD
     asked = dataclasses.replace(wrong, cross_check_probability=0.004)
     view = asked.classify(decode_for_analysis(psfhs, 10**8, 10))
     assert view.label is View.UNKNOWN and "pubic symphysis" in view.conflict
     never = dataclasses.replace(router, cross_check_probability=1.0)
     assert never.classify(decode_for_analysis(wrap_png(HARD_PSFHS, pixel_size_mm=None), 10**8, 10)).label is (
-        View.SECOND_TRIMESTER_HEAD
+        View.AXIAL_FETAL_HEAD
     )
 
 
@@ -271,7 +271,7 @@ def test_an_application_is_not_cross_checked_by_itself_and_a_failed_check_is_unc
             return {}
 
     broken_routes = {**router.routes, View.INTRAPARTUM_TRANSPERINEAL: Broken()}
-    unsure = FixedViewModel(router.view_model, {View.SECOND_TRIMESTER_HEAD: 0.8, View.INTRAPARTUM_TRANSPERINEAL: 0.2})
+    unsure = FixedViewModel(router.view_model, {View.AXIAL_FETAL_HEAD: 0.8, View.INTRAPARTUM_TRANSPERINEAL: 0.2})
     broken = dataclasses.replace(router, routes=broken_routes, view_model=unsure)
     analysis = broken.analyse(dcmread(SAMPLES / "hc18_104_HC.dcm"))
     assert analysis.application == NAME and analysis.view is not None and analysis.view.label is View.UNKNOWN
@@ -299,11 +299,11 @@ class Stub:
 
 
 def test_a_route_to_an_unregistered_application_is_dropped_with_a_warning(caplog) -> None:
-    routes = {"second_trimester_head": "fetal-head", "intrapartum_transperineal": "no-such-application"}
+    routes = {"axial_fetal_head": "fetal-head", "intrapartum_transperineal": "no-such-application"}
     with caplog.at_level(logging.WARNING, logger="fetalnode.applications.router"):
         router = build_application(settings(**{"router.applications": routes}))
     assert "'no-such-application'" in caplog.text and "not registered" in caplog.text
-    assert isinstance(router, ViewRouter) and set(router.routes) == {View.SECOND_TRIMESTER_HEAD}
+    assert isinstance(router, ViewRouter) and set(router.routes) == {View.AXIAL_FETAL_HEAD}
     analysis = router.analyse(wrap_png(PSFHS, pixel_size_mm=None))
     assert analysis.application == NAME
     assert (
@@ -314,7 +314,7 @@ def test_a_route_to_an_unregistered_application_is_dropped_with_a_warning(caplog
 def test_a_registered_application_gets_its_view(caplog) -> None:
     if APPLICATIONS.find("test-labour") is None:
         register_application("test-labour")(lambda s: Stub())
-    routes = {"second_trimester_head": "fetal-head", "intrapartum_transperineal": "test-labour"}
+    routes = {"axial_fetal_head": "fetal-head", "intrapartum_transperineal": "test-labour"}
     router = build_application(settings(**{"router.applications": routes}))
     assert isinstance(router, ViewRouter)
     assert router.applications == (NAME, "fetal-head", "test-labour")
@@ -330,10 +330,10 @@ def test_a_registered_application_gets_its_view(caplog) -> None:
 
 def test_router_configuration_is_checked(tmp_path: Path) -> None:
     cfg = tmp_path / "node.toml"
-    cfg.write_text('[router.applications]\nsecond_trimester_head = "fetal-head"\nnot_fetal = ""\n')
+    cfg.write_text('[router.applications]\naxial_fetal_head = "fetal-head"\nnot_fetal = ""\n')
     s = load_settings(cfg, env={})
-    assert s.router.applications == {"second_trimester_head": "fetal-head", "not_fetal": ""}
-    assert router_routes(s) == {View.SECOND_TRIMESTER_HEAD: "fetal-head"}
+    assert s.router.applications == {"axial_fetal_head": "fetal-head", "not_fetal": ""}
+    assert router_routes(s) == {View.AXIAL_FETAL_HEAD: "fetal-head"}
     env = {"FETALNODE__ROUTER__APPLICATIONS": "intrapartum_transperineal=labour-progress"}
     assert load_settings(None, env=env).router.applications == {"intrapartum_transperineal": "labour-progress"}
     with pytest.raises(ConfigError, match="key=value"):
@@ -351,3 +351,20 @@ def test_router_configuration_is_checked(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="cross_check_probability must be between 0 and 1"):
         settings(**{"router.cross_check_probability": 1.5})
+
+
+def test_the_earlier_name_of_the_head_view_is_read_with_a_deprecation_warning(tmp_path: Path, caplog) -> None:
+    cfg = tmp_path / "node.toml"
+    cfg.write_text('[router.applications]\nsecond_trimester_head = "fetal-head"\nnot_fetal = ""\n')
+    with caplog.at_level(logging.WARNING, logger="fetalnode.applications.router"):
+        assert router_routes(load_settings(cfg, env={})) == {View.AXIAL_FETAL_HEAD: "fetal-head"}
+    assert "'second_trimester_head' is deprecated" in caplog.text and "'axial_fetal_head'" in caplog.text
+    # beside the new name, the new name wins; the old one mapped to "" turns the head off as before
+    both = {"second_trimester_head": "fetal-head", "axial_fetal_head": "test-labour"}
+    assert router_routes(settings(**{"router.applications": both})) == {View.AXIAL_FETAL_HEAD: "test-labour"}
+    assert router_routes(settings(**{"router.applications": {"second_trimester_head": ""}})) == {}
+    env = {"FETALNODE__ROUTER__APPLICATIONS": "second_trimester_head=fetal-head"}
+    assert router_routes(load_settings(None, env=env)) == {View.AXIAL_FETAL_HEAD: "fetal-head"}
+    assert View.named("second_trimester_head") is View.AXIAL_FETAL_HEAD
+    with pytest.raises(ValueError):
+        View.named("second_trimester_abdomen")

@@ -393,7 +393,7 @@ def test_tiny_view_training_run_and_evaluate(tmp_path: Path) -> None:
     fmt, rows = folder_rows(view_mini / "fetal_planes_db")
     assert fmt == "fetal_planes_db"
     assert sorted((r["plane"], r["_view"]) for r in rows) == [
-        ("Fetal brain", View.SECOND_TRIMESTER_HEAD),
+        ("Fetal brain", View.AXIAL_FETAL_HEAD),
         ("Fetal femur", View.OTHER_FETAL_PLANE),
         ("Maternal cervix", View.OTHER_FETAL_PLANE),
     ]
@@ -435,7 +435,7 @@ def test_tiny_view_training_run_and_evaluate(tmp_path: Path) -> None:
         im
         for folder in ("psfhs", "first_trimester_sagittal", "fetal_planes_db")
         for im in folder_images(view_mini / folder, "test", meta)[1]
-        if im.view is not View.SECOND_TRIMESTER_HEAD
+        if im.view is not View.AXIAL_FETAL_HEAD
     ]
     assert check["other_view_images"] == len(test_others) == sum(c["images"] for c in check["by_true_view"].values())
     assert "labour_segmentation" in check["models"] and check["cross_check_probability"] == 0.01

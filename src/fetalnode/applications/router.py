@@ -12,8 +12,8 @@ own view from structures only that view shows (:class:`RecognisesItsView`: labou
 symphysis and a fetal head passing its gate) looks at it, when the view model gives that view at least
 ``router.cross_check_probability``. If it recognises the image, the two models disagree: the view is
 uncertain (:attr:`View.UNKNOWN`, the view's ``conflict`` says what was found) and no application answers.
-A transperineal image shows a whole fetal head; the view model called two such held-out images a
-second-trimester head, and the head application measured them.
+A transperineal image shows a whole fetal head; a view model may call it an axial head, and the head
+application's gate would then find a skull in it.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from fetalnode.inference import AnalysisResult
 from fetalnode.inference.bundle import load_bundle
 from fetalnode.inference.view import ViewModel, ViewPrediction
 from fetalnode.intake import DecodedImage
-from fetalnode.vocab import View
+from fetalnode.vocab import RENAMED_VIEWS, View
 
 log = logging.getLogger(__name__)
 NAME = "view-router"
@@ -138,11 +138,16 @@ class ViewRouter:
 
 
 def router_routes(settings: Settings) -> dict[View, str]:
-    """``[router] applications`` as views -> application names (empty names dropped), checked."""
+    """``[router] applications`` as views -> application names (empty names dropped), checked.
+
+    A view's earlier name (``second_trimester_head``) still works, with a deprecation warning; given beside
+    its new name, the new name wins.
+    """
     routes: dict[View, str] = {}
+    renamed: dict[View, str] = {}
     for key, name in settings.router.applications.items():
         try:
-            view = View(key)
+            view = View.named(key)
         except ValueError:
             known = ", ".join(v for v in View if v is not View.UNKNOWN)
             raise ConfigError(f"router.applications: unknown view {key!r} (views: {known})") from None
@@ -150,7 +155,14 @@ def router_routes(settings: Settings) -> dict[View, str]:
             raise ConfigError("router.applications: 'unknown' is the view model's abstention; it has no application")
         if name == NAME:
             raise ConfigError(f"router.applications: {key} cannot be routed to the router itself")
+        if key in RENAMED_VIEWS:
+            log.warning("router.applications: %r is deprecated, the view is now %r; rename the key", key, str(view))
+            renamed[view] = name
+            continue
         if name:
+            routes[view] = name
+    for view, name in renamed.items():
+        if name and view not in routes and str(view) not in settings.router.applications:
             routes[view] = name
     return routes
 

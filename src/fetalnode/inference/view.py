@@ -90,11 +90,11 @@ class ViewModel:
             raise BundleError(f"bundle {bundle.path}: task is {bundle.task!r}, expected 'view'")
         meta = bundle.metadata
         try:
-            self.labels = [View(v) for v in meta["labels"]]
+            self.labels = [View.named(v) for v in meta["labels"]]
             self.size = int(meta["input"]["size"])
             self.threshold = float(meta["abstain_threshold"])
             # A stricter threshold for some views (the head: the application that measures).
-            self.class_thresholds = {View(k): float(v) for k, v in meta.get("class_thresholds", {}).items()}
+            self.class_thresholds = {View.named(k): float(v) for k, v in meta.get("class_thresholds", {}).items()}
         except (KeyError, ValueError, TypeError) as exc:
             raise BundleError(f"bundle {bundle.path}: view metadata is incomplete: {exc}") from exc
         if View.UNKNOWN in self.labels:

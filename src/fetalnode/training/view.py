@@ -1,7 +1,7 @@
 """Train the view classifier (``fetalnode train view``) on the dataset folders as they are.
 
 Each folder's format tells the view of its images (:func:`folder_rows`): HC18 and
-fetal_brain_abnormalities are second-trimester axial heads, PSFHS intrapartum transperineal,
+fetal_brain_abnormalities are axial fetal heads (HC18: about 12 to 40 weeks), PSFHS intrapartum transperineal,
 first_trimester_sagittal first-trimester mid-sagittal, FETAL_PLANES_DB its brain planes heads and every
 other plane "other fetal plane", a folder of DICOM files (no ``labels.csv``) ultrasound that is not
 fetal. Every folder is split by its grouping column (never by image), HC18 and the brain abnormalities
@@ -202,16 +202,16 @@ def folder_rows(folder: Path) -> tuple[str, list[Row]]:
         rows = [r for r in rows if r.get("label_conflict", "0") != "1"]  # as the classifier's split
     for row in rows:
         if fmt == "fetal_planes_db":
-            row["_view"] = View.SECOND_TRIMESTER_HEAD if row["plane"] == BRAIN_PLANE else View.OTHER_FETAL_PLANE
+            row["_view"] = View.AXIAL_FETAL_HEAD if row["plane"] == BRAIN_PLANE else View.OTHER_FETAL_PLANE
         elif fmt == "first_trimester_sagittal":
-            row["_view"] = View(row["view"])
+            row["_view"] = View.named(row["view"])
             row["image_block"] = f"ft_b{int(row['image_id']) // IMAGE_BLOCK:03d}"
         elif fmt == "psfhs":
             row["_view"] = View.INTRAPARTUM_TRANSPERINEAL
         elif fmt == "dicom":
             row["_view"] = View.NOT_FETAL
         else:
-            row["_view"] = View.SECOND_TRIMESTER_HEAD
+            row["_view"] = View.AXIAL_FETAL_HEAD
         row["_group"] = f"{fmt}:{row[FORMATS[fmt]['group']]}"
     return fmt, rows
 
@@ -462,11 +462,11 @@ def choose_threshold(probs: np.ndarray, y: np.ndarray, recipe: ViewRecipe) -> di
     assert best is not None
     t = best[0]
     # The head application measures: no validation image of another view may reach it.
-    head = CLASSES.index(View.SECOND_TRIMESTER_HEAD)
+    head = CLASSES.index(View.AXIAL_FETAL_HEAD)
     others = probs[y != head, head]
     worst = float(others.max()) if len(others) else 0.0
     t_head = min(0.99, max(t, math.floor(worst * 100 + 1) / 100))
-    strict = {str(View.SECOND_TRIMESTER_HEAD): t_head} if t_head > t else {}
+    strict = {str(View.AXIAL_FETAL_HEAD): t_head} if t_head > t else {}
     route = routed(probs, class_thresholds(t, strict))
     return {
         "abstain_threshold": t,
@@ -490,7 +490,7 @@ def view_metrics(
     pred = probs.argmax(1)
     route = routed(probs, thresholds)
     ok = correct_route(route, y)
-    head = CLASSES.index(View.SECOND_TRIMESTER_HEAD)
+    head = CLASSES.index(View.AXIAL_FETAL_HEAD)
     cm = confusion(y, pred, k)
     routed_cm = np.zeros((k, k + 1), dtype=np.int64)
     np.add.at(routed_cm, (y, np.where(route == -1, k, route)), 1)
@@ -585,14 +585,14 @@ def node_check(view_bundle: Path, images: list[ViewImage], models_dir: Path) -> 
             c["head_finding"] += int(result.analysed)
             c["hc_reported"] += int(result.analysed and result.biometry is not None)
             c["head_gate_refused"] += int(not result.analysed)
-            if result.analysed and image.view is not View.SECOND_TRIMESTER_HEAD:
+            if result.analysed and image.view is not View.AXIAL_FETAL_HEAD:
                 head_examples.append(example)
         elif analysis.application == LABOUR:
             assert isinstance(result, LabourResult)
             c["aop_reported"] += int(result.analysed)
             if result.analysed and image.view is not View.INTRAPARTUM_TRANSPERINEAL:
                 aop_examples.append(example)
-    others = [v for v in counts if v != View.SECOND_TRIMESTER_HEAD]
+    others = [v for v in counts if v != View.AXIAL_FETAL_HEAD]
     not_labour = [v for v in counts if v != View.INTRAPARTUM_TRANSPERINEAL]
     return {
         "models": router.describe(),
@@ -619,7 +619,7 @@ def remeasure_node_check(bundle: Path, folders: list[Path], models_dir: Path) ->
     others: list[ViewImage] = []
     for folder in folders:
         _, images = folder_images(folder, "test", meta)
-        others += [im for im in images[: limit or None] if im.view is not View.SECOND_TRIMESTER_HEAD]
+        others += [im for im in images[: limit or None] if im.view is not View.AXIAL_FETAL_HEAD]
     if not others:
         raise ValueError("no test images of views other than the head in these folders")
     check = node_check(bundle, others, models_dir)
@@ -761,7 +761,7 @@ def train_view(
     metadata["reference_outputs"] = view_reference(net, recipe.size)
     metadata = save_bundle(out, net, metadata, view_model_card)
     if models_dir is not None and (models_dir / "hc18-headseg").is_dir():
-        others = [im for im in test.images if im.view is not View.SECOND_TRIMESTER_HEAD]
+        others = [im for im in test.images if im.view is not View.AXIAL_FETAL_HEAD]
         metadata["metrics"]["node_check"] = node_check(out, others, models_dir)
         metadata["metrics"]["node_check"]["split"] = "test, images of every view but the head"
     metadata["training"]["recipe_minutes"] = round((time.monotonic() - recipe_start) / 60, 1)
@@ -823,7 +823,7 @@ def node_check_lines(m: dict[str, Any]) -> str:
 
 
 def head_threshold_line(meta: dict[str, Any]) -> str:
-    t = meta.get("class_thresholds", {}).get(str(View.SECOND_TRIMESTER_HEAD))
+    t = meta.get("class_thresholds", {}).get(str(View.AXIAL_FETAL_HEAD))
     if t is None:
         return ""
     worst = meta["abstention"].get("val_highest_head_probability_of_other_views")
