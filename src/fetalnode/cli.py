@@ -219,7 +219,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         from fetalnode.training.view import ViewRecipe, train_view
 
         folders = _view_folders(args)
-        vrecipe = _override(ViewRecipe(seed=args.seed), args, ("epochs", "max_minutes", "limit", "lr", "patience"))
+        vrecipe = _override(
+            ViewRecipe(seed=args.seed),
+            args,
+            ("epochs", "max_minutes", "limit", "lr", "patience", "scanner_augment", "balance", "leave_out"),
+        )
         if args.size:
             vrecipe.size = args.size
         try:
@@ -490,6 +494,25 @@ def build_parser() -> argparse.ArgumentParser:
         "whole-node check on the test images of other views (default models)",
     )
     sp.add_argument("--size", type=int, help="view only: network input side in pixels (default 112)")
+    sp.add_argument(
+        "--scanner-augment",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="view only: draw what scanners add to a frame at random (burned-in text, callipers, sector masks, "
+        "grey maps, Doppler boxes, gain, speckle, blur, JPEG) with stronger zoom and geometry (default on; "
+        "--no-scanner-augment: the augmentation of fetal-view 0.1.0)",
+    )
+    sp.add_argument(
+        "--balance",
+        choices=["origin", "folder"],
+        help="view only: within a class each acquisition source weighs the same (origin, default) or each "
+        "folder (folder: fetal-view 0.1.0)",
+    )
+    sp.add_argument(
+        "--leave-out",
+        help="view only: train without the axial heads of this source (hc18, fba_roboflow, fetal_planes_db) and "
+        "report how its images are routed (leave-one-source-out)",
+    )
     sp.add_argument("--out", required=True, help="bundle folder to write, e.g. models/hc18-headseg")
     sp.add_argument(
         "--seg-model",

@@ -15,6 +15,7 @@ import logging
 import math
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from fetalnode.config import ModelSettings
 from fetalnode.inference.analyzer import AnalysisResult
 from fetalnode.inference.bundle import (
     ONNX,
@@ -40,6 +42,7 @@ from fetalnode.training.data import Row, bootstrap_ci, case_split, group_split, 
 from fetalnode.training.early_stopping import EarlyStopping
 from fetalnode.training.metrics import balanced_accuracy, confusion, per_class
 from fetalnode.training.reference import REPO
+from fetalnode.training.scanner import OverlayBank, ScannerAugment, draw_callipers_and_text, jpeg_round_trip
 from fetalnode.training.segmentation import runtime_line
 from fetalnode.vocab import View
 
@@ -49,6 +52,7 @@ CLASSES: list[View] = [v for v in View if v is not View.UNKNOWN]
 FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 PYDICOM_TESTDATA = "pydicom-testdata"
 BRAIN_PLANE = "Fetal brain"
+OVERLAYS = 400  # text and calliper overlays drawn for a training run
 VIEW_IMAGES = REPO / "tests" / "data" / "view_mini"
 
 # Dataset formats, told by the columns of labels.csv (a folder without one holds DICOM files).
@@ -93,6 +97,26 @@ FORMATS: dict[str, dict[str, Any]] = {
 # first_trimester_sagittal has no patient ids: neighbouring image numbers may be one fetus.
 IMAGE_BLOCK = 20
 
+# Where the images of a folder were acquired (hospital, scanners, export): the unit of the source confound.
+# fetal_brain_abnormalities mixes two: its normal images are FETAL_PLANES_DB brain planes (Barcelona), its
+# abnormal ones come from an undocumented source (the Roboflow upload).
+ORIGINS = {
+    "hc18": "HC18 (Radboud UMC, Nijmegen; Voluson E8 / 730)",
+    "fba_roboflow": "fetal_brain_abnormalities, abnormal images (Roboflow upload, source undocumented)",
+    "fetal_planes_db": "FETAL_PLANES_DB (BCNatal, Barcelona; Voluson E6 / S10, Aloka): fetal_planes_db_sample "
+    "and the normal images of fetal_brain_abnormalities",
+    "psfhs": "PSFHS (two hospitals in Guangzhou)",
+    "first_trimester_sagittal": "Dataset for Fetus Framework (Shenzhen People's Hospital)",
+    "dicom": "ultrasound DICOM files of a few devices (pydicom-data)",
+}
+
+
+def image_origin(fmt: str, row: Row) -> str:
+    """The acquisition source (:data:`ORIGINS`) of one row of a folder of format ``fmt``."""
+    if fmt == "fetal_brain_abnormalities":
+        return "fetal_planes_db" if row.get("label") == "normal" else "fba_roboflow"
+    return fmt
+
 
 @dataclass
 class ViewRecipe:
@@ -112,6 +136,13 @@ class ViewRecipe:
     max_minutes: float = 40.0
     seed: int = 20261124
     limit: int = 0
+    # What scanners add to a frame, drawn at random (training.scanner), and stronger geometry (zoom into the
+    # content, rotation, aspect, shift); False: fetal-view 0.1.0's augmentation.
+    scanner_augment: bool = True
+    # Within a class, each "origin" (acquisition source, ORIGINS) weighs the same, or each "folder" (0.1.0).
+    balance: str = "origin"
+    # Train without the axial heads of this origin and report how its images are routed (leave-one-source-out).
+    leave_out: str = ""
     # The abstain threshold minimises, on validation, wrong routings + this x abstentions on images the
     # model had right (a wrong application is worse than none); never below min_threshold.
     abstain_cost: float = 0.2
@@ -189,6 +220,7 @@ class ViewImage:
     detail: str = ""
     pixel_size_mm: float | None = None
     dicom: bool = False
+    origin: str = ""
 
     def gray(self) -> np.ndarray:
         return dicom_gray(self.path) if self.dicom else load_gray(self.path)
@@ -259,6 +291,7 @@ def to_image(folder: Path, fmt: str, row: Row) -> ViewImage:
         detail=detail,
         pixel_size_mm=float(size) if size else None,
         dicom=fmt == "dicom",
+        origin=image_origin(fmt, row),
     )
 
 
@@ -285,6 +318,10 @@ class ViewSet:
     sources: np.ndarray
     images: list[ViewImage] = field(default_factory=list)
 
+    @property
+    def origins(self) -> np.ndarray:
+        return np.array([im.origin or im.source for im in self.images]) if self.images else self.sources
+
     def __len__(self) -> int:
         return len(self.y)
 
@@ -302,48 +339,58 @@ def load_set(images: list[ViewImage], size: int, desc: str) -> ViewSet:
     )
 
 
-def sampling_weights(data: ViewSet) -> np.ndarray:
-    """Per-image draw probability within its class: each source folder of the class weighs the same,
-    within a folder each group, within a group each image."""
+def sampling_weights(data: ViewSet, balance: str = "origin") -> np.ndarray:
+    """Per-image draw probability within its class: each source of the class (its ``origin``, or its
+    ``folder``) weighs the same, within a source each group, within a group each image."""
+    sources_of = data.origins if balance == "origin" else data.sources
     w = np.zeros(len(data), dtype=np.float64)
     for c in np.unique(data.y):
         idx = np.nonzero(data.y == c)[0]
-        sources = Counter(data.sources[idx].tolist())
+        sources = Counter(sources_of[idx].tolist())
         groups = Counter(data.groups[idx].tolist())
         for i in idx:
-            w[i] = 1.0 / len(sources) / _groups_in(data, idx, data.sources[i]) / groups[data.groups[i]]
+            w[i] = 1.0 / len(sources) / _groups_in(data.groups, sources_of, idx, sources_of[i]) / groups[data.groups[i]]
     return w
 
 
-def _groups_in(data: ViewSet, idx: np.ndarray, source: str) -> int:
-    return len(set(data.groups[idx][data.sources[idx] == source].tolist()))
+def _groups_in(groups: np.ndarray, sources: np.ndarray, idx: np.ndarray, source: str) -> int:
+    return len(set(groups[idx][sources[idx] == source].tolist()))
 
 
-def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def augment(x: torch.Tensor, gen: torch.Generator, strong: bool = False) -> torch.Tensor:
     """Random rotation (±15°), zoom (0.8–1.25), aspect (±20%), shift (±10%), mirror; gamma, contrast,
-    brightness and noise: no view should be told by a scanner's framing or grey levels."""
+    brightness and noise: no view should be told by a scanner's framing or grey levels.
+
+    ``strong``: rotation ±20°, zoom 0.7–1.5 and, for a quarter of the images, 1.5–2.2 (into the content, as
+    a cropped export shows it, no sector edge left), aspect ±30%, shift ±15%, gamma ±0.6 (log)."""
     n = x.shape[0]
 
     def uniform(lo: float, hi: float) -> torch.Tensor:
         return torch.empty(n).uniform_(lo, hi, generator=gen)
 
-    angle = torch.deg2rad(uniform(-15, 15))
-    zoom = torch.exp(uniform(math.log(0.8), math.log(1.25)))
-    aspect = torch.exp(uniform(-0.2, 0.2))
+    turn, shift = (20.0, 0.15) if strong else (15.0, 0.1)
+    angle = torch.deg2rad(uniform(-turn, turn))
+    if strong:
+        zoom = torch.exp(uniform(math.log(0.7), math.log(1.5)))
+        zoom = torch.where(torch.rand(n, generator=gen) < 0.25, uniform(1.5, 2.2), zoom)
+        aspect = torch.exp(uniform(-0.3, 0.3))
+    else:
+        zoom = torch.exp(uniform(math.log(0.8), math.log(1.25)))
+        aspect = torch.exp(uniform(-0.2, 0.2))
     mirror = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)
     sx, sy = mirror * aspect / zoom, 1 / (aspect * zoom)
     cos, sin = torch.cos(angle), torch.sin(angle)
     theta = torch.stack(
         [
-            torch.stack([cos * sx, -sin * sy, uniform(-0.1, 0.1)], 1),
-            torch.stack([sin * sx, cos * sy, uniform(-0.1, 0.1)], 1),
+            torch.stack([cos * sx, -sin * sy, uniform(-shift, shift)], 1),
+            torch.stack([sin * sx, cos * sy, uniform(-shift, shift)], 1),
         ],
         1,
     )
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     inside = out > 0
-    gamma = torch.exp(uniform(-0.4, 0.4)).view(n, 1, 1, 1)
+    gamma = torch.exp(uniform(-0.6, 0.6) if strong else uniform(-0.4, 0.4)).view(n, 1, 1, 1)
     out = out.clamp(0, 1) ** gamma
     out = out * uniform(0.75, 1.25).view(n, 1, 1, 1) + uniform(-0.1, 0.1).view(n, 1, 1, 1) * inside
     noise = torch.randn(out.shape, generator=gen) * uniform(0, 0.04).view(n, 1, 1, 1)
@@ -389,7 +436,8 @@ def fit(train: ViewSet, val: ViewSet, recipe: ViewRecipe) -> tuple[torch.nn.Modu
     opt = torch.optim.AdamW(net.parameters(), lr=recipe.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=recipe.epochs)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
-    weights = sampling_weights(train)
+    weights = sampling_weights(train, recipe.balance)
+    scanner = ScannerAugment(OverlayBank.draw(OVERLAYS, recipe.size, recipe.seed)) if recipe.scanner_augment else None
     xtr, ytr = torch.from_numpy(train.x)[:, None], torch.from_numpy(train.y)
     stopping, history = EarlyStopping(recipe.patience, recipe.max_minutes), []
     for epoch in range(1, recipe.epochs + 1):
@@ -406,7 +454,10 @@ def fit(train: ViewSet, val: ViewSet, recipe: ViewRecipe) -> tuple[torch.nn.Modu
             if len(idx_t) < 2:
                 continue
             opt.zero_grad()
-            loss = loss_fn(net(augment(xtr[idx_t], gen)), ytr[idx_t])
+            batch = augment(xtr[idx_t], gen, strong=recipe.scanner_augment)
+            if scanner is not None:
+                batch = scanner(batch, gen)
+            loss = loss_fn(net(batch), ytr[idx_t])
             loss.backward()
             opt.step()
             losses.append(loss.item())
@@ -537,6 +588,188 @@ def view_metrics(
     return out
 
 
+# What the robustness check does to each held-out image (training.scanner; fonts and layouts training never drew).
+PERTURBATIONS = ("callipers_and_text", "jpeg_q75", "jpeg_q40", "callipers_text_jpeg_q75")
+
+
+def perturbed(gray: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
+    if kind == "callipers_and_text":
+        return draw_callipers_and_text(gray, rng)
+    if kind.startswith("jpeg_q"):
+        return jpeg_round_trip(gray, int(kind[len("jpeg_q") :]))
+    return jpeg_round_trip(draw_callipers_and_text(gray, rng), 75)
+
+
+def robustness(
+    probabilities: Callable[[np.ndarray], np.ndarray],
+    images: list[ViewImage],
+    size: int,
+    thresholds: np.ndarray,
+    seed: int = 20261207,
+) -> dict[str, Any]:
+    """How often the routed view of an image stays the same when a scanner's callipers and banner text are
+    drawn on it at its own resolution, or it goes through a JPEG round trip (quality 75 or 40), or both;
+    each as a fraction with a 95% CI by group, and the changes by true view."""
+    rng = np.random.default_rng(seed)
+    grays = [im.gray() for im in tqdm(images, desc="robustness", leave=False)]
+    groups = np.array([im.group for im in images])
+    base = routed(probabilities(np.stack([view_input(g, size) for g in grays])), thresholds)
+    out: dict[str, Any] = {"n": len(images), "n_groups": len(np.unique(groups)), "seed": seed}
+    for kind in PERTURBATIONS:
+        x = np.stack([view_input(perturbed(g, kind, rng), size) for g in grays])
+        same = routed(probabilities(x), thresholds) == base
+        changed = Counter(str(im.view) for im, s in zip(images, same, strict=True) if not s)
+        out[kind] = {
+            "unchanged": float(same.mean()),
+            "unchanged_ci95": bootstrap_ci(same, groups, lambda i, same=same: same[i].mean()),
+            "changed": int((~same).sum()),
+            "changed_by_true_view": dict(changed),
+        }
+    return out
+
+
+# The claim rule's grid (training: the head application may claim a frame the view model abstained on).
+CLAIM_PROBABILITIES = tuple(round(v, 2) for v in np.arange(0.0, 0.51, 0.05))
+CLAIM_SCORES = tuple(round(v, 2) for v in np.arange(0.70, 0.991, 0.01))
+
+
+def head_claim_scores(images: list[ViewImage], models_dir: Path, which: np.ndarray) -> np.ndarray:
+    """The head application's claim score (its gate's plausibility of the fitted skull, 0 when refused) of the
+    images where ``which`` is true (0 elsewhere): the segmentation bundle of ``models_dir``, as the node runs it."""
+    from fetalnode.inference.analyzer import find_head, seg_settings
+    from fetalnode.inference.preprocess import to_unit_range
+
+    seg = load_bundle(models_dir / ModelSettings().segmentation, "segmentation")
+    settings = seg_settings(seg)
+    out = np.zeros(len(images), dtype=np.float64)
+    for i in tqdm(np.nonzero(which)[0], desc="head claims", leave=False):
+        head = find_head(seg.infer, settings, to_unit_range(images[i].gray()))
+        out[i] = 0.0 if head.reason else head.score
+    return out
+
+
+def claimable(probs: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Images the view model abstained on with no view at its routing threshold (a claim may take them)."""
+    return (routed(probs, thresholds) == -1) & ~(probs >= thresholds[None]).any(1)
+
+
+def claimed(probs: np.ndarray, scores: np.ndarray, thresholds: np.ndarray, p_min: float, s_min: float) -> np.ndarray:
+    head = CLASSES.index(View.AXIAL_FETAL_HEAD)
+    return claimable(probs, thresholds) & (probs[:, head] >= p_min) & (scores >= s_min)
+
+
+def choose_claim(probs: np.ndarray, y: np.ndarray, scores: np.ndarray, thresholds: np.ndarray) -> dict[str, Any]:
+    """The head application's claim rule, on validation: among the (head probability, skull score) pairs that
+    let no validation image of another view be claimed, the one routing the most validation heads; ties to the
+    stricter pair. The curve: head coverage and off-view claims against the score, at the chosen probability."""
+    head = CLASSES.index(View.AXIAL_FETAL_HEAD)
+    is_head = y == head
+    routed_heads = routed(probs, thresholds) == head
+    coverage = float(routed_heads[is_head].mean())  # no claim at all (the strictest pair claims nothing)
+    for p_min in CLAIM_PROBABILITIES:
+        for s_min in CLAIM_SCORES:
+            take = claimed(probs, scores, thresholds, p_min, s_min)
+            if not (take & ~is_head).any():
+                coverage = max(coverage, float((routed_heads | take)[is_head].mean()))
+    p_min, s_min = _strictest(probs, y, scores, thresholds, coverage)
+    curve = []
+    for s in (0.5, *CLAIM_SCORES[::2]):
+        take = claimed(probs, scores, thresholds, p_min, s)
+        curve.append(
+            {
+                "min_score": s,
+                "head_coverage": float((routed_heads | take)[is_head].mean()),
+                "heads_claimed": int((take & is_head).sum()),
+                "other_views_claimed": int((take & ~is_head).sum()),
+            }
+        )
+    return {
+        "min_probability": p_min,
+        "min_score": s_min,
+        "val_heads": int(is_head.sum()),
+        "val_head_coverage_without": float(routed_heads[is_head].mean()),
+        "val_head_coverage": coverage,
+        "val_claimable": int(claimable(probs, thresholds).sum()),
+        "rule": "on the validation split: the (head probability, skull fit) pair that claims no image of another "
+        "view and routes the most heads, the strictest such pair on ties",
+        "curve": curve,
+    }
+
+
+def _strictest(
+    probs: np.ndarray, y: np.ndarray, scores: np.ndarray, thresholds: np.ndarray, coverage: float
+) -> tuple[float, float]:
+    """The pair reaching ``coverage`` with no off-view claim that is strictest (highest score, then probability)."""
+    head = CLASSES.index(View.AXIAL_FETAL_HEAD)
+    is_head, routed_heads = y == head, routed(probs, thresholds) == head
+    for s_min in reversed(CLAIM_SCORES):
+        for p_min in reversed(CLAIM_PROBABILITIES):
+            take = claimed(probs, scores, thresholds, p_min, s_min)
+            if not (take & ~is_head).any() and float((routed_heads | take)[is_head].mean()) >= coverage - 1e-12:
+                return p_min, s_min
+    return CLAIM_PROBABILITIES[-1], CLAIM_SCORES[-1]
+
+
+def segmentation_version(models_dir: Path | None) -> str:
+    """``name version`` of the head segmentation bundle the claim rule was chosen with."""
+    assert models_dir is not None
+    meta = read_metadata(models_dir / ModelSettings().segmentation)
+    return f"{meta['name']} {meta['version']}"
+
+
+def claim_metrics(
+    probs: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
+    scores: np.ndarray,
+    thresholds: np.ndarray,
+    rule: dict[str, Any],
+) -> dict[str, Any]:
+    """Heads routed to the head application by the view model alone and with the claim rule (95% CI by group),
+    and the images of other views the rule claims."""
+    head = CLASSES.index(View.AXIAL_FETAL_HEAD)
+    is_head = y == head
+    alone = routed(probs, thresholds) == head
+    take = claimed(probs, scores, thresholds, rule["min_probability"], rule["min_score"])
+    both = (alone | take)[is_head]
+    hg = groups[is_head]
+    return {
+        "heads": int(is_head.sum()),
+        "head_groups": len(np.unique(hg)),
+        "heads_routed_by_view_model": int(alone[is_head].sum()),
+        "heads_claimed": int((take & is_head).sum()),
+        "head_routing": float(both.mean()) if len(both) else float("nan"),
+        "head_routing_ci95": bootstrap_ci(both, hg, lambda i: both[i].mean()),
+        "other_views_claimed": int((take & ~is_head).sum()),
+        "other_views": int((~is_head).sum()),
+    }
+
+
+def is_left_out(image: ViewImage, origin: str) -> bool:
+    """An axial head of ``origin``: what a leave-one-source-out run trains without (the source's images of
+    other views, FETAL_PLANES_DB's other planes, stay in training)."""
+    return image.origin == origin and image.view is View.AXIAL_FETAL_HEAD
+
+
+def left_out_metrics(probs: np.ndarray, data: ViewSet, thresholds: np.ndarray, origin: str) -> dict[str, Any]:
+    """How the axial heads of a source the model never saw are routed: to the head application, elsewhere,
+    or ``unknown``, with a 95% CI by group of the head routing rate."""
+    head = CLASSES.index(View.AXIAL_FETAL_HEAD)
+    route = routed(probs, thresholds)
+    to_head = route == head
+    answers = Counter(str(CLASSES[r]) if r >= 0 else str(View.UNKNOWN) for r in route.tolist())
+    return {
+        "origin": origin,
+        "source": ORIGINS[origin],
+        "n": len(route),
+        "n_groups": len(np.unique(data.groups)),
+        "routed_to_head": float(to_head.mean()),
+        "routed_to_head_ci95": bootstrap_ci(to_head, data.groups, lambda i: to_head[i].mean()),
+        "top_class_head": float((probs.argmax(1) == head).mean()),
+        "routed": dict(answers),
+    }
+
+
 def _num(v: float) -> float | None:
     return None if math.isnan(v) else float(v)
 
@@ -570,6 +803,7 @@ def node_check(view_bundle: Path, images: list[ViewImage], models_dir: Path) -> 
     counts: dict[str, Counter[str]] = {}
     head_examples: list[dict[str, Any]] = []
     aop_examples: list[dict[str, Any]] = []
+    calibrated_hc: list[tuple[str, bool]] = []  # (group, HC reported) of each calibrated axial head
     for image in tqdm(images, desc="node check", leave=False):
         ds = dcmread(image.path) if image.dicom else wrap_png(image.path, pixel_size_mm=image.pixel_size_mm)
         analysis = router.analyse(ds)
@@ -580,10 +814,12 @@ def node_check(view_bundle: Path, images: list[ViewImage], models_dir: Path) -> 
         if analysis.view is not None and analysis.view.conflict:
             c["cross_check_view_uncertain"] += 1
         result = analysis.result
+        hc = False
         if analysis.application == HEAD:
             assert isinstance(result, AnalysisResult)
+            hc = result.analysed and result.biometry is not None
             c["head_finding"] += int(result.analysed)
-            c["hc_reported"] += int(result.analysed and result.biometry is not None)
+            c["hc_reported"] += int(hc)
             c["head_gate_refused"] += int(not result.analysed)
             if result.analysed and image.view is not View.AXIAL_FETAL_HEAD:
                 head_examples.append(example)
@@ -592,9 +828,22 @@ def node_check(view_bundle: Path, images: list[ViewImage], models_dir: Path) -> 
             c["aop_reported"] += int(result.analysed)
             if result.analysed and image.view is not View.INTRAPARTUM_TRANSPERINEAL:
                 aop_examples.append(example)
+        if image.view is View.AXIAL_FETAL_HEAD and image.pixel_size_mm:
+            calibrated_hc.append((image.group, hc))
     others = [v for v in counts if v != View.AXIAL_FETAL_HEAD]
     not_labour = [v for v in counts if v != View.INTRAPARTUM_TRANSPERINEAL]
+    heads: dict[str, Any] = {}
+    if calibrated_hc:
+        hc_groups = np.array([g for g, _ in calibrated_hc])
+        with_hc = np.array([h for _, h in calibrated_hc])
+        heads = {
+            "calibrated_heads": len(with_hc),
+            "calibrated_heads_hc": int(with_hc.sum()),
+            "calibrated_heads_hc_rate": float(with_hc.mean()),
+            "calibrated_heads_hc_rate_ci95": bootstrap_ci(with_hc, hc_groups, lambda i: with_hc[i].mean()),
+        }
     return {
+        **heads,
         "models": router.describe(),
         "cross_check_probability": router.cross_check_probability,
         "by_true_view": {v: dict(c) for v, c in counts.items()},
@@ -608,8 +857,9 @@ def node_check(view_bundle: Path, images: list[ViewImage], models_dir: Path) -> 
 
 
 def remeasure_node_check(bundle: Path, folders: list[Path], models_dir: Path) -> dict[str, Any]:
-    """The whole-node check of a view bundle on its test images of views other than the head, measured again
-    with this build's router and the bundles in ``models_dir`` (``fetalnode models finalize BUNDLE --data ...``).
+    """The whole-node check of a view bundle on its test images of views other than the head (and its calibrated
+    test heads), measured again with this build's router and the bundles in ``models_dir`` (``fetalnode models
+    finalize BUNDLE --data ...``).
 
     The test images are those of the bundle's own split (its seed, its DICOM device groups); the weights and
     every other metric are untouched; the previous figure is kept in ``metrics.node_check_history``.
@@ -619,11 +869,11 @@ def remeasure_node_check(bundle: Path, folders: list[Path], models_dir: Path) ->
     others: list[ViewImage] = []
     for folder in folders:
         _, images = folder_images(folder, "test", meta)
-        others += [im for im in images[: limit or None] if im.view is not View.AXIAL_FETAL_HEAD]
-    if not others:
+        others += [im for im in images[: limit or None] if im.view is not View.AXIAL_FETAL_HEAD or im.pixel_size_mm]
+    if not any(im.view is not View.AXIAL_FETAL_HEAD for im in others):
         raise ValueError("no test images of views other than the head in these folders")
     check = node_check(bundle, others, models_dir)
-    check["split"] = "test, images of every view but the head"
+    check["split"] = "test, images of every view but the head, and calibrated heads"
     check["remeasured"] = time.strftime("%Y-%m-%d")
     metrics = meta["metrics"]
     if metrics.get("node_check"):
@@ -714,6 +964,15 @@ def train_view(
             {"folder": str(folder), "format": fmt, "name": spec["name"], "licence": spec["licence"], "splits": counts}
         )
         log.info("%s (%s): %s", folder, fmt, {k: v["images"] for k, v in counts.items()})
+    left_out: list[ViewImage] = []
+    if recipe.leave_out:
+        if recipe.leave_out not in ORIGINS:
+            raise ValueError(f"--leave-out {recipe.leave_out!r}: not a source ({', '.join(ORIGINS)})")
+        for split, images in parts.items():
+            left_out += [im for im in images if is_left_out(im, recipe.leave_out)]
+            parts[split] = [im for im in images if not is_left_out(im, recipe.leave_out)]
+        if not left_out:
+            raise ValueError(f"--leave-out {recipe.leave_out}: no axial head of that source in these folders")
     missing = [str(c) for c in CLASSES if not any(im.view is c for im in parts["train"])]
     if missing:
         raise ValueError(f"no training images of {', '.join(missing)}: give a folder of each view")
@@ -728,7 +987,27 @@ def train_view(
     test_probs = predict(net, test.x)
     metrics = view_metrics(test_probs, test.y, test.groups, test.sources, thresholds)
     metrics["split"] = "test (held-out groups of every folder)"
+    metrics["robustness"] = robustness(lambda x: predict(net, x), test.images, recipe.size, thresholds)
     metrics["validation"] = view_metrics(val_probs, sets["val"].y, sets["val"].groups, sets["val"].sources, thresholds)
+    claim: dict[str, Any] = {}
+    with_heads = models_dir is not None and (models_dir / ModelSettings().segmentation).is_dir()
+    if with_heads:
+        assert models_dir is not None
+        val = sets["val"]
+        val_scores = head_claim_scores(val.images, models_dir, claimable(val_probs, thresholds))
+        claim = choose_claim(val_probs, val.y, val_scores, thresholds)
+        test_scores = head_claim_scores(test.images, models_dir, claimable(test_probs, thresholds))
+        metrics["claims"] = claim_metrics(test_probs, test.y, test.groups, test_scores, thresholds, claim)
+    if left_out:
+        held = load_set(left_out, recipe.size, f"images ({recipe.leave_out}, left out)")
+        held_probs = predict(net, held.x)
+        metrics["left_out_source"] = left_out_metrics(held_probs, held, thresholds, recipe.leave_out)
+        if claim:
+            assert models_dir is not None
+            held_scores = head_claim_scores(held.images, models_dir, claimable(held_probs, thresholds))
+            metrics["left_out_source"]["with_claims"] = claim_metrics(
+                held_probs, held.y, held.groups, held_scores, thresholds, claim
+            )
     metadata: dict[str, Any] = {
         "name": name,
         "version": version,
@@ -744,6 +1023,20 @@ def train_view(
         "abstain_threshold": threshold["abstain_threshold"],
         "class_thresholds": threshold["class_thresholds"],
         "abstention": threshold,
+        **(
+            {
+                "claims": {
+                    str(View.AXIAL_FETAL_HEAD): {
+                        "min_probability": claim["min_probability"],
+                        "min_score": claim["min_score"],
+                        "segmentation": segmentation_version(models_dir),
+                    }
+                },
+                "claim_selection": claim,
+            }
+            if claim
+            else {}
+        ),
         "training_data": [{**s, "seed": recipe.seed, "split_by": FORMATS[s["format"]]["group"]} for s in sources],
         # DICOM folders are split together, by device group: the split of each group, for `evaluate --split`.
         "dicom_group_splits": dicom_splits,
@@ -760,10 +1053,11 @@ def train_view(
     }
     metadata["reference_outputs"] = view_reference(net, recipe.size)
     metadata = save_bundle(out, net, metadata, view_model_card)
-    if models_dir is not None and (models_dir / "hc18-headseg").is_dir():
-        others = [im for im in test.images if im.view is not View.AXIAL_FETAL_HEAD]
-        metadata["metrics"]["node_check"] = node_check(out, others, models_dir)
-        metadata["metrics"]["node_check"]["split"] = "test, images of every view but the head"
+    if with_heads:
+        assert models_dir is not None
+        checked = [im for im in test.images if im.view is not View.AXIAL_FETAL_HEAD or im.pixel_size_mm]
+        metadata["metrics"]["node_check"] = node_check(out, checked, models_dir)
+        metadata["metrics"]["node_check"]["split"] = "test, images of every view but the head, and calibrated heads"
     metadata["training"]["recipe_minutes"] = round((time.monotonic() - recipe_start) / 60, 1)
     write_metadata(out, metadata, view_model_card)
     return finalize_view_bundle(out)
@@ -938,6 +1232,7 @@ def evaluate_view(
     metrics["abstain_threshold"] = view_model.threshold
     metrics["class_thresholds"] = {str(k): v for k, v in view_model.class_thresholds.items()}
     metrics["true_views"] = dict(Counter(str(im.view) for im in images))
+    metrics["robustness"] = robustness(view_model.probabilities, images, view_model.size, thresholds)
     if node:
         folder = models_dir or Path("models")
         if (folder / "hc18-headseg").is_dir():
