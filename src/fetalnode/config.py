@@ -120,6 +120,9 @@ class RouterSettings:
 
     applications: dict[str, str] = field(default_factory=_default_routes)
     cross_check_probability: float = 0.01
+    # Frames of a cine the router looks at (evenly spaced; 1: the middle frame only); the application analyses
+    # the one it recognises best. Each extra frame costs a decode and the view model (+ a head segmentation).
+    cine_frames: int = 5
 
 
 @dataclass
@@ -398,6 +401,8 @@ def load_settings(
         raise ConfigError(
             f"router.cross_check_probability must be between 0 and 1, not {settings.router.cross_check_probability}"
         )
+    if not 1 <= settings.router.cine_frames <= 100:
+        raise ConfigError(f"router.cine_frames must be between 1 and 100, not {settings.router.cine_frames}")
     if settings.logging.third_party.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
         raise ConfigError(
             f"logging.third_party must be DEBUG, INFO, WARNING or ERROR, not {settings.logging.third_party!r}"

@@ -7,8 +7,9 @@ or raises :class:`IntakeRejected` with a reason a person can act on.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from io import BytesIO
+from typing import Any
 
 import numpy as np
 from pydicom import dcmread
@@ -43,6 +44,9 @@ class DecodedImage:
     spacing_source: str
     spacing_note: str
     photometric: str
+    # What an application's model found in this frame (the head application's skull), so that a router asking
+    # the application about the frame and the application analysing it run that model once.
+    found: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @functools.cached_property
     def gray01(self) -> np.ndarray:
@@ -185,11 +189,14 @@ def _check_header(ds: Dataset, max_pixels: int, max_frames: int) -> ImageHeader:
     return ImageHeader(rows, cols, samples, n_frames)
 
 
-def decode_for_analysis(ds: Dataset, max_pixels: int, max_frames: int) -> DecodedImage:
-    """Check the instance and decode its representative frame (the middle one of a cine)."""
+def decode_for_analysis(ds: Dataset, max_pixels: int, max_frames: int, index: int | None = None) -> DecodedImage:
+    """Check the instance and decode one frame: ``index`` (0-based) of a cine, else its middle one."""
     head = check_header(ds, max_pixels, max_frames)
     rows, cols, samples, n_frames = head.rows, head.cols, head.samples, head.n_frames
-    index = n_frames // 2
+    if index is None:
+        index = n_frames // 2
+    elif not 0 <= index < n_frames:
+        raise IntakeRejected(f"frame index {index} is outside the {n_frames} frames of the image")
     photometric = str(getattr(ds, "PhotometricInterpretation", ""))
     try:
         # raw=False: pydicom returns RGB for YBR_FULL/YBR_FULL_422 and the JPEG 2000 YBR_RCT/YBR_ICT.

@@ -3,26 +3,28 @@ application" in every output and never a finding or a measurement."""
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
 import logging
 from io import BytesIO
 from pathlib import Path
 
+import highdicom as hd
 import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from fetalnode.applications.base import Analysis
+from fetalnode.applications.base import Analysis, ClaimsItsView
 from fetalnode.applications.registry import APPLICATIONS, build_application, register_application
-from fetalnode.applications.router import NAME, ViewRouter, router_routes
+from fetalnode.applications.router import NAME, ViewRouter, frame_indices, router_routes
 from fetalnode.config import Settings, load_settings
 from fetalnode.errors import ConfigError, InferenceError
 from fetalnode.inference import AnalysisResult
 from fetalnode.inference.bundle import load_bundle
-from fetalnode.inference.view import ViewModel, view_input
-from fetalnode.intake import DecodedImage, decode_for_analysis
+from fetalnode.inference.view import ClaimRule, ViewModel, view_input
+from fetalnode.intake import US_MULTIFRAME, DecodedImage, decode_for_analysis
 from fetalnode.orthanc.findings import read_finding
 from fetalnode.outputs import codes as fc
 from fetalnode.runner import Received, Runtime, Verdict, run_job
@@ -368,3 +370,141 @@ def test_the_earlier_name_of_the_head_view_is_read_with_a_deprecation_warning(tm
     assert View.named("second_trimester_head") is View.AXIAL_FETAL_HEAD
     with pytest.raises(ValueError):
         View.named("second_trimester_abdomen")
+
+
+HEADS = sorted((DATA / "hc18_mini" / "images").glob("*.png"))
+
+
+def pixel_size(png: Path) -> float:
+    rows = {r["filename"]: r for r in csv.DictReader((DATA / "hc18_mini" / "labels.csv").open())}
+    return float(rows[f"images/{png.name}"]["pixel_size_mm"])
+
+
+def test_an_application_claims_a_frame_the_view_model_is_unsure_about_by_its_own_check(runtime: Runtime) -> None:
+    """The view model abstains (head 45%, below its threshold): the head application's gate finds a well-fitted
+    skull, so the head application claims the image and measures it; the outputs say it was claimed."""
+    router = runtime.application
+    assert isinstance(router, ViewRouter)
+    unsure = FixedViewModel(
+        router.view_model,
+        {View.AXIAL_FETAL_HEAD: 0.45, View.FIRST_TRIMESTER_MIDSAGITTAL: 0.4, View.OTHER_FETAL_PLANE: 0.15},
+    )
+    unsure.claims = {View.AXIAL_FETAL_HEAD: ClaimRule(min_probability=0.3, min_score=0.8)}
+    claiming = dataclasses.replace(router, view_model=unsure)
+    analysis = claiming.analyse(dcmread(SAMPLES / "hc18_104_HC.dcm"))
+    assert analysis.application == "fetal-head" and analysis.result.analysed and analysis.result.biometry
+    assert analysis.view is not None and analysis.view.label is View.AXIAL_FETAL_HEAD
+    assert "well-fitted skull" in analysis.view.claimed and "hc18-headseg" in analysis.view.claimed
+    line = analysis.view.line()
+    assert line.startswith("Recognised view: axial fetal head, claimed by its application: the view model was unsure")
+    assert analysis.summary()["view"]["claimed"] == analysis.view.claimed
+    # the same frame without a rule, or below the rule's view probability: not recognised, nothing measured
+    for rule in ({}, {View.AXIAL_FETAL_HEAD: ClaimRule(min_probability=0.5, min_score=0.8)}):
+        unsure.claims = rule
+        analysis = claiming.analyse(dcmread(SAMPLES / "hc18_104_HC.dcm"))
+        assert analysis.application == NAME and analysis.view is not None and analysis.view.label is View.UNKNOWN
+        assert not analysis.result.analysed and not analysis.view.claimed
+
+
+def test_a_claim_needs_the_skull_and_never_overrides_a_confident_other_view(runtime: Runtime) -> None:
+    router = runtime.application
+    assert isinstance(router, ViewRouter)
+    rule = {View.AXIAL_FETAL_HEAD: ClaimRule(min_probability=0.0, min_score=0.5)}
+    # a femur plane the model is unsure about: the head gate finds no plausible skull, no claim
+    unsure = FixedViewModel(
+        router.view_model, {View.AXIAL_FETAL_HEAD: 0.4, View.OTHER_FETAL_PLANE: 0.55, View.NOT_FETAL: 0.05}
+    )
+    unsure.claims = rule
+    analysis = dataclasses.replace(router, view_model=unsure).analyse(wrap_png(FEMUR, pixel_size_mm=0.1))
+    assert analysis.application == NAME and analysis.view is not None and analysis.view.label is View.UNKNOWN
+    assert not analysis.view.claimed
+    # a head the model confidently calls another view: routed there, the head application never asked
+    confident = FixedViewModel(router.view_model, {View.FIRST_TRIMESTER_MIDSAGITTAL: 0.9, View.AXIAL_FETAL_HEAD: 0.1})
+    confident.claims = rule
+    analysis = dataclasses.replace(router, view_model=confident).analyse(dcmread(SAMPLES / "hc18_104_HC.dcm"))
+    assert analysis.application == NAME and analysis.view is not None
+    assert analysis.view.label is View.FIRST_TRIMESTER_MIDSAGITTAL and not analysis.result.analysed
+    # a transperineal image claimed for its whole fetal head still meets the cross-check: view uncertain
+    labour_unsure = FixedViewModel(
+        router.view_model, {View.AXIAL_FETAL_HEAD: 0.45, View.INTRAPARTUM_TRANSPERINEAL: 0.4, View.NOT_FETAL: 0.15}
+    )
+    labour_unsure.claims = rule
+    claiming = dataclasses.replace(router, view_model=labour_unsure)
+    decoded = decode_for_analysis(wrap_png(HARD_PSFHS, pixel_size_mm=None), 10**8, 10)
+    view = claiming.classify(decoded)
+    if view.claimed or view.conflict:  # the head gate's view of this image decides whether it is claimed at all
+        assert view.label is View.UNKNOWN and "pubic symphysis" in view.conflict
+
+
+def cine(frames: list[Path], pixel_size_mm: float) -> Dataset:
+    """A US Multi-frame image of dataset PNGs (each letterboxed onto the first one's size), one calibration."""
+    from PIL import Image
+
+    ds = wrap_png(frames[0], pixel_size_mm=pixel_size_mm)
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    pixels = []
+    for png in frames:
+        with Image.open(png) as im:
+            gray = im.convert("L")
+            gray.thumbnail((cols, rows))
+            canvas = Image.new("L", (cols, rows), 0)
+            canvas.paste(gray, ((cols - gray.width) // 2, (rows - gray.height) // 2))
+            pixels.append(np.asarray(canvas, dtype=np.uint8))
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = US_MULTIFRAME
+    ds.NumberOfFrames = len(frames)
+    ds.FrameIncrementPointer = (0x0018, 0x1063)
+    ds.FrameTime = 40.0
+    ds.PixelData = np.stack(pixels).tobytes()
+    return ds
+
+
+def test_a_cine_is_analysed_on_the_frame_its_application_recognises_best(runtime: Runtime) -> None:
+    """Five frames, the middle one a femur plane, the others heads: the head application analyses the head
+    frame whose skull it fits best, every output references that frame, the summary says which and why."""
+    frames = [HEADS[0], HEADS[1], FEMUR, HEADS[2], HEADS[3]]
+    ds = cine(frames, pixel_size(HEADS[0]))
+    summary, built = run(runtime, ds)
+    assert summary["n_frames"] == 5 and summary["application"] == "fetal-head", summary
+    frame = summary["frame_number"]
+    assert frame in (1, 2, 4, 5) and summary["analysed"] and summary["hc_mm"], summary
+    choice = summary["view"]["frame_choice"]
+    assert choice.startswith(f"Frame {frame} of 5 analysed: of the 5 frames looked at (1, 2, 3, 4, 5)"), choice
+    assert "fetal-head recognised" in choice and "the middle frame 3: " in choice
+    router = runtime.application
+    assert isinstance(router, ViewRouter)
+    head = router.routes[View.AXIAL_FETAL_HEAD]
+    assert isinstance(head, ClaimsItsView)
+    decoded = {f: router.setup.decode_frame(ds, f - 1) for f in range(1, 6)}
+    heads = [f for f in decoded if router.classify(decoded[f]).label is View.AXIAL_FETAL_HEAD]
+    assert 3 not in heads and len(heads) >= 2 and f"{len(heads)} showed the axial fetal head" in choice
+    fits = {f: head.claim(decoded[f]).score for f in heads}
+    assert frame == max(heads, key=lambda f: fits[f]), fits
+    sr = hd.sr.Comprehensive3DSR.from_dataset(built["sr"])
+    for group in sr.content.get_planar_roi_measurement_groups():
+        [image] = group.roi.ContentSequence
+        [ref] = image.ReferencedSOPSequence
+        assert int(ref.ReferencedFrameNumber) == frame
+    [annotation] = built["gsps"].GraphicAnnotationSequence
+    assert int(annotation.ReferencedImageSequence[0].ReferencedFrameNumber) == frame
+    seg_refs = [
+        item
+        for group in built["seg"].PerFrameFunctionalGroupsSequence
+        for derivation in group.DerivationImageSequence
+        for item in derivation.SourceImageSequence
+    ]
+    assert seg_refs and {int(item.ReferencedFrameNumber) for item in seg_refs} == {frame}
+    assert int(built["sc"].SourceImageSequence[0].ReferencedFrameNumber) == frame
+    found = read_finding(built["sr"])
+    assert any(c.startswith("Recognised view") and choice in c for c in found["comments"]), found["comments"]
+    assert choice in built["sc"].ImageComments
+    # router.cine_frames = 1: the middle frame only, as before (a femur: no application)
+    middle = dataclasses.replace(router, cine_frames=1).analyse(ds)
+    assert middle.decoded.frame_number == 3 and middle.application == NAME
+
+
+def test_cine_frame_indices_are_evenly_spaced_and_keep_the_middle() -> None:
+    assert frame_indices(1, 5) == [0]
+    assert frame_indices(5, 5) == [0, 1, 2, 3, 4]
+    assert frame_indices(500, 5) == [50, 150, 250, 350, 450]
+    assert frame_indices(7, 1) == [3] and frame_indices(8, 1) == [4]
+    assert frame_indices(3, 10) == [0, 1, 2]
