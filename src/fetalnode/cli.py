@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -227,7 +228,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.size:
             vrecipe.size = args.size
         try:
-            meta = train_view(folders, Path(args.out), vrecipe, bundle_name, args.version, Path(args.head_models))
+            meta = train_view(
+                folders, Path(args.out), vrecipe, bundle_name, args.version, Path(args.head_models), _command_line()
+            )
         except ValueError as exc:  # a folder in no known format, a view without training images
             log.error("%s", exc)
             return 2
@@ -287,6 +290,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     print(json.dumps(meta["metrics"], indent=2, default=str))
     return 0
+
+
+def _command_line() -> str:
+    """This process's command line as a user types it (``fetalnode ...``), for a model card."""
+    return shlex.join(["fetalnode", *sys.argv[1:]])
 
 
 def _view_folders(args: argparse.Namespace) -> list[Path]:
@@ -350,8 +358,22 @@ def cmd_models_finalize(args: argparse.Namespace) -> int:
     if read_metadata(Path(args.bundle))["task"] == "view":
         if args.gate:
             raise SystemExit("--gate is for segmentation bundles")
-        from fetalnode.training.view import finalize_view_bundle, remeasure_node_check
+        from fetalnode.training.view import (
+            add_history,
+            finalize_view_bundle,
+            record_source_holdout,
+            remeasure_node_check,
+        )
 
+        if args.source_holdout or args.history:
+            try:
+                runs = record_source_holdout(Path(args.bundle), [Path(r) for r in args.source_holdout or []])
+            except ValueError as exc:
+                log.error("%s", exc)
+                return 2
+            add_history(Path(args.bundle), args.history or [])
+            print(json.dumps({"source_holdout": [r["left_out_source"] for r in runs]}, indent=2, default=str))
+            return 0
         if args.data or args.data_root:
             try:
                 check = remeasure_node_check(Path(args.bundle), _view_folders(args), Path(args.models_dir))
@@ -692,6 +714,17 @@ def build_parser() -> argparse.ArgumentParser:
         "model card is rewritten)",
     )
     mf.add_argument("--data-root", help="view bundle: also every sub-folder of this folder, as in `train view`")
+    mf.add_argument(
+        "--source-holdout",
+        action="append",
+        help="view bundle (repeatable): a leave-one-source-out run's bundle (`train view --leave-out`); its "
+        "figures on the left-out source go into this bundle's metadata and model card (weights untouched)",
+    )
+    mf.add_argument(
+        "--history",
+        action="append",
+        help="view bundle (repeatable): a line for the model card's history (what changed, why)",
+    )
     mf.add_argument(
         "--models-dir",
         default="models",

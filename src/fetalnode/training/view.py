@@ -745,6 +745,28 @@ def claim_metrics(
     }
 
 
+def heads_by_origin(probs: np.ndarray, data: ViewSet, thresholds: np.ndarray) -> dict[str, Any]:
+    """The axial heads of ``data`` by acquisition source: routed to the head application (95% CI by group),
+    abstained on, routed elsewhere (the view model alone)."""
+    head = CLASSES.index(View.AXIAL_FETAL_HEAD)
+    route = routed(probs, thresholds)
+    out: dict[str, Any] = {}
+    origins = data.origins
+    for origin in sorted(set(origins[data.y == head].tolist())):
+        idx = np.nonzero((data.y == head) & (origins == origin))[0]
+        ok = route[idx] == head
+        groups = data.groups[idx]
+        out[origin] = {
+            "n": len(idx),
+            "n_groups": len(np.unique(groups)),
+            "routed_to_head": float(ok.mean()),
+            "routed_to_head_ci95": bootstrap_ci(ok, groups, lambda i, ok=ok: ok[i].mean()),
+            "abstained": int((route[idx] == -1).sum()),
+            "elsewhere": int(((route[idx] != -1) & ~ok).sum()),
+        }
+    return out
+
+
 def is_left_out(image: ViewImage, origin: str) -> bool:
     """An axial head of ``origin``: what a leave-one-source-out run trains without (the source's images of
     other views, FETAL_PLANES_DB's other planes, stay in training)."""
@@ -935,9 +957,11 @@ def train_view(
     name: str,
     version: str,
     models_dir: Path | None = None,
+    command: str = "",
 ) -> dict[str, Any]:
     """Train, choose the abstain threshold on validation, measure the test split (and, with the head
-    bundles in ``models_dir``, the whole node on its images of other views), write the bundle."""
+    bundles in ``models_dir``, the head claim rule and the whole node on its images of other views and its
+    calibrated heads), write the bundle (``command``: the command line, recorded in the model card)."""
     recipe_start = time.monotonic()
     parts: dict[str, list[ViewImage]] = {"train": [], "val": [], "test": []}
     sources: list[dict[str, Any]] = []
@@ -987,6 +1011,7 @@ def train_view(
     test_probs = predict(net, test.x)
     metrics = view_metrics(test_probs, test.y, test.groups, test.sources, thresholds)
     metrics["split"] = "test (held-out groups of every folder)"
+    metrics["heads_by_origin"] = heads_by_origin(test_probs, test, thresholds)
     metrics["robustness"] = robustness(lambda x: predict(net, x), test.images, recipe.size, thresholds)
     metrics["validation"] = view_metrics(val_probs, sets["val"].y, sets["val"].groups, sets["val"].sources, thresholds)
     claim: dict[str, Any] = {}
@@ -1045,6 +1070,7 @@ def train_view(
             "minutes": round(minutes, 1),
             "device": "cpu",
             "threads": torch.get_num_threads(),
+            "command": command,
             "recipe": {k: (list(v) if isinstance(v, tuple) else v) for k, v in recipe.__dict__.items()},
             "history": history,
             "images": {k: len(v) for k, v in sets.items()},
@@ -1109,11 +1135,153 @@ def node_check_lines(m: dict[str, Any]) -> str:
             " A re-measured figure comes after the earlier one on the same test images was seen (and, here, acted"
             " on): it is not a blind held-out measurement."
         )
+    heads = ""
+    if nc.get("calibrated_heads"):
+        heads = (
+            f" On the {nc['calibrated_heads']} calibrated test heads (HC18, wrapped with their pixel size): "
+            f"**{nc['calibrated_heads_hc']} with an HC ({nc['calibrated_heads_hc_rate']:.3f}, 95% CI "
+            f"{_ci(nc['calibrated_heads_hc_rate_ci95'])})**."
+        )
     return (
         f"The whole node analysis ({router}){when} on the {nc['other_view_images']} test images of views other "
         f"than the head, each wrapped as US DICOM: **{nc['other_views_head_findings']} head findings, "
-        f"{nc['other_views_hc_reported']} HC**{aop_words} ({by}).{earlier}"
+        f"{nc['other_views_hc_reported']} HC**{aop_words} ({by}).{heads}{earlier}"
     )
+
+
+def robustness_lines(m: dict[str, Any]) -> str:
+    rb = m.get("robustness")
+    if not rb:
+        return "Not measured."
+    words = {
+        "callipers_and_text": "callipers (crosses, dotted lines, traced ellipses, numbered) and banner text drawn",
+        "jpeg_q75": "JPEG round trip, quality 75",
+        "jpeg_q40": "JPEG round trip, quality 40",
+        "callipers_text_jpeg_q75": "callipers and text, then JPEG quality 75",
+    }
+    rows = "\n".join(
+        f"| {words[k]} | {rb[k]['unchanged']:.3f} ({_ci(rb[k]['unchanged_ci95'])}) | {rb[k]['changed']} "
+        f"| {', '.join(f'{v}: {n}' for v, n in rb[k]['changed_by_true_view'].items()) or '-'} |"
+        for k in PERTURBATIONS
+        if k in rb
+    )
+    return (
+        f"Each of the {rb['n']} test images ({rb['n_groups']} groups) routed as it is and again after (drawn at its own "
+        "resolution, in fonts and layouts the training augmentation never drew; seed "
+        f"{rb['seed']}):\n\n| perturbation | routing unchanged (95% CI by group) | changed | by true view |\n"
+        f"|---|---|---|---|\n{rows}"
+    )
+
+
+def claim_lines(meta: dict[str, Any]) -> str:
+    sel = meta.get("claim_selection")
+    if not sel:
+        return "No claim rule (the head bundles were not in the models folder at training time)."
+    rule = meta["claims"][str(View.AXIAL_FETAL_HEAD)]
+    curve = "\n".join(
+        f"| {c['min_score']:.2f} | {c['head_coverage']:.3f} | {c['heads_claimed']} | {c['other_views_claimed']} |"
+        for c in sel["curve"]
+    )
+    test = meta["metrics"].get("claims")
+    test_line = ""
+    if test:
+        test_line = (
+            f"\n\nTest split: of {test['heads']} heads ({test['head_groups']} groups) the view model routes "
+            f"{test['heads_routed_by_view_model']} to the head application and the claim adds {test['heads_claimed']}: "
+            f"**{test['head_routing']:.3f} routed (95% CI {_ci(test['head_routing_ci95'])})**; images of other views "
+            f"claimed: **{test['other_views_claimed']} of {test['other_views']}**."
+        )
+    return (
+        f"When the view model abstains, the head application may claim the image if the head probability is at least "
+        f"**{rule['min_probability']:.2f}**, no other view reaches its routing threshold, and its gate fits a skull "
+        f"with a score of at least **{rule['min_score']:.2f}** (the lowest of ellipse IoU, segmentation confidence "
+        f"and the part inside the frame; segmentation {rule['segmentation']}). Rule: {sel['rule']}. On validation "
+        f"({sel['val_heads']} heads, {sel['val_claimable']} images abstained on): head coverage "
+        f"{sel['val_head_coverage_without']:.3f} without claims, {sel['val_head_coverage']:.3f} with them.\n\n"
+        f"Coverage against off-view claims on validation (head probability at least {rule['min_probability']:.2f}; every "
+        "claimed image of another view would reach the head application, which finds its skull):\n\n"
+        f"| skull score at least | validation heads routed | heads claimed | other views claimed |\n|---|---|---|---|\n"
+        f"{curve}{test_line}"
+    )
+
+
+def holdout_lines(m: dict[str, Any]) -> str:
+    runs = m.get("source_holdout")
+    if not runs:
+        return "Not measured for this bundle."
+    rows = []
+    for run in runs:
+        lo = run["left_out_source"]
+        routed_words = ", ".join(f"{k}: {v}" for k, v in sorted(lo["routed"].items(), key=lambda kv: -kv[1]))
+        claims = lo.get("with_claims")
+        with_claims = f"{claims['head_routing']:.3f} ({_ci(claims['head_routing_ci95'])})" if claims else "n/a"
+        rows.append(
+            f"| {lo['origin']} | {run['recipe']} | {lo['n']} / {lo['n_groups']} | **{lo['routed_to_head']:.3f}** "
+            f"({_ci(lo['routed_to_head_ci95'])}) | {with_claims} | {lo['top_class_head']:.3f} | {routed_words} |"
+        )
+    commands = "\n".join(f"    {run['command']}" for run in runs)
+    return (
+        "Each run trains the same recipe without the axial heads of one source (its images of other views stay), "
+        "chooses its thresholds on the remaining validation groups, and routes every image of the left-out source:\n\n"
+        "| left-out head source | recipe | images / groups | routed to the head application (95% CI by group) | "
+        "with the claim rule | top class head | routed (all answers) |\n|---|---|---|---|---|---|---|\n"
+        + "\n".join(rows)
+        + f"\n\nCommands:\n\n{commands}"
+    )
+
+
+def record_source_holdout(bundle: Path, runs: list[Path]) -> list[dict[str, Any]]:
+    """Copy the left-out-source figures of leave-one-source-out runs (bundles of ``train view --leave-out``)
+    into a bundle's metadata and model card; weights and every other metric untouched."""
+    meta = read_metadata(bundle)
+    out = []
+    for run in runs:
+        rm = read_metadata(run)
+        lo = rm["metrics"].get("left_out_source")
+        if not lo:
+            raise ValueError(f"{run}: not a leave-one-source-out run (train view --leave-out)")
+        recipe = rm["training"]["recipe"]
+        out.append(
+            {
+                "left_out_source": lo,
+                "recipe": recipe_words(recipe),
+                "command": rm["training"].get("command") or command_of(recipe),
+                "version": f"{rm['name']} {rm['version']}",
+            }
+        )
+    if out:
+        meta["metrics"]["source_holdout"] = out
+        write_metadata(bundle, meta, view_model_card)
+    return out
+
+
+def add_history(bundle: Path, lines: list[str]) -> None:
+    """Append lines to a view bundle's history (its model card's last section)."""
+    if not lines:
+        return
+    meta = read_metadata(bundle)
+    meta["history"] = [*meta.get("history", []), *lines]
+    write_metadata(bundle, meta, view_model_card)
+
+
+def recipe_words(recipe: dict[str, Any]) -> str:
+    aug = "scanner augmentation" if recipe.get("scanner_augment") else "0.1.0 augmentation"
+    return f"{recipe['size']} px, {aug}, by {recipe.get('balance', 'folder')}"
+
+
+def command_of(recipe: dict[str, Any]) -> str:
+    """The ``train view`` command line of a recipe (the dataset folders as the shipped bundles are trained)."""
+    defaults = ViewRecipe()
+    words = ["fetalnode train view --data-root ../shared/datasets --data pydicom-testdata"]
+    if recipe.get("leave_out"):
+        words.append(f"--leave-out {recipe['leave_out']}")
+    if recipe["size"] != defaults.size:
+        words.append(f"--size {recipe['size']}")
+    if not recipe.get("scanner_augment", False):
+        words.append("--no-scanner-augment")
+    if recipe.get("balance", "folder") != defaults.balance:
+        words.append(f"--balance {recipe.get('balance', 'folder')}")
+    return " ".join([*words, "--out OUT"])
 
 
 def head_threshold_line(meta: dict[str, Any]) -> str:
@@ -1146,12 +1314,45 @@ def view_model_card(meta: dict[str, Any]) -> str:
     )
     ab = meta["abstention"]
     tr = meta["training"]
+    recipe = tr["recipe"]
+    augmentation = (
+        "random rotation (±20°), zoom (0.7–1.5, and 1.5–2.2 into the content for a quarter of the draws), aspect, "
+        "shift, mirroring, gamma, contrast and noise, and what scanners add (training.scanner): burned-in banner "
+        "text and numbered callipers with their values, sector masks of other depths and widths, grey maps and "
+        "tints, Doppler colour boxes, gain, speckle, blur and JPEG round trips"
+        if recipe.get("scanner_augment")
+        else "random rotation, zoom, aspect, shift, mirroring, gamma, contrast and noise"
+    )
+    balance = (
+        "each acquisition source weighs the same (FETAL_PLANES_DB images are one source wherever they sit)"
+        if recipe.get("balance") == "origin"
+        else "each source folder weighs the same"
+    )
+    command = f"\n\nCommand:\n\n    {tr['command']}\n" if tr.get("command") else ""
+    history = "\n".join(f"- {line}" for line in meta.get("history", [])) or "- First version."
+    heads = m.get("heads_by_origin")
+    heads_table = ""
+    if heads:
+        heads_table = (
+            "\n\nAxial heads of the test split by acquisition source (routed by the view model alone):\n\n"
+            + (
+                "| source | images / groups | routed to the head application (95% CI by group) | abstained | elsewhere |\n"
+                "|---|---|---|---|---|\n"
+                + "\n".join(
+                    f"| {o} | {h['n']} / {h['n_groups']} | {h['routed_to_head']:.3f} ({_ci(h['routed_to_head_ci95'])}) "
+                    f"| {h['abstained']} | {h['elsewhere']} |"
+                    for o, h in heads.items()
+                )
+            )
+        )
     return f"""# {meta["name"]} {meta["version"]} — ultrasound view classifier (the view router's model)
 
 **{meta["intended_use"]}.** It decides which application looks at an image; it makes no finding itself.
 
 ## What it does
-The whole frame (0.5–99.5 percentile scaling, centred on a square, {p["size"]}×{p["size"]}) goes through a
+Views are named by anatomy and plane: an axial fetal head at any gestational age (every brain plane at which a
+head is measured), the intrapartum transperineal view, the first-trimester mid-sagittal view, other fetal planes,
+not fetal. The whole frame (0.5–99.5 percentile scaling, centred on a square, {p["size"]}×{p["size"]}) goes through a
 MONAI `Classifier` (residual units {p["channels"]}, strides {p["strides"]}, dropout {p["dropout"]}) with
 {len(meta["labels"])} classes: {", ".join(meta["labels"])}. When the top probability is below the abstain
 threshold **{meta["abstain_threshold"]:.2f}** the router answers `unknown` (no application){head_threshold_line(meta)}.
@@ -1167,11 +1368,10 @@ them, so their test heads are unseen by every model. Images / groups:
 |---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 
-Classes are balanced by sampling ({tr["recipe"]["per_class_per_epoch"]} draws of each class per epoch; within
-a class each source folder weighs the same, within a folder each group), with random rotation, zoom, aspect,
-shift, mirroring, gamma, contrast and noise. Training: {tr["epochs_run"]} epochs (early stopping on the
-validation NLL), {tr["minutes"]} minutes of fitting on {tr["device"]} ({tr["threads"]} threads)
-{f"; the whole recipe took {tr['recipe_minutes']} minutes" if tr.get("recipe_minutes") else ""}.
+Classes are balanced by sampling ({recipe["per_class_per_epoch"]} draws of each class per epoch; within
+a class {balance}, within a source each group), with {augmentation}. Training: {tr["epochs_run"]} epochs (early
+stopping on the validation NLL), {tr["minutes"]} minutes of fitting on {tr["device"]} ({tr["threads"]} threads)
+{f"; the whole recipe took {tr['recipe_minutes']} minutes" if tr.get("recipe_minutes") else ""}.{command}
 
 ## Metrics ({m["split"]})
 | metric | value | 95% CI (bootstrap by group) |
@@ -1187,24 +1387,36 @@ validation NLL), {tr["minutes"]} minutes of fitting on {tr["device"]} ({tr["thre
 |---|---|---|---|---|---|
 {per_class}
 
-Routed views (rows: truth; columns: what the router answered):
+Routed views (rows: truth; columns: what the router answered, the view model alone):
 
-{confusion_table(m)}
+{confusion_table(m)}{heads_table}
 
-## Head findings on other views
+## The head application's claim
+{claim_lines(meta)}
+
+## The whole node: head findings on other views, HCs on heads
 {node_check_lines(m)}
 
+## Robustness: callipers, banner text, JPEG
+{robustness_lines(m)}
+
+## Leave one head source out
+{holdout_lines(m)}
+
 ## What it can and cannot claim
-- The view and the source coincide for most classes (each view comes from one or two datasets, one or two
-  hospitals): the model may recognise a dataset's look rather than the anatomy. An image from a scanner
-  unlike these may be routed wrongly; the guards behind it are the abstain threshold, the router's
-  cross-check (an image routed to the head in which the labour model finds a pubic symphysis and a fetal
-  head is "view uncertain") and the head application's own plausibility gate.
-- `other_fetal_plane` rests on the ~22 non-brain images of a 33-image FETAL_PLANES_DB sample and `not_fetal`
-  on a handful of real non-fetal ultrasound DICOM files (a few devices): their test figures are a few
-  images each, anecdotes more than validation.
-- Not covered at all: other trimester views of the head (coronal, sagittal), cardiac and Doppler fetal
-  views beyond those samples, 3D renderings, screens with several images.
+- Each view other than the head still comes from one or two datasets (intrapartum transperineal: PSFHS only;
+  first-trimester mid-sagittal: one hospital's set; other fetal planes: a 33-image FETAL_PLANES_DB sample; not
+  fetal: a few DICOM files): for those classes the test split measures the same source it trained on. The
+  leave-one-source-out runs measure the head class only. A site's scanner is a new source: expect its figures to
+  be lower than the test split's until its own images show otherwise.
+- `other_fetal_plane` and `not_fetal` test figures are a few images each: anecdotes more than validation.
+- The claim rule and the head threshold were chosen with the head segmentation named above; a new segmentation
+  bundle needs them chosen again.
+- Not covered at all: coronal and sagittal head views beyond the first trimester, cardiac and Doppler fetal
+  views beyond the samples, 3D renderings, screens with several images.
+
+## History
+{history}
 """
 
 
