@@ -126,6 +126,7 @@ class Claim:
     score: float
     found: str  # a clause: "a well-fitted skull (fit 0.93) was found by the head segmentation hc18-headseg 0.3.0"
     model: tuple[str, str]
+    measure: str = "score"  # what the score is, in words ("skull fit")
 
 
 @runtime_checkable

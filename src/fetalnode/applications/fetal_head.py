@@ -53,11 +53,10 @@ class FetalHead:
         head = self.locate(decoded)
         seg = self.analyzer.seg
         by = f"the head segmentation {seg.name} {seg.version}"
+        model = (seg.name, seg.version)
         if head.reason:
-            return Claim(0.0, f"no plausible skull ({head.reason}) was found by {by}", (seg.name, seg.version))
-        return Claim(
-            head.score, f"a well-fitted skull (fit {head.score:.2f}) was found by {by}", (seg.name, seg.version)
-        )
+            return Claim(0.0, f"no plausible skull ({head.reason}) was found by {by}", model, "skull fit")
+        return Claim(head.score, f"a well-fitted skull (fit {head.score:.2f}) was found by {by}", model, "skull fit")
 
     def bundle_paths(self) -> list[Path]:
         return [self.setup.models_dir / name for name in self.bundles]

@@ -125,7 +125,7 @@ class ViewRouter:
                 continue
             if any(v is not target for v in confident):
                 continue  # never override a confident other view
-            claim = application.claim(decoded)
+            claim = run_models(lambda app=application: app.claim(decoded), f"{application.name} claim")
             if claim.score >= rule.min_score:
                 log.info("view claimed by %s: %s (view model: %s)", application.name, claim.found, view.top)
                 return dataclasses.replace(view, label=target, claimed=claim.found)
@@ -164,18 +164,19 @@ class ViewRouter:
         application = self.routes[lead[2].label]
         mine = [item for item in routed if self.routes[item[2].label] is application]
 
-        def score(item: tuple[int, DecodedImage, ViewPrediction]) -> float:
+        def score(item: tuple[int, DecodedImage, ViewPrediction]) -> tuple[float, str]:
             if isinstance(application, ClaimsItsView):
-                return run_models(lambda: application.claim(item[1]).score, application.name)
-            return item[2].probability_of(item[2].label)
+                claim = run_models(lambda: application.claim(item[1]), f"{application.name} claim")
+                return claim.score, claim.measure
+            return item[2].probability_of(item[2].label), "view probability"
 
         scores = {item[0]: score(item) for item in mine}
-        index, frame, view = max(mine, key=lambda item: (scores[item[0]], -abs(item[0] - middle)))
-        measure = "skull fit" if isinstance(application, ClaimsItsView) else "view probability"
+        index, frame, view = max(mine, key=lambda item: (scores[item[0]][0], -abs(item[0] - middle)))
+        value, measure = scores[index]
         why = (
             f"Frame {index + 1} of {n_frames} analysed: of the {len(looked)} frames looked at ({listed}), "
             f"{len(mine)} showed the {view.words} and {application.name} recognised frame {index + 1} best "
-            f"({measure} {scores[index]:.2f})"
+            f"({measure} {value:.2f})"
         )
         if middle != index:
             mid = next((item for item in looked if item[0] == middle), None)
