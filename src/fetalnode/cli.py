@@ -223,7 +223,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         vrecipe = _override(
             ViewRecipe(seed=args.seed),
             args,
-            ("epochs", "max_minutes", "limit", "lr", "patience", "scanner_augment", "balance", "leave_out"),
+            (
+                "epochs",
+                "max_minutes",
+                "limit",
+                "lr",
+                "patience",
+                "scanner_augment",
+                "balance",
+                "leave_out",
+                "threshold_weighting",
+            ),
         )
         if args.size:
             vrecipe.size = args.size
@@ -531,6 +541,13 @@ def build_parser() -> argparse.ArgumentParser:
         "folder (folder: fetal-view 0.1.0)",
     )
     sp.add_argument(
+        "--threshold-weighting",
+        choices=["image", "class"],
+        help="view only: how validation images weigh when the abstain threshold is chosen: each the same (image, "
+        "default; the intrapartum view then also gets its own stricter threshold) or 1 / images of its class "
+        "(class: fetal-view 0.1.0)",
+    )
+    sp.add_argument(
         "--leave-out",
         help="view only: train without the axial heads of this source (hc18, fba_roboflow, fetal_planes_db) and "
         "report how its images are routed (leave-one-source-out)",
@@ -635,7 +652,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--patience",
         type=int,
         help="early-stopping patience in epochs (default: segmentation and labour-segmentation 15, classifier 12, "
-        "view 8)",
+        "view 12)",
     )
     sp.add_argument("--seed", type=int, default=20261124)
     sp.add_argument("--threads", type=int, default=2)

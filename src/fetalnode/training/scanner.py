@@ -265,7 +265,8 @@ def fan_masks(n: int, size: int, gen: torch.Generator) -> torch.Tensor:
 
 def tone_curves(x: torch.Tensor, gen: torch.Generator, knots: int = 6) -> torch.Tensor:
     """A random grey map per image (what a scanner's grey map or a colour tint does to the luminance): a
-    piecewise-linear curve through sorted random knots, now and then with a bump (a hue map's luminance)."""
+    piecewise-linear curve through sorted random knots, now and then with a bump (a hue map's luminance).
+    :class:`ScannerAugment` takes it half and half with the image's own grey levels."""
     n = x.shape[0]
     ys = torch.sort(torch.rand(n, knots, generator=gen), dim=1).values
     ys = torch.cat([torch.zeros(n, 1), ys, torch.ones(n, 1)], 1)
@@ -294,7 +295,7 @@ def colour_box(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.where((box > 0) & (blobs > 0), blobs, x)
 
 
-def jpeg_batch(x: torch.Tensor, gen: torch.Generator, lo: int = 30, hi: int = 90) -> torch.Tensor:
+def jpeg_batch(x: torch.Tensor, gen: torch.Generator, lo: int = 40, hi: int = 90) -> torch.Tensor:
     """Each image of ``x`` ([0, 1]) through a JPEG round trip of a random quality."""
     q = torch.randint(lo, hi + 1, (x.shape[0],), generator=gen)
     out = [
@@ -314,13 +315,13 @@ class ScannerAugment:
     """
 
     bank: OverlayBank
-    p_fan: float = 0.35
-    p_overlay: float = 0.6
-    p_tone: float = 0.35
-    p_colour_box: float = 0.1
-    p_speckle: float = 0.4
-    p_blur: float = 0.15
-    p_jpeg: float = 0.25
+    p_fan: float = 0.25
+    p_overlay: float = 0.5
+    p_tone: float = 0.2
+    p_colour_box: float = 0.05
+    p_speckle: float = 0.3
+    p_blur: float = 0.1
+    p_jpeg: float = 0.2
 
     def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         n, _, size, _ = x.shape
@@ -329,16 +330,16 @@ class ScannerAugment:
             x = torch.where(fan.view(n, 1, 1, 1), x * fan_masks(n, size, gen), x)
         tone = _chance(n, self.p_tone, gen)
         if tone.any():
-            x = torch.where(tone.view(n, 1, 1, 1), tone_curves(x, gen), x)
+            x = torch.where(tone.view(n, 1, 1, 1), 0.5 * (x + tone_curves(x, gen)), x)
         box = _chance(n, self.p_colour_box, gen)
         if box.any():
             x = torch.where(box.view(n, 1, 1, 1), colour_box(x, gen), x)
-        speckle = _chance(n, self.p_speckle, gen).float().view(n, 1, 1, 1) * _uniform(n, 0.05, 0.4, gen).view(
+        speckle = _chance(n, self.p_speckle, gen).float().view(n, 1, 1, 1) * _uniform(n, 0.05, 0.25, gen).view(
             n, 1, 1, 1
         )
         grain = F.interpolate(torch.randn(n, 1, size // 2, size // 2, generator=gen), size=(size, size), mode="nearest")
         x = x * (1 + speckle * grain)
-        x = x * _uniform(n, 0.7, 1.4, gen).view(n, 1, 1, 1)  # gain
+        x = x * _uniform(n, 0.8, 1.25, gen).view(n, 1, 1, 1)  # gain
         blur = _chance(n, self.p_blur, gen)
         if blur.any():
             x = torch.where(blur.view(n, 1, 1, 1), F.avg_pool2d(x, 3, stride=1, padding=1), x)
