@@ -233,6 +233,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 "balance",
                 "leave_out",
                 "threshold_weighting",
+                "median",
             ),
         )
         if args.size:
@@ -535,6 +536,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-scanner-augment: the augmentation of fetal-view 0.1.0)",
     )
     sp.add_argument(
+        "--median",
+        type=int,
+        help="view only: median filter of this size on the network input, 0: none (default 3; fetal-view 0.1.0: 0)",
+    )
+    sp.add_argument(
         "--balance",
         choices=["origin", "folder"],
         help="view only: within a class each acquisition source weighs the same (origin, default) or each "
@@ -544,8 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--threshold-weighting",
         choices=["image", "class"],
         help="view only: how validation images weigh when the abstain threshold is chosen: each the same (image, "
-        "default; the intrapartum view then also gets its own stricter threshold) or 1 / images of its class "
-        "(class: fetal-view 0.1.0)",
+        "default) or 1 / images of its class (class: fetal-view 0.1.0)",
     )
     sp.add_argument(
         "--leave-out",

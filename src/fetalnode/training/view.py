@@ -126,6 +126,8 @@ class ViewRecipe:
     num_res_units: int = 2
     dropout: float = 0.1
     epochs: int = 50
+    # A median filter of this size on the network input (0: none): a scanner's text and calliper dots out.
+    median: int = 3
     # Class-balanced sampling: this many draws of each class per epoch (within a class, each source
     # folder weighs the same, and within a folder each group).
     per_class_per_epoch: int = 500
@@ -408,6 +410,7 @@ def view_params(recipe: ViewRecipe) -> dict[str, Any]:
         "num_res_units": recipe.num_res_units,
         "dropout": recipe.dropout,
         "n_classes": len(CLASSES),
+        **({"median": recipe.median} if recipe.median > 1 else {}),
     }
 
 
@@ -500,16 +503,17 @@ def correct_route(route: np.ndarray, y: np.ndarray) -> np.ndarray:
     return (route == y) | ((route == -1) & (y == CLASSES.index(View.NOT_FETAL)))
 
 
-# Views an application of the default configuration answers: no validation image of another view may reach them.
-APPLICATION_VIEWS = (View.AXIAL_FETAL_HEAD, View.INTRAPARTUM_TRANSPERINEAL)
+# Views whose application has no check of its own for the view: no validation image of another view may reach
+# them. The head application measures any skull; labour-progress has its own view check (a pubic symphysis and
+# a head passing its gate). A strict intrapartum threshold (tried) left 36 of 180 validation images unrouted.
+STRICT_VIEWS = (View.AXIAL_FETAL_HEAD,)
 
 
 def choose_threshold(probs: np.ndarray, y: np.ndarray, recipe: ViewRecipe) -> dict[str, Any]:
     """The abstain threshold minimising, on validation, wrong routings + ``abstain_cost`` x abstentions on
     images the model had right (each image weighing the same, or 1 / (images of its class) with
-    ``threshold_weighting = "class"``), ties to the lowest; then each view of an application
-    (:data:`APPLICATION_VIEWS`; 0.1.0: the head only) needs more than the highest probability of that view on
-    any validation image of another view."""
+    ``threshold_weighting = "class"``), ties to the lowest; then each view of :data:`STRICT_VIEWS` (the head)
+    needs more than the highest probability of that view on any validation image of another view."""
     if recipe.threshold_weighting == "class":
         weight = 1.0 / np.bincount(y, minlength=len(CLASSES))[y]
     else:
@@ -528,8 +532,7 @@ def choose_threshold(probs: np.ndarray, y: np.ndarray, recipe: ViewRecipe) -> di
     # An application measures: no validation image of another view may reach it.
     strict: dict[str, float] = {}
     worst: dict[str, float] = {}
-    views = APPLICATION_VIEWS if recipe.threshold_weighting == "image" else (View.AXIAL_FETAL_HEAD,)
-    for view in views:
+    for view in STRICT_VIEWS:
         c = CLASSES.index(view)
         others = probs[y != c, c]
         worst[str(view)] = round(float(others.max()) if len(others) else 0.0, 4)
@@ -543,8 +546,8 @@ def choose_threshold(probs: np.ndarray, y: np.ndarray, recipe: ViewRecipe) -> di
         "class_thresholds": strict,
         "rule": f"minimises wrong routings + {recipe.abstain_cost} x abstentions on images the model had right "
         f"({weighting}), on the validation split, searched {recipe.min_threshold}-0.99; "
-        f"{' and '.join(v.words for v in views)} need more than the highest probability of that view on any "
-        "validation image of another view",
+        f"{' and '.join(v.words for v in STRICT_VIEWS)} needs more than the highest probability of that view on "
+        "any validation image of another view",
         "val_highest_head_probability_of_other_views": worst[str(View.AXIAL_FETAL_HEAD)],
         "val_highest_probability_of_other_views": worst,
         "val_cost": round(best[1], 4),
@@ -1304,6 +1307,8 @@ def command_of(recipe: dict[str, Any]) -> str:
         words.append(f"--balance {recipe.get('balance', 'folder')}")
     if recipe.get("threshold_weighting", "class") != defaults.threshold_weighting:
         words.append(f"--threshold-weighting {recipe.get('threshold_weighting', 'class')}")
+    if recipe.get("median", 0) != defaults.median:
+        words.append(f"--median {recipe.get('median', 0)}")
     for key in ("epochs", "patience"):
         if recipe[key] != getattr(defaults, key):
             words.append(f"--{key} {recipe[key]}")
@@ -1371,6 +1376,7 @@ def view_model_card(meta: dict[str, Any]) -> str:
                 )
             )
         )
+    median_words = f", a {p['median']}×{p['median']} median filter" if p.get("median") else ""
     return f"""# {meta["name"]} {meta["version"]} — ultrasound view classifier (the view router's model)
 
 **{meta["intended_use"]}.** It decides which application looks at an image; it makes no finding itself.
@@ -1378,7 +1384,7 @@ def view_model_card(meta: dict[str, Any]) -> str:
 ## What it does
 Views are named by anatomy and plane: an axial fetal head at any gestational age (every brain plane at which a
 head is measured), the intrapartum transperineal view, the first-trimester mid-sagittal view, other fetal planes,
-not fetal. The whole frame (0.5–99.5 percentile scaling, centred on a square, {p["size"]}×{p["size"]}) goes through a
+not fetal. The whole frame (0.5–99.5 percentile scaling, centred on a square, {p["size"]}×{p["size"]}{median_words}) goes through a
 MONAI `Classifier` (residual units {p["channels"]}, strides {p["strides"]}, dropout {p["dropout"]}) with
 {len(meta["labels"])} classes: {", ".join(meta["labels"])}. When the top probability is below the abstain
 threshold **{meta["abstain_threshold"]:.2f}** the router answers `unknown` (no application){head_threshold_line(meta)}.
