@@ -5,8 +5,8 @@ A site's scanner is a new source. Its images carry burned-in banner text, the so
 their labels, a sector of its own depth and width, its grey map or colour tint, its gain, speckle and JPEG
 compression. None of that says which view the image shows, so the view model is trained on images given
 those things at random (:class:`ScannerAugment`, on batches of network inputs), and checked on held-out
-images given them at full resolution (:func:`draw_callipers_and_text`, :func:`jpeg_round_trip`) in fonts and
-layouts the training never drew.
+images given them at their own resolution (:func:`draw_callipers_and_text`, :func:`jpeg_round_trip`): the
+same drawing code, in fonts the training never used.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-# The overlays of training and of the robustness check are drawn in different fonts and layouts.
+# The overlays of training and of the robustness check are drawn in different fonts (and other random draws).
 TRAINING_FONTS = ("DejaVuSans.ttf", "DejaVuSansMono.ttf", "DejaVuSansCondensed.ttf", "DejaVuSans-Bold.ttf")
 CHECK_FONTS = ("DejaVuSerif.ttf", "DejaVuSansMono-Bold.ttf", "DejaVuSerifCondensed-Bold.ttf")
 _FONT_DIR = "/usr/share/fonts/truetype/dejavu/"

@@ -612,7 +612,7 @@ def view_metrics(
     return out
 
 
-# What the robustness check does to each held-out image (training.scanner; fonts and layouts training never drew).
+# What the robustness check does to each held-out image (training.scanner; in fonts training never drew).
 PERTURBATIONS = ("callipers_and_text", "jpeg_q75", "jpeg_q40", "callipers_text_jpeg_q75")
 
 
@@ -1191,7 +1191,7 @@ def robustness_lines(m: dict[str, Any]) -> str:
     )
     return (
         f"Each of the {rb['n']} test images ({rb['n_groups']} groups) routed as it is and again after (drawn at its own "
-        "resolution, in fonts and layouts the training augmentation never drew; seed "
+        "resolution, by the same drawing code as the training augmentation but in fonts it never used, seed "
         f"{rb['seed']}):\n\n| perturbation | routing unchanged (95% CI by group) | changed | by true view |\n"
         f"|---|---|---|---|\n{rows}"
     )
