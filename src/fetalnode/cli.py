@@ -538,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--median",
         type=int,
-        help="view only: median filter of this size on the network input, 0: none (default 3; fetal-view 0.1.0: 0)",
+        help="view only: a median filter of this size as the network's first layer (default 0: none)",
     )
     sp.add_argument(
         "--balance",
