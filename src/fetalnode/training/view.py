@@ -725,7 +725,7 @@ def choose_claim(probs: np.ndarray, y: np.ndarray, scores: np.ndarray, threshold
                 coverage = max(coverage, float((routed_heads | take)[is_head].mean()))
     p_min, s_min = _strictest(probs, y, scores, thresholds, coverage)
     curve = []
-    for s in (0.5, *CLAIM_SCORES[::2]):
+    for s in sorted({0.5, *CLAIM_SCORES[::2], s_min}):
         take = claimed(probs, scores, thresholds, p_min, s)
         curve.append(
             {
@@ -999,6 +999,7 @@ def finalize_view_bundle(path: Path) -> dict[str, Any]:
         (path / ONNX).unlink()
         metadata.pop("onnx_sha256")
     write_metadata(path, metadata, view_model_card)
+    write_claim_curve(path, metadata)
     return metadata
 
 
@@ -1262,8 +1263,65 @@ def claim_lines(meta: dict[str, Any]) -> str:
         f"Coverage against off-view claims on validation (head probability at least {rule['min_probability']:.2f}; every "
         "claimed image of another view would reach the head application, which finds its skull):\n\n"
         f"| skull score at least | validation heads routed | heads claimed | other views claimed |\n|---|---|---|---|\n"
-        f"{curve}{test_line}"
+        f"{curve}\n\n![coverage against off-view claims on validation]({CLAIM_CURVE}){test_line}"
     )
+
+
+CLAIM_CURVE = "claim_curve.svg"
+
+
+def claim_curve_svg(sel: dict[str, Any]) -> str:
+    """The validation curve of the claim rule as an SVG: head coverage (y) against the images of other views
+    claimed (x), one point per skull score, the chosen one ringed."""
+    points = [(c["other_views_claimed"], c["head_coverage"], c["min_score"]) for c in sel["curve"]]
+    x_max = max(2, *(p[0] for p in points))
+    y_lo = min(sel["val_head_coverage_without"], *(p[1] for p in points)) - 0.01
+    w, h, left, bottom = 520, 320, 70, 50
+
+    def xy(x: float, y: float) -> tuple[float, float]:
+        return left + (w - left - 20) * x / x_max, 20 + (h - bottom - 20) * (1 - (y - y_lo) / (1.0 - y_lo))
+
+    marks = []
+    for x, y, score in points:
+        px, py = xy(x, y)
+        ring = abs(score - sel["min_score"]) < 1e-9
+        marks.append(
+            f'<circle cx="{px:.1f}" cy="{py:.1f}" r="{6 if ring else 3}" fill="{"none" if ring else "#1f77b4"}" '
+            f'stroke="#d62728" stroke-width="{2 if ring else 0}"><title>skull score ≥ {score:.2f}: coverage '
+            f"{y:.3f}, other views claimed {x}</title></circle>"
+        )
+    chosen = xy(0, sel["val_head_coverage"])
+    base = xy(0, sel["val_head_coverage_without"])
+    ticks = "".join(
+        f'<text x="{xy(i, y_lo)[0]:.0f}" y="{h - bottom + 18}" font-size="11" text-anchor="middle">{i}</text>'
+        for i in range(int(x_max) + 1)
+    )
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif">'
+        f'<rect width="{w}" height="{h}" fill="white"/>'
+        f'<line x1="{left}" y1="{h - bottom}" x2="{w - 10}" y2="{h - bottom}" stroke="black"/>'
+        f'<line x1="{left}" y1="15" x2="{left}" y2="{h - bottom}" stroke="black"/>{ticks}'
+        f'<text x="{(w + left) / 2:.0f}" y="{h - 12}" font-size="12" text-anchor="middle">images of other views '
+        "claimed (validation)</text>"
+        f'<text x="16" y="{h / 2:.0f}" font-size="12" text-anchor="middle" transform="rotate(-90 16 {h / 2:.0f})">'
+        "validation heads routed</text>"
+        f'<text x="{left - 6}" y="{xy(0, 1.0)[1] + 4:.0f}" font-size="11" text-anchor="end">1.00</text>'
+        f'<text x="{left - 6}" y="{xy(0, y_lo)[1]:.0f}" font-size="11" text-anchor="end">{y_lo:.2f}</text>'
+        f'<line x1="{left}" y1="{base[1]:.1f}" x2="{w - 10}" y2="{base[1]:.1f}" stroke="#999" stroke-dasharray="4 3"/>'
+        f'<text x="{w - 12}" y="{base[1] - 4:.1f}" font-size="11" text-anchor="end">without claims '
+        f"{sel['val_head_coverage_without']:.3f}</text>"
+        f'<text x="{chosen[0] + 10:.1f}" y="{chosen[1] + 18:.1f}" font-size="11">chosen: skull score ≥ '
+        f"{sel['min_score']:.2f}, head probability ≥ {sel['min_probability']:.2f}</text>"
+        + "".join(marks)
+        + f'<text x="{w / 2:.0f}" y="14" font-size="11" text-anchor="middle">research use only, not for diagnosis'
+        "</text></svg>\n"
+    )
+
+
+def write_claim_curve(bundle: Path, meta: dict[str, Any]) -> None:
+    """The claim curve beside the model card (docs/claim_curve.svg), when the bundle has a claim rule."""
+    if meta.get("claim_selection"):
+        (bundle / "docs" / CLAIM_CURVE).write_text(claim_curve_svg(meta["claim_selection"]), encoding="utf-8")
 
 
 def holdout_lines(m: dict[str, Any]) -> str:
@@ -1313,6 +1371,7 @@ def record_source_holdout(bundle: Path, runs: list[Path]) -> list[dict[str, Any]
     if out:
         meta["metrics"]["source_holdout"] = out
         write_metadata(bundle, meta, view_model_card)
+        write_claim_curve(bundle, meta)
     return out
 
 
@@ -1323,6 +1382,7 @@ def add_history(bundle: Path, lines: list[str]) -> None:
     meta = read_metadata(bundle)
     meta["history"] = [*meta.get("history", []), *lines]
     write_metadata(bundle, meta, view_model_card)
+    write_claim_curve(bundle, meta)
 
 
 def recipe_words(recipe: dict[str, Any]) -> str:
