@@ -1281,16 +1281,15 @@ def claim_curve_svg(sel: dict[str, Any]) -> str:
     def xy(x: float, y: float) -> tuple[float, float]:
         return left + (w - left - 20) * x / x_max, 20 + (h - bottom - 20) * (1 - (y - y_lo) / (1.0 - y_lo))
 
-    marks = []
-    for x, y, score in points:
-        px, py = xy(x, y)
-        ring = abs(score - sel["min_score"]) < 1e-9
-        marks.append(
-            f'<circle cx="{px:.1f}" cy="{py:.1f}" r="{6 if ring else 3}" fill="{"none" if ring else "#1f77b4"}" '
-            f'stroke="#d62728" stroke-width="{2 if ring else 0}"><title>skull score ≥ {score:.2f}: coverage '
-            f"{y:.3f}, other views claimed {x}</title></circle>"
-        )
-    chosen = xy(0, sel["val_head_coverage"])
+    marks = [
+        f'<circle cx="{xy(x, y)[0]:.1f}" cy="{xy(x, y)[1]:.1f}" r="3" fill="#1f77b4"><title>skull score ≥ {score:.2f}: '
+        f"coverage {y:.3f}, other views claimed {x}</title></circle>"
+        for x, y, score in points
+    ]
+    chosen = xy(0, sel["val_head_coverage"])  # the rule claims no validation image of another view
+    marks.append(
+        f'<circle cx="{chosen[0]:.1f}" cy="{chosen[1]:.1f}" r="6" fill="none" stroke="#d62728" stroke-width="2"/>'
+    )
     base = xy(0, sel["val_head_coverage_without"])
     ticks = "".join(
         f'<text x="{xy(i, y_lo)[0]:.0f}" y="{h - bottom + 18}" font-size="11" text-anchor="middle">{i}</text>'
