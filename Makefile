@@ -27,7 +27,13 @@ $(STAMP): pyproject.toml
 
 # The OHIF viewer the demo's Orthanc serves at /ohif/: the prebuilt `dist/` of npm's @ohif/app, unpacked
 # from its tarball (its dependencies are bundled in it; ~50 MB download, ~210 MB unpacked; never committed).
+# npm fetches it: Debian's `npm` package is installed only when no npm is on the PATH (a Node.js from
+# elsewhere, with its own npm, is left as it is: Debian's npm conflicts with such a nodejs package).
 $(OHIF):
+	@command -v npm >/dev/null || { \
+	  echo "installing Debian package: npm (to fetch the OHIF viewer @ohif/app)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends npm; \
+	}
 	@command -v npm >/dev/null || { echo "npm is needed to fetch the OHIF viewer (@ohif/app)"; exit 1; }
 	rm -rf .ohif && mkdir -p .ohif
 	npm pack --silent --pack-destination .ohif @ohif/app@$(OHIF_VERSION) >/dev/null

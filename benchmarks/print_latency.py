@@ -21,7 +21,7 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 
 from benchmarks.common import Stack, percentile
-from fetalnode.scp.printer import FILM_BOX, FILM_SESSION, GRAYSCALE_IMAGE_BOX, META_GRAYSCALE
+from fetalnode.scp.contexts import FILM_BOX, FILM_SESSION, GRAYSCALE_IMAGE_BOX, META_GRAYSCALE
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,9 +1,10 @@
 """Typed node configurations: a real ``fetalnode.config.Settings``, its fields set in Python, written as TOML.
 
 The writer follows the dataclass fields, so a key added to the settings needs no change here:
-a dataclass field is a ``[table]``, a list of dataclasses an array of tables ``[[name]]``, a
-``dict[str, str]`` an inline table, and ``str``/``int``/``float``/``bool`` and lists of them are values. Strings are TOML basic strings
-with every character TOML forbids escaped.
+a dataclass field is a ``[table]``, a list of dataclasses an array of tables ``[[name]]`` (nested ones
+too: ``[[privacy.masks]]``), a ``dict[str, str]`` an inline table, and ``str``/``int``/``float``/``bool`` and
+lists of them are values. An optional field (``bool | None``) left at ``None`` is not written (TOML has no
+null). Strings are TOML basic strings with every character TOML forbids escaped.
 """
 
 from __future__ import annotations
@@ -101,6 +102,8 @@ def _table(obj: Any, path: tuple[str, ...], header: str = "") -> list[str]:
                 raise TypeError(f"{'.'.join(where)}: expected a list of {get_args(hint)[0].__name__}, got {value!r}")
             for item in value:
                 tables += _table(item, where, f"\n[[{_dotted(where)}]]\n")
+        elif value is None and type(None) in get_args(hint):
+            continue
         else:
             _check(value, hint, ".".join(where))
             values.append(f"{_key(f.name)} = {_value(float(value) if hint is float else value)}\n")
@@ -109,6 +112,15 @@ def _table(obj: Any, path: tuple[str, ...], header: str = "") -> list[str]:
 
 def _check(value: Any, hint: Any, where: str) -> None:
     """``value`` must be of the field's type (bool is not an int; an int is a float)."""
+    if type(None) in get_args(hint):
+        if value is not None:
+            (inner,) = (a for a in get_args(hint) if a is not type(None))
+            _check(value, inner, where)
+        return
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        if not isinstance(value, hint):
+            raise TypeError(f"{where}: expected {hint.__name__}, got {value!r}")
+        return
     if get_origin(hint) is dict:
         key_type, item = get_args(hint)
         if not isinstance(value, dict):

@@ -45,7 +45,7 @@ def _raw_file(ds: Dataset, path: Path, mutate: Callable[[bytes], bytes]) -> Path
     """Write ``ds`` then edit its bytes after the file meta (pynetdicom sends such a file as it is)."""
     _save(ds, path)
     data = path.read_bytes()
-    meta_end = 132 + 12 + struct.unpack("<I", data[140:144])[0]  # preamble, DICM, group length element
+    meta_end = dataset_offset(data)
     path.write_bytes(data[:meta_end] + mutate(data[meta_end:]))
     return path
 
@@ -191,6 +191,89 @@ def burned_in_phi(folder: Path) -> Path:
     return _save(ds, folder / "burned_in_phi.dcm")
 
 
+# -- refused before the answer since the checks moved to the SCP: each one a decoder could never follow ---
+
+
+def palette_without_lut(folder: Path) -> Path:
+    """PALETTE COLOR with no lookup tables at all."""
+    ds = base()
+    ds.PhotometricInterpretation = "PALETTE COLOR"
+    return _save(ds, folder / "palette_no_lut.dcm")
+
+
+def bits_stored_above_allocated(folder: Path) -> Path:
+    ds = base()
+    ds.BitsStored, ds.HighBit = 12, 11
+    return _save(ds, folder / "bits_stored_12_of_8.dcm")
+
+
+def photometric_samples_mismatch(folder: Path) -> Path:
+    """RGB declared for a one-sample image."""
+    ds = base()
+    ds.PhotometricInterpretation = "RGB"
+    return _save(ds, folder / "rgb_one_sample.dcm")
+
+
+def native_pixels_under_jpeg(folder: Path) -> Path:
+    """A JPEG Baseline transfer syntax whose Pixel Data is not encapsulated (native bytes): the sample's data
+    set (Explicit VR Little Endian, as JPEG syntaxes encode it) behind a file meta naming JPEG Baseline."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_file_meta_info
+    from pydicom.uid import JPEGBaseline8Bit
+
+    ds = base()
+    path = _save(ds, folder / "jpeg_not_encapsulated.dcm")
+    data = path.read_bytes()
+    body = data[dataset_offset(data) :]
+    meta = deepcopy(ds.file_meta)
+    meta.TransferSyntaxUID = JPEGBaseline8Bit
+    buffer = DicomBytesIO()
+    write_file_meta_info(buffer, meta)
+    path.write_bytes(data[:132] + buffer.getvalue() + body)
+    return path
+
+
+def dataset_offset(data: bytes) -> int:
+    """Where the data set of a Part 10 file starts (after its preamble, DICM and file meta group)."""
+    return 132 + 12 + struct.unpack("<I", data[140:144])[0]
+
+
+# -- accepted (the answer cannot know), then told plainly ---------------------------------------------
+
+
+def unknown_character_set(folder: Path) -> Path:
+    """A character set DICOM does not define, with a name written in ISO 8859-1 bytes."""
+    ds = base()
+    ds.SpecificCharacterSet = "ISO_IR 999"
+    ds["PatientName"].value = "M\xfcller^J\xf6rg".encode("latin-1")
+    return _save(ds, folder / "charset_999.dcm")
+
+
+def corrupt_jpeg(folder: Path) -> Path:
+    """A real JPEG Baseline ultrasound cine (pydicom-data) whose every frame declares 0 components in its
+    start-of-frame segment: the DICOM header is sound, no decoder can read the pixels (decoders read
+    past damaged entropy-coded data, so the damage is in a JPEG header)."""
+    from pydicom.data import get_testdata_file
+    from pydicom.encaps import generate_fragmented_frames
+
+    path = get_testdata_file("examples_ybr_color.dcm")
+    if not isinstance(path, str):
+        raise FileNotFoundError("pydicom's test file examples_ybr_color.dcm (pydicom-data)")
+    ds = dcmread(path)
+    n = int(ds.NumberOfFrames)
+    frames = []
+    for fragments in generate_fragmented_frames(ds.PixelData, number_of_frames=n):
+        frame = bytearray(b"".join(fragments))
+        sof = frame.find(b"\xff\xc0")  # SOF0: marker, length, precision, rows, columns, components
+        frame[sof + 9] = 0
+        frames.append(bytes(frame))
+    ds.PixelData = encapsulate(frames)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    return _save(ds, folder / "corrupt_jpeg.dcm")
+
+
 def corpus_contexts() -> list:
     """Presentation contexts a modality would propose to send this corpus (each class in two syntaxes)."""
     from pynetdicom import build_context
@@ -225,6 +308,14 @@ REFUSED = [
     Case("20000 x 20000 image", huge_20000, "0xC212", "above the limit"),
     Case("unsupported SOP class (CT Image)", ct_image, "0x0122", "is not analysed"),
     Case("CT modality sent as Secondary Capture", ct_as_secondary_capture, "0xC213", "not an ultrasound image"),
+]
+
+# Checks that need no pixel decoding and prove an image unanalysable: refused before the C-STORE answer.
+HEADER_REFUSED = [
+    Case("PALETTE COLOR without lookup tables", palette_without_lut, "0xC211", "lookup table descriptor"),
+    Case("Bits Stored above Bits Allocated", bits_stored_above_allocated, "0xC211", "does not fit Bits Allocated"),
+    Case("RGB with one sample per pixel", photometric_samples_mismatch, "0xC211", "sample(s) per pixel"),
+    Case("JPEG syntax, Pixel Data not encapsulated", native_pixels_under_jpeg, "0xC211", "not encapsulated"),
 ]
 
 ACCEPTED = [

@@ -2,6 +2,8 @@
 a table of findings.
 
 Run as ``python -m harness.demo [--exit] [--samples DIR] [--run-dir DIR]`` from the repository root.
+``--cloud``: the cloud path instead, on loopback: a RabbitMQ broker with a TLS listener, two site terminals
+each with its own Orthanc, one cloud worker; the samples go to site A, the two other views to site B.
 """
 
 from __future__ import annotations
@@ -70,6 +72,55 @@ def run_demo(samples: Path, run_dir: Path | None, exit_after: bool, other_views:
         orthanc.stop()
 
 
+# The demo's own images (the samples, the other views) are dataset images wrapped by fetalnode, with no
+# burned-in text; those without an ultrasound region would not leave a site without a mask (--cloud).
+WRAPPED_MASK = {"name": "dataset images wrapped by fetalnode", "manufacturer": "fetalnode wrap", "rectangles": [[0, 0, 4095, 4095]]}
+
+
+def run_cloud_demo(samples: Path, run_dir: Path | None, exit_after: bool) -> int:
+    """Two sites and one cloud worker on loopback; the samples to site A, the other views to site B."""
+    from fetalnode.config import MaskSettings
+    from harness.cloud import prepare_terminal, prepare_worker
+    from harness.rabbitmq import RabbitMQProcess
+
+    files = sorted(samples.glob("*.dcm"))
+    if not files:
+        raise HarnessError(f"no sample DICOM files in {samples}")
+    run_dir = (run_dir or ROOT / ".run" / datetime.now().strftime("demo-cloud-%Y%m%d-%H%M%S")).resolve()
+    sent = {"site-a": files, "site-b": wrap_other_views(run_dir / "other-views")}
+    broker = RabbitMQProcess(run_dir / "rabbitmq", tls=True, sites=tuple(sent)).start()
+    orthancs = {site: OrthancProcess(run_dir / f"orthanc-{site}", ohif=site == "site-a").start() for site in sent}
+    nodes: list[NodeProcess] = []
+    try:
+        masks = [MaskSettings(**WRAPPED_MASK)]  # type: ignore[arg-type]
+        for site, orthanc in orthancs.items():
+            nodes.append(prepare_terminal(run_dir / site, orthanc, broker, site, masks=masks).start())
+        worker = prepare_worker(run_dir / "worker", broker)
+        worker.start_broker_worker()
+        nodes.append(worker)
+        print(f"broker amqps://127.0.0.1:{broker.port} (TLS only; users {', '.join(broker.users())}); one cloud worker")
+        ok = True
+        for site, node in zip(sent, nodes, strict=False):
+            print(f"\n== {site}: terminal {node.ae_title}@127.0.0.1:{node.port}, Orthanc {orthancs[site].url}")
+            ok &= send_and_report(node, orthancs[site], sent[site], exit_after=True) == 0
+        print(
+            "\nWhat left each site: pseudonymised images (audit event 'published': how the pixels were cleaned); "
+            "what came back was re-identified and delivered by the site's terminal."
+        )
+        if exit_after:
+            return 0 if ok else 1
+        print("Servers keep running for browsing; press Ctrl-C to stop.", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            signal.pause()
+        return 0 if ok else 1
+    finally:
+        for node in nodes:
+            node.stop()
+        for orthanc in orthancs.values():
+            orthanc.stop()
+        broker.stop()
+
+
 def send_and_report(node: NodeProcess, orthanc: OrthancProcess, files: list[Path], exit_after: bool) -> int:
     """Send ``files`` with dcmsend, wait for their jobs, print the table; serve until Ctrl-C unless ``exit_after``."""
     print(
@@ -89,7 +140,8 @@ def send_and_report(node: NodeProcess, orthanc: OrthancProcess, files: list[Path
     with contextlib.suppress(TimeoutError):  # the table shows what did not finish
         wait_for(finished, 600, "the samples' jobs", interval=0.5)
     print_table(node.jobs, expected, orthanc)
-    print_ohif_links(node.jobs, expected, orthanc)
+    if orthanc.ohif:
+        print_ohif_links(node.jobs, expected, orthanc)
     ok = {j.sop_uid for j in node.jobs.jobs() if j.state == "delivered"} >= set(expected)
     print(
         f"\nOrthanc Explorer: {orthanc.url}/app/explorer.html  (user {orthanc.username}, password in "
@@ -159,12 +211,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run-dir", help="working folder (default: a new folder under .run/)")
     ap.add_argument("--exit", action="store_true", help="exit after the table instead of serving until Ctrl-C")
     ap.add_argument(
+        "--cloud",
+        action="store_true",
+        help="the cloud path: a TLS broker, two site terminals with their own Orthanc, one cloud worker",
+    )
+    ap.add_argument(
         "--no-other-views",
         action="store_true",
         help="send only the samples (not also a transperineal image and a femur plane, wrapped as US DICOM)",
     )
     args = ap.parse_args(argv)
     try:
+        if args.cloud:
+            return run_cloud_demo(Path(args.samples), Path(args.run_dir) if args.run_dir else None, args.exit)
         return run_demo(
             Path(args.samples),
             Path(args.run_dir) if args.run_dir else None,

@@ -171,7 +171,7 @@ class NodeProcess:
         return self.worker
 
     def start_broker_worker(self) -> subprocess.Popen[bytes]:
-        """A ``serve --role worker`` process (Celery worker on the broker) with this node's config."""
+        """A ``serve --role worker`` process (a cloud worker on the broker) with this node's config."""
         proc = self._spawn("serve", "--role", "worker")
         self.broker_workers.append(proc)
         return proc
@@ -232,5 +232,5 @@ def prepare_node(
         calling_aets=calling_aets,
     )
     if source_to_orthanc:
-        settings.destinations = [orthanc_destination(settings, ["source", *settings.output.enabled])]
+        settings.destinations = [orthanc_destination(settings, ["source", "outputs"])]
     return NodeProcess.write(folder, override(settings, **fields), env=env)

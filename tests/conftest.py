@@ -18,7 +18,6 @@ from pydicom import dcmread
 from harness.config import NODE_AET, TOOL_AETS
 from harness.node import ROOT, NodeProcess, prepare_node
 from harness.orthanc import OrthancProcess
-from harness.rabbitmq import RabbitMQProcess
 
 DATA = ROOT / "tests" / "data"
 SAMPLES = ROOT / "samples"
@@ -64,15 +63,6 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancProcess
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[RabbitMQProcess]:
-    """A private RabbitMQ (Debian package) on loopback, for the scale-out roles."""
-    need("rabbitmq-server")
-    server = RabbitMQProcess(tmp_path / "rabbitmq").start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def own_orthanc(tmp_path: Path) -> Iterator[OrthancProcess]:
     """An Orthanc of this test's own (the session one holds other tests' objects)."""
     server = OrthancProcess(tmp_path / "orthanc-own", webviewer=False).start()
@@ -111,6 +101,8 @@ STORESCU_FLAG = {
     "1.2.840.10008.1.2.5": "-xr",
     "1.2.840.10008.1.2.4.50": "-xy",
     "1.2.840.10008.1.2.4.70": "-xs",
+    "1.2.840.10008.1.2.4.80": "-xt",
+    "1.2.840.10008.1.2.4.81": "-xu",
     "1.2.840.10008.1.2.4.90": "-xv",
     "1.2.840.10008.1.2.4.91": "-xw",
 }

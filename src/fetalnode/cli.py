@@ -1,6 +1,6 @@
 """Command line of fetalnode. Research use only, not for diagnosis.
 
-Logging handlers are configured here and nowhere else.
+Logging handlers are configured by :func:`fetalnode.logs.setup_logging`, which ``main`` calls first.
 """
 
 from __future__ import annotations
@@ -15,27 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from fetalnode import RESEARCH_NOTICE, __version__
-from fetalnode.config import THIRD_PARTY_LOGGERS, Settings, load_settings
+from fetalnode.config import Settings, load_settings
 from fetalnode.errors import NodeError
+from fetalnode.logs import setup_logging, third_party_level
 from fetalnode.vocab import JobState, Role
 
 log = logging.getLogger("fetalnode")
-
-
-def setup_logging(level: str, third_party: str = "WARNING") -> None:
-    """Log to stderr at ``level`` (the libraries at ``third_party``); a worker process of ``serve`` calls it too."""
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    _third_party_level(third_party)
-
-
-def _third_party_level(level: str) -> None:
-    """The libraries' loggers (highdicom logs seven INFO lines per object it builds) at ``level``."""
-    for name in THIRD_PARTY_LOGGERS:
-        logging.getLogger(name).setLevel(getattr(logging, level.upper()))
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -54,18 +39,27 @@ def _settings(args: argparse.Namespace) -> Settings:
         if value is not None:
             overrides[key] = value
     settings = load_settings(args.config, overrides=overrides)
-    _third_party_level(settings.logging.third_party)
+    third_party_level(settings.logging.third_party)
     return settings
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     log.info("fetalnode %s (%s) effective config: %s", __version__, RESEARCH_NOTICE, json.dumps(settings.masked()))
+    if settings.node.role in (Role.TERMINAL, Role.WORKER):
+        from fetalnode.broker import check
+
+        check(settings.broker)  # the password and TLS files, before anything starts
     if settings.node.role == Role.WORKER:
+        import threading
+
         from fetalnode.distributed import run_worker
         from fetalnode.runtime import build_runtime
 
-        return run_worker(settings, build_runtime(settings))
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        return run_worker(settings, build_runtime(settings, destinations=[]), stop)
     from fetalnode.node import Node
 
     node = Node(settings, with_worker=settings.worker.enabled and not args.no_worker, log_level=args.log_level)
@@ -127,7 +121,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if outcome.verdict is not Verdict.DELIVERED:
         log.error("%s: %s at stage %s: %s", source.name, outcome.verdict, outcome.stage, outcome.reason)
         return 2
-    files = [folder.path_of(name) for name in outcome.built]
+    files = [Path(path) for path in outcome.receipts[folder.name].values()]
     if "sc" in outcome.built:
         heatmap = out / "heatmap.png"
         Image.fromarray(dcmread(BytesIO(outcome.built["sc"])).pixel_array).save(heatmap)
@@ -162,11 +156,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     counts = jobs.delivery_counts([d.name for d in destinations])
     report["destinations"] = [{**d.probe(), "jobs": counts[d.name]} for d in destinations]
     if settings.broker.url:
+        from fetalnode.broker import SiteTopology, site_of
         from fetalnode.distributed import queue_depth
 
         published = jobs.jobs(JobState.PUBLISHED)
         report["broker"] = {
-            "queue": settings.broker.queue,
+            "queue": SiteTopology(site_of(settings.broker)).jobs_queue,
             "queue_depth": queue_depth(settings),  # None: broker unreachable
             # sent to the broker, no worker's answer yet (the oldest first)
             "published_unanswered": len(published),
@@ -174,7 +169,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         }
     if args.failed:
         report["failed"] = [
-            {"id": j.id, "sop_uid": j.sop_uid, "stage": j.stage, "error": j.error, "calling_ae": j.calling_ae}
+            {
+                "id": j.id,
+                "sop_uid": j.sop_uid,
+                "stage": j.stage,
+                "error": j.error,
+                "permanent": j.permanent,
+                "calling_ae": j.calling_ae,
+            }
             for j in jobs.jobs(JobState.FAILED)
         ]
         report["rejected"] = [
@@ -187,7 +189,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_resend(args: argparse.Namespace) -> int:
     from fetalnode.node import open_store
 
-    n = open_store(_settings(args)).resend(args.job or None, args.destination)
+    n = open_store(_settings(args)).resend(args.job or None, args.destination, args.permanent)
     print(json.dumps({"requeued": n}))
     return 0
 
@@ -461,7 +463,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="node.role: all (SCP + worker, SQLite queue; default), terminal (SCP + spool + publish to the "
         "broker), worker (consume from the broker, analyse, deliver to the destinations)",
     )
-    sp.add_argument("--broker-url", help="broker.url, e.g. amqp://user:pass@host:5672// (roles terminal, worker)")
+    sp.add_argument(
+        "--broker-url",
+        help="broker.url, e.g. amqps://site-a@broker.example.org:5671/fetalnode (roles terminal, worker; the "
+        "password comes from broker.password_file)",
+    )
     sp.set_defaults(func=cmd_serve)
 
     sp = sub.add_parser("worker", help="run only the analysis worker on the node's job store")
@@ -501,6 +507,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--destination",
         help="replay only this destination's dead letters (of every job, or of --job); what other "
         "destinations hold is not sent again",
+    )
+    sp.add_argument(
+        "--permanent",
+        action="store_true",
+        help="also replay permanent failures (an output that could not be built, bytes that differ from the "
+        "pre-notification, a bug), which a replay on the same software can only repeat: after an update",
     )
     sp.set_defaults(func=cmd_resend)
 

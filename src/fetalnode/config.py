@@ -6,6 +6,7 @@ Model parameters are not here: they live in each bundle's ``configs/metadata.jso
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -13,9 +14,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
+from urllib.parse import urlsplit
 
 from fetalnode.errors import ConfigError
-from fetalnode.vocab import Role
+from fetalnode.vocab import PixelCleaning, Role, UidConflict
 
 ENV_PREFIX = "FETALNODE__"
 
@@ -42,10 +44,20 @@ class ScpSettings:
     allowed_sources: list[str] = field(default_factory=list)
     station_names: list[str] = field(default_factory=list)
     check_called_aet: bool = True
-    acse_timeout: float = 30.0
+    # The ARTIM timer: a connection that sends no A-ASSOCIATE-RQ within this many seconds is closed.
+    acse_timeout: float = 10.0
     dimse_timeout: float = 30.0
+    # An association that receives nothing for this long is aborted.
     network_timeout: float = 60.0
-    maximum_associations: int = 10
+    # A PDU that stops arriving for this long (a stalled or lying peer) ends the association.
+    stall_timeout: float = 10.0
+    # Negotiated associations in all, and from one address; when all are taken, the one idle the longest
+    # (at least idle_eviction_seconds) is aborted to make room for a new one.
+    maximum_associations: int = 16
+    maximum_associations_per_address: int = 8
+    idle_eviction_seconds: float = 2.0
+    # A different object under an already received SOP Instance UID: "refuse" (0x0111) or "replace".
+    uid_conflict: str = "refuse"
     # Largest P-DATA PDU a peer may send us (bytes; DICOM's usual 16382 makes a 300 kB image ~20 PDUs).
     maximum_pdu_size: int = 1_048_576
     # pynetdicom's DUL thread sleeps this long when its socket is idle (its default 1 ms: the wait,
@@ -144,7 +156,8 @@ class DestinationSettings:
     """One ``[[destinations]]`` table: where a job's objects go, and which of them (``send``).
 
     ``kind``: ``dicom`` (C-STORE SCU, optional DICOM TLS), ``dicomweb`` (STOW-RS), ``orthanc`` (REST),
-    ``folder`` (Part 10 files in ``folder``).
+    ``folder`` (Part 10 files in ``folder``, named as ``layout`` says: ``archive``, the default,
+    ``<Study>/<Series>/<SOP Instance UID>.dcm``; ``names``, ``<output name>.dcm``).
     ``send``: ``source`` (the received image, forwarded unchanged), ``outputs`` (every enabled output: the
     default) and/or enabled output names.
     ``max_attempts`` 0: retry transient failures until the destination takes the objects.
@@ -165,6 +178,7 @@ class DestinationSettings:
     password: str = ""
     password_file: str = ""
     folder: str = ""
+    layout: str = "archive"
     timeout: float = 30.0
     max_attempts: int = 0
     retry_initial: float = 1.0
@@ -210,13 +224,63 @@ class RoutingSettings:
 
 @dataclass
 class BrokerSettings:
-    """Scale-out (roles terminal/worker): Celery over RabbitMQ. Empty ``url``: embedded SQLite queue."""
+    """The cloud path (roles terminal/worker) over RabbitMQ. Empty ``url``: embedded SQLite queue.
+
+    ``url``: ``amqps://USER@HOST:PORT/VHOST``, never with a password (``password_file`` holds it; the
+    user of a terminal is its site's name on the broker). Plain ``amqp://`` only to a broker on this
+    machine. ``ca_certificates``: the CA(s) the broker's certificate is checked against (empty: the
+    system's trust store); ``certificate`` + ``private_key``: this node's client certificate, for a broker
+    that requires one. ``sites``: role worker, the sites whose jobs it takes (``fetalnode.broker``).
+    """
 
     url: str = ""
-    queue: str = "fetalnode.jobs"
-    results_queue: str = "fetalnode.results"
+    password_file: str = ""
+    ca_certificates: str = ""
+    certificate: str = ""
+    private_key: str = ""
+    sites: list[str] = field(default_factory=list)
+    heartbeat: float = 60.0
+    connect_timeout: float = 10.0
     publish_batch: int = 50
     retry_seconds: float = 2.0
+
+
+@dataclass
+class MaskSettings:
+    """One ``[[privacy.masks]]`` table: where the image is on a screen or film that has no ultrasound regions.
+
+    ``rectangles`` are the areas KEPT, ``[x0, y0, x1, y1]`` in pixels, corners included (as the
+    Sequence of Ultrasound Regions gives them); every pixel outside them is blanked. An entry matches an
+    image when each non-empty criterion equals the image's Manufacturer, Manufacturer's Model Name
+    and Station Name (case and surrounding spaces ignored); an empty criterion matches anything.
+    ``name`` only labels the entry in the audit.
+    """
+
+    name: str = ""
+    manufacturer: str = ""
+    model: str = ""
+    station: str = ""
+    rectangles: list[list[int]] = field(default_factory=list)
+
+
+@dataclass
+class PrivacySettings:
+    """Pseudonymisation at the terminal before an image leaves the site (docs/security.md).
+
+    ``pseudonymise`` unset (``None``): on for role ``terminal``, off for the other roles (see
+    :meth:`enabled_for`); ``false`` on a terminal sends identified images, same site only.
+    ``secret_file``: the per-site key of the UID pseudonyms (at least 32 bytes, never logged).
+    ``pixels``: a :class:`fetalnode.vocab.PixelCleaning` value.
+    """
+
+    pseudonymise: bool | None = None
+    secret_file: str = ""
+    pixels: str = PixelCleaning.REGIONS
+    masks: list[MaskSettings] = field(default_factory=list)
+
+    def enabled_for(self, role: str) -> bool:
+        """Whether images are pseudonymised before they leave a node of ``role``."""
+        return self.pseudonymise if self.pseudonymise is not None else role == Role.TERMINAL
 
 
 @dataclass
@@ -241,7 +305,6 @@ THIRD_PARTY_LOGGERS = (
     "pynetdicom",
     "httpx",
     "httpcore",
-    "celery",
     "kombu",
     "amqp",
     "onnxruntime",
@@ -263,6 +326,7 @@ class Settings:
     broker: BrokerSettings = field(default_factory=BrokerSettings)
     output: OutputSettings = field(default_factory=OutputSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    privacy: PrivacySettings = field(default_factory=PrivacySettings)
     destinations: list[DestinationSettings] = field(default_factory=list)
     routing: RoutingSettings = field(default_factory=RoutingSettings)
     routes: list[RouteSettings] = field(default_factory=list)
@@ -284,6 +348,11 @@ class Settings:
 
 
 def _coerce(value: Any, typ: Any, where: str) -> Any:
+    if typ == bool | None:
+        # Unset: the role decides; "" or "auto" from the environment unsets it.
+        if isinstance(value, str) and value.strip().lower() in {"", "auto"}:
+            return None
+        return _coerce(value, bool, where)
     if typ is bool:
         if isinstance(value, bool):
             return value
@@ -318,7 +387,32 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
         if isinstance(value, dict) and all(isinstance(v, str) for v in value.values()):
             return {str(k): v for k, v in value.items()}
         raise ConfigError(f"{where}: expected a table of strings, got {value!r}")
+    if typ == list[list[int]]:
+        if not isinstance(value, list) or not all(isinstance(row, list) for row in value):
+            raise ConfigError(f"{where}: expected a list of lists of integers, e.g. [[0, 60, 639, 479]], got {value!r}")
+        return [[_coerce(v, int, f"{where}[{i}]") for v in row] for i, row in enumerate(value)]
+    item_type = getattr(typ, "__args__", (None,))[0]
+    if getattr(typ, "__origin__", None) is list and dataclasses.is_dataclass(item_type):
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected an array of tables [[...]] in the config file, got {value!r}")
+        return _tables(item_type, value, where)
     raise ConfigError(f"{where}: unsupported type {typ}")
+
+
+def _tables(item_type: Any, items: list[Any], where: str) -> list[Any]:
+    """Each table of a TOML array of tables as one ``item_type`` dataclass, its keys typed."""
+    hints, known = get_type_hints(item_type), {f.name for f in fields(item_type)}
+    parsed = []
+    for i, table in enumerate(items):
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where} item {i + 1}: expected a table")
+        values = {}
+        for key, value in table.items():
+            if key not in known:
+                raise ConfigError(f"{where} item {i + 1}: unknown key {key!r}")
+            values[key] = _coerce(value, hints[key], f"{where} item {i + 1} {key}")
+        parsed.append(item_type(**values))
+    return parsed
 
 
 def _table_list(settings: Settings, name: str, items: list[Any], where: str) -> None:
@@ -327,19 +421,7 @@ def _table_list(settings: Settings, name: str, items: list[Any], where: str) -> 
     item_type: Any = getattr(hint, "__args__", (None,))[0]
     if not dataclasses.is_dataclass(item_type):
         raise ConfigError(f"{where}: {name!r} must be a [table], not an array of tables")
-    parsed = []
-    for i, table in enumerate(items):
-        if not isinstance(table, dict):
-            raise ConfigError(f"{where}: [[{name}]] item {i + 1} must be a table")
-        hints, known = get_type_hints(item_type), {f.name for f in fields(item_type)}
-        values = {}
-        for key, value in table.items():
-            if key not in known:
-                raise ConfigError(f"{where}: unknown key {key!r} in [[{name}]] item {i + 1}")
-            values[key] = _coerce(value, hints[key], f"{where} [[{name}]] item {i + 1} {key}")
-        make: Any = item_type
-        parsed.append(make(**values))
-    setattr(settings, name, parsed)
+    setattr(settings, name, _tables(item_type, items, f"{where}: [[{name}]]"))
 
 
 def _apply(settings: Settings, section: str, key: str, value: Any, where: str) -> None:
@@ -397,14 +479,91 @@ def load_settings(
         raise ConfigError("set orthanc.password or orthanc.password_file, not both")
     if settings.node.role not in set(Role):
         raise ConfigError(f"node.role must be one of {', '.join(Role)}, not {settings.node.role!r}")
+    if settings.scp.uid_conflict not in set(UidConflict):
+        raise ConfigError(f"scp.uid_conflict must be one of {', '.join(UidConflict)}, not {settings.scp.uid_conflict!r}")
+    scp = settings.scp
+    if scp.maximum_associations < 1 or scp.maximum_associations_per_address < 1:
+        raise ConfigError("scp.maximum_associations and scp.maximum_associations_per_address must be at least 1")
     if not 0.0 <= settings.router.cross_check_probability <= 1.0:
         raise ConfigError(
             f"router.cross_check_probability must be between 0 and 1, not {settings.router.cross_check_probability}"
         )
     if not 1 <= settings.router.cine_frames <= 100:
         raise ConfigError(f"router.cine_frames must be between 1 and 100, not {settings.router.cine_frames}")
+    _check_privacy(settings.privacy)
+    _check_broker(settings.broker)
     if settings.logging.third_party.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
         raise ConfigError(
             f"logging.third_party must be DEBUG, INFO, WARNING or ERROR, not {settings.logging.third_party!r}"
         )
     return settings
+
+
+def _check_privacy(privacy: PrivacySettings) -> None:
+    """``privacy.pixels`` is a known value and every mask rectangle is four corners in order.
+
+    The secret is not read here (``fetalnode.privacy.read_secret`` does, when a pseudonymiser starts).
+    """
+    if privacy.pixels not in set(PixelCleaning):
+        raise ConfigError(f"privacy.pixels must be one of {', '.join(PixelCleaning)}, not {privacy.pixels!r}")
+    for i, mask in enumerate(privacy.masks):
+        label = f"[[privacy.masks]] item {i + 1}" + (f" ({mask.name})" if mask.name else "")
+        if not mask.rectangles:
+            raise ConfigError(f"{label}: rectangles is empty; list the areas to keep as [[x0, y0, x1, y1], ...]")
+        for rect in mask.rectangles:
+            if len(rect) != 4:
+                raise ConfigError(f"{label}: rectangle {rect} must be [x0, y0, x1, y1]")
+            x0, y0, x1, y1 = rect
+            if min(rect) < 0 or x1 < x0 or y1 < y0:
+                raise ConfigError(f"{label}: rectangle {rect} must have 0 <= x0 <= x1 and 0 <= y0 <= y1")
+
+
+# A site is a RabbitMQ user and part of its queue names (fetalnode.broker): lower case, digits, hyphens.
+SITE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine: ``localhost`` or a loopback address."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_broker(b: BrokerSettings) -> None:
+    """``[broker]`` as the broker link needs it (``fetalnode.broker``); files are read at start, not here."""
+    for site in b.sites:
+        if not SITE_NAME.fullmatch(site):
+            raise ConfigError(f"broker.sites: {site!r} is not a site name (lower-case letters, digits and hyphens)")
+    if not b.url:
+        return
+    try:
+        parts = urlsplit(b.url)
+        _ = parts.port  # raises ValueError on a port that is not a number
+    except ValueError as exc:
+        raise ConfigError(f"broker.url is not a URL: {exc}") from None
+    if parts.scheme not in {"amqp", "amqps"}:
+        raise ConfigError(f"broker.url must start with amqps:// (or amqp:// to this machine), not {parts.scheme}://")
+    if parts.password is not None:
+        raise ConfigError(
+            "broker.url must not hold a password: write amqps://USER@HOST:PORT/VHOST and put the password "
+            "in the file named by broker.password_file"
+        )
+    if not parts.username or not parts.hostname:
+        raise ConfigError("broker.url needs a user and a host: amqps://USER@HOST:PORT/VHOST")
+    if not b.password_file:
+        raise ConfigError("broker.password_file is empty: the broker user's password is read from that file")
+    if bool(b.certificate) != bool(b.private_key):
+        raise ConfigError("broker.certificate and broker.private_key go together (a client certificate and its key)")
+    if parts.scheme == "amqp":
+        if not is_loopback(parts.hostname):
+            raise ConfigError(
+                f"broker.url: plain amqp:// is unencrypted and allowed only to a broker on this machine, not "
+                f"{parts.hostname}; use amqps:// with broker.ca_certificates"
+            )
+        if b.ca_certificates or b.certificate:
+            raise ConfigError("broker.ca_certificates/certificate/private_key are TLS settings: use an amqps:// URL")
+    if b.heartbeat < 0 or b.connect_timeout <= 0:
+        raise ConfigError("broker.heartbeat must be >= 0 and broker.connect_timeout > 0")

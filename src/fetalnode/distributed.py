@@ -1,291 +1,316 @@
-"""Scale-out on Celery + RabbitMQ: terminal role (SCP, spool, publish) and worker role (analyse, deliver).
+"""The cloud path: a site's terminal keeps the patient, a cloud worker sees pseudonymised pixels only.
 
-- The terminal keeps the SQLite job store and the spool exactly as in the embedded mode. A
-  publisher thread sends each ``queued`` job to the broker (Celery task ``fetalnode.analyse``) with
-  the image bytes *in the message* (base64 in JSON), then marks it ``published``. The bytes travel
-  with the job so that a worker needs nothing but the broker URL, the models and the destinations:
-  no shared file system between hospitals' terminals and the regional workers. When the broker is
-  down, jobs stay ``queued`` in the spool and are published when it returns (store and forward).
-- Workers are Celery workers (threads pool of one, prefetch 1, late acknowledgement,
-  ``task_reject_on_worker_lost``): a killed worker's unacknowledged task is redelivered to another.
-  The solo pool was measured to stall 3-10 s between tasks here (the next message sat in py-amqp's
-  buffer until a timer tick): 2.1 images/s against 8.5 with the threads pool.
-  Each task is one call of :func:`fetalnode.runner.run_job` (the same runner as the embedded worker
-  and ``fetalnode analyze``): it checks the image against the announced SHA-256 (the
-  pre-notification), analyses, builds every enabled output and delivers to every destination
-  (deterministic UIDs: a redelivered job overwrites nothing and adds nothing). A ``retry`` outcome
-  is a Celery retry after the runner's delay; any other outcome is published on a durable results
-  queue before the task is acknowledged.
-- A collector thread on the terminal consumes the results queue and applies each outcome through
-  the job store's journal, as the embedded worker does. ``published`` jobs without an answer are
-  the ones "sent but never acknowledged"; a worker-side result for a job the terminal never
-  recorded is reported as "announced but unknown".
+Role ``terminal`` (the hospital's data terminal) keeps everything that identifies a patient: the SCP,
+the spool, the job store, the destinations and the pseudonym map. One outbound connection to the
+broker (``fetalnode.broker``, AMQPS, its site's queues only) carries both ways:
 
-This module moves bytes and outcomes; it imports neither the inference package nor the output
-writers (the worker's :class:`~fetalnode.runner.Runtime` is built by the CLI).
+- out: each queued job's image, pseudonymised (``fetalnode.privacy``: the PS3.15 Basic Application
+  Confidentiality Profile, keyed UID pseudonyms, burned-in text blanked outside the ultrasound regions),
+  as the Part 10 bytes of the message with the job's number and pseudonymous SOP Instance UID in its
+  headers. The pseudonym map is written to the job store first; nothing else of the job leaves the site.
+  An image whose burned-in text cannot be removed is not sent: the terminal answers "not analysed:
+  burned-in text could not be removed" itself (``applications.withheld``) and delivers that. A
+  forwarded image (a routing rule's ``forward``) never goes to the cloud.
+- in: each job's result: the worker's outcome and the objects it built. The terminal re-identifies the
+  objects (the real patient and study modules and UIDs, every reference, and the output UIDs the embedded
+  mode derives from the real source, so switching a site between the two never duplicates an object),
+  keeps them in ``outbox/<job>/`` and hands the job to its own delivery worker, which delivers to the
+  site's ``[[destinations]]`` with the same retries and dead letters as the embedded mode.
+
+Role ``worker`` (the cloud): takes jobs from every site of ``broker.sites`` one at a time, analyses and
+builds every enabled output with the one job runner (no destination: it delivers nothing), and
+publishes the objects to the job's site; the job is acknowledged only then, so a worker killed mid-job
+leaves it to another. Workers keep nothing on disk. A result is applied once: a second one for the
+same job (a redelivered job analysed twice) finds it moved on and is dropped.
+
+The broker down: jobs stay ``queued`` in the spool and go when it is back (store and forward).
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import threading
-import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-from celery import Celery
-from kombu import Connection, Exchange, Queue
+from kombu import Connection
+from pydicom import dcmread
 
 from fetalnode.audit import AuditLog
+from fetalnode.broker import Delivery, Drop, Reply, SiteTopology, connect, consume_jobs, consume_results, publish_job
+from fetalnode.broker import run_connected as run_link
 from fetalnode.config import Settings
-from fetalnode.errors import NodeError
-from fetalnode.jobs import JobStore, TransitionRefused, worker_identity
-from fetalnode.runner import (
-    Outcome,
-    Received,
-    Runtime,
-    Verdict,
-    crashed,
-    deliveries_from_json,
-    deliveries_to_json,
-    run_job,
-)
+from fetalnode.errors import BrokerError, BurnedInTextNotRemoved, NodeError
+from fetalnode.jobs import Job, JobStore, worker_identity
+from fetalnode.outputs.uids import DEVICE_UID, output_uid_map
+from fetalnode.runner import Outcome, Received, Runtime, Verdict, at_terminal, crashed, run_job
+from fetalnode.scp.spool import atomic_write
 from fetalnode.vocab import AuditEvent, JobState, RouteAction
+from fetalnode.worker import received_from_job
 
 log = logging.getLogger(__name__)
-TASK = "fetalnode.analyse"
+WAITING_FOR_CLOUD = frozenset({JobState.QUEUED, JobState.PUBLISHED})
+PROCESSING_EQUIPMENT = ("109105", "DCM")  # CID 7005: this software's item in Contributing Equipment
 
 
-def make_app(settings: Settings) -> Celery:
-    """The Celery application of a node: at-least-once delivery of jobs, JSON only, no result backend."""
-    b = settings.broker
-    if not b.url:
-        raise NodeError("broker.url is empty: roles terminal and worker need a broker (e.g. amqp://…)")
-    app = Celery("fetalnode", broker=b.url)
-    app.conf.update(
-        task_serializer="json",
-        accept_content=["json"],
-        task_ignore_result=True,
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        task_default_queue=b.queue,
-        task_queues=[Queue(b.queue, Exchange(b.queue), routing_key=b.queue, durable=True)],
-        task_default_delivery_mode="persistent",
-        broker_connection_retry_on_startup=True,
-        broker_transport_options={"confirm_publish": True},
-        worker_hijack_root_logger=False,
-        worker_send_task_events=False,
-    )
-    return app
-
-
-def queue_depth(settings: Settings) -> int | None:
-    """Messages waiting in the jobs queue (None when the broker cannot be reached)."""
-    try:
-        with Connection(settings.broker.url, connect_timeout=3) as conn:
-            _, count, _ = conn.default_channel.queue_declare(settings.broker.queue, durable=True, passive=True)
-            return int(count)
-    except Exception:
-        return None
-
-
-# -- terminal side ------------------------------------------------------------------------------
+# -- terminal -----------------------------------------------------------------------------------
 
 
 @dataclass
-class Publisher:
-    """Publishes queued jobs to the broker; leaves them queued (in the spool) while it is down."""
+class CloudTerminal:
+    """A site terminal's link to the cloud: publishes queued jobs, applies the workers' results.
+
+    ``pseudonymise``: the site's :class:`~fetalnode.privacy.Pseudonymiser` (``None``: images leave
+    identified, same site only); ``withheld``: the runtime that answers "not analysed: burned-in text
+    could not be removed" here; ``wake``: the event of the terminal's delivery worker.
+    """
 
     settings: Settings
     jobs: JobStore
     audit: AuditLog
-    app: Celery
+    pseudonymise: Any
+    withheld: Runtime
+    outbox: Path
+    wake: Callable[[], None]
     _stop: threading.Event = field(default_factory=threading.Event)
-    _wake: threading.Event = field(default_factory=threading.Event)
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def publish_once(self) -> int:
-        n = 0
-        for job in self.jobs.jobs_in_state(JobState.QUEUED, self.settings.broker.publish_batch):
-            data = Path(job.spool_path).read_bytes()
-            payload = {
-                "job": job.id,
-                "terminal": self.settings.node.ae_title,
-                "sop_uid": job.sop_uid,
-                "sha256": job.sha256,
-                "station_name": job.station_name,
-                "calling_ae": job.calling_ae,
-                "received_at": job.received_at,
-                "variant": job.variant,
-                "action": job.extra.get("action", RouteAction.ANALYSE),
-                "deliveries": deliveries_to_json(job.deliveries),
-                "data": base64.b64encode(data).decode("ascii"),
-            }
-            self.app.send_task(TASK, args=[payload], queue=self.settings.broker.queue, retry=False)
-            self.jobs.mark_published(job.id)
-            n += 1
-        return n
-
-    def run(self) -> None:
-        backoff = self.settings.broker.retry_seconds
-        down_since: float | None = None
-        while not self._stop.is_set():
-            try:
-                n = self.publish_once()
-                if down_since is not None:
-                    log.info(
-                        "broker reachable again after %.0f s; publishing the backlog", time.monotonic() - down_since
-                    )
-                    self.audit.event(AuditEvent.BROKER_UP, down_s=round(time.monotonic() - down_since, 1))
-                    down_since = None
-                if n:
-                    log.info("published %d job(s)", n)
-                    continue
-                self._wake.wait(0.5)
-                self._wake.clear()
-            except Exception as exc:  # broker down: keep the jobs queued, try again later
-                if down_since is None:
-                    down_since = time.monotonic()
-                    log.warning("broker unreachable (%s); jobs stay queued in the spool", exc)
-                    self.audit.event(AuditEvent.BROKER_DOWN, reason=f"{type(exc).__name__}: {exc}")
-                self._stop.wait(backoff)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-
-
-@dataclass
-class Collector:
-    """Records the workers' outcomes (durable results queue) in the terminal's job store."""
-
-    settings: Settings
-    jobs: JobStore
-    audit: AuditLog
-    _stop: threading.Event = field(default_factory=threading.Event)
-
-    def handle(self, body: dict[str, Any]) -> None:
-        """Apply one worker result. A message that can never be applied (unreadable, or a change the job
-        store refuses) is logged and dropped, not redelivered for ever; a store error propagates."""
-        try:
-            job_id, outcome = int(body["job"]), Outcome.from_message(body["outcome"])
-        except (KeyError, TypeError, ValueError) as exc:
-            log.error("unreadable result message dropped (%s: %s): %.300s", type(exc).__name__, exc, body)
-            return
-        job = self.jobs.get(job_id)
-        if job is None or job.sop_uid != body.get("sop_uid"):
-            log.warning("result for a job this terminal never announced: %s", body.get("job"))
-            self.audit.event(AuditEvent.RESULT_UNKNOWN_JOB, job=body.get("job"), sop_uid=body.get("sop_uid"))
-            return
-        try:
-            state = self.jobs.apply(job, outcome, PUBLISHED, worker=body.get("worker"))
-        except TransitionRefused as exc:
-            log.error("result from %s dropped: %s", body.get("worker"), exc)
-            return
-        if state is None:
-            log.info("job %d: result from %s for a job already %s (redelivered)", job.id, body.get("worker"), job.state)
 
     def run(self) -> None:
         b = self.settings.broker
-        while not self._stop.is_set():
-            try:
-                with Connection(b.url, connect_timeout=5, heartbeat=10) as conn:
-                    queue = conn.SimpleQueue(b.results_queue, queue_opts={"durable": True})
-                    while not self._stop.is_set():
-                        try:
-                            message = queue.get(block=True, timeout=1)
-                        except queue.Empty:
-                            continue
-                        self.handle(message.payload)
-                        message.ack()
-            except Exception as exc:
-                log.warning("results queue unreachable (%s); retrying", exc)
-                self._stop.wait(b.retry_seconds)
+
+        def down(reason: str) -> None:
+            log.warning("broker unreachable (%s); jobs stay queued in the spool", reason)
+            self.audit.event(AuditEvent.BROKER_DOWN, reason=reason)
+
+        def up(seconds: float) -> None:
+            self.audit.event(AuditEvent.BROKER_UP, down_s=round(seconds, 1))
+
+        run_link(b, self._link, self._stop, retry_seconds=b.retry_seconds, on_down=down, on_up=up)
+
+    def _link(self, conn: Connection) -> None:
+        consume_results(conn, self.apply_result, stop=self._stop, idle=lambda: self.publish_queued(conn))
 
     def stop(self) -> None:
         self._stop.set()
 
+    # -- out --------------------------------------------------------------------------------------
+    def publish_queued(self, conn: Connection) -> None:
+        """Hand every queued job over: to the cloud, or to the terminal's own delivery."""
+        jobs = self.jobs.jobs_in_state(JobState.QUEUED, self.settings.broker.publish_batch)
+        for job in jobs:
+            self.hand_off(conn, job)
+        if jobs:
+            self.wake()
 
-PUBLISHED = frozenset({JobState.QUEUED, JobState.PUBLISHED})
+    def hand_off(self, conn: Connection, job: Job) -> None:
+        """One queued job: forwarded (the terminal's own delivery), answered here (burned-in text that cannot
+        be removed), or pseudonymised and published, its pseudonym map kept first."""
+        received = received_from_job(job)
+        if received.action is RouteAction.FORWARD:
+            self.jobs.hand_over(job, frozenset({JobState.QUEUED}), outputs=[])  # the source only, from here
+            return
+        prepared = at_terminal(received, self._pseudonymised)
+        if isinstance(prepared, Outcome):
+            self.jobs.apply(job, prepared, WAITING_FOR_CLOUD)
+            return
+        if prepared is None:
+            self._answer_here(job, received)
+            return
+        sent, uid_map, pixels = prepared
+        pseudo_sop = self._pseudonym(job.sop_uid)
+        self.jobs.record_pseudonyms(job.id, uid_map)  # before the image leaves: a result can come back at once
+        sha256 = hashlib.sha256(sent).hexdigest()
+        outputs = ",".join(self.settings.output.enabled)  # the site chooses its objects
+        headers = {"job": job.id, "sop_uid": pseudo_sop, "sha256": sha256, "outputs": outputs}
+        publish_job(conn, sent, headers=headers, message_id=f"{job.id}-{sha256[:16]}")
+        self.jobs.mark_published(job.id, bytes=len(sent), pixels=pixels)
 
-# -- worker side --------------------------------------------------------------------------------
+    def _pseudonym(self, uid: str) -> str:
+        return uid if self.pseudonymise is None else str(self.pseudonymise.pseudonym(uid))
 
-
-def received_from_payload(payload: dict[str, Any]) -> Received:
-    data = base64.b64decode(payload["data"])
-    return Received(
-        job_id=int(payload["job"]),
-        sop_uid=payload["sop_uid"],
-        sha256=payload["sha256"],
-        read=lambda: data,
-        station_name=payload["station_name"],
-        variant=payload["variant"],
-        deliveries=deliveries_from_json(payload.get("deliveries")),
-        action=RouteAction(payload.get("action", RouteAction.ANALYSE)),
-    )
-
-
-def register_tasks(app: Celery, settings: Settings, runtime: Runtime) -> None:
-    b, identity = settings.broker, worker_identity()
-
-    @app.task(name=TASK, bind=True, max_retries=None, acks_late=True)  # type: ignore[untyped-decorator]
-    def analyse(self: Any, payload: dict[str, Any]) -> None:
+    def _pseudonymised(self, data: bytes) -> tuple[bytes, dict[str, str], str] | None:
+        """What leaves the site (bytes, pseudonym map, how the pixels were cleaned); ``None``: nothing may."""
+        if self.pseudonymise is None:
+            return data, {}, "not pseudonymised (privacy.pseudonymise = false: same site only)"
         try:
-            outcome = run_job(received_from_payload(payload), runtime)
-        except Exception as exc:  # a malformed message: answer it rather than lose the job
-            log.exception("job %s: cannot run", payload.get("job"))
-            outcome = crashed(exc)
-        if outcome.verdict is Verdict.RETRY:
-            log.warning("job %s: %s; retry in %.1f s", payload["job"], outcome.reason, outcome.retry_in)
-            # the next run skips what each destination already holds (the deliveries travel in the message)
-            again = {**payload, "deliveries": deliveries_to_json(outcome.deliveries)}
-            raise self.retry(args=[again], countdown=outcome.retry_in)
-        message = {"job": payload["job"], "sop_uid": payload["sop_uid"], "worker": identity}
-        message["outcome"] = outcome.to_message()
-        with app.producer_or_acquire() as producer:
-            producer.publish(
-                message,
-                serializer="json",
-                routing_key=b.results_queue,
-                exchange="",
-                declare=[Queue(b.results_queue, durable=True)],
-                delivery_mode=2,
-                retry=True,
-            )
-        log.info("job %s -> %s", payload["job"], outcome.verdict)
+            p = self.pseudonymise.pseudonymise_bytes(data)
+        except BurnedInTextNotRemoved:
+            return None
+        return p.data, p.uid_map, p.pixels.describe()
+
+    def _answer_here(self, job: Job, received: Received) -> None:
+        """Build the "not analysed: burned-in text could not be removed" objects here and deliver them."""
+        outcome = run_job(received, self.withheld)
+        if outcome.verdict is not Verdict.DELIVERED:
+            self.jobs.apply(job, outcome, WAITING_FOR_CLOUD)
+            return
+        self.jobs.hand_over(job, WAITING_FOR_CLOUD, self._keep(job, outcome.built), outcome.summary)
+
+    def _keep(self, job: Job, built: Mapping[str, bytes]) -> list[str]:
+        paths = []
+        for name, data in built.items():
+            path = self.outbox / str(job.id) / f"{name}.dcm"
+            atomic_write(path, data)
+            paths.append(str(path))
+        return paths
+
+    # -- in ---------------------------------------------------------------------------------------
+    def apply_result(self, delivery: Delivery) -> None:
+        """Apply one worker's result: re-identify and keep its objects, hand the job to the delivery worker.
+        A result for a job this terminal did not publish is dropped and audited; a second result for a job
+        that has moved on is acknowledged and ignored."""
+        try:
+            body = delivery.json()
+            job_id, outcome = int(body["job"]), Outcome.from_message(body["outcome"])
+            objects = {str(n): base64.b64decode(d) for n, d in dict(body.get("objects") or {}).items()}
+        except (KeyError, TypeError, ValueError) as exc:
+            log.error("unreadable result message dropped (%s: %s)", type(exc).__name__, exc)
+            self.audit.event(AuditEvent.RESULT_UNKNOWN_JOB, job=None, reason=f"unreadable: {type(exc).__name__}: {exc}")
+            raise Drop(str(exc)) from exc
+        job = self.jobs.get(job_id)
+        if job is not None and job.state not in WAITING_FOR_CLOUD:
+            log.info("job %d: another result for a job already %s (a job analysed twice)", job.id, job.state)
+            return
+        if job is None or body.get("sop_uid") != self._pseudonym(job.sop_uid):
+            log.warning("result for a job this terminal did not publish: %s", body.get("job"))
+            reason = "no such job" if job is None else "the SOP Instance UID is not the job's pseudonym"
+            self.audit.event(AuditEvent.RESULT_UNKNOWN_JOB, job=body.get("job"), worker=body.get("worker"), reason=reason)
+            raise Drop("unknown job")
+        uid_map = self.jobs.pseudonyms(job.id)
+        worker = body.get("worker")
+        if outcome.verdict is not Verdict.DELIVERED:
+            self.jobs.apply(job, outcome, WAITING_FOR_CLOUD, worker=worker)
+            return
+        restored = at_terminal(received_from_job(job), lambda data: self._reidentified(job, data, uid_map, objects, outcome))
+        if isinstance(restored, Outcome):
+            self.jobs.apply(job, restored, WAITING_FOR_CLOUD, worker=worker)
+            return
+        kept, summary = restored
+        self.jobs.hand_over(job, WAITING_FOR_CLOUD, kept, summary, worker=worker, duration_ms=outcome.analysed_ms)
+        self.wake()
+
+    def _reidentified(
+        self, job: Job, data: bytes, uid_map: dict[str, str], objects: Mapping[str, bytes], outcome: Outcome
+    ) -> tuple[list[str], dict[str, Any]]:
+        """The worker's objects with the real patient, study and UIDs (``data``: the source), kept in the outbox;
+        the job's summary. A pseudonym left in an object is a PrivacyError."""
+        source = dcmread(BytesIO(data))
+        sop, series = str(source.SOPInstanceUID), str(source.SeriesInstanceUID)
+        real_outputs, derived = output_uid_map(
+            objects, (self._pseudonym(sop), sop), (self._pseudonym(series), series), outcome.derivation
+        )
+        full_map = {**uid_map, **derived}
+        if self.pseudonymise is None:
+            restored = dict(objects)
+        else:
+            from fetalnode.privacy import reidentify_all
+
+            restored = reidentify_all(objects, source, full_map)
+        station, institution = job.station_name or job.calling_ae, self.settings.output.institution_name
+        kept = self._keep(job, {name: of_this_site(data, station, institution) for name, data in restored.items()})
+        summary = {**outcome.summary, "outputs": real_outputs}
+        return kept, summary
 
 
-def run_worker(settings: Settings, runtime: Runtime) -> int:
-    """``fetalnode serve --role worker``: consume jobs with ``runtime`` until stopped."""
-    app = make_app(settings)
-    register_tasks(app, settings, runtime)
+def of_this_site(data: bytes, station: str, institution: str) -> bytes:
+    """The object with this site's names, which no worker knows (they say where the patient was): the
+    station in fetalnode's own Contributing Equipment item, and ``output.institution_name`` when set."""
+    ds = dcmread(BytesIO(data))
+    for item in ds.get("ContributingEquipmentSequence", []):
+        if item.get("DeviceUID") == DEVICE_UID:
+            item.StationName = station[:16]
+    if institution:
+        ds.InstitutionName = institution[:64]
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+# -- worker -------------------------------------------------------------------------------------
+
+
+def wanted(runtime: Runtime, delivery: Delivery) -> Runtime:
+    """The worker's runtime with the writers of the objects the job's site asks for (its terminal's
+    ``output.enabled``; the worker's own when the job does not say). A name this worker does not register
+    (a site's plugin it lacks) is left out, with a warning."""
+    from fetalnode.outputs.registry import OUTPUTS
+
+    names = [n for n in str(delivery.headers.get("outputs", "")).split(",") if n]
+    if not names:
+        return runtime
+    writers = [w for w in (OUTPUTS.find(n) for n in names) if w is not None]
+    if len(writers) < len(names):
+        missing = sorted(set(names) - {w.name for w in writers})
+        log.warning("site %s asks for outputs this worker does not have: %s", delivery.site, ", ".join(missing))
+    return replace(runtime, writers=writers)
+
+
+def received_from_delivery(delivery: Delivery) -> Received:
+    """The runner's view of a job message: the pseudonymised image, checked against its announced SHA-256."""
+    headers = delivery.headers
+    try:
+        job_id, sop_uid, sha256 = int(headers["job"]), str(headers["sop_uid"]), str(headers["sha256"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise Drop(f"a job message without its job, SOP Instance UID and SHA-256 headers: {exc}") from exc
+    data = delivery.body
+    # No station name travels: the terminal writes its own into the objects.
+    return Received(job_id=job_id, sop_uid=sop_uid, sha256=sha256, read=lambda: data, station_name="")
+
+
+def analyse(runtime: Runtime, identity: str, delivery: Delivery) -> Iterable[Reply]:
+    """One job: analysed and built by the runner (no destination), the objects returned to its site."""
+    received = received_from_delivery(delivery)
+    try:
+        outcome = run_job(received, wanted(runtime, delivery))
+    except Exception as exc:  # the runner never raises; a broken runtime still answers the terminal
+        log.exception("job %s of %s: cannot run", received.job_id, delivery.site)
+        outcome = crashed(exc)
+    built = outcome.built if outcome.verdict is Verdict.DELIVERED else {}
+    message = {
+        "job": received.job_id,
+        "sop_uid": received.sop_uid,
+        "worker": identity,
+        "outcome": replace(outcome, built={}).to_message(),
+        "objects": {name: base64.b64encode(data).decode("ascii") for name, data in built.items()},
+    }
+    log.info("job %s of %s -> %s", received.job_id, delivery.site, outcome.verdict)
+    return [Reply(message, message_id=f"{received.job_id}-{received.sha256[:16]}")]
+
+
+def run_worker(settings: Settings, runtime: Runtime, stop: threading.Event) -> int:
+    """``fetalnode serve --role worker``: analyse the jobs of ``broker.sites`` until ``stop`` is set."""
+    if runtime.destinations:
+        raise NodeError("a cloud worker delivers nothing: its results go back to each site's terminal")
     identity = worker_identity()
-    log.info("worker %s consuming %s on the broker", identity, settings.broker.queue)
-    app.worker_main(
-        [
-            "worker",
-            "--pool=threads",
-            "--concurrency=1",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            "--loglevel=INFO",
-            "-Q",
-            settings.broker.queue,
-            "-n",
-            f"{identity}@fetalnode",
-        ]
-    )
+    sites = settings.broker.sites
+    log.info("worker %s analysing the jobs of %s", identity, ", ".join(sites))
+
+    def work(conn: Connection) -> None:
+        consume_jobs(conn, sites, lambda delivery: analyse(runtime, identity, delivery), stop=stop)
+
+    run_link(settings.broker, work, stop, retry_seconds=settings.broker.retry_seconds)
     return 0
 
 
 # -- metrics ------------------------------------------------------------------------------------
+
+
+def queue_depth(settings: Settings) -> int | None:
+    """Messages waiting in this site's jobs queue (None when the broker cannot be reached)."""
+    from fetalnode.broker import site_of
+
+    try:
+        with connect(settings.broker) as conn:
+            queue = SiteTopology(site_of(settings.broker)).jobs_queue
+            _, count, _ = conn.default_channel.queue_declare(queue, durable=True, passive=True)
+            return int(count)
+    except (BrokerError, OSError, Exception):
+        return None
 
 
 def metrics_text(settings: Settings, jobs: JobStore) -> str:
@@ -302,7 +327,7 @@ def metrics_text(settings: Settings, jobs: JobStore) -> str:
     if settings.broker.url:
         depth = queue_depth(settings)
         lines += [
-            "# HELP fetalnode_queue_depth Messages waiting in the broker's jobs queue (-1: broker unreachable).",
+            "# HELP fetalnode_queue_depth Messages waiting in this site's jobs queue (-1: broker unreachable).",
             "# TYPE fetalnode_queue_depth gauge",
             f"fetalnode_queue_depth {depth if depth is not None else -1}",
         ]
@@ -329,3 +354,4 @@ def start_metrics_server(settings: Settings, jobs: JobStore) -> ThreadingHTTPSer
     threading.Thread(target=server.serve_forever, name="fetalnode-metrics", daemon=True).start()
     log.info("Prometheus metrics on http://%s:%d/metrics", settings.node.host, settings.node.metrics_port)
     return server
+

@@ -52,3 +52,26 @@ class DeliveryError(NodeError):
     def __init__(self, message: str, *, transient: bool) -> None:
         super().__init__(message)
         self.transient = transient
+
+
+class PrivacyError(NodeError):
+    """An object cannot be pseudonymised or re-identified safely; nothing of it may leave the site."""
+
+
+class BurnedInTextNotRemoved(PrivacyError):
+    """Burned-in text could not be removed: no ultrasound region and no ``[[privacy.masks]]`` entry
+    matches the image, so it is not sent for analysis (its outputs say :attr:`OUTCOME`)."""
+
+    OUTCOME = "not analysed: burned-in text could not be removed"
+
+
+class BrokerError(NodeError):
+    """The broker link failed: unreachable, TLS refused, login or an operation refused (``fetalnode.broker``).
+
+    ``transient``: a later attempt may succeed (connection refused or lost, a site's queues not declared
+    yet); otherwise it needs an operator (certificate not trusted, password or permission refused).
+    """
+
+    def __init__(self, message: str, *, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient

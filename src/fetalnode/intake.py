@@ -7,12 +7,15 @@ or raises :class:`IntakeRejected` with a reason a person can act on.
 from __future__ import annotations
 
 import functools
+import logging
+import warnings
 from dataclasses import dataclass, field
 from io import BytesIO
 from typing import Any
 
 import numpy as np
 from pydicom import dcmread
+from pydicom.charset import python_encoding
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, pixel_array
 from pydicom.uid import UID
@@ -31,6 +34,23 @@ SC_MODALITIES = {"US", "OT", ""}
 # DICOM PS3.3 C.8.5.5.1: PhysicalUnits 3 = cm; RegionSpatialFormat 1 = 2D; RegionDataType 1 = tissue.
 _CM = 3
 
+# PS3.3 C.7.6.3.1.2: each Photometric Interpretation and its Samples per Pixel; the ones only a compressed
+# transfer syntax may carry (PS3.5 8.2) with the syntaxes that carry them.
+PHOTOMETRIC_SAMPLES = {
+    "MONOCHROME1": 1,
+    "MONOCHROME2": 1,
+    "PALETTE COLOR": 1,
+    "RGB": 3,
+    "YBR_FULL": 3,
+    "YBR_FULL_422": 3,
+    "YBR_ICT": 3,
+    "YBR_RCT": 3,
+}
+_J2K = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"}
+COMPRESSED_ONLY = {"YBR_ICT": _J2K, "YBR_RCT": _J2K}
+# The tag of an Item (FFFE,E000), little endian: the first bytes of encapsulated Pixel Data (PS3.5 A.4).
+_ITEM_TAG = b"\xfe\xff\x00\xe0"
+
 
 @dataclass
 class DecodedImage:
@@ -44,6 +64,9 @@ class DecodedImage:
     spacing_source: str
     spacing_note: str
     photometric: str
+    # What the intake had to assume about the header (an unknown character set it replaced), for the
+    # reports' comments and the captures' banners.
+    notes: tuple[str, ...] = ()
     # What an application's model found in this frame (the head application's skull), so that a router asking
     # the application about the frame and the application analysing it run that model once.
     found: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -126,8 +149,8 @@ def read_received(data: bytes) -> Dataset:
             str(ds[keyword].value)
     except Exception as exc:  # untrusted bytes: pydicom may raise anything
         raise IntakeRejected(f"cannot parse dataset: {exc}", Status.CANNOT_UNDERSTAND) from exc
-    if not (UID(str(ds.StudyInstanceUID)).is_valid and UID(str(ds.SOPInstanceUID)).is_valid):
-        raise IntakeRejected("invalid Study/SOP Instance UID", Status.CANNOT_UNDERSTAND)
+    if not all(UID(str(ds[k].value)).is_valid for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")):
+        raise IntakeRejected("invalid Study, Series or SOP Instance UID", Status.CANNOT_UNDERSTAND)
     return ds
 
 
@@ -178,8 +201,17 @@ def _check_header(ds: Dataset, max_pixels: int, max_frames: int) -> ImageHeader:
         raise IntakeRejected(f"Bits Allocated {bits} is not valid", Status.BAD_IMAGE_MODULE)
     meta = getattr(ds, "file_meta", None)
     syntax = UID(str(getattr(meta, "TransferSyntaxUID", "1.2.840.10008.1.2.1")))
-    if not syntax.is_compressed:
-        expected = (rows * cols * samples * n_frames * bits + 7) // 8
+    photometric = _check_pixel_description(ds, samples, bits, syntax)
+    if syntax.is_compressed:
+        if not bytes(ds.PixelData[:4]) == _ITEM_TAG:
+            raise IntakeRejected(
+                f"Pixel Data is not encapsulated, as the transfer syntax {syntax.name} requires",
+                Status.BAD_IMAGE_MODULE,
+            )
+    else:
+        # YBR_FULL_422 stores two luminance samples and one pair of chrominance samples per two pixels.
+        per_pixel = 2 if photometric == "YBR_FULL_422" else samples
+        expected = (rows * cols * per_pixel * n_frames * bits + 7) // 8
         have = len(ds.PixelData) if ds.PixelData is not None else 0
         if have < expected:
             raise IntakeRejected(
@@ -189,9 +221,104 @@ def _check_header(ds: Dataset, max_pixels: int, max_frames: int) -> ImageHeader:
     return ImageHeader(rows, cols, samples, n_frames)
 
 
+def _check_pixel_description(ds: Dataset, samples: int, bits: int, syntax: UID) -> str:
+    """The Image Pixel module's description of the pixels is one a decoder can follow (PS3.3 C.7.6.3): the
+    photometric interpretation is defined and fits the samples per pixel and the transfer syntax, Bits
+    Stored and High Bit fit Bits Allocated, a palette has its lookup tables. Returns the photometric."""
+    photometric = str(getattr(ds, "PhotometricInterpretation", "") or "").strip().upper()
+    if photometric not in PHOTOMETRIC_SAMPLES:
+        raise IntakeRejected(
+            f"Photometric Interpretation {photometric or '(none)'!r} is not one this node decodes",
+            Status.BAD_IMAGE_MODULE,
+        )
+    if PHOTOMETRIC_SAMPLES[photometric] != samples:
+        raise IntakeRejected(
+            f"{photometric} has {PHOTOMETRIC_SAMPLES[photometric]} sample(s) per pixel, the image declares {samples}",
+            Status.BAD_IMAGE_MODULE,
+        )
+    carriers = COMPRESSED_ONLY.get(photometric)
+    if carriers is not None and str(syntax) not in carriers:
+        raise IntakeRejected(f"{photometric} pixels cannot be carried by {syntax.name}", Status.BAD_IMAGE_MODULE)
+    stored = int(getattr(ds, "BitsStored", bits) or bits)
+    high = int(getattr(ds, "HighBit", stored - 1))
+    if not 1 <= stored <= bits:
+        raise IntakeRejected(f"Bits Stored {stored} does not fit Bits Allocated {bits}", Status.BAD_IMAGE_MODULE)
+    if not stored - 1 <= high < bits:
+        raise IntakeRejected(
+            f"High Bit {high} does not fit Bits Stored {stored} and Bits Allocated {bits}", Status.BAD_IMAGE_MODULE
+        )
+    if int(getattr(ds, "PixelRepresentation", 0) or 0) not in (0, 1):
+        raise IntakeRejected("Pixel Representation is neither 0 nor 1", Status.BAD_IMAGE_MODULE)
+    if photometric == "PALETTE COLOR":
+        _check_palette(ds)
+    return photometric
+
+
+def _check_palette(ds: Dataset) -> None:
+    """A PALETTE COLOR image has, for red, green and blue, a descriptor and the data it describes."""
+    for colour in ("Red", "Green", "Blue"):
+        descriptor = ds.get(f"{colour}PaletteColorLookupTableDescriptor")
+        if descriptor is None or len(descriptor) != 3:
+            raise IntakeRejected(f"PALETTE COLOR without its {colour} lookup table descriptor", Status.BAD_IMAGE_MODULE)
+        entries, _, entry_bits = (int(v) for v in descriptor)
+        if entry_bits not in (8, 16):
+            raise IntakeRejected(f"{colour} palette entries of {entry_bits} bits (8 or 16)", Status.BAD_IMAGE_MODULE)
+        if f"Segmented{colour}PaletteColorLookupTableData" in ds:
+            continue
+        data = ds.get(f"{colour}PaletteColorLookupTableData")
+        need = (entries or 65536) * entry_bits // 8
+        if data is None or len(data) < need:
+            have = 0 if data is None else len(data)
+            raise IntakeRejected(
+                f"PALETTE COLOR {colour} lookup table has {have} bytes, its descriptor needs {need}",
+                Status.BAD_IMAGE_MODULE,
+            )
+
+
+def readable_character_set(ds: Dataset) -> str:
+    """Make the header encodable again when it declares a character set pydicom does not know: its text is
+    read with pydicom's fallback (ISO 8859-1) and the dataset re-declared as UTF-8 (``ISO_IR 192``), so the
+    outputs, which copy the patient and study modules, can be written. Returns a note for the reports
+    (empty when nothing was changed)."""
+    value = ds.get("SpecificCharacterSet") or []
+    terms = [str(t).strip() for t in ([value] if isinstance(value, str) else value)]
+    unknown = [t for t in terms if t and t not in python_encoding]
+    if not unknown:
+        return ""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns once per element; the note says it once
+        _PYDICOM.disabled, was = True, _PYDICOM.disabled
+        try:
+            ds.decode()
+        finally:
+            _PYDICOM.disabled = was
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    names = ", ".join(repr(t) for t in unknown)
+    return (
+        f"The image's character set {names} is not a DICOM one: its text was read as ISO 8859-1 (the reader's "
+        "fallback) and is written in UTF-8 (ISO_IR 192)."
+    )
+
+
+_PYDICOM = logging.getLogger("pydicom")
+
+
+class QuietDecoders(logging.Filter):
+    """pydicom logs, with its traceback, every decoding plugin that fails on a frame before it raises one error
+    naming them all; the intake reports that error once (a rejected job's reason), so these go."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.exc_info
+
+
+logging.getLogger("pydicom.pixels.decoders.base").addFilter(QuietDecoders())
+
+
 def decode_for_analysis(ds: Dataset, max_pixels: int, max_frames: int, index: int | None = None) -> DecodedImage:
-    """Check the instance and decode one frame: ``index`` (0-based) of a cine, else its middle one."""
+    """Check the instance and decode one frame: ``index`` (0-based) of a cine, else its middle one. A header in
+    a character set pydicom does not know is re-declared in UTF-8 first (:func:`readable_character_set`)."""
     head = check_header(ds, max_pixels, max_frames)
+    charset_note = readable_character_set(ds)
     rows, cols, samples, n_frames = head.rows, head.cols, head.samples, head.n_frames
     if index is None:
         index = n_frames // 2
@@ -237,4 +364,5 @@ def decode_for_analysis(ds: Dataset, max_pixels: int, max_frames: int, index: in
         spacing_source=source,
         spacing_note=note,
         photometric=photometric,
+        notes=(charset_note,) if charset_note else (),
     )

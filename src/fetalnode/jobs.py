@@ -8,9 +8,15 @@ the guarded UPDATE, then the audit line, then COMMIT. :data:`TRANSITIONS` lists 
                               |             |
                               +-> rejected  +-> failed   (resend: failed -> queued)
 
-With a broker (role terminal), a worker elsewhere analyses and delivers::
+With a broker (role terminal), a worker in the cloud analyses the pseudonymised image and returns the
+objects; the terminal re-identifies them and delivers them itself::
 
-    received -> queued -> published -> delivered | failed | rejected
+    received -> queued -> published -> delivering -> delivered | failed     (the cloud's objects)
+                   |          +-> failed | rejected                         (the cloud could not)
+                   +-> delivering                                           (forwarded, or built here)
+
+The pseudonym -> original UID map of a published job lives in the ``pseudonyms`` table of its job and
+nowhere else; it is deleted once the job's objects are re-identified, or the job ends.
 """
 
 from __future__ import annotations
@@ -31,15 +37,15 @@ from typing import Any, cast
 from fetalnode.audit import AuditLog
 from fetalnode.errors import NodeError
 from fetalnode.runner import Delivery, Outcome, Verdict, deliveries_from_json, deliveries_to_json
-from fetalnode.vocab import AuditEvent, DeliveryStatus, JobState, RouteAction
+from fetalnode.vocab import AuditEvent, DeliveryStatus, JobState, RouteAction, UidConflict
 
 S = JobState
-# Allowed state changes. queued -> delivered/failed/rejected: a scale-out worker's result can overtake
+# Allowed state changes. queued -> delivered/failed/rejected: a cloud worker's result can overtake
 # the terminal's own "published" mark.
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     S.RECEIVED: frozenset({S.QUEUED, S.IGNORED}),
-    S.QUEUED: frozenset({S.ANALYSING, S.PUBLISHED, S.DELIVERED, S.FAILED, S.REJECTED}),
-    S.PUBLISHED: frozenset({S.DELIVERED, S.FAILED, S.REJECTED}),
+    S.QUEUED: frozenset({S.ANALYSING, S.PUBLISHED, S.DELIVERING, S.DELIVERED, S.FAILED, S.REJECTED}),
+    S.PUBLISHED: frozenset({S.DELIVERING, S.FAILED, S.REJECTED}),
     S.ANALYSING: frozenset({S.DELIVERING, S.DELIVERED, S.FAILED, S.REJECTED}),
     S.DELIVERING: frozenset({S.DELIVERING, S.DELIVERED, S.FAILED}),
     S.DELIVERED: frozenset(),
@@ -83,10 +89,17 @@ CREATE TABLE IF NOT EXISTS jobs (
     result_json TEXT NOT NULL DEFAULT '{}',
     outputs_json TEXT NOT NULL DEFAULT '[]',
     delivered_json TEXT NOT NULL DEFAULT '[]',
-    updated_at TEXT NOT NULL
+    updated_at TEXT NOT NULL,
+    permanent INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS jobs_sop ON jobs(sop_uid, sha256);
+CREATE TABLE IF NOT EXISTS pseudonyms (
+    job_id INTEGER NOT NULL REFERENCES jobs(id),
+    pseudonym TEXT NOT NULL,
+    original TEXT NOT NULL,
+    PRIMARY KEY (job_id, pseudonym)
+);
 """
 
 
@@ -137,10 +150,12 @@ class PreNotification:
 @dataclass(frozen=True)
 class Receipt:
     """What :meth:`JobStore.receive` recorded: the new job's id, or the job of the identical object already
-    received (a duplicate: nothing new recorded)."""
+    received (a duplicate: nothing new recorded), or how many other objects hold its SOP Instance UID when
+    the policy refuses them (nothing recorded)."""
 
     job_id: int | None
     duplicate_of: Job | None
+    conflicts: int = 0
 
 
 @dataclass(frozen=True)
@@ -166,6 +181,8 @@ class Job:
     outputs: list[str]
     deliveries: dict[str, Delivery]
     updated_at: str = ""
+    # A failure that replaying the job as it is can only repeat: `fetalnode resend` skips it.
+    permanent: bool = False
 
     @property
     def receipts(self) -> dict[str, dict[str, str]]:
@@ -173,9 +190,9 @@ class Job:
         return {name: dict(d.receipts) for name, d in self.deliveries.items()}
 
     @property
-    def variant(self) -> str:
-        """Output UID variant: the content hash of an object received under an already used SOP Instance UID."""
-        return self.sha256[:16] if "uid_conflict" in self.extra else ""
+    def replaces(self) -> bool:
+        """The object replaces another received under its SOP Instance UID (``scp.uid_conflict = "replace"``)."""
+        return "uid_conflict" in self.extra
 
     @property
     def latency_s(self) -> float | None:
@@ -208,6 +225,7 @@ class Job:
             outputs=json.loads(row["outputs_json"]),
             deliveries=_deliveries(json.loads(row["delivered_json"])),
             updated_at=row["updated_at"],
+            permanent=bool(row["permanent"]),
         )
 
 
@@ -240,6 +258,9 @@ class JobStore:
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+            if "permanent" not in columns:  # a store written before permanent failures were told apart
+                db.execute("ALTER TABLE jobs ADD COLUMN permanent INTEGER NOT NULL DEFAULT 0")
         finally:
             db.close()
 
@@ -327,20 +348,29 @@ class JobStore:
         with self._read() as db:
             return self._conflicting(db, sop_uid, sha256)
 
-    def receive(self, note: PreNotification, route_action: RouteAction, **fields: Any) -> Receipt:
+    def receive(
+        self,
+        note: PreNotification,
+        route_action: RouteAction,
+        uid_conflict: UidConflict = UidConflict.REFUSE,
+        **fields: Any,
+    ) -> Receipt:
         """Record a received instance in one transaction (one commit): the pre-notification, then
         received -> queued with its ``instance-received`` event (``ignored`` with the ``ignored`` event for
         a routing rule's IGNORE). An identical object already recorded is a duplicate (nothing written
-        but the ``instance-duplicate`` event); a different object under a used SOP Instance UID is flagged
-        in ``extra["uid_conflict"]`` (its outputs get their own UIDs: :attr:`Job.variant`).
-        ``fields``: who sent what, for the audit event."""
+        but the ``instance-duplicate`` event). A different object under a used SOP Instance UID is not
+        recorded when ``uid_conflict`` refuses it (the caller answers 0x0111 and audits); when it replaces,
+        it is flagged in ``extra["uid_conflict"]`` (:attr:`Job.replaces`). ``fields``: who sent what, for
+        the audit event."""
         with self._tx() as db:
             same = self._duplicate(db, note.sop_uid, note.sha256, note.calling_ae, note.peer)
             if same is not None:
                 return Receipt(None, same)
             conflicts = self._conflicting(db, note.sop_uid, note.sha256)
+            if conflicts and uid_conflict is UidConflict.REFUSE:
+                return Receipt(None, None, conflicts)
             if conflicts:
-                flag = f"{conflicts} different object(s) already received with this SOP Instance UID"
+                flag = f"replaces {conflicts} different object(s) received with this SOP Instance UID"
                 note = replace(note, extra={**note.extra, "uid_conflict": flag})
                 fields["flag"] = flag
             job_id = self._insert(db, note)
@@ -474,29 +504,41 @@ class JobStore:
             target, cols["error"] = S.REJECTED, outcome.reason
             events.append((AuditEvent.REJECTED, {**base, "stage": str(outcome.stage), "reason": outcome.reason}))
         else:
-            target, cols["error"] = S.FAILED, outcome.reason
-            events.append((AuditEvent.FAILED, {**base, "stage": str(outcome.stage), "reason": outcome.reason}))
+            target, cols["error"], cols["permanent"] = S.FAILED, outcome.reason, int(outcome.permanent)
+            events.append(
+                (
+                    AuditEvent.FAILED,
+                    {**base, "stage": str(outcome.stage), "reason": outcome.reason, "permanent": outcome.permanent},
+                )
+            )
         with self._tx() as db:
             if not self._move(db, job.id, target, expect, **cols):
                 return None
             if outcome.verdict is Verdict.RETRY:
                 db.execute("UPDATE jobs SET attempts=attempts+1 WHERE id=?", (job.id,))
+            if target.final:
+                db.execute("DELETE FROM pseudonyms WHERE job_id=?", (job.id,))
             for kind, event_fields in events:
                 self.audit.event(kind, **event_fields)
         return target
 
-    def resend(self, job_ids: list[int] | None = None, destination: str | None = None) -> int:
+    def resend(
+        self, job_ids: list[int] | None = None, destination: str | None = None, permanent: bool = False
+    ) -> int:
         """Queue jobs again, with one ``resend`` event; returns how many.
 
         Without ``destination``: every failed job (or the given ids) -> queued, its dead letters pending
         again. With ``destination``: the jobs whose delivery to it is a dead letter; that delivery is
         pending again (a failed job -> queued). A job is analysed again with the same UIDs; what a
-        destination already holds is not sent again (its receipts are kept).
+        destination already holds is not sent again (its receipts are kept). A permanent failure (one a
+        replay can only repeat) is skipped unless ``permanent`` (after a software update).
         """
         with self._tx() as db:
             # a delivering job under a worker's lease is skipped: that worker's outcome would overwrite the reset
             query = "SELECT id, state, delivered_json FROM jobs WHERE (state=? OR (state=? AND lease_until<?))"
             args: list[Any] = [str(S.FAILED), str(S.DELIVERING), time.time()]
+            if not permanent:
+                query += " AND permanent=0"
             if job_ids:
                 query += f" AND id IN ({','.join('?' * len(job_ids))})"
                 args += job_ids
@@ -514,12 +556,19 @@ class JobStore:
                     deliveries[name] = Delivery(receipts=deliveries[name].receipts)
                 cols = {"delivered_json": json.dumps(deliveries_to_json(deliveries)), "error": ""}
                 if row["state"] == S.FAILED:
-                    self._move(db, row["id"], S.QUEUED, frozenset({S.FAILED}), attempts=0, next_attempt_at=0, **cols)
+                    self._move(
+                        db, row["id"], S.QUEUED, frozenset({S.FAILED}), attempts=0, next_attempt_at=0, permanent=0, **cols
+                    )
                 else:
                     db.execute("UPDATE jobs SET delivered_json=? WHERE id=?", (cols["delivered_json"], row["id"]))
                 ids.append(int(row["id"]))
             self.audit.event(
-                AuditEvent.RESEND, jobs=ids, requested=job_ids or "all", destination=destination, count=len(ids)
+                AuditEvent.RESEND,
+                jobs=ids,
+                requested=job_ids or "all",
+                destination=destination,
+                permanent=permanent,
+                count=len(ids),
             )
         return len(ids)
 
@@ -540,10 +589,57 @@ class JobStore:
                         counts[name][str(DeliveryStatus.PENDING)] += 1
         return counts
 
-    def mark_published(self, job_id: int) -> None:
-        """Handed to the broker (role terminal); a worker's result will finish it."""
+    def record_pseudonyms(self, job_id: int, uid_map: dict[str, str]) -> None:
+        """Keep a job's pseudonym -> original UID map (before its image is published)."""
         with self._tx() as db:
-            self._move(db, job_id, S.PUBLISHED, frozenset({S.QUEUED}))
+            db.executemany(
+                "INSERT OR REPLACE INTO pseudonyms (job_id, pseudonym, original) VALUES (?,?,?)",
+                [(job_id, pseudonym, original) for pseudonym, original in uid_map.items()],
+            )
+
+    def pseudonyms(self, job_id: int) -> dict[str, str]:
+        """A job's pseudonym -> original UID map (empty once its objects are re-identified or it ended)."""
+        with self._read() as db:
+            rows = db.execute("SELECT pseudonym, original FROM pseudonyms WHERE job_id=?", (job_id,)).fetchall()
+        return {row["pseudonym"]: row["original"] for row in rows}
+
+    def mark_published(self, job_id: int, **fields: Any) -> None:
+        """Handed to the broker (role terminal), with the ``published`` event; a worker's result goes on."""
+        with self._tx() as db:
+            if self._move(db, job_id, S.PUBLISHED, frozenset({S.QUEUED})):
+                self.audit.event(AuditEvent.PUBLISHED, job=job_id, **fields)
+
+    def hand_over(
+        self,
+        job: Job,
+        expect: frozenset[JobState],
+        outputs: list[str],
+        summary: dict[str, Any] | None = None,
+        **fields: Any,
+    ) -> JobState | None:
+        """To ``delivering`` for the terminal's own delivery (role terminal): the objects a cloud worker
+        returned, re-identified, or ones built here, kept at ``outputs`` (none: a forwarded source).
+        With ``summary``, the ``analysed`` event; the job's pseudonyms are no longer needed and go.
+        Returns the new state, or ``None`` when the job had moved on (a result delivered twice)."""
+        cols: dict[str, Any] = {"outputs_json": json.dumps(outputs), "next_attempt_at": 0}
+        if summary is not None:
+            cols["result_json"] = json.dumps(summary)
+        with self._tx() as db:
+            if not self._move(db, job.id, S.DELIVERING, expect, **cols):
+                return None
+            db.execute("DELETE FROM pseudonyms WHERE job_id=?", (job.id,))
+            if summary is not None:
+                self.audit.event(
+                    AuditEvent.ANALYSED,
+                    job=job.id,
+                    sop_uid=job.sop_uid,
+                    application=summary.get("application"),
+                    analysed=summary.get("analysed"),
+                    finding=summary.get("finding") or None,
+                    models=summary.get("models"),
+                    **fields,
+                )
+        return S.DELIVERING
 
     def recover(self) -> int:
         """After a crash: queue ``received`` jobs whose spool file exists, release dead workers' leases."""
@@ -562,14 +658,18 @@ class JobStore:
                     n += 1
         return n
 
-    def claim(self, owner: str, lease_seconds: float) -> Job | None:
-        """Take the oldest runnable job under a lease (expired leases are taken over)."""
+    def claim(
+        self, owner: str, lease_seconds: float, states: tuple[JobState, ...] = (S.QUEUED, S.ANALYSING, S.DELIVERING)
+    ) -> Job | None:
+        """Take the oldest runnable job in ``states`` under a lease (expired leases are taken over). A
+        terminal's own worker only delivers: its queued jobs are the cloud's."""
         now = time.time()
+        marks = ",".join("?" * len(states))
         with self._tx() as db:
             row = db.execute(
-                """SELECT * FROM jobs WHERE lease_until<? AND next_attempt_at<=?
-                   AND state IN (?,?,?) ORDER BY id LIMIT 1""",
-                (now, now, str(S.QUEUED), str(S.ANALYSING), str(S.DELIVERING)),
+                f"""SELECT * FROM jobs WHERE lease_until<? AND next_attempt_at<=?
+                   AND state IN ({marks}) ORDER BY id LIMIT 1""",
+                (now, now, *map(str, states)),
             ).fetchone()
             if row is None:
                 return None

@@ -1,6 +1,6 @@
 """Assembles a running node from settings: job store (with its audit journal), spool, SCP, and either
-the analysis workers (role ``all``: worker processes, ``fetalnode.pool``) or the broker publisher and
-results collector (role ``terminal``)."""
+the analysis workers (role ``all``: worker processes, ``fetalnode.pool``) or, role ``terminal``, the
+link to the cloud (``fetalnode.distributed``) and a delivery worker for the site's destinations."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from fetalnode.config import Settings
 from fetalnode.jobs import JobStore
 from fetalnode.scp.server import Terminal, start_scp
 from fetalnode.scp.spool import Spool
-from fetalnode.vocab import AuditEvent, Role
+from fetalnode.vocab import AuditEvent, JobState, Role
 from fetalnode.worker import WakeEvent, Worker
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,47 @@ def build_worker(settings: Settings, jobs: JobStore, wake: WakeEvent | None = No
     )
 
 
+def build_terminal(settings: Settings, jobs: JobStore) -> tuple[Worker, Any]:
+    """A site terminal's delivery worker (it delivers, never analyses) and its link to the cloud. The site's
+    secret is read here: a terminal that pseudonymises does not start without it (ConfigError)."""
+    from fetalnode.applications.base import Setup
+    from fetalnode.applications.router import NAME as ROUTER
+    from fetalnode.applications.withheld import DeliveryOnly, Withheld
+    from fetalnode.destinations.base import build_destinations
+    from fetalnode.distributed import CloudTerminal
+    from fetalnode.errors import BurnedInTextNotRemoved
+    from fetalnode.outputs.registry import writers_for
+    from fetalnode.runner import Runtime
+    from fetalnode.runtime import load_plugins
+
+    pseudonymiser = None
+    if settings.privacy.enabled_for(settings.node.role):
+        from fetalnode.privacy import Pseudonymiser
+
+        pseudonymiser = Pseudonymiser.from_settings(settings.privacy)
+    else:
+        log.warning("privacy.pseudonymise is false: images leave this terminal identified (same site only)")
+    load_plugins(settings)
+    outbox = settings.data_path / "outbox"
+    delivery = Runtime(DeliveryOnly(), [], build_destinations(settings), settings.output)
+    worker = Worker(
+        delivery,
+        jobs,
+        outbox,
+        settings.worker.poll_interval,
+        settings.worker.lease_seconds,
+        claims=(JobState.DELIVERING,),
+    )
+    withheld = Runtime(
+        Withheld(BurnedInTextNotRemoved.OUTCOME, Setup.of(settings)),
+        writers_for(settings.output.enabled, ROUTER),
+        [],
+        settings.output,
+    )
+    cloud = CloudTerminal(settings, jobs, jobs.audit, pseudonymiser, withheld, outbox, wake=worker.wake)
+    return worker, cloud
+
+
 @dataclass
 class Node:
     """SCP plus (optionally) the analysis worker: ``worker.processes`` worker processes, or with 0 one
@@ -67,7 +108,7 @@ class Node:
         recovered = jobs.recover()
         if recovered:
             log.info("recovered %d job(s) interrupted by a previous stop", recovered)
-        analyse_here = self.with_worker and self.settings.node.role != Role.TERMINAL
+        analyse_here = self.with_worker and self.settings.node.role == Role.ALL
         pool = worker = None
         if analyse_here and self.settings.worker.processes > 0:
             pool = WorkerPool(self.settings, self.settings.worker.processes, audit, self.log_level)
@@ -77,14 +118,9 @@ class Node:
         threads: list[Any] = []
         on_queued = pool.wake if pool else worker.wake if worker else None
         if self.settings.node.role == Role.TERMINAL:
-            from fetalnode.distributed import Collector, Publisher, make_app
-
-            publisher = Publisher(self.settings, jobs, audit, make_app(self.settings))
-            collector = Collector(self.settings, jobs, audit)
-            for name, part in (("publisher", publisher), ("collector", collector)):
-                threading.Thread(target=part.run, name=f"fetalnode-{name}", daemon=True).start()
-                threads.append(part)
-            on_queued = publisher.wake
+            worker, cloud = build_terminal(self.settings, jobs)
+            threading.Thread(target=cloud.run, name="fetalnode-cloud-link", daemon=True).start()
+            threads.append(cloud)
         metrics = None
         if self.settings.node.metrics_port:
             from fetalnode.distributed import start_metrics_server

@@ -58,7 +58,7 @@ def worker_process(
     _die_with_parent(parent_pid)
     if settings.worker.nice:
         os.nice(settings.worker.nice)  # analysis yields the CPU to the SCP: a modality waits on the SCP's answers
-    from fetalnode.cli import setup_logging
+    from fetalnode.logs import setup_logging
     from fetalnode.node import build_worker, open_store
 
     setup_logging(log_level, settings.logging.third_party)

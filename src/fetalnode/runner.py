@@ -1,6 +1,6 @@
 """The one job runner: a received instance in, one :class:`Outcome` out.
 
-Every role calls :func:`run_job`: the embedded worker (``worker.py``), the Celery worker
+Every role calls :func:`run_job`: the embedded worker (``worker.py``), the cloud worker
 (``distributed.py``) and ``fetalnode analyze`` (``cli.py``). The roles only move bytes and apply the
 outcome (the job store's :meth:`~fetalnode.jobs.JobStore.apply`). This module is the only place that
 maps an exception to a stage and the only retry policy.
@@ -19,14 +19,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from io import BytesIO
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from fetalnode.destinations.base import ALL_OUTPUTS, SOURCE, Item
-from fetalnode.errors import DeliveryError, EncodingError, InferenceError, IntakeRejected, TransferError
+from fetalnode.errors import DeliveryError, EncodingError, InferenceError, IntakeRejected, PrivacyError, TransferError
 from fetalnode.vocab import DeliveryStatus, RouteAction, Stage
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ class Verdict(StrEnum):
 
     DELIVERED = "delivered"  # every output reached every destination
     RETRY = "retry"  # a destination failed transiently: run again after ``retry_in`` seconds
-    FAILED = "failed"  # failed at ``stage``; ``fetalnode resend`` replays it
+    FAILED = "failed"  # failed at ``stage``; ``fetalnode resend`` replays it unless ``permanent``
     REJECTED = "rejected"  # the input cannot be analysed (permanent)
 
 
@@ -54,6 +54,7 @@ _STAGE_OF: tuple[tuple[type[Exception], Stage], ...] = (
     (InferenceError, Stage.INFER),
     (EncodingError, Stage.ENCODE),
     (DeliveryError, Stage.DELIVER),
+    (PrivacyError, Stage.PRIVACY),
 )
 
 
@@ -64,6 +65,13 @@ def _mapped_stage(exc: BaseException) -> Stage | None:
 
 def stage_of(exc: BaseException, running: Stage) -> Stage:
     return _mapped_stage(exc) or running
+
+
+def never_succeeds(exc: BaseException) -> bool:
+    """A failure that a replay of the same job on the same software can only repeat: the bytes differ from
+    the pre-notification, an output cannot be built from this input, or a bug. (Models can be pushed and
+    destinations mended, so those failures stay replayable.)"""
+    return _mapped_stage(exc) is None or isinstance(exc, TransferError | EncodingError | PrivacyError)
 
 
 @dataclass(frozen=True)
@@ -128,7 +136,9 @@ class Received:
     ``read`` returns the instance's bytes (the spool file, the broker message, the file given to
     ``analyze``); it is called only when the instance must be analysed. ``built`` holds the outputs of
     an earlier run (then nothing is analysed again) and ``deliveries`` where each destination stands.
-    ``action`` ``forward``: nothing is analysed, only the source is delivered.
+    ``action`` ``forward``: nothing is analysed, only the source is delivered. ``replaces``: the instance
+    replaces another received under its SOP Instance UID (``scp.uid_conflict = "replace"``): every
+    destination that gets its outputs gets the source too, first.
     """
 
     job_id: int
@@ -136,7 +146,7 @@ class Received:
     sha256: str
     read: Callable[[], bytes]
     station_name: str
-    variant: str = ""
+    replaces: bool = False
     built: Mapping[str, bytes] | None = None
     deliveries: Mapping[str, Delivery] = field(default_factory=dict)
     action: RouteAction = RouteAction.ANALYSE
@@ -149,7 +159,10 @@ class Outcome:
     ``summary`` is set when the instance was analysed on this run; ``built`` holds the encoded outputs
     (a role may keep them for the retry); ``deliveries`` says where each destination stands (its
     receipts: object -> the destination's reference). ``retry`` comes back when a destination is still
-    pending: ``retry_in`` is the wait until the first one is due.
+    pending: ``retry_in`` is the wait until the first one is due. ``permanent``: a failure that replaying
+    the job as it is can only repeat (:func:`never_succeeds`); ``fetalnode resend`` leaves it alone.
+    ``derivation``: what the outputs' UIDs were derived from besides the source (``model_version``, the
+    writers' ``revisions``), so that a terminal can derive them again from the real source.
     """
 
     verdict: Verdict
@@ -160,6 +173,8 @@ class Outcome:
     deliveries: dict[str, Delivery] = field(default_factory=dict)
     retry_in: float = 0.0
     analysed_ms: float | None = None
+    permanent: bool = False
+    derivation: dict[str, Any] = field(default_factory=dict)
 
     @property
     def receipts(self) -> dict[str, dict[str, str]]:
@@ -175,6 +190,8 @@ class Outcome:
             "deliveries": deliveries_to_json(self.deliveries),
             "retry_in": self.retry_in,
             "analysed_ms": self.analysed_ms,
+            "permanent": self.permanent,
+            "derivation": self.derivation,
         }
 
     @classmethod
@@ -187,6 +204,8 @@ class Outcome:
             deliveries=deliveries_from_json(body.get("deliveries")),
             retry_in=float(body.get("retry_in", 0.0)),
             analysed_ms=body.get("analysed_ms"),
+            permanent=bool(body.get("permanent", False)),
+            derivation=dict(body.get("derivation") or {}),
         )
 
 
@@ -223,21 +242,10 @@ def run_job(received: Received, runtime: Runtime, clock: Callable[[], float] = t
     """
     stage = Stage.TRANSFER
     summary: dict[str, Any] = {}
+    derivation: dict[str, Any] = {}
     analysed_ms: float | None = None
     deliveries = {name: replace(d, receipts=dict(d.receipts)) for name, d in received.deliveries.items()}
-    source_bytes: list[bytes] = []
-
-    def source() -> bytes:
-        """The received bytes, read once and checked against the pre-notification."""
-        if not source_bytes:
-            try:
-                data = received.read()
-            except OSError as exc:  # the spool file is gone or unreadable: the image is lost to this job
-                raise TransferError(f"cannot read the received object: {exc}") from exc
-            if hashlib.sha256(data).hexdigest() != received.sha256:
-                raise TransferError("image bytes differ from the announced SHA-256")
-            source_bytes.append(data)
-        return source_bytes[0]
+    source = _checked_source(received)
 
     try:
         built = dict(received.built) if received.built is not None else None
@@ -253,17 +261,22 @@ def run_job(received: Received, runtime: Runtime, clock: Callable[[], float] = t
             analysis = runtime.application.analyse(ds)
             stage = Stage.ENCODE
             built, summary = _build(ds, analysis, runtime, received)
+            derivation = {
+                "model_version": analysis.model_version,
+                "revisions": {w.name: w.revision_for(analysis) for w in runtime.writers if w.name in built},
+            }
             analysed_ms = round((time.perf_counter() - started) * 1000, 1)
         stage = Stage.DELIVER
-        _deliver(built, source, deliveries, runtime.destinations, clock)
+        _deliver(built, source, deliveries, runtime.destinations, clock, received.replaces)
     except Exception as exc:
-        mapped = _mapped_stage(exc)
-        if mapped is None:  # a bug, not a property of the input: keep the traceback in the log
-            log.exception("job %s: unexpected error during %s", received.job_id, stage)
-        reason = str(exc) if mapped else f"{type(exc).__name__}: {exc}"
-        verdict = Verdict.REJECTED if isinstance(exc, IntakeRejected) else Verdict.FAILED
-        return Outcome(verdict, mapped or stage, reason, summary, deliveries=deliveries, analysed_ms=analysed_ms)
-    common: dict[str, Any] = {"summary": summary, "built": built, "deliveries": deliveries, "analysed_ms": analysed_ms}
+        return _failure(received, exc, stage, summary=summary, deliveries=deliveries, analysed_ms=analysed_ms)
+    common: dict[str, Any] = {
+        "summary": summary,
+        "built": built,
+        "deliveries": deliveries,
+        "analysed_ms": analysed_ms,
+        "derivation": derivation,
+    }
     pending = {n: d for n, d in deliveries.items() if d.status is DeliveryStatus.PENDING}
     dead = {n: d for n, d in deliveries.items() if d.status is DeliveryStatus.DEAD}
     if pending:
@@ -280,8 +293,52 @@ def run_job(received: Received, runtime: Runtime, clock: Callable[[], float] = t
     return Outcome(Verdict.DELIVERED, Stage.DELIVER, **common)
 
 
+def _checked_source(received: Received) -> Callable[[], bytes]:
+    """The received bytes, read once (at the first call) and checked against the pre-notification."""
+    source_bytes: list[bytes] = []
+
+    def source() -> bytes:
+        if not source_bytes:
+            try:
+                data = received.read()
+            except OSError as exc:  # the spool file is gone or unreadable: the image is lost to this job
+                raise TransferError(f"cannot read the received object: {exc}") from exc
+            if hashlib.sha256(data).hexdigest() != received.sha256:
+                raise TransferError("image bytes differ from the announced SHA-256")
+            source_bytes.append(data)
+        return source_bytes[0]
+
+    return source
+
+
+def _failure(received: Received, exc: Exception, running: Stage, **fields: Any) -> Outcome:
+    """The outcome of a job that failed with ``exc`` while ``running``."""
+    mapped = _mapped_stage(exc)
+    if mapped is None:  # a bug, not a property of the input: keep the traceback in the log
+        log.exception("job %s: unexpected error during %s", received.job_id, running)
+    reason = str(exc) if mapped else f"{type(exc).__name__}: {exc}"
+    verdict = Verdict.REJECTED if isinstance(exc, IntakeRejected) else Verdict.FAILED
+    permanent = verdict is Verdict.FAILED and never_succeeds(exc)
+    return Outcome(verdict, mapped or running, reason, permanent=permanent, **fields)
+
+
+R = TypeVar("R")
+
+
+def at_terminal(received: Received, step: Callable[[bytes], R]) -> R | Outcome:
+    """A site terminal's own step of a job (pseudonymising its image before the cloud, re-identifying what
+    came back): ``step`` on the received bytes, checked against the pre-notification. A failure is the
+    job's outcome, mapped as :func:`run_job` maps one (the privacy layer's errors: stage ``privacy``,
+    permanent)."""
+    try:
+        return step(_checked_source(received)())
+    except Exception as exc:
+        return _failure(received, exc, Stage.PRIVACY)
+
+
 def crashed(exc: BaseException) -> Outcome:
-    """The outcome of a job whose role failed outside :func:`run_job` (applying its outcome, say)."""
+    """The outcome of a job whose role failed outside :func:`run_job` (applying its outcome, say): replayable,
+    since the role, not the job, failed."""
     return Outcome(Verdict.FAILED, Stage.WORKER, f"{type(exc).__name__}: {exc}")
 
 
@@ -295,7 +352,7 @@ def _build(
         warnings.filterwarnings("ignore", message=".*intended person name.*")
         for writer in runtime.writers:
             try:
-                encoded = writer.encode(source, analysis, runtime.output, received.station_name, received.variant)
+                encoded = writer.encode(source, analysis, runtime.output, received.station_name)
                 if encoded is None:  # the writer has nothing for this application (a head SEG of a labour image)
                     continue
                 built[writer.name], uids[writer.name] = encoded
@@ -308,15 +365,19 @@ def _build(
     return built, summary
 
 
-def sendable(send: list[str], built: Mapping[str, bytes]) -> list[str]:
-    """What a destination's ``send`` names of one job, in order, once each: ``source``, ``outputs`` (every
-    built output) and output names (an output not built for this image is skipped)."""
+def sendable(send: list[str], built: Mapping[str, bytes], replaces: bool = False) -> list[str]:
+    """What a destination's ``send`` names of one job, once each: ``source``, ``outputs`` (every built
+    output) and output names (an output not built for this image is skipped). The source comes first, so
+    that a destination that refuses it never gets reports on pixels it does not hold; an instance that
+    ``replaces`` another goes to every destination that gets its outputs."""
     wanted: list[str] = []
     for name in send:
         for item in built if name == ALL_OUTPUTS else [name]:
             if (item == SOURCE or item in built) and item not in wanted:
                 wanted.append(item)
-    return wanted
+    if replaces and wanted and SOURCE not in wanted:
+        wanted.append(SOURCE)
+    return sorted(wanted, key=lambda item: item != SOURCE)
 
 
 def _deliver(
@@ -325,6 +386,7 @@ def _deliver(
     deliveries: dict[str, Delivery],
     destinations: list[Destination],
     clock: Callable[[], float],
+    replaces: bool = False,
 ) -> None:
     """Deliver to each due destination what its ``send`` names and it does not hold yet; one destination
     failing neither stops nor delays the others. Updates ``deliveries`` in place."""
@@ -332,12 +394,12 @@ def _deliver(
         d = deliveries.setdefault(destination.name, Delivery())
         if d.status is not DeliveryStatus.PENDING or d.next_at > clock():
             continue
-        wanted = sendable(destination.settings.send, built)
+        wanted = sendable(destination.settings.send, built, replaces)
         try:
             for name in wanted:
                 if name not in d.receipts:
-                    data = source() if name == SOURCE else built[name]
-                    d.receipts[name] = destination.store(Item(name, data)).reference
+                    item = Item(SOURCE, source(), replaces) if name == SOURCE else Item(name, built[name])
+                    d.receipts[name] = destination.store(item).reference
         except DeliveryError as exc:
             d.attempts += 1
             delay = RetryPolicy.of(destination.settings).delay(d.attempts - 1) if exc.transient else None

@@ -43,12 +43,27 @@ class RouteAction(StrEnum):
     IGNORE = "ignore"  # acknowledge and record only
 
 
+class UidConflict(StrEnum):
+    """What the SCP does with a different object received under an already used SOP Instance UID."""
+
+    REFUSE = "refuse"  # C-STORE 0x0111: the archive keeps the first object and its reports
+    REPLACE = "replace"  # accept it: analyse it and deliver it before its outputs, so the archive replaces both
+
+
+class FolderLayout(StrEnum):
+    """How a ``folder`` destination names its files."""
+
+    ARCHIVE = "archive"  # <StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm: one file per object
+    NAMES = "names"  # <output name>.dcm: one job's objects (fetalnode analyze --out)
+
+
 class Stage(StrEnum):
     """The step of a job an outcome belongs to."""
 
     RECEIVE = "receive"
     TRANSFER = "transfer"
     INTAKE = "intake"
+    PRIVACY = "privacy"  # a site terminal pseudonymising an image, or re-identifying the cloud's objects
     INFER = "infer"
     ENCODE = "encode"
     DELIVER = "deliver"
@@ -71,9 +86,13 @@ class AuditEvent(StrEnum):
     WORKER_RESTARTED = "worker-restarted"
     ASSOCIATION_ACCEPTED = "association-accepted"
     ASSOCIATION_REJECTED = "association-rejected"
+    ASSOCIATION_ABORTED = "association-aborted"
+    ASSOCIATION_EVICTED = "association-evicted"
     STORE_REFUSED = "store-refused"
+    REQUEST_REFUSED = "request-refused"
     INSTANCE_RECEIVED = "instance-received"
     INSTANCE_DUPLICATE = "instance-duplicate"
+    PUBLISHED = "published"
     PRINT_SESSION = "print-session"
     PRINT_REFUSED = "print-refused"
     PRINT_FAILED = "print-failed"
@@ -90,6 +109,16 @@ class AuditEvent(StrEnum):
     MODELS_RELOAD_FAILED = "models-reload-failed"
     DEAD_LETTER = "dead-letter"
     IGNORED = "ignored"
+
+
+class PixelCleaning(StrEnum):
+    """How the terminal removes burned-in text before an image leaves the site (``privacy.pixels``)."""
+
+    # Keep the tissue and colour-flow regions of the Sequence of Ultrasound Regions; an image without
+    # such a region gets the rectangles of the first matching ``[[privacy.masks]]`` entry.
+    REGIONS = "regions"
+    # Only the masks: the ultrasound regions are not trusted (a scanner that writes them wrong).
+    MASKS = "masks"
 
 
 class TypeNote(StrEnum):

@@ -35,7 +35,7 @@ def received_from_job(job: Job) -> Received:
         sha256=job.sha256,
         read=lambda: Path(job.spool_path).read_bytes(),
         station_name=job.station_name or job.calling_ae,
-        variant=job.variant,
+        replaces=job.replaces,
         built=_outbox(job),
         deliveries=job.deliveries,
         action=RouteAction(job.extra.get("action", RouteAction.ANALYSE)),
@@ -65,6 +65,7 @@ class Worker:
         lease_seconds: float,
         reload: Callable[[], None] | None = None,
         wake: WakeEvent | None = None,
+        claims: tuple[JobState, ...] = (JobState.QUEUED, JobState.ANALYSING, JobState.DELIVERING),
     ) -> None:
         self.runtime = runtime
         self.jobs = jobs
@@ -72,6 +73,7 @@ class Worker:
         self.poll_interval = poll_interval
         self.lease_seconds = lease_seconds
         self.reload = reload
+        self.claims = claims
         self.owner = worker_identity()
         self._stop = threading.Event()
         self._wake: WakeEvent = wake if wake is not None else threading.Event()
@@ -84,7 +86,7 @@ class Worker:
     def run_once(self) -> bool:
         if self.reload is not None:
             self.reload()
-        job = self.jobs.claim(self.owner, self.lease_seconds)
+        job = self.jobs.claim(self.owner, self.lease_seconds, self.claims)
         if job is None:
             return False
         try:
@@ -93,7 +95,11 @@ class Worker:
         except Exception as exc:  # keep the worker alive; the job fails with its reason, audited
             log.exception("job %d crashed", job.id)
             state = self.jobs.apply(job, crashed(exc), CLAIMED)
-        log.info("job %d -> %s", job.id, state)
+            return True
+        if outcome.verdict in (Verdict.REJECTED, Verdict.FAILED):  # one line with the reason (a bug logged its traceback)
+            log.warning("job %d -> %s at %s: %s", job.id, state, outcome.stage, outcome.reason)
+        else:
+            log.info("job %d -> %s", job.id, state)
         return True
 
     def _keep(self, job: Job, outcome: Outcome) -> list[str] | None:

@@ -59,6 +59,9 @@ def sr_content(ds: Dataset) -> dict:
     for item in ds.ContentSequence:
         if item.ValueType == "CONTAINER" and item.ConceptNameCodeSequence[0].CodeValue == "C0034375":
             out["comments"] = [c.TextValue for c in item.ContentSequence]
+        if item.ValueType == "CONTAINER" and item.ConceptNameCodeSequence[0].CodeValue == "126011":
+            for num in map(hd.sr.NumContentItem.from_dataset, item.ContentSequence):  # Derived Imaging Measurements
+                out["measurements"][num.name.meaning] = (num.value, num.unit.value)
     out["evidence"] = {
         r.ReferencedSOPInstanceUID
         for s in ds.CurrentRequestedProcedureEvidenceSequence

@@ -17,7 +17,7 @@ from harness.orthanc import OrthancProcess
 from harness.ports import free_port
 from harness.processes import wait_for
 from harness.storescp import StorescpProcess
-from tests.conftest import RELIABILITY_OUTPUTS, SAMPLES, dicom_testfile, need, send
+from tests.conftest import MODALITY, RELIABILITY_OUTPUTS, SAMPLES, dicom_testfile, need, send
 from tests.e2e.helpers import find
 
 pytestmark = pytest.mark.e2e
@@ -223,20 +223,57 @@ def test_node_killed_mid_delivery_every_object_arrives_once_per_destination(make
         print(f"PACS: {len(expected)} objects, {store_requests(store)} C-STORE requests")
 
 
-def test_scale_out_worker_delivers_to_the_same_destinations(make_node, own_orthanc, broker, tmp_path) -> None:
+def test_a_site_terminal_delivers_the_clouds_objects_to_its_destinations(own_orthanc, tmp_path) -> None:
+    """The cloud path: the site's terminal, not the worker, delivers to the site's destinations."""
+    from harness.cloud import prepare_terminal, prepare_worker
+    from harness.rabbitmq import RabbitMQProcess
+
     need("storescp")
+    broker = RabbitMQProcess(tmp_path / "rabbitmq", tls=True, sites=("site-a",)).start()
     with StorescpProcess(tmp_path / "pacs") as store:
-        node = make_node(
+        node = prepare_terminal(
+            tmp_path / "site-a",
             own_orthanc,
-            **RELIABILITY_OUTPUTS,
-            node__role="terminal",
-            broker__url=broker.url,
+            broker,
+            "site-a",
+            calling_aets=(MODALITY, "ECHOSCU"),
             destinations=[pacs(store.port), rest(own_orthanc, tmp_path, ("sr", "sc"))],
-        ).start()
-        node.start_broker_worker()
-        for path in US[:2]:
-            assert send(node.port, path).returncode == 0
-        node.wait_all(2, {"delivered"})
-        for job in node.jobs.jobs():
-            assert set(job.receipts["pacs"]) == {"source", "sr", "sc"} and set(job.receipts["orthanc"]) == {"sr", "sc"}
-            assert store.received(job.sop_uid) is not None and in_orthanc(own_orthanc, job.sop_uid) == 0
+            **RELIABILITY_OUTPUTS,
+        )
+        worker = prepare_worker(tmp_path / "worker", broker)
+        try:
+            node.start()
+            worker.start_broker_worker()
+            for path in US[:2]:
+                assert send(node.port, path).returncode == 0
+            node.wait_all(2, {"delivered"})
+            for job in node.jobs.jobs():
+                assert set(job.receipts["pacs"]) == {"source", "sr", "sc"}
+                assert set(job.receipts["orthanc"]) == {"sr", "sc"}
+                assert store.received(job.sop_uid) is not None and in_orthanc(own_orthanc, job.sop_uid) == 0
+        finally:
+            worker.stop()
+            node.stop()
+            broker.stop()
+
+
+def test_folder_destination_keeps_one_file_per_object(make_node, tmp_path: Path) -> None:
+    """An archive drop folder: 20 images, every output and the source in its own file, none overwritten."""
+    from tests.conftest import sample_copies
+
+    drop = tmp_path / "drop"
+    folder = DestinationSettings(name="archive", kind="folder", folder=str(drop), send=["source", "outputs"])
+    node = make_node(destinations=[folder], **RELIABILITY_OUTPUTS).start()
+    images = sample_copies(20, tmp_path / "in")
+    for path in images:
+        assert send(node.port, path).returncode == 0
+    node.wait_all(20, timeout=300)
+    assert [j.state for j in node.jobs.jobs()] == ["delivered"] * 20
+    files = sorted(drop.rglob("*.dcm"))
+    assert len(files) == 20 * (1 + len(RELIABILITY_OUTPUTS["output__enabled"]))  # type: ignore[arg-type]
+    for path in files:
+        ds = dcmread(path, stop_before_pixels=True)
+        assert path.relative_to(drop).parts == (ds.StudyInstanceUID, ds.SeriesInstanceUID, f"{ds.SOPInstanceUID}.dcm")
+    sources = {dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in images}
+    assert sources <= {p.stem for p in files}
+    assert not list(drop.rglob("*.tmp*")), "every file written atomically (no temporary left)"

@@ -53,8 +53,8 @@ def test_samples_and_real_us_files_reach_orthanc_as_reports(make_node, orthanc) 
         if info and info["dataset"] == "hc18":
             assert assessment in {"Normal", "Abnormal"}, content
             assert content["regions"] == {
-                "fetal head": ("ELLIPSE", 4),
-                "fetal head contour": ("POLYLINE", 65),
+                "fetal head": ("POLYLINE", 65),
+                "fetal head ellipse": ("ELLIPSE", 4),
                 "biparietal diameter": ("POLYLINE", 2),
                 "occipital-frontal diameter": ("POLYLINE", 2),
             }

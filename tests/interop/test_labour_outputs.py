@@ -63,7 +63,11 @@ def test_dsrdump_reads_the_report_without_warnings(written: tuple[Built, Path]) 
         assert '(FN0101,99FETALNODE,"Angle of progression")' in out and "(deg,UCUM" in out
         unit = "(mm,UCUM" if built.analysis.result.hsd_mm is not None else '({pixels},UCUM,"pixels")'
         assert '(FN0102,99FETALNODE,"Head-symphysis distance")' in out and unit in out
-        assert out.count('SCOORD:(111030,DCM,"Image Region")=(POLYLINE') == 6
+        # the angle (both its lines), the HSD line and the two outlines: one Image Region per drawn region
+        assert out.count('SCOORD:(111030,DCM,"Image Region")=(POLYLINE') == 4
+        if built.analysis.result.hsd_mm is None:  # the HSD in pixels, inferred from its line, outside any group
+            assert '(126011,DCM,"Derived Imaging Measurements")' in out
+            assert out.count('inferred from SCOORD:(260753009,SCT,"Source")=(POLYLINE') == 1
         assert '(82561000,SCT,"Symphysis pubis")' in out and '(362865009,SCT,"Entire fetal head")' in out
     else:
         assert "NUM:" not in out and "SCOORD:" not in out

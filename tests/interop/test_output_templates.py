@@ -46,10 +46,10 @@ def fast_objects(jobs: list[tuple[Dataset, Analysis]], folder: Path) -> list[Pat
         if all(writer.builder_for(a.application) is None for _, a in jobs):
             continue
         for ds, analysis in warm:
-            writer.encode(ds, analysis, settings.output, "TEST", "")
+            writer.encode(ds, analysis, settings.output, "TEST")
         for i, (ds, analysis) in enumerate(jobs):
             before = sum(t.rendered for t in writer.templates.values())
-            encoded = writer.encode(ds, analysis, settings.output, "TEST", "")
+            encoded = writer.encode(ds, analysis, settings.output, "TEST")
             assert encoded is not None
             assert sum(t.rendered for t in writer.templates.values()) == before + 1, f"{name}: not rendered"
             path = folder / f"{name}-{i}.dcm"

@@ -108,8 +108,9 @@ def test_round_trip_and_deterministic_uids(written, runtime, tmp_path) -> None:
 
 
 def test_head_codes_and_drawable_geometry(written) -> None:
-    """TID 1410 groups: the head ELLIPSE with HC (LOINC 11984-2, CID 12005), a closed 64-point POLYLINE
-    contour, and BPD / OFD callipers as open 2-point POLYLINEs on the ellipse's minor / major axis."""
+    """TID 1410 groups: the closed 64-point head POLYLINE with every number (HC: LOINC 11984-2, CID 12005;
+    BPD, OFD; the confidence under the concept that names the finding) and the assessment, the exact
+    ELLIPSE, and BPD / OFD callipers as open 2-point POLYLINEs on the ellipse's minor / major axis."""
     sr_path, _, (src, outputs) = written
     source = dcmread(src, stop_before_pixels=True)
     ds = dcmread(sr_path)
@@ -120,7 +121,7 @@ def test_head_codes_and_drawable_geometry(written) -> None:
         assert sr.content.get_planar_roi_measurement_groups() == []
         return
     groups = {str(g.tracking_identifier): g for g in sr.content.get_planar_roi_measurement_groups()}
-    assert list(groups) == ["fetal head", "fetal head contour", "biparietal diameter", "occipital-frontal diameter"]
+    assert list(groups) == ["fetal head", "fetal head ellipse", "biparietal diameter", "occipital-frontal diameter"]
     assert len({g.tracking_uid for g in groups.values()}) == 4
     frames = [int(source.NumberOfFrames) // 2 + 1] if int(source.get("NumberOfFrames", 1) or 1) > 1 else None
     points = {}
@@ -133,9 +134,9 @@ def test_head_codes_and_drawable_geometry(written) -> None:
         assert ([int(ref.ReferencedFrameNumber)] if "ReferencedFrameNumber" in ref else None) == frames
         assert group.finding_type == fc.HEAD_STRUCTURE
         points[name] = (roi.GraphicType, np.array(roi.GraphicData, dtype=np.float64).reshape(-1, 2))
-    kind, ellipse = points["fetal head"]
+    kind, ellipse = points["fetal head ellipse"]
     assert kind == "ELLIPSE" and ellipse.shape == (4, 2)
-    kind, contour = points["fetal head contour"]
+    kind, contour = points["fetal head"]
     assert kind == "POLYLINE" and contour.shape == (65, 2) and np.array_equal(contour[0], contour[-1])
     for name, axis in (("biparietal diameter", ellipse[2:]), ("occipital-frontal diameter", ellipse[:2])):
         kind, line = points[name]
@@ -151,21 +152,37 @@ def test_head_codes_and_drawable_geometry(written) -> None:
         name: {(str(m.name.value), str(m.name.scheme_designator)): m.value for m in g.get_measurements()}
         for name, g in groups.items()
     }
+    # One group holds every number: a viewer labelling each drawn region with its group's numbers
+    # (OHIF) writes them in one label box instead of boxes stacked on the head's centre line.
+    assert (
+        measured["fetal head ellipse"]
+        == measured["biparietal diameter"]
+        == measured["occipital-frontal diameter"]
+        == {}
+    )
     hc, bpd, ofd = (
         (c.value, c.scheme_designator)
         for c in (fc.HEAD_CIRCUMFERENCE, fc.BIPARIETAL_DIAMETER, fc.OCCIPITAL_FRONTAL_DIAMETER)
     )
     assert hc == ("11984-2", "LN")
-    assert measured["fetal head contour"] == {}
+    finding = fc.finding_confidence_code(summary["finding"], bool(summary["malformation_type"]))
+    assert float(measured["fetal head"].pop((finding.value, fc.SCHEME))) == pytest.approx(
+        summary["confidence"] * 100, abs=0.01
+    )
+    assert finding.meaning.lower().startswith(summary["finding"])  # the concept names the finding
     if summary["hc_mm"] is None:
-        assert hc not in measured["fetal head"] and measured["biparietal diameter"] == {}
+        assert measured["fetal head"] == {}
         return
-    assert float(measured["fetal head"][hc]) == pytest.approx(summary["hc_mm"], abs=0.05)
-    assert measured["biparietal diameter"] == {bpd: pytest.approx(summary["bpd_mm"], abs=0.05)}
-    assert measured["occipital-frontal diameter"] == {ofd: pytest.approx(summary["ofd_mm"], abs=0.05)}
+    assert measured["fetal head"] == {
+        hc: pytest.approx(summary["hc_mm"], abs=0.05),
+        bpd: pytest.approx(summary["bpd_mm"], abs=0.05),
+        ofd: pytest.approx(summary["ofd_mm"], abs=0.05),
+    }
     spacing, _, _ = physical_spacing(source)  # the calibration the node used: (row, column) mm
     assert spacing is not None
     dy, dx = spacing
     for name, key in (("biparietal diameter", bpd), ("occipital-frontal diameter", ofd)):
         line = points[name][1]
-        assert np.linalg.norm((line[1] - line[0]) * [dx, dy]) == pytest.approx(float(measured[name][key]), abs=0.01)
+        assert np.linalg.norm((line[1] - line[0]) * [dx, dy]) == pytest.approx(
+            float(measured["fetal head"][key]), abs=0.01
+        )

@@ -211,7 +211,7 @@ def test_no_head_gives_only_the_text(name: str, runtime: Runtime, tmp_path: Path
     analysis = runtime.application.analyse(source)
     nothing = dataclasses.replace(analysis.result, analysed=False, ellipse=None, biometry=None, reason=NOT_A_HEAD)
     [writer] = enabled_writers(["gsps"], ["fetal-head"])
-    pr = writer.write(source, dataclasses.replace(analysis, result=nothing), runtime.output, "TEST", "")
+    pr = writer.write(source, dataclasses.replace(analysis, result=nothing), runtime.output, "TEST")
     path = tmp_path / "pr.dcm"
     pr.save_as(path, enforce_file_format=True)
     assert dciodvfy_errors(path) == []

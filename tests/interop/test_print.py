@@ -13,7 +13,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 
-from fetalnode.scp.printer import (
+from fetalnode.scp.contexts import (
     COLOR_IMAGE_BOX,
     FILM_BOX,
     FILM_SESSION,

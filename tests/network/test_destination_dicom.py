@@ -297,7 +297,8 @@ def test_out_of_resources_is_transient(make_node) -> None:
 
 
 def test_busy_peer_rejecting_transiently_is_transient(make_node) -> None:
-    node = make_node(scp__maximum_associations=1).start("--no-worker")
+    # The held association never idles long enough to be evicted for the new one.
+    node = make_node(scp__maximum_associations=1, scp__idle_eviction_seconds=600.0).start("--no-worker")
     holder = AE(ae_title=MODALITY)
     holder.add_requested_context(Verification)
     held = holder.associate("127.0.0.1", node.port, ae_title=NODE_AET)

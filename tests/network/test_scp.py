@@ -56,19 +56,34 @@ def test_storescu_stores_and_prenotifies(terminal, name: str, flags: tuple[str, 
     assert [e["event"] for e in audit(terminal)].count("instance-received") == 1
 
 
-def test_same_uid_different_objects_both_kept_identical_resend_deduplicated(terminal) -> None:
-    # Two different real objects (800x600 and 800x350) that carry the same SOP Instance UID.
-    first, other = dicom_testfile("OBXXXX1A.dcm"), dicom_testfile("examples_palette.dcm")
+# Two different real objects (800x600 and 800x350) that carry the same SOP Instance UID.
+SAME_UID = ("OBXXXX1A.dcm", "examples_palette.dcm")
+
+
+def test_same_uid_different_object_refused_identical_resend_deduplicated(terminal) -> None:
+    first, other = (dicom_testfile(name) for name in SAME_UID)
     assert dcmread(first).SOPInstanceUID == dcmread(other).SOPInstanceUID
     assert storescu(terminal.port, first).returncode == 0
-    assert storescu(terminal.port, other).returncode == 0
+    assert storescu(terminal.port, other).returncode != 0, "storescu reports the failure status"
     assert storescu(terminal.port, first).returncode == 0
+    [job] = terminal.jobs.jobs()
+    assert not job.replaces
+    assert len(list((terminal.data_dir / "spool").rglob("*.dcm"))) == 1, "nothing of the refused object is kept"
+    events = audit(terminal)
+    [refused] = [e for e in events if e["event"] == "store-refused"]
+    assert refused["status"] == "0x0111" and "scp.uid_conflict" in refused["reason"]
+    assert any(e["event"] == "instance-duplicate" for e in events)
+
+
+def test_same_uid_different_object_replaces_when_configured(make_node) -> None:
+    terminal = make_node(scp__uid_conflict="replace").start("--no-worker")
+    first, other = (dicom_testfile(name) for name in SAME_UID)
+    assert storescu(terminal.port, first).returncode == 0
+    assert storescu(terminal.port, other).returncode == 0
     jobs = terminal.jobs.jobs()
-    assert len(jobs) == 2
-    assert jobs[0].spool_path != jobs[1].spool_path
+    assert len(jobs) == 2 and jobs[0].spool_path != jobs[1].spool_path
     assert all(Path(j.spool_path).is_file() for j in jobs)
-    assert "uid_conflict" in jobs[1].extra
-    assert any(e["event"] == "instance-duplicate" for e in audit(terminal))
+    assert [j.replaces for j in jobs] == [False, True]
 
 
 def test_echo_and_unknown_calling_ae_rejected(terminal) -> None:

@@ -82,7 +82,7 @@ def test_output_uids_are_deterministic_and_distinct_per_kind() -> None:
     a = object_uids("sr", "1.2.3", "1.2", "0.1.0+0.1.0")
     assert a == object_uids("sr", "1.2.3", "1.2", "0.1.0+0.1.0")
     assert a.instance != object_uids("sr", "1.2.3", "1.2", "0.2.0+0.1.0").instance
-    assert a.instance != object_uids("sr", "1.2.3", "1.2", "0.1.0+0.1.0", variant="abcd").instance
+    assert a.instance != object_uids("sr", "1.2.4", "1.2", "0.1.0+0.1.0").instance
     revised = object_uids("sr", "1.2.3", "1.2", "0.1.0+0.1.0", revision=1)
     assert revised.instance != a.instance and revised.series == a.series, "a revised object is a new instance"
     sc = object_uids("sc", "1.2.3", "1.2", "0.1.0+0.1.0")

@@ -196,6 +196,12 @@ def test_each_code_is_what_is_read(normal) -> None:
     normal_value = fc.NORMAL
     unknown = with_code(normal_value.value, normal_value.scheme_designator, "12345", where="ConceptCodeSequence")
     assert unknown["readable"] is False and "unknown AI assessment" in unknown["error"]
+    # The confidence, by the concept that names the finding; a report of revision 1 (stored before) by FN0003.
+    confidence = fc.NORMAL_CONFIDENCE
+    assert normal[0]["confidence"] is not None
+    assert with_code(confidence.value, fc.SCHEME, "FN9999")["confidence_pct"] is None
+    earlier = with_code(confidence.value, fc.SCHEME, fc.FINDING_CONFIDENCE.value)["confidence_pct"]
+    assert earlier == pytest.approx(100 * normal[0]["confidence"], abs=0.01)
     observer = fc.DEVICE_OBSERVER_UID
     assert with_code(observer.value, observer.scheme_designator, "121013")["readable"] is False
     comment = fc.COMMENT

@@ -33,7 +33,10 @@ def non_default_settings() -> Settings:
     s.orthanc.retry_initial = 0.5
     s.orthanc.retry_max = 2.0
     s.orthanc.password_file = "/run/secrets/orthanc"
-    s.broker.url = "amqp://u:p@127.0.0.1:5672//"
+    s.broker.url = "amqps://site-a@broker.example.org:5671/fetalnode"
+    s.broker.password_file = "/run/secrets/broker"
+    s.broker.ca_certificates = "/etc/fetalnode/broker-ca.crt"
+    s.broker.sites = ["site-a", "site-b"]
     s.output.institution_name = "Clinic \u00e9 \U0001f476 \x7f\x00"
     s.router.applications = {"axial_fetal_head": "fetal-head", "not_fetal": "", "other view": 'x"y'}
     return s

@@ -10,9 +10,9 @@ import pytest
 
 from fetalnode.audit import AuditLog
 from fetalnode.errors import NodeError
-from fetalnode.jobs import TRANSITIONS, Job, JobStore, PreNotification, TransitionRefused
+from fetalnode.jobs import TRANSITIONS, Job, JobStore, PreNotification, Receipt, TransitionRefused
 from fetalnode.runner import Delivery, Outcome, Verdict, crashed
-from fetalnode.vocab import AuditEvent, DeliveryStatus, JobState, RouteAction, Stage
+from fetalnode.vocab import AuditEvent, DeliveryStatus, JobState, RouteAction, Stage, UidConflict
 
 pytestmark = pytest.mark.unit
 
@@ -115,6 +115,7 @@ def test_crash_path_is_audited_and_a_read_only_store_cannot_write(tmp_path: Path
         "sop_uid": "1.3",
         "stage": "worker",
         "reason": "MemoryError: ",
+        "permanent": False,
     }
     with pytest.raises(NodeError, match="read-only"):
         JobStore(tmp_path / "j.sqlite").resend()
@@ -129,10 +130,12 @@ def test_duplicate_and_conflict_lookup(tmp_path: Path) -> None:
     assert store.conflicting("1.5", "bb" * 32) == 1
     again = store.receive(note(tmp_path, "1.5", "aa" * 32), RouteAction.ANALYSE)
     assert again.job_id is None and again.duplicate_of is not None and again.duplicate_of.id == first.job_id
-    other = store.receive(note(tmp_path, "1.5", "bb" * 32), RouteAction.ANALYSE)
+    refused = store.receive(note(tmp_path, "1.5", "bb" * 32), RouteAction.ANALYSE)
+    assert refused == Receipt(None, None, conflicts=1), "a conflicting object is not recorded by default"
+    other = store.receive(note(tmp_path, "1.5", "bb" * 32), RouteAction.ANALYSE, UidConflict.REPLACE)
     assert other.job_id is not None
     flagged = store.get(other.job_id)
-    assert flagged is not None and "uid_conflict" in flagged.extra and flagged.variant == "bb" * 8
+    assert flagged is not None and flagged.replaces and not store.get(first.job_id).replaces
     ignored = store.receive(note(tmp_path, "1.6"), RouteAction.IGNORE, route="drop")
     assert ignored.job_id is not None and store.counts()["ignored"] == 1
     kinds = [e["event"] for e in events(tmp_path)]
@@ -159,36 +162,46 @@ def test_recover_queues_received_with_spool_file(tmp_path: Path) -> None:
     assert store.counts()["queued"] == 1
 
 
-def test_terminal_applies_worker_results_and_drops_what_can_never_apply(tmp_path: Path) -> None:
+def test_terminal_applies_cloud_results_and_drops_what_can_never_apply(tmp_path: Path) -> None:
+    """A site terminal's link (no broker: the results as the broker hands them over): a result for a job it
+    never published, or one naming another SOP Instance UID, or unreadable, is dropped and audited; the
+    worker's rejection is applied; a second result for a job that moved on changes nothing."""
+    import threading
+
+    from fetalnode.broker import Delivery as Message
+    from fetalnode.broker import Drop
     from fetalnode.config import Settings
-    from fetalnode.distributed import Collector
+    from fetalnode.distributed import CloudTerminal
+    from fetalnode.runner import Runtime
+
+    def result(body: dict) -> Message:
+        return Message("site-a", json.dumps(body).encode(), "application/json", {}, None, "fetalnode-worker", False)
 
     store = store_in(tmp_path)
-    collector = Collector(Settings(), store, store.audit)
+    none = Runtime(application=None, writers=[], destinations=[], output=Settings().output)  # type: ignore[arg-type]
+    terminal = CloudTerminal(Settings(), store, store.audit, None, none, tmp_path / "outbox", wake=threading.Event().set)
     a = store.receive(note(tmp_path, "2.1"), RouteAction.ANALYSE).job_id
     assert a is not None
-    store.mark_published(a)
-    done = Outcome(Verdict.DELIVERED, Stage.DELIVER, "", {"finding": "normal"}, deliveries={"o": delivered(sr="1")})
+    store.record_pseudonyms(a, {"2.25.9": "2.1"})
+    store.mark_published(a, bytes=1, pixels="test")
+    rejected = Outcome(Verdict.REJECTED, Stage.INTAKE, "pixel data cannot be decoded").to_message()
     for body in (
         {"job": "x", "outcome": {}},  # unreadable
         {"job": a, "sop_uid": "2.1", "outcome": {"verdict": "maybe", "stage": "deliver"}},  # unknown verdict
-        {
-            "job": a,
-            "sop_uid": "2.1",
-            "outcome": Outcome(Verdict.RETRY, Stage.DELIVER).to_message(),
-        },  # not for a terminal
-        {"job": 99, "sop_uid": "9.9", "outcome": done.to_message()},  # never announced
+        {"job": 99, "sop_uid": "9.9", "outcome": rejected},  # never published
+        {"job": a, "sop_uid": "2.25.8", "outcome": rejected},  # another image's result
     ):
-        collector.handle(body)  # returns: the message is acknowledged, never redelivered for ever
+        with pytest.raises(Drop):
+            terminal.apply_result(result(body))
     assert store.get(a).state == JobState.PUBLISHED  # type: ignore[union-attr]
-    assert events(tmp_path)[-1]["event"] == "result-unknown-job"
-    collector.handle({"job": a, "sop_uid": "2.1", "worker": "w:7", "outcome": done.to_message()})
+    assert [e["event"] for e in events(tmp_path)].count("result-unknown-job") == 4
+    terminal.apply_result(result({"job": a, "sop_uid": "2.1", "worker": "w:7", "outcome": rejected}))
     job = store.get(a)
-    assert job is not None and job.state == JobState.DELIVERED and job.result == {"finding": "normal"}
-    assert [e["event"] for e in events(tmp_path)[-2:]] == ["analysed", "delivered"]
-    assert events(tmp_path)[-1]["worker"] == "w:7" and events(tmp_path)[-1]["receipts"] == {"o": {"sr": "1"}}
-    collector.handle({"job": a, "sop_uid": "2.1", "outcome": done.to_message()})  # redelivered: nothing written
-    assert len([e for e in events(tmp_path) if e["event"] == "delivered"]) == 1
+    assert job is not None and job.state == JobState.REJECTED and job.error == "pixel data cannot be decoded"
+    assert events(tmp_path)[-1]["event"] == "rejected" and events(tmp_path)[-1]["worker"] == "w:7"
+    assert store.pseudonyms(a) == {}, "the pseudonym map goes with the job"
+    terminal.apply_result(result({"job": a, "sop_uid": "2.1", "outcome": rejected}))  # again: nothing written
+    assert [e["event"] for e in events(tmp_path)].count("rejected") == 1
 
 
 def test_dead_letters_are_audited_once_counted_per_destination_and_resent_per_destination(tmp_path: Path) -> None:

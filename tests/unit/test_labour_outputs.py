@@ -64,23 +64,44 @@ def test_the_ground_truth_stand_in_matches_the_dataset_labels(high: Built, low: 
         assert result.geometry.hsd_px == pytest.approx(float(LABELS[image_id]["hsd_px"]), abs=1.0)
 
 
+def derived_numbers(built: Built) -> list[hd.sr.NumContentItem]:
+    """The NUMs of TID 1500's Derived Imaging Measurements container."""
+    sr = built.dataset("sr")
+    return [
+        hd.sr.NumContentItem.from_dataset(item)
+        for container in sr.ContentSequence
+        if container.ConceptNameCodeSequence[0].CodeValue == fc.DERIVED_IMAGING_MEASUREMENTS.value
+        for item in container.ContentSequence
+    ]
+
+
 @pytest.mark.parametrize("which", ["high", "low"])
 def test_sr_carries_aop_and_hsd_by_code(which: str, request: pytest.FixtureRequest) -> None:
     built: Built = request.getfixturevalue(which)
     result = built.analysis.result
     by_name = groups(built)
+    # One group per drawn region: the angle's polyline holds both lines of the angle (no separate groups).
     assert list(by_name) == [
         "angle of progression",
         "head-symphysis distance",
-        "pubic symphysis axis",
-        "tangent to the fetal head",
         "pubic symphysis contour",
         "fetal head contour",
     ]
-    [aop] = by_name["angle of progression"].get_measurements(name=fc.ANGLE_OF_PROGRESSION)
+    [aop] = by_name["angle of progression"].get_measurements()  # no HSD in pixels beside it: never a label
+    assert aop.name == fc.ANGLE_OF_PROGRESSION
     assert aop.value == pytest.approx(result.geometry.aop_deg, abs=0.005) and aop.unit == fc.DEGREE
-    [hsd] = by_name["head-symphysis distance"].get_measurements(name=fc.HEAD_SYMPHYSIS_DISTANCE)
-    assert hsd.value == pytest.approx(result.geometry.hsd_px, abs=0.005) and hsd.unit == fc.PIXELS
+    assert [s.value for s in aop.finding_sites] == [fc.SYMPHYSIS_PUBIS]
+    for name, group in by_name.items():
+        # No group-level finding site: a viewer would label the region with its code value.
+        assert group.finding_sites == [], name
+        assert name == "angle of progression" or group.get_measurements() == [], name
+    [hsd] = derived_numbers(built)
+    assert hsd.name == fc.HEAD_SYMPHYSIS_DISTANCE and hsd.unit == fc.PIXELS
+    assert hsd.value == pytest.approx(result.geometry.hsd_px, abs=0.005)
+    [inferred_from] = [i for i in hsd.ContentSequence if i.ValueType == "SCOORD"]
+    np.testing.assert_allclose(
+        np.reshape(inferred_from.GraphicData, (-1, 2)), by_name["head-symphysis distance"].roi.value, atol=1e-4
+    )
     [evaluation] = by_name["angle of progression"].get_qualitative_evaluations(name=fc.LABOUR_ASSESSMENT)
     assert evaluation.value == fc.LABOUR_MEASURED
     for name, group in by_name.items():
@@ -98,7 +119,6 @@ def test_sr_carries_aop_and_hsd_by_code(which: str, request: pytest.FixtureReque
             f"fetalnode {SEG_MODEL[0]}",
             SEG_MODEL[1],
         )
-    assert [s.value for s in by_name["angle of progression"].finding_sites] == [fc.SYMPHYSIS_PUBIS]
 
 
 def test_sr_lines_are_the_measured_geometry(high: Built) -> None:
@@ -107,8 +127,9 @@ def test_sr_lines_are_the_measured_geometry(high: Built) -> None:
     angle = by_name["angle of progression"].roi.value
     assert angle.shape == (3, 2) and angle_deg(angle) == pytest.approx(result.geometry.aop_deg, abs=0.01)
     np.testing.assert_allclose(angle[1], np.add(result.geometry.vertex, 0.5), atol=1e-4)
-    np.testing.assert_allclose(by_name["pubic symphysis axis"].roi.value, angle[:2], atol=1e-4)
-    np.testing.assert_allclose(by_name["tangent to the fetal head"].roi.value, angle[1:], atol=1e-4)
+    graphics = labour_graphics(result, 256, 256)  # the axis and the tangent are the angle's two lines
+    np.testing.assert_allclose(graphics.symphysis_axis, angle[:2], atol=1e-4)
+    np.testing.assert_allclose(graphics.tangent, angle[1:], atol=1e-4)
     hsd = by_name["head-symphysis distance"].roi.value
     assert np.linalg.norm(hsd[1] - hsd[0]) == pytest.approx(result.geometry.hsd_px, abs=0.01)
     for name in ("pubic symphysis contour", "fetal head contour"):
@@ -131,8 +152,13 @@ def test_a_line_running_out_of_the_image_is_shortened_along_itself(high: Built) 
 def test_calibrated_hsd_is_written_in_mm(calibrated: Built) -> None:
     result = calibrated.analysis.result
     assert result.hsd_mm == pytest.approx(result.geometry.hsd_px * PIXEL_SIZE_MM)
-    [hsd] = groups(calibrated)["head-symphysis distance"].get_measurements(name=fc.HEAD_SYMPHYSIS_DISTANCE)
+    by_name = groups(calibrated)
+    # In mm the HSD is a label: the angle's group's second number (its own line's label would land on the AoP's).
+    [aop, hsd] = by_name["angle of progression"].get_measurements()
+    assert aop.name == fc.ANGLE_OF_PROGRESSION and hsd.name == fc.HEAD_SYMPHYSIS_DISTANCE
     assert hsd.unit == fc.MM and hsd.value == pytest.approx(result.hsd_mm, abs=0.005)
+    assert [s.value for s in hsd.finding_sites] == [fc.SYMPHYSIS_PUBIS]
+    assert by_name["head-symphysis distance"].get_measurements() == [] and derived_numbers(calibrated) == []
     finding = read_finding(calibrated.dataset("sr"))
     assert finding["hsd_mm"] == pytest.approx(result.hsd_mm, abs=0.005) and finding["hsd_px"] is None
 
@@ -237,7 +263,7 @@ def test_a_head_writer_without_labour_builder_is_refused_and_builders_check_the_
         enabled_writers(["obsr"], ["labour-progress"])
     head_like = Analysis("labour-progress", object(), high.analysis.decoded, (SEG_MODEL,))  # type: ignore[arg-type]
     with pytest.raises(EncodingError, match="not a LabourResult"):
-        OUTPUTS.get("sr", "test").write(high.source, head_like, _settings(), "TEST", "")
+        OUTPUTS.get("sr", "test").write(high.source, head_like, _settings(), "TEST")
 
 
 def _settings():  # type: ignore[no-untyped-def]

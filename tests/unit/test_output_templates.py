@@ -104,6 +104,12 @@ def jobs(tmp_path_factory: pytest.TempPathFactory) -> list[Job]:
         hc18.analysis.result, analysed=False, reason="no fetal head found", ellipse=None, head_mask=None, biometry=None
     )
     out.append(dataclasses.replace(hc18, label="no-head", analysis=dataclasses.replace(hc18.analysis, result=no_head)))
+    # A source with a multi-valued text attribute the writers copy (a pseudonymised image's
+    # De-identification Method): its value is a slot like a single-valued one.
+    deidentified = _reread(hc18.source)
+    deidentified.PatientIdentityRemoved = "YES"
+    deidentified.DeidentificationMethod = ["DICOM PS3.15 Basic Application Confidentiality Profile", "Clean Pixel Data"]
+    out.append(dataclasses.replace(hc18, label="multi-valued-text", source=_reread(deidentified)))
     femur = add("no-application", _reread(wrap_png(FEMUR, pixel_size_mm=None)))
     assert femur.analysis.application == "view-router"
     labour = add("labour-model", _reread(wrap_png(PSFHS, pixel_size_mm=None)))
@@ -156,7 +162,7 @@ def fast_of(writer: OutputWriter, job: Job) -> tuple[FastPath, Build] | None:
 
 
 def context(writer: OutputWriter, job: Job, now: datetime) -> OutputContext:
-    return writer.context(job.source, job.analysis, job.settings, job.station, "", now)
+    return writer.context(job.source, job.analysis, job.settings, job.station, now)
 
 
 _COMPILED: dict[tuple[str, str], Template] = {}
@@ -173,7 +179,7 @@ def check_pair(writer: OutputWriter, a: Job, b: Job) -> bool:
         return False
 
     def context_for(source: Dataset) -> OutputContext:
-        return writer.context(source, a.analysis, a.settings, a.station, "", T0)
+        return writer.context(source, a.analysis, a.settings, a.station, T0)
 
     cached = (writer.name, a.label)
     if cached not in _COMPILED:
@@ -211,7 +217,7 @@ def test_the_writer_takes_the_fast_path_once_a_key_is_checked_and_writes_the_ref
         writer = dataclasses.replace(writer_of(name), templates={})
         for i, job in enumerate(hc18 * 2):
             now = T0 + timedelta(seconds=i)
-            encoded = writer.encode(job.source, job.analysis, job.settings, job.station, "", now)
+            encoded = writer.encode(job.source, job.analysis, job.settings, job.station, now)
             assert encoded is not None
             build = writer.builder_for(job.analysis.application)
             assert build is not None
@@ -230,7 +236,7 @@ def test_a_fast_path_missing_a_slot_never_becomes_active(jobs: list[Job]) -> Non
     build = writer.builders["fetal-head"]
     # The perturbed source does not reveal it (the number is the analysis's, not the source's) ...
     template = compile_for(
-        broken, ctx, build, lambda source: writer.context(source, ctx.analysis, ctx.settings, "TEST", "", T0)
+        broken, ctx, build, lambda source: writer.context(source, ctx.analysis, ctx.settings, "TEST", T0)
     )
     # ... another job of the key does: its HC would be the first job's.
     other = context(writer, hc18[1], T0)
@@ -249,14 +255,14 @@ def test_a_job_whose_slots_do_not_fit_its_template_takes_the_reference_path(jobs
     hc18 = [j for j in jobs if j.label.startswith("hc18")]
     hc18 += [other_patient(j) for j in hc18]
     for i, job in enumerate(hc18):
-        writer.encode(job.source, job.analysis, job.settings, job.station, "", T0 + timedelta(seconds=i))
+        writer.encode(job.source, job.analysis, job.settings, job.station, T0 + timedelta(seconds=i))
     templates = writer.templates["fetal-head"]
     assert any(s.active for s in templates.states.values())
     fast = templates.fast
     templates.fast = FastPath(fast.key, lambda ctx: {**fast.job_slots(ctx), "extra": ("TextValue", "x")})
     before = templates.rendered
     job = hc18[0]
-    encoded = writer.encode(job.source, job.analysis, job.settings, job.station, "", T0)
+    encoded = writer.encode(job.source, job.analysis, job.settings, job.station, T0)
     assert encoded is not None and encoded[0] == encode(
         reference(context(writer, job, T0), writer.builders["fetal-head"])
     )
@@ -264,7 +270,7 @@ def test_a_job_whose_slots_do_not_fit_its_template_takes_the_reference_path(jobs
 
 
 def _context_for(writer: OutputWriter, job: Job, now: datetime, source: Dataset) -> OutputContext:
-    return writer.context(source, job.analysis, job.settings, job.station, "", now)
+    return writer.context(source, job.analysis, job.settings, job.station, now)
 
 
 def _explain(rendered: bytes, expected: bytes) -> None:

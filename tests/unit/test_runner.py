@@ -100,12 +100,12 @@ def test_delivered_every_enabled_output_to_every_destination(runtime: Runtime, t
     assert sr.SOPInstanceUID == outcome.summary["outputs"]["sr"]
     source = dcmread(SAMPLE)
     version = "+".join(v for _, v in runtime.application.inner.analyse(source).models)
-    old = object_uids("sr", source.SOPInstanceUID, source.SeriesInstanceUID, version)
-    assert (
-        sr.SOPInstanceUID
-        == object_uids("sr", source.SOPInstanceUID, source.SeriesInstanceUID, version, revision=1).instance
-    )
-    assert sr.SOPInstanceUID != old.instance, "the corrected SR (HC 11984-2) must not reuse the wrong one's UID"
+    sr_uids = [
+        object_uids("sr", source.SOPInstanceUID, source.SeriesInstanceUID, version, revision=r) for r in (0, 1, 2)
+    ]
+    assert sr.SOPInstanceUID == sr_uids[2].instance
+    # Neither the SR with the wrong HC code (revision 0) nor the one whose HC OHIF could not label (1) shares its UID.
+    assert sr.SOPInstanceUID not in {sr_uids[0].instance, sr_uids[1].instance}
     sc = dcmread(outcome.receipts["b"]["sc"])
     sc_uids = [object_uids("sc", source.SOPInstanceUID, source.SeriesInstanceUID, version, revision=r) for r in (0, 1)]
     assert sc.SOPInstanceUID == sc_uids[1].instance != sc_uids[0].instance, (

@@ -300,7 +300,8 @@ def test_every_output_says_type_not_determined(runtime) -> None:
         assert not [t for t in type_names(runtime) if t in text.lower()], (name, text)
     codes = sr_codes(objects["sr"])
     assert (fc.TYPE_NOT_DETERMINED.value, "SCT") in codes
-    assert (fc.TYPE_CONFIDENCE.value, fc.SCHEME) not in codes  # no confidence for a type not named
+    assert not [c for c, scheme in codes if scheme == fc.SCHEME and c.startswith("FNT")]  # no type, no type confidence
+    assert (fc.UNTYPED_ABNORMAL_CONFIDENCE.value, fc.SCHEME) in codes  # the confidence names the finding
     found = read_finding(objects["sr"])
     assert found["readable"] and found["abnormal"]
     assert (found["malformation_type"], found["type_note"]) == ("", NOT_DETERMINED)
@@ -318,7 +319,10 @@ def test_every_output_names_the_type_the_rule_allows(runtime) -> None:
         assert named.replace("_", " ") in text.lower() and NOT_DETERMINED not in text.lower(), (name, text)
     codes = sr_codes(objects["sr"])
     code = fc.malformation_code(named)
-    assert (str(code.value), str(code.scheme_designator)) in codes and (fc.TYPE_CONFIDENCE.value, fc.SCHEME) in codes
+    assert (str(code.value), str(code.scheme_designator)) in codes
+    # each confidence under a concept that names what it is the confidence of ("Abnormal (AI)", "<type> (AI)")
+    assert (fc.ABNORMAL_CONFIDENCE.value, fc.SCHEME) in codes
+    assert (fc.type_confidence_code(named).value, fc.SCHEME) in codes
     found = read_finding(objects["sr"])
     assert found["malformation_type"] == code.meaning and found["type_note"] == ""
 

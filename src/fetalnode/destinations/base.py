@@ -16,10 +16,12 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Item:
-    """One object to deliver: the output's name (``sr``, ``sc``, ...) and its Part 10 bytes."""
+    """One object to deliver: the output's name (``sr``, ``sc``, ...; ``source``) and its Part 10 bytes.
+    ``replaces``: a source that replaces another object under its SOP Instance UID."""
 
     name: str
     data: bytes
+    replaces: bool = False
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,29 @@ BUILTIN_KINDS = (
 )
 SOURCE = "source"  # in ``send``: the received image, forwarded unchanged
 ALL_OUTPUTS = "outputs"  # in ``send``: every output the job built (``output.enabled``)
+
+
+def same_pixels(ours: bytes, theirs: bytes) -> bool:
+    """Whether two Part 10 objects hold the same image: equal bytes, or the same Pixel Data as encoded (same
+    transfer syntax), or the same decoded pixels (an archive may store another transfer syntax, or the
+    modality's own copy with other file meta). Anything unreadable counts as different."""
+    if ours == theirs:
+        return True
+    from io import BytesIO
+
+    from pydicom import dcmread
+
+    try:
+        a, b = dcmread(BytesIO(ours)), dcmread(BytesIO(theirs))
+        if (a.Rows, a.Columns, a.get("NumberOfFrames", 1)) != (b.Rows, b.Columns, b.get("NumberOfFrames", 1)):
+            return False
+        if a.file_meta.TransferSyntaxUID == b.file_meta.TransferSyntaxUID and a.PixelData == b.PixelData:
+            return True
+        import numpy as np
+
+        return bool(np.array_equal(a.pixel_array, b.pixel_array))
+    except Exception:  # an archive object we cannot read is not known to be ours
+        return False
 
 
 def configured(settings: Settings) -> list[DestinationSettings]:

@@ -8,7 +8,7 @@ import httpx
 from pyorthanc import Orthanc
 
 from fetalnode.config import DestinationSettings, Settings
-from fetalnode.destinations.base import Destination, Item, Receipt, destination_kind
+from fetalnode.destinations.base import SOURCE, Destination, Item, Receipt, destination_kind, same_pixels
 from fetalnode.errors import DeliveryError
 
 # Statuses worth retrying: the server may come back (PS: 5xx gateway/unavailable, 429, 408).
@@ -55,12 +55,24 @@ class OrthancClient:
     def store(self, item: Item) -> Receipt:
         """POST one object; the receipt is Orthanc's instance ID.
 
-        ``AlreadyStored`` counts as success: output UIDs are deterministic, so it is the same object.
+        ``AlreadyStored`` counts as success for an output: output UIDs are deterministic, so it is the same
+        object. For the source it does only when Orthanc holds these very bytes: an Orthanc that keeps
+        another object under the UID (``OverwriteInstances`` false) would get reports on pixels it does not
+        hold, so that is a permanent failure (and the outputs, sent after the source, are not sent).
         """
         answer = self._call("store", self._api.post_instances, item.data)
         if not isinstance(answer, dict) or answer.get("Status") not in {"Success", "AlreadyStored"}:
             raise DeliveryError(f"Orthanc store: unexpected answer {answer!r}"[:300], transient=False)
-        return Receipt(self.name, item.name, str(answer["ID"]))
+        instance = str(answer["ID"])
+        if item.name == SOURCE and answer["Status"] == "AlreadyStored":
+            held = self._call("check", self._api.get_instances_id_file, instance)
+            if not same_pixels(item.data, held if isinstance(held, bytes) else b""):
+                raise DeliveryError(
+                    "Orthanc holds another image under this SOP Instance UID and kept it (OverwriteInstances is "
+                    "off): no report is sent for pixels it does not hold",
+                    transient=False,
+                )
+        return Receipt(self.name, item.name, instance)
 
     def probe(self) -> dict[str, Any]:
         about: dict[str, Any] = {"name": self.name, "kind": self.settings.kind, "url": self.url}

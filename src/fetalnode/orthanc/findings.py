@@ -183,7 +183,9 @@ def read_finding(ds: Dataset) -> dict[str, Any]:
             "abnormal": assessment == fc.ABNORMAL,
             "malformation_type": str(malformation.get("CodeMeaning", "")) if malformation is not None else "",
             "type_note": TypeNote.NOT_DETERMINED.value if undetermined else "",
-            "confidence_pct": found.number(fc.FINDING_CONFIDENCE, fc.PERCENT),
+            "confidence_pct": next(
+                (v for c in fc.FINDING_CONFIDENCES if (v := found.number(c, fc.PERCENT)) is not None), None
+            ),
             "hc_mm": hc,
             "bpd_mm": found.number(fc.BIPARIETAL_DIAMETER, fc.MM),
             "ofd_mm": found.number(fc.OCCIPITAL_FRONTAL_DIAMETER, fc.MM),

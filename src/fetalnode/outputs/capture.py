@@ -117,7 +117,7 @@ def _heatmap(ctx: OutputContext) -> tuple[np.ndarray, str]:
     result = ctx.result_as(AnalysisResult)
     if result.fused_rgb is None:
         raise EncodingError("analysis produced no image to capture")
-    lines = ctx.with_view_line(banner_lines(result))
+    lines = ctx.with_context_lines(banner_lines(result))
     return burn_banner(result.fused_rgb, lines), " / ".join(lines)
 
 

@@ -37,6 +37,8 @@ OB_ULTRASOUND = codes.LN.UltrasoundObstetricAndGynReport  # 11525-3
 
 NOT_ANALYSED = Code("FN0001", SCHEME, "Not analysed: no fetal head found")
 MALFORMATION_TYPE = Code("FN0002", SCHEME, "Malformation type")
+# The head SR's revision 1 and earlier wrote the classifier's confidences under these two names; readers still
+# accept FN0003 in reports already stored. Revision 2 names the finding in the confidence's own concept (below).
 FINDING_CONFIDENCE = Code("FN0003", SCHEME, "Classifier confidence of finding")
 TYPE_CONFIDENCE = Code("FN0004", SCHEME, "Classifier confidence of malformation type")
 HEAD_SCORE = Code("FN0005", SCHEME, "Head segmentation plausibility")
@@ -47,6 +49,13 @@ TYPE_NOT_DETERMINED = codes.SCT.Undetermined  # 373068000
 # The view router's answer for an image whose view has no application (issue 19): the image was not
 # looked at for a head at all, which "no fetal head found" would wrongly say.
 NO_APPLICATION = Code("FN0007", SCHEME, "Not analysed: no application for this view")
+# The classifier's calibrated confidence in its finding, one concept per finding: a viewer labels a NUM
+# "<concept meaning>: <value> <unit>" (OHIF: "Normal (AI): 99.89 %"), so the finding reads beside its confidence.
+NORMAL_CONFIDENCE = Code("FN0008", SCHEME, "Normal (AI)")
+ABNORMAL_CONFIDENCE = Code("FN0009", SCHEME, "Abnormal (AI)")  # abnormal, with the type named (its own NUM)
+UNTYPED_ABNORMAL_CONFIDENCE = Code("FN0010", SCHEME, "Abnormal, type not determined (AI)")
+# Every concept a finding's confidence is written under, newest first (FN0003: reports of revision 1 and earlier).
+FINDING_CONFIDENCES = (NORMAL_CONFIDENCE, ABNORMAL_CONFIDENCE, UNTYPED_ABNORMAL_CONFIDENCE, FINDING_CONFIDENCE)
 
 # DICOM Segmentation (PS3.3 C.8.20.2): segmented property category (CID 7150) and algorithm family (CID 7162);
 # the property type is HEAD_STRUCTURE (CID 7151).
@@ -76,6 +85,21 @@ def malformation_code(label: str) -> Code:
         return STANDARD_MALFORMATIONS[label]
     digest = hashlib.sha1(label.encode("utf-8")).hexdigest()[:6].upper()
     return Code(f"FNM{digest}", SCHEME, label.replace("_", " ").capitalize())
+
+
+def finding_confidence_code(finding: str, typed: bool) -> Code:
+    """The concept of the confidence in ``finding`` ("normal" / "abnormal"); ``typed``: a type is named."""
+    if finding != "abnormal":
+        return NORMAL_CONFIDENCE
+    return ABNORMAL_CONFIDENCE if typed else UNTYPED_ABNORMAL_CONFIDENCE
+
+
+def type_confidence_code(label: str) -> Code:
+    """The concept of the confidence in a named malformation type: private ``FNT`` + 6 hex digits of the
+    label's SHA-1, meaning "<label in words> (AI)" (the type's own code, :func:`malformation_code`, is the
+    value of :data:`MALFORMATION_TYPE`)."""
+    digest = hashlib.sha1(label.encode("utf-8")).hexdigest()[:6].upper()
+    return Code(f"FNT{digest}", SCHEME, f"{label.replace('_', ' ').capitalize()} (AI)"[:64])
 
 
 def coding_scheme_identification() -> Dataset:
@@ -114,6 +138,9 @@ DEGREE = codes.UCUM.Degree  # (deg, UCUM, "Degree"), CID 7183
 # UCUM has no pixel unit: an annotation in braces is a dimensionless count (UCUM 1), as "{counts}" of CID 7181,
 # so a reader parsing UCUM sees a number of pixel widths, never a length.
 PIXELS = Code("{pixels}", "UCUM", "pixels")
+# TID 1500's container of measurements outside a measurement group: the labour SR's HSD in pixels (no viewer
+# draws it as a label: a UCUM annotation is no unit to show a reader).
+DERIVED_IMAGING_MEASUREMENTS = codes.DCM.DerivedImagingMeasurements  # (126011, DCM)
 ANGLE_OF_PROGRESSION = Code("FN0101", SCHEME, "Angle of progression")
 HEAD_SYMPHYSIS_DISTANCE = Code("FN0102", SCHEME, "Head-symphysis distance")
 LABOUR_ASSESSMENT = Code("FN0103", SCHEME, "AI assessment of labour progress")

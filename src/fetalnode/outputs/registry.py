@@ -48,10 +48,12 @@ class OutputContext:
             )
         return result
 
-    def with_view_line(self, lines: list[str]) -> list[str]:
-        """``lines``, then the view router's line ("Recognised view: ...", "View uncertain: ...") when a
-        router chose the application: the reports' comments and the captures' banners end with it."""
-        return [*lines, self.analysis.view.line()] if self.analysis.view else lines
+    def with_context_lines(self, lines: list[str]) -> list[str]:
+        """``lines``, then what the intake had to assume about the header (an unknown character set) and the
+        view router's line ("Recognised view: ...", "View uncertain: ...") when a router chose the
+        application: the reports' comments and the captures' banners end with them."""
+        view = [self.analysis.view.line()] if self.analysis.view else []
+        return [*lines, *self.analysis.decoded.notes, *view]
 
 
 Build = Callable[[OutputContext], Dataset]
@@ -81,30 +83,31 @@ class OutputWriter:
         """The key its builder, revision and fast path are registered under for this analysis."""
         return analysis.application if analysis.application in self.builders else ANY_APPLICATION
 
+    def revision_for(self, analysis: Analysis) -> int:
+        """The content revision of the object it writes for this analysis (part of its UIDs)."""
+        return self.revisions.get(self._registered_as(analysis), 0)
+
     def context(
         self,
         source: Dataset,
         analysis: Analysis,
         settings: OutputSettings,
         station_name: str,
-        variant: str,
         now: datetime | None = None,
     ) -> OutputContext:
         """The context of one job (the clock ``now`` when given, e.g. by a test)."""
-        application = self._registered_as(analysis)
         uids = object_uids(
             self.name,
             str(source.SOPInstanceUID),
             str(source.SeriesInstanceUID),
             analysis.model_version,
-            variant,
-            self.revisions.get(application, 0),
+            self.revision_for(analysis),
         )
         ctx = OutputContext(source, analysis, uids, settings, station_name)
         return ctx if now is None else replace(ctx, now=now)
 
     def write(
-        self, source: Dataset, analysis: Analysis, settings: OutputSettings, station_name: str, variant: str
+        self, source: Dataset, analysis: Analysis, settings: OutputSettings, station_name: str
     ) -> Dataset | None:
         """The reference path: the builder's dataset (its clock stamped to the context's)."""
         build = self.builder_for(analysis.application)
@@ -112,7 +115,7 @@ class OutputWriter:
             return None
         from fetalnode.outputs.template import reference
 
-        return reference(self.context(source, analysis, settings, station_name, variant), build)
+        return reference(self.context(source, analysis, settings, station_name), build)
 
     def encode(
         self,
@@ -120,7 +123,6 @@ class OutputWriter:
         analysis: Analysis,
         settings: OutputSettings,
         station_name: str,
-        variant: str,
         now: datetime | None = None,
     ) -> tuple[bytes, str] | None:
         """The object as Part 10 bytes with its SOP Instance UID (``None``: nothing for this application)."""
@@ -129,7 +131,7 @@ class OutputWriter:
             return None
         from fetalnode.outputs.template import Templates, encode_reference
 
-        ctx = self.context(source, analysis, settings, station_name, variant, now)
+        ctx = self.context(source, analysis, settings, station_name, now)
         application = self._registered_as(analysis)
         fast = self.fast.get(application)
         if fast is None:
@@ -137,7 +139,7 @@ class OutputWriter:
         templates = self.templates.setdefault(application, Templates(fast))
 
         def context_for(other: Dataset) -> OutputContext:
-            return replace(self.context(other, analysis, settings, station_name, variant), now=ctx.now)
+            return replace(self.context(other, analysis, settings, station_name), now=ctx.now)
 
         return templates.write(ctx, build, context_for)
 
@@ -189,6 +191,12 @@ def enabled_writers(names: Sequence[str], applications: Sequence[str]) -> list[O
     if not writers:
         raise ConfigError("output.enabled is empty: a job would have nothing to deliver")
     return writers
+
+
+def writers_for(names: Sequence[str], application: str) -> list[OutputWriter]:
+    """The writers of ``output.enabled`` that have a builder for ``application``, in that order."""
+    _load_builtin()
+    return [w for w in (OUTPUTS.get(n, "output.enabled") for n in names) if w.builder_for(application)]
 
 
 def _load_builtin() -> Any:

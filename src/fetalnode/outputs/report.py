@@ -4,8 +4,16 @@ The report lives in the source study, names the algorithm (TID 4019 Algorithm Id
 the Contributing Equipment Sequence), carries the finding and malformation type as coded
 qualitative evaluations with their confidence (an abnormal finding whose type the classifier bundle's
 reporting rule does not name carries the type "Undetermined"), the head biometry in mm, and the head on the
-source image: the fitted ELLIPSE (exact geometry), the same ellipse as a closed POLYLINE, and the
-BPD and OFD calliper lines as open POLYLINEs, each a TID 1410 planar ROI group of its own.
+source image, each a TID 1410 planar ROI group of its own: the head as a closed POLYLINE on the fitted
+ellipse, the group of every number (HC, BPD, OFD, the confidences); the fitted ELLIPSE (exact geometry); the
+BPD and OFD calliper lines as open POLYLINEs.
+
+Why the numbers share the head's group: a viewer drawing TID 1410 groups labels each drawn region with its
+group's NUMs as "<concept meaning>: <value> <unit>" beside the region (OHIF 3 does, at the region's right
+edge and mid-height; it does not draw an oblique ELLIPSE). The head, its callipers and the ellipse are all
+centred on the head, so labels of separate groups land on one another; one group gives one label box.
+The confidence's concept names the finding ("Normal (AI)", "Abnormal, type not determined (AI)"), so the
+finding reads beside it.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from fetalnode.outputs import codes as fc
 from fetalnode.outputs.common import fetus_observation, report_kwargs
 from fetalnode.outputs.registry import OutputContext, register_output
 from fetalnode.outputs.template import FastPath
-from fetalnode.outputs.uids import derive_uid
+from fetalnode.outputs.uids import instance_derived
 
 
 def _text(name: Code, value: str) -> hd.sr.TextContentItem:
@@ -75,13 +83,13 @@ def head_geometry(ellipse: Ellipse, spacing_mm: tuple[float, float] | None) -> H
 def _measurement_groups(
     source: Dataset, result: AnalysisResult, decoded: DecodedImage, sr_instance_uid: str, routed: bool = True
 ) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations | hd.sr.MeasurementsAndQualitativeEvaluations]:
-    """The head group (TID 1410 with the ELLIPSE, or TID 1501 when no head was found), then the
-    contour and calliper groups (TID 1410, POLYLINE) that viewers drawing only polylines can show."""
+    """The head group (TID 1410: the closed contour with every number and the assessment; TID 1501 with
+    the assessment only when no head was found), then the ELLIPSE and the callipers (TID 1410, no number)."""
     algorithm = _algorithm(result)
     frame_number = decoded.frame_number
 
     def tracking(kind: str, identifier: str) -> hd.sr.TrackingIdentifier:
-        return hd.sr.TrackingIdentifier(uid=derive_uid(kind, sr_instance_uid), identifier=identifier)
+        return hd.sr.TrackingIdentifier(uid=instance_derived(kind, sr_instance_uid), identifier=identifier)
 
     def region(graphic_type: hd.sr.GraphicTypeValues, data: np.ndarray) -> hd.sr.ImageRegion:
         return hd.sr.ImageRegion(
@@ -116,44 +124,46 @@ def _measurement_groups(
         ]
     geometry = head_geometry(result.ellipse, decoded.spacing_mm)
     bio = result.biometry
-    measurements = [mm(fc.HEAD_CIRCUMFERENCE, bio.hc_mm)] if bio is not None else []
+    typed = result.finding == "abnormal" and bool(result.malformation_type)
+    measurements = []
+    if bio is not None:
+        measurements += [
+            mm(fc.HEAD_CIRCUMFERENCE, bio.hc_mm),
+            mm(fc.BIPARIETAL_DIAMETER, bio.bpd_mm),
+            mm(fc.OCCIPITAL_FRONTAL_DIAMETER, bio.ofd_mm),
+        ]
     measurements.append(
         hd.sr.Measurement(
-            name=fc.FINDING_CONFIDENCE, value=round(100 * result.confidence, 2), unit=fc.PERCENT, algorithm_id=algorithm
+            name=fc.finding_confidence_code(result.finding, typed),
+            value=round(100 * result.confidence, 2),
+            unit=fc.PERCENT,
+            algorithm_id=algorithm,
         )
     )
     evaluations = [
         hd.sr.QualitativeEvaluation(fc.AI_ASSESSMENT, fc.ABNORMAL if result.finding == "abnormal" else fc.NORMAL)
     ]
-    if result.finding == "abnormal" and not result.malformation_type:
+    if result.finding == "abnormal" and not typed:
         # The bundle's reporting rule names no type here: "abnormal, type not determined", by code.
         evaluations.append(hd.sr.QualitativeEvaluation(fc.MALFORMATION_TYPE, fc.TYPE_NOT_DETERMINED))
-    elif result.finding == "abnormal":
+    elif typed:
         evaluations.append(
             hd.sr.QualitativeEvaluation(fc.MALFORMATION_TYPE, fc.malformation_code(result.malformation_type))
         )
         measurements.append(
             hd.sr.Measurement(
-                name=fc.TYPE_CONFIDENCE,
+                name=fc.type_confidence_code(result.malformation_type),
                 value=round(100 * result.type_probability, 2),
                 unit=fc.PERCENT,
                 algorithm_id=algorithm,
             )
         )
-    polyline = hd.sr.GraphicTypeValues.POLYLINE
+    polyline, ellipse = hd.sr.GraphicTypeValues.POLYLINE, hd.sr.GraphicTypeValues.ELLIPSE
     groups = [
-        (tracking("tracking", "fetal head"), region(hd.sr.GraphicTypeValues.ELLIPSE, geometry.ellipse), measurements),
-        (tracking("tracking-contour", "fetal head contour"), region(polyline, geometry.contour), []),
-        (
-            tracking("tracking-bpd", "biparietal diameter"),
-            region(polyline, geometry.bpd),
-            [mm(fc.BIPARIETAL_DIAMETER, bio.bpd_mm)] if bio is not None else [],
-        ),
-        (
-            tracking("tracking-ofd", "occipital-frontal diameter"),
-            region(polyline, geometry.ofd),
-            [mm(fc.OCCIPITAL_FRONTAL_DIAMETER, bio.ofd_mm)] if bio is not None else [],
-        ),
+        (tracking("tracking", "fetal head"), region(polyline, geometry.contour), measurements, evaluations),
+        (tracking("tracking-ellipse", "fetal head ellipse"), region(ellipse, geometry.ellipse), [], []),
+        (tracking("tracking-bpd", "biparietal diameter"), region(polyline, geometry.bpd), [], []),
+        (tracking("tracking-ofd", "occipital-frontal diameter"), region(polyline, geometry.ofd), [], []),
     ]
     return [
         hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
@@ -162,9 +172,9 @@ def _measurement_groups(
             finding_type=fc.HEAD_STRUCTURE,
             algorithm_id=algorithm,
             measurements=values or None,
-            qualitative_evaluations=evaluations if i == 0 else None,
+            qualitative_evaluations=coded or None,
         )
-        for i, (tracking_id, roi, values) in enumerate(groups)
+        for tracking_id, roi, values, coded in groups
     ]
 
 
@@ -190,7 +200,7 @@ def report_comments(result: AnalysisResult, frame_number: int | None, n_frames: 
 def _comment_lines(ctx: OutputContext) -> list[str]:
     result, decoded = ctx.result_as(AnalysisResult), ctx.analysis.decoded
     lines = report_comments(result, decoded.frame_number, decoded.n_frames, decoded.spacing_source)
-    return ctx.with_view_line(lines)
+    return ctx.with_context_lines(lines)
 
 
 def _numbers(result: AnalysisResult) -> dict[str, float]:
@@ -226,10 +236,10 @@ def _slots(ctx: OutputContext) -> dict[str, tuple[str, object]]:
         f"comment.{i}": ("TextValue", line[:1024]) for i, line in enumerate(_comment_lines(ctx))
     }
     if not result.analysed or result.ellipse is None:
-        slots["uid.tracking"] = ("UID", derive_uid("tracking", ctx.uids.instance))
+        slots["uid.tracking"] = ("UID", ctx.uids.derived("tracking"))
         return slots
-    for kind in ("tracking", "tracking-contour", "tracking-bpd", "tracking-ofd"):
-        slots[f"uid.{kind}"] = ("UID", derive_uid(kind, ctx.uids.instance))
+    for kind in ("tracking", "tracking-ellipse", "tracking-bpd", "tracking-ofd"):
+        slots[f"uid.{kind}"] = ("UID", ctx.uids.derived(kind))
     geometry = head_geometry(result.ellipse, decoded.spacing_mm)
     for name, data in (
         ("ellipse", geometry.ellipse),
@@ -245,7 +255,9 @@ def _slots(ctx: OutputContext) -> dict[str, tuple[str, object]]:
 
 
 # Revision 1: HC coded 11984-2 (was 11779-6, a delivery-date concept), head contour and calliper POLYLINEs.
-@register_output("sr", applications=["fetal-head", "view-router"], revision=1, fast=FastPath(_shape, _slots))
+# Revision 2: every number in the head contour's group (the first), the ELLIPSE in a group of its own, the
+# confidences under concepts that name the finding (FN0008-FN0010, FNT...) instead of FN0003 / FN0004.
+@register_output("sr", applications=["fetal-head", "view-router"], revision=2, fast=FastPath(_shape, _slots))
 def build_report(ctx: OutputContext) -> hd.sr.Comprehensive3DSR:
     """Build the SR; raises :class:`EncodingError` with the reason if highdicom refuses the content."""
     source, result, decoded = ctx.source, ctx.result_as(AnalysisResult), ctx.analysis.decoded

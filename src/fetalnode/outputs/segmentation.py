@@ -30,7 +30,6 @@ from fetalnode.outputs import codes
 from fetalnode.outputs.common import identity
 from fetalnode.outputs.registry import OutputContext, register_output
 from fetalnode.outputs.template import FastPath
-from fetalnode.outputs.uids import derive_uid
 
 SERIES_NUMBER = 9104
 SEGMENT_LABEL = "Fetal head"
@@ -97,7 +96,7 @@ def segmentation_slots(ctx: OutputContext, frames: np.ndarray, comments: str) ->
 
 def dimension_organization_uid(ctx: OutputContext) -> str:
     # highdicom draws a random Dimension Organization UID: derive it so that a retry writes the same object.
-    return derive_uid("seg-dimension-organization", ctx.uids.instance)
+    return ctx.uids.derived("seg-dimension-organization")
 
 
 def _comments(ctx: OutputContext) -> str:

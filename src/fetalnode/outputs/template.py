@@ -120,7 +120,7 @@ def _header(tag: int, vr: str, length: int) -> bytes:
 def _as_text(vr: str, value: Any) -> str:
     if isinstance(value, str):
         return value
-    if isinstance(value, list | tuple):
+    if isinstance(value, MultiValue | list | tuple):
         return "\\".join(_as_text(vr, v) for v in value)
     if vr == "DS" and isinstance(value, float):
         return str(DS(value, auto_format=True))
@@ -334,7 +334,7 @@ def _text_of(elem: DataElement) -> str | None:
     if elem.VR not in _TEXT_VRS or elem.value is None:
         return None
     value = elem.value
-    if isinstance(value, list | tuple):
+    if isinstance(value, MultiValue | list | tuple):  # a multi-valued text element (Image Type, ...)
         return "\\".join(str(v) for v in value)
     return str(value)
 

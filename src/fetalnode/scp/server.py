@@ -2,7 +2,8 @@
 
 The C-STORE handler only validates, writes the object durably to the spool, records the
 pre-notification and returns a status; it never analyses. Handlers never raise: every failure
-becomes a DICOM status and an audit event.
+becomes a DICOM status and an audit event. The association acceptor itself (request screening,
+association limits, peer faults) is :mod:`fetalnode.scp.association`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import ssl
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,9 +31,10 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
-from pynetdicom import AE, StoragePresentationContexts, evt
+from pynetdicom import AE, StoragePresentationContexts, _config, evt
+from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
 
 from fetalnode.audit import AuditLog
 from fetalnode.config import Settings
@@ -41,8 +44,18 @@ from fetalnode.intake import check_header, read_received
 from fetalnode.jobs import JobStore, PreNotification
 from fetalnode.routing import Router
 from fetalnode.scp.access import AccessPolicy, server_tls_context
+from fetalnode.scp.association import (
+    AssociationLimits,
+    NodeAssociation,
+    NodeServer,
+    Refusal,
+    conn_open_timeout,
+    end_reason,
+    install_peer_faults,
+)
+from fetalnode.scp.contexts import ANNOTATION_BOX, META_COLOR, META_GRAYSCALE, PRESENTATION_LUT, served_on
 from fetalnode.scp.spool import Spool
-from fetalnode.vocab import AuditEvent, RouteAction
+from fetalnode.vocab import AuditEvent, RouteAction, UidConflict
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +96,12 @@ class Terminal:
     on_queued: Callable[[], None] | None = None
 
     def __post_init__(self) -> None:
-        self.access = AccessPolicy.from_settings(self.settings.scp)
+        scp = self.settings.scp
+        self.access = AccessPolicy.from_settings(scp)
         self.router = Router.from_settings(self.settings)
+        self.limits = AssociationLimits.of(
+            scp.maximum_associations_per_address, scp.maximum_associations, scp.idle_eviction_seconds
+        )
 
     def station_for(self, calling_ae: str) -> str:
         """Station name of a calling AE from ``scp.station_names`` ("AE=Name" items), else the AE title."""
@@ -96,8 +113,44 @@ class Terminal:
 
     # -- handlers ---------------------------------------------------------------------------
     def handle_conn_open(self, event: evt.Event) -> None:
-        """A TCP connection is open: set its DUL reactor's idle sleep (``scp.dul_loop_delay``)."""
+        """A TCP connection is open: set its DUL reactor's idle sleep (``scp.dul_loop_delay``) and the read
+        timeout within a PDU (``scp.stall_timeout``)."""
         event.assoc.dul._run_loop_delay = self.settings.scp.dul_loop_delay
+        conn_open_timeout(event, self.settings.scp.stall_timeout)
+
+    def association_ended(self, assoc: NodeAssociation) -> None:
+        """An association's thread ended: one that did not end in A-RELEASE (aborted, a peer's malformed PDU,
+        a stall, no A-ASSOCIATE-RQ at all) and was not audited already is audited with the reason."""
+        why = end_reason(assoc)
+        if why is None:
+            return
+        rq = assoc.requestor.primitive
+        self.audit.event(
+            AuditEvent.ASSOCIATION_ABORTED,
+            calling_ae=str(rq.calling_ae_title).strip() if rq is not None else None,
+            address=str(assoc.requestor.address),
+            reason=why,
+        )
+
+    def request_refused(self, assoc: NodeAssociation, msg: Any, refusal: Refusal) -> None:
+        """Audit a request the association's screen answered itself (or aborted the association for)."""
+        calling = str(assoc.requestor.ae_title).strip()
+        address = str(assoc.requestor.address)
+        what = f"0x{refusal.status:04X}" if refusal.status is not None else "A-ABORT"
+        log.warning("%s from %s at %s refused with %s: %s", msg.msg_type, calling, address, what, refusal.reason)
+        if refusal.status is None:
+            self.audit.event(AuditEvent.ASSOCIATION_ABORTED, calling_ae=calling, address=address, reason=refusal.reason)
+            return
+        kind = AuditEvent.STORE_REFUSED if isinstance(msg, C_STORE) else AuditEvent.REQUEST_REFUSED
+        self.audit.event(
+            kind,
+            calling_ae=calling,
+            address=address,
+            request=msg.msg_type,
+            sop_uid=str(getattr(msg, "AffectedSOPInstanceUID", None) or ""),
+            status=what,
+            reason=refusal.reason,
+        )
 
     def handle_echo(self, event: evt.Event) -> int:
         return Status.SUCCESS
@@ -110,6 +163,14 @@ class Terminal:
         calling = str(rq.calling_ae_title).strip()
         address = str(assoc.requestor.address)
         why = self.access.refusal(calling, address)
+        diagnosis = (RejectResult.PERMANENT, RejectSource.SERVICE_USER, RejectReason.CALLING_AE_NOT_RECOGNISED)
+        if not why:
+            why = self.limits.admit(assoc, self._evicted)
+            diagnosis = (
+                RejectResult.TRANSIENT,
+                RejectSource.SERVICE_PROVIDER_PRESENTATION,
+                RejectReason.LOCAL_LIMIT_EXCEEDED,
+            )
         if not why:
             return
         log.warning("association from %s at %s refused: %s", calling, address, why)
@@ -120,12 +181,20 @@ class Terminal:
             called_ae=str(rq.called_ae_title).strip(),
             reason=why,
         )
-        assoc.acse.send_reject(
-            RejectResult.PERMANENT,
-            RejectSource.SERVICE_USER,
-            RejectReason.CALLING_AE_NOT_RECOGNISED,
-        )
+        assoc.acse.send_reject(*diagnosis)
         assoc.kill()  # as pynetdicom does after its own rejections: lets the DUL send the A-ASSOCIATE-RJ first
+
+    def _evicted(self, victim: Association, idle_s: float) -> None:
+        rq = victim.requestor.primitive
+        calling = str(rq.calling_ae_title).strip() if rq is not None else ""
+        log.warning("association from %s at %s aborted after %.1f s idle: all slots taken", calling, victim.requestor.address, idle_s)
+        self.audit.event(
+            AuditEvent.ASSOCIATION_EVICTED,
+            calling_ae=calling,
+            address=str(victim.requestor.address),
+            idle_s=round(idle_s, 1),
+            reason=f"idle for {idle_s:.1f} s while scp.maximum_associations were open",
+        )
 
     def handle_accepted(self, event: evt.Event) -> None:
         assoc = event.assoc
@@ -197,23 +266,22 @@ class Terminal:
             route = self.router.route(ds, calling)
             if route.action is RouteAction.ANALYSE:  # forwarded or ignored images need not be analysable
                 check_header(ds, worker.max_pixels, worker.max_frames)
+            self.accept_instance(
+                data,
+                calling=calling,
+                peer=peer,
+                called=str(event.assoc.acceptor.ae_title).strip(),
+                sop_uid=sop_uid,
+                sop_class=sop_class,
+                study_uid=str(ds.StudyInstanceUID),
+                series_uid=str(ds.SeriesInstanceUID),
+                transfer_syntax=str(event.context.transfer_syntax),
+                source="c-store",
+                extra={"route": route.name, "action": str(route.action)},
+            )
         except IntakeRejected as exc:
             return self.refuse(calling, peer, affected, exc.status, str(exc))
-        study_uid, series_uid = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
-        status, _ = self.accept_instance(
-            data,
-            calling=calling,
-            peer=peer,
-            called=str(event.assoc.acceptor.ae_title).strip(),
-            sop_uid=sop_uid,
-            sop_class=sop_class,
-            study_uid=study_uid,
-            series_uid=series_uid,
-            transfer_syntax=str(event.context.transfer_syntax),
-            source="c-store",
-            extra={"route": route.name, "action": str(route.action)},
-        )
-        return status
+        return Status.SUCCESS
 
     def accept_instance(
         self,
@@ -229,26 +297,23 @@ class Terminal:
         transfer_syntax: str,
         source: str,
         extra: dict[str, Any],
-    ) -> tuple[int, int | None]:
+    ) -> int | None:
         """Spool an encoded object and record its pre-notification: the one way in for C-STORE and print.
 
-        Returns the DICOM status and the job id (``None`` for a duplicate or a refusal).
+        Returns the job id (``None`` for an identical re-send, answered but not recorded again); raises
+        :class:`IntakeRejected` with the status to answer when the spool is full (0xA700) or the SOP Instance
+        UID holds another object already and ``scp.uid_conflict`` is ``refuse`` (0x0111).
         """
         digest = hashlib.sha256(data).hexdigest()
         if self.jobs.find_duplicate(sop_uid, digest, calling, peer) is not None:
-            return Status.SUCCESS, None  # an identical re-send: answered, not recorded again
+            return None  # an identical re-send: answered, not recorded again
+        policy = UidConflict(self.settings.scp.uid_conflict)
+        if policy is UidConflict.REFUSE:
+            self._refuse_conflict(self.jobs.conflicting(sop_uid, digest))
         try:
-            path, digest, _ = self.spool.store(data, sop_uid, digest)
+            path, digest, already = self.spool.store(data, sop_uid, digest)
         except SpoolFull as exc:
-            self.audit.event(
-                AuditEvent.STORE_REFUSED,
-                calling_ae=calling,
-                address=peer,
-                sop_uid=sop_uid,
-                status=f"0x{Status.OUT_OF_RESOURCES:04X}",
-                reason=str(exc),
-            )
-            return Status.OUT_OF_RESOURCES, None
+            raise IntakeRejected(str(exc), Status.OUT_OF_RESOURCES) from exc
         note = PreNotification(
             source=source,
             spool_path=str(path),
@@ -274,10 +339,22 @@ class Terminal:
             fields.update(sha256=digest, **{k: extra[k] for k in ("route", "action") if k in extra})
         # One transaction: the duplicate check again (a concurrent identical send), the pre-notification and
         # received -> queued (or ignored) with its audit event, durable at its commit.
-        receipt = self.jobs.receive(note, action, **fields)
+        receipt = self.jobs.receive(note, action, policy, **fields)
+        if receipt.conflicts:  # another object under this UID came in concurrently: this one is refused
+            if not already:
+                path.unlink(missing_ok=True)
+            self._refuse_conflict(receipt.conflicts)
         if receipt.job_id is not None and action is not RouteAction.IGNORE and self.on_queued is not None:
             self.on_queued()
-        return Status.SUCCESS, receipt.job_id
+        return receipt.job_id
+
+    @staticmethod
+    def _refuse_conflict(conflicts: int) -> None:
+        if conflicts:
+            raise IntakeRejected(
+                f"SOP Instance UID already used by {conflicts} other object(s); scp.uid_conflict = refuse",
+                Status.DUPLICATE_INSTANCE,
+            )
 
 
 def build_ae(settings: Settings) -> AE:
@@ -291,7 +368,11 @@ def build_ae(settings: Settings) -> AE:
     ae.acse_timeout = scp.acse_timeout
     ae.dimse_timeout = scp.dimse_timeout
     ae.network_timeout = scp.network_timeout
-    ae.maximum_associations = scp.maximum_associations
+    # pynetdicom's own limit counts every open connection, negotiated or not: it is the hard cap behind the
+    # node's limits (AssociationLimits), which count negotiated associations only and evict idle ones.
+    ae.maximum_associations = AssociationLimits.of(
+        scp.maximum_associations_per_address, scp.maximum_associations, scp.idle_eviction_seconds
+    ).hard_limit
     ae.maximum_pdu_size = scp.maximum_pdu_size
     ae.require_called_aet = scp.check_called_aet
     ae.add_supported_context(Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
@@ -299,19 +380,20 @@ def build_ae(settings: Settings) -> AE:
         assert context.abstract_syntax is not None
         ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
     if settings.print.enabled:
-        from fetalnode.scp.printer import ANNOTATION_BOX, META_COLOR, META_GRAYSCALE, PRESENTATION_LUT
-
         for sop_class in (META_GRAYSCALE, META_COLOR, PRESENTATION_LUT, ANNOTATION_BOX):
             ae.add_supported_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     return ae
 
 
-def start_scp(settings: Settings, terminal: Terminal) -> list[ThreadedAssociationServer]:
+def start_scp(settings: Settings, terminal: Terminal) -> list[NodeServer]:
     """Start listening (non-blocking) on the DICOM port, and the TLS port if configured.
 
     Returns the servers to ``shutdown()``.
     """
     ae = build_ae(settings)
+    install_peer_faults()
+    # pynetdicom's standard handlers only log (at DEBUG), and raise on a malformed command set.
+    _config.LOG_HANDLER_LEVEL = "standard" if settings.logging.third_party.upper() == "DEBUG" else "none"
     handlers: list[Any] = [
         (evt.EVT_CONN_OPEN, terminal.handle_conn_open),
         (evt.EVT_REQUESTED, terminal.handle_requested),
@@ -326,15 +408,10 @@ def start_scp(settings: Settings, terminal: Terminal) -> list[ThreadedAssociatio
         handlers += PrintScp(terminal).handlers()
     host, scp = settings.node.host, settings.scp
     tls = server_tls_context(scp) if scp.tls_port else None
-    servers = []
-    server = ae.start_server((host, settings.node.port), block=False, evt_handlers=handlers)
-    assert server is not None  # block=False always returns the server
-    servers.append(server)
+    servers = [_serve(ae, (host, settings.node.port), handlers, terminal, None)]
     log.info("SCP %s listening on %s:%d", settings.node.ae_title, host, settings.node.port)
     if tls is not None:
-        tls_server = ae.start_server((host, scp.tls_port), block=False, evt_handlers=handlers, ssl_context=tls)
-        assert tls_server is not None
-        servers.append(tls_server)
+        servers.append(_serve(ae, (host, scp.tls_port), handlers, terminal, tls))
         log.info(
             "SCP %s listening with DICOM TLS on %s:%d (client certificates %s)",
             settings.node.ae_title,
@@ -343,3 +420,23 @@ def start_scp(settings: Settings, terminal: Terminal) -> list[ThreadedAssociatio
             "required" if scp.tls_ca_certificates else "not required",
         )
     return servers
+
+
+def _serve(
+    ae: AE, address: tuple[str, int], handlers: list[Any], terminal: Terminal, tls: ssl.SSLContext | None
+) -> NodeServer:
+    """What ``AE.start_server(block=False)`` does, with the node's server class (:class:`NodeServer`)."""
+    server: Any = ae.make_server(
+        address,
+        ssl_context=tls,
+        evt_handlers=handlers,
+        server_class=NodeServer,
+        refused=terminal.request_refused,
+        served_on=served_on,
+        finished=terminal.association_ended,
+    )
+    thread = threading.Thread(target=server.serve_forever, name=f"AcceptorServer@{address[1]}", daemon=True)
+    thread.start()
+    ae._servers.append(server)
+    assert isinstance(server, NodeServer)
+    return server

@@ -135,9 +135,9 @@ def capture_pixels(result: LabourResult, display_rgb: np.ndarray, banner: list[s
 def _capture(ctx: OutputContext) -> tuple[np.ndarray, str]:
     """The capture's pixels and its Image Comments."""
     result = ctx.result_as(LabourResult)
-    lines = ctx.with_view_line(banner_lines(result, fc.AOP_REFERENCE_ASCII))
+    lines = ctx.with_context_lines(banner_lines(result, fc.AOP_REFERENCE_ASCII))
     comments = " / ".join(line.replace("\u00b0", " deg") for line in lines)
-    pixels = capture_pixels(result, ctx.analysis.decoded.display_rgb, ctx.with_view_line(banner_lines(result)))
+    pixels = capture_pixels(result, ctx.analysis.decoded.display_rgb, ctx.with_context_lines(banner_lines(result)))
     return pixels, comments
 
 

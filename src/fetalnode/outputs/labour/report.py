@@ -1,12 +1,21 @@
 """TID 1500 Measurement Report (Comprehensive 3D SR) of a labour-progress image, following IHE AI Results.
 
-The angle of progression (AoP, UCUM ``deg``) and the head-symphysis distance (HSD: ``mm`` with a calibration,
-else UCUM ``{pixels}``) on the source image, each with its line as an open POLYLINE, the symphysis axis and
-the tangent to the fetal head as open POLYLINEs, and the outlines of the pubic symphysis and the fetal head
-as closed POLYLINEs: one TID 1410 planar ROI group per region, each with its own Tracking Identifier and UID,
-the algorithm (TID 4019) and the finding (site). When the structures could not be measured, one TID 1501
-group says so by code (:data:`~fetalnode.outputs.codes.LABOUR_NOT_ANALYSED`), with the reason as a comment
-and no number. Codes: :mod:`fetalnode.outputs.codes` (why each, docs/conformance.md).
+On the source image, one TID 1410 planar ROI group per drawn region, each with its own Tracking Identifier
+and UID and the algorithm (TID 4019): the angle of progression (AoP, UCUM ``deg``) with its 3-point open
+POLYLINE (symphysis axis end, vertex, tangent point: both lines of the angle), the group of every labelled
+number; the head-symphysis distance (HSD) line; the outlines of the pubic symphysis and the fetal head as
+closed POLYLINEs. The HSD with a calibration (``mm``) is the AoP group's second number; without one, its
+value in UCUM ``{pixels}`` is written under Derived Imaging Measurements (TID 1500), inferred from the HSD
+line, where no viewer labels the line with it. The symphysis pubis is the finding site of each number.
+When the structures could not be measured, one TID 1501 group says so by code
+(:data:`~fetalnode.outputs.codes.LABOUR_NOT_ANALYSED`), with the reason as a comment and no number.
+Codes: :mod:`fetalnode.outputs.codes` (why each, docs/conformance.md).
+
+Why so: a viewer drawing TID 1410 groups labels each drawn region with its group's NUMs and SCT finding
+sites as "<concept meaning or code>: <value> <unit code>" beside the region (OHIF 3 does, at the region's
+right edge and mid-height, with the finding site's code value and the unit's UCUM code verbatim). Regions
+meeting at the vertex would put their labels on one another, and a group-level finding site or a pixel
+count would be shown as ``363698007: Symphysis pubis`` or ``{pixels}``.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ from fetalnode.outputs.common import fetus_observation, report_kwargs
 from fetalnode.outputs.labour.geometry import labour_graphics, not_analysed_reason
 from fetalnode.outputs.registry import OutputContext, register_output
 from fetalnode.outputs.template import FastPath
-from fetalnode.outputs.uids import derive_uid
+from fetalnode.outputs.uids import instance_derived
 
 APPLICATION = "labour-progress"
 SERIES_NUMBER = 9101  # the series of the output ``sr``, whatever the application
@@ -54,7 +63,7 @@ def _measurement_groups(
     symphysis = [hd.sr.FindingSite(fc.SYMPHYSIS_PUBIS)]
 
     def tracking(kind: str, identifier: str) -> hd.sr.TrackingIdentifier:
-        return hd.sr.TrackingIdentifier(uid=derive_uid(f"labour-{kind}", sr_instance_uid), identifier=identifier)
+        return hd.sr.TrackingIdentifier(uid=instance_derived(f"labour-{kind}", sr_instance_uid), identifier=identifier)
 
     if not result.analysed:
         return [
@@ -88,47 +97,83 @@ def _measurement_groups(
             ),
         )
 
-    def number(name: Code, value: float, unit: Code) -> list[hd.sr.Measurement]:
-        return [hd.sr.Measurement(name=name, value=round(value, 2), unit=unit, algorithm_id=algorithm_id)]
-
-    hsd: list[hd.sr.Measurement] = []
+    numbers = [number(fc.ANGLE_OF_PROGRESSION, result.geometry.aop_deg, fc.DEGREE, algorithm_id)]
     if result.hsd_mm is not None:
-        hsd = number(fc.HEAD_SYMPHYSIS_DISTANCE, result.hsd_mm, fc.MM)
-    elif result.geometry.hsd_px is not None:
-        hsd = number(fc.HEAD_SYMPHYSIS_DISTANCE, result.geometry.hsd_px, fc.PIXELS)
-    # (tracking kind, identifier, finding, finding sites, region, measurements, evaluations, purpose)
-    groups: list[tuple[str, str, Code, list[hd.sr.FindingSite] | None, np.ndarray | None, list, list, Code | None]]
-    groups = [
+        numbers.append(number(fc.HEAD_SYMPHYSIS_DISTANCE, result.hsd_mm, fc.MM, algorithm_id))
+    # (tracking kind, identifier, finding, region, measurements, evaluations, purpose)
+    groups: list[tuple[str, str, Code, np.ndarray | None, list, list, Code | None]] = [
         (
             "aop",
             "angle of progression",
             fc.FETAL_HEAD,
-            symphysis,
             graphics.angle,
-            number(fc.ANGLE_OF_PROGRESSION, result.geometry.aop_deg, fc.DEGREE),
+            numbers,
             [hd.sr.QualitativeEvaluation(fc.LABOUR_ASSESSMENT, fc.LABOUR_MEASURED)],
             None,
         ),
-        ("hsd", "head-symphysis distance", fc.FETAL_HEAD, symphysis, graphics.hsd, hsd, [], None),
-        ("axis", "pubic symphysis axis", fc.SYMPHYSIS_PUBIS, None, graphics.symphysis_axis, [], [], None),
-        ("tangent", "tangent to the fetal head", fc.FETAL_HEAD, symphysis, graphics.tangent, [], [], None),
-        ("ps", "pubic symphysis contour", fc.SYMPHYSIS_PUBIS, None, graphics.ps_contour, [], [], fc.OUTLINE),
-        ("fh", "fetal head contour", fc.FETAL_HEAD, None, graphics.fh_contour, [], [], fc.OUTLINE),
+        ("hsd", "head-symphysis distance", fc.FETAL_HEAD, graphics.hsd, [], [], None),
+        ("ps", "pubic symphysis contour", fc.SYMPHYSIS_PUBIS, graphics.ps_contour, [], [], fc.OUTLINE),
+        ("fh", "fetal head contour", fc.FETAL_HEAD, graphics.fh_contour, [], [], fc.OUTLINE),
     ]
     return [
         hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=tracking(kind, identifier),
             referenced_region=region(data),
             finding_type=finding,
-            finding_sites=sites,
             algorithm_id=algorithm_id,
             measurements=values or None,
             qualitative_evaluations=evaluations or None,
             geometric_purpose=purpose,
         )
-        for kind, identifier, finding, sites, data, values, evaluations, purpose in groups
+        for kind, identifier, finding, data, values, evaluations, purpose in groups
         if data is not None
     ]
+
+
+def number(name: Code, value: float, unit: Code, algorithm_id: hd.sr.AlgorithmIdentification) -> hd.sr.Measurement:
+    """A NUM to 0.01 with the symphysis pubis as its finding site (TID 300, below the group: no viewer label)."""
+    return hd.sr.Measurement(
+        name=name,
+        value=round(value, 2),
+        unit=unit,
+        algorithm_id=algorithm_id,
+        finding_sites=[hd.sr.FindingSite(fc.SYMPHYSIS_PUBIS)],
+    )
+
+
+def derived_measurements(
+    source: Dataset, result: LabourResult, decoded: DecodedImage
+) -> hd.sr.ContainerContentItem | None:
+    """TID 1500 Derived Imaging Measurements: the HSD in pixels when there is no calibration (its line the
+    SCOORD it is inferred from); ``None`` otherwise."""
+    if not result.analysed or result.hsd_mm is not None or result.geometry.hsd_px is None:
+        return None
+    graphics = labour_graphics(result, int(source.Rows), int(source.Columns))
+    if graphics.hsd is None:
+        return None
+    pixels = hd.sr.Measurement(
+        name=fc.HEAD_SYMPHYSIS_DISTANCE,
+        value=round(result.geometry.hsd_px, 2),
+        unit=fc.PIXELS,
+        algorithm_id=algorithm(result),
+        finding_sites=[hd.sr.FindingSite(fc.SYMPHYSIS_PUBIS)],
+        referenced_coordinates=[
+            hd.sr.CoordinatesForMeasurement(
+                graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+                graphic_data=graphics.hsd,
+                source_image=hd.sr.SourceImageForRegion(
+                    referenced_sop_class_uid=source.SOPClassUID,
+                    referenced_sop_instance_uid=source.SOPInstanceUID,
+                    referenced_frame_numbers=[decoded.frame_number] if decoded.frame_number else None,
+                ),
+            )
+        ],
+    )
+    container = hd.sr.ContainerContentItem(
+        name=fc.DERIVED_IMAGING_MEASUREMENTS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+    container.ContentSequence = pixels  # a TID 300 template is the content sequence of its one NUM
+    return container
 
 
 def report_comments(result: LabourResult, decoded: DecodedImage) -> list[str]:
@@ -156,7 +201,7 @@ def report_comments(result: LabourResult, decoded: DecodedImage) -> list[str]:
 def comment_lines(ctx: OutputContext) -> list[str]:
     """The report's comments, then the view line when the view router chose the application."""
     lines = report_comments(ctx.result_as(LabourResult), ctx.analysis.decoded)
-    return ctx.with_view_line(lines)
+    return ctx.with_context_lines(lines)
 
 
 def _shape(ctx: OutputContext) -> tuple[object, ...]:
@@ -184,20 +229,13 @@ def _slots(ctx: OutputContext) -> dict[str, tuple[str, object]]:
         f"comment.{i}": ("TextValue", line[:1024]) for i, line in enumerate(comment_lines(ctx))
     }
     if not result.analysed:
-        slots["uid.tracking"] = ("UID", derive_uid("labour-tracking", ctx.uids.instance))
+        slots["uid.tracking"] = ("UID", ctx.uids.derived("labour-tracking"))
         return slots
     graphics = labour_graphics(result, int(ctx.source.Rows), int(ctx.source.Columns))
-    regions = {
-        "aop": graphics.angle,
-        "hsd": graphics.hsd,
-        "axis": graphics.symphysis_axis,
-        "tangent": graphics.tangent,
-        "ps": graphics.ps_contour,
-        "fh": graphics.fh_contour,
-    }
+    regions = {"aop": graphics.angle, "hsd": graphics.hsd, "ps": graphics.ps_contour, "fh": graphics.fh_contour}
     for kind, data in regions.items():
         if data is not None:
-            slots[f"uid.{kind}"] = ("UID", derive_uid(f"labour-{kind}", ctx.uids.instance))
+            slots[f"uid.{kind}"] = ("UID", ctx.uids.derived(f"labour-{kind}"))
             slots[f"graphic.{kind}"] = ("GraphicData", data.ravel())
     numbers = {
         "aop": result.geometry.aop_deg,
@@ -211,7 +249,9 @@ def _slots(ctx: OutputContext) -> dict[str, tuple[str, object]]:
 
 
 # Revision 1: the view line ("Recognised view: intrapartum transperineal view (97%; ...)") added to the comments.
-@register_output("sr", applications=[APPLICATION], revision=1, fast=FastPath(_shape, _slots))
+# Revision 2: the numbers in the angle's group with the symphysis as their finding site (no group finding sites),
+# the HSD in pixels under Derived Imaging Measurements, no separate symphysis axis and tangent groups.
+@register_output("sr", applications=[APPLICATION], revision=2, fast=FastPath(_shape, _slots))
 def build_labour_report(ctx: OutputContext) -> hd.sr.Comprehensive3DSR:
     """Build the SR; raises :class:`EncodingError` with the reason if the content is refused."""
     source, result, decoded = ctx.source, ctx.result_as(LabourResult), ctx.analysis.decoded
@@ -233,6 +273,9 @@ def build_labour_report(ctx: OutputContext) -> hd.sr.Comprehensive3DSR:
                 for line in comment_lines(ctx)
             ]
         )
+        derived = derived_measurements(source, result, decoded)
+        if derived is not None:  # TID 1500: after the Imaging Measurements, before the Qualitative Evaluations
+            report[0].ContentSequence.append(derived)
         report[0].ContentSequence.append(container)
         sr = hd.sr.Comprehensive3DSR(content=report[0], **report_kwargs(ctx, series_number=SERIES_NUMBER))
     except (ValueError, TypeError, AttributeError) as exc:
