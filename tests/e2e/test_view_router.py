@@ -1,6 +1,6 @@
 """The view router on real peers: dataset images of other views, wrapped as US DICOM by `fetalnode wrap`, sent
 with DCMTK storescu to a real node, reach Orthanc as reports that say "no application for this view" and hold
-no measurement; so does a transperineal image the view model calls a head (the router's cross-check); a head
+no measurement; a transperineal image an earlier view model called a head gets no head finding; a head
 sent beside them still gets its HC, and so does a head carrying a scanner's callipers and banner text."""
 
 from __future__ import annotations
@@ -71,17 +71,17 @@ def test_images_of_other_views_get_no_application_and_no_numbers(make_node, orth
         assert reason[:1].upper() + reason[1:] in content["comments"]
         assert any(c.startswith(line) for c in content["comments"]), content["comments"]
         assert reason.upper() in sc.ImageComments and "HC " not in sc.ImageComments
-    # A held-out transperineal image the view model calls a head (83%): the labour model finds its symphysis.
+    # A held-out transperineal image that fetal-view 0.1.0 called a head (83%; its cross-check made the view
+    # uncertain): whatever the view model says of it now, it gets no head finding and no HC.
     src = dcmread(hard, stop_before_pixels=True)
     job = jobs[src.SOPInstanceUID]
-    assert job.result["view"]["top"] == View.AXIAL_FETAL_HEAD and job.result["view"]["label"] == View.UNKNOWN
-    assert job.result["reason"] == "not analysed: view uncertain, no application for this view", job.result
-    assert job.result["hc_mm"] is None and job.result["finding"] == ""
+    assert job.result["application"] in {"labour-progress", "view-router"}, job.result
+    assert job.result.get("hc_mm") is None and job.result.get("finding", "") == "", job.result
+    if job.result["application"] == "view-router":
+        assert job.result["view"]["label"] == View.UNKNOWN and "no application for this view" in job.result["reason"]
     [sr], [sc] = outputs_in_study(orthanc, src.StudyInstanceUID)
     content = sr_content(sr)
-    assert content["evaluations"] == {"AI assessment of fetal head": "Not analysed: no application for this view"}
-    assert content["measurements"] == {} and content["regions"] == {}, "no number, nothing drawn"
-    assert any(c.startswith("View uncertain: the view model says") for c in content["comments"]), content
+    assert "Head Circumference" not in content["measurements"], content
     assert "HC " not in sc.ImageComments
     src = dcmread(head, stop_before_pixels=True)
     job = jobs[src.SOPInstanceUID]
