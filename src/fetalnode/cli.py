@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -222,11 +223,28 @@ def cmd_train(args: argparse.Namespace) -> int:
         from fetalnode.training.view import ViewRecipe, train_view
 
         folders = _view_folders(args)
-        vrecipe = _override(ViewRecipe(seed=args.seed), args, ("epochs", "max_minutes", "limit", "lr", "patience"))
+        vrecipe = _override(
+            ViewRecipe(seed=args.seed),
+            args,
+            (
+                "epochs",
+                "max_minutes",
+                "limit",
+                "lr",
+                "patience",
+                "scanner_augment",
+                "balance",
+                "leave_out",
+                "threshold_weighting",
+                "median",
+            ),
+        )
         if args.size:
             vrecipe.size = args.size
         try:
-            meta = train_view(folders, Path(args.out), vrecipe, bundle_name, args.version, Path(args.head_models))
+            meta = train_view(
+                folders, Path(args.out), vrecipe, bundle_name, args.version, Path(args.head_models), _command_line()
+            )
         except ValueError as exc:  # a folder in no known format, a view without training images
             log.error("%s", exc)
             return 2
@@ -286,6 +304,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     print(json.dumps(meta["metrics"], indent=2, default=str))
     return 0
+
+
+def _command_line() -> str:
+    """This process's command line as a user types it (``fetalnode ...``), for a model card."""
+    return shlex.join(["fetalnode", *sys.argv[1:]])
 
 
 def _view_folders(args: argparse.Namespace) -> list[Path]:
@@ -349,8 +372,22 @@ def cmd_models_finalize(args: argparse.Namespace) -> int:
     if read_metadata(Path(args.bundle))["task"] == "view":
         if args.gate:
             raise SystemExit("--gate is for segmentation bundles")
-        from fetalnode.training.view import finalize_view_bundle, remeasure_node_check
+        from fetalnode.training.view import (
+            add_history,
+            finalize_view_bundle,
+            record_source_holdout,
+            remeasure_node_check,
+        )
 
+        if args.source_holdout or args.history:
+            try:
+                runs = record_source_holdout(Path(args.bundle), [Path(r) for r in args.source_holdout or []])
+            except ValueError as exc:
+                log.error("%s", exc)
+                return 2
+            add_history(Path(args.bundle), args.history or [])
+            print(json.dumps({"source_holdout": [r["left_out_source"] for r in runs]}, indent=2, default=str))
+            return 0
         if args.data or args.data_root:
             try:
                 check = remeasure_node_check(Path(args.bundle), _view_folders(args), Path(args.models_dir))
@@ -503,6 +540,36 @@ def build_parser() -> argparse.ArgumentParser:
         "whole-node check on the test images of other views (default models)",
     )
     sp.add_argument("--size", type=int, help="view only: network input side in pixels (default 112)")
+    sp.add_argument(
+        "--scanner-augment",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="view only: draw what scanners add to a frame at random (burned-in text, callipers, sector masks, "
+        "grey maps, Doppler boxes, gain, speckle, blur, JPEG) with stronger zoom and geometry (default on; "
+        "--no-scanner-augment: the augmentation of fetal-view 0.1.0)",
+    )
+    sp.add_argument(
+        "--median",
+        type=int,
+        help="view only: a median filter of this size as the network's first layer (default 0: none)",
+    )
+    sp.add_argument(
+        "--balance",
+        choices=["origin", "folder"],
+        help="view only: within a class each acquisition source weighs the same (origin, default) or each "
+        "folder (folder: fetal-view 0.1.0)",
+    )
+    sp.add_argument(
+        "--threshold-weighting",
+        choices=["image", "class"],
+        help="view only: how validation images weigh when the abstain threshold is chosen: each the same (image, "
+        "default) or 1 / images of its class (class: fetal-view 0.1.0)",
+    )
+    sp.add_argument(
+        "--leave-out",
+        help="view only: train without the axial heads of this source (hc18, fba_roboflow, fetal_planes_db) and "
+        "report how its images are routed (leave-one-source-out)",
+    )
     sp.add_argument("--out", required=True, help="bundle folder to write, e.g. models/hc18-headseg")
     sp.add_argument(
         "--seg-model",
@@ -603,7 +670,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--patience",
         type=int,
         help="early-stopping patience in epochs (default: segmentation and labour-segmentation 15, classifier 12, "
-        "view 8)",
+        "view 12)",
     )
     sp.add_argument("--seed", type=int, default=20261124)
     sp.add_argument("--threads", type=int, default=2)
@@ -682,6 +749,17 @@ def build_parser() -> argparse.ArgumentParser:
         "model card is rewritten)",
     )
     mf.add_argument("--data-root", help="view bundle: also every sub-folder of this folder, as in `train view`")
+    mf.add_argument(
+        "--source-holdout",
+        action="append",
+        help="view bundle (repeatable): a leave-one-source-out run's bundle (`train view --leave-out`); its "
+        "figures on the left-out source go into this bundle's metadata and model card (weights untouched)",
+    )
+    mf.add_argument(
+        "--history",
+        action="append",
+        help="view bundle (repeatable): a line for the model card's history (what changed, why)",
+    )
     mf.add_argument(
         "--models-dir",
         default="models",

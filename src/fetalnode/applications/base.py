@@ -64,6 +64,12 @@ class Setup:
 
         return decoded or decode_for_analysis(ds, self.max_pixels, self.max_frames)
 
+    def decode_frame(self, ds: Dataset, index: int) -> DecodedImage:
+        """Frame ``index`` (0-based) of a cine."""
+        from fetalnode.intake import decode_for_analysis
+
+        return decode_for_analysis(ds, self.max_pixels, self.max_frames, index)
+
 
 class Application(Protocol):
     """One clinical application.
@@ -108,6 +114,31 @@ class RecognisesItsView(Protocol):
 
     def recognises(self, decoded: DecodedImage) -> Recognition | None:
         """What it found (``None``: nothing of its view); raises InferenceError when its model fails."""
+        ...
+
+
+@dataclass(frozen=True)
+class Claim:
+    """How well an application recognises its own view in one frame, by its own model: ``score`` in [0, 1]
+    (the head application: the plausibility of the fitted skull, 0 when its gate refuses it) and what it
+    found, in words."""
+
+    score: float
+    found: str  # a clause: "a well-fitted skull (fit 0.93) was found by the head segmentation hc18-headseg 0.3.0"
+    model: tuple[str, str]
+    measure: str = "score"  # what the score is, in words ("skull fit")
+
+
+@runtime_checkable
+class ClaimsItsView(Protocol):
+    """An application whose own check can recognise its view with high confidence (the head application's gate
+    on a well-fitted skull): the view router lets it claim a frame the view model is unsure about, and asks it
+    which frame of a cine it recognises best."""
+
+    name: str
+
+    def claim(self, decoded: DecodedImage) -> Claim:
+        """How well it recognises its view in ``decoded``; raises InferenceError when its model fails."""
         ...
 
 

@@ -137,7 +137,7 @@ def _heatmap_slots(ctx: OutputContext) -> dict[str, tuple[str, object]]:
 
 
 def _heatmap_shape(ctx: OutputContext) -> tuple[object, ...]:
-    return ("head", ctx.result_as(AnalysisResult).cls_model)  # + template.context_key
+    return ("head", ctx.result_as(AnalysisResult).cls_model, ctx.analysis.decoded.frame_number)  # + context_key
 
 
 @register_output(
@@ -153,7 +153,7 @@ def build_heatmap_capture(ctx: OutputContext) -> hd.sc.SCImage:
         description="fetalnode AI heatmap - research use only",
         comments=comments,
         derivation="Grad-CAM saliency of the fetalnode classifier fused over the source image",
-        frame_number=None,
+        frame_number=ctx.analysis.decoded.frame_number,
     )
 
 
