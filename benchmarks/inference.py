@@ -176,7 +176,7 @@ def child(rounds: int, mode: str) -> dict[str, Any]:
 def router_child(rounds: int) -> dict[str, Any]:
     """The router's per-image cost (p50 ms) on heads and on other views, and its cost per extra cine frame."""
     from fetalnode.applications.registry import build_application
-    from fetalnode.applications.router import ViewRouter
+    from fetalnode.applications.view_router.application import ViewRouter
     from fetalnode.config import load_settings
     from fetalnode.intake import US_MULTIFRAME, decode_for_analysis
     from fetalnode.wrap import wrap_png

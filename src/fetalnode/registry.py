@@ -19,6 +19,20 @@ from fetalnode.errors import ConfigError
 
 T = TypeVar("T")
 
+# The built-in applications, one package each (``applications/<name>/``): its ``application`` module registers
+# the application, ``writers`` its output writers, ``findings`` the reader of its report. Adding a built-in
+# application is its folder and one line here; a plugin (``node.plugins``) registers itself on import instead.
+BUILTIN_APPLICATIONS = (
+    "fetalnode.applications.fetal_head",
+    "fetalnode.applications.labour_progress",
+    "fetalnode.applications.view_router",
+)
+
+
+def builtin_modules(module: str) -> tuple[str, ...]:
+    """The module ``module`` of each built-in application (``"writers"``: the writers of all of them)."""
+    return tuple(f"{package}.{module}" for package in BUILTIN_APPLICATIONS)
+
 
 class Registry(Generic[T]):
     """Entries by name; registering a different entry under a taken name is a configuration error."""

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 
+from fetalnode.applications.fetal_head import codes as fhc
 from fetalnode.config import load_settings
 from fetalnode.destinations.folder import folder_destination
 from fetalnode.intake import physical_spacing
@@ -133,7 +134,7 @@ def test_head_codes_and_drawable_geometry(written) -> None:
         assert ref.ReferencedSOPInstanceUID == source.SOPInstanceUID
         assert ref.ReferencedSOPClassUID == source.SOPClassUID
         assert ([int(ref.ReferencedFrameNumber)] if "ReferencedFrameNumber" in ref else None) == frames
-        assert group.finding_type == fc.HEAD_STRUCTURE
+        assert group.finding_type == fhc.HEAD_STRUCTURE
         points[name] = (roi.GraphicType, np.array(roi.GraphicData, dtype=np.float64).reshape(-1, 2))
     kind, ellipse = points["fetal head ellipse"]
     assert kind == "ELLIPSE" and ellipse.shape == (4, 2)
@@ -163,10 +164,10 @@ def test_head_codes_and_drawable_geometry(written) -> None:
     )
     hc, bpd, ofd = (
         (c.value, c.scheme_designator)
-        for c in (fc.HEAD_CIRCUMFERENCE, fc.BIPARIETAL_DIAMETER, fc.OCCIPITAL_FRONTAL_DIAMETER)
+        for c in (fhc.HEAD_CIRCUMFERENCE, fhc.BIPARIETAL_DIAMETER, fhc.OCCIPITAL_FRONTAL_DIAMETER)
     )
     assert hc == ("11984-2", "LN")
-    finding = fc.finding_confidence_code(summary["finding"], bool(summary["malformation_type"]))
+    finding = fhc.finding_confidence_code(summary["finding"], bool(summary["malformation_type"]))
     assert float(measured["fetal head"].pop((finding.value, fc.SCHEME))) == pytest.approx(
         summary["confidence"] * 100, abs=0.01
     )

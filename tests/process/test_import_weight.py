@@ -18,7 +18,7 @@ def test_scale_out_module_imports_neither_inference_nor_output_writers() -> None
     probe = (
         "import sys, fetalnode.distributed, fetalnode.runner, fetalnode.jobs\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in {'torch', 'highdicom', 'monai'}"
-        " or m.startswith(('fetalnode.inference', 'fetalnode.applications', 'fetalnode.outputs.report',"
+        " or m.startswith(('fetalnode.inference', 'fetalnode.applications', 'fetalnode.applications.fetal_head.report',"
         " 'fetalnode.outputs.capture')))\n"
         "print(heavy)"
     )

@@ -18,16 +18,17 @@ from pydicom.dataset import Dataset
 
 from fetalnode.applications.base import Analysis, ClaimsItsView
 from fetalnode.applications.registry import build_application, register_application
-from fetalnode.applications.router import NAME, ViewRouter, frame_indices, router_routes
+from fetalnode.applications.view_router import codes as vrc
+from fetalnode.applications.view_router.application import NAME, ViewRouter, frame_indices, router_routes
+from fetalnode.applications.view_router.result import NoApplication
 from fetalnode.config import Settings, load_settings
 from fetalnode.errors import ConfigError, InferenceError
 from fetalnode.inference import AnalysisResult
 from fetalnode.inference.bundle import load_bundle
 from fetalnode.inference.view import ClaimRule, ViewModel, view_input
 from fetalnode.intake import US_MULTIFRAME, DecodedImage, decode_for_analysis
-from fetalnode.orthanc.findings import read_finding
 from fetalnode.outcomes import Received, Verdict
-from fetalnode.outputs import codes as fc
+from fetalnode.outputs.findings import read_finding
 from fetalnode.runner import Runtime, run_job
 from fetalnode.runtime import build_runtime
 from fetalnode.training.data import load_gray
@@ -126,11 +127,11 @@ def test_other_views_are_not_analysed_in_any_output(runtime: Runtime) -> None:
         reason = f"not analysed: {words}, no application for this view"
         assert summary["application"] == NAME and summary["reason"] == reason, summary
         assert summary["view"]["model"].startswith("fetal-view/")
-        assert not summary["analysed"] and summary["finding"] == "" and summary["hc_mm"] is None
+        assert not summary["analysed"] and summary["finding"] == "" and "hc_mm" not in summary
         assert set(built) == {"sr", "sc", "gsps"}, "no SEG or OB-GYN report for an image no application looked at"
         found = read_finding(built["sr"])
         assert found["readable"], found
-        assert found["assessment"] == fc.NO_APPLICATION.meaning
+        assert found["assessment"] == vrc.NO_APPLICATION.meaning
         assert (found["hc_mm"], found["bpd_mm"], found["confidence_pct"], found["malformation_type"]) == (
             None,
             None,
@@ -180,7 +181,7 @@ def test_below_the_abstain_threshold_the_view_is_unknown(runtime: Runtime) -> No
     assert analysis.application == NAME and analysis.view is not None
     assert analysis.view.label is View.UNKNOWN and analysis.view.top is View.AXIAL_FETAL_HEAD
     assert analysis.result.reason == "not analysed: view not recognised, no application for this view"
-    assert not analysis.result.analysed and analysis.result.biometry is None
+    assert isinstance(analysis.result, NoApplication), "no head result, no biometry"
 
 
 HARD_PSFHS = DATA / "view_hard" / "psfhs_04616.png"
@@ -215,6 +216,7 @@ def test_a_transperineal_image_the_view_model_calls_a_head_gets_no_head_finding(
     assert summary["reason"] == "not analysed: view uncertain, no application for this view"
     found = read_finding(built["sr"])
     assert found["application"] == "view-router" and found["hc_mm"] is None
+    assert found["assessment"] == vrc.VIEW_UNCERTAIN.meaning, "coded as uncertain, not as a view without application"
     assert any(c.startswith("View uncertain: the view model says axial fetal head") for c in found["comments"])
     assert "VIEW UNCERTAIN" in built["sc"].ImageComments.upper() and "HC " not in built["sc"].ImageComments
 
@@ -307,7 +309,7 @@ class Stub:
 
 def test_a_route_to_an_unregistered_application_is_dropped_with_a_warning(caplog) -> None:
     routes = {"axial_fetal_head": "fetal-head", "intrapartum_transperineal": "no-such-application"}
-    with caplog.at_level(logging.WARNING, logger="fetalnode.applications.router"):
+    with caplog.at_level(logging.WARNING, logger="fetalnode.applications.view_router.application"):
         router = build_application(settings(**{"router.applications": routes}))
     assert "'no-such-application'" in caplog.text and "not registered" in caplog.text
     assert isinstance(router, ViewRouter) and set(router.routes) == {View.AXIAL_FETAL_HEAD}
@@ -362,7 +364,7 @@ def test_router_configuration_is_checked(tmp_path: Path) -> None:
 def test_the_earlier_name_of_the_head_view_is_read_with_a_deprecation_warning(tmp_path: Path, caplog) -> None:
     cfg = tmp_path / "node.toml"
     cfg.write_text('[router.applications]\nsecond_trimester_head = "fetal-head"\nnot_fetal = ""\n')
-    with caplog.at_level(logging.WARNING, logger="fetalnode.applications.router"):
+    with caplog.at_level(logging.WARNING, logger="fetalnode.applications.view_router.application"):
         assert router_routes(load_settings(cfg, env={})) == {View.AXIAL_FETAL_HEAD: "fetal-head"}
     assert "'second_trimester_head' is deprecated" in caplog.text and "'axial_fetal_head'" in caplog.text
     # beside the new name, the new name wins; the old one mapped to "" turns the head off as before

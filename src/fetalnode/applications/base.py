@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
@@ -11,10 +11,25 @@ from pydicom.dataset import Dataset
 
 if TYPE_CHECKING:
     from fetalnode.config import Settings
-    from fetalnode.inference import AnalysisResult
-    from fetalnode.inference.labour import LabourResult
     from fetalnode.inference.view import ViewPrediction
     from fetalnode.intake import DecodedImage
+
+
+class Result(Protocol):
+    """What the runner, the job store and ``fetalnode analyze`` read of any application's result; its writers
+    read the rest of it as the type they know (``ctx.result_as(HeadResult)``)."""
+
+    @property
+    def analysed(self) -> bool:
+        """Whether the application has something valid to say about the image (else ``reason`` says why)."""
+        ...
+
+    @property
+    def reason(self) -> str: ...
+
+    def summary(self) -> Mapping[str, Any]:
+        """The result as JSON-able values."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -22,7 +37,7 @@ class Analysis:
     """An application's answer for one image: what the output writers read."""
 
     application: str
-    result: AnalysisResult | LabourResult
+    result: Result
     decoded: DecodedImage
     models: tuple[tuple[str, str], ...]
     # The view the router recognised (None when no router chose the application).

@@ -5,17 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from fetalnode.registry import Registry
+from fetalnode.registry import Registry, builtin_modules
 
 if TYPE_CHECKING:
     from fetalnode.applications.base import Application
     from fetalnode.config import Settings
 
 Factory = Callable[["Settings"], "Application"]
-APPLICATIONS: Registry[Factory] = Registry(
-    "application",
-    builtins=("fetalnode.applications.fetal_head", "fetalnode.applications.labour_progress", "fetalnode.applications.router"),
-)
+APPLICATIONS: Registry[Factory] = Registry("application", builtins=builtin_modules("application"))
 register_application = APPLICATIONS.register  # @register_application("name") on factory(settings) -> Application
 
 

@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset
 
 from fetalnode.errors import ConfigError, EncodingError
 from fetalnode.outputs.uids import ObjectUids, object_uids
-from fetalnode.registry import Registry
+from fetalnode.registry import Registry, builtin_modules
 
 if TYPE_CHECKING:
     from fetalnode.applications.base import Analysis
@@ -145,17 +145,7 @@ class OutputWriter:
 
 
 ANY_APPLICATION = ""
-OUTPUTS: Registry[OutputWriter] = Registry(
-    "output",
-    builtins=(
-        "fetalnode.outputs.report",
-        "fetalnode.outputs.capture",
-        "fetalnode.outputs.presentation",
-        "fetalnode.outputs.segmentation",
-        "fetalnode.outputs.obgyn",
-        "fetalnode.outputs.labour",
-    ),
-)
+OUTPUTS: Registry[OutputWriter] = Registry("output", builtins=builtin_modules("writers"))
 
 
 def register_output(

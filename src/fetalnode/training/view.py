@@ -861,8 +861,8 @@ def node_check(view_bundle: Path, images: list[ViewImage], models_dir: Path) -> 
 
     from fetalnode.applications.fetal_head import NAME as HEAD
     from fetalnode.applications.labour_progress import NAME as LABOUR
-    from fetalnode.applications.router import ViewRouter
-    from fetalnode.applications.router import load as load_router
+    from fetalnode.applications.view_router.application import ViewRouter
+    from fetalnode.applications.view_router.application import load as load_router
     from fetalnode.config import Settings
     from fetalnode.inference.labour import LabourResult
     from fetalnode.wrap import wrap_png

@@ -46,22 +46,17 @@ from fetalnode.applications.base import (
     run_models,
 )
 from fetalnode.applications.registry import APPLICATIONS, register_application
+from fetalnode.applications.view_router import NAME
+from fetalnode.applications.view_router.result import NO_APPLICATION, NoApplication, not_analysed_reason
 from fetalnode.config import Settings
 from fetalnode.errors import ConfigError, InferenceError
-from fetalnode.inference import AnalysisResult
 from fetalnode.inference.bundle import load_bundle
 from fetalnode.inference.view import ViewModel, ViewPrediction
 from fetalnode.intake import DecodedImage, check_header
 from fetalnode.vocab import RENAMED_VIEWS, View
 
 log = logging.getLogger(__name__)
-NAME = "view-router"
-NO_APPLICATION = "no application for this view"
-
-
-def not_analysed_reason(view: View, uncertain: bool = False) -> str:
-    """Why an image got no application: its view, or "view uncertain" when the cross-check disagreed."""
-    return f"not analysed: {'view uncertain' if uncertain else view.words}, {NO_APPLICATION}"
+__all__ = ["NAME", "NO_APPLICATION", "ViewRouter", "load", "not_analysed_reason", "router_routes"]
 
 
 @dataclass
@@ -188,13 +183,7 @@ class ViewRouter:
         model = view.model
         application = self.routes.get(view.label)
         if application is None:
-            result = AnalysisResult(
-                analysed=False,
-                reason=not_analysed_reason(view.label, bool(view.conflict)),
-                seg_model=model,
-                cls_model=model,
-                fused_rgb=decoded.display_rgb.copy(),
-            )
+            result = NoApplication.of(view.label, bool(view.conflict), model, decoded.display_rgb)
             # A cross-check's model decided too: it is one of the models behind every output.
             models = (model, view.conflict_model) if view.conflict_model else (model,)
             return Analysis(NAME, result, decoded, models, view=view)

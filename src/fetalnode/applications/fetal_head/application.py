@@ -9,6 +9,7 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 
 from fetalnode.applications.base import Analysis, Claim, Setup, run_models
+from fetalnode.applications.fetal_head import NAME
 from fetalnode.applications.registry import register_application
 from fetalnode.config import Settings
 from fetalnode.inference import Analyzer
@@ -16,7 +17,6 @@ from fetalnode.inference.analyzer import HeadLocation
 from fetalnode.intake import DecodedImage
 
 log = logging.getLogger(__name__)
-NAME = "fetal-head"
 
 
 @dataclass
