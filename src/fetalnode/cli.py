@@ -456,13 +456,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--host", help="listen address (node.host, default 127.0.0.1)")
     sp.add_argument("--port", type=int, help="listen port (node.port)")
     sp.add_argument("--ae-title", help="this node's AE title (node.ae_title)")
-    sp.add_argument("--orthanc-url", help="Orthanc REST URL (orthanc.url)")
+    sp.add_argument(
+        "--orthanc-url",
+        help="Orthanc REST URL (orthanc.url: the destination `orthanc` while no [[destinations]] table exists)",
+    )
     sp.add_argument("--no-worker", action="store_true", help="receive only; run `fetalnode worker` separately")
     sp.add_argument(
         "--role",
         choices=[str(r) for r in Role],
-        help="node.role: all (SCP + worker, SQLite queue; default), terminal (SCP + spool + publish to the "
-        "broker), worker (consume from the broker, analyse, deliver to the destinations)",
+        help="node.role: all (SCP + analysis workers on this machine, SQLite queue; default), terminal (a "
+        "site: SCP, spool, pseudonymise and publish each image to the broker, re-identify the returned objects "
+        "and deliver them to the destinations), worker (the cloud: analyse the pseudonymised jobs of "
+        "broker.sites and return the objects to each job's site; it delivers nothing itself)",
     )
     sp.add_argument(
         "--broker-url",
@@ -473,7 +478,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("worker", help="run only the analysis worker on the node's job store")
     node_opts(sp)
-    sp.add_argument("--orthanc-url", help="Orthanc REST URL (orthanc.url)")
+    sp.add_argument(
+        "--orthanc-url",
+        help="Orthanc REST URL (orthanc.url: the destination `orthanc` while no [[destinations]] table exists)",
+    )
     sp.set_defaults(func=cmd_worker)
 
     sp = sub.add_parser(
@@ -612,7 +620,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--abnormal-weight",
         type=float,
         help="classifier only: weight of an extra normal-vs-abnormal term in the loss (cross-entropy of "
-        "P(normal), normals and abnormals weighted half each; default 1; 0: off, the recipe before 0.8.0)",
+        "P(normal), normals and abnormals weighted half each; default 1; 0: off)",
     )
     sp.add_argument(
         "--pretrain-data",
@@ -770,8 +778,8 @@ def build_parser() -> argparse.ArgumentParser:
     mf.set_defaults(func=cmd_models_finalize)
 
     sp = sub.add_parser("wrap", help="wrap PNG images as Ultrasound Image Storage DICOM files")
-    sp.add_argument("png", nargs="+")
-    sp.add_argument("--out", required=True)
+    sp.add_argument("png", nargs="+", help="PNG images (converted to 8-bit grayscale)")
+    sp.add_argument("--out", required=True, help="output folder: <PNG name>.dcm per image")
     sp.add_argument("--pixel-size-mm", type=float, help="calibration written as an ultrasound region")
     sp.add_argument("--rle", action="store_true", help="RLE Lossless transfer syntax")
     sp.set_defaults(func=cmd_wrap)
