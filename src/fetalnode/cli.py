@@ -11,6 +11,7 @@ import logging
 import shlex
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -369,7 +370,8 @@ def cmd_models_finalize(args: argparse.Namespace) -> int:
     from fetalnode.training.segmentation import finalize_segmentation_bundle
 
     torch.set_num_threads(args.threads)
-    if read_metadata(Path(args.bundle))["task"] == "view":
+    task = read_metadata(Path(args.bundle))["task"]
+    if task == "view":
         if args.gate:
             raise SystemExit("--gate is for segmentation bundles")
         from fetalnode.training.view import (
@@ -401,6 +403,12 @@ def cmd_models_finalize(args: argparse.Namespace) -> int:
         return 0
     if args.data_root:
         raise SystemExit("--data-root is for view bundles")
+    if args.history:
+        from fetalnode.inference.bundle import append_history
+
+        meta = append_history(Path(args.bundle), args.history, _model_card(task))
+        print(json.dumps({"history": meta["history"]}, indent=2, ensure_ascii=False))
+        return 0
     if args.gate:
         from fetalnode.training.segmentation import set_gate
 
@@ -416,6 +424,21 @@ def cmd_models_finalize(args: argparse.Namespace) -> int:
     meta = finalize_segmentation_bundle(Path(args.bundle))
     print(json.dumps({"runtime": meta["runtime"], "runtime_comparison": meta["runtime_comparison"]}, indent=2))
     return 0
+
+
+def _model_card(task: str) -> Callable[[dict[str, Any]], str]:
+    """The model card renderer of a bundle task other than ``view``."""
+    if task == "classification":
+        from fetalnode.training.classifier import cls_model_card
+
+        return cls_model_card
+    if task == "multiclass-segmentation":
+        from fetalnode.training.labour import labour_model_card
+
+        return labour_model_card
+    from fetalnode.training.segmentation import seg_model_card
+
+    return seg_model_card
 
 
 def cmd_wrap(args: argparse.Namespace) -> int:
@@ -766,7 +789,8 @@ def build_parser() -> argparse.ArgumentParser:
     mf.add_argument(
         "--history",
         action="append",
-        help="view bundle (repeatable): a line for the model card's history (what changed, why)",
+        help="any bundle (repeatable): a line for the model card's History (what changed, why); the weights and "
+        "every other step are left alone",
     )
     mf.add_argument(
         "--models-dir",
