@@ -1,8 +1,8 @@
-"""Per-stage CPU latency of one head image, the path before issue 20 and the node's path side by side.
+"""Per-stage CPU latency of one head image: the node's earlier inference path and its path now, side by side.
 
 .venv/bin/python -m benchmarks.inference [--rounds 20] [--threads 1,2] [--throughput]
 
-Before (commit bfcce80, rebuilt here from its pieces): view classifier in torch; ellipse agreement on
+Before (the earlier path, rebuilt here from its pieces; CHANGELOG.md says what changed): view classifier in torch; ellipse agreement on
 every pixel; classifier forward under ``no_grad`` then MONAI ``GradCAM`` (its own forward and a full
 backward) on the most probable type or normal; the overlay blended on every pixel. After (the node now):
 view classifier in onnxruntime (the bundle's ``runtime``); agreement on the ellipse's box; one classifier

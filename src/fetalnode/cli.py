@@ -11,6 +11,7 @@ import logging
 import shlex
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -369,7 +370,8 @@ def cmd_models_finalize(args: argparse.Namespace) -> int:
     from fetalnode.training.segmentation import finalize_segmentation_bundle
 
     torch.set_num_threads(args.threads)
-    if read_metadata(Path(args.bundle))["task"] == "view":
+    task = read_metadata(Path(args.bundle))["task"]
+    if task == "view":
         if args.gate:
             raise SystemExit("--gate is for segmentation bundles")
         from fetalnode.training.view import (
@@ -401,6 +403,12 @@ def cmd_models_finalize(args: argparse.Namespace) -> int:
         return 0
     if args.data_root:
         raise SystemExit("--data-root is for view bundles")
+    if args.history:
+        from fetalnode.inference.bundle import append_history
+
+        meta = append_history(Path(args.bundle), args.history, _model_card(task))
+        print(json.dumps({"history": meta["history"]}, indent=2, ensure_ascii=False))
+        return 0
     if args.gate:
         from fetalnode.training.segmentation import set_gate
 
@@ -416,6 +424,21 @@ def cmd_models_finalize(args: argparse.Namespace) -> int:
     meta = finalize_segmentation_bundle(Path(args.bundle))
     print(json.dumps({"runtime": meta["runtime"], "runtime_comparison": meta["runtime_comparison"]}, indent=2))
     return 0
+
+
+def _model_card(task: str) -> Callable[[dict[str, Any]], str]:
+    """The model card renderer of a bundle task other than ``view``."""
+    if task == "classification":
+        from fetalnode.training.classifier import cls_model_card
+
+        return cls_model_card
+    if task == "multiclass-segmentation":
+        from fetalnode.training.labour import labour_model_card
+
+        return labour_model_card
+    from fetalnode.training.segmentation import seg_model_card
+
+    return seg_model_card
 
 
 def cmd_wrap(args: argparse.Namespace) -> int:
@@ -456,13 +479,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--host", help="listen address (node.host, default 127.0.0.1)")
     sp.add_argument("--port", type=int, help="listen port (node.port)")
     sp.add_argument("--ae-title", help="this node's AE title (node.ae_title)")
-    sp.add_argument("--orthanc-url", help="Orthanc REST URL (orthanc.url)")
+    sp.add_argument(
+        "--orthanc-url",
+        help="Orthanc REST URL (orthanc.url: the destination `orthanc` while no [[destinations]] table exists)",
+    )
     sp.add_argument("--no-worker", action="store_true", help="receive only; run `fetalnode worker` separately")
     sp.add_argument(
         "--role",
         choices=[str(r) for r in Role],
-        help="node.role: all (SCP + worker, SQLite queue; default), terminal (SCP + spool + publish to the "
-        "broker), worker (consume from the broker, analyse, deliver to the destinations)",
+        help="node.role: all (SCP + analysis workers on this machine, SQLite queue; default), terminal (a "
+        "site: SCP, spool, pseudonymise and publish each image to the broker, re-identify the returned objects "
+        "and deliver them to the destinations), worker (the cloud: analyse the pseudonymised jobs of "
+        "broker.sites and return the objects to each job's site; it delivers nothing itself)",
     )
     sp.add_argument(
         "--broker-url",
@@ -473,7 +501,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("worker", help="run only the analysis worker on the node's job store")
     node_opts(sp)
-    sp.add_argument("--orthanc-url", help="Orthanc REST URL (orthanc.url)")
+    sp.add_argument(
+        "--orthanc-url",
+        help="Orthanc REST URL (orthanc.url: the destination `orthanc` while no [[destinations]] table exists)",
+    )
     sp.set_defaults(func=cmd_worker)
 
     sp = sub.add_parser(
@@ -612,7 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--abnormal-weight",
         type=float,
         help="classifier only: weight of an extra normal-vs-abnormal term in the loss (cross-entropy of "
-        "P(normal), normals and abnormals weighted half each; default 1; 0: off, the recipe before 0.8.0)",
+        "P(normal), normals and abnormals weighted half each; default 1; 0: off)",
     )
     sp.add_argument(
         "--pretrain-data",
@@ -758,7 +789,8 @@ def build_parser() -> argparse.ArgumentParser:
     mf.add_argument(
         "--history",
         action="append",
-        help="view bundle (repeatable): a line for the model card's history (what changed, why)",
+        help="any bundle (repeatable): a line for the model card's History (what changed, why); the weights and "
+        "every other step are left alone",
     )
     mf.add_argument(
         "--models-dir",
@@ -770,8 +802,8 @@ def build_parser() -> argparse.ArgumentParser:
     mf.set_defaults(func=cmd_models_finalize)
 
     sp = sub.add_parser("wrap", help="wrap PNG images as Ultrasound Image Storage DICOM files")
-    sp.add_argument("png", nargs="+")
-    sp.add_argument("--out", required=True)
+    sp.add_argument("png", nargs="+", help="PNG images (converted to 8-bit grayscale)")
+    sp.add_argument("--out", required=True, help="output folder: <PNG name>.dcm per image")
     sp.add_argument("--pixel-size-mm", type=float, help="calibration written as an ultrasound region")
     sp.add_argument("--rle", action="store_true", help="RLE Lossless transfer syntax")
     sp.set_defaults(func=cmd_wrap)

@@ -216,8 +216,8 @@ class RouteSettings:
 
 @dataclass
 class RoutingSettings:
-    """What happens to an image no ``[[routes]]`` rule matches (analyse: today's behaviour, images the
-    node cannot analyse are refused with a C-STORE status)."""
+    """What happens to an image no ``[[routes]]`` rule matches: ``analyse`` (the default; images the
+    node cannot analyse are refused with a C-STORE status), ``forward`` or ``ignore``."""
 
     default: str = "analyse"
 

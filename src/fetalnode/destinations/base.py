@@ -93,7 +93,7 @@ def same_pixels(ours: bytes, theirs: bytes) -> bool:
 
 def configured(settings: Settings) -> list[DestinationSettings]:
     """The ``[[destinations]]`` tables; without any, ``[orthanc]`` is the one destination ``orthanc``
-    (kind ``orthanc``, sending every enabled output), as before destinations had names."""
+    (kind ``orthanc``, sending every enabled output)."""
     if settings.destinations:
         return settings.destinations
     o = settings.orthanc

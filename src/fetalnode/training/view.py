@@ -958,7 +958,11 @@ def remeasure_node_check(bundle: Path, folders: list[Path], models_dir: Path) ->
 
 
 def view_reference(net: torch.nn.Module, size: int) -> list[dict[str, Any]]:
-    """Class probabilities of the shipped test images (``tests/data``), re-checked on every bundle load."""
+    """Class probabilities of the shipped test images (``tests/data``), stored in the bundle at training time.
+
+    ``load_bundle`` does not re-check them; the unit tests do (``tests/unit/test_router.py``), and
+    ``finalize_view_bundle`` takes onnxruntime only if it reproduces them.
+    """
     paths = sorted((REPO / "tests" / "data" / "hc18_mini" / "images").glob("*.png"))[:2]
     if VIEW_IMAGES.is_dir():
         paths += sorted(VIEW_IMAGES.glob("*/images/*.png"))
