@@ -62,10 +62,10 @@ def test_images_of_other_views_get_no_application_and_no_numbers(make_node, orth
         )
         reason = f"not analysed: {words}, no application for this view"
         assert job.result["application"] == "view-router" and job.result["reason"] == reason, job.result
-        assert job.result["hc_mm"] is None and job.result["finding"] == ""
+        assert "hc_mm" not in job.result and job.result["finding"] == ""
         [sr], [sc] = outputs_in_study(orthanc, src.StudyInstanceUID)
         content = sr_content(sr)
-        assert content["evaluations"] == {"AI assessment of fetal head": "Not analysed: no application for this view"}
+        assert content["evaluations"] == {"AI assessment of image view": "Not analysed: no application for this view"}
         assert content["measurements"] == {} and content["regions"] == {}, "no number, nothing drawn"
         assert content["comments"][0].startswith("RESEARCH USE ONLY")
         assert reason[:1].upper() + reason[1:] in content["comments"]

@@ -7,7 +7,7 @@ from pydicom.sr.coding import Code
 
 from fetalnode.outputs.codes import SCHEME
 
-# Labour progress (application ``labour-progress``, intrapartum transperineal ultrasound; issue 19).
+# Labour progress (application ``labour-progress``, intrapartum transperineal ultrasound).
 # PS3.16 has no concept for the angle of progression or the head-symphysis distance (pydicom 3.0's tables:
 # no intrapartum or labour CID; CID 12005 lists antepartum fetal biometry only), nor has LOINC as far as
 # could be checked here: both are private codes, in their own range FN01xx.
