@@ -92,6 +92,18 @@ class FindingReader:
     companions: tuple[Code, ...] = ()
 
 
+# The keys every finding has for the panel and the triage list, whichever application's (a reader gives its own).
+BLANK: dict[str, Any] = {
+    "abnormal": False,
+    "malformation_type": "",
+    "type_note": "",
+    "confidence_pct": None,
+    "hc_mm": None,
+    "bpd_mm": None,
+    "ofd_mm": None,
+    "ga_weeks_hadlock": None,
+}
+
 READERS: Registry[FindingReader] = Registry("findings reader", builtins=builtin_modules("findings"))
 
 
@@ -160,7 +172,7 @@ def read_finding(ds: Dataset) -> dict[str, Any]:
                 errors.append(str(exc))
                 continue
             if finding is not None:
-                return {**finding, **common}
+                return {**BLANK, **finding, **common}
         raise ValueError(errors[0] if errors else f"no finding that any application reads ({', '.join(READERS.names())})")
     except Exception as exc:  # any malformed SR: the panel says "unreadable report"
         return {"readable": False, "error": f"{type(exc).__name__}: {exc}", "notice": NOTICE}

@@ -28,19 +28,14 @@ from pydicom.sr.coding import Code
 from fetalnode import RESEARCH_NOTICE
 from fetalnode.applications.fetal_head import NAME
 from fetalnode.applications.fetal_head import codes as fhc
-from fetalnode.errors import EncodingError
 from fetalnode.inference import AnalysisResult
 from fetalnode.inference.ellipse import Ellipse
 from fetalnode.intake import DecodedImage
 from fetalnode.outputs import codes as fc
-from fetalnode.outputs.common import fetus_observation, report_kwargs
+from fetalnode.outputs.common import measurement_report
 from fetalnode.outputs.registry import OutputContext, register_output
 from fetalnode.outputs.template import FastPath
 from fetalnode.outputs.uids import instance_derived
-
-
-def _text(name: Code, value: str) -> hd.sr.TextContentItem:
-    return hd.sr.TextContentItem(name=name, value=value[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
 
 
 def _algorithm(result: AnalysisResult) -> hd.sr.AlgorithmIdentification:
@@ -263,24 +258,9 @@ def _slots(ctx: OutputContext) -> dict[str, tuple[str, object]]:
 def build_report(ctx: OutputContext) -> hd.sr.Comprehensive3DSR:
     """Build the SR; raises :class:`EncodingError` with the reason if highdicom refuses the content."""
     source, result, decoded = ctx.source, ctx.result_as(AnalysisResult), ctx.analysis.decoded
-    try:
-        observation = fetus_observation(ctx)
-        report = hd.sr.MeasurementReport(
-            observation_context=observation,
-            procedure_reported=fc.OB_ULTRASOUND,
-            imaging_measurements=_measurement_groups(source, result, decoded, ctx.uids.instance),
-        )
-        container = hd.sr.ContainerContentItem(
-            name=fc.QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
-        )
-        container.ContentSequence = hd.sr.ContentSequence([_text(fc.COMMENT, line) for line in _comment_lines(ctx)])
-        report[0].ContentSequence.append(container)
-        sr = hd.sr.Comprehensive3DSR(
-            content=report[0],
-            **report_kwargs(ctx, series_number=9101),
-        )
-    except (ValueError, TypeError, AttributeError) as exc:
-        raise EncodingError(f"SR could not be built: {exc}") from exc
-    sr.SeriesDescription = "fetalnode AI report - research use only"
-    sr.CodingSchemeIdentificationSequence = [fc.coding_scheme_identification()]
-    return sr
+    return measurement_report(
+        ctx,
+        lambda: _measurement_groups(source, result, decoded, ctx.uids.instance),
+        _comment_lines(ctx),
+        description="fetalnode AI report - research use only",
+    )

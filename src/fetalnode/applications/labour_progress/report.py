@@ -33,7 +33,7 @@ from fetalnode.errors import EncodingError
 from fetalnode.inference.labour import LabourResult
 from fetalnode.intake import DecodedImage
 from fetalnode.outputs import codes as fc
-from fetalnode.outputs.common import fetus_observation, report_kwargs
+from fetalnode.outputs.common import measurement_report
 from fetalnode.outputs.registry import OutputContext, register_output
 from fetalnode.outputs.template import FastPath
 from fetalnode.outputs.uids import instance_derived
@@ -256,31 +256,10 @@ def _slots(ctx: OutputContext) -> dict[str, tuple[str, object]]:
 def build_labour_report(ctx: OutputContext) -> hd.sr.Comprehensive3DSR:
     """Build the SR; raises :class:`EncodingError` with the reason if the content is refused."""
     source, result, decoded = ctx.source, ctx.result_as(LabourResult), ctx.analysis.decoded
-    try:
-        observation = fetus_observation(ctx)
-        report = hd.sr.MeasurementReport(
-            observation_context=observation,
-            procedure_reported=fc.OB_ULTRASOUND,
-            imaging_measurements=_measurement_groups(source, result, decoded, ctx.uids.instance),
-        )
-        container = hd.sr.ContainerContentItem(
-            name=fc.QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
-        )
-        container.ContentSequence = hd.sr.ContentSequence(
-            [
-                hd.sr.TextContentItem(
-                    name=fc.COMMENT, value=line[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
-                )
-                for line in comment_lines(ctx)
-            ]
-        )
-        derived = derived_measurements(source, result, decoded)
-        if derived is not None:  # TID 1500: after the Imaging Measurements, before the Qualitative Evaluations
-            report[0].ContentSequence.append(derived)
-        report[0].ContentSequence.append(container)
-        sr = hd.sr.Comprehensive3DSR(content=report[0], **report_kwargs(ctx, series_number=SERIES_NUMBER))
-    except (ValueError, TypeError, AttributeError) as exc:
-        raise EncodingError(f"SR could not be built: {exc}") from exc
-    sr.SeriesDescription = "fetalnode AI labour progress report - research use only"
-    sr.CodingSchemeIdentificationSequence = [fc.coding_scheme_identification()]
-    return sr
+    return measurement_report(
+        ctx,
+        lambda: _measurement_groups(source, result, decoded, ctx.uids.instance),
+        comment_lines(ctx),
+        description="fetalnode AI labour progress report - research use only",
+        derived=lambda: derived_measurements(source, result, decoded),
+    )

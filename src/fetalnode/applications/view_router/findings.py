@@ -31,14 +31,6 @@ def read(found: Content) -> dict[str, Any] | None:
         "application": NAME,
         "assessment": assessment.meaning,
         "analysed": False,
-        "abnormal": False,
-        "malformation_type": "",
-        "type_note": "",
-        "confidence_pct": None,
-        "hc_mm": None,
-        "bpd_mm": None,
-        "ofd_mm": None,
-        "ga_weeks_hadlock": None,
     }
 
 

@@ -16,14 +16,10 @@ from fetalnode import RESEARCH_NOTICE
 from fetalnode.applications.view_router import NAME
 from fetalnode.applications.view_router import codes as vrc
 from fetalnode.applications.view_router.result import NoApplication
-from fetalnode.errors import EncodingError
-from fetalnode.outputs import codes as fc
-from fetalnode.outputs.common import fetus_observation, report_kwargs
+from fetalnode.outputs.common import Group, measurement_report
 from fetalnode.outputs.registry import OutputContext, register_output
 from fetalnode.outputs.template import FastPath
 from fetalnode.outputs.uids import instance_derived
-
-SERIES_NUMBER = 9101  # the series of the output ``sr``, whatever the application
 
 
 def answer_lines(ctx: OutputContext) -> list[str]:
@@ -68,43 +64,25 @@ def _slots(ctx: OutputContext) -> dict[str, tuple[str, object]]:
 def build_report(ctx: OutputContext) -> hd.sr.Comprehensive3DSR:
     source, decoded = ctx.source, ctx.analysis.decoded
     frames = [decoded.frame_number] if decoded.frame_number else None
-    try:
-        group = hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(
-                uid=instance_derived("tracking", ctx.uids.instance), identifier="image view"
-            ),
-            algorithm_id=_algorithm(ctx),
-            source_images=[
-                hd.sr.SourceImageForMeasurementGroup(
-                    referenced_sop_class_uid=source.SOPClassUID,
-                    referenced_sop_instance_uid=source.SOPInstanceUID,
-                    referenced_frame_numbers=frames,
-                )
-            ],
-            qualitative_evaluations=[
-                hd.sr.QualitativeEvaluation(vrc.VIEW_ASSESSMENT, assessment(ctx.result_as(NoApplication)))
-            ],
-        )
-        report = hd.sr.MeasurementReport(
-            observation_context=fetus_observation(ctx),
-            procedure_reported=fc.OB_ULTRASOUND,
-            imaging_measurements=[group],
-        )
-        container = hd.sr.ContainerContentItem(
-            name=fc.QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
-        )
-        container.ContentSequence = hd.sr.ContentSequence(
-            [
-                hd.sr.TextContentItem(
-                    name=fc.COMMENT, value=line[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
-                )
-                for line in answer_lines(ctx)
-            ]
-        )
-        report[0].ContentSequence.append(container)
-        sr = hd.sr.Comprehensive3DSR(content=report[0], **report_kwargs(ctx, series_number=SERIES_NUMBER))
-    except (ValueError, TypeError, AttributeError) as exc:
-        raise EncodingError(f"SR could not be built: {exc}") from exc
-    sr.SeriesDescription = "fetalnode AI report - research use only"
-    sr.CodingSchemeIdentificationSequence = [fc.coding_scheme_identification()]
-    return sr
+
+    def group() -> list[Group]:
+        return [
+            hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=instance_derived("tracking", ctx.uids.instance), identifier="image view"
+                ),
+                algorithm_id=_algorithm(ctx),
+                source_images=[
+                    hd.sr.SourceImageForMeasurementGroup(
+                        referenced_sop_class_uid=source.SOPClassUID,
+                        referenced_sop_instance_uid=source.SOPInstanceUID,
+                        referenced_frame_numbers=frames,
+                    )
+                ],
+                qualitative_evaluations=[
+                    hd.sr.QualitativeEvaluation(vrc.VIEW_ASSESSMENT, assessment(ctx.result_as(NoApplication)))
+                ],
+            )
+        ]
+
+    return measurement_report(ctx, group, answer_lines(ctx), description="fetalnode AI report - research use only")
