@@ -8,7 +8,7 @@ OHIF_VERSION := 3.13.2
 OHIF := .ohif/package/dist/index.html
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-unit deps apt lint typecheck clean
+.PHONY: demo test test-unit deps apt lint typecheck layers clean
 
 deps: apt $(STAMP) $(OHIF)
 
@@ -46,6 +46,7 @@ demo: deps
 test: deps
 	$(VENV)/bin/ruff check src tests benchmarks samples harness
 	$(VENV)/bin/mypy src harness
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest -q
 
 # The fast lane (seconds): no processes, no sockets, no training runs. `make test` runs everything.
@@ -57,6 +58,10 @@ lint: deps
 
 typecheck: deps
 	$(VENV)/bin/mypy src harness
+
+# The import contracts of .importlinter: the layers, no cycles, what Orthanc's Python may load.
+layers: deps
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf .run .pytest_cache

@@ -1,11 +1,11 @@
-"""Issue 20's system targets before and after, in one run: ``benchmarks/throughput.py`` on a source tree
-of the code before (a git worktree of it, its own harness and ``src``) and on this one, one after the
-other on the same machine, then a table of target, before and after.
+"""The throughput targets on another version of the node and on this one, in one run: ``benchmarks/throughput.py``
+on a source tree of the other version (a checkout of another commit, with its own harness and ``src``) and on
+this one, one after the other on the same machine, then a table of target, before and after.
 
-    git worktree add /tmp/before bfcce80
-    .venv/bin/python -m benchmarks.compare --before /tmp/before [--n 200] [--rounds 2] [--load-n 1000]
+    git clone --quiet . ../before && git -C ../before checkout --quiet COMMIT
+    .venv/bin/python -m benchmarks.compare --before ../before [--n 200] [--rounds 2] [--load-n 1000]
 
-The before tree runs with this virtual environment's interpreter and packages (``PYTHONPATH`` puts its
+The other tree runs with this virtual environment's interpreter and packages (``PYTHONPATH`` puts its
 ``src`` and harness first); this tree's ``throughput.py`` is copied into it, so both run the same benchmark.
 """
 
@@ -57,7 +57,9 @@ def pick(result: dict[str, object], path: tuple[str, ...]) -> object:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--before", type=Path, required=True, help="source tree of the code before (git worktree)")
+    ap.add_argument(
+        "--before", type=Path, required=True, help="source tree of the other version (a checkout of another commit)"
+    )
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--load-n", type=int, default=1000)

@@ -1,8 +1,8 @@
-"""Per-stage CPU latency of one head image, the path before issue 20 and the node's path side by side.
+"""Per-stage CPU latency of one head image: the node's earlier inference path and its path now, side by side.
 
 .venv/bin/python -m benchmarks.inference [--rounds 20] [--threads 1,2] [--throughput]
 
-Before (commit bfcce80, rebuilt here from its pieces): view classifier in torch; ellipse agreement on
+Before (the earlier path, rebuilt here from its pieces; CHANGELOG.md says what changed): view classifier in torch; ellipse agreement on
 every pixel; classifier forward under ``no_grad`` then MONAI ``GradCAM`` (its own forward and a full
 backward) on the most probable type or normal; the overlay blended on every pixel. After (the node now):
 view classifier in onnxruntime (the bundle's ``runtime``); agreement on the ellipse's box; one classifier
@@ -13,6 +13,12 @@ model and the analyser. The segmentation network (onnxruntime) is the same. Ever
 load from other processes on the machine falls on both. ``--throughput`` also runs the after path in
 1 process x 2 threads and 2 processes x 1 thread at once, and prints images/s.
 Input: the decoded ``samples/*.dcm`` (decoding is not timed).
+
+The router: its per-image cost (``ViewRouter.classify``: the percentile scaling, the view model, the
+cross-check where the view model gives the intrapartum view at least ``router.cross_check_probability``, the
+head application's claim where the view model abstains) on the samples and on the images of other views in
+``tests/data/view_mini`` (wrapped as US DICOM), and the cost of each extra frame the router looks at in a cine
+(``router.cine_frames`` 5 against 1 on a 5-frame cine of the head samples: the whole analysis, decoding included).
 """
 
 from __future__ import annotations
@@ -167,6 +173,54 @@ def child(rounds: int, mode: str) -> dict[str, Any]:
     return out
 
 
+def router_child(rounds: int) -> dict[str, Any]:
+    """The router's per-image cost (p50 ms) on heads and on other views, and its cost per extra cine frame."""
+    from fetalnode.applications.registry import build_application
+    from fetalnode.applications.view_router.application import ViewRouter
+    from fetalnode.config import load_settings
+    from fetalnode.intake import US_MULTIFRAME, decode_for_analysis
+    from fetalnode.wrap import wrap_png
+
+    settings = load_settings(None, env={}, overrides={"models.dir": str(ROOT / "models")})
+    router = build_application(settings)
+    assert isinstance(router, ViewRouter)
+    heads = [dcmread(p) for p in sorted((ROOT / "samples").glob("*.dcm"))]
+    others = [wrap_png(p, pixel_size_mm=0.1) for p in sorted((ROOT / "tests/data/view_mini").glob("*/images/*.png"))]
+    out: dict[str, Any] = {}
+    for name, sets in (("heads", heads), ("other_views", others)):
+        times = []
+        for _ in range(rounds):
+            for ds in sets:
+                decoded = decode_for_analysis(ds, 10**8, 10)  # fresh: gray01 and the claim are computed per image
+                t0 = time.perf_counter()
+                router.classify(decoded)
+                times.append((time.perf_counter() - t0) * 1000)
+        out[f"router_{name}_ms_p50"] = float(np.median(times))
+        out[f"router_{name}_images"] = len(sets)
+    cine = copy.deepcopy(heads[2])  # a calibrated HC18 sample, 640 x 432, as a 5-frame cine of the HC18 samples
+    frames = [np.asarray(decode_for_analysis(h, 10**8, 10).gray, np.uint8) for h in heads[2:]]
+    frames = [f for f in frames if f.shape == frames[0].shape]
+    stack = [frames[i % len(frames)] for i in range(5)]
+    cine.SOPClassUID = cine.file_meta.MediaStorageSOPClassUID = US_MULTIFRAME
+    cine.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    cine.NumberOfFrames, cine.FrameIncrementPointer, cine.FrameTime = 5, (0x0018, 0x1063), 40.0
+    cine.PixelData = np.stack(stack).tobytes()
+    per: dict[int, float] = {}
+    for k in (1, 5):
+        looking = replace(router, cine_frames=k)
+        looking.analyse(cine)
+        times = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            looking.analyse(cine)
+            times.append((time.perf_counter() - t0) * 1000)
+        per[k] = float(np.median(times))
+    out["cine_5_frames_1_looked_ms_p50"] = per[1]
+    out["cine_5_frames_5_looked_ms_p50"] = per[5]
+    out["per_extra_frame_ms"] = (per[5] - per[1]) / 4
+    return out
+
+
 def spawn(threads: int, rounds: int, mode: str) -> subprocess.Popen[str]:
     cmd = [sys.executable, "-m", "benchmarks.inference", "--child", mode, "--threads", str(threads)]
     return subprocess.Popen([*cmd, "--rounds", str(rounds)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
@@ -184,11 +238,12 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=20, help="passes over the samples (default 20)")
     ap.add_argument("--threads", default="1,2", help="torch / onnxruntime threads per process, comma-separated")
     ap.add_argument("--throughput", action="store_true", help="also images/s of 1x2 and 2x1 processes x threads")
-    ap.add_argument("--child", choices=["latency", "throughput"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=["latency", "throughput", "router"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         torch.set_num_threads(int(args.threads))
-        print(json.dumps(child(args.rounds, args.child)))
+        result = router_child(args.rounds) if args.child == "router" else child(args.rounds, args.child)
+        print(json.dumps(result))
         return 0
     report: dict[str, Any] = {"images": len(load_images()), "rounds": args.rounds, "latency_ms_p50": {}}
     print(
@@ -202,6 +257,16 @@ def main() -> int:
     report["latency_ms_p50"] = {
         t: {k: {s: round(v, 1) for s, v in r[k].items()} for k in r} for t, r in results.items()
     }
+    report["router"] = {}
+    for t in args.threads.split(","):
+        r = collect(spawn(int(t), max(3, args.rounds // 4), "router"))
+        report["router"][int(t)] = {k: round(v, 1) if isinstance(v, float) else v for k, v in r.items()}
+        print(
+            f"router, {t} thread(s): {r['router_heads_ms_p50']:.1f} ms per head image, "
+            f"{r['router_other_views_ms_p50']:.1f} ms per image of another view (p50; view model, cross-check, claim); "
+            f"cine of 5 frames: {r['cine_5_frames_1_looked_ms_p50']:.0f} ms looking at 1, "
+            f"{r['cine_5_frames_5_looked_ms_p50']:.0f} ms at 5: {r['per_extra_frame_ms']:.1f} ms per extra frame"
+        )
     if args.throughput:
         rate = {}
         for processes, threads in ((1, 2), (2, 1)):

@@ -79,6 +79,9 @@ class OrthancProcess:
     ohif: bool = False  # the OHIF viewer at /ohif/ (implies dicomweb and fetalnode_plugin)
     read_only_users: dict[str, str] = field(default_factory=dict)
     options: dict[str, object] = field(default_factory=dict)  # further Orthanc settings, over the harness's
+    # Modules the fetalnode plugin imports (an application's findings reader from outside the source tree, as
+    # the node's ``node.plugins``), importable from the repository root.
+    plugins: tuple[str, ...] = ()
     _proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -136,6 +139,9 @@ class OrthancProcess:
         if self.fetalnode_plugin:
             # The plugin runs in Debian's embedded Python: where to find fetalnode and pydicom.
             fetalnode: dict[str, object] = {"SysPath": plugin_sys_path()}
+            if self.plugins:
+                fetalnode["SysPath"] = [*plugin_sys_path(), str(Path(__file__).resolve().parents[1])]
+                fetalnode["Plugins"] = list(self.plugins)
             if self.ohif:
                 if not (OHIF_DIST / "index.html").is_file():
                     raise HarnessError(f"the OHIF viewer is not installed in {OHIF_DIST}; run `make deps`")

@@ -285,8 +285,8 @@ def printed_film(p: Patient = PATIENT) -> PhiCase:
     from fetalnode.audit import AuditLog
     from fetalnode.jobs import JobStore
     from fetalnode.scp.printer import AssociationState, FilmBox, FilmSession, ImageBox, capture_dataset
-    from fetalnode.scp.server import Terminal
     from fetalnode.scp.spool import Spool
+    from fetalnode.scp.terminal import Terminal
 
     pixels = _burn(_sample_pixels(), p.banner())
     settings = Settings()

@@ -48,6 +48,34 @@ def sample_copies(n: int, folder: Path) -> list[Path]:
     return out
 
 
+@pytest.fixture(autouse=True)
+def _registries() -> Iterator[None]:
+    """What a test registers (an application, an output writer, a destination kind) is forgotten after it."""
+    from fetalnode.applications.registry import APPLICATIONS
+    from fetalnode.destinations.base import DESTINATION_KINDS
+    from fetalnode.outputs.registry import OUTPUTS
+
+    with APPLICATIONS.scoped(), OUTPUTS.scoped(), DESTINATION_KINDS.scoped():
+        yield
+
+
+# Each test folder is a lane: its tests carry its marker (``pytest -m unit`` runs tests/unit and nothing else).
+LANES = ("unit", "process", "network", "interop", "e2e", "browser")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    wrong = []
+    for item in items:
+        folder = item.path.parent.name
+        marks = {mark.name for mark in item.iter_markers()}
+        if folder not in LANES:
+            continue
+        if folder not in marks or (folder == "unit" and marks & set(LANES[1:])):
+            wrong.append(f"{item.nodeid} (marked {sorted(marks & set(LANES)) or 'none'})")
+    if wrong:
+        raise pytest.UsageError("tests outside their folder's lane:\n  " + "\n  ".join(wrong))
+
+
 def need(tool: str) -> None:
     if shutil.which(tool) is None:
         pytest.fail(f"{tool} is not installed: `make test` installs it (Debian package)")

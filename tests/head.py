@@ -112,7 +112,7 @@ class FixedHead:
         analysis = Analysis(APPLICATION, result, decoded, (SEG_MODEL, CLS_MODEL))
         if self.routed:
             analysis = Analysis(
-                APPLICATION, result, decoded, (SEG_MODEL, CLS_MODEL, VIEW_MODEL), view=view(View.SECOND_TRIMESTER_HEAD)
+                APPLICATION, result, decoded, (SEG_MODEL, CLS_MODEL, VIEW_MODEL), view=view(View.AXIAL_FETAL_HEAD)
             )
         self.answers.append(analysis)
         return analysis
@@ -134,14 +134,9 @@ def view(label: View, probability: float = 0.87) -> ViewPrediction:
 
 def no_application(ds: Dataset) -> Analysis:
     """The view router's answer for an image whose view has no application (another fetal plane)."""
-    from fetalnode.applications.router import NAME, not_analysed_reason
+    from fetalnode.applications.view_router import NAME
+    from fetalnode.applications.view_router.result import NoApplication
 
     decoded = decode_for_analysis(ds, 40_000_000, 2000)
-    result = AnalysisResult(
-        analysed=False,
-        reason=not_analysed_reason(View.OTHER_FETAL_PLANE),
-        seg_model=VIEW_MODEL,
-        cls_model=VIEW_MODEL,
-        fused_rgb=decoded.display_rgb.copy(),
-    )
+    result = NoApplication.of(View.OTHER_FETAL_PLANE, False, VIEW_MODEL, decoded.display_rgb.copy())
     return Analysis(NAME, result, decoded, (VIEW_MODEL,), view=view(View.OTHER_FETAL_PLANE))

@@ -120,7 +120,7 @@ def builtin_writers() -> list[OutputWriter]:
 
 
 def _builtin(writer: OutputWriter) -> bool:
-    return all(build.__module__.startswith("fetalnode.outputs") for build in writer.builders.values())
+    return all(build.__module__.startswith("fetalnode.") for build in writer.builders.values())
 
 
 def registered_as(writer: OutputWriter, analysis: Analysis) -> str:

@@ -8,8 +8,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -222,11 +224,28 @@ def cmd_train(args: argparse.Namespace) -> int:
         from fetalnode.training.view import ViewRecipe, train_view
 
         folders = _view_folders(args)
-        vrecipe = _override(ViewRecipe(seed=args.seed), args, ("epochs", "max_minutes", "limit", "lr", "patience"))
+        vrecipe = _override(
+            ViewRecipe(seed=args.seed),
+            args,
+            (
+                "epochs",
+                "max_minutes",
+                "limit",
+                "lr",
+                "patience",
+                "scanner_augment",
+                "balance",
+                "leave_out",
+                "threshold_weighting",
+                "median",
+            ),
+        )
         if args.size:
             vrecipe.size = args.size
         try:
-            meta = train_view(folders, Path(args.out), vrecipe, bundle_name, args.version, Path(args.head_models))
+            meta = train_view(
+                folders, Path(args.out), vrecipe, bundle_name, args.version, Path(args.head_models), _command_line()
+            )
         except ValueError as exc:  # a folder in no known format, a view without training images
             log.error("%s", exc)
             return 2
@@ -288,6 +307,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_line() -> str:
+    """This process's command line as a user types it (``fetalnode ...``), for a model card."""
+    return shlex.join(["fetalnode", *sys.argv[1:]])
+
+
 def _view_folders(args: argparse.Namespace) -> list[Path]:
     """The dataset folders of ``train view``: each ``--data``, and every sub-folder of ``--data-root``
     (``pydicom-testdata``: the ultrasound files of pydicom's local test data)."""
@@ -346,11 +370,26 @@ def cmd_models_finalize(args: argparse.Namespace) -> int:
     from fetalnode.training.segmentation import finalize_segmentation_bundle
 
     torch.set_num_threads(args.threads)
-    if read_metadata(Path(args.bundle))["task"] == "view":
+    task = read_metadata(Path(args.bundle))["task"]
+    if task == "view":
         if args.gate:
             raise SystemExit("--gate is for segmentation bundles")
-        from fetalnode.training.view import finalize_view_bundle, remeasure_node_check
+        from fetalnode.training.view import (
+            add_history,
+            finalize_view_bundle,
+            record_source_holdout,
+            remeasure_node_check,
+        )
 
+        if args.source_holdout or args.history:
+            try:
+                runs = record_source_holdout(Path(args.bundle), [Path(r) for r in args.source_holdout or []])
+            except ValueError as exc:
+                log.error("%s", exc)
+                return 2
+            add_history(Path(args.bundle), args.history or [])
+            print(json.dumps({"source_holdout": [r["left_out_source"] for r in runs]}, indent=2, default=str))
+            return 0
         if args.data or args.data_root:
             try:
                 check = remeasure_node_check(Path(args.bundle), _view_folders(args), Path(args.models_dir))
@@ -364,6 +403,12 @@ def cmd_models_finalize(args: argparse.Namespace) -> int:
         return 0
     if args.data_root:
         raise SystemExit("--data-root is for view bundles")
+    if args.history:
+        from fetalnode.inference.bundle import append_history
+
+        meta = append_history(Path(args.bundle), args.history, _model_card(task))
+        print(json.dumps({"history": meta["history"]}, indent=2, ensure_ascii=False))
+        return 0
     if args.gate:
         from fetalnode.training.segmentation import set_gate
 
@@ -379,6 +424,21 @@ def cmd_models_finalize(args: argparse.Namespace) -> int:
     meta = finalize_segmentation_bundle(Path(args.bundle))
     print(json.dumps({"runtime": meta["runtime"], "runtime_comparison": meta["runtime_comparison"]}, indent=2))
     return 0
+
+
+def _model_card(task: str) -> Callable[[dict[str, Any]], str]:
+    """The model card renderer of a bundle task other than ``view``."""
+    if task == "classification":
+        from fetalnode.training.classifier import cls_model_card
+
+        return cls_model_card
+    if task == "multiclass-segmentation":
+        from fetalnode.training.labour import labour_model_card
+
+        return labour_model_card
+    from fetalnode.training.segmentation import seg_model_card
+
+    return seg_model_card
 
 
 def cmd_wrap(args: argparse.Namespace) -> int:
@@ -419,13 +479,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--host", help="listen address (node.host, default 127.0.0.1)")
     sp.add_argument("--port", type=int, help="listen port (node.port)")
     sp.add_argument("--ae-title", help="this node's AE title (node.ae_title)")
-    sp.add_argument("--orthanc-url", help="Orthanc REST URL (orthanc.url)")
+    sp.add_argument(
+        "--orthanc-url",
+        help="Orthanc REST URL (orthanc.url: the destination `orthanc` while no [[destinations]] table exists)",
+    )
     sp.add_argument("--no-worker", action="store_true", help="receive only; run `fetalnode worker` separately")
     sp.add_argument(
         "--role",
         choices=[str(r) for r in Role],
-        help="node.role: all (SCP + worker, SQLite queue; default), terminal (SCP + spool + publish to the "
-        "broker), worker (consume from the broker, analyse, deliver to the destinations)",
+        help="node.role: all (SCP + analysis workers on this machine, SQLite queue; default), terminal (a "
+        "site: SCP, spool, pseudonymise and publish each image to the broker, re-identify the returned objects "
+        "and deliver them to the destinations), worker (the cloud: analyse the pseudonymised jobs of "
+        "broker.sites and return the objects to each job's site; it delivers nothing itself)",
     )
     sp.add_argument(
         "--broker-url",
@@ -436,7 +501,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("worker", help="run only the analysis worker on the node's job store")
     node_opts(sp)
-    sp.add_argument("--orthanc-url", help="Orthanc REST URL (orthanc.url)")
+    sp.add_argument(
+        "--orthanc-url",
+        help="Orthanc REST URL (orthanc.url: the destination `orthanc` while no [[destinations]] table exists)",
+    )
     sp.set_defaults(func=cmd_worker)
 
     sp = sub.add_parser(
@@ -503,6 +571,36 @@ def build_parser() -> argparse.ArgumentParser:
         "whole-node check on the test images of other views (default models)",
     )
     sp.add_argument("--size", type=int, help="view only: network input side in pixels (default 112)")
+    sp.add_argument(
+        "--scanner-augment",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="view only: draw what scanners add to a frame at random (burned-in text, callipers, sector masks, "
+        "grey maps, Doppler boxes, gain, speckle, blur, JPEG) with stronger zoom and geometry (default on; "
+        "--no-scanner-augment: the augmentation of fetal-view 0.1.0)",
+    )
+    sp.add_argument(
+        "--median",
+        type=int,
+        help="view only: a median filter of this size as the network's first layer (default 0: none)",
+    )
+    sp.add_argument(
+        "--balance",
+        choices=["origin", "folder"],
+        help="view only: within a class each acquisition source weighs the same (origin, default) or each "
+        "folder (folder: fetal-view 0.1.0)",
+    )
+    sp.add_argument(
+        "--threshold-weighting",
+        choices=["image", "class"],
+        help="view only: how validation images weigh when the abstain threshold is chosen: each the same (image, "
+        "default) or 1 / images of its class (class: fetal-view 0.1.0)",
+    )
+    sp.add_argument(
+        "--leave-out",
+        help="view only: train without the axial heads of this source (hc18, fba_roboflow, fetal_planes_db) and "
+        "report how its images are routed (leave-one-source-out)",
+    )
     sp.add_argument("--out", required=True, help="bundle folder to write, e.g. models/hc18-headseg")
     sp.add_argument(
         "--seg-model",
@@ -545,7 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--abnormal-weight",
         type=float,
         help="classifier only: weight of an extra normal-vs-abnormal term in the loss (cross-entropy of "
-        "P(normal), normals and abnormals weighted half each; default 1; 0: off, the recipe before 0.8.0)",
+        "P(normal), normals and abnormals weighted half each; default 1; 0: off)",
     )
     sp.add_argument(
         "--pretrain-data",
@@ -603,7 +701,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--patience",
         type=int,
         help="early-stopping patience in epochs (default: segmentation and labour-segmentation 15, classifier 12, "
-        "view 8)",
+        "view 12)",
     )
     sp.add_argument("--seed", type=int, default=20261124)
     sp.add_argument("--threads", type=int, default=2)
@@ -683,6 +781,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mf.add_argument("--data-root", help="view bundle: also every sub-folder of this folder, as in `train view`")
     mf.add_argument(
+        "--source-holdout",
+        action="append",
+        help="view bundle (repeatable): a leave-one-source-out run's bundle (`train view --leave-out`); its "
+        "figures on the left-out source go into this bundle's metadata and model card (weights untouched)",
+    )
+    mf.add_argument(
+        "--history",
+        action="append",
+        help="any bundle (repeatable): a line for the model card's History (what changed, why); the weights and "
+        "every other step are left alone",
+    )
+    mf.add_argument(
         "--models-dir",
         default="models",
         help="view bundle with --data/--data-root: the applications' bundles (default models; without psfhs-seg "
@@ -692,8 +802,8 @@ def build_parser() -> argparse.ArgumentParser:
     mf.set_defaults(func=cmd_models_finalize)
 
     sp = sub.add_parser("wrap", help="wrap PNG images as Ultrasound Image Storage DICOM files")
-    sp.add_argument("png", nargs="+")
-    sp.add_argument("--out", required=True)
+    sp.add_argument("png", nargs="+", help="PNG images (converted to 8-bit grayscale)")
+    sp.add_argument("--out", required=True, help="output folder: <PNG name>.dcm per image")
     sp.add_argument("--pixel-size-mm", type=float, help="calibration written as an ultrasound region")
     sp.add_argument("--rle", action="store_true", help="RLE Lossless transfer syntax")
     sp.set_defaults(func=cmd_wrap)

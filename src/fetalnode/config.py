@@ -111,14 +111,15 @@ class ModelSettings:
 
 
 def _default_routes() -> dict[str, str]:
-    return {"second_trimester_head": "fetal-head", "intrapartum_transperineal": "labour-progress"}
+    return {"axial_fetal_head": "fetal-head", "intrapartum_transperineal": "labour-progress"}
 
 
 @dataclass
 class RouterSettings:
     """The view router (``worker.application = "view-router"``): the application of each view.
 
-    Keys are views of the view model (``fetalnode.vocab.View``), values application names; a view
+    Keys are views of the view model (``fetalnode.vocab.View``; a view's earlier name, such as
+    ``second_trimester_head``, is read with a deprecation warning), values application names; a view
     that is missing, maps to ``""`` or to an application that is not registered gets "not analysed:
     <view>, no application for this view" (a warning at start-up names an unregistered one).
 
@@ -131,6 +132,9 @@ class RouterSettings:
 
     applications: dict[str, str] = field(default_factory=_default_routes)
     cross_check_probability: float = 0.01
+    # Frames of a cine the router looks at (evenly spaced; 1: the middle frame only); the application analyses
+    # the one it recognises best. Each extra frame costs a decode and the view model (+ a head segmentation).
+    cine_frames: int = 5
 
 
 @dataclass
@@ -212,8 +216,8 @@ class RouteSettings:
 
 @dataclass
 class RoutingSettings:
-    """What happens to an image no ``[[routes]]`` rule matches (analyse: today's behaviour, images the
-    node cannot analyse are refused with a C-STORE status)."""
+    """What happens to an image no ``[[routes]]`` rule matches: ``analyse`` (the default; images the
+    node cannot analyse are refused with a C-STORE status), ``forward`` or ``ignore``."""
 
     default: str = "analyse"
 
@@ -484,6 +488,8 @@ def load_settings(
         raise ConfigError(
             f"router.cross_check_probability must be between 0 and 1, not {settings.router.cross_check_probability}"
         )
+    if not 1 <= settings.router.cine_frames <= 100:
+        raise ConfigError(f"router.cine_frames must be between 1 and 100, not {settings.router.cine_frames}")
     _check_privacy(settings.privacy)
     _check_broker(settings.broker)
     if settings.logging.third_party.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:

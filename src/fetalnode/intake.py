@@ -9,7 +9,8 @@ from __future__ import annotations
 import functools
 import logging
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from pydicom.charset import python_encoding
@@ -65,6 +66,9 @@ class DecodedImage:
     # What the intake had to assume about the header (an unknown character set it replaced), for the
     # reports' comments and the captures' banners.
     notes: tuple[str, ...] = ()
+    # What an application's model found in this frame (the head application's skull), so that a router asking
+    # the application about the frame and the application analysing it run that model once.
+    found: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @functools.cached_property
     def gray01(self) -> np.ndarray:
@@ -309,13 +313,16 @@ class QuietDecoders(logging.Filter):
 logging.getLogger("pydicom.pixels.decoders.base").addFilter(QuietDecoders())
 
 
-def decode_for_analysis(ds: Dataset, max_pixels: int, max_frames: int) -> DecodedImage:
-    """Check the instance and decode its representative frame (the middle one of a cine). A header in a
-    character set pydicom does not know is re-declared in UTF-8 first (:func:`readable_character_set`)."""
+def decode_for_analysis(ds: Dataset, max_pixels: int, max_frames: int, index: int | None = None) -> DecodedImage:
+    """Check the instance and decode one frame: ``index`` (0-based) of a cine, else its middle one. A header in
+    a character set pydicom does not know is re-declared in UTF-8 first (:func:`readable_character_set`)."""
     head = check_header(ds, max_pixels, max_frames)
     charset_note = readable_character_set(ds)
     rows, cols, samples, n_frames = head.rows, head.cols, head.samples, head.n_frames
-    index = n_frames // 2
+    if index is None:
+        index = n_frames // 2
+    elif not 0 <= index < n_frames:
+        raise IntakeRejected(f"frame index {index} is outside the {n_frames} frames of the image")
     photometric = str(getattr(ds, "PhotometricInterpretation", ""))
     try:
         # raw=False: pydicom returns RGB for YBR_FULL/YBR_FULL_422 and the JPEG 2000 YBR_RCT/YBR_ICT.

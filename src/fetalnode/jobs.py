@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -80,7 +80,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     sop_uid TEXT NOT NULL,
     sop_class_uid TEXT NOT NULL,
     transfer_syntax TEXT NOT NULL,
-    extra_json TEXT NOT NULL DEFAULT '{}',
+    route TEXT NOT NULL DEFAULT '',
+    action TEXT NOT NULL DEFAULT 'analyse',
+    uid_conflict TEXT NOT NULL DEFAULT '',
+    printed_json TEXT NOT NULL DEFAULT '',
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL NOT NULL DEFAULT 0,
     lease_owner TEXT,
@@ -129,8 +132,26 @@ def _owner_alive(owner: str | None) -> bool:
 
 
 @dataclass(frozen=True)
+class Printed:
+    """Where a printed image came from: its film session, film box and image box (the print SCP's)."""
+
+    film_session: str
+    film_box: str
+    image_box_position: int
+    film_session_label: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Printed | None:
+        return cls(**json.loads(text)) if text else None
+
+
+@dataclass(frozen=True)
 class PreNotification:
-    """What the data terminal knows of an instance before the worker sees it."""
+    """What the data terminal knows of an instance before the worker sees it, and what it decided: the
+    routing rule that matched (``route``, ``default`` when none did) and its ``action``."""
 
     source: str
     spool_path: str
@@ -145,7 +166,11 @@ class PreNotification:
     sop_uid: str
     sop_class_uid: str
     transfer_syntax: str
-    extra: dict[str, Any]
+    route: str = ""
+    action: RouteAction = RouteAction.ANALYSE
+    printed: Printed | None = None
+    # Set by the job store: why it replaces other objects received under its SOP Instance UID.
+    uid_conflict: str = ""
 
 
 @dataclass(frozen=True)
@@ -177,7 +202,10 @@ class Job:
     attempts: int
     stage: str
     error: str
-    extra: dict[str, Any]
+    route: str
+    action: RouteAction
+    printed: Printed | None
+    uid_conflict: str
     result: dict[str, Any]
     outputs: list[str]
     deliveries: dict[str, Delivery]
@@ -193,7 +221,7 @@ class Job:
     @property
     def replaces(self) -> bool:
         """The object replaces another received under its SOP Instance UID (``scp.uid_conflict = "replace"``)."""
-        return "uid_conflict" in self.extra
+        return bool(self.uid_conflict)
 
     @property
     def latency_s(self) -> float | None:
@@ -221,13 +249,34 @@ class Job:
             attempts=row["attempts"],
             stage=row["stage"],
             error=row["error"],
-            extra=json.loads(row["extra_json"]),
+            route=row["route"],
+            action=RouteAction(row["action"]),
+            printed=Printed.from_json(row["printed_json"]),
+            uid_conflict=row["uid_conflict"],
             result=json.loads(row["result_json"]),
             outputs=json.loads(row["outputs_json"]),
             deliveries=_deliveries(json.loads(row["delivered_json"])),
             updated_at=row["updated_at"],
             permanent=bool(row["permanent"]),
         )
+
+
+def _migrate_extra(db: sqlite3.Connection) -> None:
+    """Typed columns for what an older store kept in its ``extra_json`` (the route, its action, a print's
+    film and image box, the UID conflict flag), filled from it; ``extra_json`` stays, unread."""
+    for column, default in (("route", "''"), ("action", "'analyse'"), ("uid_conflict", "''"), ("printed_json", "''")):
+        db.execute(f"ALTER TABLE jobs ADD COLUMN {column} TEXT NOT NULL DEFAULT {default}")
+    db.execute(
+        """UPDATE jobs SET
+           route = COALESCE(json_extract(extra_json, '$.route'), ''),
+           action = COALESCE(json_extract(extra_json, '$.action'), 'analyse'),
+           uid_conflict = COALESCE(json_extract(extra_json, '$.uid_conflict'), ''),
+           printed_json = CASE WHEN json_extract(extra_json, '$.film_box') IS NULL THEN '' ELSE json_object(
+               'film_session', json_extract(extra_json, '$.film_session'),
+               'film_box', json_extract(extra_json, '$.film_box'),
+               'image_box_position', json_extract(extra_json, '$.image_box_position'),
+               'film_session_label', COALESCE(json_extract(extra_json, '$.film_session_label'), '')) END"""
+    )
 
 
 def _deliveries(value: Any) -> dict[str, Delivery]:
@@ -269,6 +318,9 @@ class JobStore:
             columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
             if "permanent" not in columns:  # a store written before permanent failures were told apart
                 db.execute("ALTER TABLE jobs ADD COLUMN permanent INTEGER NOT NULL DEFAULT 0")
+            if "route" not in columns:  # a store that kept the route, the print and the conflict in extra_json
+                _migrate_extra(db)
+                db.commit()
         finally:
             db.close()
 
@@ -359,7 +411,6 @@ class JobStore:
     def receive(
         self,
         note: PreNotification,
-        route_action: RouteAction,
         uid_conflict: UidConflict = UidConflict.REFUSE,
         **fields: Any,
     ) -> Receipt:
@@ -368,7 +419,7 @@ class JobStore:
         a routing rule's IGNORE). An identical object already recorded is a duplicate (nothing written
         but the ``instance-duplicate`` event). A different object under a used SOP Instance UID is not
         recorded when ``uid_conflict`` refuses it (the caller answers 0x0111 and audits); when it replaces,
-        it is flagged in ``extra["uid_conflict"]`` (:attr:`Job.replaces`). ``fields``: who sent what, for
+        it is flagged (:attr:`Job.replaces`). ``fields``: who sent what, for
         the audit event."""
         with self._tx() as db:
             same = self._duplicate(db, note.sop_uid, note.sha256, note.calling_ae, note.peer)
@@ -379,10 +430,10 @@ class JobStore:
                 return Receipt(None, None, conflicts)
             if conflicts:
                 flag = f"replaces {conflicts} different object(s) received with this SOP Instance UID"
-                note = replace(note, extra={**note.extra, "uid_conflict": flag})
+                note = replace(note, uid_conflict=flag)
                 fields["flag"] = flag
             job_id = self._insert(db, note)
-            if route_action is RouteAction.IGNORE:
+            if note.action is RouteAction.IGNORE:
                 self._move(db, job_id, S.IGNORED, frozenset({S.RECEIVED}))
                 self.audit.event(AuditEvent.IGNORED, job=job_id, **fields)
             else:
@@ -400,7 +451,8 @@ class JobStore:
         cur = db.execute(
             """INSERT INTO jobs (state, source, spool_path, sha256, size, calling_ae, called_ae, peer,
                station_name, received_at, study_uid, series_uid, sop_uid, sop_class_uid, transfer_syntax,
-               extra_json, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
+               route, action, uid_conflict, printed_json, updated_at)
+               VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
             (
                 str(S.RECEIVED),
                 note.source,
@@ -417,7 +469,10 @@ class JobStore:
                 note.sop_uid,
                 note.sop_class_uid,
                 note.transfer_syntax,
-                json.dumps(note.extra),
+                note.route,
+                str(note.action),
+                note.uid_conflict,
+                note.printed.to_json() if note.printed else "",
                 _now(),
             ),
         )
@@ -530,9 +585,7 @@ class JobStore:
                 self.audit.event(kind, **event_fields)
         return target
 
-    def resend(
-        self, job_ids: list[int] | None = None, destination: str | None = None, permanent: bool = False
-    ) -> int:
+    def resend(self, job_ids: list[int] | None = None, destination: str | None = None, permanent: bool = False) -> int:
         """Queue jobs again, with one ``resend`` event; returns how many.
 
         Without ``destination``: every failed job (or the given ids) -> queued, its dead letters pending
@@ -565,7 +618,14 @@ class JobStore:
                 cols = {"delivered_json": json.dumps(deliveries_to_json(deliveries)), "error": ""}
                 if row["state"] == S.FAILED:
                     self._move(
-                        db, row["id"], S.QUEUED, frozenset({S.FAILED}), attempts=0, next_attempt_at=0, permanent=0, **cols
+                        db,
+                        row["id"],
+                        S.QUEUED,
+                        frozenset({S.FAILED}),
+                        attempts=0,
+                        next_attempt_at=0,
+                        permanent=0,
+                        **cols,
                     )
                 else:
                     db.execute("UPDATE jobs SET delivered_json=? WHERE id=?", (cols["delivered_json"], row["id"]))

@@ -11,8 +11,9 @@ from typing import Any
 
 from fetalnode.config import Settings
 from fetalnode.jobs import JobStore, open_store
-from fetalnode.scp.server import Terminal, start_scp
+from fetalnode.scp.server import start_scp
 from fetalnode.scp.spool import Spool
+from fetalnode.scp.terminal import Terminal
 from fetalnode.vocab import AuditEvent, JobState, Role
 from fetalnode.worker import Worker, build_worker
 
@@ -23,7 +24,7 @@ def build_terminal(settings: Settings, jobs: JobStore) -> tuple[Worker, Any]:
     """A site terminal's delivery worker (it delivers, never analyses) and its link to the cloud. The site's
     secret is read here: a terminal that pseudonymises does not start without it (ConfigError)."""
     from fetalnode.applications.base import Setup
-    from fetalnode.applications.router import NAME as ROUTER
+    from fetalnode.applications.view_router import NAME as ROUTER
     from fetalnode.applications.withheld import DeliveryOnly, Withheld
     from fetalnode.destinations.base import build_destinations
     from fetalnode.distributed import CloudTerminal

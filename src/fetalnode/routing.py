@@ -1,8 +1,8 @@
 """Routing rules at receipt: which received images are analysed, only forwarded, or ignored.
 
 Evaluated by the SCP on the parsed header, before the analysability checks (a forwarded CT image is
-accepted; an analysed one is refused with its C-STORE status as before). The chosen rule and action
-are recorded with the job (``extra``) and in the ``instance-received`` / ``ignored`` audit events.
+accepted; an image to analyse that cannot be analysed is refused with its C-STORE status). The chosen rule and action
+are recorded with the job (its ``route`` and ``action``) and in the ``instance-received`` / ``ignored`` audit events.
 """
 
 from __future__ import annotations

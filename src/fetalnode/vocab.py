@@ -130,13 +130,16 @@ class TypeNote(StrEnum):
 
 
 class View(StrEnum):
-    """What an ultrasound image shows, as the view classifier names it (``fetalnode train view``).
+    """What an ultrasound image shows, by anatomy and plane, as the view classifier names it
+    (``fetalnode train view``).
 
-    ``UNKNOWN`` is no class of the model: the router answers it when the model's top probability is
-    below the bundle's abstain threshold.
+    ``AXIAL_FETAL_HEAD`` is an axial plane of the fetal head at any gestational age at which a head
+    circumference is measured (trans-thalamic, trans-ventricular, trans-cerebellar). ``UNKNOWN`` is no
+    class of the model: the router answers it when the model's top probability is below the bundle's
+    abstain threshold.
     """
 
-    SECOND_TRIMESTER_HEAD = "second_trimester_head"
+    AXIAL_FETAL_HEAD = "axial_fetal_head"
     INTRAPARTUM_TRANSPERINEAL = "intrapartum_transperineal"
     FIRST_TRIMESTER_MIDSAGITTAL = "first_trimester_midsagittal"
     OTHER_FETAL_PLANE = "other_fetal_plane"
@@ -148,12 +151,21 @@ class View(StrEnum):
         """The view as a person reads it (reports, banners, logs)."""
         return _VIEW_WORDS[self]
 
+    @classmethod
+    def named(cls, name: str) -> View:
+        """The view of a name, earlier names included (:data:`RENAMED_VIEWS`: bundles and settings written
+        before a view was renamed); ``ValueError`` for a name that was never a view."""
+        return RENAMED_VIEWS.get(name) or cls(name)
+
 
 _VIEW_WORDS = {
-    View.SECOND_TRIMESTER_HEAD: "second-trimester axial fetal head",
+    View.AXIAL_FETAL_HEAD: "axial fetal head",
     View.INTRAPARTUM_TRANSPERINEAL: "intrapartum transperineal view",
     View.FIRST_TRIMESTER_MIDSAGITTAL: "first-trimester mid-sagittal view",
-    View.OTHER_FETAL_PLANE: "other fetal plane (not a head)",
+    View.OTHER_FETAL_PLANE: "other fetal plane (not an axial head)",
     View.NOT_FETAL: "not a fetal image",
     View.UNKNOWN: "view not recognised",
 }
+
+# Earlier names of views (classes were named by trimester before they were named by anatomy and plane).
+RENAMED_VIEWS: dict[str, View] = {"second_trimester_head": View.AXIAL_FETAL_HEAD}

@@ -15,7 +15,7 @@ from fetalnode.files import atomic_write
 from fetalnode.jobs import Job, JobStore, worker_identity
 from fetalnode.outcomes import Outcome, Received, Verdict
 from fetalnode.runner import Runtime, crashed, run_job
-from fetalnode.vocab import JobState, RouteAction
+from fetalnode.vocab import JobState
 
 log = logging.getLogger(__name__)
 CLAIMED = frozenset({JobState.ANALYSING, JobState.DELIVERING})
@@ -40,7 +40,7 @@ def received_from_job(job: Job) -> Received:
         replaces=job.replaces,
         built=_outbox(job),
         deliveries=job.deliveries,
-        action=RouteAction(job.extra.get("action", RouteAction.ANALYSE)),
+        action=job.action,
     )
 
 

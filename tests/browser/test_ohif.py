@@ -30,6 +30,8 @@ from PIL import Image
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
+from fetalnode.applications.fetal_head import codes as fhc
+from fetalnode.applications.labour_progress import codes as lpc
 from fetalnode.outputs import codes as fc
 from fetalnode.wrap import wrap_png
 from harness.config import TOOL_AETS
@@ -40,7 +42,7 @@ from harness.processes import wait_for
 from tests.browser.conftest import chromium
 from tests.conftest import MODALITY, SAMPLES, need, send
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.browser
 ARTIFACTS = ROOT / ".run" / "test-artifacts"
 SR_SERIES_NUMBER = 9101  # fetalnode's TID 1500 report, whatever the application
 SR_SERIES = "fetalnode AI report"
@@ -274,20 +276,20 @@ def test_ohif_shows_the_image_and_lists_fetalnode_series(ohif_orthanc, studies, 
 def expected_labels(name: str, report: Report) -> list[list[str]]:
     """What OHIF must write, from the report's own values: one label box, its lines."""
     if name.startswith("labour"):
-        aop = report.number(fc.ANGLE_OF_PROGRESSION)
-        hsd, unit = report.numbers[str(fc.HEAD_SYMPHYSIS_DISTANCE.value)]
-        assert aop is not None and unit == (fc.MM.value if name == "labour-calibrated" else fc.PIXELS.value)
-        if unit == fc.PIXELS.value:  # the HSD in pixels is not a label
+        aop = report.number(lpc.ANGLE_OF_PROGRESSION)
+        hsd, unit = report.numbers[str(lpc.HEAD_SYMPHYSIS_DISTANCE.value)]
+        assert aop is not None and unit == (fc.MM.value if name == "labour-calibrated" else lpc.PIXELS.value)
+        if unit == lpc.PIXELS.value:  # the HSD in pixels is not a label
             return [[f"Angle of progression: {aop:.2f} deg"]]
         return [[f"Angle of progression: {aop:.2f} deg", f"Head-symphysis distance: {hsd:.2f} mm"]]
-    finding = report.codes[str(fc.AI_ASSESSMENT.value)][1]  # "Normal" / "Abnormal", as coded
-    if report.codes.get(str(fc.MALFORMATION_TYPE.value), ("", ""))[0] == fc.TYPE_NOT_DETERMINED.value:
+    finding = report.codes[str(fhc.AI_ASSESSMENT.value)][1]  # "Normal" / "Abnormal", as coded
+    if report.codes.get(str(fhc.MALFORMATION_TYPE.value), ("", ""))[0] == fhc.TYPE_NOT_DETERMINED.value:
         finding += ", type not determined"
-    [confidence] = [v for c in fc.FINDING_CONFIDENCES if (v := report.number(c)) is not None]
+    [confidence] = [v for c in fhc.FINDING_CONFIDENCES if (v := report.number(c)) is not None]
     lines = [f"{finding} (AI): {confidence:.2f} %"]
-    hc = report.number(fc.HEAD_CIRCUMFERENCE)
+    hc = report.number(fhc.HEAD_CIRCUMFERENCE)
     if hc is not None:
-        bpd, ofd = report.number(fc.BIPARIETAL_DIAMETER), report.number(fc.OCCIPITAL_FRONTAL_DIAMETER)
+        bpd, ofd = report.number(fhc.BIPARIETAL_DIAMETER), report.number(fhc.OCCIPITAL_FRONTAL_DIAMETER)
         lines = [
             f"Head Circumference: {hc:.2f} mm",
             f"Biparietal Diameter: {bpd:.2f} mm",

@@ -24,7 +24,7 @@ from harness.processes import wait_for
 from tests.browser.conftest import chromium
 from tests.conftest import SAMPLES, need, send
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.browser
 ARTIFACTS = ROOT / ".run" / "test-artifacts"
 # What the shipped models (hc18-headseg 0.3.0, fba-classifier 0.9.0) say about two bundled samples:
 NORMAL = SAMPLES / "hc18_104_HC.dcm"  # normal, HC 85.7 mm (reference 84.4 mm)

@@ -9,7 +9,7 @@ import httpx
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from fetalnode.orthanc.findings import is_obgyn_report, made_by_fetalnode
+from fetalnode.outputs.findings import is_companion_report, made_by_fetalnode
 from harness.orthanc import OrthancProcess
 
 
@@ -35,7 +35,7 @@ def outputs_in_study(orthanc: OrthancProcess, study_uid: str) -> tuple[list[Data
     TID 5000 report is left out: it repeats the biometry for OB reporting systems)."""
     objects = [download(orthanc, i["ID"]) for i in find(orthanc, StudyInstanceUID=study_uid)]
     ours = [d for d in objects if made_by_fetalnode(d)]
-    srs = [d for d in ours if d.Modality == "SR" and not is_obgyn_report(d)]
+    srs = [d for d in ours if d.Modality == "SR" and not is_companion_report(d)]
     scs = [d for d in ours if d.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"]
     return srs, scs
 

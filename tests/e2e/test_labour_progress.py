@@ -11,8 +11,8 @@ import csv
 import pytest
 from pydicom import dcmread
 
-from fetalnode.orthanc.findings import read_finding
-from fetalnode.outputs import codes as fc
+from fetalnode.applications.labour_progress import codes as lpc
+from fetalnode.outputs.findings import read_finding
 from harness.node import cli
 from tests.conftest import DATA, send
 from tests.e2e.helpers import find, outputs_in_study, sr_content
@@ -43,9 +43,9 @@ def test_a_transperineal_image_gets_an_aop_report_in_orthanc(make_node, orthanc,
     src = dcmread(path, stop_before_pixels=True)
     [sr], [sc] = outputs_in_study(orthanc, src.StudyInstanceUID)
     content = sr_content(sr)
-    value, unit = content["measurements"][fc.ANGLE_OF_PROGRESSION.meaning]
+    value, unit = content["measurements"][lpc.ANGLE_OF_PROGRESSION.meaning]
     assert unit == "deg" and round(float(value), 1) == round(aop, 1)
-    assert content["measurements"][fc.HEAD_SYMPHYSIS_DISTANCE.meaning][1] == "{pixels}"
+    assert content["measurements"][lpc.HEAD_SYMPHYSIS_DISTANCE.meaning][1] == "{pixels}"
     assert content["comments"][0].startswith("RESEARCH USE ONLY")
     assert "ANGLE OF PROGRESSION" in sc.ImageComments
     assert len(find(orthanc, StudyInstanceUID=src.StudyInstanceUID, Modality="SEG")) == 1, (

@@ -13,8 +13,8 @@ import highdicom as hd
 import numpy as np
 import pytest
 
-from fetalnode.orthanc.findings import read_finding
-from fetalnode.outputs import codes as fc
+from fetalnode.applications.labour_progress import codes as lpc
+from fetalnode.outputs.findings import read_finding
 from tests.conftest import need
 from tests.labour import HIGH_AOP, LOW_AOP, Built, GroundTruthLabour, build, wrapped
 
@@ -82,7 +82,7 @@ def test_highdicom_reads_the_report_back(written: tuple[Built, Path]) -> None:
     result = built.analysis.result
     if result.analysed:
         [group] = sr.content.get_planar_roi_measurement_groups(tracking_uid=None, graphic_type=None)[:1]
-        [aop] = group.get_measurements(name=fc.ANGLE_OF_PROGRESSION)
+        [aop] = group.get_measurements(name=lpc.ANGLE_OF_PROGRESSION)
         assert aop.value == pytest.approx(result.geometry.aop_deg, abs=0.005)
     finding = read_finding(built.dataset("sr"))
     assert finding["readable"] and finding["analysed"] is result.analysed

@@ -17,10 +17,11 @@ from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 
 from fetalnode import RESEARCH_NOTICE
+from fetalnode.applications.fetal_head import codes as fhc
+from fetalnode.applications.fetal_head.gestation import hadlock_ga_weeks
 from fetalnode.config import load_settings
 from fetalnode.outcomes import Outcome, Received, Verdict
 from fetalnode.outputs import codes as fc
-from fetalnode.outputs.gestation import hadlock_ga_weeks
 from fetalnode.outputs.uids import DEVICE_UID
 from fetalnode.runner import Runtime, run_job
 from fetalnode.runtime import build_runtime
@@ -120,7 +121,7 @@ def test_round_trip_tid_5000_in_the_source_study(written) -> None:
     assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"
     assert (sr.StudyInstanceUID, sr.PatientID) == (source.StudyInstanceUID, source.get("PatientID", ""))
     assert sr.SeriesNumber == 9105 and "research use only" in sr.SeriesDescription
-    assert is_code(sr.ConceptNameCodeSequence[0], fc.OBGYN_REPORT)
+    assert is_code(sr.ConceptNameCodeSequence[0], fhc.OBGYN_REPORT)
     assert sr.ContentTemplateSequence[0].TemplateIdentifier == "5000"
     assert sr.ContentTemplateSequence[0].MappingResource == "DCMR"
     [evidence] = sr.CurrentRequestedProcedureEvidenceSequence
@@ -130,11 +131,11 @@ def test_round_trip_tid_5000_in_the_source_study(written) -> None:
     [observer] = children(sr, fc.DEVICE_OBSERVER_UID)
     assert observer.RelationshipType == "HAS OBS CONTEXT" and observer.UID == DEVICE_UID
     assert any(e.get("DeviceUID") == DEVICE_UID for e in sr.ContributingEquipmentSequence)
-    [summary] = children(sr, fc.SUMMARY, "CONTAINER")
+    [summary] = children(sr, fhc.SUMMARY, "CONTAINER")
     notes = [i.TextValue for i in children(summary, fc.COMMENT, "TEXT")]
     assert notes and notes[0].startswith(RESEARCH_NOTICE)
-    [section] = children(sr, fc.FETAL_BIOMETRY, "CONTAINER")
-    [fetus] = children(section, fc.SUBJECT_ID, "TEXT")
+    [section] = children(sr, fhc.FETAL_BIOMETRY, "CONTAINER")
+    [fetus] = children(section, fhc.SUBJECT_ID, "TEXT")
     assert fetus.RelationshipType == "HAS OBS CONTEXT" and fetus.TextValue == "1"
     [version] = children(section, fc.ALGORITHM_VERSION, "TEXT")
     assert version.TextValue and children(section, fc.ALGORITHM_NAME, "TEXT")
@@ -143,8 +144,8 @@ def test_round_trip_tid_5000_in_the_source_study(written) -> None:
 def test_biometry_and_gestational_age_by_code(written) -> None:
     name, _, path, outcome = written
     sr = dcmread(path)
-    [section] = children(sr, fc.FETAL_BIOMETRY, "CONTAINER")
-    groups = children(section, fc.BIOMETRY_GROUP, "CONTAINER")
+    [section] = children(sr, fhc.FETAL_BIOMETRY, "CONTAINER")
+    groups = children(section, fhc.BIOMETRY_GROUP, "CONTAINER")
     if name not in CALIBRATED:
         return
     assert outcome.summary["hc_mm"] is not None, "a calibrated sample must be measured"
@@ -157,15 +158,15 @@ def test_biometry_and_gestational_age_by_code(written) -> None:
     assert unit.value == "mm" and unit.scheme_designator == "UCUM"
     assert hc == pytest.approx(outcome.summary["hc_mm"], abs=0.051)  # the summary has 0.1 mm
     assert hc == pytest.approx(SAMPLE_INFO[name]["hc_mm"], rel=0.15)  # the HC18 reference, loosely
-    [age] = children(group, fc.GESTATIONAL_AGE, "NUM")
+    [age] = children(group, fhc.GESTATIONAL_AGE, "NUM")
     weeks, unit = number(age)
     assert (unit.value, unit.scheme_designator) == ("wk", "UCUM")
     assert weeks == pytest.approx(hadlock_ga_weeks(hc), abs=0.005)  # written to 0.01 week
-    [equation] = children(age, fc.EQUATION, "CODE")
-    assert equation.RelationshipType == "INFERRED FROM" and is_code(equation.ConceptCodeSequence[0], fc.HC_HADLOCK_1984)
+    [equation] = children(age, fhc.EQUATION, "CODE")
+    assert equation.RelationshipType == "INFERRED FROM" and is_code(equation.ConceptCodeSequence[0], fhc.HC_HADLOCK_1984)
     for group in groups:
         if group is not measured["11984-2"][0]:
-            assert children(group, fc.GESTATIONAL_AGE) == []
+            assert children(group, fhc.GESTATIONAL_AGE) == []
 
 
 def test_no_calibration_no_biometry_and_the_reason(written) -> None:
@@ -175,8 +176,8 @@ def test_no_calibration_no_biometry_and_the_reason(written) -> None:
     assert name not in CALIBRATED
     sr = dcmread(path)
     assert [i for i in walk(sr) if i.ValueType == "NUM"] == []
-    [section] = children(sr, fc.FETAL_BIOMETRY, "CONTAINER")
-    assert children(section, fc.BIOMETRY_GROUP) == []
+    [section] = children(sr, fhc.FETAL_BIOMETRY, "CONTAINER")
+    assert children(section, fhc.BIOMETRY_GROUP) == []
     [why] = children(section, fc.COMMENT, "TEXT")
     assert why.TextValue.startswith("No fetal biometry")
     if outcome.summary.get("analysed", True):

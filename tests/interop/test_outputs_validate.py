@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 
+from fetalnode.applications.fetal_head import codes as fhc
 from fetalnode.config import load_settings
 from fetalnode.destinations.folder import folder_destination
 from fetalnode.intake import physical_spacing
@@ -77,7 +78,7 @@ def test_dsrdump_reads_the_tree_without_warnings(written) -> None:
     assert result.returncode == 0
     assert "W:" not in result.stderr and "E:" not in result.stderr, result.stderr
     assert "Imaging Measurement Report" in result.stdout
-    if outputs.summary["hc_mm"] is not None:
+    if outputs.summary.get("hc_mm") is not None:
         assert '(11984-2,LN,"Head Circumference")' in result.stdout and "(mm,UCUM" in result.stdout
     if outputs.summary["analysed"]:
         assert result.stdout.count('"Image Region")=(POLYLINE,') == 3
@@ -87,8 +88,10 @@ def test_dsrdump_reads_the_tree_without_warnings(written) -> None:
 def test_round_trip_and_deterministic_uids(written, runtime, tmp_path) -> None:
     sr_path, sc_path, (src, outputs) = written
     source = dcmread(src, stop_before_pixels=True)
-    # The model that answered: the head classifier, or the view model for an image the router gave no application.
-    classifier = outputs.summary["models"]["classifier"].replace("/", " ")
+    # The model that answered: the head classifier, the labour segmentation, or the view model for an image the
+    # router gave no application.
+    answered = {"fetal-head": "classifier", "labour-progress": "segmentation", "view-router": "view"}
+    classifier = outputs.summary["models"][answered[outputs.summary["application"]]].replace("/", " ")
     sr = hd.sr.Comprehensive3DSR.from_dataset(dcmread(sr_path))
     assert sr.StudyInstanceUID == source.StudyInstanceUID
     [ours] = [e for e in sr.ContributingEquipmentSequence if e.get("ManufacturerModelName") == "fetalnode"]
@@ -133,7 +136,7 @@ def test_head_codes_and_drawable_geometry(written) -> None:
         assert ref.ReferencedSOPInstanceUID == source.SOPInstanceUID
         assert ref.ReferencedSOPClassUID == source.SOPClassUID
         assert ([int(ref.ReferencedFrameNumber)] if "ReferencedFrameNumber" in ref else None) == frames
-        assert group.finding_type == fc.HEAD_STRUCTURE
+        assert group.finding_type == fhc.HEAD_STRUCTURE
         points[name] = (roi.GraphicType, np.array(roi.GraphicData, dtype=np.float64).reshape(-1, 2))
     kind, ellipse = points["fetal head ellipse"]
     assert kind == "ELLIPSE" and ellipse.shape == (4, 2)
@@ -163,10 +166,10 @@ def test_head_codes_and_drawable_geometry(written) -> None:
     )
     hc, bpd, ofd = (
         (c.value, c.scheme_designator)
-        for c in (fc.HEAD_CIRCUMFERENCE, fc.BIPARIETAL_DIAMETER, fc.OCCIPITAL_FRONTAL_DIAMETER)
+        for c in (fhc.HEAD_CIRCUMFERENCE, fhc.BIPARIETAL_DIAMETER, fhc.OCCIPITAL_FRONTAL_DIAMETER)
     )
     assert hc == ("11984-2", "LN")
-    finding = fc.finding_confidence_code(summary["finding"], bool(summary["malformation_type"]))
+    finding = fhc.finding_confidence_code(summary["finding"], bool(summary["malformation_type"]))
     assert float(measured["fetal head"].pop((finding.value, fc.SCHEME))) == pytest.approx(
         summary["confidence"] * 100, abs=0.01
     )

@@ -18,10 +18,10 @@ from pydicom.dataset import Dataset
 
 from fetalnode import RESEARCH_NOTICE
 from fetalnode.applications.base import Analysis
+from fetalnode.applications.fetal_head.presentation import CONTOUR_POINTS
 from fetalnode.config import load_settings
 from fetalnode.inference.analyzer import NOT_A_HEAD
 from fetalnode.outcomes import Outcome, Received, Verdict
-from fetalnode.outputs.presentation import CONTOUR_POINTS
 from fetalnode.outputs.registry import enabled_writers
 from fetalnode.runner import Runtime, run_job
 from fetalnode.runtime import build_runtime

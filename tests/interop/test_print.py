@@ -110,17 +110,17 @@ def printer(make_node):
 
 def captured(node, n: int) -> list:
     node.wait_all(n, {"delivered"})
-    return sorted(node.jobs.jobs(), key=lambda j: (j.extra["film_box"], j.extra["image_box_position"]))
+    return sorted(node.jobs.jobs(), key=lambda j: (j.printed.film_box, j.printed.image_box_position))
 
 
 def test_dcmtk_prints_1up_and_2x1_reach_orthanc_with_source_pixels(printer, orthanc, tmp_path) -> None:
     dcmtk_print(printer, tmp_path, SOURCES[:1])
     dcmtk_print(printer, tmp_path, [SOURCES[1], SOURCES[0]], layout=(2, 1))  # dcmpsprt reads no RLE
     jobs = captured(printer, 3)
-    by_box = {j.extra["film_box"] for j in jobs}
+    by_box = {j.printed.film_box for j in jobs}
     assert len(by_box) == 2
-    two_up = [j for j in jobs if sum(x.extra["film_box"] == j.extra["film_box"] for x in jobs) == 2]
-    assert [j.extra["image_box_position"] for j in two_up] == [1, 2]
+    two_up = [j for j in jobs if sum(x.printed.film_box == j.printed.film_box for x in jobs) == 2]
+    assert [j.printed.image_box_position for j in two_up] == [1, 2]
     for job in jobs:
         ds = dcmread(job.spool_path)
         assert job.source == "print" and ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
@@ -328,9 +328,9 @@ def test_3x2_film_printed_at_session_level_gives_six_instances_in_box_order(prin
     finally:
         assoc.release()
     jobs = captured(printer, 6)
-    assert [j.extra["image_box_position"] for j in jobs] == [1, 2, 3, 4, 5, 6]
+    assert [j.printed.image_box_position for j in jobs] == [1, 2, 3, 4, 5, 6]
     for job, img in zip(jobs, images, strict=True):
         ds = dcmread(job.spool_path)
-        assert ds.InstanceNumber == job.extra["image_box_position"]
+        assert ds.InstanceNumber == job.printed.image_box_position
         assert np.array_equal(ds.pixel_array, img)
     assert len({dcmread(j.spool_path).SeriesInstanceUID for j in jobs}) == 1, "one film box, one series"

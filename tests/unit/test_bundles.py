@@ -3,25 +3,32 @@
 from __future__ import annotations
 
 import copy
+import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from pydicom import dcmread
 
+from fetalnode.cli import main
 from fetalnode.inference import Analyzer
 from fetalnode.inference.analyzer import seg_settings, segment_probability
-from fetalnode.inference.bundle import load_bundle, onnx_runner
+from fetalnode.inference.bundle import load_bundle, onnx_runner, read_metadata
 from fetalnode.inference.ellipse import Ellipse, fit_ellipse
 from fetalnode.inference.preprocess import to_unit_range
 from fetalnode.intake import decode_for_analysis
-from fetalnode.training.classifier import classifier_reference
+from fetalnode.training.classifier import classifier_reference, cls_model_card
+from fetalnode.training.labour import labour_model_card
 from fetalnode.training.reference import segmentation_reference
+from fetalnode.training.segmentation import seg_model_card
 from harness.node import MODELS
 from tests.conftest import SAMPLES
 
 pytestmark = pytest.mark.unit
 SEG, CLS = MODELS / "hc18-headseg", MODELS / "fba-classifier"
+LABOUR = MODELS / "psfhs-seg"
 
 
 def test_weights_are_small_and_metadata_complete() -> None:
@@ -100,3 +107,30 @@ def test_head_mask_is_the_region_the_ellipse_is_fitted_to() -> None:
     assert fit is not None
     k = settings.axis_scale
     assert Ellipse(fit.cx, fit.cy, fit.a * k, fit.b * k, fit.angle_deg) == ellipse
+
+
+@pytest.mark.parametrize(
+    ("path", "card"),
+    [(SEG, seg_model_card), (CLS, cls_model_card), (LABOUR, labour_model_card)],
+    ids=lambda v: v.name if isinstance(v, Path) else "",
+)
+def test_model_card_is_what_its_metadata_renders(path: Path, card) -> None:
+    """A card is never edited by hand: its History too comes from the metadata, so re-rendering keeps it."""
+    meta = read_metadata(path)
+    written = (path / "docs" / "README.md").read_text(encoding="utf-8")
+    assert written == card(meta)
+    assert meta["history"] and written.split("\n## History\n", 1)[1].count("\n- ") == len(meta["history"])
+
+
+def test_finalize_history_adds_lines_to_the_card_and_leaves_the_weights(tmp_path: Path, capsys) -> None:
+    bundle = shutil.copytree(LABOUR, tmp_path / "psfhs-seg")
+    before = read_metadata(bundle)
+    lines = ["2099-01-01, a line about what changed and why", "2099-01-02, a second line"]
+    assert main(["models", "finalize", str(bundle), "--history", lines[0], "--history", lines[1]]) == 0
+    after = read_metadata(bundle)
+    assert after["history"] == [*before["history"], *lines]
+    assert json.loads(capsys.readouterr().out)["history"] == after["history"]
+    assert {k: v for k, v in after.items() if k != "history"} == {k: v for k, v in before.items() if k != "history"}
+    card = (bundle / "docs" / "README.md").read_text(encoding="utf-8")
+    assert card == labour_model_card(after) and card.rstrip().endswith(f"- {lines[1]}")
+    assert load_bundle(bundle).version == before["version"]

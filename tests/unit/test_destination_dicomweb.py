@@ -9,7 +9,7 @@ from pydicom import Dataset
 
 import harness.orthanc
 from fetalnode.config import DestinationSettings, Settings
-from fetalnode.destinations.base import BUILTIN_KINDS, DESTINATION_KINDS, build_destinations
+from fetalnode.destinations.base import DESTINATION_KINDS, build_destinations
 from fetalnode.destinations.dicomweb import DicomWebDestination, failure_of, transient_failure_reason
 from fetalnode.dicom_status import stow_failure_meaning
 from fetalnode.errors import ConfigError
@@ -62,7 +62,7 @@ def test_only_our_instance_s_failure_counts() -> None:
 
 
 def test_the_kind_is_registered_and_needs_an_http_url() -> None:
-    assert "fetalnode.destinations.dicomweb" in BUILTIN_KINDS  # imported by build_destinations in a fresh node
+    assert "fetalnode.destinations.dicomweb" in DESTINATION_KINDS.builtins  # imported on the first lookup
     settings = Settings()
     settings.destinations = [DestinationSettings(name="pacs", kind="dicomweb", url="http://127.0.0.1:1/dicom-web")]
     [destination] = build_destinations(settings)

@@ -93,7 +93,7 @@ def test_letterbox_round_trip_and_roi_mapping() -> None:
 def test_sr_head_geometry(ellipse: Ellipse, spacing: tuple[float, float] | None, swapped: bool) -> None:
     """The SR's graphics: ELLIPSE = axis end points, a closed 64-point contour on the ellipse, callipers on the
     axes biometry measures; all (column, row) with (0, 0) at the top left corner of the top left pixel."""
-    from fetalnode.outputs.report import CONTOUR_POINTS, head_geometry
+    from fetalnode.applications.fetal_head.report import CONTOUR_POINTS, head_geometry
 
     g = head_geometry(ellipse, spacing)
     ends = ellipse.axis_endpoints() + 0.5

@@ -38,7 +38,7 @@ def non_default_settings() -> Settings:
     s.broker.ca_certificates = "/etc/fetalnode/broker-ca.crt"
     s.broker.sites = ["site-a", "site-b"]
     s.output.institution_name = "Clinic \u00e9 \U0001f476 \x7f\x00"
-    s.router.applications = {"second_trimester_head": "fetal-head", "not_fetal": "", "other view": 'x"y'}
+    s.router.applications = {"axial_fetal_head": "fetal-head", "not_fetal": "", "other view": 'x"y'}
     return s
 
 

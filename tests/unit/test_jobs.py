@@ -1,16 +1,15 @@
 import json
 import os
 import sqlite3
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 
+from fetalnode import jobs as jobs_module
 from fetalnode.audit import AuditLog
 from fetalnode.errors import NodeError
-from fetalnode.jobs import TRANSITIONS, Job, JobStore, PreNotification, Receipt, TransitionRefused
+from fetalnode.jobs import TRANSITIONS, Job, JobStore, PreNotification, Printed, Receipt, TransitionRefused
 from fetalnode.outcomes import Delivery, Outcome, Verdict
 from fetalnode.runner import crashed
 from fetalnode.vocab import AuditEvent, DeliveryStatus, JobState, RouteAction, Stage, UidConflict
@@ -18,7 +17,7 @@ from fetalnode.vocab import AuditEvent, DeliveryStatus, JobState, RouteAction, S
 pytestmark = pytest.mark.unit
 
 
-def note(tmp: Path, uid: str, sha: str = "ab" * 32) -> PreNotification:
+def note(tmp: Path, uid: str, sha: str = "ab" * 32, action: RouteAction = RouteAction.ANALYSE) -> PreNotification:
     spool = tmp / f"{uid}-{sha[:4]}.dcm"
     spool.write_bytes(b"x")
     return PreNotification(
@@ -35,7 +34,8 @@ def note(tmp: Path, uid: str, sha: str = "ab" * 32) -> PreNotification:
         sop_uid=uid,
         sop_class_uid="1.2.840.10008.5.1.4.1.1.6.1",
         transfer_syntax="1.2.840.10008.1.2.1",
-        extra={},
+        route="default",
+        action=action,
     )
 
 
@@ -57,7 +57,7 @@ def delivered(**receipts: str) -> Delivery:
 
 def claimed(store: JobStore, tmp: Path, uid: str) -> Job:
     """A received, queued and claimed job."""
-    job_id = store.receive(note(tmp, uid), RouteAction.ANALYSE).job_id
+    job_id = store.receive(note(tmp, uid)).job_id
     job = store.claim("w:1", 60)
     assert job is not None and job.id == job_id
     return job
@@ -68,7 +68,7 @@ def test_lifecycle_each_change_with_its_audit_event(tmp_path: Path) -> None:
     b = store.prenotify(note(tmp_path, "1.0"))  # a pre-notification alone, as a crash mid-receipt leaves it
     assert store.counts()["received"] == 1
     assert store.claim("w:1", 60) is None, "a received (not yet queued) job must not run"
-    a = store.receive(note(tmp_path, "1.1"), RouteAction.ANALYSE, calling_ae="US1").job_id
+    a = store.receive(note(tmp_path, "1.1"), calling_ae="US1").job_id
     assert a is not None and a != b
     assert [e["event"] for e in events(tmp_path)] == ["instance-received"]
     job = store.claim("w:1", 60)
@@ -124,20 +124,20 @@ def test_crash_path_is_audited_and_a_read_only_store_cannot_write(tmp_path: Path
 
 def test_duplicate_and_conflict_lookup(tmp_path: Path) -> None:
     store = store_in(tmp_path)
-    first = store.receive(note(tmp_path, "1.5", "aa" * 32), RouteAction.ANALYSE)
+    first = store.receive(note(tmp_path, "1.5", "aa" * 32))
     assert first.job_id is not None and first.duplicate_of is None
     assert store.find_same("1.5", "aa" * 32) is not None
     assert store.find_same("1.5", "bb" * 32) is None
     assert store.conflicting("1.5", "bb" * 32) == 1
-    again = store.receive(note(tmp_path, "1.5", "aa" * 32), RouteAction.ANALYSE)
+    again = store.receive(note(tmp_path, "1.5", "aa" * 32))
     assert again.job_id is None and again.duplicate_of is not None and again.duplicate_of.id == first.job_id
-    refused = store.receive(note(tmp_path, "1.5", "bb" * 32), RouteAction.ANALYSE)
+    refused = store.receive(note(tmp_path, "1.5", "bb" * 32))
     assert refused == Receipt(None, None, conflicts=1), "a conflicting object is not recorded by default"
-    other = store.receive(note(tmp_path, "1.5", "bb" * 32), RouteAction.ANALYSE, UidConflict.REPLACE)
+    other = store.receive(note(tmp_path, "1.5", "bb" * 32), UidConflict.REPLACE)
     assert other.job_id is not None
     flagged = store.get(other.job_id)
     assert flagged is not None and flagged.replaces and not store.get(first.job_id).replaces
-    ignored = store.receive(note(tmp_path, "1.6"), RouteAction.IGNORE, route="drop")
+    ignored = store.receive(note(tmp_path, "1.6", action=RouteAction.IGNORE), route="drop")
     assert ignored.job_id is not None and store.counts()["ignored"] == 1
     kinds = [e["event"] for e in events(tmp_path)]
     assert kinds == ["instance-received", "instance-duplicate", "instance-received", "ignored"]
@@ -145,10 +145,9 @@ def test_duplicate_and_conflict_lookup(tmp_path: Path) -> None:
 
 def test_recover_releases_dead_worker_lease(tmp_path: Path) -> None:
     store = store_in(tmp_path)
-    job_id = store.receive(note(tmp_path, "1.7"), RouteAction.ANALYSE).job_id
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    owner = f"{os.uname().nodename}:{dead.pid}"
+    job_id = store.receive(note(tmp_path, "1.7")).job_id
+    dead = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1  # no process has it
+    owner = f"{os.uname().nodename}:{dead}"
     assert store.claim(owner, 3600) is not None
     assert store.claim("other:1", 60) is None
     assert store.recover() == 1
@@ -180,8 +179,10 @@ def test_terminal_applies_cloud_results_and_drops_what_can_never_apply(tmp_path:
 
     store = store_in(tmp_path)
     none = Runtime(application=None, writers=[], destinations=[], output=Settings().output)  # type: ignore[arg-type]
-    terminal = CloudTerminal(Settings(), store, store.audit, None, none, tmp_path / "outbox", wake=threading.Event().set)
-    a = store.receive(note(tmp_path, "2.1"), RouteAction.ANALYSE).job_id
+    terminal = CloudTerminal(
+        Settings(), store, store.audit, None, none, tmp_path / "outbox", wake=threading.Event().set
+    )
+    a = store.receive(note(tmp_path, "2.1")).job_id
     assert a is not None
     store.record_pseudonyms(a, {"2.25.9": "2.1"})
     store.mark_published(a, bytes=1, pixels="test")
@@ -240,7 +241,7 @@ def test_a_failed_commit_leaves_the_store_usable(tmp_path: Path) -> None:
     db.execute("CREATE TABLE child (p INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED)")
     with pytest.raises(sqlite3.IntegrityError), store._tx() as tx:
         tx.execute("INSERT INTO child VALUES (42)")  # checked only at COMMIT
-    first = store.receive(note(tmp_path, "4.1"), RouteAction.ANALYSE)
+    first = store.receive(note(tmp_path, "4.1"))
     assert first.job_id is not None and store.counts()["queued"] == 1
 
 
@@ -249,7 +250,7 @@ def test_threads_record_concurrently_on_their_own_connections(tmp_path: Path) ->
 
     def send(k: int) -> None:
         for i in range(10):
-            assert store.receive(note(tmp_path, f"5.{k}.{i}"), RouteAction.ANALYSE).job_id is not None
+            assert store.receive(note(tmp_path, f"5.{k}.{i}")).job_id is not None
 
     threads = [threading.Thread(target=send, args=(k,)) for k in range(4)]
     for t in threads:
@@ -258,3 +259,45 @@ def test_threads_record_concurrently_on_their_own_connections(tmp_path: Path) ->
         t.join()
     assert store.counts()["queued"] == 40
     assert [e["event"] for e in events(tmp_path)].count("instance-received") == 40
+
+
+def test_store_with_extra_json_is_migrated_to_typed_columns(tmp_path: Path) -> None:
+    """A job store that kept the route, its action, a print's boxes and the UID conflict flag in
+    ``extra_json`` opens with those in their typed fields."""
+    path = tmp_path / "j.sqlite"
+    db = sqlite3.connect(path)
+    old_schema = jobs_module._SCHEMA
+    for column in (
+        "route TEXT NOT NULL DEFAULT '',",
+        "action TEXT NOT NULL DEFAULT 'analyse',",
+        "uid_conflict TEXT NOT NULL DEFAULT '',",
+        "printed_json TEXT NOT NULL DEFAULT '',",
+    ):
+        old_schema = old_schema.replace(column, "", 1)
+    old_schema = old_schema.replace(
+        "transfer_syntax TEXT NOT NULL,", "transfer_syntax TEXT NOT NULL, extra_json TEXT NOT NULL DEFAULT '{}',"
+    )
+    db.executescript(old_schema)
+    extras = [
+        {"route": "drop", "action": "ignore"},
+        {"film_session": "1.2.1", "film_box": "1.2.2", "image_box_position": 3, "film_session_label": "room 3"},
+        {"route": "default", "action": "analyse", "uid_conflict": "replaces 1 different object(s)"},
+    ]
+    for i, extra in enumerate(extras):
+        db.execute(
+            """INSERT INTO jobs (state, source, spool_path, sha256, size, calling_ae, called_ae, peer, received_at,
+               study_uid, series_uid, sop_uid, sop_class_uid, transfer_syntax, extra_json, updated_at)
+               VALUES ('queued','c-store',?,'ab',1,'US1','FN','p','t','1','1.1',?,'1.2','1.2.840.10008.1.2.1',?,'t')""",
+            (f"/spool/{i}", f"1.{i}", json.dumps(extra)),
+        )
+    db.commit()
+    db.close()
+    ignored, printed, replacing = sorted(JobStore(path).jobs(), key=lambda j: j.id)
+    assert (ignored.route, ignored.action, ignored.printed, ignored.replaces) == (
+        "drop",
+        RouteAction.IGNORE,
+        None,
+        False,
+    )
+    assert printed.action is RouteAction.ANALYSE and printed.printed == Printed("1.2.1", "1.2.2", 3, "room 3")
+    assert replacing.replaces and replacing.route == "default"

@@ -13,11 +13,12 @@ import pytest
 
 from fetalnode import RESEARCH_NOTICE
 from fetalnode.applications.base import Analysis
+from fetalnode.applications.labour_progress import codes as lpc
+from fetalnode.applications.labour_progress.capture import MIN_WIDTH, YELLOW
+from fetalnode.applications.labour_progress.geometry import angle_deg, labour_graphics
 from fetalnode.errors import ConfigError, EncodingError
-from fetalnode.orthanc.findings import read_finding
 from fetalnode.outputs import codes as fc
-from fetalnode.outputs.labour.capture import MIN_WIDTH, YELLOW
-from fetalnode.outputs.labour.geometry import angle_deg, labour_graphics
+from fetalnode.outputs.findings import read_finding
 from fetalnode.outputs.registry import OUTPUTS, enabled_writers
 from tests.labour import HIGH_AOP, LABELS, LOW_AOP, SEG_MODEL, Built, GroundTruthLabour, build, wrapped
 
@@ -70,7 +71,7 @@ def derived_numbers(built: Built) -> list[hd.sr.NumContentItem]:
     return [
         hd.sr.NumContentItem.from_dataset(item)
         for container in sr.ContentSequence
-        if container.ConceptNameCodeSequence[0].CodeValue == fc.DERIVED_IMAGING_MEASUREMENTS.value
+        if container.ConceptNameCodeSequence[0].CodeValue == lpc.DERIVED_IMAGING_MEASUREMENTS.value
         for item in container.ContentSequence
     ]
 
@@ -88,24 +89,24 @@ def test_sr_carries_aop_and_hsd_by_code(which: str, request: pytest.FixtureReque
         "fetal head contour",
     ]
     [aop] = by_name["angle of progression"].get_measurements()  # no HSD in pixels beside it: never a label
-    assert aop.name == fc.ANGLE_OF_PROGRESSION
-    assert aop.value == pytest.approx(result.geometry.aop_deg, abs=0.005) and aop.unit == fc.DEGREE
-    assert [s.value for s in aop.finding_sites] == [fc.SYMPHYSIS_PUBIS]
+    assert aop.name == lpc.ANGLE_OF_PROGRESSION
+    assert aop.value == pytest.approx(result.geometry.aop_deg, abs=0.005) and aop.unit == lpc.DEGREE
+    assert [s.value for s in aop.finding_sites] == [lpc.SYMPHYSIS_PUBIS]
     for name, group in by_name.items():
         # No group-level finding site: a viewer would label the region with its code value.
         assert group.finding_sites == [], name
         assert name == "angle of progression" or group.get_measurements() == [], name
     [hsd] = derived_numbers(built)
-    assert hsd.name == fc.HEAD_SYMPHYSIS_DISTANCE and hsd.unit == fc.PIXELS
+    assert hsd.name == lpc.HEAD_SYMPHYSIS_DISTANCE and hsd.unit == lpc.PIXELS
     assert hsd.value == pytest.approx(result.geometry.hsd_px, abs=0.005)
     [inferred_from] = [i for i in hsd.ContentSequence if i.ValueType == "SCOORD"]
     np.testing.assert_allclose(
         np.reshape(inferred_from.GraphicData, (-1, 2)), by_name["head-symphysis distance"].roi.value, atol=1e-4
     )
-    [evaluation] = by_name["angle of progression"].get_qualitative_evaluations(name=fc.LABOUR_ASSESSMENT)
-    assert evaluation.value == fc.LABOUR_MEASURED
+    [evaluation] = by_name["angle of progression"].get_qualitative_evaluations(name=lpc.LABOUR_ASSESSMENT)
+    assert evaluation.value == lpc.LABOUR_MEASURED
     for name, group in by_name.items():
-        assert group.finding_type in (fc.FETAL_HEAD, fc.SYMPHYSIS_PUBIS), name
+        assert group.finding_type in (lpc.FETAL_HEAD, lpc.SYMPHYSIS_PUBIS), name
         region = group.roi
         assert region is not None and region.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
         [selected_from] = region.ContentSequence
@@ -155,9 +156,9 @@ def test_calibrated_hsd_is_written_in_mm(calibrated: Built) -> None:
     by_name = groups(calibrated)
     # In mm the HSD is a label: the angle's group's second number (its own line's label would land on the AoP's).
     [aop, hsd] = by_name["angle of progression"].get_measurements()
-    assert aop.name == fc.ANGLE_OF_PROGRESSION and hsd.name == fc.HEAD_SYMPHYSIS_DISTANCE
+    assert aop.name == lpc.ANGLE_OF_PROGRESSION and hsd.name == lpc.HEAD_SYMPHYSIS_DISTANCE
     assert hsd.unit == fc.MM and hsd.value == pytest.approx(result.hsd_mm, abs=0.005)
-    assert [s.value for s in hsd.finding_sites] == [fc.SYMPHYSIS_PUBIS]
+    assert [s.value for s in hsd.finding_sites] == [lpc.SYMPHYSIS_PUBIS]
     assert by_name["head-symphysis distance"].get_measurements() == [] and derived_numbers(calibrated) == []
     finding = read_finding(calibrated.dataset("sr"))
     assert finding["hsd_mm"] == pytest.approx(result.hsd_mm, abs=0.005) and finding["hsd_px"] is None
@@ -183,7 +184,7 @@ def test_the_reader_goes_by_code_not_by_meaning(high: Built) -> None:
     assert read_finding(sr)["aop_deg"] == pytest.approx(high.analysis.result.geometry.aop_deg, abs=0.005)
     for item in _items(sr):
         for concept in item.get("ConceptNameCodeSequence", []):
-            if concept.CodeValue == fc.ANGLE_OF_PROGRESSION.value:
+            if concept.CodeValue == lpc.ANGLE_OF_PROGRESSION.value:
                 concept.CodeValue = "FN9999"
     finding = read_finding(sr)
     assert finding["readable"] is False and "Angle of progression" in finding["error"]
@@ -194,8 +195,8 @@ def test_not_analysed_report_has_the_reason_and_no_number(refused: Built) -> Non
     assert not [item for item in _items(sr) if item.ValueType in ("NUM", "SCOORD")]
     report = hd.sr.Comprehensive3DSR.from_dataset(sr)
     [group] = report.content.get_image_measurement_groups()
-    [evaluation] = group.get_qualitative_evaluations(name=fc.LABOUR_ASSESSMENT)
-    assert evaluation.value == fc.LABOUR_NOT_ANALYSED
+    [evaluation] = group.get_qualitative_evaluations(name=lpc.LABOUR_ASSESSMENT)
+    assert evaluation.value == lpc.LABOUR_NOT_ANALYSED
     finding = read_finding(sr)
     assert finding["readable"] is True and finding["analysed"] is False
     assert finding["aop_deg"] is None and finding["hsd_px"] is None and finding["aop_reference"] == ""
@@ -231,7 +232,7 @@ def test_segmentation_masks_equal_the_input_masks(high: Built) -> None:
     assert np.array_equal(pixels[0, :, :, 1].astype(bool), result.fh_mask)
     ps, fh = (seg.get_segment_description(n) for n in (1, 2))
     assert (ps.segment_label, fh.segment_label) == ("Pubic symphysis", "Fetal head")
-    assert ps.segmented_property_type == fc.SYMPHYSIS_PUBIS and fh.segmented_property_type == fc.FETAL_HEAD
+    assert ps.segmented_property_type == lpc.SYMPHYSIS_PUBIS and fh.segmented_property_type == lpc.FETAL_HEAD
     assert ps.segmented_property_category == fc.SEGMENT_CATEGORY
     assert (ps.algorithm_identification[0].AlgorithmName, ps.algorithm_identification[0].AlgorithmVersion) == SEG_MODEL
 
@@ -287,7 +288,7 @@ def _items(ds):  # type: ignore[no-untyped-def]
     ],
 )
 def test_the_reason_is_said_once(reason: str, shown: str) -> None:
+    from fetalnode.applications.labour_progress.geometry import not_analysed_reason
     from fetalnode.inference.labour import LabourResult
-    from fetalnode.outputs.labour.geometry import not_analysed_reason
 
     assert not_analysed_reason(LabourResult(analysed=False, reason=reason, seg_model=SEG_MODEL)) == shown

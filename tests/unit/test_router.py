@@ -3,29 +3,32 @@ application" in every output and never a finding or a measurement."""
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
 import logging
 from io import BytesIO
 from pathlib import Path
 
+import highdicom as hd
 import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from fetalnode.applications.base import Analysis
-from fetalnode.applications.registry import APPLICATIONS, build_application, register_application
-from fetalnode.applications.router import NAME, ViewRouter, router_routes
+from fetalnode.applications.base import Analysis, ClaimsItsView
+from fetalnode.applications.registry import build_application, register_application
+from fetalnode.applications.view_router import codes as vrc
+from fetalnode.applications.view_router.application import NAME, ViewRouter, frame_indices, router_routes
+from fetalnode.applications.view_router.result import NoApplication
 from fetalnode.config import Settings, load_settings
 from fetalnode.errors import ConfigError, InferenceError
 from fetalnode.inference import AnalysisResult
 from fetalnode.inference.bundle import load_bundle
-from fetalnode.inference.view import ViewModel, view_input
-from fetalnode.intake import DecodedImage, decode_for_analysis
-from fetalnode.orthanc.findings import read_finding
+from fetalnode.inference.view import ClaimRule, ViewModel, view_input
+from fetalnode.intake import US_MULTIFRAME, DecodedImage, decode_for_analysis
 from fetalnode.outcomes import Received, Verdict
-from fetalnode.outputs import codes as fc
+from fetalnode.outputs.findings import read_finding
 from fetalnode.runner import Runtime, run_job
 from fetalnode.runtime import build_runtime
 from fetalnode.training.data import load_gray
@@ -72,7 +75,7 @@ def test_view_bundle_is_small_complete_and_reproduces_its_reference() -> None:
     assert (VIEW / "models" / "model.pt").stat().st_size < 8 * 2**20
     meta = bundle.metadata
     assert meta["intended_use"].startswith("RESEARCH USE ONLY") and (VIEW / "docs" / "README.md").is_file()
-    assert meta["labels"] == [str(v) for v in View if v is not View.UNKNOWN]
+    assert [View.named(v) for v in meta["labels"]] == [v for v in View if v is not View.UNKNOWN]
     assert 0.5 <= meta["abstain_threshold"] < 1
     assert meta["metrics"]["n"] > 0 and "test" in meta["metrics"]["split"]
     model = ViewModel(bundle)
@@ -103,9 +106,9 @@ def test_samples_route_to_the_head_application_with_their_view(runtime: Runtime)
     for path in sorted(SAMPLES.glob("*.dcm")):
         analysis = runtime.application.analyse(dcmread(path))
         assert analysis.application == "fetal-head", (path.name, analysis.view)
-        assert analysis.view is not None and analysis.view.label is View.SECOND_TRIMESTER_HEAD
+        assert analysis.view is not None and analysis.view.label is View.AXIAL_FETAL_HEAD
         assert analysis.models[-1] == ("fetal-view", load_bundle(VIEW).version), "the view model is named"
-        assert analysis.summary()["view"]["label"] == "second_trimester_head"
+        assert analysis.summary()["view"]["label"] == "axial_fetal_head"
 
 
 def said_view(view: View, label: str) -> tuple[str, str]:
@@ -124,11 +127,11 @@ def test_other_views_are_not_analysed_in_any_output(runtime: Runtime) -> None:
         reason = f"not analysed: {words}, no application for this view"
         assert summary["application"] == NAME and summary["reason"] == reason, summary
         assert summary["view"]["model"].startswith("fetal-view/")
-        assert not summary["analysed"] and summary["finding"] == "" and summary["hc_mm"] is None
+        assert not summary["analysed"] and summary["finding"] == "" and "hc_mm" not in summary
         assert set(built) == {"sr", "sc", "gsps"}, "no SEG or OB-GYN report for an image no application looked at"
         found = read_finding(built["sr"])
         assert found["readable"], found
-        assert found["assessment"] == fc.NO_APPLICATION.meaning
+        assert found["assessment"] == vrc.NO_APPLICATION.meaning
         assert (found["hc_mm"], found["bpd_mm"], found["confidence_pct"], found["malformation_type"]) == (
             None,
             None,
@@ -164,7 +167,7 @@ def test_a_head_keeps_its_finding_and_says_its_view(runtime: Runtime) -> None:
     assert set(built) == {"sr", "sc", "gsps", "seg", "obsr"}
     found = read_finding(built["sr"])
     assert found["hc_mm"] == pytest.approx(summary["hc_mm"], abs=0.05)
-    assert any(c.startswith(f"Recognised view: {View.SECOND_TRIMESTER_HEAD.words}") for c in found["comments"])
+    assert any(c.startswith(f"Recognised view: {View.AXIAL_FETAL_HEAD.words}") for c in found["comments"])
     assert "Recognised view" in built["sc"].ImageComments
 
 
@@ -173,11 +176,12 @@ def test_below_the_abstain_threshold_the_view_is_unknown(runtime: Runtime) -> No
     assert isinstance(router, ViewRouter)
     unsure = ViewModel(router.view_model.bundle)
     unsure.threshold = 1.01
+    unsure.claims = {}  # the head application may not claim it either (its claim: below)
     analysis = dataclasses.replace(router, view_model=unsure).analyse(dcmread(SAMPLES / "hc18_104_HC.dcm"))
     assert analysis.application == NAME and analysis.view is not None
-    assert analysis.view.label is View.UNKNOWN and analysis.view.top is View.SECOND_TRIMESTER_HEAD
+    assert analysis.view.label is View.UNKNOWN and analysis.view.top is View.AXIAL_FETAL_HEAD
     assert analysis.result.reason == "not analysed: view not recognised, no application for this view"
-    assert not analysis.result.analysed and analysis.result.biometry is None
+    assert isinstance(analysis.result, NoApplication), "no head result, no biometry"
 
 
 HARD_PSFHS = DATA / "view_hard" / "psfhs_04616.png"
@@ -195,14 +199,16 @@ class FixedViewModel(ViewModel):
 
 
 def test_a_transperineal_image_the_view_model_calls_a_head_gets_no_head_finding(runtime: Runtime) -> None:
-    """A held-out PSFHS image that fetal-view 0.1.0 calls a second-trimester head (83%, intrapartum 16%):
-    the labour model finds its pubic symphysis, so the view is uncertain and nothing is measured."""
-    summary, built = run(runtime, wrap_png(HARD_PSFHS, pixel_size_mm=0.1))
-    view = summary["view"]
-    assert view["top"] == View.SECOND_TRIMESTER_HEAD and view["label"] == View.UNKNOWN, view
-    assert "pubic symphysis" in view["conflict"] and "psfhs-seg" in view["conflict"]
+    """A held-out PSFHS image that fetal-view 0.1.0 called an axial head (83%, intrapartum 16%), given that
+    answer again: the labour model finds its pubic symphysis, so the view is uncertain and nothing is measured."""
     router = runtime.application
     assert isinstance(router, ViewRouter)
+    mistaken = FixedViewModel(router.view_model, {View.AXIAL_FETAL_HEAD: 0.83, View.INTRAPARTUM_TRANSPERINEAL: 0.16})
+    router = dataclasses.replace(router, view_model=mistaken)
+    summary, built = run(dataclasses.replace(runtime, application=router), wrap_png(HARD_PSFHS, pixel_size_mm=0.1))
+    view = summary["view"]
+    assert view["top"] == View.AXIAL_FETAL_HEAD and view["label"] == View.UNKNOWN, view
+    assert "pubic symphysis" in view["conflict"] and "psfhs-seg" in view["conflict"]
     models = router.analyse(wrap_png(HARD_PSFHS, pixel_size_mm=0.1)).models
     assert [name for name, _ in models] == ["fetal-view", "psfhs-seg"], "the labour model that vetoed is named"
     assert summary["application"] == NAME and not summary["analysed"]
@@ -210,7 +216,8 @@ def test_a_transperineal_image_the_view_model_calls_a_head_gets_no_head_finding(
     assert summary["reason"] == "not analysed: view uncertain, no application for this view"
     found = read_finding(built["sr"])
     assert found["application"] == "view-router" and found["hc_mm"] is None
-    assert any(c.startswith("View uncertain: the view model says second-trimester") for c in found["comments"])
+    assert found["assessment"] == vrc.VIEW_UNCERTAIN.meaning, "coded as uncertain, not as a view without application"
+    assert any(c.startswith("View uncertain: the view model says axial fetal head") for c in found["comments"])
     assert "VIEW UNCERTAIN" in built["sc"].ImageComments.upper() and "HC " not in built["sc"].ImageComments
 
 
@@ -218,27 +225,28 @@ def test_the_cross_check_leaves_a_head_to_the_head_application(runtime: Runtime)
     """A real head with a sizeable intrapartum probability: the labour model finds no symphysis."""
     router = runtime.application
     assert isinstance(router, ViewRouter)
-    unsure = FixedViewModel(router.view_model, {View.SECOND_TRIMESTER_HEAD: 0.7, View.INTRAPARTUM_TRANSPERINEAL: 0.3})
+    unsure = FixedViewModel(router.view_model, {View.AXIAL_FETAL_HEAD: 0.7, View.INTRAPARTUM_TRANSPERINEAL: 0.3})
     analysis = dataclasses.replace(router, view_model=unsure).analyse(dcmread(SAMPLES / "hc18_104_HC.dcm"))
     assert analysis.application == "fetal-head" and analysis.result.analysed
-    assert analysis.view is not None and analysis.view.label is View.SECOND_TRIMESTER_HEAD
+    assert analysis.view is not None and analysis.view.label is View.AXIAL_FETAL_HEAD
     assert not analysis.view.conflict
 
 
 def test_the_cross_check_runs_only_above_its_probability(runtime: Runtime) -> None:
     router = runtime.application
     assert isinstance(router, ViewRouter)
-    probs = {View.SECOND_TRIMESTER_HEAD: 0.9, View.INTRAPARTUM_TRANSPERINEAL: 0.005, View.NOT_FETAL: 0.095}
+    probs = {View.AXIAL_FETAL_HEAD: 0.9, View.INTRAPARTUM_TRANSPERINEAL: 0.005, View.NOT_FETAL: 0.095}
     wrong = dataclasses.replace(router, view_model=FixedViewModel(router.view_model, probs))
     psfhs = wrap_png(PSFHS, pixel_size_mm=None)
     # below router.cross_check_probability (0.01) the labour model is not asked: the head application answers
-    assert wrong.classify(decode_for_analysis(psfhs, 10**8, 10)).label is View.SECOND_TRIMESTER_HEAD
+    assert wrong.classify(decode_for_analysis(psfhs, 10**8, 10)).label is View.AXIAL_FETAL_HEAD
     asked = dataclasses.replace(wrong, cross_check_probability=0.004)
     view = asked.classify(decode_for_analysis(psfhs, 10**8, 10))
     assert view.label is View.UNKNOWN and "pubic symphysis" in view.conflict
-    never = dataclasses.replace(router, cross_check_probability=1.0)
+    mistaken = FixedViewModel(router.view_model, {View.AXIAL_FETAL_HEAD: 0.83, View.INTRAPARTUM_TRANSPERINEAL: 0.16})
+    never = dataclasses.replace(router, view_model=mistaken, cross_check_probability=1.0)
     assert never.classify(decode_for_analysis(wrap_png(HARD_PSFHS, pixel_size_mm=None), 10**8, 10)).label is (
-        View.SECOND_TRIMESTER_HEAD
+        View.AXIAL_FETAL_HEAD
     )
 
 
@@ -248,7 +256,7 @@ def test_an_application_is_not_cross_checked_by_itself_and_a_failed_check_is_unc
     labour = router.routes[View.INTRAPARTUM_TRANSPERINEAL]
     # labour-progress routed from two views: an image routed to it is not shown to it again (it would veto itself)
     routes = {**router.routes, View.FIRST_TRIMESTER_MIDSAGITTAL: labour}
-    probs = {View.INTRAPARTUM_TRANSPERINEAL: 0.9, View.FIRST_TRIMESTER_MIDSAGITTAL: 0.1}
+    probs = {View.INTRAPARTUM_TRANSPERINEAL: 0.97, View.FIRST_TRIMESTER_MIDSAGITTAL: 0.03}
     twice = dataclasses.replace(router, routes=routes, view_model=FixedViewModel(router.view_model, probs))
     analysis = twice.analyse(wrap_png(PSFHS, pixel_size_mm=None))
     assert analysis.application == "labour-progress" and analysis.view is not None and not analysis.view.conflict
@@ -272,7 +280,7 @@ def test_an_application_is_not_cross_checked_by_itself_and_a_failed_check_is_unc
             return {}
 
     broken_routes = {**router.routes, View.INTRAPARTUM_TRANSPERINEAL: Broken()}
-    unsure = FixedViewModel(router.view_model, {View.SECOND_TRIMESTER_HEAD: 0.8, View.INTRAPARTUM_TRANSPERINEAL: 0.2})
+    unsure = FixedViewModel(router.view_model, {View.AXIAL_FETAL_HEAD: 0.8, View.INTRAPARTUM_TRANSPERINEAL: 0.2})
     broken = dataclasses.replace(router, routes=broken_routes, view_model=unsure)
     analysis = broken.analyse(dcmread(SAMPLES / "hc18_104_HC.dcm"))
     assert analysis.application == NAME and analysis.view is not None and analysis.view.label is View.UNKNOWN
@@ -300,11 +308,11 @@ class Stub:
 
 
 def test_a_route_to_an_unregistered_application_is_dropped_with_a_warning(caplog) -> None:
-    routes = {"second_trimester_head": "fetal-head", "intrapartum_transperineal": "no-such-application"}
-    with caplog.at_level(logging.WARNING, logger="fetalnode.applications.router"):
+    routes = {"axial_fetal_head": "fetal-head", "intrapartum_transperineal": "no-such-application"}
+    with caplog.at_level(logging.WARNING, logger="fetalnode.applications.view_router.application"):
         router = build_application(settings(**{"router.applications": routes}))
     assert "'no-such-application'" in caplog.text and "not registered" in caplog.text
-    assert isinstance(router, ViewRouter) and set(router.routes) == {View.SECOND_TRIMESTER_HEAD}
+    assert isinstance(router, ViewRouter) and set(router.routes) == {View.AXIAL_FETAL_HEAD}
     analysis = router.analyse(wrap_png(PSFHS, pixel_size_mm=None))
     assert analysis.application == NAME
     assert (
@@ -313,9 +321,8 @@ def test_a_route_to_an_unregistered_application_is_dropped_with_a_warning(caplog
 
 
 def test_a_registered_application_gets_its_view(caplog) -> None:
-    if APPLICATIONS.find("test-labour") is None:
-        register_application("test-labour")(lambda s: Stub())
-    routes = {"second_trimester_head": "fetal-head", "intrapartum_transperineal": "test-labour"}
+    register_application("test-labour")(lambda s: Stub())
+    routes = {"axial_fetal_head": "fetal-head", "intrapartum_transperineal": "test-labour"}
     router = build_application(settings(**{"router.applications": routes}))
     assert isinstance(router, ViewRouter)
     assert router.applications == (NAME, "fetal-head", "test-labour")
@@ -331,10 +338,10 @@ def test_a_registered_application_gets_its_view(caplog) -> None:
 
 def test_router_configuration_is_checked(tmp_path: Path) -> None:
     cfg = tmp_path / "node.toml"
-    cfg.write_text('[router.applications]\nsecond_trimester_head = "fetal-head"\nnot_fetal = ""\n')
+    cfg.write_text('[router.applications]\naxial_fetal_head = "fetal-head"\nnot_fetal = ""\n')
     s = load_settings(cfg, env={})
-    assert s.router.applications == {"second_trimester_head": "fetal-head", "not_fetal": ""}
-    assert router_routes(s) == {View.SECOND_TRIMESTER_HEAD: "fetal-head"}
+    assert s.router.applications == {"axial_fetal_head": "fetal-head", "not_fetal": ""}
+    assert router_routes(s) == {View.AXIAL_FETAL_HEAD: "fetal-head"}
     env = {"FETALNODE__ROUTER__APPLICATIONS": "intrapartum_transperineal=labour-progress"}
     assert load_settings(None, env=env).router.applications == {"intrapartum_transperineal": "labour-progress"}
     with pytest.raises(ConfigError, match="key=value"):
@@ -352,3 +359,158 @@ def test_router_configuration_is_checked(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="cross_check_probability must be between 0 and 1"):
         settings(**{"router.cross_check_probability": 1.5})
+
+
+def test_the_earlier_name_of_the_head_view_is_read_with_a_deprecation_warning(tmp_path: Path, caplog) -> None:
+    cfg = tmp_path / "node.toml"
+    cfg.write_text('[router.applications]\nsecond_trimester_head = "fetal-head"\nnot_fetal = ""\n')
+    with caplog.at_level(logging.WARNING, logger="fetalnode.applications.view_router.application"):
+        assert router_routes(load_settings(cfg, env={})) == {View.AXIAL_FETAL_HEAD: "fetal-head"}
+    assert "'second_trimester_head' is deprecated" in caplog.text and "'axial_fetal_head'" in caplog.text
+    # beside the new name, the new name wins; the old one mapped to "" turns the head off as before
+    both = {"second_trimester_head": "fetal-head", "axial_fetal_head": "test-labour"}
+    assert router_routes(settings(**{"router.applications": both})) == {View.AXIAL_FETAL_HEAD: "test-labour"}
+    assert router_routes(settings(**{"router.applications": {"second_trimester_head": ""}})) == {}
+    env = {"FETALNODE__ROUTER__APPLICATIONS": "second_trimester_head=fetal-head"}
+    assert router_routes(load_settings(None, env=env)) == {View.AXIAL_FETAL_HEAD: "fetal-head"}
+    assert View.named("second_trimester_head") is View.AXIAL_FETAL_HEAD
+    with pytest.raises(ValueError):
+        View.named("second_trimester_abdomen")
+
+
+HEADS = sorted((DATA / "hc18_mini" / "images").glob("*.png"))
+
+
+def pixel_size(png: Path) -> float:
+    rows = {r["filename"]: r for r in csv.DictReader((DATA / "hc18_mini" / "labels.csv").open())}
+    return float(rows[f"images/{png.name}"]["pixel_size_mm"])
+
+
+def test_an_application_claims_a_frame_the_view_model_is_unsure_about_by_its_own_check(runtime: Runtime) -> None:
+    """The view model abstains (head 45%, below its threshold): the head application's gate finds a well-fitted
+    skull, so the head application claims the image and measures it; the outputs say it was claimed."""
+    router = runtime.application
+    assert isinstance(router, ViewRouter)
+    unsure = FixedViewModel(
+        router.view_model,
+        {View.AXIAL_FETAL_HEAD: 0.45, View.FIRST_TRIMESTER_MIDSAGITTAL: 0.4, View.OTHER_FETAL_PLANE: 0.15},
+    )
+    unsure.claims = {View.AXIAL_FETAL_HEAD: ClaimRule(min_probability=0.3, min_score=0.8)}
+    claiming = dataclasses.replace(router, view_model=unsure)
+    analysis = claiming.analyse(dcmread(SAMPLES / "hc18_104_HC.dcm"))
+    assert analysis.application == "fetal-head" and analysis.result.analysed and analysis.result.biometry
+    assert analysis.view is not None and analysis.view.label is View.AXIAL_FETAL_HEAD
+    assert "well-fitted skull" in analysis.view.claimed and "hc18-headseg" in analysis.view.claimed
+    line = analysis.view.line()
+    assert line.startswith("Recognised view: axial fetal head, claimed by its application: the view model was unsure")
+    assert analysis.summary()["view"]["claimed"] == analysis.view.claimed
+    # the same frame without a rule, or below the rule's view probability: not recognised, nothing measured
+    for rule in ({}, {View.AXIAL_FETAL_HEAD: ClaimRule(min_probability=0.5, min_score=0.8)}):
+        unsure.claims = rule
+        analysis = claiming.analyse(dcmread(SAMPLES / "hc18_104_HC.dcm"))
+        assert analysis.application == NAME and analysis.view is not None and analysis.view.label is View.UNKNOWN
+        assert not analysis.result.analysed and not analysis.view.claimed
+
+
+def test_a_claim_needs_the_skull_and_never_overrides_a_confident_other_view(runtime: Runtime) -> None:
+    router = runtime.application
+    assert isinstance(router, ViewRouter)
+    rule = {View.AXIAL_FETAL_HEAD: ClaimRule(min_probability=0.0, min_score=0.5)}
+    # a femur plane the model is unsure about: the head gate finds no plausible skull, no claim
+    unsure = FixedViewModel(
+        router.view_model, {View.AXIAL_FETAL_HEAD: 0.4, View.OTHER_FETAL_PLANE: 0.55, View.NOT_FETAL: 0.05}
+    )
+    unsure.claims = rule
+    analysis = dataclasses.replace(router, view_model=unsure).analyse(wrap_png(FEMUR, pixel_size_mm=0.1))
+    assert analysis.application == NAME and analysis.view is not None and analysis.view.label is View.UNKNOWN
+    assert not analysis.view.claimed
+    # a head the model confidently calls another view: routed there, the head application never asked
+    confident = FixedViewModel(router.view_model, {View.FIRST_TRIMESTER_MIDSAGITTAL: 0.9, View.AXIAL_FETAL_HEAD: 0.1})
+    confident.claims = rule
+    analysis = dataclasses.replace(router, view_model=confident).analyse(dcmread(SAMPLES / "hc18_104_HC.dcm"))
+    assert analysis.application == NAME and analysis.view is not None
+    assert analysis.view.label is View.FIRST_TRIMESTER_MIDSAGITTAL and not analysis.result.analysed
+    # a transperineal image claimed for its whole fetal head still meets the cross-check: view uncertain
+    labour_unsure = FixedViewModel(
+        router.view_model, {View.AXIAL_FETAL_HEAD: 0.45, View.INTRAPARTUM_TRANSPERINEAL: 0.4, View.NOT_FETAL: 0.15}
+    )
+    labour_unsure.claims = rule
+    claiming = dataclasses.replace(router, view_model=labour_unsure)
+    decoded = decode_for_analysis(wrap_png(HARD_PSFHS, pixel_size_mm=None), 10**8, 10)
+    view = claiming.classify(decoded)
+    if view.claimed or view.conflict:  # the head gate's view of this image decides whether it is claimed at all
+        assert view.label is View.UNKNOWN and "pubic symphysis" in view.conflict
+
+
+def cine(frames: list[Path], pixel_size_mm: float) -> Dataset:
+    """A US Multi-frame image of dataset PNGs (each letterboxed onto the first one's size), one calibration."""
+    from PIL import Image
+
+    ds = wrap_png(frames[0], pixel_size_mm=pixel_size_mm)
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    pixels = []
+    for png in frames:
+        with Image.open(png) as im:
+            gray = im.convert("L")
+            gray.thumbnail((cols, rows))
+            canvas = Image.new("L", (cols, rows), 0)
+            canvas.paste(gray, ((cols - gray.width) // 2, (rows - gray.height) // 2))
+            pixels.append(np.asarray(canvas, dtype=np.uint8))
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = US_MULTIFRAME
+    ds.NumberOfFrames = len(frames)
+    ds.FrameIncrementPointer = (0x0018, 0x1063)
+    ds.FrameTime = 40.0
+    ds.PixelData = np.stack(pixels).tobytes()
+    return ds
+
+
+def test_a_cine_is_analysed_on_the_frame_its_application_recognises_best(runtime: Runtime) -> None:
+    """Five frames, the middle one a femur plane, the others heads: the head application analyses the head
+    frame whose skull it fits best, every output references that frame, the summary says which and why."""
+    frames = [HEADS[0], HEADS[1], FEMUR, HEADS[2], HEADS[3]]
+    ds = cine(frames, pixel_size(HEADS[0]))
+    summary, built = run(runtime, ds)
+    assert summary["n_frames"] == 5 and summary["application"] == "fetal-head", summary
+    frame = summary["frame_number"]
+    assert frame in (1, 2, 4, 5) and summary["analysed"] and summary["hc_mm"], summary
+    choice = summary["view"]["frame_choice"]
+    assert choice.startswith(f"Frame {frame} of 5 analysed: of the 5 frames looked at (1, 2, 3, 4, 5)"), choice
+    assert "fetal-head recognised" in choice and "the middle frame 3: " in choice
+    router = runtime.application
+    assert isinstance(router, ViewRouter)
+    head = router.routes[View.AXIAL_FETAL_HEAD]
+    assert isinstance(head, ClaimsItsView)
+    decoded = {f: router.setup.decode_frame(ds, f - 1) for f in range(1, 6)}
+    heads = [f for f in decoded if router.classify(decoded[f]).label is View.AXIAL_FETAL_HEAD]
+    assert 3 not in heads and len(heads) >= 2 and f"{len(heads)} showed the axial fetal head" in choice
+    fits = {f: head.claim(decoded[f]).score for f in heads}
+    assert frame == max(heads, key=lambda f: fits[f]), fits
+    sr = hd.sr.Comprehensive3DSR.from_dataset(built["sr"])
+    for group in sr.content.get_planar_roi_measurement_groups():
+        [image] = group.roi.ContentSequence
+        [ref] = image.ReferencedSOPSequence
+        assert int(ref.ReferencedFrameNumber) == frame
+    [annotation] = built["gsps"].GraphicAnnotationSequence
+    assert int(annotation.ReferencedImageSequence[0].ReferencedFrameNumber) == frame
+    seg_refs = [
+        item
+        for group in built["seg"].PerFrameFunctionalGroupsSequence
+        for derivation in group.DerivationImageSequence
+        for item in derivation.SourceImageSequence
+    ]
+    assert seg_refs and {int(item.ReferencedFrameNumber) for item in seg_refs} == {frame}
+    assert int(built["sc"].SourceImageSequence[0].ReferencedFrameNumber) == frame
+    found = read_finding(built["sr"])
+    assert any(c.startswith("Recognised view") and choice in c for c in found["comments"]), found["comments"]
+    assert choice in built["sc"].ImageComments
+    # router.cine_frames = 1: the middle frame only, as before (a femur: no application)
+    middle = dataclasses.replace(router, cine_frames=1).analyse(ds)
+    assert middle.decoded.frame_number == 3 and middle.application == NAME
+
+
+def test_cine_frame_indices_are_evenly_spaced_and_keep_the_middle() -> None:
+    assert frame_indices(1, 5) == [0]
+    assert frame_indices(5, 5) == [0, 1, 2, 3, 4]
+    assert frame_indices(500, 5) == [50, 150, 250, 350, 450]
+    assert frame_indices(7, 1) == [3] and frame_indices(8, 1) == [4]
+    assert frame_indices(3, 10) == [0, 1, 2]

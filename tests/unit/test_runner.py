@@ -102,15 +102,19 @@ def test_delivered_every_enabled_output_to_every_destination(runtime: Runtime, t
     source = dcmread(SAMPLE)
     version = "+".join(v for _, v in runtime.application.inner.analyse(source).models)
     sr_uids = [
-        object_uids("sr", source.SOPInstanceUID, source.SeriesInstanceUID, version, revision=r) for r in (0, 1, 2)
+        object_uids("sr", source.SOPInstanceUID, source.SeriesInstanceUID, version, revision=r) for r in (0, 1, 2, 3)
     ]
-    assert sr.SOPInstanceUID == sr_uids[2].instance
-    # Neither the SR with the wrong HC code (revision 0) nor the one whose HC OHIF could not label (1) shares its UID.
-    assert sr.SOPInstanceUID not in {sr_uids[0].instance, sr_uids[1].instance}
+    assert sr.SOPInstanceUID == sr_uids[3].instance
+    # No earlier SR (the wrong HC code: 0; the HC OHIF could not label: 1; the view named by trimester: 2) shares
+    # its UID.
+    assert sr.SOPInstanceUID not in {u.instance for u in sr_uids[:3]}
     sc = dcmread(outcome.receipts["b"]["sc"])
-    sc_uids = [object_uids("sc", source.SOPInstanceUID, source.SeriesInstanceUID, version, revision=r) for r in (0, 1)]
-    assert sc.SOPInstanceUID == sc_uids[1].instance != sc_uids[0].instance, (
-        "the SC whose heatmap was inverted (revision 0) must not share its UID with the corrected one"
+    sc_uids = [
+        object_uids("sc", source.SOPInstanceUID, source.SeriesInstanceUID, version, revision=r) for r in (0, 1, 2)
+    ]
+    assert sc.SOPInstanceUID == sc_uids[2].instance not in {sc_uids[0].instance, sc_uids[1].instance}, (
+        "neither the SC whose heatmap was inverted (revision 0) nor the one naming the view by trimester (1) "
+        "shares its UID"
     )
     assert hd.sr.Comprehensive3DSR.from_dataset(sr).SOPInstanceUID == sr.SOPInstanceUID
     assert outcome.summary["finding"] in {"normal", "abnormal"} and outcome.summary["hc_mm"] > 0

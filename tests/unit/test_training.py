@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -393,7 +394,7 @@ def test_tiny_view_training_run_and_evaluate(tmp_path: Path) -> None:
     fmt, rows = folder_rows(view_mini / "fetal_planes_db")
     assert fmt == "fetal_planes_db"
     assert sorted((r["plane"], r["_view"]) for r in rows) == [
-        ("Fetal brain", View.SECOND_TRIMESTER_HEAD),
+        ("Fetal brain", View.AXIAL_FETAL_HEAD),
         ("Fetal femur", View.OTHER_FETAL_PLANE),
         ("Maternal cervix", View.OTHER_FETAL_PLANE),
     ]
@@ -410,6 +411,22 @@ def test_tiny_view_training_run_and_evaluate(tmp_path: Path) -> None:
         assert sum(groups) >= 1
     model = ViewModel(load_bundle(tmp_path / "view", "view"))
     assert model.predict(load_gray(DATA / "hc18_mini" / "images" / "000_HC.png")).model == ("view-test", "0.0.1")
+    robust = meta["metrics"]["robustness"]
+    assert robust["n"] == meta["metrics"]["n"] and set(robust) >= {"callipers_and_text", "jpeg_q75", "jpeg_q40"}
+    assert all(0 <= robust[k]["unchanged"] <= 1 for k in ("callipers_and_text", "jpeg_q75"))
+    # Leave one head source out: HC18's heads are neither trained on nor used for thresholds, and all are routed.
+    held = train_view(folders, tmp_path / "loso", replace(recipe, leave_out="hc18"), "view-loso", "0.0.1")
+    left = held["metrics"]["left_out_source"]
+    assert left["origin"] == "hc18" and left["n"] == 8 and sum(left["routed"].values()) == 8
+    assert sum(held["training"]["images"].values()) == sum(meta["training"]["images"].values()) - 8
+    out = cli(
+        "models", "finalize", str(tmp_path / "view"), "--source-holdout", str(tmp_path / "loso"),
+        "--history", "a line of history", "--threads", "1",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    card = (tmp_path / "view" / "docs" / "README.md").read_text()
+    assert "| hc18 | 32 px, scanner augmentation, by origin | 8 / 8 |" in card and "- a line of history" in card
+    assert "--leave-out hc18" in card
     report = evaluate_view(tmp_path / "view", view_mini / "psfhs", "all", node=False)
     assert report["n"] == 3 and report["true_views"] == {"intrapartum_transperineal": 3}
     assert 0 <= report["accuracy"] <= 1 and len(report["accuracy_ci95"]) == 2
@@ -435,7 +452,7 @@ def test_tiny_view_training_run_and_evaluate(tmp_path: Path) -> None:
         im
         for folder in ("psfhs", "first_trimester_sagittal", "fetal_planes_db")
         for im in folder_images(view_mini / folder, "test", meta)[1]
-        if im.view is not View.SECOND_TRIMESTER_HEAD
+        if im.view is not View.AXIAL_FETAL_HEAD
     ]
     assert check["other_view_images"] == len(test_others) == sum(c["images"] for c in check["by_true_view"].values())
     assert "labour_segmentation" in check["models"] and check["cross_check_probability"] == 0.01

@@ -14,15 +14,16 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
+from fetalnode.applications.fetal_head import codes as fhc
 from fetalnode.config import load_settings
 from fetalnode.inference import Analyzer
 from fetalnode.inference.bundle import Bundle, load_bundle
 from fetalnode.inference.calibration import Calibration, TypeRule, abnormal_logit, calibrated, sigmoid, softmax
 from fetalnode.intake import decode_for_analysis
-from fetalnode.orthanc.findings import read_finding
 from fetalnode.outcomes import Received
 from fetalnode.outputs import codes as fc
 from fetalnode.outputs.capture import banner_font, banner_layout, burn_banner
+from fetalnode.outputs.findings import read_finding
 from fetalnode.outputs.registry import enabled_writers
 from fetalnode.runner import Runtime, run_job
 from fetalnode.runtime import build_runtime
@@ -300,9 +301,9 @@ def test_every_output_says_type_not_determined(runtime) -> None:
         assert NOT_DETERMINED in text.lower(), (name, text)
         assert not [t for t in type_names(runtime) if t in text.lower()], (name, text)
     codes = sr_codes(objects["sr"])
-    assert (fc.TYPE_NOT_DETERMINED.value, "SCT") in codes
+    assert (fhc.TYPE_NOT_DETERMINED.value, "SCT") in codes
     assert not [c for c, scheme in codes if scheme == fc.SCHEME and c.startswith("FNT")]  # no type, no type confidence
-    assert (fc.UNTYPED_ABNORMAL_CONFIDENCE.value, fc.SCHEME) in codes  # the confidence names the finding
+    assert (fhc.UNTYPED_ABNORMAL_CONFIDENCE.value, fc.SCHEME) in codes  # the confidence names the finding
     found = read_finding(objects["sr"])
     assert found["readable"] and found["abnormal"]
     assert (found["malformation_type"], found["type_note"]) == ("", NOT_DETERMINED)
@@ -319,11 +320,11 @@ def test_every_output_names_the_type_the_rule_allows(runtime) -> None:
     for name, text in texts(objects).items():
         assert named.replace("_", " ") in text.lower() and NOT_DETERMINED not in text.lower(), (name, text)
     codes = sr_codes(objects["sr"])
-    code = fc.malformation_code(named)
+    code = fhc.malformation_code(named)
     assert (str(code.value), str(code.scheme_designator)) in codes
     # each confidence under a concept that names what it is the confidence of ("Abnormal (AI)", "<type> (AI)")
-    assert (fc.ABNORMAL_CONFIDENCE.value, fc.SCHEME) in codes
-    assert (fc.type_confidence_code(named).value, fc.SCHEME) in codes
+    assert (fhc.ABNORMAL_CONFIDENCE.value, fc.SCHEME) in codes
+    assert (fhc.type_confidence_code(named).value, fc.SCHEME) in codes
     found = read_finding(objects["sr"])
     assert found["malformation_type"] == code.meaning and found["type_note"] == ""
 

@@ -1,6 +1,7 @@
-"""Clinical applications: the bundles an analysis needs, the analysis, and the outputs it feeds.
+"""Clinical applications, one folder each: the analysis, its output writers, the reader of its report.
 
-``registry.py`` names them (``worker.application`` chooses one): ``fetal_head.py`` (``fetal-head``) and
-``labour_progress.py`` (``labour-progress``: angle of progression on intrapartum transperineal images).
-A later view router picks an application per image: it registers here, the runner does not change.
+``fetal_head/`` (``fetal-head``), ``labour_progress/`` (``labour-progress``) and ``view_router/``
+(``view-router``: recognises the view of each image and runs the application registered for it).
+``base.py`` is what an application is to the runner; ``registry.py`` names them (``worker.application``
+chooses one). A module named in ``node.plugins`` adds one the same way, from outside the source tree.
 """

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
@@ -11,10 +11,25 @@ from pydicom.dataset import Dataset
 
 if TYPE_CHECKING:
     from fetalnode.config import Settings
-    from fetalnode.inference import AnalysisResult
-    from fetalnode.inference.labour import LabourResult
     from fetalnode.inference.view import ViewPrediction
     from fetalnode.intake import DecodedImage
+
+
+class Result(Protocol):
+    """What the runner, the job store and ``fetalnode analyze`` read of any application's result; its writers
+    read the rest of it as the type they know (``ctx.result_as(HeadResult)``)."""
+
+    @property
+    def analysed(self) -> bool:
+        """Whether the application has something valid to say about the image (else ``reason`` says why)."""
+        ...
+
+    @property
+    def reason(self) -> str: ...
+
+    def summary(self) -> Mapping[str, Any]:
+        """The result as JSON-able values."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -22,7 +37,7 @@ class Analysis:
     """An application's answer for one image: what the output writers read."""
 
     application: str
-    result: AnalysisResult | LabourResult
+    result: Result
     decoded: DecodedImage
     models: tuple[tuple[str, str], ...]
     # The view the router recognised (None when no router chose the application).
@@ -63,6 +78,12 @@ class Setup:
         from fetalnode.intake import decode_for_analysis
 
         return decoded or decode_for_analysis(ds, self.max_pixels, self.max_frames)
+
+    def decode_frame(self, ds: Dataset, index: int) -> DecodedImage:
+        """Frame ``index`` (0-based) of a cine."""
+        from fetalnode.intake import decode_for_analysis
+
+        return decode_for_analysis(ds, self.max_pixels, self.max_frames, index)
 
 
 class Application(Protocol):
@@ -108,6 +129,31 @@ class RecognisesItsView(Protocol):
 
     def recognises(self, decoded: DecodedImage) -> Recognition | None:
         """What it found (``None``: nothing of its view); raises InferenceError when its model fails."""
+        ...
+
+
+@dataclass(frozen=True)
+class Claim:
+    """How well an application recognises its own view in one frame, by its own model: ``score`` in [0, 1]
+    (the head application: the plausibility of the fitted skull, 0 when its gate refuses it) and what it
+    found, in words."""
+
+    score: float
+    found: str  # a clause: "a well-fitted skull (fit 0.93) was found by the head segmentation hc18-headseg 0.3.0"
+    model: tuple[str, str]
+    measure: str = "score"  # what the score is, in words ("skull fit")
+
+
+@runtime_checkable
+class ClaimsItsView(Protocol):
+    """An application whose own check can recognise its view with high confidence (the head application's gate
+    on a well-fitted skull): the view router lets it claim a frame the view model is unsure about, and asks it
+    which frame of a cine it recognises best."""
+
+    name: str
+
+    def claim(self, decoded: DecodedImage) -> Claim:
+        """How well it recognises its view in ``decoded``; raises InferenceError when its model fails."""
         ...
 
 

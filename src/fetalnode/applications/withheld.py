@@ -15,9 +15,9 @@ from pydicom.dataset import Dataset
 
 from fetalnode import __version__
 from fetalnode.applications.base import Analysis, Setup
-from fetalnode.applications.router import NAME as ROUTER
+from fetalnode.applications.view_router import NAME as ROUTER
+from fetalnode.applications.view_router.result import NoApplication
 from fetalnode.errors import InferenceError
-from fetalnode.inference import AnalysisResult
 from fetalnode.intake import DecodedImage
 
 # What answered: this software at the terminal, no model.
@@ -35,14 +35,7 @@ class Withheld:
 
     def analyse(self, ds: Dataset, decoded: DecodedImage | None = None) -> Analysis:
         decoded = self.setup.decode(ds, decoded)
-        result = AnalysisResult(
-            analysed=False,
-            reason=self.reason,
-            seg_model=TERMINAL,
-            cls_model=TERMINAL,
-            fused_rgb=decoded.display_rgb.copy(),
-        )
-        return Analysis(ROUTER, result, decoded, (TERMINAL,))
+        return Analysis(ROUTER, NoApplication(self.reason, TERMINAL, decoded.display_rgb), decoded, (TERMINAL,))
 
     def bundle_paths(self) -> list[Path]:
         return []

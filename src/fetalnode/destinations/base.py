@@ -54,14 +54,16 @@ class Destination(Protocol):
 
 
 Factory = Callable[["DestinationSettings", "Settings"], Destination]
-DESTINATION_KINDS: Registry[Factory] = Registry("destination kind")
-destination_kind = DESTINATION_KINDS.register  # @destination_kind("kind") on factory(destination, settings)
-BUILTIN_KINDS = (
-    "fetalnode.destinations.orthanc_rest",
-    "fetalnode.destinations.folder",
-    "fetalnode.destinations.dicom",
-    "fetalnode.destinations.dicomweb",
+DESTINATION_KINDS: Registry[Factory] = Registry(
+    "destination kind",
+    builtins=(
+        "fetalnode.destinations.orthanc_rest",
+        "fetalnode.destinations.folder",
+        "fetalnode.destinations.dicom",
+        "fetalnode.destinations.dicomweb",
+    ),
 )
+destination_kind = DESTINATION_KINDS.register  # @destination_kind("kind") on factory(destination, settings)
 SOURCE = "source"  # in ``send``: the received image, forwarded unchanged
 ALL_OUTPUTS = "outputs"  # in ``send``: every output the job built (``output.enabled``)
 
@@ -91,7 +93,7 @@ def same_pixels(ours: bytes, theirs: bytes) -> bool:
 
 def configured(settings: Settings) -> list[DestinationSettings]:
     """The ``[[destinations]]`` tables; without any, ``[orthanc]`` is the one destination ``orthanc``
-    (kind ``orthanc``, sending every enabled output), as before destinations had names."""
+    (kind ``orthanc``, sending every enabled output)."""
     if settings.destinations:
         return settings.destinations
     o = settings.orthanc
@@ -114,10 +116,6 @@ def configured(settings: Settings) -> list[DestinationSettings]:
 
 def build_destinations(settings: Settings) -> list[Destination]:
     """The node's destinations, built once from the settings; a wrong table stops start-up with the reason."""
-    import importlib
-
-    for module in BUILTIN_KINDS:
-        importlib.import_module(module)  # register the built-in kinds
     tables = configured(settings)
     names = [d.name for d in tables]
     if "" in names or len(set(names)) != len(names):

@@ -233,6 +233,10 @@ class Analyzer:
         # One forward pass gives the probabilities and what Grad-CAM needs (hooks registered once).
         self.cam_model = CamModel(classifier.net, classifier.net.cam_layer)  # type: ignore[arg-type]
 
+    def locate(self, img01: np.ndarray) -> HeadLocation:
+        """The gated head of a frame scaled by ``to_unit_range`` (:func:`find_head` with this bundle)."""
+        return find_head(self.seg.infer, seg_settings(self.seg), img01)
+
     @classmethod
     def from_dir(cls, models_dir: str | Path, seg_name: str, cls_name: str, heatmap_alpha: float = 0.6) -> Analyzer:
         root = Path(models_dir)
@@ -249,6 +253,7 @@ class Analyzer:
         display_rgb: np.ndarray | None = None,
         spacing_note: str = "",
         img01: np.ndarray | None = None,
+        head: HeadLocation | None = None,
     ) -> AnalysisResult:
         """Analyse one 2D grayscale frame.
 
@@ -265,6 +270,8 @@ class Analyzer:
             Why there is no spacing, reported with the result.
         img01
             ``to_unit_range(gray)`` when the caller has it already (the node computes it once per image).
+        head
+            :meth:`locate` of this frame when the caller has it already (a router asked for it).
         """
         t0 = time.perf_counter()
         img01 = frame01(gray, img01)
@@ -276,7 +283,7 @@ class Analyzer:
             seg_model=(self.seg.name, self.seg.version),
             cls_model=(self.cls.name, self.cls.version),
         )
-        head = find_head(self.seg.infer, seg_settings(self.seg), img01)
+        head = head or self.locate(img01)
         ellipse, why = head.ellipse, head.reason
         result.head_score = head.score
         t1 = time.perf_counter()

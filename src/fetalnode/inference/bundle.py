@@ -207,6 +207,29 @@ def write_metadata(
         (path / "docs" / "README.md").write_text(model_card(metadata), encoding="utf-8")
 
 
+def history_section(metadata: dict[str, Any]) -> str:
+    """The model card's History section: the metadata's ``history`` lines (earlier versions, candidates and
+    experiments of the bundle, oldest first), one item each; empty when there are none."""
+    lines = metadata.get("history") or []
+    if not lines:
+        return ""
+    items = "\n".join(f"- {line}" for line in lines)
+    return (
+        "\n## History\n"
+        "Earlier versions, candidates not shipped and experiments, oldest first. Model choice is made on the\n"
+        "validation split; held-out figures are read afterwards (an entry says where one was seen before a decision).\n\n"
+        f"{items}\n"
+    )
+
+
+def append_history(path: Path, lines: list[str], model_card: Callable[[dict[str, Any]], str]) -> dict[str, Any]:
+    """Add ``lines`` to a bundle's ``history`` and re-write its model card; weights are not touched."""
+    metadata = read_metadata(path)
+    metadata["history"] = [*metadata.get("history", []), *lines]
+    write_metadata(path, metadata, model_card)
+    return metadata
+
+
 def save_bundle(
     path: Path,
     net: nn.Module,

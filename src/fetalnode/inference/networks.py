@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from monai.networks.blocks import ResidualUnit
 from monai.networks.nets import Classifier, UNet
 from torch import nn
@@ -67,12 +68,29 @@ def build_classifier_net(params: dict[str, Any]) -> HeadClassifier:
     )
 
 
+class Median(nn.Module):
+    """A ``k`` x ``k`` median filter (edges replicated): thin strokes on a frame, a scanner's text and calliper
+    dots, are taken out before the view model looks, the anatomy's larger structures stay."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.k = k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pad = self.k // 2
+        n, c, h, w = x.shape
+        patches = F.unfold(F.pad(x, (pad, pad, pad, pad), mode="replicate"), self.k)  # (n, c*k*k, h*w)
+        patches = patches.view(n, c, self.k * self.k, h * w)
+        middle = torch.topk(patches, self.k * self.k // 2 + 1, dim=2).values[:, :, -1]
+        return middle.view(n, c, h, w)
+
+
 def build_view_net(params: dict[str, Any]) -> nn.Module:
     """MONAI ``Classifier`` (strided residual units, then one linear layer over the flattened map): the
     view model. Without global pooling the layout of the image (where the sector, the head, the
-    symphysis are) stays in the features."""
+    symphysis are) stays in the features. ``median`` (odd, > 1): a :class:`Median` filter first."""
     size = int(params["size"])
-    return Classifier(
+    net = Classifier(
         in_shape=(1, size, size),
         classes=int(params["n_classes"]),
         channels=tuple(params["channels"]),
@@ -80,6 +98,8 @@ def build_view_net(params: dict[str, Any]) -> nn.Module:
         num_res_units=int(params.get("num_res_units", 2)),
         dropout=float(params.get("dropout", 0.1)),
     )
+    median = int(params.get("median", 0))
+    return nn.Sequential(Median(median), net) if median > 1 else net
 
 
 def unet_encoder_prefix(level: int, n_levels: int) -> str:

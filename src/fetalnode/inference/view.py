@@ -41,6 +41,8 @@ class ViewPrediction:
     ``label`` is the routed view: the most probable class, or :attr:`View.UNKNOWN` when its
     probability is below the bundle's abstain threshold (``top`` then says what it would have been) or
     when another application recognised its own view in the image (``conflict`` says what it found).
+    ``claimed``: the view model was unsure, and the application of ``label`` recognised its view with high
+    confidence by its own model (what it found). ``frame_choice``: which frame of a cine was analysed, and why.
     """
 
     label: View
@@ -50,6 +52,8 @@ class ViewPrediction:
     probabilities: dict[str, float]
     conflict: str = ""
     conflict_model: tuple[str, str] | None = None  # the model that found it (a cross-check's)
+    claimed: str = ""
+    frame_choice: str = ""
 
     def probability_of(self, view: View) -> float:
         return self.probabilities.get(str(view), 0.0)
@@ -67,10 +71,18 @@ class ViewPrediction:
         }
         if self.conflict:
             out["conflict"] = self.conflict
+        if self.claimed:
+            out["claimed"] = self.claimed
+        if self.frame_choice:
+            out["frame_choice"] = self.frame_choice
         return out
 
     def line(self) -> str:
-        """One sentence for the reports: the recognised view, its probability and the model."""
+        """One sentence for the reports: the recognised view, its probability and the model (and, for a cine,
+        which frame was analysed and why)."""
+        return f"{self._view_sentence()}{' ' + self.frame_choice if self.frame_choice else ''}"
+
+    def _view_sentence(self) -> str:
         model = f"view model {self.model[0]} {self.model[1]}"
         if self.conflict:
             return (
@@ -79,7 +91,27 @@ class ViewPrediction:
             )
         if self.label is View.UNKNOWN:
             return f"View not recognised (most probable: {self.top.words}, {100 * self.probability:.0f}%; {model})."
+        if self.claimed:
+            return (
+                f"Recognised view: {self.words}, claimed by its application: the view model was unsure "
+                f"({100 * self.probability_of(self.label):.0f}%, most probable {self.top.words}; {model}), "
+                f"and {self.claimed}."
+            )
         return f"Recognised view: {self.words} ({100 * self.probability:.0f}%; {model})."
+
+
+@dataclass(frozen=True)
+class ClaimRule:
+    """When the application of a view may claim a frame the view model abstained on: the model gives the view
+    at least ``min_probability``, no other view reaches its own routing threshold, and the application's own
+    recognition scores at least ``min_score`` (both chosen on validation groups at training)."""
+
+    min_probability: float
+    min_score: float
+
+    @classmethod
+    def of(cls, meta: dict[str, object]) -> ClaimRule:
+        return cls(float(meta["min_probability"]), float(meta["min_score"]))  # type: ignore[arg-type]
 
 
 class ViewModel:
@@ -90,11 +122,13 @@ class ViewModel:
             raise BundleError(f"bundle {bundle.path}: task is {bundle.task!r}, expected 'view'")
         meta = bundle.metadata
         try:
-            self.labels = [View(v) for v in meta["labels"]]
+            self.labels = [View.named(v) for v in meta["labels"]]
             self.size = int(meta["input"]["size"])
             self.threshold = float(meta["abstain_threshold"])
             # A stricter threshold for some views (the head: the application that measures).
-            self.class_thresholds = {View(k): float(v) for k, v in meta.get("class_thresholds", {}).items()}
+            self.class_thresholds = {View.named(k): float(v) for k, v in meta.get("class_thresholds", {}).items()}
+            # When the application of a view may claim a frame the model is unsure about (chosen on validation).
+            self.claims = {View.named(k): ClaimRule.of(v) for k, v in meta.get("claims", {}).items()}
         except (KeyError, ValueError, TypeError) as exc:
             raise BundleError(f"bundle {bundle.path}: view metadata is incomplete: {exc}") from exc
         if View.UNKNOWN in self.labels:

@@ -10,6 +10,6 @@ the tests is ``harness.orthanc`` (outside the installed package).
 
 Named ``fetalnode.orthanc``: never a top-level ``orthanc`` module (Orthanc's Python plugin owns it).
 Nothing is imported here: the plugin runs inside Orthanc's embedded Python, without torch or
-highdicom, and loads only ``fetalnode.orthanc.findings`` (with ``fetalnode.outputs.codes`` and
+highdicom, and loads only ``fetalnode.outputs.findings`` (with ``fetalnode.outputs.codes`` and
 ``fetalnode.outputs.uids``).
 """

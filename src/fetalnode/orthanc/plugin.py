@@ -22,6 +22,7 @@ Research use only, not for diagnosis: the panel, the page and every JSON answer 
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 import threading
@@ -41,7 +42,15 @@ for entry in reversed(CONFIG.get("SysPath", [])):
 from pydicom import dcmread  # noqa: E402
 
 from fetalnode.orthanc import ohif  # noqa: E402
-from fetalnode.orthanc.findings import NOTICE, is_obgyn_report, made_by_fetalnode, read_finding  # noqa: E402
+from fetalnode.outputs.findings import NOTICE, is_companion_report, made_by_fetalnode, read_finding  # noqa: E402
+
+# Modules that register the findings reader of an application from outside the source tree (the node's
+# ``node.plugins``, as far as their readers go); the built-in readers load on the first report.
+for _module in CONFIG.get("Plugins", []):
+    try:
+        importlib.import_module(_module)
+    except Exception as _exc:
+        orthanc.LogError(f"fetalnode: plugin module {_module!r} not loaded: {type(_exc).__name__}: {_exc}")
 
 _lock = threading.Lock()
 _findings: dict[str, dict[str, Any]] = {}  # SR Orthanc ID -> finding
@@ -71,7 +80,7 @@ def _index_instance(instance_id: str) -> None:
     if tags.get("Modality") == "SR":
         try:
             ds = dcmread(BytesIO(orthanc.RestApiGet(f"/instances/{instance_id}/file")))
-            if is_obgyn_report(ds):
+            if is_companion_report(ds):
                 return  # our OB-GYN report (TID 5000): the finding is read from the TID 1500 report
             finding = read_finding(ds)
             evidence = [

@@ -1,5 +1,5 @@
-"""Secondary Capture of the fused heatmap, with the finding burned in as a legible banner
-(wrapped to the image width, so a 320-pixel-wide image shows all of it)."""
+"""Secondary Captures of the applications: an RGB image with its text burned in as a legible banner
+(wrapped to the image width, so a 320-pixel-wide image shows all of it), in the source study."""
 
 from __future__ import annotations
 
@@ -13,24 +13,9 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from fetalnode import RESEARCH_NOTICE
 from fetalnode.errors import EncodingError
-from fetalnode.inference import AnalysisResult
 from fetalnode.outputs.common import identity
-from fetalnode.outputs.registry import OutputContext, register_output
-from fetalnode.outputs.template import FastPath
-
-
-def banner_lines(result: AnalysisResult) -> list[str]:
-    if not result.analysed:
-        first = result.reason.upper()
-    else:
-        first = f"AI FINDING: {result.finding.upper()} ({100 * result.confidence:.0f}%)"
-        if result.finding == "abnormal":
-            first += f" - {result.type_words()}"
-        if result.biometry:
-            first += f"  HC {result.biometry.hc_mm:.1f} mm"
-    return [first, f"{RESEARCH_NOTICE} - fetalnode {result.cls_model[0]} {result.cls_model[1]}"]
+from fetalnode.outputs.registry import OutputContext
 
 
 @functools.cache  # loading the face costs more than drawing a banner line
@@ -112,15 +97,6 @@ def burn_banner(rgb: np.ndarray, lines: list[str]) -> np.ndarray:
     return np.asarray(canvas)
 
 
-def _heatmap(ctx: OutputContext) -> tuple[np.ndarray, str]:
-    """The capture's pixels (heatmap and banner) and its Image Comments."""
-    result = ctx.result_as(AnalysisResult)
-    if result.fused_rgb is None:
-        raise EncodingError("analysis produced no image to capture")
-    lines = ctx.with_context_lines(banner_lines(result))
-    return burn_banner(result.fused_rgb, lines), " / ".join(lines)
-
-
 def capture_slots(pixels: np.ndarray, comments: str) -> dict[str, tuple[str, object]]:
     """The values of one capture: its pixels (RGB, 8 bits, native) and their size, the comments."""
     data = np.ascontiguousarray(pixels, dtype=np.uint8)
@@ -130,31 +106,6 @@ def capture_slots(pixels: np.ndarray, comments: str) -> dict[str, tuple[str, obj
         "columns": ("Columns", int(data.shape[1])),
         "comments": ("ImageComments", comments[:10240]),
     }
-
-
-def _heatmap_slots(ctx: OutputContext) -> dict[str, tuple[str, object]]:
-    return capture_slots(*_heatmap(ctx))
-
-
-def _heatmap_shape(ctx: OutputContext) -> tuple[object, ...]:
-    return ("head", ctx.result_as(AnalysisResult).cls_model)  # + template.context_key
-
-
-@register_output(
-    "sc", applications=["fetal-head", "view-router"], revision=1, fast=FastPath(_heatmap_shape, _heatmap_slots)
-)
-def build_heatmap_capture(ctx: OutputContext) -> hd.sc.SCImage:
-    """An RGB Secondary Capture in the source study: fused Grad-CAM heatmap, ROI ellipse and banner."""
-    pixels, comments = _heatmap(ctx)
-    return secondary_capture(
-        ctx,
-        pixels,
-        series_number=9102,
-        description="fetalnode AI heatmap - research use only",
-        comments=comments,
-        derivation="Grad-CAM saliency of the fetalnode classifier fused over the source image",
-        frame_number=None,
-    )
 
 
 def secondary_capture(

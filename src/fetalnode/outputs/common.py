@@ -3,6 +3,7 @@ Contributing Equipment (IHE AI Results), with this software's Device UID (how re
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -10,6 +11,7 @@ import highdicom as hd
 from pydicom.sr.codedict import codes
 
 from fetalnode import RESEARCH_NOTICE, __version__
+from fetalnode.errors import EncodingError
 from fetalnode.outputs import codes as fc
 from fetalnode.outputs.registry import OutputContext
 from fetalnode.outputs.uids import DEVICE_UID
@@ -80,3 +82,49 @@ def fetus_observation(ctx: OutputContext) -> hd.sr.ObservationContext:
             subject_class_specific_context=hd.sr.SubjectContextFetus(subject_id="1"),
         ),
     )
+
+
+SR_SERIES_NUMBER = 9101  # the series of the output ``sr``, whatever the application
+Group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations | hd.sr.MeasurementsAndQualitativeEvaluations
+
+
+def measurement_report(
+    ctx: OutputContext,
+    groups: Callable[[], Sequence[Group]],
+    comments: Sequence[str],
+    *,
+    description: str,
+    derived: Callable[[], hd.sr.ContainerContentItem | None] | None = None,
+) -> hd.sr.Comprehensive3DSR:
+    """The TID 1500 Measurement Report every application writes as its output ``sr`` (Comprehensive 3D SR):
+    the node and fetus 1 as observation context, OB ultrasound as procedure, the application's measurement
+    ``groups``, its ``derived`` measurements (TID 1500 Derived Imaging Measurements, when any), then the
+    ``comments`` as Qualitative Evaluations (the research notice first). Raises :class:`EncodingError` with
+    the reason if highdicom refuses the content."""
+    try:
+        report = hd.sr.MeasurementReport(
+            observation_context=fetus_observation(ctx),
+            procedure_reported=fc.OB_ULTRASOUND,
+            imaging_measurements=list(groups()),
+        )
+        container = hd.sr.ContainerContentItem(
+            name=fc.QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+        )
+        container.ContentSequence = hd.sr.ContentSequence(
+            [
+                hd.sr.TextContentItem(
+                    name=fc.COMMENT, value=line[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+                )
+                for line in comments
+            ]
+        )
+        extra = derived() if derived is not None else None
+        if extra is not None:  # TID 1500: after the Imaging Measurements, before the Qualitative Evaluations
+            report[0].ContentSequence.append(extra)
+        report[0].ContentSequence.append(container)
+        sr = hd.sr.Comprehensive3DSR(content=report[0], **report_kwargs(ctx, series_number=SR_SERIES_NUMBER))
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise EncodingError(f"SR could not be built: {exc}") from exc
+    sr.SeriesDescription = description
+    sr.CodingSchemeIdentificationSequence = [fc.coding_scheme_identification()]
+    return sr

@@ -1,9 +1,8 @@
-"""Softcopy Presentation State over the source image: the head contour, the callipers and the result.
+"""Softcopy Presentation States over the source image: what every application's presentation writer shares.
 
-A viewer that applies this object draws, on the analysed image (and frame), one graphic layer
-``FETALNODE``: the fitted head ellipse as a closed POLYLINE, the OFD (major axis) and BPD (minor
-axis) callipers as open POLYLINEs, and a text box with the biometry, the finding and the research
-notice (PS3.3 C.10.5 Graphic Annotation, C.10.7 Graphic Layer). The source pixels are untouched.
+A viewer that applies one draws, on the analysed image (and frame), one graphic layer ``FETALNODE``
+with the application's graphics and a text box with its result and the research notice (PS3.3 C.10.5
+Graphic Annotation, C.10.7 Graphic Layer). The source pixels are untouched.
 
 Grayscale sources (MONOCHROME1/2) get a Grayscale Softcopy Presentation State (PS3.3 A.33.1); colour
 sources (RGB, YBR_*, PALETTE COLOR) a Color Softcopy Presentation State (PS3.3 A.33.2), whose
@@ -11,8 +10,8 @@ pipeline (PS3.4 N.2) applies the image's palette to indexed colour before the IC
 
 Coordinates are PIXEL units (PS3.3 C.10.5.1.2): sub-pixel, (0.0, 0.0) is the top left hand corner
 of the top left pixel, so the centre of the first pixel is (0.5, 0.5). The analysis works in array
-coordinates with pixel centres at integers (:class:`~fetalnode.inference.ellipse.Ellipse`), hence
-``+ 0.5``. Points are clipped to the image (highdicom and the standard allow nothing outside it).
+coordinates with pixel centres at integers, hence ``+ 0.5`` (:func:`pixel_units`). Points are clipped
+to the image (highdicom and the standard allow nothing outside it).
 """
 
 from __future__ import annotations
@@ -29,61 +28,20 @@ from pydicom.dataset import Dataset
 
 from fetalnode import RESEARCH_NOTICE, __version__
 from fetalnode.errors import EncodingError
-from fetalnode.inference import AnalysisResult
-from fetalnode.inference.ellipse import Ellipse
 from fetalnode.outputs.common import identity
-from fetalnode.outputs.registry import OutputContext, register_output
-from fetalnode.outputs.template import FastPath
+from fetalnode.outputs.registry import OutputContext
 
 LAYER = "FETALNODE"
 CONTENT_LABEL = "FETALNODE_AI"
-CONTOUR_POINTS = 72  # every 5 degrees; the closed polyline repeats the first point (73 points)
 PIXEL_CENTRE = 0.5  # array index -> PIXEL units (PS3.3 C.10.5.1.2)
 GRAYSCALE = frozenset({"MONOCHROME1", "MONOCHROME2"})
 _SAMPLES_PER_PIXEL = 0x00280002
 _PIXEL_DATA = 0x7FE00010
 
 
-def annotation_lines(result: AnalysisResult) -> list[str]:
-    """What the text annotation says, the research notice last."""
-    if not result.analysed or result.ellipse is None:
-        reason = result.reason or "not analysed: no fetal head found"
-        return [reason[:1].upper() + reason[1:], RESEARCH_NOTICE]
-    lines = []
-    if result.biometry is not None:
-        bio = result.biometry
-        lines.append(f"HC {bio.hc_mm:.1f} mm  BPD {bio.bpd_mm:.1f} mm  OFD {bio.ofd_mm:.1f} mm")
-    else:
-        lines.append(f"No measurement in mm: {result.measurement_note or 'no calibration'}")
-    finding = f"AI finding: {result.finding}"
-    if result.finding == "abnormal":
-        finding += f" ({result.type_words()})"
-    lines.append(f"{finding}, confidence {100 * result.confidence:.0f}%")
-    lines.append(RESEARCH_NOTICE)
-    return lines
-
-
-def _pixel_units(points: np.ndarray, rows: int, columns: int) -> np.ndarray:
+def pixel_units(points: np.ndarray, rows: int, columns: int) -> np.ndarray:
     shifted = np.asarray(points, dtype=np.float64) + PIXEL_CENTRE
     return np.column_stack([np.clip(shifted[:, 0], 0.0, columns), np.clip(shifted[:, 1], 0.0, rows)])
-
-
-def head_graphic_data(ellipse: Ellipse, rows: int, columns: int) -> list[np.ndarray]:
-    """Closed head contour, then the OFD (major axis) and BPD (minor axis) calliper lines (PIXEL units)."""
-    outline = ellipse.outline(CONTOUR_POINTS)
-    contour = _pixel_units(np.vstack([outline, outline[:1]]), rows, columns)
-    ends = _pixel_units(ellipse.axis_endpoints(), rows, columns)
-    return [contour, ends[0:2], ends[2:4]]
-
-
-def head_graphics(ellipse: Ellipse, rows: int, columns: int) -> list[hd.pr.GraphicObject]:
-    """:func:`head_graphic_data` as open or closed POLYLINEs."""
-    polyline = hd.pr.GraphicTypeValues.POLYLINE
-    pixel = hd.pr.AnnotationUnitsValues.PIXEL
-    return [
-        hd.pr.GraphicObject(graphic_type=polyline, graphic_data=data, units=pixel)
-        for data in head_graphic_data(ellipse, rows, columns)
-    ]
 
 
 def text_value(lines: list[str]) -> str:
@@ -167,44 +125,6 @@ def presentation_shape(ctx: OutputContext, *shape: object) -> tuple[object, ...]
         str(ctx.source.get("PhotometricInterpretation", "")).strip() in GRAYSCALE,
         decoded.frame_number if decoded.n_frames > 1 else None,
     )  # the application, its models, the station and the settings: template.context_key
-
-
-def _shape(ctx: OutputContext) -> tuple[object, ...]:
-    result = ctx.result_as(AnalysisResult)
-    return presentation_shape(ctx, "head", result.analysed and result.ellipse is not None)
-
-
-def _slots(ctx: OutputContext) -> dict[str, tuple[str, object]]:
-    """The values of one presentation state: the text box and the head's graphics."""
-    result = ctx.result_as(AnalysisResult)
-    slots: dict[str, tuple[str, object]] = {"text": ("UnformattedTextValue", text_value(annotation_lines(result)))}
-    if result.analysed and result.ellipse is not None:
-        graphics = head_graphic_data(result.ellipse, int(ctx.source.Rows), int(ctx.source.Columns))
-        for name, data in zip(("contour", "ofd", "bpd"), graphics, strict=True):
-            slots[f"graphic.{name}"] = ("GraphicData", data.ravel())
-    return slots
-
-
-@register_output("gsps", applications=["fetal-head", "view-router"], fast=FastPath(_shape, _slots))
-def build_presentation_state(
-    ctx: OutputContext,
-) -> hd.pr.GrayscaleSoftcopyPresentationState | hd.pr.ColorSoftcopyPresentationState:
-    """GSPS for a grayscale source, Color Softcopy Presentation State otherwise, in the source study."""
-    result = ctx.result_as(AnalysisResult)
-
-    def annotate(rows: int, columns: int) -> Annotations:
-        graphics = (
-            head_graphics(result.ellipse, rows, columns) if result.analysed and result.ellipse is not None else None
-        )
-        return graphics, [text_object(annotation_lines(result))]
-
-    return presentation_state(
-        ctx,
-        "fetalnode AI head annotation",
-        annotate,
-        content_description=f"fetalnode AI annotations - {RESEARCH_NOTICE.lower()}",
-        series_number=9103,
-    )
 
 
 def graphic_layer(description: str) -> hd.pr.GraphicLayer:

@@ -11,13 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from pydicom.dataset import Dataset
 
 from fetalnode.errors import ConfigError, EncodingError
 from fetalnode.outputs.uids import ObjectUids, object_uids
-from fetalnode.registry import Registry
+from fetalnode.registry import Registry, builtin_modules
 
 if TYPE_CHECKING:
     from fetalnode.applications.base import Analysis
@@ -150,7 +150,7 @@ class OutputWriter:
 
 
 ANY_APPLICATION = ""
-OUTPUTS: Registry[OutputWriter] = Registry("output")
+OUTPUTS: Registry[OutputWriter] = Registry("output", builtins=builtin_modules("writers"))
 
 
 def register_output(
@@ -166,7 +166,7 @@ def register_output(
     """
 
     def add(build: Build) -> Build:
-        writer = OUTPUTS.add(name, OUTPUTS.find(name) or OutputWriter(name))
+        writer = OUTPUTS.add(name, OUTPUTS.registered(name) or OutputWriter(name))
         for application in applications or [ANY_APPLICATION]:
             taken = writer.builders.get(application)
             if taken is not None and taken is not build:
@@ -186,7 +186,6 @@ def enabled_writers(names: Sequence[str], applications: Sequence[str]) -> list[O
     not at the first image); a writer that feeds only some of them writes for those."""
     if isinstance(applications, str):  # a str is a Sequence[str] of letters
         raise TypeError("applications must be a sequence of application names, not one string")
-    _load_builtin()
     writers = []
     for name in names:
         writer = OUTPUTS.get(name, "output.enabled")
@@ -200,12 +199,4 @@ def enabled_writers(names: Sequence[str], applications: Sequence[str]) -> list[O
 
 def writers_for(names: Sequence[str], application: str) -> list[OutputWriter]:
     """The writers of ``output.enabled`` that have a builder for ``application``, in that order."""
-    _load_builtin()
     return [w for w in (OUTPUTS.get(n, "output.enabled") for n in names) if w.builder_for(application)]
-
-
-def _load_builtin() -> Any:
-    # The built-in writers register themselves on import (highdicom is imported only here).
-    from fetalnode.outputs import capture, labour, obgyn, presentation, report, segmentation
-
-    return capture, labour, obgyn, presentation, report, segmentation

@@ -119,7 +119,9 @@ def _answer(assoc: NodeAssociation, msg: Any, context_id: int, refusal: Refusal)
     rsp.MessageIDBeingRespondedTo = msg.MessageID
     rsp.Status = refusal.status
     for keyword in ("AffectedSOPClassUID", "AffectedSOPInstanceUID"):
-        value = getattr(msg, keyword, None) or (getattr(msg, "RequestedSOPClassUID", None) if "Class" in keyword else None)
+        value = getattr(msg, keyword, None) or (
+            getattr(msg, "RequestedSOPClassUID", None) if "Class" in keyword else None
+        )
         if value and hasattr(rsp, keyword):
             with suppress(TypeError, ValueError):  # a malformed UID is not echoed back
                 setattr(rsp, keyword, value)
@@ -255,7 +257,9 @@ class AssociationLimits:
                 return ""
             idle = max(((idle_seconds(o), o) for o in others), key=lambda pair: pair[0], default=None)
             if idle is None or idle[0] < self.evict_after:
-                return f"{len(others)} associations open, none idle for {self.evict_after:g} s (scp.maximum_associations)"
+                return (
+                    f"{len(others)} associations open, none idle for {self.evict_after:g} s (scp.maximum_associations)"
+                )
             evict(idle[1])
         evicted(idle[1], idle[0])
         return ""

@@ -25,7 +25,9 @@ from pynetdicom import evt
 from fetalnode import __version__, dicomio
 from fetalnode.dicom_status import Status
 from fetalnode.intake import SECONDARY_CAPTURE
+from fetalnode.jobs import Printed
 from fetalnode.outputs.uids import derive_uid
+from fetalnode.routing import Route
 from fetalnode.scp.contexts import (
     ANNOTATION_BOX,
     COLOR_IMAGE_BOX,
@@ -37,10 +39,12 @@ from fetalnode.scp.contexts import (
     PRINTER,
     PRINTER_INSTANCE,
 )
-from fetalnode.scp.server import Terminal
-from fetalnode.vocab import AuditEvent
+from fetalnode.scp.terminal import Terminal
+from fetalnode.vocab import AuditEvent, RouteAction
 
 log = logging.getLogger(__name__)
+# A printed film is analysed: the routing rules are for C-STORE (a film has no modality header to match).
+PRINTED = Route("print", RouteAction.ANALYSE)
 
 
 _FORMAT = re.compile(r"^STANDARD\\(\d+),(\d+)$")
@@ -344,12 +348,8 @@ class PrintScp:
                 series_uid=str(ds.SeriesInstanceUID),
                 transfer_syntax=str(ExplicitVRLittleEndian),
                 source="print",
-                extra={
-                    "film_session": session.uid,
-                    "film_box": film.uid,
-                    "image_box_position": box.position,
-                    "film_session_label": session.label,
-                },
+                route=PRINTED,
+                printed=Printed(session.uid, film.uid, box.position, session.label),
             )
             count += 1
         film.printed = True

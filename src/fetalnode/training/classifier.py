@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from fetalnode.inference.analyzer import locate_head, seg_settings
-from fetalnode.inference.bundle import Bundle, load_bundle, save_bundle
+from fetalnode.inference.bundle import Bundle, history_section, load_bundle, save_bundle
 from fetalnode.inference.calibration import Calibration
 from fetalnode.inference.networks import build_classifier_net, transfer_unet_encoder
 from fetalnode.inference.preprocess import roi_crop, to_unit_range
@@ -1053,4 +1053,4 @@ Training: {fitting_line(meta)}{meta["training"]["epochs_run"]} epochs, {meta["tr
   separation is partly a *source* shortcut. Compare the AUROC with the trivial intensity baseline above.
 - Per-type figures rest on 1–6 source images per class; classes with fewer than 3 case groups are only in training.
 - Images are Roboflow-stretched squares without physical calibration.
-"""
+{history_section(meta)}"""

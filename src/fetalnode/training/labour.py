@@ -23,7 +23,15 @@ from monai.losses import DiceCELoss
 from tqdm import tqdm
 
 from fetalnode.inference.aop import measure, measure_label_map
-from fetalnode.inference.bundle import ONNX, export_onnx, load_bundle, save_bundle, sha256_file, write_metadata
+from fetalnode.inference.bundle import (
+    ONNX,
+    export_onnx,
+    history_section,
+    load_bundle,
+    save_bundle,
+    sha256_file,
+    write_metadata,
+)
 from fetalnode.inference.labour_analyzer import (
     FH,
     PS,
@@ -527,4 +535,4 @@ zoom ±{100 * t["recipe"]["scale_jitter"]:g}%, gamma/gain, no flips; early stopp
 - Held-out blocks are not held-out women: a woman's images may span two neighbouring blocks.
 - AoP ≥ 120° went with a 90% chance of spontaneous or easy vacuum delivery in one study (Kalache et al.,
   UOG 2009): literature, not a prediction of this model.
-"""
+{history_section(meta)}"""

@@ -1,4 +1,5 @@
-"""Reference outputs stored in a bundle at training time, re-checked by the tests on every load.
+"""Reference outputs stored in a bundle at training time and re-checked by the unit tests
+(``tests/unit/test_bundles.py``, ``test_labour_progress.py``, ``test_router.py``), not by ``load_bundle``.
 
 The images are the small dataset copies shipped in ``tests/data`` (same folder layout as the
 training data), so the check runs on a machine without ``../shared``.

@@ -26,6 +26,7 @@ from fetalnode.inference.analyzer import (
 from fetalnode.inference.bundle import (
     ONNX,
     export_onnx,
+    history_section,
     load_bundle,
     save_bundle,
     sha256_file,
@@ -504,7 +505,7 @@ Only trans-thalamic planes of (presumed) normal fetuses from one centre; BPD/OFD
 of the fitted ellipse, not sonographer caliper placements. The gate's thresholds come from heads of one
 centre, so heads of other centres or of poorer image quality are refused ("not analysed") more often:
 see "head found" above and `python -m benchmarks.gate` for images of another centre.
-"""
+{history_section(meta)}"""
 
 
 def gate_line(meta: dict[str, Any]) -> str:

@@ -17,11 +17,13 @@ from pydicom.sr.coding import Code
 from pydicom.uid import UltrasoundMultiFrameImageStorage
 
 from fetalnode import RESEARCH_NOTICE, __version__
+from fetalnode.applications.labour_progress import NAME
+from fetalnode.applications.labour_progress import codes as lpc
+from fetalnode.applications.labour_progress.geometry import not_analysed_reason
 from fetalnode.errors import EncodingError
 from fetalnode.inference.labour import LabourResult
 from fetalnode.outputs import codes
 from fetalnode.outputs.common import identity
-from fetalnode.outputs.labour.geometry import not_analysed_reason
 from fetalnode.outputs.registry import OutputContext, register_output
 from fetalnode.outputs.segmentation import (
     SERIES_NUMBER,
@@ -32,10 +34,9 @@ from fetalnode.outputs.segmentation import (
 )
 from fetalnode.outputs.template import FastPath
 
-APPLICATION = "labour-progress"
 SEGMENTS: tuple[tuple[int, str, Code], ...] = (
-    (1, "Pubic symphysis", codes.SYMPHYSIS_PUBIS),
-    (2, "Fetal head", codes.FETAL_HEAD),
+    (1, "Pubic symphysis", lpc.SYMPHYSIS_PUBIS),
+    (2, "Fetal head", lpc.FETAL_HEAD),
 )
 
 
@@ -95,7 +96,7 @@ def _slots(ctx: OutputContext) -> dict[str, tuple[str, object]]:
     return segmentation_slots(ctx, np.moveaxis(masks, -1, 0), _comments(result, bool(masks.any())))
 
 
-@register_output("seg", applications=[APPLICATION], fast=FastPath(_shape, _slots))
+@register_output("seg", applications=[NAME], fast=FastPath(_shape, _slots))
 def build_labour_segmentation(ctx: OutputContext) -> hd.seg.Segmentation:
     """A binary Segmentation with the two structures in the source study (series 9104)."""
     source, analysis = ctx.source, ctx.analysis

@@ -12,8 +12,19 @@ own view from structures only that view shows (:class:`RecognisesItsView`: labou
 symphysis and a fetal head passing its gate) looks at it, when the view model gives that view at least
 ``router.cross_check_probability``. If it recognises the image, the two models disagree: the view is
 uncertain (:attr:`View.UNKNOWN`, the view's ``conflict`` says what was found) and no application answers.
-A transperineal image shows a whole fetal head; the view model called two such held-out images a
-second-trimester head, and the head application measured them.
+A transperineal image shows a whole fetal head; a view model may call it an axial head, and the head
+application's gate would then find a skull in it.
+
+Claim: when the view model abstains, an application whose own check recognises its view with high
+confidence (:class:`ClaimsItsView`: the head application's gate on a well-fitted skull) may claim the image,
+under the view bundle's ``claims`` rule (chosen on validation groups): the model gives that view at least the
+rule's probability, no other view reaches its own routing threshold (a confident other view is never
+overridden), and the application's score reaches the rule's. A claimed image still goes through the
+cross-check.
+
+Cine: of a multi-frame image the router looks at up to ``router.cine_frames`` evenly spaced frames, and the
+application analyses the frame it recognises best (its claim score, else the view model's probability); the
+view line of every output and the summary say which frame and why, and the outputs reference that frame.
 """
 
 from __future__ import annotations
@@ -25,24 +36,27 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from fetalnode.applications.base import Analysis, Application, RecognisesItsView, Recognition, Setup, run_models
+from fetalnode.applications.base import (
+    Analysis,
+    Application,
+    ClaimsItsView,
+    RecognisesItsView,
+    Recognition,
+    Setup,
+    run_models,
+)
 from fetalnode.applications.registry import APPLICATIONS, register_application
+from fetalnode.applications.view_router import NAME
+from fetalnode.applications.view_router.result import NO_APPLICATION, NoApplication, not_analysed_reason
 from fetalnode.config import Settings
 from fetalnode.errors import ConfigError, InferenceError
-from fetalnode.inference import AnalysisResult
 from fetalnode.inference.bundle import load_bundle
 from fetalnode.inference.view import ViewModel, ViewPrediction
-from fetalnode.intake import DecodedImage
-from fetalnode.vocab import View
+from fetalnode.intake import DecodedImage, check_header
+from fetalnode.vocab import RENAMED_VIEWS, View
 
 log = logging.getLogger(__name__)
-NAME = "view-router"
-NO_APPLICATION = "no application for this view"
-
-
-def not_analysed_reason(view: View, uncertain: bool = False) -> str:
-    """Why an image got no application: its view, or "view uncertain" when the cross-check disagreed."""
-    return f"not analysed: {'view uncertain' if uncertain else view.words}, {NO_APPLICATION}"
+__all__ = ["NAME", "NO_APPLICATION", "ViewRouter", "load", "not_analysed_reason", "router_routes"]
 
 
 @dataclass
@@ -53,6 +67,7 @@ class ViewRouter:
     routes: dict[View, Application]
     setup: Setup
     cross_check_probability: float = 0.01
+    cine_frames: int = 1
     name: str = NAME
     # This one and every routed application's names (the writers are checked against them at start-up).
     applications: tuple[str, ...] = field(init=False)
@@ -71,6 +86,8 @@ class ViewRouter:
         the view uncertain too: the image was not shown to be free of that view.
         """
         view = run_models(lambda: self.view_model.predict(decoded.gray, decoded.gray01), "view model")
+        if view.label is View.UNKNOWN:
+            view = self._claim(view, decoded)
         routed = self.routes.get(view.label)
         if routed is None:
             return view
@@ -94,19 +111,79 @@ class ViewRouter:
                 )
         return view
 
+    def _claim(self, view: ViewPrediction, decoded: DecodedImage) -> ViewPrediction:
+        """The view model abstained: the first application whose claim rule the frame meets claims it."""
+        confident = [v for v in self.view_model.labels if view.probability_of(v) >= self.view_model.threshold_of(v)]
+        for target, rule in self.view_model.claims.items():
+            application = self.routes.get(target)
+            if not isinstance(application, ClaimsItsView) or view.probability_of(target) < rule.min_probability:
+                continue
+            if any(v is not target for v in confident):
+                continue  # never override a confident other view
+            claim = run_models(lambda app=application: app.claim(decoded), f"{application.name} claim")
+            if claim.score >= rule.min_score:
+                log.info("view claimed by %s: %s (view model: %s)", application.name, claim.found, view.top)
+                return dataclasses.replace(view, label=target, claimed=claim.found)
+        return view
+
     def analyse(self, ds: Dataset, decoded: DecodedImage | None = None) -> Analysis:
+        if decoded is None and self.cine_frames > 1:
+            n_frames = check_header(ds, self.setup.max_pixels, self.setup.max_frames).n_frames
+            if n_frames > 1:
+                decoded, view = self._best_frame(ds, n_frames)
+                return self._route(ds, decoded, view)
         decoded = self.setup.decode(ds, decoded)
-        view = self.classify(decoded)
+        return self._route(ds, decoded, self.classify(decoded))
+
+    def _best_frame(self, ds: Dataset, n_frames: int) -> tuple[DecodedImage, ViewPrediction]:
+        """The frame of a cine to analyse and its view: of up to ``cine_frames`` evenly spaced frames, the one
+        routed to an application that this application recognises best (its claim score, else the view
+        probability; ties: the frame nearest the middle). The application is that of the frame with the highest
+        view probability. No frame routed: the middle frame's answer."""
+        indices = frame_indices(n_frames, self.cine_frames)
+        middle = n_frames // 2
+        looked: list[tuple[int, DecodedImage, ViewPrediction]] = []
+        for index in indices:
+            frame = self.setup.decode_frame(ds, index)
+            looked.append((index, frame, self.classify(frame)))
+        routed = [item for item in looked if item[2].label in self.routes]
+        listed = ", ".join(str(i + 1) for i in indices)
+        if not routed:
+            index, frame, view = min(looked, key=lambda item: abs(item[0] - middle))
+            why = (
+                f"Frame {index + 1} of {n_frames} analysed: none of the {len(looked)} frames looked at ({listed}) "
+                "shows a view an application handles."
+            )
+            return frame, dataclasses.replace(view, frame_choice=why)
+        lead = max(routed, key=lambda item: item[2].probability_of(item[2].label))
+        application = self.routes[lead[2].label]
+        mine = [item for item in routed if self.routes[item[2].label] is application]
+
+        def score(item: tuple[int, DecodedImage, ViewPrediction]) -> tuple[float, str]:
+            if isinstance(application, ClaimsItsView):
+                claim = run_models(lambda: application.claim(item[1]), f"{application.name} claim")
+                return claim.score, claim.measure
+            return item[2].probability_of(item[2].label), "view probability"
+
+        scores = {item[0]: score(item) for item in mine}
+        index, frame, view = max(mine, key=lambda item: (scores[item[0]][0], -abs(item[0] - middle)))
+        value, measure = scores[index]
+        why = (
+            f"Frame {index + 1} of {n_frames} analysed: of the {len(looked)} frames looked at ({listed}), "
+            f"{len(mine)} showed the {view.words} and {application.name} recognised frame {index + 1} best "
+            f"({measure} {value:.2f})"
+        )
+        if middle != index:
+            mid = next((item for item in looked if item[0] == middle), None)
+            if mid is not None:
+                why += f"; the middle frame {middle + 1}: {mid[2].words}"
+        return frame, dataclasses.replace(view, frame_choice=why + ".")
+
+    def _route(self, ds: Dataset, decoded: DecodedImage, view: ViewPrediction) -> Analysis:
         model = view.model
         application = self.routes.get(view.label)
         if application is None:
-            result = AnalysisResult(
-                analysed=False,
-                reason=not_analysed_reason(view.label, bool(view.conflict)),
-                seg_model=model,
-                cls_model=model,
-                fused_rgb=decoded.display_rgb.copy(),
-            )
+            result = NoApplication.of(view.label, bool(view.conflict), model, decoded.display_rgb)
             # A cross-check's model decided too: it is one of the models behind every output.
             models = (model, view.conflict_model) if view.conflict_model else (model,)
             return Analysis(NAME, result, decoded, models, view=view)
@@ -137,12 +214,24 @@ class ViewRouter:
         return out
 
 
+def frame_indices(n_frames: int, k: int) -> list[int]:
+    """Up to ``k`` evenly spaced 0-based frame indices of a cine: the middle of each of ``k`` equal stretches
+    (``k`` = 1: the middle frame, as a single-frame look takes it)."""
+    k = max(1, min(k, n_frames))
+    return sorted({(2 * i + 1) * n_frames // (2 * k) for i in range(k)})
+
+
 def router_routes(settings: Settings) -> dict[View, str]:
-    """``[router] applications`` as views -> application names (empty names dropped), checked."""
+    """``[router] applications`` as views -> application names (empty names dropped), checked.
+
+    A view's earlier name (``second_trimester_head``) still works, with a deprecation warning; given beside
+    its new name, the new name wins.
+    """
     routes: dict[View, str] = {}
+    renamed: dict[View, str] = {}
     for key, name in settings.router.applications.items():
         try:
-            view = View(key)
+            view = View.named(key)
         except ValueError:
             known = ", ".join(v for v in View if v is not View.UNKNOWN)
             raise ConfigError(f"router.applications: unknown view {key!r} (views: {known})") from None
@@ -150,7 +239,14 @@ def router_routes(settings: Settings) -> dict[View, str]:
             raise ConfigError("router.applications: 'unknown' is the view model's abstention; it has no application")
         if name == NAME:
             raise ConfigError(f"router.applications: {key} cannot be routed to the router itself")
+        if key in RENAMED_VIEWS:
+            log.warning("router.applications: %r is deprecated, the view is now %r; rename the key", key, str(view))
+            renamed[view] = name
+            continue
         if name:
+            routes[view] = name
+    for view, name in renamed.items():
+        if name and view not in routes and str(view) not in settings.router.applications:
             routes[view] = name
     return routes
 
@@ -182,4 +278,4 @@ def load(settings: Settings) -> ViewRouter:
         routes[view] = built[name]
     unrouted = [v.words for v in view_model.labels if v not in routes]
     log.info("router: %s; no application for: %s", ", ".join(f"{v} -> {routes[v].name}" for v in routes), unrouted)
-    return ViewRouter(view_model, routes, setup, settings.router.cross_check_probability)
+    return ViewRouter(view_model, routes, setup, settings.router.cross_check_probability, settings.router.cine_frames)

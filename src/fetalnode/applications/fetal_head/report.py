@@ -26,19 +26,16 @@ from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 
 from fetalnode import RESEARCH_NOTICE
-from fetalnode.errors import EncodingError
+from fetalnode.applications.fetal_head import NAME
+from fetalnode.applications.fetal_head import codes as fhc
 from fetalnode.inference import AnalysisResult
 from fetalnode.inference.ellipse import Ellipse
 from fetalnode.intake import DecodedImage
 from fetalnode.outputs import codes as fc
-from fetalnode.outputs.common import fetus_observation, report_kwargs
+from fetalnode.outputs.common import measurement_report
 from fetalnode.outputs.registry import OutputContext, register_output
 from fetalnode.outputs.template import FastPath
 from fetalnode.outputs.uids import instance_derived
-
-
-def _text(name: Code, value: str) -> hd.sr.TextContentItem:
-    return hd.sr.TextContentItem(name=name, value=value[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
 
 
 def _algorithm(result: AnalysisResult) -> hd.sr.AlgorithmIdentification:
@@ -81,7 +78,7 @@ def head_geometry(ellipse: Ellipse, spacing_mm: tuple[float, float] | None) -> H
 
 
 def _measurement_groups(
-    source: Dataset, result: AnalysisResult, decoded: DecodedImage, sr_instance_uid: str, routed: bool = True
+    source: Dataset, result: AnalysisResult, decoded: DecodedImage, sr_instance_uid: str
 ) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations | hd.sr.MeasurementsAndQualitativeEvaluations]:
     """The head group (TID 1410: the closed contour with every number and the assessment; TID 1501 with
     the assessment only when no head was found), then the ELLIPSE and the callipers (TID 1410, no number)."""
@@ -114,12 +111,10 @@ def _measurement_groups(
         return [
             hd.sr.MeasurementsAndQualitativeEvaluations(
                 tracking_identifier=tracking("tracking", "fetal head"),
-                finding_type=fc.HEAD_STRUCTURE,
+                finding_type=fhc.HEAD_STRUCTURE,
                 algorithm_id=algorithm,
                 source_images=[source_image],
-                qualitative_evaluations=[
-                    hd.sr.QualitativeEvaluation(fc.AI_ASSESSMENT, fc.NOT_ANALYSED if routed else fc.NO_APPLICATION)
-                ],
+                qualitative_evaluations=[hd.sr.QualitativeEvaluation(fhc.AI_ASSESSMENT, fhc.NOT_ANALYSED)],
             )
         ]
     geometry = head_geometry(result.ellipse, decoded.spacing_mm)
@@ -128,31 +123,31 @@ def _measurement_groups(
     measurements = []
     if bio is not None:
         measurements += [
-            mm(fc.HEAD_CIRCUMFERENCE, bio.hc_mm),
-            mm(fc.BIPARIETAL_DIAMETER, bio.bpd_mm),
-            mm(fc.OCCIPITAL_FRONTAL_DIAMETER, bio.ofd_mm),
+            mm(fhc.HEAD_CIRCUMFERENCE, bio.hc_mm),
+            mm(fhc.BIPARIETAL_DIAMETER, bio.bpd_mm),
+            mm(fhc.OCCIPITAL_FRONTAL_DIAMETER, bio.ofd_mm),
         ]
     measurements.append(
         hd.sr.Measurement(
-            name=fc.finding_confidence_code(result.finding, typed),
+            name=fhc.finding_confidence_code(result.finding, typed),
             value=round(100 * result.confidence, 2),
             unit=fc.PERCENT,
             algorithm_id=algorithm,
         )
     )
     evaluations = [
-        hd.sr.QualitativeEvaluation(fc.AI_ASSESSMENT, fc.ABNORMAL if result.finding == "abnormal" else fc.NORMAL)
+        hd.sr.QualitativeEvaluation(fhc.AI_ASSESSMENT, fhc.ABNORMAL if result.finding == "abnormal" else fhc.NORMAL)
     ]
     if result.finding == "abnormal" and not typed:
         # The bundle's reporting rule names no type here: "abnormal, type not determined", by code.
-        evaluations.append(hd.sr.QualitativeEvaluation(fc.MALFORMATION_TYPE, fc.TYPE_NOT_DETERMINED))
+        evaluations.append(hd.sr.QualitativeEvaluation(fhc.MALFORMATION_TYPE, fhc.TYPE_NOT_DETERMINED))
     elif typed:
         evaluations.append(
-            hd.sr.QualitativeEvaluation(fc.MALFORMATION_TYPE, fc.malformation_code(result.malformation_type))
+            hd.sr.QualitativeEvaluation(fhc.MALFORMATION_TYPE, fhc.malformation_code(result.malformation_type))
         )
         measurements.append(
             hd.sr.Measurement(
-                name=fc.type_confidence_code(result.malformation_type),
+                name=fhc.type_confidence_code(result.malformation_type),
                 value=round(100 * result.type_probability, 2),
                 unit=fc.PERCENT,
                 algorithm_id=algorithm,
@@ -169,7 +164,7 @@ def _measurement_groups(
         hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=tracking_id,
             referenced_region=roi,
-            finding_type=fc.HEAD_STRUCTURE,
+            finding_type=fhc.HEAD_STRUCTURE,
             algorithm_id=algorithm,
             measurements=values or None,
             qualitative_evaluations=coded or None,
@@ -259,30 +254,14 @@ def _slots(ctx: OutputContext) -> dict[str, tuple[str, object]]:
 # Revision 1: HC coded 11984-2 (was 11779-6, a delivery-date concept), head contour and calliper POLYLINEs.
 # Revision 2: every number in the head contour's group (the first), the ELLIPSE in a group of its own, the
 # confidences under concepts that name the finding (FN0008-FN0010, FNT...) instead of FN0003 / FN0004.
-@register_output("sr", applications=["fetal-head", "view-router"], revision=2, fast=FastPath(_shape, _slots))
+# Revision 3: the view named by anatomy and plane ("axial fetal head", was "second-trimester axial fetal head").
+@register_output("sr", applications=[NAME], revision=3, fast=FastPath(_shape, _slots))
 def build_report(ctx: OutputContext) -> hd.sr.Comprehensive3DSR:
     """Build the SR; raises :class:`EncodingError` with the reason if highdicom refuses the content."""
     source, result, decoded = ctx.source, ctx.result_as(AnalysisResult), ctx.analysis.decoded
-    try:
-        observation = fetus_observation(ctx)
-        report = hd.sr.MeasurementReport(
-            observation_context=observation,
-            procedure_reported=fc.OB_ULTRASOUND,
-            imaging_measurements=_measurement_groups(
-                source, result, decoded, ctx.uids.instance, routed=ctx.analysis.application != "view-router"
-            ),
-        )
-        container = hd.sr.ContainerContentItem(
-            name=fc.QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
-        )
-        container.ContentSequence = hd.sr.ContentSequence([_text(fc.COMMENT, line) for line in _comment_lines(ctx)])
-        report[0].ContentSequence.append(container)
-        sr = hd.sr.Comprehensive3DSR(
-            content=report[0],
-            **report_kwargs(ctx, series_number=9101),
-        )
-    except (ValueError, TypeError, AttributeError) as exc:
-        raise EncodingError(f"SR could not be built: {exc}") from exc
-    sr.SeriesDescription = "fetalnode AI report - research use only"
-    sr.CodingSchemeIdentificationSequence = [fc.coding_scheme_identification()]
-    return sr
+    return measurement_report(
+        ctx,
+        lambda: _measurement_groups(source, result, decoded, ctx.uids.instance),
+        _comment_lines(ctx),
+        description="fetalnode AI report - research use only",
+    )

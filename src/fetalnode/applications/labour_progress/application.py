@@ -11,13 +11,13 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 
 from fetalnode.applications.base import Analysis, Recognition, Setup, run_models
+from fetalnode.applications.labour_progress import NAME
 from fetalnode.applications.registry import register_application
 from fetalnode.config import Settings
 from fetalnode.inference.labour_analyzer import LabourAnalyzer, load_labour_bundle
 from fetalnode.intake import DecodedImage
 
 log = logging.getLogger(__name__)
-NAME = "labour-progress"
 
 
 @dataclass

@@ -22,7 +22,7 @@ from fetalnode.config import Settings
 from fetalnode.errors import NodeError
 from fetalnode.pool import WorkerPool
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.process
 
 
 def slow_worker(

@@ -26,17 +26,18 @@ from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 
 from fetalnode import RESEARCH_NOTICE
+from fetalnode.applications.labour_progress import NAME
+from fetalnode.applications.labour_progress import codes as lpc
+from fetalnode.applications.labour_progress.geometry import labour_graphics, not_analysed_reason
 from fetalnode.errors import EncodingError
 from fetalnode.inference.labour import LabourResult
 from fetalnode.intake import DecodedImage
 from fetalnode.outputs import codes as fc
-from fetalnode.outputs.common import fetus_observation, report_kwargs
-from fetalnode.outputs.labour.geometry import labour_graphics, not_analysed_reason
+from fetalnode.outputs.common import measurement_report
 from fetalnode.outputs.registry import OutputContext, register_output
 from fetalnode.outputs.template import FastPath
 from fetalnode.outputs.uids import instance_derived
 
-APPLICATION = "labour-progress"
 SERIES_NUMBER = 9101  # the series of the output ``sr``, whatever the application
 AOP_CONVENTION = (
     "FH-PS-AOP 2023 challenge convention: ellipse fits of both structures; vertex = inferior apex of the pubic "
@@ -60,7 +61,7 @@ def _measurement_groups(
 ) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations | hd.sr.MeasurementsAndQualitativeEvaluations]:
     algorithm_id = algorithm(result)
     frames = [decoded.frame_number] if decoded.frame_number else None
-    symphysis = [hd.sr.FindingSite(fc.SYMPHYSIS_PUBIS)]
+    symphysis = [hd.sr.FindingSite(lpc.SYMPHYSIS_PUBIS)]
 
     def tracking(kind: str, identifier: str) -> hd.sr.TrackingIdentifier:
         return hd.sr.TrackingIdentifier(uid=instance_derived(f"labour-{kind}", sr_instance_uid), identifier=identifier)
@@ -69,7 +70,7 @@ def _measurement_groups(
         return [
             hd.sr.MeasurementsAndQualitativeEvaluations(
                 tracking_identifier=tracking("tracking", "labour progress"),
-                finding_type=fc.FETAL_HEAD,
+                finding_type=lpc.FETAL_HEAD,
                 algorithm_id=algorithm_id,
                 finding_sites=symphysis,
                 source_images=[
@@ -79,7 +80,7 @@ def _measurement_groups(
                         referenced_frame_numbers=frames,
                     )
                 ],
-                qualitative_evaluations=[hd.sr.QualitativeEvaluation(fc.LABOUR_ASSESSMENT, fc.LABOUR_NOT_ANALYSED)],
+                qualitative_evaluations=[hd.sr.QualitativeEvaluation(lpc.LABOUR_ASSESSMENT, lpc.LABOUR_NOT_ANALYSED)],
             )
         ]
     if result.geometry.aop_deg is None:
@@ -97,23 +98,23 @@ def _measurement_groups(
             ),
         )
 
-    numbers = [number(fc.ANGLE_OF_PROGRESSION, result.geometry.aop_deg, fc.DEGREE, algorithm_id)]
+    numbers = [number(lpc.ANGLE_OF_PROGRESSION, result.geometry.aop_deg, lpc.DEGREE, algorithm_id)]
     if result.hsd_mm is not None:
-        numbers.append(number(fc.HEAD_SYMPHYSIS_DISTANCE, result.hsd_mm, fc.MM, algorithm_id))
+        numbers.append(number(lpc.HEAD_SYMPHYSIS_DISTANCE, result.hsd_mm, fc.MM, algorithm_id))
     # (tracking kind, identifier, finding, region, measurements, evaluations, purpose)
     groups: list[tuple[str, str, Code, np.ndarray | None, list, list, Code | None]] = [
         (
             "aop",
             "angle of progression",
-            fc.FETAL_HEAD,
+            lpc.FETAL_HEAD,
             graphics.angle,
             numbers,
-            [hd.sr.QualitativeEvaluation(fc.LABOUR_ASSESSMENT, fc.LABOUR_MEASURED)],
+            [hd.sr.QualitativeEvaluation(lpc.LABOUR_ASSESSMENT, lpc.LABOUR_MEASURED)],
             None,
         ),
-        ("hsd", "head-symphysis distance", fc.FETAL_HEAD, graphics.hsd, [], [], None),
-        ("ps", "pubic symphysis contour", fc.SYMPHYSIS_PUBIS, graphics.ps_contour, [], [], fc.OUTLINE),
-        ("fh", "fetal head contour", fc.FETAL_HEAD, graphics.fh_contour, [], [], fc.OUTLINE),
+        ("hsd", "head-symphysis distance", lpc.FETAL_HEAD, graphics.hsd, [], [], None),
+        ("ps", "pubic symphysis contour", lpc.SYMPHYSIS_PUBIS, graphics.ps_contour, [], [], lpc.OUTLINE),
+        ("fh", "fetal head contour", lpc.FETAL_HEAD, graphics.fh_contour, [], [], lpc.OUTLINE),
     ]
     return [
         hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
@@ -137,7 +138,7 @@ def number(name: Code, value: float, unit: Code, algorithm_id: hd.sr.AlgorithmId
         value=round(value, 2),
         unit=unit,
         algorithm_id=algorithm_id,
-        finding_sites=[hd.sr.FindingSite(fc.SYMPHYSIS_PUBIS)],
+        finding_sites=[hd.sr.FindingSite(lpc.SYMPHYSIS_PUBIS)],
     )
 
 
@@ -152,11 +153,11 @@ def derived_measurements(
     if graphics.hsd is None:
         return None
     pixels = hd.sr.Measurement(
-        name=fc.HEAD_SYMPHYSIS_DISTANCE,
+        name=lpc.HEAD_SYMPHYSIS_DISTANCE,
         value=round(result.geometry.hsd_px, 2),
-        unit=fc.PIXELS,
+        unit=lpc.PIXELS,
         algorithm_id=algorithm(result),
-        finding_sites=[hd.sr.FindingSite(fc.SYMPHYSIS_PUBIS)],
+        finding_sites=[hd.sr.FindingSite(lpc.SYMPHYSIS_PUBIS)],
         referenced_coordinates=[
             hd.sr.CoordinatesForMeasurement(
                 graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
@@ -170,7 +171,7 @@ def derived_measurements(
         ],
     )
     container = hd.sr.ContainerContentItem(
-        name=fc.DERIVED_IMAGING_MEASUREMENTS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+        name=lpc.DERIVED_IMAGING_MEASUREMENTS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
     )
     container.ContentSequence = pixels  # a TID 300 template is the content sequence of its one NUM
     return container
@@ -192,7 +193,7 @@ def report_comments(result: LabourResult, decoded: DecodedImage) -> list[str]:
             lines.append(
                 f"Head-symphysis distance {result.geometry.hsd_px:.1f} pixels ({HSD_CONVENTION}); no mm: {why}."
             )
-        lines.append(f"Reference: {fc.AOP_REFERENCE_ASCII}.")
+        lines.append(f"Reference: {lpc.AOP_REFERENCE_ASCII}.")
     if decoded.n_frames > 1 and decoded.frame_number:
         lines.append(f"Analysed frame {decoded.frame_number} of {decoded.n_frames}.")
     return lines
@@ -251,35 +252,14 @@ def _slots(ctx: OutputContext) -> dict[str, tuple[str, object]]:
 # Revision 1: the view line ("Recognised view: intrapartum transperineal view (97%; ...)") added to the comments.
 # Revision 2: the numbers in the angle's group with the symphysis as their finding site (no group finding sites),
 # the HSD in pixels under Derived Imaging Measurements, no separate symphysis axis and tangent groups.
-@register_output("sr", applications=[APPLICATION], revision=2, fast=FastPath(_shape, _slots))
+@register_output("sr", applications=[NAME], revision=2, fast=FastPath(_shape, _slots))
 def build_labour_report(ctx: OutputContext) -> hd.sr.Comprehensive3DSR:
     """Build the SR; raises :class:`EncodingError` with the reason if the content is refused."""
     source, result, decoded = ctx.source, ctx.result_as(LabourResult), ctx.analysis.decoded
-    try:
-        observation = fetus_observation(ctx)
-        report = hd.sr.MeasurementReport(
-            observation_context=observation,
-            procedure_reported=fc.OB_ULTRASOUND,
-            imaging_measurements=_measurement_groups(source, result, decoded, ctx.uids.instance),
-        )
-        container = hd.sr.ContainerContentItem(
-            name=fc.QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
-        )
-        container.ContentSequence = hd.sr.ContentSequence(
-            [
-                hd.sr.TextContentItem(
-                    name=fc.COMMENT, value=line[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
-                )
-                for line in comment_lines(ctx)
-            ]
-        )
-        derived = derived_measurements(source, result, decoded)
-        if derived is not None:  # TID 1500: after the Imaging Measurements, before the Qualitative Evaluations
-            report[0].ContentSequence.append(derived)
-        report[0].ContentSequence.append(container)
-        sr = hd.sr.Comprehensive3DSR(content=report[0], **report_kwargs(ctx, series_number=SERIES_NUMBER))
-    except (ValueError, TypeError, AttributeError) as exc:
-        raise EncodingError(f"SR could not be built: {exc}") from exc
-    sr.SeriesDescription = "fetalnode AI labour progress report - research use only"
-    sr.CodingSchemeIdentificationSequence = [fc.coding_scheme_identification()]
-    return sr
+    return measurement_report(
+        ctx,
+        lambda: _measurement_groups(source, result, decoded, ctx.uids.instance),
+        comment_lines(ctx),
+        description="fetalnode AI labour progress report - research use only",
+        derived=lambda: derived_measurements(source, result, decoded),
+    )

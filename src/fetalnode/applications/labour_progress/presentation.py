@@ -6,7 +6,7 @@ tangent point on the fetal head), the head-symphysis distance as an open 2-point
 the pubic symphysis and the fetal head as closed POLYLINEs, a text anchored at the vertex with the angle,
 and a text box with AoP / HSD, the literature reference and the research notice. Grayscale or Color
 Softcopy Presentation State as for the head (:mod:`fetalnode.outputs.presentation`), series 9103; the
-points are those of the SR (:mod:`fetalnode.outputs.labour.geometry`).
+points are those of the SR (:mod:`fetalnode.applications.labour_progress.geometry`).
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from __future__ import annotations
 import highdicom as hd
 
 from fetalnode import RESEARCH_NOTICE
+from fetalnode.applications.labour_progress import NAME
+from fetalnode.applications.labour_progress import codes as lpc
+from fetalnode.applications.labour_progress.geometry import hsd_text, labour_graphics, not_analysed_reason
 from fetalnode.inference.labour import LabourResult
-from fetalnode.outputs import codes as fc
-from fetalnode.outputs.labour.geometry import hsd_text, labour_graphics, not_analysed_reason
 from fetalnode.outputs.presentation import (
     Annotations,
     presentation_shape,
@@ -27,7 +28,6 @@ from fetalnode.outputs.presentation import (
 from fetalnode.outputs.registry import OutputContext, register_output
 from fetalnode.outputs.template import FastPath
 
-APPLICATION = "labour-progress"
 SERIES_NUMBER = 9103
 
 
@@ -39,7 +39,7 @@ def annotation_lines(result: LabourResult) -> list[str]:
     first = f"Angle of progression {result.geometry.aop_deg:.1f} deg"
     if hsd := hsd_text(result):
         first += f"  {hsd}"
-    return [first, f"Reference: {fc.AOP_REFERENCE_ASCII}", RESEARCH_NOTICE]
+    return [first, f"Reference: {lpc.AOP_REFERENCE_ASCII}", RESEARCH_NOTICE]
 
 
 def labour_graphic_objects(result: LabourResult, rows: int, columns: int) -> list[hd.pr.GraphicObject]:
@@ -75,7 +75,7 @@ def _slots(ctx: OutputContext) -> dict[str, tuple[str, object]]:
     return slots
 
 
-@register_output("gsps", applications=[APPLICATION], fast=FastPath(_shape, _slots))
+@register_output("gsps", applications=[NAME], fast=FastPath(_shape, _slots))
 def build_labour_presentation_state(
     ctx: OutputContext,
 ) -> hd.pr.GrayscaleSoftcopyPresentationState | hd.pr.ColorSoftcopyPresentationState:

@@ -32,13 +32,18 @@ from __future__ import annotations
 import highdicom as hd
 from pydicom.sr.coding import Code
 
+from fetalnode.applications.fetal_head import NAME
+from fetalnode.applications.fetal_head import codes as fhc
+from fetalnode.applications.fetal_head.gestation import hadlock_ga_weeks
+from fetalnode.applications.fetal_head.report import (  # the same TID 4019 and comments as `sr`
+    _algorithm,
+    report_comments,
+)
 from fetalnode.errors import EncodingError
 from fetalnode.inference import AnalysisResult
 from fetalnode.outputs import codes as fc
 from fetalnode.outputs.common import device_observer, report_kwargs
-from fetalnode.outputs.gestation import hadlock_ga_weeks
 from fetalnode.outputs.registry import OutputContext, register_output
-from fetalnode.outputs.report import _algorithm, report_comments  # the same TID 4019 and comments as `sr`
 from fetalnode.outputs.template import FastPath
 
 SERIES_NUMBER = 9105
@@ -70,34 +75,34 @@ def _biometry_groups(result: AnalysisResult) -> hd.sr.ContentSequence:
         return hd.sr.ContentSequence()
     groups = hd.sr.ContentSequence()
     for code, value in (
-        (fc.HEAD_CIRCUMFERENCE, result.biometry.hc_mm),
-        (fc.BIPARIETAL_DIAMETER, result.biometry.bpd_mm),
-        (fc.OCCIPITAL_FRONTAL_DIAMETER, result.biometry.ofd_mm),
+        (fhc.HEAD_CIRCUMFERENCE, result.biometry.hc_mm),
+        (fhc.BIPARIETAL_DIAMETER, result.biometry.bpd_mm),
+        (fhc.OCCIPITAL_FRONTAL_DIAMETER, result.biometry.ofd_mm),
     ):
         written = round(value, MM_DIGITS)
         # TID 5008 row 2: INCLUDE TID 300 Measurement ($Measurement = $BiometryType).
         items = hd.sr.ContentSequence()
         items.extend(hd.sr.Measurement(name=code, value=written, unit=fc.MM))
-        if code == fc.HEAD_CIRCUMFERENCE:
+        if code == fhc.HEAD_CIRCUMFERENCE:
             # TID 5008 rows 3-4: Gestational Age, INFERRED FROM the equation of CID 12013
             # (Gestational Age Equations and Tables); the concept name is from CID 228 Equation or Table.
             age = hd.sr.NumContentItem(
-                name=fc.GESTATIONAL_AGE,
+                name=fhc.GESTATIONAL_AGE,
                 value=gestational_age_weeks(written),
-                unit=fc.WEEK,
+                unit=fhc.WEEK,
                 relationship_type=_CONTAINS,
             )
             age.ContentSequence = hd.sr.ContentSequence(
                 [
                     hd.sr.CodeContentItem(
-                        name=fc.EQUATION,
-                        value=fc.HC_HADLOCK_1984,
+                        name=fhc.EQUATION,
+                        value=fhc.HC_HADLOCK_1984,
                         relationship_type=hd.sr.RelationshipTypeValues.INFERRED_FROM,
                     )
                 ]
             )
             items.append(age)
-        groups.append(_container(fc.BIOMETRY_GROUP, items))
+        groups.append(_container(fhc.BIOMETRY_GROUP, items))
     return groups
 
 
@@ -122,7 +127,7 @@ def _fetal_biometry_section(result: AnalysisResult) -> hd.sr.ContainerContentIte
     reason = no_biometry_reason(result)
     if reason is not None:
         items.append(_comment(reason))
-    return _container(fc.FETAL_BIOMETRY, items)
+    return _container(fhc.FETAL_BIOMETRY, items)
 
 
 def _summary_lines(ctx: OutputContext) -> list[str]:
@@ -166,7 +171,7 @@ def _slots(ctx: OutputContext) -> dict[str, tuple[str, object]]:
     return slots
 
 
-@register_output("obsr", applications=["fetal-head"], fast=FastPath(_shape, _slots))
+@register_output("obsr", applications=[NAME], fast=FastPath(_shape, _slots))
 def build_obgyn_report(ctx: OutputContext) -> hd.sr.ComprehensiveSR:
     """Build the OB-GYN report; raises :class:`EncodingError` with the reason if highdicom refuses it."""
     result = ctx.result_as(AnalysisResult)
@@ -174,8 +179,8 @@ def build_obgyn_report(ctx: OutputContext) -> hd.sr.ComprehensiveSR:
         observation = hd.sr.ObservationContext(
             observer_device_context=device_observer(ctx),
         )
-        summary = _container(fc.SUMMARY, hd.sr.ContentSequence([_comment(line) for line in _summary_lines(ctx)]))
-        root = hd.sr.ContainerContentItem(name=fc.OBGYN_REPORT, template_id="5000")
+        summary = _container(fhc.SUMMARY, hd.sr.ContentSequence([_comment(line) for line in _summary_lines(ctx)]))
+        root = hd.sr.ContainerContentItem(name=fhc.OBGYN_REPORT, template_id="5000")
         root.ContentSequence = hd.sr.ContentSequence(
             [
                 *hd.sr.LanguageOfContentItemAndDescendants(hd.sr.templates.DEFAULT_LANGUAGE),  # TID 5000 row 2

@@ -17,22 +17,28 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from fetalnode import RESEARCH_NOTICE
+from fetalnode.applications.labour_progress import NAME
+from fetalnode.applications.labour_progress import codes as lpc
+from fetalnode.applications.labour_progress.geometry import (
+    LabourGraphics,
+    angle_deg,
+    hsd_text,
+    labour_graphics,
+    not_analysed_reason,
+)
 from fetalnode.errors import EncodingError
 from fetalnode.inference.labour import LabourResult
-from fetalnode.outputs import codes as fc
 from fetalnode.outputs.capture import banner_font, capture_slots, secondary_capture
-from fetalnode.outputs.labour.geometry import LabourGraphics, angle_deg, hsd_text, labour_graphics, not_analysed_reason
 from fetalnode.outputs.registry import OutputContext, register_output
 from fetalnode.outputs.template import FastPath
 
-APPLICATION = "labour-progress"
 SERIES_NUMBER = 9102
 MIN_WIDTH = 512
 YELLOW, CYAN, GREEN, ORANGE, WHITE = (255, 255, 0), (0, 255, 255), (0, 230, 0), (255, 150, 0), (255, 255, 255)
 LEGEND = "yellow: symphysis axis and tangent to the head; cyan: pubic symphysis; green: fetal head; orange: HSD"
 
 
-def banner_lines(result: LabourResult, reference: str = fc.AOP_REFERENCE) -> list[str]:
+def banner_lines(result: LabourResult, reference: str = lpc.AOP_REFERENCE) -> list[str]:
     """What the banner says, first line the result (highlighted), last the research notice."""
     notice = f"{RESEARCH_NOTICE} - fetalnode {result.seg_model[0]} {result.seg_model[1]}"
     if not result.analysed:
@@ -135,7 +141,7 @@ def capture_pixels(result: LabourResult, display_rgb: np.ndarray, banner: list[s
 def _capture(ctx: OutputContext) -> tuple[np.ndarray, str]:
     """The capture's pixels and its Image Comments."""
     result = ctx.result_as(LabourResult)
-    lines = ctx.with_context_lines(banner_lines(result, fc.AOP_REFERENCE_ASCII))
+    lines = ctx.with_context_lines(banner_lines(result, lpc.AOP_REFERENCE_ASCII))
     comments = " / ".join(line.replace("\u00b0", " deg") for line in lines)
     pixels = capture_pixels(result, ctx.analysis.decoded.display_rgb, ctx.with_context_lines(banner_lines(result)))
     return pixels, comments
@@ -150,7 +156,7 @@ def _slots(ctx: OutputContext) -> dict[str, tuple[str, object]]:
 
 
 # Revision 1: the view line under the research notice (banner and Image Comments).
-@register_output("sc", applications=[APPLICATION], revision=1, fast=FastPath(_shape, _slots))
+@register_output("sc", applications=[NAME], revision=1, fast=FastPath(_shape, _slots))
 def build_labour_capture(ctx: OutputContext) -> hd.sc.SCImage:
     """An RGB Secondary Capture in the source study (series 9102) with the angle drawn and the banner."""
     pixels, comments = _capture(ctx)
