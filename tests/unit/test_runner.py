@@ -107,9 +107,11 @@ def test_delivered_every_enabled_output_to_every_destination(runtime: Runtime, t
     # Neither the SR with the wrong HC code (revision 0) nor the one whose HC OHIF could not label (1) shares its UID.
     assert sr.SOPInstanceUID not in {sr_uids[0].instance, sr_uids[1].instance}
     sc = dcmread(outcome.receipts["b"]["sc"])
-    sc_uids = [object_uids("sc", source.SOPInstanceUID, source.SeriesInstanceUID, version, revision=r) for r in (0, 1)]
-    assert sc.SOPInstanceUID == sc_uids[1].instance != sc_uids[0].instance, (
-        "the SC whose heatmap was inverted (revision 0) must not share its UID with the corrected one"
+    sc_uids = [
+        object_uids("sc", source.SOPInstanceUID, source.SeriesInstanceUID, version, revision=r) for r in (0, 1, 2)
+    ]
+    assert sc.SOPInstanceUID == sc_uids[2].instance not in {sc_uids[0].instance, sc_uids[1].instance}, (
+        "neither the SC whose heatmap was inverted (revision 0) nor the one without its cine frame (1) shares its UID"
     )
     assert hd.sr.Comprehensive3DSR.from_dataset(sr).SOPInstanceUID == sr.SOPInstanceUID
     assert outcome.summary["finding"] in {"normal", "abnormal"} and outcome.summary["hc_mm"] > 0

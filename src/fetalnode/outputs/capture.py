@@ -141,7 +141,7 @@ def _heatmap_shape(ctx: OutputContext) -> tuple[object, ...]:
 
 
 @register_output(
-    "sc", applications=["fetal-head", "view-router"], revision=1, fast=FastPath(_heatmap_shape, _heatmap_slots)
+    "sc", applications=["fetal-head", "view-router"], revision=2, fast=FastPath(_heatmap_shape, _heatmap_slots)
 )
 def build_heatmap_capture(ctx: OutputContext) -> hd.sc.SCImage:
     """An RGB Secondary Capture in the source study: fused Grad-CAM heatmap, ROI ellipse and banner."""
