@@ -113,8 +113,8 @@ def test_delivered_every_enabled_output_to_every_destination(runtime: Runtime, t
         object_uids("sc", source.SOPInstanceUID, source.SeriesInstanceUID, version, revision=r) for r in (0, 1, 2)
     ]
     assert sc.SOPInstanceUID == sc_uids[2].instance not in {sc_uids[0].instance, sc_uids[1].instance}, (
-        "neither the SC whose heatmap was inverted (revision 0) nor the one naming the view by trimester (1) "
-        "shares its UID"
+        "neither the SC whose heatmap was inverted (revision 0) nor the one naming the view by trimester, without "
+        "its cine frame (1) shares its UID"
     )
     assert hd.sr.Comprehensive3DSR.from_dataset(sr).SOPInstanceUID == sr.SOPInstanceUID
     assert outcome.summary["finding"] in {"normal", "abnormal"} and outcome.summary["hc_mm"] > 0

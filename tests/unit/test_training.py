@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from dataclasses import replace
@@ -40,7 +41,7 @@ from fetalnode.training.pretrain import nt_xent
 from fetalnode.training.reference import segmentation_reference
 from fetalnode.training.segmentation import SegRecipe, WeightAverage, train_segmentation
 from harness.node import MODELS, cli
-from tests.conftest import DATA
+from tests.conftest import DATA, SHARED
 
 pytestmark = [pytest.mark.unit, pytest.mark.training]
 
@@ -457,3 +458,20 @@ def test_tiny_view_training_run_and_evaluate(tmp_path: Path) -> None:
     assert check["other_view_images"] == len(test_others) == sum(c["images"] for c in check["by_true_view"].values())
     assert "labour_segmentation" in check["models"] and check["cross_check_probability"] == 0.01
     assert "re-measured" in (tmp_path / "view" / "docs" / "README.md").read_text()
+
+
+def test_the_view_split_of_fetal_planes_db_is_the_one_earlier_bundles_held_out() -> None:
+    """Renaming a view does not reshuffle a folder's seeded split: the FETAL_PLANES_DB images the tests use as
+    held-out images of other views (tests/data/view_mini) are in the test split, as for fetal-view 0.1.0."""
+    from fetalnode.training.view import folder_images, stratum
+    from fetalnode.vocab import View
+
+    assert stratum(View.AXIAL_FETAL_HEAD) == "second_trimester_head" and stratum(View.NOT_FETAL) == "not_fetal"
+    shared = SHARED / "fetal_planes_db_sample"
+    if not shared.is_dir():
+        pytest.skip(f"{shared} is not here")
+    rows = csv.DictReader((DATA / "view_mini" / "fetal_planes_db" / "labels.csv").open())
+    mini = {Path(r["filename"]).stem for r in rows}
+    meta = {"training_data": [{"seed": 20261124}]}
+    test = {im.path.stem for im in folder_images(shared, "test", meta)[1]}
+    assert mini <= test and len(test) == 6

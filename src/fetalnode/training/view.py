@@ -44,7 +44,7 @@ from fetalnode.training.metrics import balanced_accuracy, confusion, per_class
 from fetalnode.training.reference import REPO
 from fetalnode.training.scanner import OverlayBank, ScannerAugment, draw_callipers_and_text, jpeg_round_trip
 from fetalnode.training.segmentation import runtime_line
-from fetalnode.vocab import View
+from fetalnode.vocab import RENAMED_VIEWS, View
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +251,14 @@ def folder_rows(folder: Path) -> tuple[str, list[Row]]:
         else:
             row["_view"] = View.AXIAL_FETAL_HEAD
         row["_group"] = f"{fmt}:{row[FORMATS[fmt]['group']]}"
+        row["_stratum"] = stratum(View(row["_view"]))
     return fmt, rows
+
+
+def stratum(view: View) -> str:
+    """The stratum of a view in the seeded split: its name before any rename, so that a folder's split (the
+    order in which its strata are dealt) stays what it was and earlier bundles' held-out images stay held out."""
+    return next((old for old, new in RENAMED_VIEWS.items() if new is view), str(view))
 
 
 def split_rows(fmt: str, rows: list[Row], seed: int) -> dict[str, list[Row]]:
@@ -261,7 +268,7 @@ def split_rows(fmt: str, rows: list[Row], seed: int) -> dict[str, list[Row]]:
         return subject_split(rows, seed)
     if fmt == "fetal_brain_abnormalities":
         return case_split(rows, seed)
-    return group_split(rows, FORMATS[fmt]["group"], FRACTIONS, seed, "_view")
+    return group_split(rows, FORMATS[fmt]["group"], FRACTIONS, seed, "_stratum")
 
 
 def pooled_dicom_split(folders: list[tuple[Path, list[Row]]], seed: int) -> dict[str, str]:
