@@ -220,6 +220,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     bundle_name = args.name or Path(args.out).name
+    reference_data = _reference_data(args)
     if args.task == "view":
         from fetalnode.training.view import ViewRecipe, train_view
 
@@ -244,7 +245,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             vrecipe.size = args.size
         try:
             meta = train_view(
-                folders, Path(args.out), vrecipe, bundle_name, args.version, Path(args.head_models), _command_line()
+                folders,
+                Path(args.out),
+                vrecipe,
+                bundle_name,
+                args.version,
+                Path(args.head_models),
+                _command_line(),
+                reference_data,
             )
         except ValueError as exc:  # a folder in no known format, a view without training images
             log.error("%s", exc)
@@ -275,7 +283,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         if args.canvas:
             recipe.canvas_hw = _canvas(args.canvas)
-        meta = train_segmentation(Path(args.data), Path(args.out), recipe, bundle_name, args.version)
+        meta = train_segmentation(Path(args.data), Path(args.out), recipe, bundle_name, args.version, reference_data)
     elif args.task == "labour-segmentation":
         from fetalnode.training.labour import LabourRecipe, train_labour_segmentation
 
@@ -286,7 +294,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         if args.canvas:
             lrecipe.canvas_hw = _canvas(args.canvas)
-        meta = train_labour_segmentation(Path(args.data), Path(args.out), lrecipe, bundle_name, args.version)
+        meta = train_labour_segmentation(
+            Path(args.data), Path(args.out), lrecipe, bundle_name, args.version, reference_data
+        )
     else:
         from fetalnode.training.classifier import ClsRecipe, train_classifier
 
@@ -301,10 +311,21 @@ def cmd_train(args: argparse.Namespace) -> int:
             ("epochs", "max_minutes", "limit", "lr", "patience", "base_init", "heads_only", "abnormal_weight"),
         )
         meta = train_classifier(
-            Path(args.data), Path(args.seg_model), Path(args.out), crecipe, bundle_name, args.version
+            Path(args.data), Path(args.seg_model), Path(args.out), crecipe, bundle_name, args.version, reference_data
         )
     print(json.dumps(meta["metrics"], indent=2, default=str))
     return 0
+
+
+def _reference_data(args: argparse.Namespace) -> Path | None:
+    """The ``--reference-data`` folder (None when not given; a bundle then stores no reference outputs)."""
+    if not args.reference_data:
+        log.warning("no --reference-data: the bundle will store no reference outputs")
+        return None
+    folder = Path(args.reference_data)
+    if not folder.is_dir():
+        raise SystemExit(f"--reference-data: not a folder: {folder}")
+    return folder
 
 
 def _command_line() -> str:
@@ -398,7 +419,11 @@ def cmd_models_finalize(args: argparse.Namespace) -> int:
                 return 2
             print(json.dumps({"node_check": check}, indent=2, default=str))
             return 0
-        meta = finalize_view_bundle(Path(args.bundle))
+        try:
+            meta = finalize_view_bundle(Path(args.bundle), _reference_data(args))
+        except ValueError as exc:  # reference outputs stored, but no folder to check them on
+            log.error("%s", exc)
+            return 2
         print(json.dumps({"runtime": meta["runtime"], "runtime_comparison": meta["runtime_comparison"]}, indent=2))
         return 0
     if args.data_root:
@@ -421,7 +446,7 @@ def cmd_models_finalize(args: argparse.Namespace) -> int:
         except ValueError:
             raise SystemExit(f"--gate: expected IOU,CONFIDENCE such as 0.896,0.943, got {args.gate!r}") from None
         set_gate(Path(args.bundle), iou, conf, Path(args.data[0]))
-    meta = finalize_segmentation_bundle(Path(args.bundle))
+    meta = finalize_segmentation_bundle(Path(args.bundle), _reference_data(args))
     print(json.dumps({"runtime": meta["runtime"], "runtime_comparison": meta["runtime_comparison"]}, indent=2))
     return 0
 
@@ -452,6 +477,13 @@ def cmd_wrap(args: argparse.Namespace) -> int:
         ds.save_as(target, enforce_file_format=True)
         print(target)
     return 0
+
+
+REFERENCE_DATA_HELP = (
+    "folder of the reference images, laid out as the repository's tests/data (hc18_mini/, fba_mini/, "
+    "psfhs_mini/, view_mini/): the bundle stores its outputs on them for the tests to re-check (without it: "
+    "no reference outputs, and the model card says so)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -705,6 +737,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--seed", type=int, default=20261124)
     sp.add_argument("--threads", type=int, default=2)
+    sp.add_argument("--reference-data", help=REFERENCE_DATA_HELP)
     sp.set_defaults(func=cmd_train)
 
     sp = sub.add_parser(
@@ -799,6 +832,7 @@ def build_parser() -> argparse.ArgumentParser:
         "there, the check runs without the labour route and its cross-check)",
     )
     mf.add_argument("--threads", type=int, default=2)
+    mf.add_argument("--reference-data", help=REFERENCE_DATA_HELP)
     mf.set_defaults(func=cmd_models_finalize)
 
     sp = sub.add_parser("wrap", help="wrap PNG images as Ultrasound Image Storage DICOM files")

@@ -24,7 +24,7 @@ from fetalnode.training.labour import labour_model_card
 from fetalnode.training.reference import segmentation_reference
 from fetalnode.training.segmentation import seg_model_card
 from harness.node import MODELS
-from tests.conftest import SAMPLES
+from tests.conftest import DATA, SAMPLES
 
 pytestmark = pytest.mark.unit
 SEG, CLS = MODELS / "hc18-headseg", MODELS / "fba-classifier"
@@ -46,7 +46,7 @@ def test_segmentation_reproduces_stored_reference() -> None:
     seg = load_bundle(SEG)
     stored = seg.metadata["reference_outputs"]
     assert len(stored) >= 3
-    for now, then in zip(segmentation_reference(seg, len(stored)), stored, strict=True):
+    for now, then in zip(segmentation_reference(seg, DATA, len(stored)), stored, strict=True):
         assert now["image"] == then["image"]
         assert (now["ellipse"] is None) == (then["ellipse"] is None)
         if then["ellipse"] is not None:
@@ -58,7 +58,8 @@ def test_classifier_reproduces_stored_reference() -> None:
     ref = cls.metadata["reference_outputs"]
     assert ref["segmentation_bundle"] == f"{seg.name} {seg.version}", "classifier was trained on another seg bundle"
     params = cls.metadata["input"]
-    now = classifier_reference(cls.net, seg, int(params["roi_size"]), float(params["roi_margin"]), len(ref["images"]))
+    roi_size, margin = int(params["roi_size"]), float(params["roi_margin"])
+    now = classifier_reference(cls.net, seg, DATA, roi_size, margin, len(ref["images"]))
     for a, b in zip(now, ref["images"], strict=True):
         assert np.allclose(a["probabilities"], b["probabilities"], atol=1e-4), (a, b)
 

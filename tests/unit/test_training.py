@@ -102,9 +102,11 @@ def test_validation_loss_adds_the_abnormal_term(weight: float) -> None:
 
 def test_tiny_training_run_produces_working_bundles(tmp_path: Path) -> None:
     seg_meta = train_segmentation(
-        DATA / "hc18_mini", tmp_path / "seg", SegRecipe(epochs=1, batch_size=4), "seg", "0.0.1"
+        DATA / "hc18_mini", tmp_path / "seg", SegRecipe(epochs=1, batch_size=4), "seg", "0.0.1", DATA
     )
     assert np.isfinite(seg_meta["training"]["history"][0]["loss"])
+    # Reference outputs on the given folder, named as the repository's tests/data (so the tests resolve them).
+    assert seg_meta["reference_outputs"][0]["image"] == "tests/data/hc18_mini/images/000_HC.png"
     assert seg_meta["training_data"][0]["splits"]["train"]["images"] >= 4
     cls_meta = train_classifier(
         DATA / "fba_mini",
@@ -122,8 +124,10 @@ def test_tiny_training_run_produces_working_bundles(tmp_path: Path) -> None:
         ),
         "cls",
         "0.0.1",
+        DATA,
     )
     assert cls_meta["labels"] == ["arachnoid_cyst", "normal", "ventriculomegaly_moderate"]
+    assert cls_meta["reference_outputs"]["images"][0]["image"].startswith("tests/data/fba_mini/images/")
     assert cls_meta["training_data"][1]["train"] == 3
     assert cls_meta["metrics"]["source_shift_hc18_test_heads"]["n"] >= 1
     cv = cls_meta["metrics"]["grouped_cv"]
@@ -218,6 +222,9 @@ def test_train_command_names_the_bundle(tmp_path: Path) -> None:
     assert "# hc18-headseg 9.9.9" in card
     assert "rotation ±10°, scale ±15%" in card and "kept epoch 1" in card
     assert (meta["training"]["recipe"]["rotate_deg"], meta["training"]["recipe"]["scale_jitter"]) == (10.0, 0.15)
+    # No --reference-data: no reference outputs, said in the log and the card.
+    assert "reference_outputs" not in meta and "No reference outputs are stored" in card
+    assert "no --reference-data" in done.stderr
 
 
 def test_fine_tuning_stage_starts_from_a_bundle(tmp_path: Path) -> None:
@@ -298,8 +305,9 @@ def test_gate_set_after_training_remeasures_the_test_split(tmp_path: Path) -> No
     done = cli("models", "finalize", str(seg), "--gate", "0.86,0.72", "--threads", "1")
     assert done.returncode != 0 and "--data" in done.stderr
     done = cli(
-        "models", "finalize", str(seg), "--gate", "0.86,0.72", "--data", str(DATA / "hc18_mini"), "--threads", "1"
-    )
+        "models", "finalize", str(seg), "--gate", "0.86,0.72", "--data", str(DATA / "hc18_mini"), "--threads", "1",
+        "--reference-data", str(DATA),
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     meta = json.loads((seg / "configs" / "metadata.json").read_text())
     gate = meta["postprocess"]["gate"]
@@ -310,7 +318,7 @@ def test_gate_set_after_training_remeasures_the_test_split(tmp_path: Path) -> No
     # The node uses the new thresholds, the reference outputs were re-stored with them, and the card says so.
     bundle = load_bundle(seg)
     assert (seg_settings(bundle).min_iou, seg_settings(bundle).min_confidence) == (0.86, 0.72)
-    assert meta["reference_outputs"] == segmentation_reference(bundle)
+    assert meta["reference_outputs"] == segmentation_reference(bundle, DATA)
     assert "set after training by `fetalnode models finalize --gate`" in (seg / "docs" / "README.md").read_text()
 
 
@@ -346,7 +354,7 @@ def test_labour_segmentation_trains_splits_by_block_and_evaluates(tmp_path: Path
     out = tmp_path / "psfhs-candidate"
     done = cli(
         "train", "labour-segmentation", "--data", str(DATA / "psfhs_mini"), "--out", str(out),
-        "--name", "psfhs-seg", "--version", "9.9.9", "--epochs", "1", "--threads", "1",
+        "--name", "psfhs-seg", "--version", "9.9.9", "--epochs", "1", "--threads", "1", "--reference-data", str(DATA),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     meta = json.loads((out / "configs" / "metadata.json").read_text())

@@ -42,7 +42,7 @@ from fetalnode.training.data import Row, bootstrap_ci, case_split, load_gray, re
 from fetalnode.training.early_stopping import EarlyStopping
 from fetalnode.training.metrics import auroc, balanced_accuracy, confusion, macro_f1, per_class
 from fetalnode.training.pretrain import PretrainRecipe, pretrain_base
-from fetalnode.training.reference import CLS_IMAGES, REPO
+from fetalnode.training.reference import CLS_FOLDER, no_reference_line, reference_name
 
 log = logging.getLogger(__name__)
 
@@ -140,14 +140,15 @@ def logistic_baseline(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, seed: i
 
 
 def classifier_reference(
-    cls_net: torch.nn.Module, seg: Bundle, roi_size: int, margin: float, n: int = 4
+    cls_net: torch.nn.Module, seg: Bundle, root: Path, roi_size: int, margin: float, n: int = 4
 ) -> list[dict[str, Any]]:
-    """Class probabilities on the first ``n`` images of ``tests/data/fba_mini``, through the training crops."""
-    rows = read_labels(CLS_IMAGES)[:n]
-    crops, _ = roi_crops(seg, CLS_IMAGES, rows, roi_size, margin)
+    """Class probabilities on the first ``n`` images of ``root/fba_mini``, through the training crops."""
+    folder = root / CLS_FOLDER
+    rows = read_labels(folder)[:n]
+    crops, _ = roi_crops(seg, folder, rows, roi_size, margin)
     probs = predict(cls_net, crops)
     return [
-        {"image": str((CLS_IMAGES / r["filename"]).relative_to(REPO)), "probabilities": [round(float(x), 6) for x in p]}
+        {"image": reference_name(root, folder / r["filename"]), "probabilities": [round(float(x), 6) for x in p]}
         for r, p in zip(rows, probs, strict=True)
     ]
 
@@ -536,8 +537,16 @@ def type_evidence(
 
 
 def train_classifier(
-    data: Path, seg_path: Path, out: Path, recipe: ClsRecipe, name: str, version: str
+    data: Path,
+    seg_path: Path,
+    out: Path,
+    recipe: ClsRecipe,
+    name: str,
+    version: str,
+    reference_data: Path | None = None,
 ) -> dict[str, Any]:
+    """Train, calibrate, choose the type reporting rule, measure the test split, write the bundle
+    (``reference_data``: the folder of the reference images, see :mod:`fetalnode.training.reference`)."""
     recipe_start = time.monotonic()
     rows, dropped = usable_rows(data)
     labels = sorted({r["label"] for r in rows})
@@ -714,10 +723,13 @@ def train_classifier(
                 **extra_info,
             }
         )
-    metadata["reference_outputs"] = {
-        "segmentation_bundle": f"{seg.name} {seg.version}",
-        "images": classifier_reference(net, seg, recipe.roi_size, recipe.roi_margin),
-    }
+    if reference_data is None:
+        log.warning("%s: no --reference-data, so no reference outputs are stored", out)
+    else:
+        metadata["reference_outputs"] = {
+            "segmentation_bundle": f"{seg.name} {seg.version}",
+            "images": classifier_reference(net, seg, reference_data, recipe.roi_size, recipe.roi_margin),
+        }
     metadata["training"]["recipe_minutes"] = round((time.monotonic() - recipe_start) / 60, 1)
     return save_bundle(out, net, metadata, cls_model_card)
 
@@ -1053,4 +1065,4 @@ Training: {fitting_line(meta)}{meta["training"]["epochs_run"]} epochs, {meta["tr
   separation is partly a *source* shortcut. Compare the AUROC with the trivial intensity baseline above.
 - Per-type figures rest on 1–6 source images per class; classes with fewer than 3 case groups are only in training.
 - Images are Roboflow-stretched squares without physical calibration.
-{history_section(meta)}"""
+{no_reference_line(meta)}{history_section(meta)}"""

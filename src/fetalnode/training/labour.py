@@ -46,13 +46,12 @@ from fetalnode.inference.networks import build_segmentation_net
 from fetalnode.inference.preprocess import letterbox, resize, to_unit_range
 from fetalnode.training.data import Row, block_split, bootstrap_ci, load_gray, read_labels
 from fetalnode.training.early_stopping import EarlyStopping
+from fetalnode.training.reference import LABOUR_FOLDER, no_reference_line, reference_name
 from fetalnode.training.segmentation import UNetRecipe
 
 log = logging.getLogger(__name__)
 
 LABELS = ["background", "pubic symphysis", "fetal head"]
-REPO = Path(__file__).resolve().parents[3]
-REFERENCE_IMAGES = REPO / "tests" / "data" / "psfhs_mini"
 
 
 @dataclass
@@ -270,8 +269,11 @@ def early_stopping_score(m: dict[str, Any]) -> float:
     return 100 * (1 - (m["dice_fh_mean"] + m["dice_ps_mean"]) / 2) + aop + 50 * (1 - measured)
 
 
-def train_labour_segmentation(data: Path, out: Path, recipe: LabourRecipe, name: str, version: str) -> dict[str, Any]:
-    """Train, early-stop on the validation blocks, set the gate, measure the test blocks, write the bundle."""
+def train_labour_segmentation(
+    data: Path, out: Path, recipe: LabourRecipe, name: str, version: str, reference_data: Path | None = None
+) -> dict[str, Any]:
+    """Train, early-stop on the validation blocks, set the gate, measure the test blocks, write the bundle
+    (``reference_data``: the folder of the reference images, see :mod:`fetalnode.training.reference`)."""
     torch.manual_seed(recipe.seed)
     gen = torch.Generator().manual_seed(recipe.seed)
     start = time.monotonic()
@@ -402,12 +404,12 @@ def train_labour_segmentation(data: Path, out: Path, recipe: LabourRecipe, name:
     }
     save_bundle(out, net, metadata, labour_model_card)
     write_scores(test_scores, out / "docs" / "test_images.csv")
-    return finalize_labour_bundle(out)
+    return finalize_labour_bundle(out, reference_data)
 
 
-def finalize_labour_bundle(path: Path) -> dict[str, Any]:
-    """Export ONNX (the faster runtime by measurement), store reference outputs on tests/data/psfhs_mini,
-    rewrite the model card. Weights are not touched."""
+def finalize_labour_bundle(path: Path, reference_data: Path | None = None) -> dict[str, Any]:
+    """Export ONNX (the faster runtime by measurement), store reference outputs on the images of
+    ``reference_data``'s psfhs_mini (none without it), rewrite the model card. Weights are not touched."""
     bundle = load_bundle(path, TASK)
     canvas_hw = tuple(bundle.metadata["input"]["canvas_hw"])
     comparison = export_onnx(bundle.net, (1, 1, *canvas_hw), path / ONNX)
@@ -422,21 +424,26 @@ def finalize_labour_bundle(path: Path) -> dict[str, Any]:
         (path / ONNX).unlink()
         metadata.pop("onnx_sha256")
     write_metadata(path, metadata)
-    metadata["reference_outputs"] = labour_reference(load_bundle(path, TASK))
+    if reference_data is None:
+        log.warning("%s: no --reference-data, so no reference outputs are stored", path)
+        metadata.pop("reference_outputs", None)
+    else:
+        metadata["reference_outputs"] = labour_reference(load_bundle(path, TASK), reference_data)
     write_metadata(path, metadata, labour_model_card)
     return metadata
 
 
-def labour_reference(bundle: Any, n: int = 4) -> list[dict[str, Any]]:
-    """AoP / HSD the bundle gives on the first images of tests/data/psfhs_mini (re-checked by the tests)."""
-    if not (REFERENCE_IMAGES / "labels.csv").is_file():
+def labour_reference(bundle: Any, root: Path, n: int = 4) -> list[dict[str, Any]]:
+    """AoP / HSD the bundle gives on the first images of ``root/psfhs_mini`` (re-checked by the tests)."""
+    folder = root / LABOUR_FOLDER
+    if not (folder / "labels.csv").is_file():
         return []
     settings = labour_settings(bundle)
     out = []
-    for s in score_images(bundle.infer, settings, REFERENCE_IMAGES, read_labels(REFERENCE_IMAGES)[:n]):
+    for s in score_images(bundle.infer, settings, folder, read_labels(folder)[:n]):
         out.append(
             {
-                "image": str((REFERENCE_IMAGES / s.filename).relative_to(REPO)),
+                "image": reference_name(root, folder / s.filename),
                 "reason": s.reason,
                 "aop_deg": None if s.aop_pred is None else round(s.aop_pred, 3),
                 "hsd_px": None if s.hsd_pred is None else round(s.hsd_pred, 3),
@@ -535,4 +542,4 @@ zoom ±{100 * t["recipe"]["scale_jitter"]:g}%, gamma/gain, no flips; early stopp
 - Held-out blocks are not held-out women: a woman's images may span two neighbouring blocks.
 - AoP ≥ 120° went with a 90% chance of spontaneous or easy vacuum delivery in one study (Kalache et al.,
   UOG 2009): literature, not a prediction of this model.
-{history_section(meta)}"""
+{no_reference_line(meta)}{history_section(meta)}"""

@@ -37,7 +37,7 @@ from fetalnode.inference.networks import build_segmentation_net
 from fetalnode.inference.preprocess import letterbox, to_unit_range
 from fetalnode.training.data import Row, bootstrap_ci, load_gray, read_labels, subject_split
 from fetalnode.training.early_stopping import EarlyStopping
-from fetalnode.training.reference import segmentation_reference
+from fetalnode.training.reference import no_reference_line, segmentation_reference
 
 log = logging.getLogger(__name__)
 
@@ -185,8 +185,11 @@ def dice(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
     return np.concatenate(out)
 
 
-def train_segmentation(data: Path, out: Path, recipe: SegRecipe, name: str, version: str) -> dict[str, Any]:
-    """Train, early-stop on the validation split, calibrate on training data, evaluate on the test split."""
+def train_segmentation(
+    data: Path, out: Path, recipe: SegRecipe, name: str, version: str, reference_data: Path | None = None
+) -> dict[str, Any]:
+    """Train, early-stop on the validation split, calibrate on training data, evaluate on the test split
+    (``reference_data``: the folder of the reference images, see :mod:`fetalnode.training.reference`)."""
     torch.manual_seed(recipe.seed)
     gen = torch.Generator().manual_seed(recipe.seed)
     rows = read_labels(data)
@@ -337,7 +340,7 @@ def train_segmentation(data: Path, out: Path, recipe: SegRecipe, name: str, vers
         "metrics": metrics,
     }
     save_bundle(out, net, metadata, seg_model_card)
-    return finalize_segmentation_bundle(out)
+    return finalize_segmentation_bundle(out, reference_data)
 
 
 def _stage(meta: dict[str, Any]) -> dict[str, Any]:
@@ -397,8 +400,9 @@ def set_gate(path: Path, min_iou: float, min_confidence: float, data: Path) -> N
     log.info("gate %s -> %s; test metrics re-measured on %d images", old, meta["postprocess"]["gate"], len(test))
 
 
-def finalize_segmentation_bundle(path: Path) -> dict[str, Any]:
-    """Export ONNX (choosing the faster runtime by measurement), store reference outputs, rewrite the card.
+def finalize_segmentation_bundle(path: Path, reference_data: Path | None = None) -> dict[str, Any]:
+    """Export ONNX (choosing the faster runtime by measurement), store reference outputs on the images of
+    ``reference_data`` (none without it), rewrite the card.
 
     The last step of training; also runs on a bundle trained before these artefacts existed
     (``fetalnode models finalize``). Weights are not touched.
@@ -414,7 +418,11 @@ def finalize_segmentation_bundle(path: Path) -> dict[str, Any]:
     )
     write_metadata(path, metadata)
     # Reference outputs through the runtime the node will use (onnxruntime or torch).
-    metadata["reference_outputs"] = segmentation_reference(load_bundle(path, "segmentation"))
+    if reference_data is None:
+        log.warning("%s: no --reference-data, so no reference outputs are stored", path)
+        metadata.pop("reference_outputs", None)
+    else:
+        metadata["reference_outputs"] = segmentation_reference(load_bundle(path, "segmentation"), reference_data)
     write_metadata(path, metadata, seg_model_card)
     return metadata
 
@@ -505,7 +513,7 @@ Only trans-thalamic planes of (presumed) normal fetuses from one centre; BPD/OFD
 of the fitted ellipse, not sonographer caliper placements. The gate's thresholds come from heads of one
 centre, so heads of other centres or of poorer image quality are refused ("not analysed") more often:
 see "head found" above and `python -m benchmarks.gate` for images of another centre.
-{history_section(meta)}"""
+{no_reference_line(meta)}{history_section(meta)}"""
 
 
 def gate_line(meta: dict[str, Any]) -> str:

@@ -41,7 +41,7 @@ from fetalnode.inference.view import ViewModel, view_input
 from fetalnode.training.data import Row, bootstrap_ci, case_split, group_split, load_gray, read_labels, subject_split
 from fetalnode.training.early_stopping import EarlyStopping
 from fetalnode.training.metrics import balanced_accuracy, confusion, per_class
-from fetalnode.training.reference import REPO
+from fetalnode.training.reference import SEG_FOLDER, VIEW_FOLDER, no_reference_line, reference_name, reference_path
 from fetalnode.training.scanner import OverlayBank, ScannerAugment, draw_callipers_and_text, jpeg_round_trip
 from fetalnode.training.segmentation import runtime_line
 from fetalnode.vocab import RENAMED_VIEWS, View
@@ -53,7 +53,6 @@ FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 PYDICOM_TESTDATA = "pydicom-testdata"
 BRAIN_PLANE = "Fetal brain"
 OVERLAYS = 400  # text and calliper overlays drawn for a training run
-VIEW_IMAGES = REPO / "tests" / "data" / "view_mini"
 
 # Dataset formats, told by the columns of labels.csv (a folder without one holds DICOM files).
 FORMATS: dict[str, dict[str, Any]] = {
@@ -964,24 +963,25 @@ def remeasure_node_check(bundle: Path, folders: list[Path], models_dir: Path) ->
     return check
 
 
-def view_reference(net: torch.nn.Module, size: int) -> list[dict[str, Any]]:
-    """Class probabilities of the shipped test images (``tests/data``), stored in the bundle at training time.
+def view_reference(net: torch.nn.Module, size: int, root: Path) -> list[dict[str, Any]]:
+    """Class probabilities of the reference images of ``root`` (the first two of ``hc18_mini`` and every one of
+    ``view_mini``; :mod:`fetalnode.training.reference`), stored in the bundle at training time.
 
     ``load_bundle`` does not re-check them; the unit tests do (``tests/unit/test_router.py``), and
     ``finalize_view_bundle`` takes onnxruntime only if it reproduces them.
     """
-    paths = sorted((REPO / "tests" / "data" / "hc18_mini" / "images").glob("*.png"))[:2]
-    if VIEW_IMAGES.is_dir():
-        paths += sorted(VIEW_IMAGES.glob("*/images/*.png"))
+    paths = sorted((root / SEG_FOLDER / "images").glob("*.png"))[:2]
+    if (root / VIEW_FOLDER).is_dir():
+        paths += sorted((root / VIEW_FOLDER).glob("*/images/*.png"))
     x = np.stack([view_input(load_gray(p), size) for p in paths]) if paths else np.zeros((0, size, size), np.float32)
     probs = predict(net, x)
     return [
-        {"image": str(p.relative_to(REPO)), "probabilities": [round(float(v), 6) for v in q]}
+        {"image": reference_name(root, p), "probabilities": [round(float(v), 6) for v in q]}
         for p, q in zip(paths, probs, strict=True)
     ]
 
 
-def finalize_view_bundle(path: Path) -> dict[str, Any]:
+def finalize_view_bundle(path: Path, reference_data: Path | None = None) -> dict[str, Any]:
     """Export ONNX and keep it only where onnxruntime is faster and gives the stored reference outputs.
 
     The runtime is measured against torch on one image (``export_onnx``); onnxruntime is recorded as the
@@ -990,8 +990,11 @@ def finalize_view_bundle(path: Path) -> dict[str, Any]:
     torch at training time, left unchanged) within 1e-4 with the same top class on each image. Otherwise
     the ONNX file is removed (no second copy of the weights). Weights are not touched; the model card is
     rewritten. The last step of ``train view``; also ``fetalnode models finalize`` on a shipped bundle.
+    ``reference_data``: the folder of the reference images; a bundle storing reference outputs needs it.
     """
     bundle = load_bundle(path, "view")
+    if bundle.metadata.get("reference_outputs") and reference_data is None:
+        raise ValueError(f"{path} stores reference outputs: give the folder of their images (--reference-data)")
     size = int(bundle.metadata["input"]["size"])
     comparison = export_onnx(bundle.net, (1, 1, size, size), path / ONNX, batch_axis=True)
     metadata = dict(bundle.metadata, runtime=comparison["runtime"], runtime_comparison=comparison)
@@ -1001,7 +1004,8 @@ def finalize_view_bundle(path: Path) -> dict[str, Any]:
         stored = metadata.get("reference_outputs") or []
         if stored:
             model = ViewModel(load_bundle(path, "view"))
-            x = np.stack([view_input(load_gray(REPO / r["image"]), size) for r in stored])
+            assert reference_data is not None
+            x = np.stack([view_input(load_gray(reference_path(reference_data, r["image"])), size) for r in stored])
             now, then = model.probabilities(x), np.array([r["probabilities"] for r in stored])
             comparison["reference_max_abs_diff"] = float(np.abs(now - then).max())
             if comparison["reference_max_abs_diff"] > 1e-4 or (now.argmax(1) != then.argmax(1)).any():
@@ -1022,10 +1026,12 @@ def train_view(
     version: str,
     models_dir: Path | None = None,
     command: str = "",
+    reference_data: Path | None = None,
 ) -> dict[str, Any]:
     """Train, choose the abstain threshold on validation, measure the test split (and, with the head
     bundles in ``models_dir``, the head claim rule and the whole node on its images of other views and its
-    calibrated heads), write the bundle (``command``: the command line, recorded in the model card)."""
+    calibrated heads), write the bundle (``command``: the command line, recorded in the model card;
+    ``reference_data``: the folder of the reference images, see :mod:`fetalnode.training.reference`)."""
     recipe_start = time.monotonic()
     parts: dict[str, list[ViewImage]] = {"train": [], "val": [], "test": []}
     sources: list[dict[str, Any]] = []
@@ -1147,7 +1153,10 @@ def train_view(
         },
         "metrics": metrics,
     }
-    metadata["reference_outputs"] = view_reference(net, recipe.size)
+    if reference_data is None:
+        log.warning("%s: no --reference-data, so no reference outputs are stored", out)
+    else:
+        metadata["reference_outputs"] = view_reference(net, recipe.size, reference_data)
     metadata = save_bundle(out, net, metadata, view_model_card)
     if with_heads:
         assert models_dir is not None
@@ -1156,7 +1165,7 @@ def train_view(
         metadata["metrics"]["node_check"]["split"] = "test, images of every view but the head, and calibrated heads"
     metadata["training"]["recipe_minutes"] = round((time.monotonic() - recipe_start) / 60, 1)
     write_metadata(out, metadata, view_model_card)
-    return finalize_view_bundle(out)
+    return finalize_view_bundle(out, reference_data)
 
 
 def _ci(v: Any) -> str:
@@ -1553,7 +1562,7 @@ Routed views (rows: truth; columns: what the router answered, the view model alo
   bundle needs them chosen again.
 - Not covered at all: coronal and sagittal head views beyond the first trimester, cardiac and Doppler fetal
   views beyond the samples, 3D renderings, screens with several images.
-
+{no_reference_line(meta)}
 ## History
 {history}
 """
