@@ -11,7 +11,7 @@ import logging
 import shlex
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -221,6 +221,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     bundle_name = args.name or Path(args.out).name
     reference_data = _reference_data(args)
+    meta: Mapping[str, Any]  # the bundle's metadata, typed by its task (fetalnode.training.metadata)
     if args.task == "view":
         from fetalnode.training.view import ViewRecipe, train_view
 
@@ -392,6 +393,7 @@ def cmd_models_finalize(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     task = read_metadata(Path(args.bundle))["task"]
+    meta: Mapping[str, Any]  # the bundle's metadata, typed by its task (fetalnode.training.metadata)
     if task == "view":
         if args.gate:
             raise SystemExit("--gate is for segmentation bundles")
@@ -451,19 +453,22 @@ def cmd_models_finalize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_card(task: str) -> Callable[[dict[str, Any]], str]:
-    """The model card renderer of a bundle task other than ``view``."""
+def _model_card(task: str) -> Callable[[Mapping[str, Any]], str]:
+    """The model card renderer of a bundle task other than ``view``, for metadata read from disk (checked
+    against the task's schema first)."""
+    from fetalnode.training import metadata
+
     if task == "classification":
         from fetalnode.training.classifier import cls_model_card
 
-        return cls_model_card
+        return metadata.renderer(metadata.ClsMetadata, cls_model_card)
     if task == "multiclass-segmentation":
         from fetalnode.training.labour import labour_model_card
 
-        return labour_model_card
+        return metadata.renderer(metadata.LabourMetadata, labour_model_card)
     from fetalnode.training.segmentation import seg_model_card
 
-    return seg_model_card
+    return metadata.renderer(metadata.SegMetadata, seg_model_card)
 
 
 def cmd_wrap(args: argparse.Namespace) -> int:

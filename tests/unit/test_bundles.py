@@ -21,6 +21,7 @@ from fetalnode.inference.preprocess import to_unit_range
 from fetalnode.intake import decode_for_analysis
 from fetalnode.training.classifier import classifier_reference, cls_model_card
 from fetalnode.training.labour import labour_model_card
+from fetalnode.training.metadata import SCHEMAS, SegMetadata, checked, schema_problems
 from fetalnode.training.reference import segmentation_reference
 from fetalnode.training.segmentation import seg_model_card
 from harness.node import MODELS
@@ -121,6 +122,21 @@ def test_model_card_is_what_its_metadata_renders(path: Path, card) -> None:
     written = (path / "docs" / "README.md").read_text(encoding="utf-8")
     assert written == card(meta)
     assert meta["history"] and written.split("\n## History\n", 1)[1].count("\n- ") == len(meta["history"])
+
+
+@pytest.mark.parametrize("path", sorted(p for p in MODELS.iterdir() if p.is_dir()), ids=lambda p: p.name)
+def test_shipped_metadata_fits_its_task_schema(path: Path) -> None:
+    """Every key of a shipped bundle's metadata is in its task's schema, every required one is there."""
+    meta = read_metadata(path)
+    assert schema_problems(SCHEMAS[meta["task"]], meta, unknown=True) == []
+    assert checked(SCHEMAS[meta["task"]], meta) is meta
+
+
+def test_metadata_missing_a_required_key_is_refused() -> None:
+    meta = read_metadata(SEG)
+    del meta["metrics"]["dice_mean"]
+    with pytest.raises(ValueError, match=r"metadata\.metrics: no 'dice_mean'"):
+        checked(SegMetadata, meta)
 
 
 def test_finalize_history_adds_lines_to_the_card_and_leaves_the_weights(tmp_path: Path, capsys) -> None:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import torch
@@ -198,16 +198,18 @@ def export_onnx(
     }
 
 
-def write_metadata(
-    path: Path, metadata: dict[str, Any], model_card: Callable[[dict[str, Any]], str] | None = None
-) -> None:
+# A bundle's metadata: a plain dict, or a task's typed schema (fetalnode.training.metadata).
+MetadataT = TypeVar("MetadataT", bound=Mapping[str, Any])
+
+
+def write_metadata(path: Path, metadata: MetadataT, model_card: Callable[[MetadataT], str] | None = None) -> None:
     """Write a bundle's metadata and, given its ``model_card`` renderer, the model card made from it."""
     (path / METADATA).write_text(json.dumps(metadata, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     if model_card is not None:
         (path / "docs" / "README.md").write_text(model_card(metadata), encoding="utf-8")
 
 
-def history_section(metadata: dict[str, Any]) -> str:
+def history_section(metadata: Mapping[str, Any]) -> str:
     """The model card's History section: the metadata's ``history`` lines (earlier versions, candidates and
     experiments of the bundle, oldest first), one item each; empty when there are none."""
     lines = metadata.get("history") or []
@@ -233,24 +235,24 @@ def append_history(path: Path, lines: list[str], model_card: Callable[[dict[str,
 def save_bundle(
     path: Path,
     net: nn.Module,
-    metadata: dict[str, Any],
-    model_card: Callable[[dict[str, Any]], str],
+    metadata: MetadataT,
+    model_card: Callable[[MetadataT], str],
     onnx_input: tuple[int, ...] | None = None,
-) -> dict[str, Any]:
+) -> MetadataT:
     """Write weights (and, with ``onnx_input``, an ONNX export with its measured speed), metadata with
-    checksums, and the model card; returns the metadata as written."""
+    checksums, and the model card; returns the metadata as written (the keys given and the checksums')."""
     (path / "models").mkdir(parents=True, exist_ok=True)
     (path / "configs").mkdir(parents=True, exist_ok=True)
     (path / "docs").mkdir(parents=True, exist_ok=True)
     torch.save(net.state_dict(), path / WEIGHTS)
-    metadata = dict(metadata, weights_sha256=sha256_file(path / WEIGHTS))
+    written = dict(metadata, weights_sha256=sha256_file(path / WEIGHTS))
     if onnx_input is not None:
         comparison = export_onnx(net, onnx_input, path / ONNX)
-        metadata.update(
+        written.update(
             runtime=comparison["runtime"], runtime_comparison=comparison, onnx_sha256=sha256_file(path / ONNX)
         )
-    write_metadata(path, metadata, model_card)
-    return metadata
+    write_metadata(path, cast(MetadataT, written), model_card)
+    return cast(MetadataT, written)
 
 
 def bundle_fingerprint(path: Path) -> tuple[str, float]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from fetalnode.inference.calibration import Calibration
 from fetalnode.training.calibration import calibration_errors, named_types, type_precision
 from fetalnode.training.classifier import as_deployed, classification_metrics, predict_logits, roi_crops, usable_rows
 from fetalnode.training.data import Row, block_split, case_split, load_gray, read_labels, subject_split
+from fetalnode.training.metadata import ClsMetadata, checked
 from fetalnode.training.segmentation import evaluate_segmentation_net
 
 DEFAULT_SEG = Path("models/hc18-headseg")
@@ -45,7 +47,7 @@ def confusion_png(cm: np.ndarray, labels: list[str], path: Path) -> None:
 SPLITS = ("all", "train", "val", "test")
 
 
-def training_split(meta: dict[str, Any], rows: list[Row], split: str) -> list[Row]:
+def training_split(meta: Mapping[str, Any], rows: list[Row], split: str) -> list[Row]:
     """The rows of one part of the split the bundle was trained with (its seed, its group column).
 
     Only meaningful on the folder the bundle was trained on; "all" returns every row.
@@ -103,19 +105,21 @@ def evaluate_bundle(
         report["segmentation"] = evaluate_segmentation_net(bundle.net, data, rows, seg_settings(bundle))
     else:
         bundle = load_bundle(model, "classification")
+        cls_meta = checked(ClsMetadata, meta)
         seg = load_bundle(seg_model or DEFAULT_SEG, "segmentation")
         rows, dropped = usable_rows(data)
         rows = training_split(meta, rows, split)
-        labels = list(meta["labels"])
+        labels = list(cls_meta["labels"])
         unknown = sorted({r["label"] for r in rows} - set(labels))
         if unknown:
             raise ValueError(f"{data}: labels unknown to the model: {unknown}")
-        x, found = roi_crops(seg, data, rows, int(meta["input"]["roi_size"]), float(meta["input"]["roi_margin"]))
+        roi = cls_meta["input"]
+        x, found = roi_crops(seg, data, rows, int(roi["roi_size"]), float(roi["roi_margin"]))
         y = np.array([labels.index(r["label"]) for r in rows])
         groups = np.array([r["case_group"] for r in rows])
         logits = predict_logits(bundle.net, x)
         probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
-        normal = labels.index(meta["normal_label"])
+        normal = labels.index(cls_meta["normal_label"])
         metrics = classification_metrics(probs, y, labels, groups)
         metrics["head_found_rate"] = float(found.mean())
         metrics["as_deployed"] = as_deployed(probs, y, groups, found, normal)

@@ -13,6 +13,7 @@ import csv
 import logging
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ from fetalnode.inference.networks import build_segmentation_net
 from fetalnode.inference.preprocess import letterbox, resize, to_unit_range
 from fetalnode.training.data import Row, block_split, bootstrap_ci, load_gray, read_labels
 from fetalnode.training.early_stopping import EarlyStopping
+from fetalnode.training.metadata import LabourMetadata, LabourMetrics, LabourReference, checked
 from fetalnode.training.reference import LABOUR_FOLDER, no_reference_line, reference_name
 from fetalnode.training.segmentation import UNetRecipe
 
@@ -271,7 +273,7 @@ def early_stopping_score(m: dict[str, Any]) -> float:
 
 def train_labour_segmentation(
     data: Path, out: Path, recipe: LabourRecipe, name: str, version: str, reference_data: Path | None = None
-) -> dict[str, Any]:
+) -> LabourMetadata:
     """Train, early-stop on the validation blocks, set the gate, measure the test blocks, write the bundle
     (``reference_data``: the folder of the reference images, see :mod:`fetalnode.training.reference`)."""
     torch.manual_seed(recipe.seed)
@@ -354,9 +356,9 @@ def train_labour_segmentation(
     log.info("gate: %s", limits.as_dict())
     settings = LabourSettings(recipe.canvas_hw, limits)
     test_scores = score_images(net, settings, data, splits["test"])
-    metrics = summarise(test_scores)
+    metrics = checked(LabourMetrics, summarise(test_scores), "metrics")
     metrics["split"] = "test (15% of id blocks, never used for training, early stopping or the gate)"
-    metadata: dict[str, Any] = {
+    metadata: LabourMetadata = {
         "name": name,
         "version": version,
         "task": TASK,
@@ -407,17 +409,20 @@ def train_labour_segmentation(
     return finalize_labour_bundle(out, reference_data)
 
 
-def finalize_labour_bundle(path: Path, reference_data: Path | None = None) -> dict[str, Any]:
+def finalize_labour_bundle(path: Path, reference_data: Path | None = None) -> LabourMetadata:
     """Export ONNX (the faster runtime by measurement), store reference outputs on the images of
     ``reference_data``'s psfhs_mini (none without it), rewrite the model card. Weights are not touched."""
     bundle = load_bundle(path, TASK)
     canvas_hw = tuple(bundle.metadata["input"]["canvas_hw"])
     comparison = export_onnx(bundle.net, (1, 1, *canvas_hw), path / ONNX)
-    metadata = dict(
-        bundle.metadata,
-        runtime=comparison["runtime"],
-        runtime_comparison=comparison,
-        onnx_sha256=sha256_file(path / ONNX),
+    metadata = checked(
+        LabourMetadata,
+        dict(
+            bundle.metadata,
+            runtime=comparison["runtime"],
+            runtime_comparison=comparison,
+            onnx_sha256=sha256_file(path / ONNX),
+        ),
     )
     if comparison["runtime"] != "onnxruntime":
         # Torch is as fast: do not ship a second copy of the weights.
@@ -433,13 +438,13 @@ def finalize_labour_bundle(path: Path, reference_data: Path | None = None) -> di
     return metadata
 
 
-def labour_reference(bundle: Any, root: Path, n: int = 4) -> list[dict[str, Any]]:
+def labour_reference(bundle: Any, root: Path, n: int = 4) -> list[LabourReference]:
     """AoP / HSD the bundle gives on the first images of ``root/psfhs_mini`` (re-checked by the tests)."""
     folder = root / LABOUR_FOLDER
     if not (folder / "labels.csv").is_file():
         return []
     settings = labour_settings(bundle)
-    out = []
+    out: list[LabourReference] = []
     for s in score_images(bundle.infer, settings, folder, read_labels(folder)[:n]):
         out.append(
             {
@@ -458,12 +463,12 @@ def _f(value: Any, spec: str) -> str:
     return format(value, spec)
 
 
-def _ci(m: dict[str, Any], key: str, spec: str) -> str:
+def _ci(m: Mapping[str, Any], key: str, spec: str) -> str:
     ci = m.get(f"{key}_ci95")
     return "" if not ci else f"{_f(ci[0], spec)}–{_f(ci[1], spec)}"
 
 
-def labour_model_card(meta: dict[str, Any]) -> str:
+def labour_model_card(meta: LabourMetadata) -> str:
     m = meta["metrics"]
     td = meta["training_data"][0]
     t = meta["training"]

@@ -13,6 +13,7 @@ the repository's tests resolve them against their own copy.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -20,6 +21,7 @@ from fetalnode.inference.analyzer import locate_head, seg_settings
 from fetalnode.inference.bundle import Bundle
 from fetalnode.inference.preprocess import to_unit_range
 from fetalnode.training.data import load_gray, read_labels
+from fetalnode.training.metadata import SegReference
 
 NAME_PREFIX = PurePosixPath("tests/data")
 SEG_FOLDER = "hc18_mini"
@@ -38,7 +40,7 @@ def reference_path(root: Path, name: str) -> Path:
     return root / PurePosixPath(name).relative_to(NAME_PREFIX)
 
 
-def no_reference_line(meta: dict[str, Any]) -> str:
+def no_reference_line(meta: Mapping[str, Any]) -> str:
     """The model-card sentence of a bundle trained without a reference folder (empty when it has outputs)."""
     if "reference_outputs" in meta:
         return ""
@@ -48,10 +50,10 @@ def no_reference_line(meta: dict[str, Any]) -> str:
     )
 
 
-def segmentation_reference(seg: Bundle, root: Path, n: int = 3) -> list[dict[str, Any]]:
+def segmentation_reference(seg: Bundle, root: Path, n: int = 3) -> list[SegReference]:
     """Head score and ellipse of the segmentation bundle on the first ``n`` images of ``root/hc18_mini``."""
     folder = root / SEG_FOLDER
-    out = []
+    out: list[SegReference] = []
     for row in read_labels(folder)[:n]:
         img01 = to_unit_range(load_gray(folder / row["filename"]))
         ellipse, score, _ = locate_head(seg.infer, seg_settings(seg), img01)

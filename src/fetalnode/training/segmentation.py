@@ -37,6 +37,7 @@ from fetalnode.inference.networks import build_segmentation_net
 from fetalnode.inference.preprocess import letterbox, to_unit_range
 from fetalnode.training.data import Row, bootstrap_ci, load_gray, read_labels, subject_split
 from fetalnode.training.early_stopping import EarlyStopping
+from fetalnode.training.metadata import Common, SegMetadata, SegMetrics, checked
 from fetalnode.training.reference import no_reference_line, segmentation_reference
 
 log = logging.getLogger(__name__)
@@ -187,7 +188,7 @@ def dice(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
 
 def train_segmentation(
     data: Path, out: Path, recipe: SegRecipe, name: str, version: str, reference_data: Path | None = None
-) -> dict[str, Any]:
+) -> SegMetadata:
     """Train, early-stop on the validation split, calibrate on training data, evaluate on the test split
     (``reference_data``: the folder of the reference images, see :mod:`fetalnode.training.reference`)."""
     torch.manual_seed(recipe.seed)
@@ -297,7 +298,7 @@ def train_segmentation(
         }
     )
     gate, axis_scale, metrics = calibrate_and_test(net, data, splits, recipe.canvas_hw)
-    metadata = {
+    metadata: SegMetadata = {
         "name": name,
         "version": version,
         "task": "segmentation",
@@ -357,7 +358,7 @@ def _stage(meta: dict[str, Any]) -> dict[str, Any]:
 
 def calibrate_and_test(
     net: torch.nn.Module, data: Path, splits: dict[str, list[Row]], canvas_hw: tuple[int, int]
-) -> tuple[dict[str, float], float, dict[str, Any]]:
+) -> tuple[dict[str, float], float, SegMetrics]:
     """Post-processing fitted after training, then the test metrics through it.
 
     Gate thresholds come from the validation heads (accept at least 98% of them, never looser
@@ -385,7 +386,7 @@ def set_gate(path: Path, min_iou: float, min_confidence: float, data: Path) -> N
     trained on. The thresholds it replaces are kept in ``postprocess.gate.replaces``.
     """
     bundle = load_bundle(path, "segmentation")  # refuses a bundle of another task
-    meta = bundle.metadata
+    meta = checked(SegMetadata, bundle.metadata)
     old = {k: v for k, v in meta["postprocess"].get("gate", {}).items() if k != "replaces"}
     gate = {"min_iou": round(min_iou, 3), "min_confidence": round(min_confidence, 3)}
     settings = dataclasses.replace(seg_settings(bundle), min_iou=gate["min_iou"], min_confidence=gate["min_confidence"])
@@ -400,7 +401,7 @@ def set_gate(path: Path, min_iou: float, min_confidence: float, data: Path) -> N
     log.info("gate %s -> %s; test metrics re-measured on %d images", old, meta["postprocess"]["gate"], len(test))
 
 
-def finalize_segmentation_bundle(path: Path, reference_data: Path | None = None) -> dict[str, Any]:
+def finalize_segmentation_bundle(path: Path, reference_data: Path | None = None) -> SegMetadata:
     """Export ONNX (choosing the faster runtime by measurement), store reference outputs on the images of
     ``reference_data`` (none without it), rewrite the card.
 
@@ -410,11 +411,14 @@ def finalize_segmentation_bundle(path: Path, reference_data: Path | None = None)
     bundle = load_bundle(path, "segmentation")
     canvas_hw = tuple(bundle.metadata["input"]["canvas_hw"])
     comparison = export_onnx(bundle.net, (1, 1, *canvas_hw), path / ONNX)
-    metadata = dict(
-        bundle.metadata,
-        runtime=comparison["runtime"],
-        runtime_comparison=comparison,
-        onnx_sha256=sha256_file(path / ONNX),
+    metadata = checked(
+        SegMetadata,
+        dict(
+            bundle.metadata,
+            runtime=comparison["runtime"],
+            runtime_comparison=comparison,
+            onnx_sha256=sha256_file(path / ONNX),
+        ),
     )
     write_metadata(path, metadata)
     # Reference outputs through the runtime the node will use (onnxruntime or torch).
@@ -451,9 +455,7 @@ def gate_thresholds(
     }
 
 
-def evaluate_segmentation_net(
-    net: torch.nn.Module, data: Path, rows: list[Row], settings: SegSettings
-) -> dict[str, Any]:
+def evaluate_segmentation_net(net: torch.nn.Module, data: Path, rows: list[Row], settings: SegSettings) -> SegMetrics:
     """Dice (at the network canvas) and HC error in mm through the full inference path."""
     x, y = load_split(data, rows, settings.canvas_hw)
     d = dice(net, x, y)
@@ -475,7 +477,7 @@ def evaluate_segmentation_net(
     }
 
 
-def seg_model_card(meta: dict[str, Any]) -> str:
+def seg_model_card(meta: SegMetadata) -> str:
     m = meta["metrics"]
     td = meta["training_data"][0]
     return f"""# {meta["name"]} {meta["version"]} — fetal head segmentation
@@ -516,7 +518,7 @@ see "head found" above and `python -m benchmarks.gate` for images of another cen
 {no_reference_line(meta)}{history_section(meta)}"""
 
 
-def gate_line(meta: dict[str, Any]) -> str:
+def gate_line(meta: SegMetadata) -> str:
     """Where the gate's thresholds come from: learnt from the validation heads, or set after training."""
     gate = meta["postprocess"].get("gate")
     if not gate:
@@ -531,7 +533,7 @@ def gate_line(meta: dict[str, Any]) -> str:
     return f"{text}, set from the validation heads (accept {gate.get('keep', 0.98):.0%} of them)"
 
 
-def recipe_line(meta: dict[str, Any]) -> str:
+def recipe_line(meta: SegMetadata) -> str:
     """Optimiser, augmentation and the epoch early stopping kept, from the recorded recipe and history."""
     r = meta["training"].get("recipe", {})
     history = meta["training"].get("history", [])
@@ -555,7 +557,7 @@ def recipe_line(meta: dict[str, Any]) -> str:
     )
 
 
-def stages_line(meta: dict[str, Any]) -> str:
+def stages_line(meta: SegMetadata) -> str:
     """The stages of a multi-stage recipe (a fine-tuning stage from another bundle), when there are several."""
     stages = meta["training"].get("stages", [])
     if len(stages) < 2:
@@ -566,7 +568,7 @@ def stages_line(meta: dict[str, Any]) -> str:
     return " Stages (the minutes above are their sum): " + "; then ".join(parts) + "."
 
 
-def runtime_line(meta: dict[str, Any]) -> str:
+def runtime_line(meta: Common) -> str:
     """The measured torch-vs-onnxruntime comparison behind the bundle's inference runtime."""
     c = meta.get("runtime_comparison")
     if not c:

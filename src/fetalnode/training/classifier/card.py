@@ -6,10 +6,11 @@ import math
 from typing import Any
 
 from fetalnode.inference.bundle import history_section
+from fetalnode.training.metadata import ClsMetadata
 from fetalnode.training.reference import no_reference_line
 
 
-def base_init_line(meta: dict[str, Any]) -> str:
+def base_init_line(meta: ClsMetadata) -> str:
     """Where the base network's weights started: the segmentation encoder (transfer) or random."""
     if meta["training"]["recipe"].get("base_init") == "segmentation":
         return (
@@ -25,12 +26,12 @@ def base_init_line(meta: dict[str, Any]) -> str:
     return "The base network was trained from random initialisation."
 
 
-def recipe_time(meta: dict[str, Any]) -> str:
+def recipe_time(meta: ClsMetadata) -> str:
     total = meta["training"].get("recipe_minutes")
     return f"; the whole recipe (ROI crops, fitting, baselines, cross-validation) took {total} minutes" if total else ""
 
 
-def extra_data_line(meta: dict[str, Any]) -> str:
+def extra_data_line(meta: ClsMetadata) -> str:
     """The extra 'normal' heads from another source, when used."""
     extra = meta["training_data"][1:] if len(meta["training_data"]) > 1 else []
     return "".join(
@@ -58,7 +59,7 @@ reachable balanced accuracy is at most {_r(lim["balanced_accuracy_ceiling"])}; o
 {_r(lim["balanced_accuracy_classes_with_3plus_groups"])}."""
 
 
-def fitting_line(meta: dict[str, Any]) -> str:
+def fitting_line(meta: ClsMetadata) -> str:
     """The loss (when it has the normal-vs-abnormal term) and whether fitting used only the images with a head."""
     recipe = meta["training"].get("recipe", {})
     weight = recipe.get("abnormal_weight") or 0
@@ -112,7 +113,7 @@ from a source the model was taught as normal, not a source it has never seen.
     return "\n".join(out)
 
 
-def what_type_line(meta: dict[str, Any]) -> str:
+def what_type_line(meta: ClsMetadata) -> str:
     """The model card's one line on the malformation type the node names."""
     rule = meta.get("type_reporting") or {}
     types = rule.get("reportable_types") or []
@@ -151,7 +152,7 @@ def _ece_rows(block: dict[str, Any] | None, where: str) -> str:
     return "\n".join(rows) + "\n"
 
 
-def calibration_section(meta: dict[str, Any]) -> str:
+def calibration_section(meta: ClsMetadata) -> str:
     """Model-card section: the temperatures and the ECE before and after on held-out data."""
     cal = meta.get("calibration")
     if not cal:
@@ -188,7 +189,7 @@ def _not_lowered(cal: dict[str, Any]) -> str:
     )
 
 
-def type_rule_section(meta: dict[str, Any]) -> str:
+def type_rule_section(meta: ClsMetadata) -> str:
     """Model-card section: the type reporting rule, its justification and the per-type evidence."""
     rule = meta.get("type_reporting")
     if not rule:
@@ -249,7 +250,7 @@ On the validation split, pooled precision of the named types by calibrated P(typ
 """
 
 
-def cls_model_card(meta: dict[str, Any]) -> str:
+def cls_model_card(meta: ClsMetadata) -> str:
     m = meta["metrics"]
     td = meta["training_data"][0]
 

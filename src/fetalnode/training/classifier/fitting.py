@@ -15,6 +15,7 @@ from fetalnode.inference.networks import build_classifier_net, transfer_unet_enc
 from fetalnode.training.classifier.data import ClsRecipe, CropSet, crop_features, roi_crops, unlabelled_crops
 from fetalnode.training.data import read_labels
 from fetalnode.training.early_stopping import EarlyStopping
+from fetalnode.training.metadata import ProbabilityReference
 from fetalnode.training.metrics import balanced_accuracy
 from fetalnode.training.pretrain import PretrainRecipe, pretrain_base
 from fetalnode.training.reference import CLS_FOLDER, reference_name
@@ -44,7 +45,7 @@ def logistic_baseline(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, seed: i
 
 def classifier_reference(
     cls_net: torch.nn.Module, seg: Bundle, root: Path, roi_size: int, margin: float, n: int = 4
-) -> list[dict[str, Any]]:
+) -> list[ProbabilityReference]:
     """Class probabilities on the first ``n`` images of ``root/fba_mini``, through the training crops."""
     folder = root / CLS_FOLDER
     rows = read_labels(folder)[:n]

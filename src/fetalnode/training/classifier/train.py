@@ -31,6 +31,7 @@ from fetalnode.training.classifier.measure import (
     type_limits,
 )
 from fetalnode.training.data import bootstrap_ci, case_split, read_labels, subject_split
+from fetalnode.training.metadata import ClsMetadata
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ def train_classifier(
     name: str,
     version: str,
     reference_data: Path | None = None,
-) -> dict[str, Any]:
+) -> ClsMetadata:
     """Train, calibrate, choose the type reporting rule, measure the test split, write the bundle
     (``reference_data``: the folder of the reference images, see :mod:`fetalnode.training.reference`)."""
     recipe_start = time.monotonic()
@@ -161,7 +162,7 @@ def train_classifier(
         labels, normal, fitting["val"], predict_logits(net, fitting["val"].x), test, test_logits, cv, pooled
     )
     test_classes = sorted({labels[i] for i in test.y})
-    metadata: dict[str, Any] = {
+    metadata: ClsMetadata = {
         "name": name,
         "version": version,
         "task": "classification",
@@ -219,7 +220,9 @@ def train_classifier(
                 "name": "HC18 heads as extra 'normal' images (another source)",
                 "citation": "van den Heuvel et al., PLoS ONE 13(8): e0200412 (2018), doi:10.5281/zenodo.1327317",
                 "licence": "CC BY 4.0",
-                **extra_info,
+                "extra_normals": extra_info["extra_normals"],
+                "train": extra_info["train"],
+                "val": extra_info["val"],
             }
         )
     if reference_data is None:

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from fetalnode.training.metadata import ViewMetadata
 from fetalnode.training.reference import no_reference_line
 from fetalnode.training.segmentation import runtime_line
 from fetalnode.training.view.fitting import ViewRecipe
@@ -100,7 +101,7 @@ def robustness_lines(m: dict[str, Any]) -> str:
     )
 
 
-def claim_lines(meta: dict[str, Any]) -> str:
+def claim_lines(meta: ViewMetadata) -> str:
     sel = meta.get("claim_selection")
     if not sel:
         return "No claim rule (the head bundles were not in the models folder at training time)."
@@ -182,7 +183,7 @@ def claim_curve_svg(sel: dict[str, Any]) -> str:
     )
 
 
-def write_claim_curve(bundle: Path, meta: dict[str, Any]) -> None:
+def write_claim_curve(bundle: Path, meta: ViewMetadata) -> None:
     """The claim curve beside the model card (docs/claim_curve.svg), when the bundle has a claim rule."""
     if meta.get("claim_selection"):
         (bundle / "docs" / CLAIM_CURVE).write_text(claim_curve_svg(meta["claim_selection"]), encoding="utf-8")
@@ -240,7 +241,7 @@ def command_of(recipe: dict[str, Any]) -> str:
     return " ".join([*words, "--out OUT"])
 
 
-def head_threshold_line(meta: dict[str, Any]) -> str:
+def head_threshold_line(meta: ViewMetadata) -> str:
     t = meta.get("class_thresholds", {}).get(str(View.AXIAL_FETAL_HEAD))
     if t is None:
         return ""
@@ -251,7 +252,7 @@ def head_threshold_line(meta: dict[str, Any]) -> str:
     )
 
 
-def view_model_card(meta: dict[str, Any]) -> str:
+def view_model_card(meta: ViewMetadata) -> str:
     m = meta["metrics"]
     p = meta["network"]["params"]
     rows = []

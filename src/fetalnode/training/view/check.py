@@ -15,6 +15,7 @@ from fetalnode.inference.analyzer import AnalysisResult
 from fetalnode.inference.bundle import load_bundle, read_metadata, write_metadata
 from fetalnode.inference.view import ViewModel
 from fetalnode.training.data import bootstrap_ci
+from fetalnode.training.metadata import ViewMetadata, checked
 from fetalnode.training.view.card import view_model_card
 from fetalnode.training.view.data import CLASSES, ViewImage, folder_images, load_set
 from fetalnode.training.view.measure import robustness, view_metrics
@@ -111,7 +112,7 @@ def remeasure_node_check(bundle: Path, folders: list[Path], models_dir: Path) ->
     The test images are those of the bundle's own split (its seed, its DICOM device groups); the weights and
     every other metric are untouched; the previous figure is kept in ``metrics.node_check_history``.
     """
-    meta = read_metadata(bundle)
+    meta = checked(ViewMetadata, read_metadata(bundle))
     limit = int(meta.get("training", {}).get("recipe", {}).get("limit", 0))  # as train_view took them
     others: list[ViewImage] = []
     for folder in folders:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -249,7 +250,7 @@ def to_image(folder: Path, fmt: str, row: Row) -> ViewImage:
     )
 
 
-def folder_images(folder: Path, split: str, meta: dict[str, Any]) -> tuple[str, list[ViewImage]]:
+def folder_images(folder: Path, split: str, meta: Mapping[str, Any]) -> tuple[str, list[ViewImage]]:
     """The images of one folder: all of them, or one part of the split the bundle ``meta`` was trained
     with (its seed; for DICOM folders its stored device-group splits, a group it never saw is test)."""
     fmt, rows = folder_rows(folder)

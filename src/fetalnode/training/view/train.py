@@ -23,6 +23,7 @@ from fetalnode.inference.bundle import (
 )
 from fetalnode.inference.view import ViewModel, view_input
 from fetalnode.training.data import load_gray
+from fetalnode.training.metadata import ViewMetadata, checked
 from fetalnode.training.reference import SEG_FOLDER, VIEW_FOLDER, reference_name, reference_path
 from fetalnode.training.view.card import command_of, recipe_words, view_model_card, write_claim_curve
 from fetalnode.training.view.check import node_check
@@ -76,7 +77,7 @@ def view_reference(net: torch.nn.Module, size: int, root: Path) -> list[dict[str
     ]
 
 
-def finalize_view_bundle(path: Path, reference_data: Path | None = None) -> dict[str, Any]:
+def finalize_view_bundle(path: Path, reference_data: Path | None = None) -> ViewMetadata:
     """Export ONNX and keep it only where onnxruntime is faster and gives the stored reference outputs.
 
     The runtime is measured against torch on one image (``export_onnx``); onnxruntime is recorded as the
@@ -92,7 +93,9 @@ def finalize_view_bundle(path: Path, reference_data: Path | None = None) -> dict
         raise ValueError(f"{path} stores reference outputs: give the folder of their images (--reference-data)")
     size = int(bundle.metadata["input"]["size"])
     comparison = export_onnx(bundle.net, (1, 1, size, size), path / ONNX, batch_axis=True)
-    metadata = dict(bundle.metadata, runtime=comparison["runtime"], runtime_comparison=comparison)
+    metadata = checked(
+        ViewMetadata, dict(bundle.metadata, runtime=comparison["runtime"], runtime_comparison=comparison)
+    )
     metadata["onnx_sha256"] = sha256_file(path / ONNX)
     if comparison["runtime"] == "onnxruntime":
         write_metadata(path, metadata)
@@ -122,7 +125,7 @@ def train_view(
     models_dir: Path | None = None,
     command: str = "",
     reference_data: Path | None = None,
-) -> dict[str, Any]:
+) -> ViewMetadata:
     """Train, choose the abstain threshold on validation, measure the test split (and, with the head
     bundles in ``models_dir``, the head claim rule and the whole node on its images of other views and its
     calibrated heads), write the bundle (``command``: the command line, recorded in the model card;
@@ -204,7 +207,8 @@ def train_view(
             metrics["left_out_source"]["with_claims"] = claim_metrics(
                 held_probs, held.y, held.groups, held_scores, thresholds, claim
             )
-    metadata: dict[str, Any] = {
+    # Built as a plain dict (the claim keys are there only with a claim rule), checked against the schema when saved.
+    draft: dict[str, Any] = {
         "name": name,
         "version": version,
         "task": "view",
@@ -251,12 +255,12 @@ def train_view(
     if reference_data is None:
         log.warning("%s: no --reference-data, so no reference outputs are stored", out)
     else:
-        metadata["reference_outputs"] = view_reference(net, recipe.size, reference_data)
-    metadata = save_bundle(out, net, metadata, view_model_card)
+        draft["reference_outputs"] = view_reference(net, recipe.size, reference_data)
+    metadata = save_bundle(out, net, checked(ViewMetadata, draft), view_model_card)
     if with_heads:
         assert models_dir is not None
-        checked = [im for im in test.images if im.view is not View.AXIAL_FETAL_HEAD or im.pixel_size_mm]
-        metadata["metrics"]["node_check"] = node_check(out, checked, models_dir)
+        node_images = [im for im in test.images if im.view is not View.AXIAL_FETAL_HEAD or im.pixel_size_mm]
+        metadata["metrics"]["node_check"] = node_check(out, node_images, models_dir)
         metadata["metrics"]["node_check"]["split"] = "test, images of every view but the head, and calibrated heads"
     metadata["training"]["recipe_minutes"] = round((time.monotonic() - recipe_start) / 60, 1)
     write_metadata(out, metadata, view_model_card)
@@ -266,7 +270,7 @@ def train_view(
 def record_source_holdout(bundle: Path, runs: list[Path]) -> list[dict[str, Any]]:
     """Copy the left-out-source figures of leave-one-source-out runs (bundles of ``train view --leave-out``)
     into a bundle's metadata and model card; weights and every other metric untouched."""
-    meta = read_metadata(bundle)
+    meta = checked(ViewMetadata, read_metadata(bundle))
     out = []
     for run in runs:
         rm = read_metadata(run)
@@ -293,7 +297,7 @@ def add_history(bundle: Path, lines: list[str]) -> None:
     """Append lines to a view bundle's history (its model card's last section)."""
     if not lines:
         return
-    meta = read_metadata(bundle)
+    meta = checked(ViewMetadata, read_metadata(bundle))
     meta["history"] = [*meta.get("history", []), *lines]
     write_metadata(bundle, meta, view_model_card)
     write_claim_curve(bundle, meta)
