@@ -11,7 +11,6 @@ import numpy as np
 from tqdm import tqdm
 
 from fetalnode.config import ModelSettings
-from fetalnode.inference.analyzer import AnalysisResult
 from fetalnode.inference.bundle import load_bundle, read_metadata, write_metadata
 from fetalnode.inference.view import ViewModel
 from fetalnode.training.data import bootstrap_ci
@@ -38,7 +37,6 @@ def node_check(view_bundle: Path, images: list[ViewImage], models_dir: Path) -> 
     from fetalnode.applications.view_router.application import ViewRouter
     from fetalnode.applications.view_router.application import load as load_router
     from fetalnode.config import Settings
-    from fetalnode.inference.labour import LabourResult
     from fetalnode.wrap import wrap_png
 
     settings = Settings()
@@ -61,20 +59,19 @@ def node_check(view_bundle: Path, images: list[ViewImage], models_dir: Path) -> 
         c[f"routed_to_{analysis.application}"] += 1
         if analysis.view is not None and analysis.view.conflict:
             c["cross_check_view_uncertain"] += 1
-        result = analysis.result
+        # Read through the Result protocol (analysed, summary()): no application's own result type.
+        analysed = analysis.result.analysed
         hc = False
         if analysis.application == HEAD:
-            assert isinstance(result, AnalysisResult)
-            hc = result.analysed and result.biometry is not None
-            c["head_finding"] += int(result.analysed)
+            hc = analysed and analysis.result.summary().get("hc_mm") is not None
+            c["head_finding"] += int(analysed)
             c["hc_reported"] += int(hc)
-            c["head_gate_refused"] += int(not result.analysed)
-            if result.analysed and image.view is not View.AXIAL_FETAL_HEAD:
+            c["head_gate_refused"] += int(not analysed)
+            if analysed and image.view is not View.AXIAL_FETAL_HEAD:
                 head_examples.append(example)
         elif analysis.application == LABOUR:
-            assert isinstance(result, LabourResult)
-            c["aop_reported"] += int(result.analysed)
-            if result.analysed and image.view is not View.INTRAPARTUM_TRANSPERINEAL:
+            c["aop_reported"] += int(analysed)
+            if analysed and image.view is not View.INTRAPARTUM_TRANSPERINEAL:
                 aop_examples.append(example)
         if image.view is View.AXIAL_FETAL_HEAD and image.pixel_size_mm:
             calibrated_hc.append((image.group, hc))
