@@ -3,8 +3,8 @@ the model cards and by ``fetalnode evaluate``.
 
 TypedDicts: the JSON on disk is the plain object it always was, and mypy checks every key the trainers
 write and the cards read. A key a bundle may lack (older bundles, optional steps) is ``NotRequired``.
-Blocks read by key nowhere in training stay ``dict[str, Any]`` (the recipe, the per-epoch history, the
-classifier's calibration and type rule, the view model's metrics with their nested checks).
+Blocks whose keys vary with the recipe stay ``dict[str, Any]`` (the recipe, the per-epoch history, the
+classifier's calibration, type rule and cross-validation, the view model's metrics with their nested checks).
 
 :func:`checked` is how a metadata object read from disk (``read_metadata``) becomes typed: it refuses one
 missing a required key, at every level the schema types. The node itself (``fetalnode.inference``) reads
@@ -240,6 +240,36 @@ class ClsReference(TypedDict):
     images: list[ProbabilityReference]
 
 
+class ClsMetrics(TypedDict):
+    """The classifier's figures on some images (``classification_metrics``), the figures the trainer adds
+    (test split) and those ``fetalnode evaluate`` adds (calibration, type precision, dropped rows)."""
+
+    n: int
+    n_groups: int
+    accuracy: float
+    accuracy_ci95: Interval
+    balanced_accuracy: float
+    balanced_accuracy_ci95: Interval
+    macro_f1: float
+    macro_f1_ci95: Interval
+    per_class: dict[str, dict[str, Any]]
+    confusion_matrix: list[list[int]]
+    abnormal_sensitivity: float | None
+    abnormal_specificity: float | None
+    abnormal_auroc: float | None
+    abnormal_auroc_ci95: NotRequired[Interval]
+    split: NotRequired[str]
+    head_found_rate: NotRequired[float]
+    baseline_intensity_logreg_abnormal_auroc: NotRequired[float | None]
+    baseline_equalised_crop_logreg_abnormal_auroc: NotRequired[float | None]
+    as_deployed: NotRequired[dict[str, Any]]
+    source_shift_hc18_test_heads: NotRequired[dict[str, Any]]
+    grouped_cv: NotRequired[dict[str, Any]]
+    calibration: NotRequired[dict[str, Any]]
+    type_precision: NotRequired[dict[str, Any]]
+    label_conflict_rows_dropped: NotRequired[int]
+
+
 class ClsMetadata(Common):
     input: ClsInput
     labels: list[str]
@@ -249,7 +279,7 @@ class ClsMetadata(Common):
     type_reporting: NotRequired[dict[str, Any]]
     training_data: list[ClsSource]
     training: ClsTraining
-    metrics: dict[str, Any]
+    metrics: ClsMetrics
     reference_outputs: NotRequired[ClsReference]
 
 

@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 from fetalnode.inference.bundle import history_section
-from fetalnode.training.metadata import ClsMetadata
+from fetalnode.training.metadata import ClsMetadata, ClsMetrics
 from fetalnode.training.reference import no_reference_line
 
 
@@ -87,7 +87,7 @@ def _r(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 
-def extra_sections(m: dict[str, Any]) -> str:
+def extra_sections(m: ClsMetrics) -> str:
     """Model-card sections for the source-shift check and grouped cross-validation, when measured."""
     out = []
     shift = m.get("source_shift_hc18_test_heads")

@@ -24,10 +24,11 @@ from fetalnode.training.calibration import (
 )
 from fetalnode.training.classifier.data import NORMAL, CropSet
 from fetalnode.training.data import bootstrap_ci
+from fetalnode.training.metadata import ClsMetrics, checked
 from fetalnode.training.metrics import auroc, balanced_accuracy, confusion, macro_f1, per_class
 
 
-def classification_metrics(probs: np.ndarray, y: np.ndarray, labels: list[str], groups: np.ndarray) -> dict[str, Any]:
+def classification_metrics(probs: np.ndarray, y: np.ndarray, labels: list[str], groups: np.ndarray) -> ClsMetrics:
     """The metric set of ``fetalnode evaluate`` with group-bootstrap 95% CIs."""
     k = len(labels)
     normal = labels.index(NORMAL)
@@ -51,7 +52,7 @@ def classification_metrics(probs: np.ndarray, y: np.ndarray, labels: list[str], 
         "confusion_matrix": cm.tolist(),
     }
     out.update(abnormal_figures(1 - probs[:, normal], (y != normal).astype(int), groups))
-    return out
+    return checked(ClsMetrics, out, "metrics")
 
 
 def abnormal_figures(p_abn: np.ndarray, is_abn: np.ndarray, groups: np.ndarray) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -130,8 +131,9 @@ def train_classifier(
         best_epoch = 1 + int(np.argmin([h.get("val_loss", np.inf) for h in history]))
         cv_recipe = dataclasses.replace(recipe, epochs=best_epoch)
         cv = grouped_cv(pooled, len(labels), normal, cv_recipe, recipe.cv_folds, base)
-        cvm = classification_metrics(cv["probs"], pooled.y, labels, pooled.groups)
-        tta = classification_metrics(cv["probs_tta"], pooled.y, labels, pooled.groups)
+        # Picked by name below: read as plain mappings.
+        cvm: Mapping[str, Any] = classification_metrics(cv["probs"], pooled.y, labels, pooled.groups)
+        tta: Mapping[str, Any] = classification_metrics(cv["probs_tta"], pooled.y, labels, pooled.groups)
         metrics["grouped_cv"] = {
             k: cvm[k]
             for k in (
