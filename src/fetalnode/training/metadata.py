@@ -4,7 +4,7 @@ the model cards and by ``fetalnode evaluate``.
 TypedDicts: the JSON on disk is the plain object it always was, and mypy checks every key the trainers
 write and the cards read. A key a bundle may lack (older bundles, optional steps) is ``NotRequired``.
 Blocks whose keys vary with the recipe stay ``dict[str, Any]`` (the recipe, the per-epoch history, the
-classifier's calibration, type rule and cross-validation, the view model's metrics with their nested checks).
+classifier's calibration, type rule and cross-validation, the view model's claims, robustness and node checks).
 
 :func:`checked` is how a metadata object read from disk (``read_metadata``) becomes typed: it refuses one
 missing a required key, at every level the schema types. The node itself (``fetalnode.inference``) reads
@@ -313,6 +313,43 @@ class ViewTraining(TypedDict):
     recipe_minutes: NotRequired[float]
 
 
+class ViewMetrics(TypedDict):
+    """The view model's figures on some images (``view_metrics``), what the trainer adds (test split: the
+    validation split's figures, the claims, robustness, the whole-node check, the left-out source) and what
+    ``fetalnode evaluate`` adds (the folder's format, the thresholds, the true views)."""
+
+    n: int
+    n_groups: int
+    accuracy: float
+    accuracy_ci95: Interval
+    routed_accuracy: float
+    routed_accuracy_ci95: Interval
+    coverage: float
+    abstained: int
+    other_views_routed_to_head: int
+    per_class: dict[str, dict[str, Any]]
+    per_source: dict[str, dict[str, Any]]
+    confusion_matrix: list[list[int]]
+    confusion_labels: list[str]
+    routed_confusion_matrix: list[list[int]]
+    routed_confusion_columns: list[str]
+    balanced_accuracy: NotRequired[float]
+    balanced_accuracy_ci95: NotRequired[Interval]
+    split: NotRequired[str]
+    heads_by_origin: NotRequired[dict[str, dict[str, Any]]]
+    validation: NotRequired["ViewMetrics"]
+    claims: NotRequired[dict[str, Any]]
+    robustness: NotRequired[dict[str, Any]]
+    left_out_source: NotRequired[dict[str, Any]]
+    node_check: NotRequired[dict[str, Any]]
+    node_check_history: NotRequired[list[dict[str, Any]]]
+    source_holdout: NotRequired[list[dict[str, Any]]]
+    format: NotRequired[str]
+    abstain_threshold: NotRequired[float]
+    class_thresholds: NotRequired[dict[str, float]]
+    true_views: NotRequired[dict[str, int]]
+
+
 class ViewMetadata(Common):
     input: ViewInput
     labels: list[str]
@@ -324,7 +361,7 @@ class ViewMetadata(Common):
     training_data: list[ViewSource]
     dicom_group_splits: dict[str, str]
     training: ViewTraining
-    metrics: dict[str, Any]
+    metrics: ViewMetrics
     reference_outputs: NotRequired[list[ProbabilityReference]]
 
 

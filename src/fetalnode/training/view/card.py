@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from fetalnode.training.metadata import ViewMetadata
+from fetalnode.training.metadata import ViewMetadata, ViewMetrics
 from fetalnode.training.reference import no_reference_line
 from fetalnode.training.segmentation import runtime_line
 from fetalnode.training.view.fitting import ViewRecipe
@@ -22,7 +22,7 @@ def _f(v: Any) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 
-def confusion_table(m: dict[str, Any]) -> str:
+def confusion_table(m: ViewMetrics) -> str:
     cols = m["routed_confusion_columns"]
     lines = ["| truth \\ routed | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     for label, row in zip(m["confusion_labels"], m["routed_confusion_matrix"], strict=True):
@@ -31,7 +31,7 @@ def confusion_table(m: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def node_check_lines(m: dict[str, Any]) -> str:
+def node_check_lines(m: ViewMetrics) -> str:
     nc = m.get("node_check")
     if not nc:
         return "Not measured (the head bundles were not in the models folder at training time)."
@@ -74,7 +74,7 @@ def node_check_lines(m: dict[str, Any]) -> str:
     )
 
 
-def robustness_lines(m: dict[str, Any]) -> str:
+def robustness_lines(m: ViewMetrics) -> str:
     rb = m.get("robustness")
     if not rb:
         return "Not measured."
@@ -189,7 +189,7 @@ def write_claim_curve(bundle: Path, meta: ViewMetadata) -> None:
         (bundle / "docs" / CLAIM_CURVE).write_text(claim_curve_svg(meta["claim_selection"]), encoding="utf-8")
 
 
-def holdout_lines(m: dict[str, Any]) -> str:
+def holdout_lines(m: ViewMetrics) -> str:
     runs = m.get("source_holdout")
     if not runs:
         return "Not measured for this bundle."

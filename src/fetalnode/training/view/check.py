@@ -14,7 +14,7 @@ from fetalnode.config import ModelSettings
 from fetalnode.inference.bundle import load_bundle, read_metadata, write_metadata
 from fetalnode.inference.view import ViewModel
 from fetalnode.training.data import bootstrap_ci
-from fetalnode.training.metadata import ViewMetadata, checked
+from fetalnode.training.metadata import ViewMetadata, ViewMetrics, checked
 from fetalnode.training.view.card import view_model_card
 from fetalnode.training.view.data import CLASSES, ViewImage, folder_images, load_set
 from fetalnode.training.view.measure import robustness, view_metrics
@@ -130,7 +130,7 @@ def remeasure_node_check(bundle: Path, folders: list[Path], models_dir: Path) ->
 
 def evaluate_view(
     model: Path, data: Path, split: str = "all", models_dir: Path | None = None, node: bool = True
-) -> dict[str, Any]:
+) -> ViewMetrics:
     """``fetalnode evaluate`` of a view bundle on one dataset folder: its format tells the true view.
 
     Accuracy, routed accuracy and coverage with group-bootstrap 95% CIs, the confusion, and (``node``,

@@ -15,6 +15,7 @@ from fetalnode.config import ModelSettings
 from fetalnode.inference.bundle import load_bundle, read_metadata
 from fetalnode.inference.view import view_input
 from fetalnode.training.data import bootstrap_ci
+from fetalnode.training.metadata import ViewMetrics, checked
 from fetalnode.training.metrics import balanced_accuracy, confusion, per_class
 from fetalnode.training.scanner import draw_callipers_and_text, jpeg_round_trip
 from fetalnode.training.view.data import CLASSES, ORIGINS, ViewImage, ViewSet
@@ -94,7 +95,7 @@ def choose_threshold(probs: np.ndarray, y: np.ndarray, recipe: ViewRecipe) -> di
 
 def view_metrics(
     probs: np.ndarray, y: np.ndarray, groups: np.ndarray, sources: np.ndarray, thresholds: np.ndarray
-) -> dict[str, Any]:
+) -> ViewMetrics:
     """Accuracy (argmax), routed accuracy (with the abstention), coverage, per class and per source,
     each headline with a 95% CI from a bootstrap of whole groups."""
     k = len(CLASSES)
@@ -145,7 +146,7 @@ def view_metrics(
     if len(present) > 1:
         out["balanced_accuracy"] = balanced_accuracy(y, pred, k)
         out["balanced_accuracy_ci95"] = bootstrap_ci(y, groups, lambda i: balanced_accuracy(y[i], pred[i], k))
-    return out
+    return checked(ViewMetrics, out, "metrics")
 
 
 # What the robustness check does to each held-out image (training.scanner; in fonts training never drew).
