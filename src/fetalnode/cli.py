@@ -436,6 +436,14 @@ def cmd_models_finalize(args: argparse.Namespace) -> int:
         meta = append_history(Path(args.bundle), args.history, _model_card(task))
         print(json.dumps({"history": meta["history"]}, indent=2, ensure_ascii=False))
         return 0
+    from fetalnode.training.reference import require_reference_data
+
+    reference_data = _reference_data(args)
+    try:
+        require_reference_data(Path(args.bundle), read_metadata(Path(args.bundle)), reference_data)
+    except ValueError as exc:  # checked before --gate changes anything
+        log.error("%s", exc)
+        return 2
     if args.gate:
         from fetalnode.training.segmentation import set_gate
 
@@ -448,7 +456,7 @@ def cmd_models_finalize(args: argparse.Namespace) -> int:
         except ValueError:
             raise SystemExit(f"--gate: expected IOU,CONFIDENCE such as 0.896,0.943, got {args.gate!r}") from None
         set_gate(Path(args.bundle), iou, conf, Path(args.data[0]))
-    meta = finalize_segmentation_bundle(Path(args.bundle), _reference_data(args))
+    meta = finalize_segmentation_bundle(Path(args.bundle), reference_data)
     print(json.dumps({"runtime": meta["runtime"], "runtime_comparison": meta["runtime_comparison"]}, indent=2))
     return 0
 
@@ -487,7 +495,7 @@ def cmd_wrap(args: argparse.Namespace) -> int:
 REFERENCE_DATA_HELP = (
     "folder of the reference images, laid out as the repository's tests/data (hc18_mini/, fba_mini/, "
     "psfhs_mini/, view_mini/): the bundle stores its outputs on them for the tests to re-check (without it: "
-    "no reference outputs, and the model card says so)"
+    "no reference outputs, and the model card says so; `models finalize` refuses a bundle that stores some)"
 )
 
 

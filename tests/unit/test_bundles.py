@@ -139,6 +139,16 @@ def test_metadata_missing_a_required_key_is_refused() -> None:
         checked(SegMetadata, meta)
 
 
+def test_finalize_without_the_reference_folder_leaves_a_bundle_with_reference_outputs_alone(
+    tmp_path: Path, caplog
+) -> None:
+    bundle = shutil.copytree(SEG, tmp_path / "hc18-headseg")
+    before = (bundle / "configs" / "metadata.json").read_bytes()
+    assert main(["models", "finalize", str(bundle), "--gate", "0.9,0.9", "--data", str(DATA / "hc18_mini")]) == 2
+    assert "--reference-data" in caplog.text
+    assert (bundle / "configs" / "metadata.json").read_bytes() == before
+
+
 def test_finalize_history_adds_lines_to_the_card_and_leaves_the_weights(tmp_path: Path, capsys) -> None:
     bundle = shutil.copytree(LABOUR, tmp_path / "psfhs-seg")
     before = read_metadata(bundle)

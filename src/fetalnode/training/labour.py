@@ -48,7 +48,7 @@ from fetalnode.inference.preprocess import letterbox, resize, to_unit_range
 from fetalnode.training.data import Row, block_split, bootstrap_ci, load_gray, read_labels
 from fetalnode.training.early_stopping import EarlyStopping
 from fetalnode.training.metadata import LabourMetadata, LabourMetrics, LabourReference, checked
-from fetalnode.training.reference import LABOUR_FOLDER, no_reference_line, reference_name
+from fetalnode.training.reference import LABOUR_FOLDER, no_reference_line, reference_name, require_reference_data
 from fetalnode.training.segmentation import UNetRecipe
 
 log = logging.getLogger(__name__)
@@ -411,8 +411,10 @@ def train_labour_segmentation(
 
 def finalize_labour_bundle(path: Path, reference_data: Path | None = None) -> LabourMetadata:
     """Export ONNX (the faster runtime by measurement), store reference outputs on the images of
-    ``reference_data``'s psfhs_mini (none without it), rewrite the model card. Weights are not touched."""
+    ``reference_data``'s psfhs_mini (none without it; a bundle that stores some needs it), rewrite the model
+    card. Weights are not touched."""
     bundle = load_bundle(path, TASK)
+    require_reference_data(path, bundle.metadata, reference_data)
     canvas_hw = tuple(bundle.metadata["input"]["canvas_hw"])
     comparison = export_onnx(bundle.net, (1, 1, *canvas_hw), path / ONNX)
     metadata = checked(

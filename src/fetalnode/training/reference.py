@@ -40,6 +40,13 @@ def reference_path(root: Path, name: str) -> Path:
     return root / PurePosixPath(name).relative_to(NAME_PREFIX)
 
 
+def require_reference_data(path: Path, meta: Mapping[str, Any], reference_data: Path | None) -> None:
+    """Refuse (ValueError) to finalize a bundle that stores reference outputs without the folder of their
+    images: its outputs would be dropped, or could not be checked."""
+    if meta.get("reference_outputs") and reference_data is None:
+        raise ValueError(f"{path} stores reference outputs: give the folder of their images (--reference-data)")
+
+
 def no_reference_line(meta: Mapping[str, Any]) -> str:
     """The model-card sentence of a bundle trained without a reference folder (empty when it has outputs)."""
     if "reference_outputs" in meta:

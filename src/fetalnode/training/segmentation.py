@@ -38,7 +38,7 @@ from fetalnode.inference.preprocess import letterbox, to_unit_range
 from fetalnode.training.data import Row, bootstrap_ci, load_gray, read_labels, subject_split
 from fetalnode.training.early_stopping import EarlyStopping
 from fetalnode.training.metadata import Common, SegMetadata, SegMetrics, checked
-from fetalnode.training.reference import no_reference_line, segmentation_reference
+from fetalnode.training.reference import no_reference_line, require_reference_data, segmentation_reference
 
 log = logging.getLogger(__name__)
 
@@ -403,12 +403,13 @@ def set_gate(path: Path, min_iou: float, min_confidence: float, data: Path) -> N
 
 def finalize_segmentation_bundle(path: Path, reference_data: Path | None = None) -> SegMetadata:
     """Export ONNX (choosing the faster runtime by measurement), store reference outputs on the images of
-    ``reference_data`` (none without it), rewrite the card.
+    ``reference_data`` (none without it; a bundle that stores some needs it), rewrite the card.
 
     The last step of training; also runs on a bundle trained before these artefacts existed
     (``fetalnode models finalize``). Weights are not touched.
     """
     bundle = load_bundle(path, "segmentation")
+    require_reference_data(path, bundle.metadata, reference_data)
     canvas_hw = tuple(bundle.metadata["input"]["canvas_hw"])
     comparison = export_onnx(bundle.net, (1, 1, *canvas_hw), path / ONNX)
     metadata = checked(

@@ -24,7 +24,7 @@ from fetalnode.inference.bundle import (
 from fetalnode.inference.view import ViewModel, view_input
 from fetalnode.training.data import load_gray
 from fetalnode.training.metadata import ViewMetadata, checked
-from fetalnode.training.reference import SEG_FOLDER, VIEW_FOLDER, reference_name, reference_path
+from fetalnode.training.reference import SEG_FOLDER, VIEW_FOLDER, reference_name, reference_path, require_reference_data
 from fetalnode.training.view.card import command_of, recipe_words, view_model_card, write_claim_curve
 from fetalnode.training.view.check import node_check
 from fetalnode.training.view.data import (
@@ -89,8 +89,7 @@ def finalize_view_bundle(path: Path, reference_data: Path | None = None) -> View
     ``reference_data``: the folder of the reference images; a bundle storing reference outputs needs it.
     """
     bundle = load_bundle(path, "view")
-    if bundle.metadata.get("reference_outputs") and reference_data is None:
-        raise ValueError(f"{path} stores reference outputs: give the folder of their images (--reference-data)")
+    require_reference_data(path, bundle.metadata, reference_data)
     size = int(bundle.metadata["input"]["size"])
     comparison = export_onnx(bundle.net, (1, 1, size, size), path / ONNX, batch_axis=True)
     metadata = checked(
