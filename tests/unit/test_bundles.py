@@ -24,12 +24,14 @@ from fetalnode.training.labour import labour_model_card
 from fetalnode.training.metadata import SCHEMAS, SegMetadata, checked, schema_problems
 from fetalnode.training.reference import segmentation_reference
 from fetalnode.training.segmentation import seg_model_card
+from fetalnode.training.view import view_model_card
 from harness.node import MODELS
 from tests.conftest import DATA, SAMPLES
 
 pytestmark = pytest.mark.unit
 SEG, CLS = MODELS / "hc18-headseg", MODELS / "fba-classifier"
 LABOUR = MODELS / "psfhs-seg"
+VIEW = MODELS / "fetal-view"
 
 
 def test_weights_are_small_and_metadata_complete() -> None:
@@ -113,7 +115,7 @@ def test_head_mask_is_the_region_the_ellipse_is_fitted_to() -> None:
 
 @pytest.mark.parametrize(
     ("path", "card"),
-    [(SEG, seg_model_card), (CLS, cls_model_card), (LABOUR, labour_model_card)],
+    [(SEG, seg_model_card), (CLS, cls_model_card), (LABOUR, labour_model_card), (VIEW, view_model_card)],
     ids=lambda v: v.name if isinstance(v, Path) else "",
 )
 def test_model_card_is_what_its_metadata_renders(path: Path, card) -> None:
@@ -121,7 +123,8 @@ def test_model_card_is_what_its_metadata_renders(path: Path, card) -> None:
     meta = read_metadata(path)
     written = (path / "docs" / "README.md").read_text(encoding="utf-8")
     assert written == card(meta)
-    assert meta["history"] and written.split("\n## History\n", 1)[1].count("\n- ") == len(meta["history"])
+    history = written.split("\n## History\n", 1)[1].splitlines()
+    assert meta["history"] and sum(line.startswith("- ") for line in history) == len(meta["history"])
 
 
 @pytest.mark.parametrize("path", sorted(p for p in MODELS.iterdir() if p.is_dir()), ids=lambda p: p.name)
