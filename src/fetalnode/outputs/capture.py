@@ -108,18 +108,20 @@ def capture_slots(pixels: np.ndarray, comments: str) -> dict[str, tuple[str, obj
     }
 
 
+SC_SERIES_NUMBER = 9102  # the series of the output ``sc``, whatever the application
+
+
 def secondary_capture(
     ctx: OutputContext,
     pixels: np.ndarray,
     *,
-    series_number: int,
     description: str,
     comments: str,
     derivation: str,
-    frame_number: int | None,
 ) -> hd.sc.SCImage:
-    """An RGB Secondary Capture of ``pixels`` (text burnt in) in the source study, derived from the source
-    image (and ``frame_number`` of a multi-frame source); every capture writer builds its object here."""
+    """An RGB Secondary Capture of ``pixels`` (text burnt in) in the source study (series
+    :data:`SC_SERIES_NUMBER`), derived from the source image (its analysed frame of a cine); every capture
+    writer builds its object here."""
     source = ctx.source
     try:
         sc = hd.sc.SCImage.from_ref_dataset(
@@ -132,7 +134,7 @@ def secondary_capture(
             coordinate_system="PATIENT",
             patient_orientation=("A", "F"),
             transfer_syntax_uid=ExplicitVRLittleEndian,
-            **identity(ctx, series_number=series_number),
+            **identity(ctx, series_number=SC_SERIES_NUMBER),
         )
     except (ValueError, TypeError, AttributeError) as exc:
         raise EncodingError(f"Secondary Capture could not be built: {exc}") from exc
@@ -144,8 +146,8 @@ def secondary_capture(
     sc.ImageType = ["DERIVED", "SECONDARY"]
     sc.DerivationDescription = derivation
     reference = _reference(source)
-    if frame_number:
-        reference.ReferencedFrameNumber = frame_number
+    if ctx.analysis.decoded.frame_number:
+        reference.ReferencedFrameNumber = ctx.analysis.decoded.frame_number
     sc.SourceImageSequence = [reference]
     return sc
 

@@ -141,13 +141,15 @@ def graphic_layer(description: str) -> hd.pr.GraphicLayer:
 Annotations = tuple[list[hd.pr.GraphicObject] | None, list[hd.pr.TextObject]]
 
 
+GSPS_SERIES_NUMBER = 9103  # the series of the output ``gsps``, whatever the application
+
+
 def presentation_state(
     ctx: OutputContext,
     layer_description: str,
     annotate: Callable[[int, int], Annotations],
     *,
     content_description: str,
-    series_number: int,
 ) -> hd.pr.GrayscaleSoftcopyPresentationState | hd.pr.ColorSoftcopyPresentationState:
     """A Grayscale (grayscale source) or Color (colour source) Softcopy Presentation State of one graphic
     annotation (``annotate``'s graphics and texts, on one layer) on the source image (its analysed frame of a
@@ -177,7 +179,7 @@ def presentation_state(
         "graphic_annotations": [annotation],
         "graphic_layers": [layer],
         "institution_name": ctx.settings.institution_name or None,
-        **identity(ctx, series_number=series_number),
+        **identity(ctx, series_number=GSPS_SERIES_NUMBER),
     }
     pr: hd.pr.GrayscaleSoftcopyPresentationState | hd.pr.ColorSoftcopyPresentationState
     try:

@@ -52,9 +52,7 @@ def build_heatmap_capture(ctx: OutputContext) -> hd.sc.SCImage:
     return secondary_capture(
         ctx,
         pixels,
-        series_number=9102,
         description="fetalnode AI heatmap - research use only",
         comments=comments,
         derivation="Grad-CAM saliency of the fetalnode classifier fused over the source image",
-        frame_number=ctx.analysis.decoded.frame_number,
     )

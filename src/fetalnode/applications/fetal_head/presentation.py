@@ -100,5 +100,4 @@ def build_presentation_state(
         "fetalnode AI head annotation",
         annotate,
         content_description=f"fetalnode AI annotations - {RESEARCH_NOTICE.lower()}",
-        series_number=9103,
     )

@@ -32,7 +32,6 @@ from fetalnode.outputs.capture import banner_font, capture_slots, secondary_capt
 from fetalnode.outputs.registry import OutputContext, register_output
 from fetalnode.outputs.template import FastPath
 
-SERIES_NUMBER = 9102
 MIN_WIDTH = 512
 YELLOW, CYAN, GREEN, ORANGE, WHITE = (255, 255, 0), (0, 255, 255), (0, 230, 0), (255, 150, 0), (255, 255, 255)
 LEGEND = "yellow: symphysis axis and tangent to the head; cyan: pubic symphysis; green: fetal head; orange: HSD"
@@ -163,9 +162,7 @@ def build_labour_capture(ctx: OutputContext) -> hd.sc.SCImage:
     return secondary_capture(
         ctx,
         pixels,
-        series_number=SERIES_NUMBER,
         description="fetalnode AI angle of progression - research use only",
         comments=comments,
         derivation="fetalnode labour progress: angle of progression drawn over the source image",
-        frame_number=ctx.analysis.decoded.frame_number,
     )

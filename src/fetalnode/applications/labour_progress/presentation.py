@@ -28,8 +28,6 @@ from fetalnode.outputs.presentation import (
 from fetalnode.outputs.registry import OutputContext, register_output
 from fetalnode.outputs.template import FastPath
 
-SERIES_NUMBER = 9103
-
 
 def annotation_lines(result: LabourResult) -> list[str]:
     """What the text box says (default character repertoire), the research notice last."""
@@ -102,5 +100,4 @@ def build_labour_presentation_state(
         "fetalnode AI angle of progression",
         annotate,
         content_description=f"fetalnode AI angle of progression - {RESEARCH_NOTICE.lower()}",
-        series_number=SERIES_NUMBER,
     )

@@ -38,7 +38,6 @@ from fetalnode.outputs.registry import OutputContext, register_output
 from fetalnode.outputs.template import FastPath
 from fetalnode.outputs.uids import instance_derived
 
-SERIES_NUMBER = 9101  # the series of the output ``sr``, whatever the application
 AOP_CONVENTION = (
     "FH-PS-AOP 2023 challenge convention: ellipse fits of both structures; vertex = inferior apex of the pubic "
     "symphysis (end of its major axis); tangent from the vertex to the far side of the fetal head ellipse"

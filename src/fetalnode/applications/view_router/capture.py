@@ -12,8 +12,6 @@ from fetalnode.outputs.capture import burn_banner, capture_slots, secondary_capt
 from fetalnode.outputs.registry import OutputContext, register_output
 from fetalnode.outputs.template import FastPath
 
-SERIES_NUMBER = 9102  # the series of the output ``sc``, whatever the application
-
 
 def _capture(ctx: OutputContext) -> tuple[np.ndarray, str]:
     result = ctx.result_as(NoApplication)
@@ -37,9 +35,7 @@ def build_capture(ctx: OutputContext) -> hd.sc.SCImage:
     return secondary_capture(
         ctx,
         pixels,
-        series_number=SERIES_NUMBER,
         description="fetalnode AI - not analysed - research use only",
         comments=comments,
         derivation="The source image with the view router's answer burned in (no application analysed it)",
-        frame_number=ctx.analysis.decoded.frame_number,
     )

@@ -18,8 +18,6 @@ from fetalnode.outputs.presentation import (
 from fetalnode.outputs.registry import OutputContext, register_output
 from fetalnode.outputs.template import FastPath
 
-SERIES_NUMBER = 9103  # the series of the output ``gsps``, whatever the application
-
 
 def annotation_lines(result: NoApplication) -> list[str]:
     return [result.reason[:1].upper() + result.reason[1:], RESEARCH_NOTICE]
@@ -48,5 +46,4 @@ def build_presentation_state(
         "fetalnode AI view",
         annotate,
         content_description=f"fetalnode AI annotations - {RESEARCH_NOTICE.lower()}",
-        series_number=SERIES_NUMBER,
     )
