@@ -15,8 +15,11 @@ from copy import deepcopy
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.uid import UltrasoundImageStorage
+from pydicom.uid import UltrasoundImageStorage, UltrasoundMultiFrameImageStorage
 
+from fetalnode import __version__
+from fetalnode.errors import EncodingError
+from fetalnode.outputs.common import identity
 from fetalnode.outputs.registry import OutputContext
 
 SERIES_NUMBER = 9104  # the series of the output ``seg``, whatever the application
@@ -71,3 +74,44 @@ def dimension_organization_uid(ctx: OutputContext) -> str:
     return ctx.uids.derived("seg-dimension-organization")
 
 
+def binary_segmentation(
+    ctx: OutputContext,
+    pixel_array: np.ndarray,
+    segments: list[hd.seg.SegmentDescription],
+    *,
+    content_label: str,
+    content_description: str,
+    description: str,
+    comments: str,
+) -> hd.seg.Segmentation:
+    """A binary Segmentation of ``pixel_array`` (``segments`` described) in the source study (series
+    :data:`SERIES_NUMBER`), on the source image (its analysed frame of a cine), with a frame for every
+    segment also when it is empty; every segmentation writer builds its object here."""
+    source = ctx.source
+    multiframe = source.SOPClassUID == UltrasoundMultiFrameImageStorage
+    try:
+        seg = hd.seg.Segmentation(
+            source_images=[source_header(source, multiframe)],
+            pixel_array=pixel_array,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=segments,
+            manufacturer_model_name="fetalnode",
+            software_versions=__version__,
+            device_serial_number=ctx.station_name[:64] or "fetalnode",
+            content_label=content_label,
+            content_description=content_description,
+            omit_empty_frames=False,
+            **identity(ctx, series_number=SERIES_NUMBER),
+        )
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise EncodingError(f"Segmentation could not be built: {exc}") from exc
+    if multiframe:
+        refer_to_frame(seg, source, ctx.analysis.decoded.frame_number or 1)
+    dimension_uid = dimension_organization_uid(ctx)
+    for item in (*seg.DimensionOrganizationSequence, *seg.DimensionIndexSequence):
+        item.DimensionOrganizationUID = dimension_uid
+    seg.SeriesDescription = description
+    seg.ImageComments = comments
+    # Type 2C in General Image when there is no Image Plane module (ultrasound): empty unless the source has it.
+    seg.PatientOrientation = source.get("PatientOrientation", "")
+    return seg

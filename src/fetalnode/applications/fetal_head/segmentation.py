@@ -12,23 +12,15 @@ from __future__ import annotations
 
 import highdicom as hd
 import numpy as np
-from pydicom.uid import UltrasoundMultiFrameImageStorage
 
-from fetalnode import RESEARCH_NOTICE, __version__
+from fetalnode import RESEARCH_NOTICE
 from fetalnode.applications.fetal_head import NAME
 from fetalnode.applications.fetal_head import codes as fhc
 from fetalnode.errors import EncodingError
 from fetalnode.inference import AnalysisResult
 from fetalnode.outputs import codes
-from fetalnode.outputs.common import identity
 from fetalnode.outputs.registry import OutputContext, register_output
-from fetalnode.outputs.segmentation import (
-    SERIES_NUMBER,
-    dimension_organization_uid,
-    refer_to_frame,
-    segmentation_slots,
-    source_header,
-)
+from fetalnode.outputs.segmentation import binary_segmentation, segmentation_slots
 from fetalnode.outputs.template import FastPath
 
 SEGMENT_LABEL = "Fetal head"
@@ -78,36 +70,14 @@ def _slots(ctx: OutputContext) -> dict[str, tuple[str, object]]:
 @register_output("seg", applications=[NAME], fast=FastPath(_shape, _slots))
 def build_head_segmentation(ctx: OutputContext) -> hd.seg.Segmentation:
     """A binary Segmentation of the fetal head in the source study (series 9104)."""
-    source, analysis = ctx.source, ctx.analysis
     result = ctx.result_as(AnalysisResult)
-    mask = _mask(ctx)
-    multiframe = source.SOPClassUID == UltrasoundMultiFrameImageStorage
-    frame_number = analysis.decoded.frame_number or 1
     found = result.head_mask is not None
-    try:
-        seg = hd.seg.Segmentation(
-            source_images=[source_header(source, multiframe)],
-            pixel_array=mask.astype(bool),
-            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=[head_segment(result.seg_model)],
-            manufacturer_model_name="fetalnode",
-            software_versions=__version__,
-            device_serial_number=ctx.station_name[:64] or "fetalnode",
-            content_label="FETAL_HEAD",
-            content_description=("AI fetal head" if found else "No fetal head found") + " - research use only",
-            # One frame always, also the empty one (no head found).
-            omit_empty_frames=False,
-            **identity(ctx, series_number=SERIES_NUMBER),
-        )
-    except (ValueError, TypeError, AttributeError) as exc:
-        raise EncodingError(f"Segmentation could not be built: {exc}") from exc
-    if multiframe:
-        refer_to_frame(seg, source, frame_number)
-    dimension_uid = dimension_organization_uid(ctx)
-    for item in (*seg.DimensionOrganizationSequence, *seg.DimensionIndexSequence):
-        item.DimensionOrganizationUID = dimension_uid
-    seg.SeriesDescription = "fetalnode AI head segmentation - research use only"
-    seg.ImageComments = _comments(ctx)
-    # Type 2C in General Image when there is no Image Plane module (ultrasound): empty unless the source has it.
-    seg.PatientOrientation = source.get("PatientOrientation", "")
-    return seg
+    return binary_segmentation(
+        ctx,
+        _mask(ctx).astype(bool),
+        [head_segment(result.seg_model)],
+        content_label="FETAL_HEAD",
+        content_description=("AI fetal head" if found else "No fetal head found") + " - research use only",
+        description="fetalnode AI head segmentation - research use only",
+        comments=_comments(ctx),
+    )

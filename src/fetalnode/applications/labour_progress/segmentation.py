@@ -14,24 +14,16 @@ from __future__ import annotations
 import highdicom as hd
 import numpy as np
 from pydicom.sr.coding import Code
-from pydicom.uid import UltrasoundMultiFrameImageStorage
 
-from fetalnode import RESEARCH_NOTICE, __version__
+from fetalnode import RESEARCH_NOTICE
 from fetalnode.applications.labour_progress import NAME
 from fetalnode.applications.labour_progress import codes as lpc
 from fetalnode.applications.labour_progress.geometry import not_analysed_reason
 from fetalnode.errors import EncodingError
 from fetalnode.inference.labour import LabourResult
 from fetalnode.outputs import codes
-from fetalnode.outputs.common import identity
 from fetalnode.outputs.registry import OutputContext, register_output
-from fetalnode.outputs.segmentation import (
-    SERIES_NUMBER,
-    dimension_organization_uid,
-    refer_to_frame,
-    segmentation_slots,
-    source_header,
-)
+from fetalnode.outputs.segmentation import binary_segmentation, segmentation_slots
 from fetalnode.outputs.template import FastPath
 
 SEGMENTS: tuple[tuple[int, str, Code], ...] = (
@@ -99,34 +91,15 @@ def _slots(ctx: OutputContext) -> dict[str, tuple[str, object]]:
 @register_output("seg", applications=[NAME], fast=FastPath(_shape, _slots))
 def build_labour_segmentation(ctx: OutputContext) -> hd.seg.Segmentation:
     """A binary Segmentation with the two structures in the source study (series 9104)."""
-    source, analysis = ctx.source, ctx.analysis
-    result = ctx.result_as(LabourResult)
-    masks = _masks(ctx)
-    multiframe = source.SOPClassUID == UltrasoundMultiFrameImageStorage
+    result, masks = ctx.result_as(LabourResult), _masks(ctx)
     found = bool(masks.any())
-    try:
-        seg = hd.seg.Segmentation(
-            source_images=[source_header(source, multiframe)],
-            pixel_array=masks[None],
-            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=labour_segments(result.seg_model),
-            manufacturer_model_name="fetalnode",
-            software_versions=__version__,
-            device_serial_number=ctx.station_name[:64] or "fetalnode",
-            content_label="PS_FETAL_HEAD",
-            content_description=("AI pubic symphysis and fetal head" if found else "No structures found")
-            + " - research use only",
-            omit_empty_frames=False,  # a frame per segment always, also empty ones
-            **identity(ctx, series_number=SERIES_NUMBER),
-        )
-    except (ValueError, TypeError, AttributeError) as exc:
-        raise EncodingError(f"Segmentation could not be built: {exc}") from exc
-    if multiframe:
-        refer_to_frame(seg, source, analysis.decoded.frame_number or 1)
-    dimension_uid = dimension_organization_uid(ctx)
-    for item in (*seg.DimensionOrganizationSequence, *seg.DimensionIndexSequence):
-        item.DimensionOrganizationUID = dimension_uid
-    seg.SeriesDescription = "fetalnode AI labour segmentation - research use only"
-    seg.ImageComments = _comments(result, found)
-    seg.PatientOrientation = source.get("PatientOrientation", "")
-    return seg
+    return binary_segmentation(
+        ctx,
+        masks[None],
+        labour_segments(result.seg_model),
+        content_label="PS_FETAL_HEAD",
+        content_description=("AI pubic symphysis and fetal head" if found else "No structures found")
+        + " - research use only",
+        description="fetalnode AI labour segmentation - research use only",
+        comments=_comments(result, found),
+    )
