@@ -2,9 +2,17 @@ import math
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from benchmarks.inference import agreement_every_pixel  # the check as it was before issue 20
-from fetalnode.inference.ellipse import Ellipse, biometry, fit_ellipse, head_region, ramanujan_perimeter
+from fetalnode.inference.ellipse import (
+    Ellipse,
+    biometry,
+    fill_holes,
+    fit_ellipse,
+    head_region,
+    ramanujan_perimeter,
+)
 from fetalnode.inference.preprocess import letterbox, roi_crop
 
 pytestmark = pytest.mark.unit
@@ -53,6 +61,46 @@ def test_head_region_is_the_largest_region_with_holes_filled() -> None:
     assert not (region & (prob < 0.5) & ~np.pad(np.ones((10, 10), bool), ((95, 95), (95, 115)))).any()
     assert fit_ellipse(prob, mask=region) == fit_ellipse(prob)
     assert not head_region(np.zeros((50, 50))).any()
+
+
+def test_fill_holes_is_scipys_on_random_masks() -> None:
+    """The bounded fill (one labelling of the background in the mask's box) gives scipy's pixels, masks
+    touching the frame's border and masks with holes in holes included."""
+    rng = np.random.default_rng(7)
+    for _ in range(400):
+        h, w = (int(v) for v in rng.integers(3, 60, 2))
+        mask = rng.random((h, w)) < rng.uniform(0.2, 0.9)
+        if rng.random() < 0.5:
+            mask = ndimage.binary_opening(mask)
+        assert np.array_equal(fill_holes(mask), ndimage.binary_fill_holes(mask))
+    ring = np.zeros((9, 9), bool)
+    ring[1:8, 1:8], ring[2:7, 2:7], ring[3:6, 3:6], ring[4, 4] = True, False, True, False
+    assert fill_holes(ring).all() == ndimage.binary_fill_holes(ring).all() and fill_holes(ring)[1:8, 1:8].all()
+
+
+def whole_frame_fit(prob: np.ndarray) -> tuple[float, float, float, float, float]:
+    """fit_ellipse's moments computed over the whole frame (how it was written before its bounding box)."""
+    mask = head_region(prob)
+    region = ndimage.binary_dilation(mask, iterations=2)
+    w = np.where(region, np.clip(prob, 0.0, 1.0), 0.0)
+    w[mask] = np.maximum(w[mask], 0.5)
+    total = float(w.sum())
+    ys, xs = np.nonzero(w)
+    ww = w[ys, xs]
+    cx, cy = float((ww * xs).sum() / total), float((ww * ys).sum() / total)
+    dx, dy = xs - cx, ys - cy
+    return cx, cy, float((ww * dx * dx).sum()), float((ww * dx * dy).sum()), float((ww * dy * dy).sum())
+
+
+@pytest.mark.parametrize("where", ["inside", "touching the border"])
+def test_fit_in_the_bounding_box_equals_the_whole_frame_bit_for_bit(where: str) -> None:
+    truth = Ellipse(cx=60.4 if where == "inside" else 8.0, cy=50.2, a=40.0, b=28.0, angle_deg=25.0)
+    rng = np.random.default_rng(3)
+    prob = np.clip(raster(truth, (120, 160)) + rng.normal(0, 0.05, (120, 160)), 0, 1).astype(np.float32)
+    fit = fit_ellipse(prob)
+    assert fit is not None
+    cx, cy, *_ = whole_frame_fit(prob)
+    assert (fit.cx, fit.cy) == (cx, cy)
 
 
 def test_biometry_isotropic_and_anisotropic() -> None:

@@ -77,6 +77,33 @@ def ramanujan_perimeter(a: float, b: float) -> float:
     return math.pi * (a + b) * (1 + 3 * h / (10 + math.sqrt(4 - 3 * h)))
 
 
+def bounding_window(mask: np.ndarray, margin: int) -> tuple[slice, slice]:
+    """The bounding box of ``mask``'s true pixels grown by ``margin`` on each side, clipped to the array
+    (``mask`` must have a true pixel)."""
+    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    return (
+        slice(max(int(rows[0]) - margin, 0), min(int(rows[-1]) + margin + 1, mask.shape[0])),
+        slice(max(int(cols[0]) - margin, 0), min(int(cols[-1]) + margin + 1, mask.shape[1])),
+    )
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``scipy.ndimage.binary_fill_holes`` (background 4-connected to the border stays background), the
+    same pixels, by labelling the background once inside the mask's bounding box grown by one pixel
+    rather than by scipy's repeated dilations of the whole frame: the grown box's outer ring lies outside
+    the mask, so a background pixel of the box reaches the frame's border exactly when it reaches the box's."""
+    out = np.array(mask, dtype=bool)
+    if not out.any():
+        return out
+    window = bounding_window(out, 1)
+    background, n = ndimage.label(~out[window])
+    if n:
+        edge = np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]])
+        holes = ~np.isin(background, edge) & (background > 0)
+        out[window] |= holes
+    return out
+
+
 def head_region(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     """The segmented head: the largest connected region of ``prob >= threshold``, holes filled
     (bool, the shape of ``prob``; all false when nothing is segmented)."""
@@ -87,7 +114,7 @@ def head_region(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     if n > 1:
         sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))
         mask = labels == (int(np.argmax(sizes)) + 1)
-    return np.asarray(ndimage.binary_fill_holes(mask), dtype=bool)
+    return fill_holes(mask)
 
 
 def fit_ellipse(prob: np.ndarray, threshold: float = 0.5, mask: np.ndarray | None = None) -> Ellipse | None:
@@ -101,14 +128,22 @@ def fit_ellipse(prob: np.ndarray, threshold: float = 0.5, mask: np.ndarray | Non
         mask = head_region(prob, threshold)
     if not mask.any():
         return None
-    region = ndimage.binary_dilation(mask, iterations=2)
-    w = np.where(region, np.clip(prob, 0.0, 1.0), 0.0)
-    w[mask] = np.maximum(w[mask], 0.5)
-    total = float(w.sum())
+    # The weights are made in the mask's bounding box grown beyond the dilation's reach (the same pixels, in
+    # the same order, as over the whole frame), and summed over the whole frame, as numpy's pairwise sum of
+    # the frame adds them.
+    window = bounding_window(mask, 3)
+    inner = mask[window]
+    region = ndimage.binary_dilation(inner, iterations=2)
+    w = np.where(region, np.clip(prob[window], 0.0, 1.0), 0.0)
+    w[inner] = np.maximum(w[inner], 0.5)
+    frame = np.zeros(prob.shape, dtype=w.dtype)
+    frame[window] = w
+    total = float(frame.sum())
     if total < 4.0:
         return None
     ys, xs = np.nonzero(w)
     ww = w[ys, xs]
+    ys, xs = ys + window[0].start, xs + window[1].start
     cx = float((ww * xs).sum() / total)
     cy = float((ww * ys).sum() / total)
     dx, dy = xs - cx, ys - cy

@@ -19,6 +19,7 @@ from scipy import ndimage
 from fetalnode.errors import BundleError, InferenceError
 from fetalnode.inference.aop import LabourGeometry, measure, nearest_point
 from fetalnode.inference.bundle import Bundle, load_bundle
+from fetalnode.inference.ellipse import fill_holes
 from fetalnode.inference.labour import LabourResult
 from fetalnode.inference.preprocess import Letterbox, frame01, letterbox
 
@@ -94,7 +95,7 @@ def largest_region(mask: np.ndarray) -> np.ndarray:
     if n > 1:
         sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))
         mask = labels == (int(np.argmax(sizes)) + 1)
-    return np.asarray(ndimage.binary_fill_holes(mask), dtype=bool)
+    return fill_holes(mask)
 
 
 def structures_from_probabilities(probs: np.ndarray) -> Structures:
