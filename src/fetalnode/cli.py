@@ -240,6 +240,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 "leave_out",
                 "threshold_weighting",
                 "median",
+                "geometry",
             ),
         )
         if args.size:
@@ -623,6 +624,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="view only: draw what scanners add to a frame at random (burned-in text, callipers, sector masks, "
         "grey maps, Doppler boxes, gain, speckle, blur, JPEG) with stronger zoom and geometry (default on; "
         "--no-scanner-augment: the augmentation of fetal-view 0.1.0)",
+    )
+    sp.add_argument(
+        "--geometry",
+        choices=["strong", "mild"],
+        help="view only, with the scanner augmentation: strong geometry (rotation ±20°, zoom 0.75-1.4 and into "
+        "the content, default) or mild (fetal-view 0.1.0's rotation ±15°, zoom 0.8-1.25)",
     )
     sp.add_argument(
         "--median",

@@ -483,3 +483,16 @@ def test_the_view_split_of_fetal_planes_db_is_the_one_earlier_bundles_held_out()
     meta = {"training_data": [{"seed": 20261124}]}
     test = {im.path.stem for im in folder_images(shared, "test", meta)[1]}
     assert mini <= test and len(test) == 6
+
+
+def test_the_view_recipe_geometry_is_in_its_command_and_card_words() -> None:
+    """A run with mild geometry is recorded as such (model card and its command line); the default stays silent."""
+    from dataclasses import asdict
+
+    from fetalnode.training.view import ViewRecipe
+    from fetalnode.training.view.card import command_of, recipe_words
+
+    mild, strong = asdict(ViewRecipe(geometry="mild")), asdict(ViewRecipe())
+    assert "--geometry mild" in command_of(mild) and "mild geometry" in recipe_words(mild)
+    assert "--geometry" not in command_of(strong) and "geometry" not in recipe_words(strong)
+    assert "--geometry" not in command_of({**mild, "scanner_augment": False})  # 0.1.0's augmentation is mild anyway

@@ -216,6 +216,8 @@ def holdout_lines(m: ViewMetrics) -> str:
 
 def recipe_words(recipe: dict[str, Any]) -> str:
     aug = "scanner augmentation" if recipe.get("scanner_augment") else "0.1.0 augmentation"
+    if recipe.get("scanner_augment") and recipe.get("geometry", "strong") != "strong":
+        aug += f", {recipe['geometry']} geometry"
     return f"{recipe['size']} px, {aug}, by {recipe.get('balance', 'folder')}"
 
 
@@ -233,6 +235,8 @@ def command_of(recipe: dict[str, Any]) -> str:
         words.append(f"--balance {recipe.get('balance', 'folder')}")
     if recipe.get("threshold_weighting", "class") != defaults.threshold_weighting:
         words.append(f"--threshold-weighting {recipe.get('threshold_weighting', 'class')}")
+    if recipe.get("scanner_augment", False) and recipe.get("geometry", "strong") != defaults.geometry:
+        words.append(f"--geometry {recipe['geometry']}")
     if recipe.get("median", 0) != defaults.median:
         words.append(f"--median {recipe.get('median', 0)}")
     for key in ("epochs", "patience"):
@@ -272,9 +276,13 @@ def view_model_card(meta: ViewMetadata) -> str:
     ab = meta["abstention"]
     tr = meta["training"]
     recipe = tr["recipe"]
+    geometry = (
+        "random rotation (±20°), zoom (0.75–1.4, and 1.4–1.8 into the content for one draw in seven)"
+        if recipe.get("geometry", "strong") == "strong"
+        else "random rotation (±15°), zoom (0.8–1.25)"
+    )
     augmentation = (
-        "random rotation (±20°), zoom (0.75–1.4, and 1.4–1.8 into the content for one draw in seven), aspect, "
-        "shift, mirroring, gamma, contrast and noise, and what scanners add (training.scanner): burned-in banner "
+        f"{geometry}, aspect, shift, mirroring, gamma, contrast and noise, and what scanners add (training.scanner): burned-in banner "
         "text and numbered callipers with their values, sector masks of other depths and widths, grey maps and "
         "tints, Doppler colour boxes, gain, speckle, blur and JPEG round trips"
         if recipe.get("scanner_augment")

@@ -49,6 +49,9 @@ class ViewRecipe:
     # What scanners add to a frame, drawn at random (training.scanner), and stronger geometry (zoom into the
     # content, rotation, aspect, shift); False: fetal-view 0.1.0's augmentation.
     scanner_augment: bool = True
+    # With the scanner augmentation: "strong" geometry (rotation ±20°, zoom into the content...) or "mild"
+    # (fetal-view 0.1.0's rotation, zoom, aspect and shift). Without it, always mild.
+    geometry: str = "strong"
     # Within a class, each "origin" (acquisition source, ORIGINS) weighs the same, or each "folder" (0.1.0).
     balance: str = "origin"
     # Train without the axial heads of this origin and report how its images are routed (leave-one-source-out).
@@ -160,7 +163,7 @@ def fit(train: ViewSet, val: ViewSet, recipe: ViewRecipe) -> tuple[torch.nn.Modu
             if len(idx_t) < 2:
                 continue
             opt.zero_grad()
-            batch = augment(xtr[idx_t], gen, strong=recipe.scanner_augment)
+            batch = augment(xtr[idx_t], gen, strong=recipe.scanner_augment and recipe.geometry == "strong")
             if scanner is not None:
                 batch = scanner(batch, gen)
             loss = loss_fn(net(batch), ytr[idx_t])
