@@ -241,6 +241,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 "threshold_weighting",
                 "median",
                 "geometry",
+                "consistency",
             ),
         )
         if args.size:
@@ -630,6 +631,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["strong", "mild"],
         help="view only, with the scanner augmentation: strong geometry (rotation ±20°, zoom 0.75-1.4 and into "
         "the content, default) or mild (fetal-view 0.1.0's rotation ±15°, zoom 0.8-1.25)",
+    )
+    sp.add_argument(
+        "--consistency",
+        type=float,
+        help="view only, with the scanner augmentation: weight of the Jensen-Shannon consistency between each "
+        "training image and the same image with text and callipers burned in (default 0: off)",
     )
     sp.add_argument(
         "--median",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -496,3 +497,22 @@ def test_the_view_recipe_geometry_is_in_its_command_and_card_words() -> None:
     assert "--geometry mild" in command_of(mild) and "mild geometry" in recipe_words(mild)
     assert "--geometry" not in command_of(strong) and "geometry" not in recipe_words(strong)
     assert "--geometry" not in command_of({**mild, "scanner_augment": False})  # 0.1.0's augmentation is mild anyway
+
+
+def test_overlay_consistency_term_and_its_record() -> None:
+    """The Jensen-Shannon term is 0 for equal predictions and grows as they part; a run with it says so."""
+    from dataclasses import asdict
+
+    import torch
+
+    from fetalnode.training.view import ViewRecipe
+    from fetalnode.training.view.card import command_of, recipe_words
+    from fetalnode.training.view.fitting import jensen_shannon
+
+    a = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]])
+    assert float(jensen_shannon(a, a)) == pytest.approx(0.0, abs=1e-6)
+    near, far = a + torch.tensor([[0.0, 0.3, 0.0]]), a + torch.tensor([[0.0, 3.0, 0.0]])
+    assert 0 < float(jensen_shannon(a, near)) < float(jensen_shannon(a, far)) <= math.log(2) + 1e-6
+    recipe = asdict(ViewRecipe(consistency=4.0))
+    assert "--consistency 4" in command_of(recipe) and "overlay consistency 4" in recipe_words(recipe)
+    assert "--consistency" not in command_of(asdict(ViewRecipe()))

@@ -345,13 +345,18 @@ class ScannerAugment:
             x = torch.where(blur.view(n, 1, 1, 1), F.avg_pool2d(x, 3, stride=1, padding=1), x)
         overlay = _chance(n, self.p_overlay, gen)
         if overlay.any():
-            pick = torch.randint(0, len(self.bank.alpha), (n,), generator=gen)
-            a, p = self.bank.alpha[pick][:, None], self.bank.paint[pick][:, None]
-            brightness = _uniform(n, 0.6, 1.0, gen).view(n, 1, 1, 1)
-            x = torch.where(overlay.view(n, 1, 1, 1), x * (1 - a) + p * brightness, x)
+            x = torch.where(overlay.view(n, 1, 1, 1), self.overlaid(x, gen), x)
         x = x.clamp(0, 1)
         jpeg = _chance(n, self.p_jpeg, gen)
         if jpeg.any():
             idx = torch.nonzero(jpeg)[:, 0]
             x[idx] = jpeg_batch(x[idx], gen)
         return x
+
+    def overlaid(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Every image of ``x`` with one overlay of the bank (text, callipers or both) burned in."""
+        n = x.shape[0]
+        pick = torch.randint(0, len(self.bank.alpha), (n,), generator=gen)
+        a, p = self.bank.alpha[pick][:, None], self.bank.paint[pick][:, None]
+        brightness = _uniform(n, 0.6, 1.0, gen).view(n, 1, 1, 1)
+        return (x * (1 - a) + p * brightness).clamp(0, 1)

@@ -218,6 +218,8 @@ def recipe_words(recipe: dict[str, Any]) -> str:
     aug = "scanner augmentation" if recipe.get("scanner_augment") else "0.1.0 augmentation"
     if recipe.get("scanner_augment") and recipe.get("geometry", "strong") != "strong":
         aug += f", {recipe['geometry']} geometry"
+    if recipe.get("scanner_augment") and recipe.get("consistency", 0.0):
+        aug += f", overlay consistency {recipe['consistency']:g}"
     return f"{recipe['size']} px, {aug}, by {recipe.get('balance', 'folder')}"
 
 
@@ -237,6 +239,8 @@ def command_of(recipe: dict[str, Any]) -> str:
         words.append(f"--threshold-weighting {recipe.get('threshold_weighting', 'class')}")
     if recipe.get("scanner_augment", False) and recipe.get("geometry", "strong") != defaults.geometry:
         words.append(f"--geometry {recipe['geometry']}")
+    if recipe.get("scanner_augment", False) and recipe.get("consistency", 0.0) != defaults.consistency:
+        words.append(f"--consistency {recipe['consistency']:g}")
     if recipe.get("median", 0) != defaults.median:
         words.append(f"--median {recipe.get('median', 0)}")
     for key in ("epochs", "patience"):
@@ -285,6 +289,12 @@ def view_model_card(meta: ViewMetadata) -> str:
         f"{geometry}, aspect, shift, mirroring, gamma, contrast and noise, and what scanners add (training.scanner): burned-in banner "
         "text and numbered callipers with their values, sector masks of other depths and widths, grey maps and "
         "tints, Doppler colour boxes, gain, speckle, blur and JPEG round trips"
+        + (
+            f"; each image also seen with text and callipers burned in, the two predictions held together "
+            f"(Jensen-Shannon consistency, weight {recipe['consistency']:g})"
+            if recipe.get("consistency")
+            else ""
+        )
         if recipe.get("scanner_augment")
         else "random rotation, zoom, aspect, shift, mirroring, gamma, contrast and noise"
     )

@@ -52,6 +52,10 @@ class ViewRecipe:
     # With the scanner augmentation: "strong" geometry (rotation ±20°, zoom into the content...) or "mild"
     # (fetal-view 0.1.0's rotation, zoom, aspect and shift). Without it, always mild.
     geometry: str = "strong"
+    # Consistency with burned-in overlays (as AugMix's Jensen-Shannon term, Hendrycks et al., ICLR 2020): each
+    # training image also goes through the network with text and callipers burned in; the loss is the mean
+    # cross-entropy of both plus this weight x the Jensen-Shannon divergence of their predictions (0: off).
+    consistency: float = 0.0
     # Within a class, each "origin" (acquisition source, ORIGINS) weighs the same, or each "folder" (0.1.0).
     balance: str = "origin"
     # Train without the axial heads of this origin and report how its images are routed (leave-one-source-out).
@@ -126,6 +130,14 @@ def predict(net: torch.nn.Module, x: np.ndarray) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, len(CLASSES)), dtype=np.float32)
 
 
+def jensen_shannon(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean Jensen-Shannon divergence between the softmax predictions of two logit batches."""
+    pa, pb = torch.softmax(a, dim=1), torch.softmax(b, dim=1)
+    log_m = torch.log((0.5 * (pa + pb)).clamp(1e-7, 1.0))
+    kl = F.kl_div(log_m, pa, reduction="batchmean") + F.kl_div(log_m, pb, reduction="batchmean")
+    return 0.5 * kl
+
+
 def balanced_nll(probs: np.ndarray, y: np.ndarray) -> float:
     """Mean over the classes present of the mean negative log-likelihood of the true class."""
     nll = -np.log(np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0))
@@ -166,7 +178,14 @@ def fit(train: ViewSet, val: ViewSet, recipe: ViewRecipe) -> tuple[torch.nn.Modu
             batch = augment(xtr[idx_t], gen, strong=recipe.scanner_augment and recipe.geometry == "strong")
             if scanner is not None:
                 batch = scanner(batch, gen)
-            loss = loss_fn(net(batch), ytr[idx_t])
+            if scanner is not None and recipe.consistency > 0:
+                n = len(idx_t)
+                logits = net(torch.cat([batch, scanner.overlaid(batch, gen)]))
+                y = ytr[idx_t]
+                loss = 0.5 * (loss_fn(logits[:n], y) + loss_fn(logits[n:], y))
+                loss = loss + recipe.consistency * jensen_shannon(logits[:n], logits[n:])
+            else:
+                loss = loss_fn(net(batch), ytr[idx_t])
             loss.backward()
             opt.step()
             losses.append(loss.item())
