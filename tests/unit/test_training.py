@@ -516,3 +516,11 @@ def test_overlay_consistency_term_and_its_record() -> None:
     recipe = asdict(ViewRecipe(consistency=4.0))
     assert "--consistency 4" in command_of(recipe) and "overlay consistency 4" in recipe_words(recipe)
     assert "--consistency" not in command_of(asdict(ViewRecipe()))
+
+
+def test_a_card_shows_a_run_command_without_its_output_folder() -> None:
+    from fetalnode.training.view.train import portable_command
+
+    run = "fetalnode train view --data-root ../shared/datasets --out /scratch/runs/x --leave-out hc18 --size 144"
+    assert portable_command(run) == "fetalnode train view --data-root ../shared/datasets --out OUT --leave-out hc18 --size 144"
+    assert portable_command("fetalnode train view --out=/a/b --epochs 3") == "fetalnode train view --out OUT --epochs 3"

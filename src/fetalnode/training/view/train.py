@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -266,6 +267,12 @@ def train_view(
     return finalize_view_bundle(out, reference_data)
 
 
+def portable_command(command: str) -> str:
+    """A recorded command line as a model card shows it: the run's output folder (a path of the machine it ran
+    on, not part of the recipe) as ``OUT``."""
+    return re.sub(r"--out(=|\s+)\S+", "--out OUT", command)
+
+
 def record_source_holdout(bundle: Path, runs: list[Path]) -> list[dict[str, Any]]:
     """Copy the left-out-source figures of leave-one-source-out runs (bundles of ``train view --leave-out``)
     into a bundle's metadata and model card; weights and every other metric untouched."""
@@ -281,7 +288,7 @@ def record_source_holdout(bundle: Path, runs: list[Path]) -> list[dict[str, Any]
             {
                 "left_out_source": lo,
                 "recipe": recipe_words(recipe),
-                "command": rm["training"].get("command") or command_of(recipe),
+                "command": portable_command(rm["training"].get("command") or command_of(recipe)),
                 "version": f"{rm['name']} {rm['version']}",
             }
         )
