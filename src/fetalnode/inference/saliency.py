@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 from torch import nn
 from torch.nn import functional as F
 
-from fetalnode.inference.ellipse import Ellipse
+from fetalnode.inference.ellipse import Ellipse, bounding_window
 
 # Anchor points of the "jet" colour map (value -> RGB), interpolated linearly.
 _JET = np.array(
@@ -126,10 +126,10 @@ def fuse(display_rgb: np.ndarray, heatmap: np.ndarray | None, alpha: float) -> n
     out = display_rgb.copy()
     if heatmap is None:
         return out
-    rows, cols = np.flatnonzero((heatmap > 0).any(axis=1)), np.flatnonzero((heatmap > 0).any(axis=0))
-    if not len(rows):
+    positive = heatmap > 0
+    if not positive.any():
         return out
-    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    box = bounding_window(positive, 0)
     heat, base = heatmap[box], display_rgb[box].astype(np.float32)
     # Opacity grows with the square of the saliency: the image stays readable where the CAM is low.
     weight = (alpha * np.clip(heat, 0.0, 1.0) ** 2)[..., None]
