@@ -1,4 +1,4 @@
-"""Issue 20's receive, end-to-end and responsiveness targets, measured side by side in one run.
+"""The receive, end-to-end and responsiveness targets, measured side by side in one run.
 
 - Receive only: the same calibrated US files sent by DCMTK ``storescu`` (TCP_NODELAY=1) to
   ``fetalnode serve --no-worker`` (fsync of each object and its job record before the answer) and to
