@@ -242,6 +242,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                 "median",
                 "geometry",
                 "consistency",
+                "encoder",
+                "overlay_copies",
+                "encoder_canvas",
+                "encoder_levels",
             ),
         )
         if args.size:
@@ -618,6 +622,30 @@ def build_parser() -> argparse.ArgumentParser:
         "whole-node check on the test images of other views (default models)",
     )
     sp.add_argument("--size", type=int, help="view only: network input side in pixels (default 112)")
+    sp.add_argument(
+        "--encoder",
+        help="view only: a head segmentation bundle (e.g. models/hc18-headseg) whose frozen encoder the view "
+        "model stands on: the frame letterboxed as that segmentation sees it, the pooled features of each "
+        "encoder level, one linear layer (the shipped fetal-view); default: a MONAI Classifier trained end to "
+        "end with the scanner augmentation",
+    )
+    sp.add_argument(
+        "--encoder-canvas",
+        type=_canvas,
+        help="view only, with --encoder: HxW of the letterbox canvas the encoder sees (default: the "
+        "segmentation's own)",
+    )
+    sp.add_argument(
+        "--encoder-levels",
+        type=int,
+        help="view only, with --encoder: pool the features of the first N encoder levels only (default 0: all)",
+    )
+    sp.add_argument(
+        "--overlay-copies",
+        type=int,
+        help="view only, with --encoder: training copies of each image with callipers and banner text burned in "
+        "(default 1)",
+    )
     sp.add_argument(
         "--scanner-augment",
         action=argparse.BooleanOptionalAction,

@@ -25,7 +25,7 @@ from fetalnode.config import Settings, load_settings
 from fetalnode.errors import ConfigError, InferenceError
 from fetalnode.inference import AnalysisResult
 from fetalnode.inference.bundle import load_bundle
-from fetalnode.inference.view import ClaimRule, ViewModel, view_input
+from fetalnode.inference.view import ClaimRule, ViewModel
 from fetalnode.intake import US_MULTIFRAME, DecodedImage, decode_for_analysis
 from fetalnode.outcomes import Received, Verdict
 from fetalnode.outputs.findings import read_finding
@@ -81,7 +81,7 @@ def test_view_bundle_is_small_complete_and_reproduces_its_reference() -> None:
     model = ViewModel(bundle)
     stored = meta["reference_outputs"]
     assert len(stored) >= 5
-    x = np.stack([view_input(load_gray(MODELS.parent / r["image"]), model.size) for r in stored])
+    x = np.stack([model.input(load_gray(MODELS.parent / r["image"])) for r in stored])
     np.testing.assert_allclose(model.probabilities(x), [r["probabilities"] for r in stored], atol=1e-4)
 
 
@@ -94,7 +94,7 @@ def test_view_bundle_runs_in_onnxruntime_with_the_torch_networks_answers() -> No
     grays = [decode_for_analysis(dcmread(p), 10**8, 10).gray for p in sorted(SAMPLES.glob("*.dcm"))]
     grays += [load_gray(p) for p in sorted((DATA / "view_mini").glob("*/images/*.png"))]
     assert len(grays) >= 14
-    x = np.stack([view_input(g, model.size) for g in grays])
+    x = np.stack([model.input(g) for g in grays])
     torch_model = ViewModel(dataclasses.replace(bundle, infer=bundle.net))
     expected = torch_model.probabilities(x)
     for got in (model.probabilities(x), np.concatenate([model.probabilities(x[i : i + 1]) for i in range(len(x))])):

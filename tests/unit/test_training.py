@@ -72,6 +72,42 @@ def test_classifier_base_takes_the_segmentation_encoder(seg_channels: list[int])
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("head."))
 
 
+def test_the_encoder_view_net_sees_what_the_segmentation_encoder_computes() -> None:
+    """EncoderViewNet with a UNet's encoder copied in: each level's output is the UNet's own (forward hooks on
+    its down path), pooled to mean and maximum per channel; a UNet of other channels is refused."""
+    from fetalnode.inference.networks import build_view_net, load_unet_encoder
+
+    torch.manual_seed(0)
+    channels = [4, 8, 16]
+    unet = build_segmentation_net({"channels": channels, "strides": [2, 2]}).eval()
+    net = build_view_net({"encoder": "seg 1", "channels": channels, "strides": [2, 2], "n_classes": 5})
+    assert load_unet_encoder(net, unet.state_dict()) == sum(1 for k in net.state_dict() if k.startswith("base."))
+    outputs: list[torch.Tensor] = []
+    modules = dict(unet.named_modules())
+    for level in range(len(channels)):
+        name = unet_encoder_prefix(level, len(channels)).rstrip(".")
+        modules[name].register_forward_hook(lambda _m, _i, out: outputs.append(out))
+    x = torch.rand(2, 1, 32, 48)
+    with torch.no_grad():
+        unet(x)
+        got = net.eval().features(x)
+    expected = torch.cat([t for out in outputs for t in (out.mean(dim=(2, 3)), out.amax(dim=(2, 3)))], dim=1)
+    assert got.shape == (2, 2 * sum(channels)) and torch.allclose(got, expected, atol=1e-6)
+    # Standardised features into the linear layer.
+    net.mean.fill_(0.5)
+    net.scale.fill_(2.0)
+    with torch.no_grad():
+        assert torch.allclose(net(x), net.linear((got - 0.5) / 2.0), atol=1e-6)
+    with pytest.raises(ValueError, match="no model"):
+        load_unet_encoder(net, build_segmentation_net({"channels": [4, 8, 32], "strides": [2, 2]}).state_dict())
+    # The first two levels only: the same pooled features of those levels, the bottom block never run.
+    short = build_view_net({"encoder": "seg 1", "channels": channels, "strides": [2, 2], "n_classes": 5, "levels": 2})
+    load_unet_encoder(short, unet.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(short.eval().features(x), expected[:, : 2 * (4 + 8)], atol=1e-6)
+    assert len(short.base) == 2 and short.linear.in_features == 2 * (4 + 8)
+
+
 def test_abnormal_term_is_one_minus_p_normal() -> None:
     logits = torch.randn(6, 4, generator=torch.Generator().manual_seed(3))
     p = torch.softmax(logits, dim=1).numpy()
@@ -484,6 +520,48 @@ def test_the_view_split_of_fetal_planes_db_is_the_one_earlier_bundles_held_out()
     meta = {"training_data": [{"seed": 20261124}]}
     test = {im.path.stem for im in folder_images(shared, "test", meta)[1]}
     assert mini <= test and len(test) == 6
+
+
+def test_tiny_encoder_view_training_run(tmp_path: Path) -> None:
+    """`train view --encoder`: the shipped head segmentation's frozen encoder under a linear layer fitted for
+    each weight decay (the lowest validation NLL kept), on the minis' frames letterboxed as that segmentation
+    sees them; a bundle the router loads, whose card and command say so."""
+    from fetalnode.inference.networks import EncoderViewNet
+    from fetalnode.inference.preprocess import letterbox, to_unit_range
+    from fetalnode.inference.view import ViewModel
+    from fetalnode.training.view import ViewRecipe, train_view
+    from fetalnode.training.view.card import command_of, recipe_words
+
+    view_mini = DATA / "view_mini"
+    folders = [DATA / "hc18_mini", DATA / "fba_mini", *(view_mini / f for f in ("psfhs", "first_trimester_sagittal", "fetal_planes_db"))]
+    not_fetal = tmp_path / "not_fetal"
+    not_fetal.mkdir()
+    from tests.conftest import dicom_testfile
+
+    for name in ("US1_UNCR.dcm", "OBXXXX1A.dcm", "examples_ybr_color.dcm", "gdcm-US-ALOKA-16.dcm"):
+        shutil.copy(dicom_testfile(name), not_fetal / name)
+    recipe = ViewRecipe(encoder=str(MODELS / "hc18-headseg"), weight_decays=(1.0, 1e-3, 100.0))
+    meta = train_view([*folders, not_fetal], tmp_path / "view", recipe, "view-enc", "0.0.1")
+    assert meta["network"]["class"].endswith("EncoderViewNet") and meta["input"]["canvas_hw"] == [256, 384]
+    history = meta["training"]["history"]
+    assert [h["weight_decay"] for h in history] == [1.0, 1e-3, 100.0]
+    model = ViewModel(load_bundle(tmp_path / "view", "view"))
+    net = model.bundle.net
+    assert isinstance(net, EncoderViewNet) and float(net.scale.min()) > 0 and float(net.mean.abs().sum()) > 0
+    # The encoder is the segmentation's, untouched; the kept linear layer is the one of the lowest validation NLL.
+    seg = load_bundle(MODELS / "hc18-headseg", "segmentation").net.state_dict()
+    assert torch.equal(net.state_dict()["base.0.conv.unit0.conv.weight"], seg["model.0.conv.unit0.conv.weight"])
+    kept = [h for h in history if h["kept"]]
+    assert len(kept) == 1 and kept[0]["val_nll"] == min(h["val_nll"] for h in history)
+    assert f"weight decay {kept[0]['weight_decay']} of [1.0, 0.001, 100.0]" in (tmp_path / "view" / "docs" / "README.md").read_text()
+    gray = load_gray(DATA / "hc18_mini" / "images" / "000_HC.png")
+    np.testing.assert_array_equal(model.input(gray), letterbox(to_unit_range(gray), (256, 384))[0])
+    assert model.predict(gray).model == ("view-enc", "0.0.1")
+    card = (tmp_path / "view" / "docs" / "README.md").read_text()
+    assert "frozen encoder of `hc18-headseg" in card and "L-BFGS" in card
+    words = meta["training"]["recipe"]
+    assert "--encoder" in command_of(words) and "frozen encoder of hc18-headseg" in recipe_words(words)
+    assert "--overlay-copies 2" in command_of({**words, "overlay_copies": 2})
 
 
 def test_the_view_recipe_geometry_is_in_its_command_and_card_words() -> None:

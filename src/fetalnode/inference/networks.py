@@ -85,10 +85,85 @@ class Median(nn.Module):
         return middle.view(n, c, h, w)
 
 
+class EncoderViewNet(nn.Module):
+    """A view model on a frozen segmentation encoder: the down path of a MONAI UNet (``channels``, ``strides``,
+    ``num_res_units``, ``norm`` as in :func:`build_segmentation_net`, weights copied from a trained head
+    segmentation by :func:`load_unet_encoder`), the feature maps of each level pooled to their mean and
+    maximum per channel, standardised (``mean``, ``scale``: buffers set at training) and one linear layer to
+    the class logits. ``levels``: the first levels of the encoder only (0: all of them; the deepest level has
+    the most channels and costs the most). Input: the frame letterboxed as the segmentation sees it."""
+
+    mean: torch.Tensor
+    scale: torch.Tensor
+
+    def __init__(
+        self, channels: list[int], strides: list[int], num_res_units: int, norm: str, n_classes: int, levels: int = 0
+    ) -> None:
+        super().__init__()
+        self.unet_levels = len(channels)  # the levels of the UNet the weights come from
+        channels = channels[: levels or None]
+        stages: list[nn.Module] = []
+        cin = 1
+        for i, cout in enumerate(channels):
+            stride = strides[i] if i < len(strides) else 1  # the last level is the UNet's bottom block
+            stages.append(
+                ResidualUnit(
+                    spatial_dims=2, in_channels=cin, out_channels=cout, strides=stride, subunits=num_res_units, norm=norm
+                )
+            )
+            cin = cout
+        self.base = nn.Sequential(*stages)
+        n_features = 2 * sum(channels)
+        self.register_buffer("mean", torch.zeros(n_features))
+        self.register_buffer("scale", torch.ones(n_features))
+        self.linear = nn.Linear(n_features, n_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean and maximum of each channel of each encoder level, (N, 2 x sum(channels))."""
+        pooled = []
+        for stage in self.base:
+            x = stage(x)
+            pooled += [x.mean(dim=(2, 3)), x.amax(dim=(2, 3))]
+        return torch.cat(pooled, dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear((self.features(x) - self.mean) / self.scale)
+
+
+def load_unet_encoder(net: EncoderViewNet, unet_state: dict[str, torch.Tensor]) -> int:
+    """Copy a trained segmentation UNet's encoder into ``net.base``, every tensor (ValueError if one is
+    missing or of another shape: the UNet was not built with the same channels and strides). Returns the
+    number of tensors copied."""
+    state = net.state_dict()
+    copied = 0
+    for i in range(len(net.base)):
+        src_prefix, dst_prefix = unet_encoder_prefix(i, net.unet_levels), f"base.{i}."
+        for key, value in state.items():
+            if not key.startswith(dst_prefix):
+                continue
+            src = unet_state.get(src_prefix + key[len(dst_prefix) :])
+            if src is None or src.shape != value.shape:
+                raise ValueError(f"the segmentation network has no {src_prefix + key[len(dst_prefix):]} of shape {tuple(value.shape)}")
+            state[key] = src.clone()
+            copied += 1
+    net.load_state_dict(state)
+    return copied
+
+
 def build_view_net(params: dict[str, Any]) -> nn.Module:
-    """MONAI ``Classifier`` (strided residual units, then one linear layer over the flattened map): the
-    view model. Without global pooling the layout of the image (where the sector, the head, the
-    symphysis are) stays in the features. ``median`` (odd, > 1): a :class:`Median` filter first."""
+    """The view model: an :class:`EncoderViewNet` when ``params`` names an ``encoder`` (the segmentation
+    bundle its encoder comes from); else MONAI ``Classifier`` (strided residual units, then one linear layer
+    over the flattened map). Without global pooling the layout of the image (where the sector, the head, the
+    symphysis are) stays in the Classifier's features. ``median`` (odd, > 1): a :class:`Median` filter first."""
+    if params.get("encoder"):
+        return EncoderViewNet(
+            channels=list(params["channels"]),
+            strides=list(params["strides"]),
+            num_res_units=int(params.get("num_res_units", 2)),
+            norm=str(params.get("norm", "BATCH")),
+            n_classes=int(params["n_classes"]),
+            levels=int(params.get("levels", 0)),
+        )
     size = int(params["size"])
     net = Classifier(
         in_shape=(1, size, size),

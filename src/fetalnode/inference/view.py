@@ -1,21 +1,24 @@
 """The view classifier: which kind of ultrasound image this is, so the router can pick an application.
 
-One code path for training and inference: :func:`view_input` turns any grayscale frame into the
-network's square input, :class:`ViewModel` runs a ``task: view`` bundle and applies its abstain
+One code path for training and inference: :class:`ViewInputSpec` turns any grayscale frame into the
+network's input (a centred square, or the head segmentation's letterbox canvas for a model on its encoder),
+:class:`ViewModel` runs a ``task: view`` bundle and applies its abstain
 threshold (a top probability below it, or below the stricter threshold of the head view, answers
 :attr:`View.UNKNOWN`). No pydicom in here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from fetalnode.errors import BundleError
 from fetalnode.inference.bundle import Bundle
-from fetalnode.inference.preprocess import frame01, resize, to_unit_range
+from fetalnode.inference.preprocess import frame01, letterbox, resize, to_unit_range
 from fetalnode.vocab import View
 
 
@@ -32,6 +35,34 @@ def view_input(gray: np.ndarray, size: int, img01: np.ndarray | None = None) -> 
     y0, x0 = (side - h) // 2, (side - w) // 2
     square[y0 : y0 + h, x0 : x0 + w] = img
     return resize(square, (size, size))
+
+
+@dataclass(frozen=True)
+class ViewInputSpec:
+    """The view network's input: the frame centred on a zero square of ``size`` (:func:`view_input`), or,
+    with ``canvas_hw``, letterboxed into that canvas (top left, zero padding bottom and right) exactly as the
+    head segmentation sees it (a model on the segmentation's encoder)."""
+
+    size: int = 112
+    canvas_hw: tuple[int, int] | None = None
+
+    @classmethod
+    def of(cls, meta_input: Mapping[str, Any]) -> ViewInputSpec:
+        """The spec of a view bundle's ``input`` metadata."""
+        canvas = meta_input.get("canvas_hw")
+        if canvas:
+            return cls(canvas_hw=(int(canvas[0]), int(canvas[1])))
+        return cls(size=int(meta_input["size"]))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.canvas_hw if self.canvas_hw is not None else (self.size, self.size)
+
+    def __call__(self, gray: np.ndarray, img01: np.ndarray | None = None) -> np.ndarray:
+        """The network input of one frame (``img01``: its :func:`to_unit_range`, when already computed)."""
+        if self.canvas_hw is None:
+            return view_input(gray, self.size, img01)
+        return letterbox(to_unit_range(gray) if img01 is None else img01, self.canvas_hw)[0]
 
 
 @dataclass(frozen=True)
@@ -123,7 +154,7 @@ class ViewModel:
         meta = bundle.metadata
         try:
             self.labels = [View.named(v) for v in meta["labels"]]
-            self.size = int(meta["input"]["size"])
+            self.input = ViewInputSpec.of(meta["input"])
             self.threshold = float(meta["abstain_threshold"])
             # A stricter threshold for some views (the head: the application that measures).
             self.class_thresholds = {View.named(k): float(v) for k, v in meta.get("class_thresholds", {}).items()}
@@ -144,7 +175,7 @@ class ViewModel:
         return self.bundle.version
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
-        """Class probabilities of a batch of :func:`view_input` arrays, (N, size, size) -> (N, classes)."""
+        """Class probabilities of a batch of network inputs (:attr:`input`), (N, H, W) -> (N, classes)."""
         out = []
         with torch.no_grad():
             for i in range(0, len(x), 64):
@@ -170,4 +201,4 @@ class ViewModel:
 
     def predict(self, gray: np.ndarray, img01: np.ndarray | None = None) -> ViewPrediction:
         """The view of one frame (``img01``: its :func:`to_unit_range`, when already computed)."""
-        return self.decide(self.probabilities(view_input(gray, self.size, frame01(gray, img01))[None])[0])
+        return self.decide(self.probabilities(self.input(gray, frame01(gray, img01))[None])[0])

@@ -287,7 +287,8 @@ class ClsMetadata(Common):
 
 
 class ViewInput(TypedDict):
-    size: int
+    size: NotRequired[int]  # the Classifier's square input
+    canvas_hw: NotRequired[list[int]]  # a model on a segmentation encoder: that segmentation's canvas
     preprocess: str
 
 

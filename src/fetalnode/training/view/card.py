@@ -215,6 +215,15 @@ def holdout_lines(m: ViewMetrics) -> str:
 
 
 def recipe_words(recipe: dict[str, Any]) -> str:
+    if recipe.get("encoder"):
+        copies = int(recipe.get("overlay_copies", 1))
+        canvas = " on a {}x{} canvas".format(*recipe["encoder_canvas"]) if recipe.get("encoder_canvas") else ""
+        if recipe.get("encoder_levels"):
+            canvas += f", its first {recipe['encoder_levels']} levels"
+        return (
+            f"frozen encoder of {Path(str(recipe['encoder'])).name}{canvas}, linear layer, {copies} overlaid "
+            f"cop{'y' if copies == 1 else 'ies'} per image"
+        )
     aug = "scanner augmentation" if recipe.get("scanner_augment") else "0.1.0 augmentation"
     if recipe.get("scanner_augment") and recipe.get("geometry", "strong") != "strong":
         aug += f", {recipe['geometry']} geometry"
@@ -229,6 +238,14 @@ def command_of(recipe: dict[str, Any]) -> str:
     words = ["fetalnode train view --data-root ../shared/datasets --data pydicom-testdata"]
     if recipe.get("leave_out"):
         words.append(f"--leave-out {recipe['leave_out']}")
+    if recipe.get("encoder"):
+        words.append(f"--encoder {recipe['encoder']}")
+        if int(recipe.get("overlay_copies", 1)) != defaults.overlay_copies:
+            words.append(f"--overlay-copies {recipe['overlay_copies']}")
+        if recipe.get("encoder_canvas"):
+            words.append("--encoder-canvas {}x{}".format(*recipe["encoder_canvas"]))
+        if recipe.get("encoder_levels"):
+            words.append(f"--encoder-levels {recipe['encoder_levels']}")
     if recipe["size"] != defaults.size:
         words.append(f"--size {recipe['size']}")
     if not recipe.get("scanner_augment", False):
@@ -321,6 +338,35 @@ def view_model_card(meta: ViewMetadata) -> str:
             )
         )
     median_words = f", a {p['median']}×{p['median']} median filter" if p.get("median") else ""
+    levels_words = (
+        f", its first {p['levels']} levels only (the deepest, {p['channels'][-1]} channels, is not run)"
+        if p.get("levels")
+        else ""
+    )
+    network = (
+        f"""The whole frame (0.5–99.5 percentile scaling, letterboxed, as the head segmentation sees it, into a
+{meta["input"].get("canvas_hw")} canvas) goes through the frozen encoder of `{p["encoder"]}` (the down path of its MONAI UNet:
+residual units {p["channels"]}, strides {p["strides"]}; weights SHA-256 {str(p.get("encoder_weights_sha256"))[:12]}…){levels_words};
+the mean and the maximum of every channel of every level used ({2 * sum(p["channels"][: p.get("levels") or None])} features),
+standardised, go through one linear layer with"""
+        if p.get("encoder")
+        else f"""The whole frame (0.5–99.5 percentile scaling, centred on a square, {p.get("size")}×{p.get("size")}{median_words}) goes through a
+MONAI `Classifier` (residual units {p["channels"]}, strides {p["strides"]}, dropout {p.get("dropout")}) with"""
+    )
+    if recipe.get("encoder"):
+        chosen = next((h for h in tr["history"] if h.get("kept")), {})
+        copies = int(recipe.get("overlay_copies", 1))
+        fitting = f"""The encoder is not trained: its weights are the segmentation bundle's. The linear layer is fitted
+by L-BFGS on the training images and {copies} cop{"y" if copies == 1 else "ies"} of each with a scanner's numbered
+callipers, their values and banner text burned in at the image's own resolution (training.scanner), each
+class weighing the same; weight decay {chosen.get("weight_decay")} of {list(recipe.get("weight_decays", []))}, the
+one with the lowest validation NLL ({_f(chosen.get("val_nll"))}). {tr["minutes"]} minutes of fitting on
+{tr["device"]} ({tr["threads"]} threads){f"; the whole recipe took {tr['recipe_minutes']} minutes" if tr.get("recipe_minutes") else ""}.{command}"""
+    else:
+        fitting = f"""Classes are balanced by sampling ({recipe["per_class_per_epoch"]} draws of each class per epoch; within
+a class {balance}, within a source each group), with {augmentation}. Training: {tr["epochs_run"]} epochs (early
+stopping on the validation NLL), {tr["minutes"]} minutes of fitting on {tr["device"]} ({tr["threads"]} threads)
+{f"; the whole recipe took {tr['recipe_minutes']} minutes" if tr.get("recipe_minutes") else ""}.{command}"""
     return f"""# {meta["name"]} {meta["version"]} — ultrasound view classifier (the view router's model)
 
 **{meta["intended_use"]}.** It decides which application looks at an image; it makes no finding itself.
@@ -328,8 +374,7 @@ def view_model_card(meta: ViewMetadata) -> str:
 ## What it does
 Views are named by anatomy and plane: an axial fetal head at any gestational age (every brain plane at which a
 head is measured), the intrapartum transperineal view, the first-trimester mid-sagittal view, other fetal planes,
-not fetal. The whole frame (0.5–99.5 percentile scaling, centred on a square, {p["size"]}×{p["size"]}{median_words}) goes through a
-MONAI `Classifier` (residual units {p["channels"]}, strides {p["strides"]}, dropout {p["dropout"]}) with
+not fetal. {network}
 {len(meta["labels"])} classes: {", ".join(meta["labels"])}. When the top probability is below the abstain
 threshold **{meta["abstain_threshold"]:.2f}** the router answers `unknown` (no application){head_threshold_line(meta)}.
 Threshold rule: {ab["rule"]}; on validation it keeps {ab["val_coverage"]:.3f} of the images routed.
@@ -344,10 +389,7 @@ them, so their test heads are unseen by every model. Images / groups:
 |---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 
-Classes are balanced by sampling ({recipe["per_class_per_epoch"]} draws of each class per epoch; within
-a class {balance}, within a source each group), with {augmentation}. Training: {tr["epochs_run"]} epochs (early
-stopping on the validation NLL), {tr["minutes"]} minutes of fitting on {tr["device"]} ({tr["threads"]} threads)
-{f"; the whole recipe took {tr['recipe_minutes']} minutes" if tr.get("recipe_minutes") else ""}.{command}
+{fitting}
 
 ## Metrics ({m["split"]})
 | metric | value | 95% CI (bootstrap by group) |

@@ -141,7 +141,7 @@ def evaluate_view(
     fmt, images = folder_images(data, split, view_model.bundle.metadata)
     if not images:
         raise ValueError(f"{data}: no images in split {split!r}")
-    x = load_set(images, view_model.size, "images")
+    x = load_set(images, view_model.input, "images")
     probs = view_model.probabilities(x.x)
     thresholds = np.array([view_model.threshold_of(c) for c in CLASSES])
     metrics = view_metrics(probs, x.y, x.groups, x.sources, thresholds)
@@ -155,7 +155,7 @@ def evaluate_view(
     metrics["robustness"] = robustness(
         view_model.probabilities,
         images,
-        view_model.size,
+        view_model.input,
         thresholds,
         claim=(rule, seg_dir) if with_claims and rule is not None else None,
     )

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from fetalnode.inference.view import view_input
+from fetalnode.inference.view import ViewInputSpec
 from fetalnode.training.data import Row, case_split, group_split, load_gray, read_labels, subject_split
 from fetalnode.vocab import RENAMED_VIEWS, View
 
@@ -281,10 +281,10 @@ class ViewSet:
         return len(self.y)
 
 
-def load_set(images: list[ViewImage], size: int, desc: str) -> ViewSet:
-    x = np.zeros((len(images), size, size), dtype=np.float32)
+def load_set(images: list[ViewImage], spec: ViewInputSpec, desc: str) -> ViewSet:
+    x = np.zeros((len(images), *spec.shape), dtype=np.float32)
     for i, image in enumerate(tqdm(images, desc=desc, leave=False)):
-        x[i] = view_input(image.gray(), size)
+        x[i] = spec(image.gray())
     return ViewSet(
         x,
         np.array([CLASSES.index(im.view) for im in images], dtype=np.int64),

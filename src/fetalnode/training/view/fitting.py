@@ -6,6 +6,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,10 +14,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from fetalnode.inference.networks import build_view_net
+from fetalnode.inference.bundle import load_bundle, read_metadata
+from fetalnode.inference.networks import EncoderViewNet, build_view_net, load_unet_encoder
+from fetalnode.inference.view import ViewInputSpec
 from fetalnode.training.early_stopping import EarlyStopping
 from fetalnode.training.metrics import balanced_accuracy
-from fetalnode.training.scanner import OverlayBank, ScannerAugment
+from fetalnode.training.scanner import OverlayBank, ScannerAugment, draw_callipers_and_text
 from fetalnode.training.view.data import CLASSES, ViewSet, sampling_weights
 
 log = logging.getLogger(__name__)
@@ -67,6 +70,19 @@ class ViewRecipe:
     # How validation images weigh in that rule: "image" (each the same) or "class" (1 / images of its class:
     # fetal-view 0.1.0; a class of three validation images then outweighs hundreds of heads).
     threshold_weighting: str = "image"
+    # A segmentation bundle (its folder) whose frozen encoder the model stands on (EncoderViewNet): the frame
+    # letterboxed as that segmentation sees it, pooled features of each encoder level, one linear layer fitted
+    # by L-BFGS with each weight decay of ``weight_decays`` (the lowest validation NLL kept). "": the
+    # Classifier above, trained end to end with the augmentation.
+    encoder: str = ""
+    # Encoder models: training copies of each image with a scanner's callipers and banner text burned in
+    # (training.scanner.draw_callipers_and_text, at the image's own resolution).
+    overlay_copies: int = 1
+    weight_decays: tuple[float, ...] = (1e-4, 1e-3, 1e-2)
+    # Encoder models: the letterbox canvas (height, width); empty: the segmentation's own.
+    encoder_canvas: tuple[int, ...] = ()
+    # Encoder models: the first levels of the encoder whose features are pooled (0: all).
+    encoder_levels: int = 0
 
 
 def augment(x: torch.Tensor, gen: torch.Generator, strong: bool = False) -> torch.Tensor:
@@ -109,7 +125,29 @@ def augment(x: torch.Tensor, gen: torch.Generator, strong: bool = False) -> torc
     return (out + noise * inside).clamp(0, 1)
 
 
+def input_spec(recipe: ViewRecipe) -> ViewInputSpec:
+    """The network input of a recipe: the encoder's segmentation canvas, or a square of ``size``."""
+    if recipe.encoder and recipe.encoder_canvas:
+        return ViewInputSpec(canvas_hw=(int(recipe.encoder_canvas[0]), int(recipe.encoder_canvas[1])))
+    if recipe.encoder:
+        return ViewInputSpec.of(read_metadata(Path(recipe.encoder))["input"])
+    return ViewInputSpec(size=recipe.size)
+
+
 def view_params(recipe: ViewRecipe) -> dict[str, Any]:
+    if recipe.encoder:
+        seg = read_metadata(Path(recipe.encoder))
+        params = seg["network"]["params"]
+        return {
+            "encoder": f"{seg['name']} {seg['version']}",
+            "encoder_weights_sha256": seg["weights_sha256"],
+            "channels": list(params["channels"]),
+            "strides": list(params["strides"]),
+            "num_res_units": int(params.get("num_res_units", 2)),
+            "norm": str(params.get("norm", "BATCH")),
+            "n_classes": len(CLASSES),
+            **({"levels": recipe.encoder_levels} if recipe.encoder_levels else {}),
+        }
     return {
         "size": recipe.size,
         "channels": list(recipe.channels),
@@ -119,6 +157,87 @@ def view_params(recipe: ViewRecipe) -> dict[str, Any]:
         "n_classes": len(CLASSES),
         **({"median": recipe.median} if recipe.median > 1 else {}),
     }
+
+
+def encoder_features(net: EncoderViewNet, x: np.ndarray, desc: str = "") -> np.ndarray:
+    """:meth:`EncoderViewNet.features` of a batch of network inputs (N, H, W), 32 at a time."""
+    net.eval()
+    out = []
+    with torch.no_grad():
+        for i in tqdm(range(0, len(x), 32), desc=desc or "encoder features", leave=False):
+            out.append(net.features(torch.from_numpy(np.ascontiguousarray(x[i : i + 32]))[:, None]).numpy())
+    return np.concatenate(out)
+
+
+def overlaid_features(net: EncoderViewNet, data: ViewSet, spec: ViewInputSpec, rng: np.random.Generator) -> np.ndarray:
+    """Encoder features of each image of ``data`` with callipers and banner text burned in."""
+    out = []
+    for i in tqdm(range(0, len(data.images), 32), desc="overlaid copies", leave=False):
+        x = np.stack([spec(draw_callipers_and_text(im.gray(), rng)) for im in data.images[i : i + 32]])
+        out.append(encoder_features(net, x, "overlaid copies"))
+    return np.concatenate(out)
+
+
+def fit_encoder(train: ViewSet, val: ViewSet, recipe: ViewRecipe) -> tuple[torch.nn.Module, list[dict[str, float]]]:
+    """An :class:`EncoderViewNet` on ``recipe.encoder``'s frozen encoder: features of the training images and
+    of ``overlay_copies`` copies of each with callipers and text, standardised; a linear layer fitted by L-BFGS
+    (each class weighs the same) for each weight decay, the one with the lowest validation NLL kept."""
+    start = time.monotonic()
+    torch.manual_seed(recipe.seed)
+    rng = np.random.default_rng(recipe.seed)
+    seg = load_bundle(Path(recipe.encoder), "segmentation")
+    net = build_view_net(view_params(recipe))
+    assert isinstance(net, EncoderViewNet)
+    load_unet_encoder(net, seg.net.state_dict())
+    spec = input_spec(recipe)
+    feats, labels = [encoder_features(net, train.x, "training images")], [train.y]
+    for _ in range(recipe.overlay_copies):
+        feats.append(overlaid_features(net, train, spec, rng))
+        labels.append(train.y)
+    f, y = np.concatenate(feats), np.concatenate(labels)
+    mean, scale = f.mean(0), f.std(0) + 1e-6
+    net.mean.copy_(torch.from_numpy(mean))
+    net.scale.copy_(torch.from_numpy(scale))
+    z = torch.from_numpy((f - mean) / scale).float()
+    zv = torch.from_numpy((encoder_features(net, val.x, "validation images") - mean) / scale).float()
+    target = torch.from_numpy(y)
+    weight = torch.from_numpy(1.0 / np.bincount(y, minlength=len(CLASSES))[y]).float()
+    weight = weight / weight.sum()
+    history: list[dict[str, float]] = []
+    best: tuple[float, dict[str, torch.Tensor]] | None = None
+    for decay in recipe.weight_decays:
+        torch.manual_seed(recipe.seed)
+        linear = torch.nn.Linear(z.shape[1], len(CLASSES))
+        opt = torch.optim.LBFGS(linear.parameters(), max_iter=500)
+
+        def closure(linear: torch.nn.Linear = linear, opt: torch.optim.LBFGS = opt, decay: float = decay) -> torch.Tensor:
+            opt.zero_grad()
+            loss = (F.cross_entropy(linear(z), target, reduction="none") * weight).sum() + decay * (linear.weight**2).sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        with torch.no_grad():
+            loss = float((F.cross_entropy(linear(z), target, reduction="none") * weight).sum())
+            pv = torch.softmax(linear(zv), dim=1).numpy()
+        record = {
+            "weight_decay": decay,
+            "loss": loss,
+            "val_nll": float(-np.log(np.clip(pv[np.arange(len(val.y)), val.y], 1e-7, 1.0)).mean()),
+            "val_balanced_nll": balanced_nll(pv, val.y),
+            "val_balanced_accuracy": balanced_accuracy(val.y, pv.argmax(1), len(CLASSES)),
+            "minutes": round((time.monotonic() - start) / 60, 2),
+        }
+        history.append(record)
+        log.info("linear head %s", {k: round(v, 5) for k, v in record.items()})
+        if best is None or record["val_nll"] < best[0]:  # ties: the weaker decay, tried first
+            best = (record["val_nll"], {k: v.clone() for k, v in linear.state_dict().items()})
+    assert best is not None
+    for record in history:
+        record["kept"] = float(record["val_nll"] == best[0])
+    net.linear.load_state_dict(best[1])
+    net.eval()
+    return net, history
 
 
 def predict(net: torch.nn.Module, x: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from fetalnode.config import ModelSettings
 from fetalnode.inference.bundle import load_bundle, read_metadata
-from fetalnode.inference.view import view_input
+from fetalnode.inference.view import ViewInputSpec
 from fetalnode.training.data import bootstrap_ci
 from fetalnode.training.metadata import ViewMetrics, checked
 from fetalnode.training.metrics import balanced_accuracy, confusion, per_class
@@ -164,7 +164,7 @@ def perturbed(gray: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarr
 def robustness(
     probabilities: Callable[[np.ndarray], np.ndarray],
     images: list[ViewImage],
-    size: int,
+    spec: ViewInputSpec,
     thresholds: np.ndarray,
     seed: int = 20261207,
     claim: tuple[dict[str, Any], Path] | None = None,
@@ -178,7 +178,7 @@ def robustness(
     groups = np.array([im.group for im in images])
 
     def route(frames: list[np.ndarray]) -> np.ndarray:
-        probs = probabilities(np.stack([view_input(g, size) for g in frames]))
+        probs = probabilities(np.stack([spec(g) for g in frames]))
         out = routed(probs, thresholds)
         if claim is not None:
             rule, models_dir = claim

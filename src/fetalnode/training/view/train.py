@@ -22,7 +22,7 @@ from fetalnode.inference.bundle import (
     sha256_file,
     write_metadata,
 )
-from fetalnode.inference.view import ViewModel, view_input
+from fetalnode.inference.view import ViewInputSpec, ViewModel
 from fetalnode.training.data import load_gray
 from fetalnode.training.metadata import ViewMetadata, checked
 from fetalnode.training.reference import SEG_FOLDER, VIEW_FOLDER, reference_name, reference_path, require_reference_data
@@ -41,7 +41,7 @@ from fetalnode.training.view.data import (
     split_rows,
     to_image,
 )
-from fetalnode.training.view.fitting import ViewRecipe, fit, predict, view_params
+from fetalnode.training.view.fitting import ViewRecipe, fit, fit_encoder, input_spec, predict, view_params
 from fetalnode.training.view.measure import (
     choose_claim,
     choose_threshold,
@@ -60,7 +60,7 @@ from fetalnode.vocab import View
 log = logging.getLogger(__name__)
 
 
-def view_reference(net: torch.nn.Module, size: int, root: Path) -> list[dict[str, Any]]:
+def view_reference(net: torch.nn.Module, spec: ViewInputSpec, root: Path) -> list[dict[str, Any]]:
     """Class probabilities of the reference images of ``root`` (the first two of ``hc18_mini`` and every one of
     ``view_mini``; :mod:`fetalnode.training.reference`), stored in the bundle at training time.
 
@@ -70,7 +70,7 @@ def view_reference(net: torch.nn.Module, size: int, root: Path) -> list[dict[str
     paths = sorted((root / SEG_FOLDER / "images").glob("*.png"))[:2]
     if (root / VIEW_FOLDER).is_dir():
         paths += sorted((root / VIEW_FOLDER).glob("*/images/*.png"))
-    x = np.stack([view_input(load_gray(p), size) for p in paths]) if paths else np.zeros((0, size, size), np.float32)
+    x = np.stack([spec(load_gray(p)) for p in paths]) if paths else np.zeros((0, *spec.shape), np.float32)
     probs = predict(net, x)
     return [
         {"image": reference_name(root, p), "probabilities": [round(float(v), 6) for v in q]}
@@ -91,8 +91,8 @@ def finalize_view_bundle(path: Path, reference_data: Path | None = None) -> View
     """
     bundle = load_bundle(path, "view")
     require_reference_data(path, bundle.metadata, reference_data)
-    size = int(bundle.metadata["input"]["size"])
-    comparison = export_onnx(bundle.net, (1, 1, size, size), path / ONNX, batch_axis=True)
+    spec = ViewInputSpec.of(bundle.metadata["input"])
+    comparison = export_onnx(bundle.net, (1, 1, *spec.shape), path / ONNX, batch_axis=True)
     metadata = checked(
         ViewMetadata, dict(bundle.metadata, runtime=comparison["runtime"], runtime_comparison=comparison)
     )
@@ -103,7 +103,7 @@ def finalize_view_bundle(path: Path, reference_data: Path | None = None) -> View
         if stored:
             model = ViewModel(load_bundle(path, "view"))
             assert reference_data is not None
-            x = np.stack([view_input(load_gray(reference_path(reference_data, r["image"])), size) for r in stored])
+            x = np.stack([spec(load_gray(reference_path(reference_data, r["image"]))) for r in stored])
             now, then = model.probabilities(x), np.array([r["probabilities"] for r in stored])
             comparison["reference_max_abs_diff"] = float(np.abs(now - then).max())
             if comparison["reference_max_abs_diff"] > 1e-4 or (now.argmax(1) != then.argmax(1)).any():
@@ -168,9 +168,10 @@ def train_view(
     missing = [str(c) for c in CLASSES if not any(im.view is c for im in parts["train"])]
     if missing:
         raise ValueError(f"no training images of {', '.join(missing)}: give a folder of each view")
-    sets = {split: load_set(images, recipe.size, f"images ({split})") for split, images in parts.items()}
+    net_input = input_spec(recipe)
+    sets = {split: load_set(images, net_input, f"images ({split})") for split, images in parts.items()}
     fit_start = time.monotonic()
-    net, history = fit(sets["train"], sets["val"], recipe)
+    net, history = (fit_encoder if recipe.encoder else fit)(sets["train"], sets["val"], recipe)
     minutes = (time.monotonic() - fit_start) / 60
     val_probs = predict(net, sets["val"].x)
     threshold = choose_threshold(val_probs, sets["val"].y, recipe)
@@ -193,12 +194,12 @@ def train_view(
     metrics["robustness"] = robustness(
         lambda x: predict(net, x),
         test.images,
-        recipe.size,
+        net_input,
         thresholds,
         claim=(claim, models_dir) if claim and models_dir is not None else None,
     )
     if left_out:
-        held = load_set(left_out, recipe.size, f"images ({recipe.leave_out}, left out)")
+        held = load_set(left_out, net_input, f"images ({recipe.leave_out}, left out)")
         held_probs = predict(net, held.x)
         metrics["left_out_source"] = left_out_metrics(held_probs, held, thresholds, recipe.leave_out)
         if claim:
@@ -214,11 +215,22 @@ def train_view(
         "task": "view",
         "description": "Which kind of ultrasound image this is: the view router's classifier.",
         "intended_use": "RESEARCH USE ONLY, NOT FOR DIAGNOSIS",
-        "network": {"class": "monai.networks.nets.Classifier", "params": view_params(recipe)},
-        "input": {
-            "size": recipe.size,
-            "preprocess": "whole frame, 0.5-99.5 percentile scaling, centred on a zero square, resized",
+        "network": {
+            "class": "fetalnode.inference.networks.EncoderViewNet" if recipe.encoder else "monai.networks.nets.Classifier",
+            "params": view_params(recipe),
         },
+        "input": (
+            {
+                "canvas_hw": list(net_input.shape),
+                "preprocess": "whole frame, 0.5-99.5 percentile scaling, letterboxed into the head segmentation's "
+                "canvas (aspect kept, zero padding bottom and right)",
+            }
+            if recipe.encoder
+            else {
+                "size": recipe.size,
+                "preprocess": "whole frame, 0.5-99.5 percentile scaling, centred on a zero square, resized",
+            }
+        ),
         "labels": [str(c) for c in CLASSES],
         "abstain_threshold": threshold["abstain_threshold"],
         "class_thresholds": threshold["class_thresholds"],
@@ -255,7 +267,7 @@ def train_view(
     if reference_data is None:
         log.warning("%s: no --reference-data, so no reference outputs are stored", out)
     else:
-        draft["reference_outputs"] = view_reference(net, recipe.size, reference_data)
+        draft["reference_outputs"] = view_reference(net, net_input, reference_data)
     metadata = save_bundle(out, net, checked(ViewMetadata, draft), view_model_card)
     if with_heads:
         assert models_dir is not None
