@@ -257,7 +257,7 @@ def train_view(
             "minutes": round(minutes, 1),
             "device": "cpu",
             "threads": torch.get_num_threads(),
-            "command": command,
+            "command": portable_command(command),
             "recipe": {k: (list(v) if isinstance(v, tuple) else v) for k, v in recipe.__dict__.items()},
             "history": history,
             "images": {k: len(v) for k, v in sets.items()},
