@@ -755,6 +755,21 @@ class JobStore:
             rows = db.execute("SELECT * FROM jobs WHERE state=? ORDER BY id LIMIT ?", (str(state), limit)).fetchall()
         return [Job.from_row(r) for r in rows]
 
+    def replaced_outputs(self, job: Job) -> dict[str, str]:
+        """Output name -> SOP Instance UID of the outputs written for the object ``job`` replaces (the latest
+        earlier job with its SOP Instance UID and other content that wrote outputs), so that the replacing
+        object's outputs replace those in the archives whatever the analysis answers now (empty: none)."""
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT * FROM jobs WHERE sop_uid=? AND sha256<>? AND id<? ORDER BY id DESC",
+                (job.sop_uid, job.sha256, job.id),
+            ).fetchall()
+        for row in rows:
+            outputs = Job.from_row(row).result.get("outputs") or {}
+            if outputs:
+                return {str(k): str(v) for k, v in outputs.items()}
+        return {}
+
     def get(self, job_id: int) -> Job | None:
         with self._read() as db:
             row = db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()

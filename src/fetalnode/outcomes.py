@@ -64,7 +64,9 @@ class Received:
     an earlier run (then nothing is analysed again) and ``deliveries`` where each destination stands.
     ``action`` ``forward``: nothing is analysed, only the source is delivered. ``replaces``: the instance
     replaces another received under its SOP Instance UID (``scp.uid_conflict = "replace"``): every
-    destination that gets its outputs gets the source too, first.
+    destination that gets its outputs gets the source too, first; ``replaced_outputs`` (output name -> SOP
+    Instance UID) are the outputs written for the object it replaces: its own outputs of those names take
+    those UIDs, so they replace them in the archives even when the analysis answers differently now.
     """
 
     job_id: int
@@ -73,6 +75,7 @@ class Received:
     read: Callable[[], bytes]
     station_name: str
     replaces: bool = False
+    replaced_outputs: Mapping[str, str] = field(default_factory=dict)
     built: Mapping[str, bytes] | None = None
     deliveries: Mapping[str, Delivery] = field(default_factory=dict)
     action: RouteAction = RouteAction.ANALYSE

@@ -232,7 +232,14 @@ def _build(
         warnings.filterwarnings("ignore", message=".*intended person name.*")
         for writer in runtime.writers:
             try:
-                encoded = writer.encode(source, analysis, runtime.output, received.station_name, observer=disabled)
+                encoded = writer.encode(
+                    source,
+                    analysis,
+                    runtime.output,
+                    received.station_name,
+                    observer=disabled,
+                    instance_uid=received.replaced_outputs.get(writer.name),
+                )
                 if encoded is None:  # the writer has nothing for this application (a head SEG of a labour image)
                     continue
                 built[writer.name], uids[writer.name] = encoded

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -29,8 +29,9 @@ class WakeEvent(Protocol):
     def wait(self, timeout: float | None = None) -> bool: ...
 
 
-def received_from_job(job: Job) -> Received:
-    """What the runner needs of a claimed job: the spool file, and the outbox of an earlier run."""
+def received_from_job(job: Job, replaced_outputs: Mapping[str, str] | None = None) -> Received:
+    """What the runner needs of a claimed job: the spool file, the outbox of an earlier run, and (an object
+    that replaces another) the outputs written for the replaced one."""
     return Received(
         job_id=job.id,
         sop_uid=job.sop_uid,
@@ -38,6 +39,7 @@ def received_from_job(job: Job) -> Received:
         read=lambda: Path(job.spool_path).read_bytes(),
         station_name=job.station_name or job.calling_ae,
         replaces=job.replaces,
+        replaced_outputs=dict(replaced_outputs or {}),
         built=_outbox(job),
         deliveries=job.deliveries,
         action=job.action,
@@ -109,7 +111,8 @@ class Worker:
         if job is None:
             return False
         try:
-            outcome = run_job(received_from_job(job), self.runtime)
+            replaced = self.jobs.replaced_outputs(job) if job.replaces else None
+            outcome = run_job(received_from_job(job, replaced), self.runtime)
             state = self.jobs.apply(job, outcome, frozenset({job.state}), outputs=self._keep(job, outcome))
         except Exception as exc:  # keep the worker alive; the job fails with its reason, audited
             log.exception("job %d crashed", job.id)

@@ -301,3 +301,20 @@ def test_store_with_extra_json_is_migrated_to_typed_columns(tmp_path: Path) -> N
     )
     assert printed.action is RouteAction.ANALYSE and printed.printed == Printed("1.2.1", "1.2.2", 3, "room 3")
     assert replacing.replaces and replacing.route == "default"
+
+
+def test_a_replacing_job_finds_the_outputs_of_the_object_it_replaces(tmp_path: Path) -> None:
+    """The outputs written for the object a job replaces (same SOP Instance UID, other content): the latest
+    earlier job of that UID that wrote outputs; none for a job that replaces nothing."""
+    store = store_in(tmp_path)
+    first = claimed(store, tmp_path, "1.5")
+    written = {"finding": "normal", "outputs": {"sr": "2.25.1", "sc": "2.25.2"}}
+    store.apply(first, Outcome(Verdict.DELIVERED, Stage.DELIVER, "", written), CLAIMED)
+    replacing = store.receive(note(tmp_path, "1.5", sha="cd" * 32), UidConflict.REPLACE).job_id
+    other = store.receive(note(tmp_path, "1.6")).job_id
+    assert replacing is not None and other is not None
+    job = store.get(replacing)
+    assert job is not None and job.replaces
+    assert store.replaced_outputs(job) == {"sr": "2.25.1", "sc": "2.25.2"}
+    unrelated = store.get(other)
+    assert unrelated is not None and store.replaced_outputs(unrelated) == {}

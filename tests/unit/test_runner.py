@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Iterator
+from io import BytesIO
 from pathlib import Path
 
 import highdicom as hd
@@ -118,6 +119,23 @@ def test_delivered_every_enabled_output_to_every_destination(runtime: Runtime, t
     )
     assert hd.sr.Comprehensive3DSR.from_dataset(sr).SOPInstanceUID == sr.SOPInstanceUID
     assert outcome.summary["finding"] in {"normal", "abnormal"} and outcome.summary["hc_mm"] > 0
+
+
+def test_an_object_that_replaces_another_writes_its_outputs_under_the_replaced_ones_uids(runtime: Runtime) -> None:
+    """``scp.uid_conflict = "replace"``: the outputs written for the replaced object are replaced, not joined by
+    new ones, even where the analysis now answers differently (another application, other model versions:
+    other derived UIDs); outputs the replaced object did not have keep their derived UIDs."""
+    plain = run_job(received(), runtime)
+    replaced = {"sr": "2.25.1234567890", "sc": "2.25.987654321"}
+    outcome = run_job(received(replaces=True, replaced_outputs=replaced), runtime)
+    assert outcome.verdict is Verdict.DELIVERED, outcome.reason
+    outputs = outcome.summary["outputs"]
+    assert outputs["sr"] == replaced["sr"] and outputs["sc"] == replaced["sc"]
+    assert dcmread(BytesIO(outcome.built["sr"])).SOPInstanceUID == replaced["sr"]
+    assert dcmread(BytesIO(outcome.built["sc"])).SOPInstanceUID == replaced["sc"]
+    assert {k: v for k, v in outputs.items() if k not in replaced} == {
+        k: v for k, v in plain.summary["outputs"].items() if k not in replaced
+    }
 
 
 def test_transient_failure_retries_later_without_analysing_again(runtime: Runtime, tmp_path: Path) -> None:

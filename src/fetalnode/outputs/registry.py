@@ -126,15 +126,20 @@ class OutputWriter:
         station_name: str,
         now: datetime | None = None,
         observer: Observer | None = None,
+        instance_uid: str | None = None,
     ) -> tuple[bytes, str] | None:
         """The object as Part 10 bytes with its SOP Instance UID (``None``: nothing for this application).
-        ``observer`` is told when a run-time check of the fast path turns this writer's templates off."""
+        ``observer`` is told when a run-time check of the fast path turns this writer's templates off.
+        ``instance_uid``: the SOP Instance UID to write instead of the derived one (the output of an object
+        this source replaces, ``scp.uid_conflict = "replace"``)."""
         build = self.builder_for(analysis.application)
         if build is None:
             return None
         from fetalnode.outputs.template import Templates, encode_reference
 
         ctx = self.context(source, analysis, settings, station_name, now)
+        if instance_uid:
+            ctx = replace(ctx, uids=ObjectUids(ctx.uids.series, instance_uid))
         application = self._registered_as(analysis)
         fast = self.fast.get(application)
         if fast is None:
