@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -136,16 +137,12 @@ def load_unet_encoder(net: EncoderViewNet, unet_state: dict[str, torch.Tensor]) 
     number of tensors copied."""
     state = net.state_dict()
     copied = 0
-    for i in range(len(net.base)):
-        src_prefix, dst_prefix = unet_encoder_prefix(i, net.unet_levels), f"base.{i}."
-        for key, value in state.items():
-            if not key.startswith(dst_prefix):
-                continue
-            src = unet_state.get(src_prefix + key[len(dst_prefix) :])
-            if src is None or src.shape != value.shape:
-                raise ValueError(f"the segmentation network has no {src_prefix + key[len(dst_prefix):]} of shape {tuple(value.shape)}")
-            state[key] = src.clone()
-            copied += 1
+    for key, src_key in unet_encoder_keys(state, len(net.base), net.unet_levels):
+        src = unet_state.get(src_key)
+        if src is None or src.shape != state[key].shape:
+            raise ValueError(f"the segmentation network has no {src_key} of shape {tuple(state[key].shape)}")
+        state[key] = src.clone()
+        copied += 1
     net.load_state_dict(state)
     return copied
 
@@ -177,6 +174,16 @@ def build_view_net(params: dict[str, Any]) -> nn.Module:
     return nn.Sequential(Median(median), net) if median > 1 else net
 
 
+def unet_encoder_keys(state: dict[str, torch.Tensor], n_stages: int, n_levels: int) -> Iterator[tuple[str, str]]:
+    """(key of ``state``, key of a UNet with ``n_levels`` channel levels) for every tensor of the stages
+    ``base.0`` .. ``base.<n_stages - 1>`` of ``state``: stage ``i`` is the UNet's encoder level ``i``."""
+    for i in range(n_stages):
+        src_prefix, dst_prefix = unet_encoder_prefix(i, n_levels), f"base.{i}."
+        for key in state:
+            if key.startswith(dst_prefix):
+                yield key, src_prefix + key[len(dst_prefix) :]
+
+
 def unet_encoder_prefix(level: int, n_levels: int) -> str:
     """State-dict prefix of encoder ``level`` in a MONAI UNet with ``n_levels`` channel levels.
 
@@ -196,14 +203,10 @@ def transfer_unet_encoder(classifier: HeadClassifier, unet_state: dict[str, torc
     """
     state = classifier.state_dict()
     copied = 0
-    for i in range(min(len(classifier.base), n_levels)):
-        src_prefix, dst_prefix = unet_encoder_prefix(i, n_levels), f"base.{i}."
-        for key, value in state.items():
-            if not key.startswith(dst_prefix):
-                continue
-            src = unet_state.get(src_prefix + key[len(dst_prefix) :])
-            if src is not None and src.shape == value.shape:
-                state[key] = src.clone()
-                copied += 1
+    for key, src_key in unet_encoder_keys(state, min(len(classifier.base), n_levels), n_levels):
+        src = unet_state.get(src_key)
+        if src is not None and src.shape == state[key].shape:
+            state[key] = src.clone()
+            copied += 1
     classifier.load_state_dict(state)
     return copied

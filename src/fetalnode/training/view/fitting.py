@@ -204,7 +204,7 @@ def fit_encoder(train: ViewSet, val: ViewSet, recipe: ViewRecipe) -> tuple[torch
     weight = torch.from_numpy(1.0 / np.bincount(y, minlength=len(CLASSES))[y]).float()
     weight = weight / weight.sum()
     history: list[dict[str, float]] = []
-    best: tuple[float, dict[str, torch.Tensor]] | None = None
+    best: tuple[int, dict[str, torch.Tensor]] | None = None  # index in history, the linear layer's weights
     for decay in recipe.weight_decays:
         torch.manual_seed(recipe.seed)
         linear = torch.nn.Linear(z.shape[1], len(CLASSES))
@@ -223,18 +223,16 @@ def fit_encoder(train: ViewSet, val: ViewSet, recipe: ViewRecipe) -> tuple[torch
         record = {
             "weight_decay": decay,
             "loss": loss,
-            "val_nll": float(-np.log(np.clip(pv[np.arange(len(val.y)), val.y], 1e-7, 1.0)).mean()),
-            "val_balanced_nll": balanced_nll(pv, val.y),
-            "val_balanced_accuracy": balanced_accuracy(val.y, pv.argmax(1), len(CLASSES)),
+            **validation_record(pv, val.y),
             "minutes": round((time.monotonic() - start) / 60, 2),
         }
         history.append(record)
         log.info("linear head %s", {k: round(v, 5) for k, v in record.items()})
-        if best is None or record["val_nll"] < best[0]:  # ties: the weaker decay, tried first
-            best = (record["val_nll"], {k: v.clone() for k, v in linear.state_dict().items()})
+        if best is None or record["val_nll"] < history[best[0]]["val_nll"]:  # ties: the weaker decay, tried first
+            best = (len(history) - 1, {k: v.clone() for k, v in linear.state_dict().items()})
     assert best is not None
-    for record in history:
-        record["kept"] = float(record["val_nll"] == best[0])
+    for i, record in enumerate(history):
+        record["kept"] = float(i == best[0])
     net.linear.load_state_dict(best[1])
     net.eval()
     return net, history
@@ -261,6 +259,16 @@ def balanced_nll(probs: np.ndarray, y: np.ndarray) -> float:
     """Mean over the classes present of the mean negative log-likelihood of the true class."""
     nll = -np.log(np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0))
     return float(np.mean([nll[y == c].mean() for c in np.unique(y)]))
+
+
+def validation_record(probs: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """A fit's validation figures: NLL over images (what model selection uses), class-balanced NLL and
+    balanced accuracy."""
+    return {
+        "val_nll": float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0)).mean()),
+        "val_balanced_nll": balanced_nll(probs, y),
+        "val_balanced_accuracy": balanced_accuracy(y, probs.argmax(1), len(CLASSES)),
+    }
 
 
 def fit(train: ViewSet, val: ViewSet, recipe: ViewRecipe) -> tuple[torch.nn.Module, list[dict[str, float]]]:
@@ -313,9 +321,7 @@ def fit(train: ViewSet, val: ViewSet, recipe: ViewRecipe) -> tuple[torch.nn.Modu
         record = {
             "epoch": epoch,
             "loss": float(np.mean(losses)),
-            "val_nll": float(-np.log(np.clip(pv[np.arange(len(val.y)), val.y], 1e-7, 1.0)).mean()),
-            "val_balanced_nll": balanced_nll(pv, val.y),
-            "val_balanced_accuracy": balanced_accuracy(val.y, pv.argmax(1), len(CLASSES)),
+            **validation_record(pv, val.y),
             "minutes": round((time.monotonic() - stopping.start) / 60, 2),
         }
         stopping.update(record["val_nll"], epoch, net)
