@@ -135,6 +135,9 @@ class RouterSettings:
     # Frames of a cine the router looks at (evenly spaced; 1: the middle frame only); the application analyses
     # the one it recognises best. Each extra frame costs a decode and the view model (+ a head segmentation).
     cine_frames: int = 5
+    # A view model built on the head segmentation's encoder and that segmentation run the encoder once per
+    # frame (the segmentation's own graph, cut in two; its logits are unchanged). false: each runs its own.
+    share_encoder: bool = True
 
 
 @dataclass

@@ -11,6 +11,7 @@ from pydicom.dataset import Dataset
 
 if TYPE_CHECKING:
     from fetalnode.config import Settings
+    from fetalnode.inference.bundle import Bundle
     from fetalnode.inference.view import ViewPrediction
     from fetalnode.intake import DecodedImage
 
@@ -109,6 +110,14 @@ class Application(Protocol):
     def describe(self) -> dict[str, str]:
         """Its bundles as ``{role: "name version"}`` for the log and the audit."""
         ...
+
+
+@runtime_checkable
+class ExposesBundles(Protocol):
+    """An application whose loaded bundles another model may share work with (the view router runs the head
+    segmentation's encoder once per frame, for its view model and for that segmentation)."""
+
+    def loaded_bundles(self) -> list[Bundle]: ...
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -121,14 +121,23 @@ class EncoderViewNet(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Mean and maximum of each channel of each encoder level, (N, 2 x sum(channels))."""
-        pooled = []
+        maps = []
         for stage in self.base:
             x = stage(x)
-            pooled += [x.mean(dim=(2, 3)), x.amax(dim=(2, 3))]
-        return torch.cat(pooled, dim=1)
+            maps.append(x)
+        return self.pooled(maps)
+
+    @staticmethod
+    def pooled(maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The features of the encoder levels' outputs ``maps`` (shallowest first): mean and maximum per channel."""
+        return torch.cat([p for x in maps for p in (x.mean(dim=(2, 3)), x.amax(dim=(2, 3)))], dim=1)
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """The class logits of :meth:`features` (standardised, then the linear layer)."""
+        return self.linear((features - self.mean) / self.scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear((self.features(x) - self.mean) / self.scale)
+        return self.classify(self.features(x))
 
 
 def load_unet_encoder(net: EncoderViewNet, unet_state: dict[str, torch.Tensor]) -> int:

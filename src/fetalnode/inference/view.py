@@ -9,7 +9,8 @@ threshold (a top probability below it, or below the stricter threshold of the he
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,8 +19,12 @@ import torch
 
 from fetalnode.errors import BundleError
 from fetalnode.inference.bundle import Bundle
+from fetalnode.inference.networks import EncoderViewNet
 from fetalnode.inference.preprocess import frame01, letterbox, resize, to_unit_range
+from fetalnode.inference.shared_encoder import SharedEncoder, probe_canvas
 from fetalnode.vocab import View
+
+log = logging.getLogger(__name__)
 
 
 def view_input(gray: np.ndarray, size: int, img01: np.ndarray | None = None) -> np.ndarray:
@@ -165,6 +170,37 @@ class ViewModel:
         if View.UNKNOWN in self.labels:
             raise BundleError(f"bundle {bundle.path}: 'unknown' is the abstention, not a class")
         self.bundle = bundle
+        self.encoder: SharedEncoder | None = None
+
+    @property
+    def encoder_weights(self) -> str:
+        """The SHA-256 of the segmentation weights this model's encoder was copied from ("" if none)."""
+        return str(self.bundle.params.get("encoder_weights_sha256") or "")
+
+    @property
+    def encoder_levels(self) -> int:
+        """The segmentation encoder levels this model stands on (0: its own network)."""
+        net = self.bundle.net
+        return len(net.base) if isinstance(net, EncoderViewNet) and self.encoder_weights else 0
+
+    def share_encoder(self, encoder: SharedEncoder) -> None:
+        """Take the encoder levels from ``encoder`` (the segmentation this model's encoder was copied from, run
+        once per frame for both) instead of this bundle's own copy. Raises :class:`BundleError` when that is not
+        this model's encoder, its canvas, or when its logits on a probe canvas differ from the bundle's own by
+        more than 1e-4."""
+        net = self.bundle.net
+        if not isinstance(net, EncoderViewNet) or self.encoder_levels != encoder.levels:
+            raise BundleError(f"bundle {self.bundle.path}: not a view model on {encoder.levels} encoder levels")
+        if self.input.canvas_hw != encoder.canvas_hw:
+            raise BundleError(f"bundle {self.bundle.path}: its canvas is not the segmentation's {encoder.canvas_hw}")
+        probe = probe_canvas(encoder.canvas_hw)
+        with torch.no_grad():
+            own = self.bundle.infer(torch.from_numpy(probe)[None, None])
+            shared = net.classify(net.pooled([torch.from_numpy(m) for m in encoder.levels_of(probe)]))
+        diff = float((own - shared).abs().max())
+        if diff > 1e-4:
+            raise BundleError(f"bundle {self.bundle.path}: the shared encoder's logits differ by {diff:.2g}")
+        self.encoder = encoder
 
     @property
     def name(self) -> str:
@@ -200,5 +236,50 @@ class ViewModel:
         )
 
     def predict(self, gray: np.ndarray, img01: np.ndarray | None = None) -> ViewPrediction:
-        """The view of one frame (``img01``: its :func:`to_unit_range`, when already computed)."""
-        return self.decide(self.probabilities(self.input(gray, frame01(gray, img01))[None])[0])
+        """The view of one frame (``img01``: its :func:`to_unit_range`, when already computed); through the
+        shared encoder when one is set (:meth:`share_encoder`)."""
+        x = self.input(gray, frame01(gray, img01))
+        if self.encoder is None:
+            return self.decide(self.probabilities(x[None])[0])
+        net = self.bundle.net
+        assert isinstance(net, EncoderViewNet)
+        with torch.no_grad():
+            logits = net.classify(net.pooled([torch.from_numpy(m) for m in self.encoder.levels_of(x)]))
+        return self.decide(torch.softmax(logits, dim=1)[0].numpy())
+
+
+def share_segmentation_encoder(
+    view_model: ViewModel, bundles: Iterable[Bundle], capacity: int = 1
+) -> SharedEncoder | None:
+    """Run the view model's encoder once per frame with the segmentation it was copied from, when ``bundles``
+    (the applications' loaded bundles) hold that segmentation (same weights, by SHA-256): the view model takes
+    the encoder levels from the segmentation's own graph, and the segmentation runs only the rest of it on the
+    same canvas.
+
+    That segmentation bundle's ``infer`` becomes :meth:`SharedEncoder.segment`, whose logits equal the full
+    graph's (checked when it is built). Nothing is shared, and no model changes, when no bundle is that
+    segmentation or the graph cannot be cut (a warning says why). ``capacity``: the canvases whose encoder
+    outputs are kept (a cine's frames looked at).
+    """
+    if not view_model.encoder_levels:
+        return None
+    for bundle in bundles:
+        if bundle.task != "segmentation" or bundle.metadata.get("weights_sha256") != view_model.encoder_weights:
+            continue
+        try:
+            encoder = SharedEncoder(bundle, view_model.encoder_levels, capacity)
+            view_model.share_encoder(encoder)
+        except BundleError as exc:
+            log.warning("the view model and the segmentation %s run the encoder each (%s)", bundle.name, exc)
+            return None
+        bundle.infer = encoder.segment
+        log.info(
+            "the view model %s %s and the segmentation %s %s run their %d encoder levels once per frame",
+            view_model.name,
+            view_model.version,
+            bundle.name,
+            bundle.version,
+            encoder.levels,
+        )
+        return encoder
+    return None

@@ -14,6 +14,7 @@ from fetalnode.applications.registry import register_application
 from fetalnode.config import Settings
 from fetalnode.inference import Analyzer
 from fetalnode.inference.analyzer import HeadLocation
+from fetalnode.inference.bundle import Bundle
 from fetalnode.intake import DecodedImage
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,9 @@ class FetalHead:
         if head.reason:
             return Claim(0.0, f"no plausible skull ({head.reason}) was found by {by}", model, "skull fit")
         return Claim(head.score, f"a well-fitted skull (fit {head.score:.2f}) was found by {by}", model, "skull fit")
+
+    def loaded_bundles(self) -> list[Bundle]:
+        return [self.analyzer.seg, self.analyzer.cls]
 
     def bundle_paths(self) -> list[Path]:
         return [self.setup.models_dir / name for name in self.bundles]

@@ -40,6 +40,7 @@ from fetalnode.applications.base import (
     Analysis,
     Application,
     ClaimsItsView,
+    ExposesBundles,
     RecognisesItsView,
     Recognition,
     Setup,
@@ -51,7 +52,7 @@ from fetalnode.applications.view_router.result import NO_APPLICATION, NoApplicat
 from fetalnode.config import Settings
 from fetalnode.errors import ConfigError, InferenceError
 from fetalnode.inference.bundle import load_bundle
-from fetalnode.inference.view import ViewModel, ViewPrediction
+from fetalnode.inference.view import ViewModel, ViewPrediction, share_segmentation_encoder
 from fetalnode.intake import DecodedImage, check_header
 from fetalnode.vocab import RENAMED_VIEWS, View
 
@@ -276,6 +277,9 @@ def load(settings: Settings) -> ViewRouter:
         if name not in built:
             built[name] = factory(settings)
         routes[view] = built[name]
+    if settings.router.share_encoder:
+        loaded = [b for a in built.values() if isinstance(a, ExposesBundles) for b in a.loaded_bundles()]
+        share_segmentation_encoder(view_model, loaded, settings.router.cine_frames)
     unrouted = [v.words for v in view_model.labels if v not in routes]
     log.info("router: %s; no application for: %s", ", ".join(f"{v} -> {routes[v].name}" for v in routes), unrouted)
     return ViewRouter(view_model, routes, setup, settings.router.cross_check_probability, settings.router.cine_frames)
