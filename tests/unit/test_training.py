@@ -559,6 +559,12 @@ def test_tiny_encoder_view_training_run(tmp_path: Path) -> None:
     assert model.predict(gray).model == ("view-enc", "0.0.1")
     card = (tmp_path / "view" / "docs" / "README.md").read_text()
     assert "frozen encoder of `hc18-headseg" in card and "L-BFGS" in card
+    # Robustness: callipers are drawn three times on each test image, a JPEG round trip once.
+    rb = meta["metrics"]["robustness"]
+    drawn, n = rb["callipers_and_text"], rb["n"]
+    assert drawn["draws"] == 3 and rb["jpeg_q75"]["draws"] == 1 and 0 <= drawn["changed"] <= 3 * n
+    assert drawn["unchanged"] == pytest.approx(1 - drawn["changed"] / (3 * n))
+    assert f"| {drawn['changed']} of {3 * n} |" in card and "drawn 3 times on each image" in card
     words = meta["training"]["recipe"]
     assert "--encoder" in command_of(words) and "frozen encoder of hc18-headseg" in recipe_words(words)
     assert "--overlay-copies 2" in command_of({**words, "overlay_copies": 2})

@@ -84,11 +84,23 @@ def robustness_lines(m: ViewMetrics) -> str:
         "jpeg_q40": "JPEG round trip, quality 40",
         "callipers_text_jpeg_q75": "callipers and text, then JPEG quality 75",
     }
+
+    def of(k: str) -> str:
+        times = int(rb[k].get("draws", 1))
+        return f" of {times * rb['n']}" if times > 1 else ""
+
     rows = "\n".join(
-        f"| {words[k]} | {rb[k]['unchanged']:.3f} ({_ci(rb[k]['unchanged_ci95'])}) | {rb[k]['changed']} "
+        f"| {words[k]} | {rb[k]['unchanged']:.3f} ({_ci(rb[k]['unchanged_ci95'])}) | {rb[k]['changed']}{of(k)} "
         f"| {', '.join(f'{v}: {n}' for v, n in rb[k]['changed_by_true_view'].items()) or '-'} |"
         for k in PERTURBATIONS
         if k in rb
+    )
+    draws = max(int(rb[k].get("draws", 1)) for k in PERTURBATIONS if k in rb)
+    drawn = (
+        f". Callipers and text are drawn {draws} times on each image, afresh each time: the fraction unchanged is "
+        "over those drawings"
+        if draws > 1
+        else ""
     )
     how = (
         " as the router routes it (the view model, then the head application's claim)" if rb.get("with_claims") else ""
@@ -96,7 +108,7 @@ def robustness_lines(m: ViewMetrics) -> str:
     return (
         f"Each of the {rb['n']} test images ({rb['n_groups']} groups) routed{how} as it is and again after (drawn at its own "
         "resolution, by the same drawing code as the training augmentation but in fonts it never used, seed "
-        f"{rb['seed']}):\n\n| perturbation | routing unchanged (95% CI by group) | changed | by true view |\n"
+        f"{rb['seed']}){drawn}:\n\n| perturbation | routing unchanged (95% CI by group) | changed | by true view |\n"
         f"|---|---|---|---|\n{rows}"
     )
 

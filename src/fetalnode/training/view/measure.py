@@ -168,11 +168,14 @@ def robustness(
     thresholds: np.ndarray,
     seed: int = 20261207,
     claim: tuple[dict[str, Any], Path] | None = None,
+    draws: int = 3,
 ) -> dict[str, Any]:
     """How often the routed view of an image stays the same when a scanner's callipers and banner text are
     drawn on it at its own resolution, or it goes through a JPEG round trip (quality 75 or 40), or both;
-    each as a fraction with a 95% CI by group, and the changes by true view. ``claim``: (the head claim rule,
-    the folder of the head segmentation bundle): routing as the router does it, the claim included."""
+    each as a fraction with a 95% CI by group, and the changes by true view. A perturbation that draws is drawn
+    ``draws`` times per image, afresh each time (one drawing is a noisy sample of what callipers do): the
+    fraction is over image-drawings, the CI resamples whole groups. ``claim``: (the head claim rule, the folder
+    of the head segmentation bundle): routing as the router does it, the claim included."""
     rng = np.random.default_rng(seed)
     grays = [im.gray() for im in tqdm(images, desc="robustness", leave=False)]
     groups = np.array([im.group for im in images])
@@ -198,11 +201,14 @@ def robustness(
         "with_claims": bool(claim),
     }
     for kind in PERTURBATIONS:
-        same = route([perturbed(g, kind, rng) for g in grays]) == base
-        changed = Counter(str(im.view) for im, s in zip(images, same, strict=True) if not s)
+        times = draws if "callipers" in kind else 1  # a JPEG round trip is the same every time
+        same = np.stack([route([perturbed(g, kind, rng) for g in grays]) == base for _ in range(times)])
+        share = same.mean(axis=0)  # per image: the fraction of its drawings left unchanged
+        changed = Counter(str(im.view) for im, s in zip(images, same.T, strict=True) for _ in range(int((~s).sum())))
         out[kind] = {
-            "unchanged": float(same.mean()),
-            "unchanged_ci95": bootstrap_ci(same, groups, lambda i, same=same: same[i].mean()),
+            "unchanged": float(share.mean()),
+            "unchanged_ci95": bootstrap_ci(share, groups, lambda i, share=share: share[i].mean()),
+            "draws": times,
             "changed": int((~same).sum()),
             "changed_by_true_view": dict(changed),
         }
