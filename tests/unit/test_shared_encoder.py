@@ -120,7 +120,10 @@ def test_the_router_shares_the_encoder_with_the_head_segmentation_unless_told_no
         assert (seg.infer == router.view_model.encoder.segment) if share else router.view_model.encoder is None
         summaries = []
         for path in sorted(SAMPLES.glob("*.dcm")):
+            runs = router.view_model.encoder.runs if share else 0
             analysis = router.analyse(dcmread(path))
+            if share:  # the view model and the head segmentation: one encoder run for the frame
+                assert router.view_model.encoder.runs == runs + 1 and analysis.application == "fetal-head"
             summary = analysis.summary()
             summary.pop("timings_ms")
             biometry = getattr(analysis.result, "biometry", None)

@@ -93,6 +93,7 @@ class SharedEncoder:
         self.capacity = max(1, capacity)
         self._kept: OrderedDict[bytes, tuple[np.ndarray, Levels]] = OrderedDict()
         self._lock = threading.Lock()
+        self.runs = 0  # canvases the encoder part has run on (the kept ones are not run again)
         probe = probe_canvas(self.canvas_hw)
         full = seg.infer(torch.from_numpy(probe)[None, None]).numpy()
         if not np.array_equal(full, self.segment(torch.from_numpy(probe)[None, None]).numpy()):
@@ -110,6 +111,7 @@ class SharedEncoder:
                 return kept[1]
         levels = tuple(self._encoder.run(self.names, {self.input_name: canvas[None, None]}))
         with self._lock:
+            self.runs += 1
             self._kept[key] = (canvas.copy(), levels)
             while len(self._kept) > self.capacity:
                 self._kept.popitem(last=False)

@@ -78,6 +78,7 @@ class ViewRecipe:
     # Encoder models: training copies of each image with a scanner's callipers and banner text burned in
     # (training.scanner.draw_callipers_and_text, at the image's own resolution).
     overlay_copies: int = 1
+    # Half decades from 1e-7 to 1e-4, then decades (encoder models; the lowest validation NLL is kept).
     weight_decays: tuple[float, ...] = (1e-7, 3e-7, 1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 1e-3, 1e-2)
     # Encoder models: the letterbox canvas (height, width); empty: the segmentation's own.
     encoder_canvas: tuple[int, ...] = ()
