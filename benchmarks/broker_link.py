@@ -16,11 +16,10 @@ import argparse
 import json
 import os
 import statistics
-import tempfile
 import threading
 import time
-from pathlib import Path
 
+from benchmarks.common import scratch
 from fetalnode import broker
 from fetalnode.broker import Delivery, Reply
 from fetalnode.config import BrokerSettings
@@ -88,7 +87,7 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=300_000, help="job and result bytes (a pseudonymised US image)")
     ap.add_argument("--connects", type=int, default=20)
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="fetalnode-broker-"))
+    work = scratch("fetalnode-broker-")
     out: dict[str, object] = {"cpu_cores": os.cpu_count(), "jobs": args.n, "bytes_each_way": args.size}
     plain = RabbitMQProcess(work / "plain")
     tls = RabbitMQProcess(work / "tls", tls=True, sites=("site-a", "site-b"))

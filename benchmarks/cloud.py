@@ -22,7 +22,6 @@ import argparse
 import hashlib
 import json
 import statistics
-import tempfile
 import time
 from io import BytesIO
 from pathlib import Path
@@ -30,7 +29,7 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
-from benchmarks.common import make_images, percentile, storescu
+from benchmarks.common import make_images, percentile, scratch, storescu
 from fetalnode.config import load_settings
 from harness.cloud import prepare_terminal, prepare_worker
 from harness.config import MODALITY_AET
@@ -146,7 +145,7 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=120, help="images of each throughput run (split between the sites)")
     ap.add_argument("--privacy-n", type=int, default=20)
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="fetalnode-cloud-"))
+    work = scratch("fetalnode-cloud-")
     images = make_images(max(args.latency_n, args.n), work / "images")
     report: dict[str, object] = {"machine": "this machine: every process on the same cores"}
     report["privacy_in_process"] = privacy_costs(images, args.privacy_n)

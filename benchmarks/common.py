@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -45,13 +48,29 @@ def make_images(n: int, folder: Path) -> list[Path]:
     return out
 
 
+def scratch(prefix: str) -> Path:
+    """A work folder for one benchmark run (images, Orthanc storage, node data, logs: up to about 1 GB), removed
+    when the process exits, unless it ends on an uncaught exception (its logs are then still there) or
+    ``FETALNODE_BENCH_KEEP=1``; a kept folder is named on stderr."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+
+    def remove() -> None:
+        if os.environ.get("FETALNODE_BENCH_KEEP") == "1" or getattr(sys, "last_value", None) is not None:
+            print(f"benchmark work folder kept: {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+    atexit.register(remove)
+    return work
+
+
 class Stack:
     """Orthanc + ``fetalnode serve SERVE_ARGS`` on loopback, in a temp folder."""
 
     node: NodeProcess
 
     def __init__(self, *serve_args: str) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="fetalnode-bench-"))
+        self.dir = scratch("fetalnode-bench-")
         self.orthanc = OrthancProcess(self.dir / "orthanc", webviewer=False)
         self.serve_args = serve_args
 

@@ -18,11 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
-from benchmarks.common import make_images, percentile
+from benchmarks.common import make_images, percentile, scratch
 from fetalnode.config import DestinationSettings
 from fetalnode.destinations.base import Destination, Item
 from fetalnode.destinations.dicom import DicomDestination
@@ -56,7 +54,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=100)
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="fetalnode-delivery-"))
+    work = scratch("fetalnode-delivery-")
     payloads = [p.read_bytes() for p in make_images(args.n, work / "images")]
     results: dict[str, dict[str, float]] = {}
     orthanc = OrthancProcess(work / "orthanc", webviewer=False, dicomweb=True)

@@ -11,20 +11,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
-from pathlib import Path
 
 from pydicom import dcmread
 
-from benchmarks.common import Stack, make_images, percentile, storescu
+from benchmarks.common import Stack, make_images, percentile, scratch, storescu
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--latency-n", type=int, default=50)
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="fetalnode-e2e-"))
+    work = scratch("fetalnode-e2e-")
     images = make_images(args.latency_n, work / "images")
     latencies = []
     with Stack() as stack:

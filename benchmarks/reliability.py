@@ -19,14 +19,13 @@ import dataclasses
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from pydicom import dcmread
 from pynetdicom import AE
 from pynetdicom.association import Association
 
-from benchmarks.common import make_images
+from benchmarks.common import make_images, scratch
 from harness.config import MODALITY_AET, NODE_AET
 from harness.corpus import ACCEPTED, REFUSED, corpus_contexts
 from harness.node import FINAL, ROOT, cli, prepare_node
@@ -124,7 +123,7 @@ def main() -> int:
     ap.add_argument("--senders", type=int, default=4)
     ap.add_argument("--out", default="reliability.json")
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="fetalnode-reliability-"))
+    work = scratch("fetalnode-reliability-")
     n_load = args.load_per_sender * args.senders
     images = make_images(args.kill_n + args.restart_n + n_load, work / "images")
     kill_files = images[: args.kill_n]

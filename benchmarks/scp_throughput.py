@@ -13,10 +13,8 @@ import argparse
 import json
 import os
 import subprocess
-import tempfile
-from pathlib import Path
 
-from benchmarks.common import Stack, make_images, storescu
+from benchmarks.common import Stack, make_images, scratch, storescu
 from harness.node import wait_echo
 from harness.ports import free_port
 
@@ -26,7 +24,7 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="fetalnode-scp-"))
+    work = scratch("fetalnode-scp-")
     files = make_images(args.n, work / "images")
     mb = sum(f.stat().st_size for f in files) / 1e6
     ours, theirs = [], []

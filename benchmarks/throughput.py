@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from pathlib import Path
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from benchmarks.common import make_images, percentile, storescu
+from benchmarks.common import make_images, percentile, scratch, storescu
 from harness.config import MODALITY_AET, NODE_AET
 from harness.node import NodeProcess, prepare_node
 from harness.orthanc import OrthancProcess
@@ -169,7 +168,7 @@ def main() -> int:
     ap.add_argument("--load-n", type=int, default=1000)
     ap.add_argument("--skip", nargs="*", default=[], choices=["receive", "e2e", "echo"])
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="fetalnode-throughput-"))
+    work = scratch("fetalnode-throughput-")
     files = make_images(max(2 * args.n, args.load_n), work / "images")
     out: dict[str, object] = {"files": args.n, "targets": TARGETS}
     try:
