@@ -123,14 +123,21 @@ def ort_options() -> Any:
     return options
 
 
-def onnx_runner(path: Path, meta: dict[str, Any]) -> Callable[[torch.Tensor], torch.Tensor]:
-    import onnxruntime as ort
-
+def verified_onnx(path: Path, meta: Mapping[str, Any]) -> Path:
+    """The bundle's ONNX file, checked against the metadata's ``onnx_sha256`` (:class:`BundleError` if it is
+    missing or differs)."""
     model = path / ONNX
     if not model.is_file():
         raise BundleError(f"bundle {path}: runtime is onnxruntime but {ONNX} is missing")
     if sha256_file(model) != meta.get("onnx_sha256"):
         raise BundleError(f"bundle {path}: {ONNX} checksum does not match metadata")
+    return model
+
+
+def onnx_runner(path: Path, meta: dict[str, Any]) -> Callable[[torch.Tensor], torch.Tensor]:
+    import onnxruntime as ort
+
+    model = verified_onnx(path, meta)
     try:
         session = ort.InferenceSession(str(model), ort_options(), providers=["CPUExecutionProvider"])
     except Exception as exc:

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from fetalnode.errors import BundleError
-from fetalnode.inference.bundle import ONNX, Bundle, ort_options, sha256_file
+from fetalnode.inference.analyzer import seg_settings
+from fetalnode.inference.bundle import Bundle, ort_options, verified_onnx
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +72,7 @@ class SharedEncoder:
 
         if seg.metadata.get("runtime") != "onnxruntime":
             raise BundleError(f"bundle {seg.path}: runs in torch; only an ONNX graph is cut")
-        path = seg.path / ONNX
-        if sha256_file(path) != seg.metadata.get("onnx_sha256"):
-            raise BundleError(f"bundle {seg.path}: {ONNX} checksum does not match metadata")
-        model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+        model = onnx.shape_inference.infer_shapes(onnx.load(str(verified_onnx(seg.path, seg.metadata))))
         names = unet_level_outputs(model)
         if not 0 < levels <= len(names):
             raise BundleError(f"bundle {seg.path}: its graph has {len(names)} down blocks to share, not {levels}")
@@ -88,8 +86,7 @@ class SharedEncoder:
         options, providers = ort_options(), ["CPUExecutionProvider"]
         self._encoder = ort.InferenceSession(encoder.SerializeToString(), options, providers=providers)
         self._rest = ort.InferenceSession(rest.SerializeToString(), options, providers=providers)
-        self.canvas_hw = (int(seg.metadata["input"]["canvas_hw"][0]), int(seg.metadata["input"]["canvas_hw"][1]))
-        self.model = (seg.name, seg.version)
+        self.canvas_hw = seg_settings(seg).canvas_hw
         self.capacity = max(1, capacity)
         self._kept: OrderedDict[bytes, tuple[np.ndarray, Levels]] = OrderedDict()
         self._lock = threading.Lock()

@@ -20,7 +20,7 @@ import torch
 from fetalnode.errors import BundleError
 from fetalnode.inference.bundle import Bundle
 from fetalnode.inference.networks import EncoderViewNet
-from fetalnode.inference.preprocess import frame01, letterbox, resize, to_unit_range
+from fetalnode.inference.preprocess import frame01, letterbox, resize
 from fetalnode.inference.shared_encoder import SharedEncoder, probe_canvas
 from fetalnode.vocab import View
 
@@ -33,7 +33,7 @@ def view_input(gray: np.ndarray, size: int, img01: np.ndarray | None = None) -> 
     The aspect ratio is kept (a letterbox centred on both sides), so no view is told by where the
     padding is.
     """
-    img = to_unit_range(gray) if img01 is None else img01  # img01: to_unit_range(gray) done already
+    img = frame01(gray, img01)
     h, w = img.shape
     side = max(h, w)
     square = np.zeros((side, side), dtype=np.float32)
@@ -67,7 +67,7 @@ class ViewInputSpec:
         """The network input of one frame (``img01``: its :func:`to_unit_range`, when already computed)."""
         if self.canvas_hw is None:
             return view_input(gray, self.size, img01)
-        return letterbox(to_unit_range(gray) if img01 is None else img01, self.canvas_hw)[0]
+        return letterbox(frame01(gray, img01), self.canvas_hw)[0]
 
 
 @dataclass(frozen=True)
@@ -196,11 +196,17 @@ class ViewModel:
         probe = probe_canvas(encoder.canvas_hw)
         with torch.no_grad():
             own = self.bundle.infer(torch.from_numpy(probe)[None, None])
-            shared = net.classify(net.pooled([torch.from_numpy(m) for m in encoder.levels_of(probe)]))
-        diff = float((own - shared).abs().max())
+        diff = float((own - self._shared_logits(encoder, probe)).abs().max())
         if diff > 1e-4:
             raise BundleError(f"bundle {self.bundle.path}: the shared encoder's logits differ by {diff:.2g}")
         self.encoder = encoder
+
+    def _shared_logits(self, encoder: SharedEncoder, canvas: np.ndarray) -> torch.Tensor:
+        """The class logits of one canvas from ``encoder``'s levels (this bundle's pooling and linear layer)."""
+        net = self.bundle.net
+        assert isinstance(net, EncoderViewNet)
+        with torch.no_grad():
+            return net.classify(net.pooled([torch.from_numpy(m) for m in encoder.levels_of(canvas)]))
 
     @property
     def name(self) -> str:
@@ -241,11 +247,7 @@ class ViewModel:
         x = self.input(gray, frame01(gray, img01))
         if self.encoder is None:
             return self.decide(self.probabilities(x[None])[0])
-        net = self.bundle.net
-        assert isinstance(net, EncoderViewNet)
-        with torch.no_grad():
-            logits = net.classify(net.pooled([torch.from_numpy(m) for m in self.encoder.levels_of(x)]))
-        return self.decide(torch.softmax(logits, dim=1)[0].numpy())
+        return self.decide(torch.softmax(self._shared_logits(self.encoder, x), dim=1)[0].numpy())
 
 
 def share_segmentation_encoder(

@@ -206,6 +206,11 @@ def fit_encoder(train: ViewSet, val: ViewSet, recipe: ViewRecipe) -> tuple[torch
     weight = weight / weight.sum()
     history: list[dict[str, float]] = []
     best: tuple[int, dict[str, torch.Tensor]] | None = None  # index in history, the linear layer's weights
+
+    def data_loss(linear: torch.nn.Linear) -> torch.Tensor:
+        """The class-balanced cross-entropy of the training features."""
+        return (F.cross_entropy(linear(z), target, reduction="none") * weight).sum()
+
     for decay in recipe.weight_decays:
         torch.manual_seed(recipe.seed)
         linear = torch.nn.Linear(z.shape[1], len(CLASSES))
@@ -213,13 +218,13 @@ def fit_encoder(train: ViewSet, val: ViewSet, recipe: ViewRecipe) -> tuple[torch
 
         def closure(linear: torch.nn.Linear = linear, opt: torch.optim.LBFGS = opt, decay: float = decay) -> torch.Tensor:
             opt.zero_grad()
-            loss = (F.cross_entropy(linear(z), target, reduction="none") * weight).sum() + decay * (linear.weight**2).sum()
+            loss = data_loss(linear) + decay * (linear.weight**2).sum()
             loss.backward()
             return loss
 
         opt.step(closure)
         with torch.no_grad():
-            loss = float((F.cross_entropy(linear(z), target, reduction="none") * weight).sum())
+            loss = float(data_loss(linear))
             pv = torch.softmax(linear(zv), dim=1).numpy()
         record = {
             "weight_decay": decay,
