@@ -17,7 +17,7 @@ from fetalnode.applications.view_router.application import ViewRouter
 from fetalnode.config import load_settings
 from fetalnode.errors import BundleError
 from fetalnode.inference.bundle import Bundle, load_bundle
-from fetalnode.inference.shared_encoder import SharedEncoder
+from fetalnode.inference.shared_encoder import SharedEncoder, probe_canvas
 from fetalnode.inference.view import ViewModel, share_segmentation_encoder
 from fetalnode.intake import decode_for_analysis
 from fetalnode.training.data import load_gray
@@ -41,6 +41,10 @@ def shared() -> tuple[Bundle, ViewModel, SharedEncoder]:
     seg, view = load_bundle(SEG, "segmentation"), ViewModel(load_bundle(VIEW, "view"))
     encoder = share_segmentation_encoder(view, [load_bundle(MODELS / "fba-classifier"), seg], capacity=2)
     assert encoder is not None and view.encoder is encoder and seg.infer == encoder.segment
+    assert encoder.runs == 1, "both start-up checks use one encoder run on the probe canvas"
+    encoder.levels_of(probe_canvas(encoder.canvas_hw))
+    assert encoder.runs == 2, "the probe is not kept as a frame"
+    encoder.forget()
     return seg, view, encoder
 
 

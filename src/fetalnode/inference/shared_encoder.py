@@ -95,7 +95,8 @@ class SharedEncoder:
         full = seg.infer(torch.from_numpy(probe)[None, None]).numpy()
         if not np.array_equal(full, self.segment(torch.from_numpy(probe)[None, None]).numpy()):
             raise BundleError(f"bundle {seg.path}: its graph cut after {levels} down blocks gives other logits")
-        self.forget()
+        # the probe's outputs stay kept: the view model's own check reuses them (share_segmentation_encoder
+        # forgets them once both checks are done)
 
     def levels_of(self, canvas: np.ndarray) -> Levels:
         """The encoder part's outputs of one canvas (H, W), each (1, channels, h, w), shallowest first."""

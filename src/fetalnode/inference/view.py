@@ -270,10 +270,11 @@ def share_segmentation_encoder(
             continue
         try:
             encoder = SharedEncoder(bundle, view_model.encoder_levels, capacity)
-            view_model.share_encoder(encoder)
+            view_model.share_encoder(encoder)  # on the probe canvas the encoder ran for its own check
         except BundleError as exc:
             log.warning("the view model and the segmentation %s run the encoder each (%s)", bundle.name, exc)
             return None
+        encoder.forget()  # the probe is not a frame
         bundle.infer = encoder.segment
         log.info(
             "the view model %s %s and the segmentation %s %s run their %d encoder levels once per frame",
